@@ -1,0 +1,175 @@
+package channels
+
+import (
+	"encoding/json"
+	"errors"
+)
+
+// Channel is the behaviour of one topic on one socket, Phoenix's Channel
+// in Go. The runtime calls a Channel's methods one at a time per socket
+// (never two callbacks of the same socket at once), so a Channel needs no
+// locks for state it keeps in its own fields.
+//
+// Callbacks run on the socket's read path: a slow callback delays the
+// socket's next message. Do slow work on a goroutine and answer with
+// ChannelSocket.Reply when it is done.
+type Channel interface {
+	// Join accepts or refuses a join. The returned response (nil means {})
+	// is sent in the ok reply. A non-nil error refuses the join; the reply
+	// carries the error's Response() if it has one (see JoinError), else
+	// {"reason": err.Error()}. Pushes made during Join are sent after the
+	// reply, as are broadcasts that arrive meanwhile.
+	Join(s *ChannelSocket, params Payload) (response any, err error)
+	// HandleIn handles an event pushed by the client.
+	HandleIn(s *ChannelSocket, in In) Result
+	// Terminate is called once when the channel ends, for any Reason. The
+	// channel's subscriptions and presences are removed right after it.
+	Terminate(s *ChannelSocket, reason Reason)
+}
+
+// AfterJoiner is implemented by a Channel that wants to act once the join
+// reply is queued, Phoenix's send(self(), :after_join) idiom: pushing
+// presence_state, tracking presence.
+type AfterJoiner interface {
+	AfterJoin(s *ChannelSocket)
+}
+
+// Interceptor is implemented by a Channel that rewrites some broadcasts per
+// subscriber (Phoenix's intercept and handle_out). Broadcasts of the listed
+// events reach the socket only through HandleOut, which may Push them as
+// they are, changed, or not at all. Interception costs one callback per
+// subscriber per message instead of one shared encoding: use it sparingly.
+type Interceptor interface {
+	Intercepts() []string
+	HandleOut(s *ChannelSocket, out Out)
+}
+
+// Payload is a message body as it travelled: raw JSON, or raw bytes when
+// Binary is set (a V2 binary frame).
+type Payload struct {
+	Data   []byte
+	Binary bool
+}
+
+// Decode unmarshals a JSON payload into v.
+func (p Payload) Decode(v any) error {
+	if p.Binary {
+		return errors.New("channels: cannot decode a binary payload as JSON")
+	}
+	if len(p.Data) == 0 {
+		return nil
+	}
+	return json.Unmarshal(p.Data, v)
+}
+
+// In is a client message for a joined channel.
+type In struct {
+	Event   string
+	Payload Payload
+	// Ref is the client's ref; pass it to ChannelSocket.Reply to answer
+	// later, from any goroutine.
+	Ref Ref
+}
+
+// Out is an intercepted broadcast, handed to HandleOut.
+type Out struct {
+	Event   string
+	Payload Payload
+}
+
+// Reason says why a channel ended.
+type Reason string
+
+// Reasons passed to Terminate.
+const (
+	ReasonLeft          Reason = "left"           // the client sent phx_leave
+	ReasonClosed        Reason = "closed"         // the connection ended
+	ReasonDuplicateJoin Reason = "duplicate_join" // the client joined the topic again
+	ReasonStop          Reason = "stop"           // a callback returned Stop
+	ReasonError         Reason = "error"          // a callback returned StopWithError
+	ReasonCrash         Reason = "crash"          // a callback panicked
+)
+
+// Binary marks a payload as raw bytes: pushed, replied or broadcast as a
+// V2 binary frame (PROTOCOL.md §2.4).
+type Binary []byte
+
+// Result is what HandleIn returns: a reply or none, and whether the channel
+// stops. The zero Result sends no reply and keeps the channel.
+type Result struct {
+	reply    bool
+	status   string
+	response any
+	stop     bool
+	stopErr  error
+}
+
+// NoReply sends nothing; the client's push times out unless a Reply
+// follows later.
+func NoReply() Result { return Result{} }
+
+// Reply answers the client's push with status and response.
+func Reply(status string, response any) Result {
+	return Result{reply: true, status: status, response: response}
+}
+
+// Ok replies with status ok.
+func Ok(response any) Result { return Reply("ok", response) }
+
+// ErrorReply replies with status error.
+func ErrorReply(response any) Result { return Reply("error", response) }
+
+// Stop ends the channel normally without a reply: the client gets
+// phx_close and does not rejoin.
+func Stop() Result { return Result{stop: true} }
+
+// StopWithError ends the channel as failed: the client gets phx_error and
+// rejoins with backoff. err is logged.
+func StopWithError(err error) Result {
+	if err == nil {
+		err = errors.New("channels: stopped with error")
+	}
+	return Result{stop: true, stopErr: err}
+}
+
+// AndStop sends r's reply, then stops the channel normally.
+func (r Result) AndStop() Result {
+	r.stop = true
+	return r
+}
+
+// JoinError refuses a join with a specific response object.
+type JoinError struct {
+	Reply any
+}
+
+func (e *JoinError) Error() string { return "channels: join refused" }
+
+// Response is sent as the refused join's reply.
+func (e *JoinError) Response() any { return e.Reply }
+
+// Refuse returns an error that refuses a join with {"reason": reason}.
+func Refuse(reason string) error {
+	return &JoinError{Reply: map[string]string{"reason": reason}}
+}
+
+// encodePayload turns what a channel passes to Push, Reply or Broadcast
+// into wire bytes: json.RawMessage and Binary pass through untouched,
+// nil is {}, anything else is marshalled.
+func encodePayload(v any) ([]byte, bool, error) {
+	switch p := v.(type) {
+	case nil:
+		return []byte("{}"), false, nil
+	case json.RawMessage:
+		if len(p) == 0 {
+			return []byte("{}"), false, nil
+		}
+		return p, false, nil
+	case Binary:
+		return p, true, nil
+	case Payload:
+		return p.Data, p.Binary, nil
+	}
+	b, err := json.Marshal(v)
+	return b, false, err
+}

@@ -1,0 +1,260 @@
+package channels
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/channelsd/channelsd/pubsub"
+)
+
+// ChannelSocket is a channel's handle on its socket for one join: Phoenix's
+// socket struct inside a channel. It is also the pubsub.Subscriber through
+// which the join receives its topic's broadcasts.
+//
+// Push, Reply, Broadcast and BroadcastFrom may be called from any
+// goroutine, at any time; after the channel has ended they do nothing.
+// Assigns and presence calls belong to the channel's callbacks.
+type ChannelSocket struct {
+	sock       *Socket
+	impl       Channel
+	topic      string
+	joinRef    Ref
+	id         string // subscriber and presence owner id, unique on the node
+	intercepts []string
+	assigns    map[string]any // guarded by sock.cb
+	tracked    bool           // guarded by sock.cb
+
+	mu      sync.Mutex
+	state   joinState
+	pending []Frame // frames produced before the join reply went out
+	ctx     context.Context
+	cancel  context.CancelFunc
+}
+
+type joinState uint8
+
+const (
+	stateJoining joinState = iota
+	stateJoined
+	stateClosed
+)
+
+// presenceTimeout bounds a presence call made from a callback, which holds
+// up the socket's read path while it waits.
+const presenceTimeout = 5 * time.Second
+
+// Topic is the joined topic.
+func (c *ChannelSocket) Topic() string { return c.topic }
+
+// JoinRef is the join_ref of this join instance.
+func (c *ChannelSocket) JoinRef() Ref { return c.joinRef }
+
+// SocketID is the connection's id from the SocketHandler ("" if none).
+func (c *ChannelSocket) SocketID() string { return c.sock.ident.ID }
+
+// Serializer is the connection's serializer, for channels that care about
+// the protocol version (V1 sockets cannot receive binary payloads).
+func (c *ChannelSocket) Serializer() Serializer { return c.sock.ser }
+
+// Logger is the endpoint's logger, for channels to log with context.
+func (c *ChannelSocket) Logger() *slog.Logger { return c.sock.ep.log }
+
+// Assign stores a value for this join's later callbacks.
+func (c *ChannelSocket) Assign(key string, value any) {
+	if c.assigns == nil {
+		c.assigns = make(map[string]any)
+	}
+	c.assigns[key] = value
+}
+
+// Assigned returns a value stored with Assign or given by the connect
+// handler's Identity.
+func (c *ChannelSocket) Assigned(key string) any { return c.assigns[key] }
+
+// Context is cancelled when the channel ends, for work started on behalf
+// of the join.
+func (c *ChannelSocket) Context() context.Context {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ctx == nil {
+		c.ctx, c.cancel = context.WithCancel(context.Background())
+		if c.state == stateClosed {
+			c.cancel()
+		}
+	}
+	return c.ctx
+}
+
+// Push sends event with payload to this client (§2.5: join_ref set, ref
+// null). payload is a json.RawMessage, a Binary, nil for {}, or any value
+// to marshal as JSON.
+func (c *ChannelSocket) Push(event string, payload any) error {
+	data, binary, err := encodePayload(payload)
+	if err != nil {
+		return err
+	}
+	return c.send(&Message{JoinRef: c.joinRef, Topic: c.topic, Event: event, Payload: data, Binary: binary})
+}
+
+// Reply answers the client message with ref, now or later. status is
+// usually "ok" or "error"; any word is allowed (§2.5).
+func (c *ChannelSocket) Reply(ref Ref, status string, response any) error {
+	data, binary, err := encodePayload(response)
+	if err != nil {
+		return err
+	}
+	return c.send(&Message{JoinRef: c.joinRef, Ref: ref, Topic: c.topic, Event: EventReply, Status: status, Payload: data, Binary: binary})
+}
+
+// Broadcast sends event to every subscriber of the topic, this one
+// included, on every node.
+func (c *ChannelSocket) Broadcast(event string, payload any) error {
+	return c.publish(event, payload, "")
+}
+
+// BroadcastFrom sends event to every subscriber of the topic except this
+// join; other sockets of the same user still receive it.
+func (c *ChannelSocket) BroadcastFrom(event string, payload any) error {
+	return c.publish(event, payload, c.id)
+}
+
+func (c *ChannelSocket) publish(event string, payload any, from string) error {
+	data, binary, err := encodePayload(payload)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), presenceTimeout)
+	defer cancel()
+	return c.sock.ep.cfg.PubSub.Publish(ctx, &pubsub.Message{Topic: c.topic, Event: event, Payload: data, Binary: binary, From: from})
+}
+
+// Track makes key present on the topic with meta (a JSON object) for as
+// long as this join lives, or until Untrack.
+func (c *ChannelSocket) Track(key string, meta any) error {
+	data, _, err := encodePayload(meta)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), presenceTimeout)
+	defer cancel()
+	if _, err := c.sock.ep.cfg.Presence.Track(ctx, c.topic, c.id, key, data); err != nil {
+		return err
+	}
+	c.tracked = true
+	return nil
+}
+
+// UpdatePresence replaces the meta of a key this join tracks.
+func (c *ChannelSocket) UpdatePresence(key string, meta any) error {
+	data, _, err := encodePayload(meta)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), presenceTimeout)
+	defer cancel()
+	_, err = c.sock.ep.cfg.Presence.Update(ctx, c.topic, c.id, key, data)
+	return err
+}
+
+// Untrack removes a key this join tracks.
+func (c *ChannelSocket) Untrack(key string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), presenceTimeout)
+	defer cancel()
+	return c.sock.ep.cfg.Presence.Untrack(ctx, c.topic, c.id, key)
+}
+
+// PushPresenceState pushes presence_state, the topic's presences grouped
+// by key. Call it after the join (AfterJoin), as Phoenix applications do.
+func (c *ChannelSocket) PushPresenceState() error {
+	ctx, cancel := context.WithTimeout(context.Background(), presenceTimeout)
+	defer cancel()
+	state, err := c.sock.ep.cfg.Presence.List(ctx, c.topic)
+	if err != nil {
+		return err
+	}
+	data, err := state.MarshalJSON()
+	if err != nil {
+		return err
+	}
+	return c.Push(EventPresenceState, json.RawMessage(data))
+}
+
+// CloseSocket closes the whole connection this channel belongs to.
+func (c *ChannelSocket) CloseSocket(code int, reason string) { c.sock.Close(code, reason) }
+
+// SubscriberID implements pubsub.Subscriber.
+func (c *ChannelSocket) SubscriberID() string { return c.id }
+
+// Deliver implements pubsub.Subscriber: the broadcast's shared encoding
+// for this socket's serializer goes to the connection, or the message goes
+// to HandleOut when the channel intercepts its event.
+func (c *ChannelSocket) Deliver(m *pubsub.Message) {
+	if len(c.intercepts) > 0 && slices.Contains(c.intercepts, m.Event) {
+		c.sock.deliverOut(c, m)
+		return
+	}
+	data, binary, err := m.Encoded(c.sock.ser)
+	if err != nil {
+		// A binary broadcast cannot reach a V1 socket; the others get it.
+		c.sock.ep.log.Debug("channels: broadcast not deliverable to this socket", "topic", m.Topic, "event", m.Event, "vsn", c.sock.ser.Vsn(), "err", err)
+		return
+	}
+	c.sendFrame(Frame{Data: data, Binary: binary})
+}
+
+func (c *ChannelSocket) send(m *Message) error {
+	f, err := c.sock.ser.Encode(nil, m)
+	if err != nil {
+		return err
+	}
+	c.sendFrame(f)
+	return nil
+}
+
+// sendFrame holds frames back while the join reply is not yet out (§3.3)
+// and drops them once the channel has ended.
+func (c *ChannelSocket) sendFrame(f Frame) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch c.state {
+	case stateJoining:
+		c.pending = append(c.pending, f)
+	case stateJoined:
+		c.sock.sendFrame(f)
+	}
+}
+
+// sendFinal sends phx_close or phx_error for this join (§2.5: ref equal to
+// join_ref). The channel has already ended.
+func (c *ChannelSocket) sendFinal(event string, payload []byte) {
+	c.sock.send(&Message{JoinRef: c.joinRef, Ref: c.joinRef, Topic: c.topic, Event: event, Payload: payload})
+}
+
+func (c *ChannelSocket) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state == stateClosed
+}
+
+// cleanup releases what the join held beyond its subscription.
+func (c *ChannelSocket) cleanup() {
+	c.mu.Lock()
+	c.state = stateClosed
+	c.pending = nil
+	if c.cancel != nil {
+		c.cancel()
+	}
+	c.mu.Unlock()
+	if c.tracked {
+		ctx, cancel := context.WithTimeout(context.Background(), presenceTimeout)
+		defer cancel()
+		if err := c.sock.ep.cfg.Presence.UntrackAll(ctx, c.topic, c.id); err != nil {
+			c.sock.ep.log.Warn("channels: untracking presence failed", "topic", c.topic, "err", err)
+		}
+		c.tracked = false
+	}
+}

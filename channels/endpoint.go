@@ -1,0 +1,222 @@
+package channels
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/channelsd/channelsd/presence"
+	"github.com/channelsd/channelsd/pubsub"
+)
+
+// EndpointConfig wires an Endpoint.
+type EndpointConfig struct {
+	Router *Router
+	// Handler authenticates connections; nil accepts every connection
+	// anonymously.
+	Handler  SocketHandler
+	PubSub   pubsub.PubSub
+	Presence presence.Tracker
+	Logger   *slog.Logger
+	// MaxChannels caps the channels one socket may join (Phoenix 1.8.9+:
+	// 100). Zero means 100; negative means no limit.
+	MaxChannels int
+	// MaxOutbox caps the intercepted broadcasts waiting for HandleOut on
+	// one socket before it is closed as a slow consumer. Zero means 1024.
+	MaxOutbox int
+}
+
+// Endpoint is where transports bring connections: it authenticates them,
+// runs their sockets and offers the node-wide operations (broadcast,
+// disconnect by id, close all).
+type Endpoint struct {
+	cfg EndpointConfig
+	log *slog.Logger
+
+	serial atomic.Uint64
+
+	mu      sync.Mutex
+	sockets map[*Socket]struct{}
+	closing bool
+	drained chan struct{} // closed once closing and no socket is left
+
+	stats Stats
+}
+
+// Stats are the endpoint's running counters.
+type Stats struct {
+	Sockets         atomic.Int64 // open sockets
+	Channels        atomic.Int64 // joined channels
+	Joins           atomic.Uint64
+	MessagesIn      atomic.Uint64
+	MalformedFrames atomic.Uint64
+	Crashes         atomic.Uint64
+	SlowConsumers   atomic.Uint64
+}
+
+// NewEndpoint checks cfg and returns an Endpoint.
+func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
+	if cfg.Router == nil || cfg.PubSub == nil || cfg.Presence == nil {
+		return nil, errors.New("channels: endpoint needs a Router, a PubSub and a presence Tracker")
+	}
+	if cfg.MaxChannels == 0 {
+		cfg.MaxChannels = 100
+	}
+	if cfg.MaxOutbox == 0 {
+		cfg.MaxOutbox = 1024
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Endpoint{cfg: cfg, log: cfg.Logger, sockets: make(map[*Socket]struct{}), drained: make(chan struct{})}, nil
+}
+
+// Stats returns the endpoint's counters.
+func (e *Endpoint) Stats() *Stats { return &e.stats }
+
+// ErrShuttingDown refuses connections once Shutdown has begun.
+var ErrShuttingDown = &ConnectError{Status: 503, Reason: "server shutting down"}
+
+// Connect runs the SocketHandler for a connection request. Transports call
+// it before they upgrade, so a refusal is an ordinary HTTP answer.
+func (e *Endpoint) Connect(ctx context.Context, info *ConnectInfo) (Identity, error) {
+	e.mu.Lock()
+	closing := e.closing
+	e.mu.Unlock()
+	if closing {
+		return Identity{}, ErrShuttingDown
+	}
+	if e.cfg.Handler == nil {
+		return Identity{}, nil
+	}
+	return e.cfg.Handler.Connect(ctx, info)
+}
+
+// Open starts the socket of an accepted connection. The transport then
+// feeds it frames with HandleFrame and calls HandleClose exactly once when
+// the connection has ended.
+func (e *Endpoint) Open(conn Conn, ser Serializer, id Identity) *Socket {
+	s := &Socket{
+		ep:    e,
+		conn:  conn,
+		ser:   ser,
+		ident: id,
+		name:  strconv.FormatUint(e.serial.Add(1), 36),
+	}
+	e.mu.Lock()
+	if e.closing {
+		e.mu.Unlock()
+		conn.Close(CloseGoingAway, "server shutting down")
+		s.closed = true
+		return s
+	}
+	e.sockets[s] = struct{}{}
+	e.mu.Unlock()
+	e.stats.Sockets.Add(1)
+	if id.ID != "" {
+		s.idSub = &idSubscriber{s: s, id: s.name + "#id"}
+		if err := e.cfg.PubSub.Subscribe(idTopic(id.ID), s.idSub); err != nil {
+			e.log.Warn("channels: subscribing socket id failed; disconnect by id will miss this socket", "id", id.ID, "err", err)
+		}
+	}
+	return s
+}
+
+// idTopicPrefix namespaces the per-socket-id topics that carry
+// disconnect requests across the cluster, as Phoenix's socket id topic
+// does. The HTTP publish API refuses topics with this prefix.
+const idTopicPrefix = "phx:socket:"
+
+// ReservedTopic reports whether topic is internal to the runtime and must
+// not be published to by applications or clients.
+func ReservedTopic(topic string) bool {
+	return len(topic) >= len(idTopicPrefix) && topic[:len(idTopicPrefix)] == idTopicPrefix
+}
+
+func idTopic(id string) string { return idTopicPrefix + id }
+
+// Broadcast publishes event with payload to every subscriber of topic.
+func (e *Endpoint) Broadcast(ctx context.Context, topic, event string, payload any) error {
+	data, binary, err := encodePayload(payload)
+	if err != nil {
+		return err
+	}
+	return e.cfg.PubSub.Publish(ctx, &pubsub.Message{Topic: topic, Event: event, Payload: data, Binary: binary})
+}
+
+// Disconnect closes every socket whose id is id, on every node the PubSub
+// reaches, with close code 1001 so that clients reconnect (and
+// authenticate again).
+func (e *Endpoint) Disconnect(ctx context.Context, id string) error {
+	return e.cfg.PubSub.Publish(ctx, &pubsub.Message{Topic: idTopic(id), Event: "disconnect", Payload: []byte("{}")})
+}
+
+// BeginShutdown makes Connect and Open refuse new sockets.
+func (e *Endpoint) BeginShutdown() {
+	e.mu.Lock()
+	e.beginShutdownLocked()
+	e.mu.Unlock()
+}
+
+func (e *Endpoint) beginShutdownLocked() {
+	if !e.closing {
+		e.closing = true
+		if len(e.sockets) == 0 {
+			close(e.drained)
+		}
+	}
+}
+
+// Drained is closed once shutdown has begun and every socket has ended.
+func (e *Endpoint) Drained() <-chan struct{} { return e.drained }
+
+// CloseAll refuses new sockets and closes every open one with code and
+// reason. Sockets end asynchronously; SocketCount tells when they are gone.
+func (e *Endpoint) CloseAll(code int, reason string) {
+	e.mu.Lock()
+	e.beginShutdownLocked()
+	all := make([]*Socket, 0, len(e.sockets))
+	for s := range e.sockets {
+		all = append(all, s)
+	}
+	e.mu.Unlock()
+	for _, s := range all {
+		s.conn.Close(code, reason)
+	}
+}
+
+// SocketCount returns the number of open sockets.
+func (e *Endpoint) SocketCount() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.sockets)
+}
+
+func (e *Endpoint) forget(s *Socket) {
+	e.mu.Lock()
+	if _, ok := e.sockets[s]; ok {
+		delete(e.sockets, s)
+		e.stats.Sockets.Add(-1)
+		if e.closing && len(e.sockets) == 0 {
+			close(e.drained)
+		}
+	}
+	e.mu.Unlock()
+}
+
+// idSubscriber listens on a socket's id topic for disconnect requests.
+type idSubscriber struct {
+	s  *Socket
+	id string
+}
+
+func (i *idSubscriber) SubscriberID() string { return i.id }
+
+func (i *idSubscriber) Deliver(m *pubsub.Message) {
+	if m.Event == "disconnect" {
+		i.s.conn.Close(CloseGoingAway, "disconnected")
+	}
+}

@@ -1,0 +1,94 @@
+package channels
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+)
+
+// ConnectInfo is what a SocketHandler sees of a connection request.
+type ConnectInfo struct {
+	// Params are the query parameters, vsn included; the last value wins
+	// when a name repeats.
+	Params map[string]string
+	// Header holds the request headers of the upgrade (or the long-poll
+	// request that opened the session).
+	Header http.Header
+	// RemoteAddr is the peer's address as the listener saw it.
+	RemoteAddr string
+	// Transport names the transport: "websocket" or "longpoll".
+	Transport string
+	// AuthToken is the bearer token a client passed in the
+	// Sec-WebSocket-Protocol header or X-Phoenix-AuthToken (§1.4), if any.
+	AuthToken string
+}
+
+// Identity is what a successful connect yields.
+type Identity struct {
+	// ID names the socket for disconnect-by-id ("" for anonymous sockets).
+	// Every socket with the same ID is closed by one Disconnect call.
+	ID string
+	// Assigns are copied into every channel the socket joins.
+	Assigns map[string]any
+}
+
+// SocketHandler authenticates connections, Phoenix's connect/3 and id/1.
+type SocketHandler interface {
+	// Connect accepts the connection with an identity or refuses it with an
+	// error. A *ConnectError chooses the HTTP status and the reason sent in
+	// the body; any other error refuses with 403 and the error's text.
+	Connect(ctx context.Context, info *ConnectInfo) (Identity, error)
+}
+
+// SocketHandlerFunc adapts a function to SocketHandler.
+type SocketHandlerFunc func(ctx context.Context, info *ConnectInfo) (Identity, error)
+
+// Connect implements SocketHandler.
+func (f SocketHandlerFunc) Connect(ctx context.Context, info *ConnectInfo) (Identity, error) {
+	return f(ctx, info)
+}
+
+// ConnectError refuses a connection with a specific HTTP status.
+type ConnectError struct {
+	Status int    // HTTP status; 0 means 403
+	Reason string // sent as the response body
+}
+
+func (e *ConnectError) Error() string {
+	return fmt.Sprintf("channels: connect refused (%d): %s", e.HTTPStatus(), e.Reason)
+}
+
+// HTTPStatus returns the status to answer with.
+func (e *ConnectError) HTTPStatus() int {
+	if e.Status == 0 {
+		return http.StatusForbidden
+	}
+	return e.Status
+}
+
+// Conn is the transport's side of one socket. The socket runtime hands it
+// encoded frames; the transport owns buffering, the wire and the close.
+type Conn interface {
+	// Send queues f for delivery and returns without waiting for the wire.
+	// It fails once the connection is closing, or when its outbound queue
+	// is full; in that case the transport closes the connection itself as
+	// a slow consumer. f.Data is shared and must not be modified.
+	Send(f Frame) error
+	// Close ends the connection with a WebSocket close code (RFC 6455
+	// §7.4) and a reason; transports without close frames map them.
+	Close(code int, reason string)
+}
+
+// Close codes the runtime uses (RFC 6455 §7.4.1). None of them is 1000:
+// phoenix.js up to 1.8.12 does not reconnect after a 1000 close
+// (PROTOCOL.md §4.3), and every server-initiated close here expects the
+// client to come back.
+const (
+	CloseGoingAway     = 1001 // server shutdown, disconnect by id
+	CloseProtocolError = 1002
+	CloseInvalidData   = 1007 // malformed frames, invalid UTF-8
+	ClosePolicy        = 1008 // slow consumer, abuse
+	CloseTooBig        = 1009 // frame above the size limit
+	CloseInternalError = 1011
+	CloseTryAgainLater = 1013
+)

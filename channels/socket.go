@@ -1,0 +1,400 @@
+package channels
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strconv"
+	"sync"
+
+	"github.com/channelsd/channelsd/pubsub"
+)
+
+// Socket is one client connection's runtime: it routes the client's
+// messages to channels and the channels' output to the connection. The
+// transport drives it with HandleFrame from one goroutine and calls
+// HandleClose once when the connection has ended.
+type Socket struct {
+	ep    *Endpoint
+	conn  Conn
+	ser   Serializer
+	ident Identity
+	name  string // unique on this node; prefixes subscriber ids
+	idSub *idSubscriber
+
+	// cb serializes every channel callback of this socket (locksordering.txt).
+	cb     sync.Mutex
+	chans  map[string]*ChannelSocket // live channel per topic; guarded by cb
+	closed bool                      // guarded by cb
+
+	// outbox holds intercepted broadcasts waiting for HandleOut.
+	outMu      sync.Mutex
+	outbox     []outItem
+	outRunning bool
+}
+
+type outItem struct {
+	ch *ChannelSocket
+	m  *pubsub.Message
+}
+
+// ID returns the socket id from the connect handler ("" if none).
+func (s *Socket) ID() string { return s.ident.ID }
+
+// Serializer returns the socket's negotiated serializer.
+func (s *Socket) Serializer() Serializer { return s.ser }
+
+// Close asks the transport to close the connection; HandleClose follows.
+func (s *Socket) Close(code int, reason string) { s.conn.Close(code, reason) }
+
+// HandleFrame handles one frame from the client. data is only read during
+// the call; the transport may reuse it afterwards.
+//
+// Malformed messages get an error reply on the "phoenix" topic and the
+// socket carries on: one bad frame from a buggy client must not cost it
+// every channel it has joined. The transport decides about frames that are
+// broken below this level (invalid UTF-8, oversized).
+func (s *Socket) HandleFrame(data []byte, binary bool) {
+	msg, err := s.ser.Decode(data, binary)
+	s.ep.stats.MessagesIn.Add(1)
+	if err != nil {
+		s.ep.stats.MalformedFrames.Add(1)
+		s.ep.log.Debug("channels: malformed message", "socket", s.name, "err", err)
+		s.sendSocketReply(NullRef, NullRef, TopicPhoenix, "error", reasonJSON("malformed message: "+err.Error()))
+		return
+	}
+	// The decoded message aliases the transport's buffer; channels may
+	// keep payloads (HandleOut runs later, applications store messages).
+	msg.Payload = append([]byte(nil), msg.Payload...)
+
+	switch {
+	case msg.Topic == TopicPhoenix && msg.Event == EventHeartbeat:
+		// Answered at once, before any channel work (§3.2).
+		s.sendSocketReply(NullRef, msg.Ref, TopicPhoenix, "ok", nil)
+	case msg.Event == EventJoin:
+		s.join(&msg)
+	case msg.Event == EventLeave:
+		s.leave(&msg)
+	default:
+		s.handleIn(&msg)
+	}
+}
+
+// HandleClose ends every channel with ReasonClosed, without frames
+// (§3.7: the connection is gone), and releases the socket.
+func (s *Socket) HandleClose() {
+	s.cb.Lock()
+	if s.closed {
+		s.cb.Unlock()
+		s.ep.forget(s)
+		return
+	}
+	s.closed = true
+	for _, ch := range s.chans {
+		s.terminate(ch, ReasonClosed)
+	}
+	s.chans = nil
+	s.cb.Unlock()
+	if s.idSub != nil {
+		s.ep.cfg.PubSub.Unsubscribe(idTopic(s.ident.ID), s.idSub)
+	}
+	s.ep.forget(s)
+}
+
+func (s *Socket) join(msg *Message) {
+	s.cb.Lock()
+	defer s.cb.Unlock()
+	if s.closed {
+		return
+	}
+	var replaced *ChannelSocket
+	if old := s.chans[msg.Topic]; old != nil {
+		// §3.4: shut the old instance down, answer the new join, then tell
+		// the client the old join_ref is closed.
+		s.terminate(old, ReasonDuplicateJoin)
+		replaced = old
+	}
+	defer func() {
+		if replaced != nil {
+			replaced.sendFinal(EventClose, []byte("{}"))
+		}
+	}()
+
+	factory, ok := s.ep.cfg.Router.Match(msg.Topic)
+	if !ok {
+		s.sendSocketReply(NullRef, msg.Ref, msg.Topic, "error", reasonJSON("unmatched topic"))
+		return
+	}
+	if max := s.ep.cfg.MaxChannels; max > 0 && len(s.chans) >= max {
+		s.sendSocketReply(msg.JoinRef, msg.Ref, msg.Topic, "error", reasonJSON("too many channels joined"))
+		return
+	}
+	ch := &ChannelSocket{
+		sock:    s,
+		topic:   msg.Topic,
+		joinRef: msg.JoinRef,
+		id:      strconv.FormatUint(s.ep.serial.Add(1), 36),
+		state:   stateJoining,
+	}
+	ch.impl = factory(msg.Topic)
+	if ic, ok := ch.impl.(Interceptor); ok {
+		ch.intercepts = ic.Intercepts()
+	}
+	if len(s.ident.Assigns) > 0 {
+		ch.assigns = make(map[string]any, len(s.ident.Assigns))
+		for k, v := range s.ident.Assigns {
+			ch.assigns[k] = v
+		}
+	}
+
+	var response any
+	var joinErr error
+	crashed := s.guard(ch, "join", func() {
+		response, joinErr = ch.impl.Join(ch, Payload{Data: msg.Payload, Binary: msg.Binary})
+	})
+	if crashed || joinErr != nil {
+		reply := reasonJSON("join crashed")
+		if !crashed {
+			reply = joinErrorResponse(joinErr)
+		}
+		ch.state = stateClosed
+		ch.cleanup()
+		s.sendSocketReply(msg.JoinRef, msg.Ref, msg.Topic, "error", reply)
+		return
+	}
+	replyData, replyBinary, err := encodePayload(response)
+	if err != nil {
+		s.ep.log.Error("channels: join response cannot be encoded", "topic", msg.Topic, "err", err)
+		replyData, replyBinary = []byte("{}"), false
+	}
+	if err := s.ep.cfg.PubSub.Subscribe(msg.Topic, ch); err != nil {
+		s.ep.log.Error("channels: subscribe failed", "topic", msg.Topic, "err", err)
+		ch.state = stateClosed
+		ch.cleanup()
+		s.sendSocketReply(msg.JoinRef, msg.Ref, msg.Topic, "error", reasonJSON("subscribe failed"))
+		return
+	}
+	if s.chans == nil {
+		s.chans = make(map[string]*ChannelSocket)
+	}
+	s.chans[msg.Topic] = ch
+	s.ep.stats.Channels.Add(1)
+	s.ep.stats.Joins.Add(1)
+
+	// §3.3: the reply goes out before anything else of this join.
+	ch.mu.Lock()
+	s.send(&Message{JoinRef: msg.JoinRef, Ref: msg.Ref, Topic: msg.Topic, Event: EventReply, Status: "ok", Payload: replyData, Binary: replyBinary})
+	pending := ch.pending
+	ch.pending = nil
+	ch.state = stateJoined
+	for _, f := range pending {
+		s.sendFrame(f)
+	}
+	ch.mu.Unlock()
+
+	if aj, ok := ch.impl.(AfterJoiner); ok {
+		if s.guard(ch, "after_join", func() { aj.AfterJoin(ch) }) {
+			s.crash(ch)
+		}
+	}
+}
+
+func (s *Socket) leave(msg *Message) {
+	s.cb.Lock()
+	defer s.cb.Unlock()
+	ch := s.chans[msg.Topic]
+	if ch == nil {
+		// §3.5: leaving what is not joined is fine.
+		s.sendSocketReply(msg.JoinRef, msg.Ref, msg.Topic, "ok", nil)
+		return
+	}
+	if !msg.JoinRef.IsNull() && msg.JoinRef != ch.joinRef {
+		return // stale: that instance is already gone
+	}
+	// §3.6: reply, then phx_close.
+	ch.send(&Message{JoinRef: ch.joinRef, Ref: msg.Ref, Topic: ch.topic, Event: EventReply, Status: "ok", Payload: []byte("{}")})
+	s.terminate(ch, ReasonLeft)
+	ch.sendFinal(EventClose, []byte("{}"))
+}
+
+func (s *Socket) handleIn(msg *Message) {
+	s.cb.Lock()
+	defer s.cb.Unlock()
+	ch := s.chans[msg.Topic]
+	if ch == nil {
+		s.sendSocketReply(NullRef, msg.Ref, msg.Topic, "error", reasonJSON("unmatched topic"))
+		return
+	}
+	if !msg.JoinRef.IsNull() && msg.JoinRef != ch.joinRef {
+		return // §3.5: stale join_ref, silently dropped
+	}
+	var res Result
+	in := In{Event: msg.Event, Payload: Payload{Data: msg.Payload, Binary: msg.Binary}, Ref: msg.Ref}
+	if s.guard(ch, "handle_in", func() { res = ch.impl.HandleIn(ch, in) }) {
+		s.crash(ch)
+		return
+	}
+	s.apply(ch, msg.Ref, res)
+}
+
+// apply carries out a callback's Result.
+func (s *Socket) apply(ch *ChannelSocket, ref Ref, res Result) {
+	if res.reply {
+		if err := ch.Reply(ref, res.status, res.response); err != nil {
+			s.ep.log.Error("channels: reply cannot be encoded", "topic", ch.topic, "err", err)
+		}
+	}
+	if !res.stop {
+		return
+	}
+	if res.stopErr != nil {
+		s.ep.log.Warn("channels: channel stopped with error", "topic", ch.topic, "err", res.stopErr)
+		s.terminate(ch, ReasonError)
+		ch.sendFinal(EventError, []byte(`{"reason":"channel_crash"}`))
+		return
+	}
+	s.terminate(ch, ReasonStop)
+	ch.sendFinal(EventClose, []byte("{}"))
+}
+
+// guard runs a channel callback and turns a panic into a logged crash. It
+// reports whether the callback panicked.
+func (s *Socket) guard(ch *ChannelSocket, callback string, f func()) (crashed bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			crashed = true
+			s.ep.stats.Crashes.Add(1)
+			s.ep.log.Error("channels: channel callback panicked",
+				"callback", callback, "topic", ch.topic, "socket", s.name,
+				"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		}
+	}()
+	f()
+	return false
+}
+
+// crash ends a channel whose callback panicked: phx_error to the client
+// (§3.7), the socket and its other channels untouched.
+func (s *Socket) crash(ch *ChannelSocket) {
+	if ch.isClosed() {
+		return
+	}
+	s.terminate(ch, ReasonCrash)
+	ch.sendFinal(EventError, []byte(`{"reason":"channel_crash"}`))
+}
+
+// terminate ends a live channel: Terminate callback, then unsubscribe and
+// untrack. Frames for the client (phx_close, phx_error) are the caller's.
+// Called with s.cb held.
+func (s *Socket) terminate(ch *ChannelSocket, reason Reason) {
+	if ch.isClosed() {
+		return
+	}
+	if s.chans[ch.topic] == ch {
+		delete(s.chans, ch.topic)
+	}
+	s.ep.stats.Channels.Add(-1)
+	s.guard(ch, "terminate", func() { ch.impl.Terminate(ch, reason) })
+	ch.mu.Lock()
+	ch.state = stateClosed
+	ch.mu.Unlock()
+	s.ep.cfg.PubSub.Unsubscribe(ch.topic, ch)
+	ch.cleanup()
+}
+
+// sendSocketReply sends a reply that belongs to no channel instance:
+// heartbeats, unmatched topics, refused joins.
+func (s *Socket) sendSocketReply(joinRef, ref Ref, topic, status string, response []byte) {
+	if response == nil {
+		response = []byte("{}")
+	}
+	s.send(&Message{JoinRef: joinRef, Ref: ref, Topic: topic, Event: EventReply, Status: status, Payload: response})
+}
+
+func (s *Socket) send(m *Message) {
+	f, err := s.ser.Encode(nil, m)
+	if err != nil {
+		s.ep.log.Warn("channels: message cannot be encoded for this socket", "topic", m.Topic, "event", m.Event, "vsn", s.ser.Vsn(), "err", err)
+		return
+	}
+	s.sendFrame(f)
+}
+
+func (s *Socket) sendFrame(f Frame) {
+	if err := s.conn.Send(f); errors.Is(err, ErrSlowConsumer) {
+		s.ep.stats.SlowConsumers.Add(1)
+	}
+}
+
+// ErrSlowConsumer is what a Conn's Send returns when the connection's
+// outbound queue is full; the transport closes such a connection.
+var ErrSlowConsumer = errors.New("channels: slow consumer: outbound queue full")
+
+// ErrConnClosed is what a Conn's Send returns once the connection is
+// closing.
+var ErrConnClosed = errors.New("channels: connection closed")
+
+func reasonJSON(reason string) []byte {
+	b, _ := json.Marshal(map[string]string{"reason": reason})
+	return b
+}
+
+func joinErrorResponse(err error) []byte {
+	var resp any = map[string]string{"reason": err.Error()}
+	var r interface{ Response() any }
+	if errors.As(err, &r) {
+		resp = r.Response()
+	}
+	b, _, encErr := encodePayload(resp)
+	if encErr != nil {
+		return reasonJSON("join refused")
+	}
+	return b
+}
+
+// deliverOut queues an intercepted broadcast for HandleOut, which runs on
+// its own short-lived goroutine so that the broadcaster never waits for a
+// channel callback.
+func (s *Socket) deliverOut(ch *ChannelSocket, m *pubsub.Message) {
+	s.outMu.Lock()
+	if len(s.outbox) >= s.ep.cfg.MaxOutbox {
+		s.outMu.Unlock()
+		s.ep.stats.SlowConsumers.Add(1)
+		s.conn.Close(ClosePolicy, "slow consumer")
+		return
+	}
+	s.outbox = append(s.outbox, outItem{ch, m})
+	start := !s.outRunning
+	s.outRunning = true
+	s.outMu.Unlock()
+	if start {
+		go s.runOutbox()
+	}
+}
+
+func (s *Socket) runOutbox() {
+	for {
+		s.outMu.Lock()
+		if len(s.outbox) == 0 {
+			s.outbox = nil
+			s.outRunning = false
+			s.outMu.Unlock()
+			return
+		}
+		item := s.outbox[0]
+		s.outbox[0] = outItem{}
+		s.outbox = s.outbox[1:]
+		s.outMu.Unlock()
+
+		s.cb.Lock()
+		if !item.ch.isClosed() {
+			ic := item.ch.impl.(Interceptor)
+			out := Out{Event: item.m.Event, Payload: Payload{Data: item.m.Payload, Binary: item.m.Binary}}
+			if s.guard(item.ch, "handle_out", func() { ic.HandleOut(item.ch, out) }) {
+				s.crash(item.ch)
+			}
+		}
+		s.cb.Unlock()
+	}
+}

@@ -1,0 +1,57 @@
+package presence
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"sync/atomic"
+)
+
+// refPrefix makes refs from different processes distinct; the counter
+// makes them distinct within one.
+var (
+	refPrefix  [8]byte
+	refCounter atomic.Uint64
+)
+
+func init() { _, _ = rand.Read(refPrefix[:]) }
+
+// NewRef returns a fresh phx_ref: 16 URL-safe characters, unique across
+// processes with overwhelming probability, like Phoenix's.
+func NewRef() string {
+	var b [12]byte
+	copy(b[:], refPrefix[:4])
+	binary.BigEndian.PutUint64(b[4:], refCounter.Add(1)^binary.BigEndian.Uint64(refPrefix[:]))
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// WithRefs returns meta with "phx_ref" set to ref and, when prev is not
+// empty, "phx_ref_prev" set to prev. meta must be a JSON object; any refs
+// it already carries are replaced.
+func WithRefs(meta json.RawMessage, ref, prev string) (json.RawMessage, error) {
+	fields := map[string]json.RawMessage{}
+	if len(meta) > 0 {
+		if err := json.Unmarshal(meta, &fields); err != nil || fields == nil {
+			return nil, ErrNotObject
+		}
+	}
+	fields["phx_ref"], _ = json.Marshal(ref)
+	delete(fields, "phx_ref_prev")
+	if prev != "" {
+		fields["phx_ref_prev"], _ = json.Marshal(prev)
+	}
+	return json.Marshal(fields)
+}
+
+// Add appends meta under key.
+func (s State) Add(key string, meta json.RawMessage) {
+	e := s[key]
+	e.Metas = append(e.Metas, meta)
+	s[key] = e
+}
+
+// DiffPayload encodes a presence_diff payload.
+func DiffPayload(joins, leaves State) ([]byte, error) {
+	return json.Marshal(Diff{Joins: joins, Leaves: leaves})
+}

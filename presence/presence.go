@@ -1,0 +1,79 @@
+package presence
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+)
+
+// Tracker keeps who is present on which topic and tells the topic's
+// subscribers when that changes.
+//
+// Entries belong to an owner (one channel instance on one socket); a
+// socket tracks a key at most once per topic. Every change is broadcast to
+// the topic as a presence_diff in Phoenix's shape,
+// {"joins":{key:{"metas":[...]}},"leaves":{...}}, through the PubSub the
+// tracker was built with.
+//
+// Contract shared by all implementations:
+//   - Track, Update and Untrack are visible to List on this node when they
+//     return; other nodes see them within the implementation's
+//     propagation bound.
+//   - Every meta carries "phx_ref", unique per track or update; an update
+//     carries "phx_ref_prev", the ref it replaces.
+//   - The diffs a subscriber receives, applied in order on top of a List
+//     taken after it subscribed, yield the tracker's state (the JavaScript
+//     Presence class relies on this and tolerates repeats).
+type Tracker interface {
+	// Track adds key with meta (a JSON object) for owner on topic and
+	// returns the new phx_ref.
+	Track(ctx context.Context, topic, owner, key string, meta json.RawMessage) (string, error)
+	// Update replaces the meta of owner's key on topic.
+	Update(ctx context.Context, topic, owner, key string, meta json.RawMessage) (string, error)
+	// Untrack removes owner's key from topic; untracking what is not
+	// tracked is not an error.
+	Untrack(ctx context.Context, topic, owner, key string) error
+	// UntrackAll removes every entry of owner on topic.
+	UntrackAll(ctx context.Context, topic, owner string) error
+	// List returns the topic's entries grouped by key.
+	List(ctx context.Context, topic string) (State, error)
+	// Close stops background work. Entries of this node are removed.
+	Close() error
+}
+
+// ErrNotTracked is returned by Update for a key the owner does not track.
+var ErrNotTracked = errors.New("presence: key not tracked by this owner")
+
+// ErrAlreadyTracked is returned by Track for a key the owner already tracks
+// on the topic (use Update).
+var ErrAlreadyTracked = errors.New("presence: key already tracked by this owner")
+
+// ErrClosed is returned after Close.
+var ErrClosed = errors.New("presence: tracker closed")
+
+// ErrNotObject is returned when a meta is not a JSON object.
+var ErrNotObject = errors.New("presence: meta must be a JSON object")
+
+// State maps each key to its metas, the shape of presence_state.
+type State map[string]Entry
+
+// Entry is one key's presences; several metas mean several sockets
+// (devices, tabs) tracked the same key.
+type Entry struct {
+	Metas []json.RawMessage `json:"metas"`
+}
+
+// Diff is the payload of presence_diff.
+type Diff struct {
+	Joins  State `json:"joins"`
+	Leaves State `json:"leaves"`
+}
+
+// MarshalJSON writes {} rather than null for an empty State, as Phoenix
+// does: the JavaScript client iterates over both fields.
+func (s State) MarshalJSON() ([]byte, error) {
+	if s == nil {
+		return []byte("{}"), nil
+	}
+	return json.Marshal(map[string]Entry(s))
+}

@@ -1,0 +1,51 @@
+package local
+
+import (
+	"context"
+	"sync/atomic"
+
+	"github.com/channelsd/channelsd/pubsub"
+)
+
+// PubSub delivers broadcasts to the subscribers of this process only.
+// Publish runs delivery on the caller's goroutine, so messages from one
+// publisher reach every subscriber in publish order.
+type PubSub struct {
+	reg    pubsub.Registry
+	closed atomic.Bool
+}
+
+// New returns an in-memory PubSub.
+func New() *PubSub { return &PubSub{} }
+
+var _ pubsub.PubSub = (*PubSub)(nil)
+
+// Subscribe implements pubsub.PubSub.
+func (p *PubSub) Subscribe(topic string, s pubsub.Subscriber) error {
+	if p.closed.Load() {
+		return pubsub.ErrClosed
+	}
+	p.reg.Add(topic, s)
+	return nil
+}
+
+// Unsubscribe implements pubsub.PubSub.
+func (p *PubSub) Unsubscribe(topic string, s pubsub.Subscriber) { p.reg.Remove(topic, s) }
+
+// Publish implements pubsub.PubSub.
+func (p *PubSub) Publish(_ context.Context, m *pubsub.Message) error {
+	if p.closed.Load() {
+		return pubsub.ErrClosed
+	}
+	p.reg.Dispatch(m)
+	return nil
+}
+
+// Subscribers returns the number of subscribers of topic.
+func (p *PubSub) Subscribers(topic string) int { return p.reg.Count(topic) }
+
+// Close implements pubsub.PubSub.
+func (p *PubSub) Close() error {
+	p.closed.Store(true)
+	return nil
+}

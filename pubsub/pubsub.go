@@ -1,0 +1,105 @@
+package pubsub
+
+import (
+	"context"
+	"errors"
+	"sync"
+)
+
+// Message is one broadcast on a topic. A PubSub hands the same *Message to
+// every local subscriber of the topic; subscribers must treat it, and the
+// bytes it holds, as read-only.
+type Message struct {
+	Topic string
+	Event string
+	// Payload is raw JSON, or raw bytes when Binary is set. It is carried,
+	// never decoded.
+	Payload []byte
+	Binary  bool
+	// From names the subscriber that published the message with
+	// broadcast_from semantics; that subscriber does not receive it. Empty
+	// for an ordinary broadcast. It only matters on the origin node:
+	// subscriber names are unique per node.
+	From string
+
+	encodings encodingCache
+}
+
+// Subscriber receives the messages of the topics it subscribed to.
+type Subscriber interface {
+	// SubscriberID is unique among this node's subscribers; Message.From
+	// is compared with it.
+	SubscriberID() string
+	// Deliver is called from the PubSub's dispatch path, once per message,
+	// in publish order for messages of one origin. It must not block: a
+	// subscriber that cannot keep up queues or drops, it never stalls the
+	// broadcaster or the other subscribers.
+	Deliver(m *Message)
+}
+
+// PubSub fans broadcasts out to subscribers, on this node and, for
+// clustered implementations, on every other node.
+//
+// Contract shared by all implementations:
+//   - Delivery is at most once. A message is delivered to every subscriber
+//     that was subscribed on its node when the message reached that node.
+//   - Messages published on one node to one topic reach every subscriber
+//     in publish order. There is no order across origin nodes or topics.
+//   - Publish delivers to this node's subscribers before it returns, so a
+//     publisher sees its own broadcasts in order with its other output.
+//   - Subscribe and Unsubscribe are idempotent per (topic, subscriber) and
+//     safe under any concurrency.
+type PubSub interface {
+	Subscribe(topic string, s Subscriber) error
+	Unsubscribe(topic string, s Subscriber)
+	// Publish delivers m locally and relays it to the cluster. Publish
+	// takes ownership of m. An error means other nodes may have missed the
+	// message; local subscribers still got it.
+	Publish(ctx context.Context, m *Message) error
+	// Close releases connections; Publish after Close fails with ErrClosed.
+	Close() error
+}
+
+// ErrClosed is returned by a PubSub that has been closed.
+var ErrClosed = errors.New("pubsub: closed")
+
+// Encoder encodes a broadcast into the bytes a transport writes. Keys
+// compare with ==; use one long-lived value per wire format.
+type Encoder interface {
+	EncodeBroadcast(m *Message) (data []byte, binary bool, err error)
+}
+
+// Encoded returns enc's encoding of m. The first subscriber that asks for
+// an encoder's bytes pays for the encoding; every later one gets the same
+// bytes (the "fastlane": one encoding per wire format per node, however
+// many sockets receive the message).
+func (m *Message) Encoded(enc Encoder) (data []byte, binary bool, err error) {
+	return m.encodings.get(m, enc)
+}
+
+// encodingCache holds a few encodings; nodes speak at most a handful of
+// wire formats, so a short slice beats a map.
+type encodingCache struct {
+	mu      sync.Mutex
+	entries []encoding
+}
+
+type encoding struct {
+	enc    Encoder
+	data   []byte
+	binary bool
+	err    error
+}
+
+func (c *encodingCache) get(m *Message, enc Encoder) ([]byte, bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range c.entries {
+		if e := &c.entries[i]; e.enc == enc {
+			return e.data, e.binary, e.err
+		}
+	}
+	data, binary, err := enc.EncodeBroadcast(m)
+	c.entries = append(c.entries, encoding{enc, data, binary, err})
+	return data, binary, err
+}
