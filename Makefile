@@ -1,0 +1,60 @@
+# channelsd — see README.md. `make run` and `make test` are all a new
+# machine with Go needs.
+
+GO        ?= go
+BIN       ?= bin
+# Short fuzz runs in `make test`; `make fuzz` runs longer.
+FUZZTIME  ?= 8s
+LONGFUZZ  ?= 5m
+# Figures for BENCHMARKS.md: `make bench` (Go benchmarks) and
+# `make bench-idle` (memory per idle joined WebSocket).
+BENCHTIME ?= 1s
+IDLE_CONNS ?= 10000
+
+# Fuzz targets: package and target name.
+FUZZ_TARGETS = ./channels:FuzzV1Decode ./channels:FuzzV2Decode ./channels:FuzzV2DecodeBinary ./channels:FuzzAppendJSONString
+
+export CGO_ENABLED ?= 0
+# testcontainers (integration tests): no reaper image can be pulled here,
+# and the default gateway is off-limits.
+export TESTCONTAINERS_RYUK_DISABLED = true
+export TESTCONTAINERS_HOST_OVERRIDE = localhost
+
+.PHONY: run build test test-unit lint fuzz fuzz-short bench bench-idle clean
+
+run:
+	$(GO) run ./cmd/channelsd
+
+build:
+	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/channelsd ./cmd/channelsd
+	$(GO) build -trimpath -o $(BIN)/channels-bench ./cmd/channels-bench
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Everything: lint, every test with the race detector, a short fuzz run.
+test: lint test-unit fuzz-short
+
+test-unit:
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m ./...
+
+fuzz-short:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$name ($(FUZZTIME))"; \
+		$(GO) test $$pkg -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) || exit 1; \
+	done
+
+fuzz:
+	$(MAKE) fuzz-short FUZZTIME=$(LONGFUZZ)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./channels ./pubsub/... ./transport/...
+
+bench-idle: build
+	$(BIN)/channels-bench idle -spawn-node -conns $(IDLE_CONNS)
+
+clean:
+	rm -rf $(BIN)

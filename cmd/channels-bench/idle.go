@@ -1,0 +1,200 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+)
+
+type idleResult struct {
+	Scenario        string  `json:"scenario"`
+	Conns           int     `json:"conns"`
+	Joined          int64   `json:"joined"`
+	Failed          int64   `json:"failed"`
+	Rooms           int     `json:"rooms"`
+	ConnectSeconds  float64 `json:"connect_seconds"`
+	JoinsPerSecond  float64 `json:"joins_per_second"`
+	RSSBefore       int64   `json:"server_rss_before"`
+	RSSAfter        int64   `json:"server_rss_after"`
+	BytesPerSocket  float64 `json:"server_bytes_per_socket"`
+	ServerCPU       float64 `json:"server_cpu_seconds"`
+	ClientCPU       float64 `json:"client_cpu_seconds"`
+	SettleSeconds   float64 `json:"settle_seconds"`
+	NodeGoroutines  int     `json:"-"`
+	ClientProcesses int     `json:"client_processes"`
+}
+
+func runIdle(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("idle", flag.ContinueOnError)
+	var tf targetFlags
+	tf.register(fs)
+	conns := fs.Int("conns", 10000, "sockets to open and join (at most 19,000 per process: the open-file limit here is 20,000)")
+	rooms := fs.Int("rooms", 100, "rooms the sockets spread over (room:bench-<i mod rooms>)")
+	sources := fs.Int("sources", 4, "local source addresses 127.0.0.1..N, to spread ephemeral ports")
+	parallel := fs.Int("parallel", 64, "concurrent connects")
+	settle := fs.Duration("settle", 5*time.Second, "wait after the last join before reading memory")
+	timeout := fs.Duration("timeout", 3*time.Minute, "bound on the whole run")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *conns <= 0 || *conns > 19000 {
+		return fmt.Errorf("-conns must be 1..19000 in one process")
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	t, err := tf.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer t.close()
+
+	res := idleResult{Scenario: "idle", Conns: *conns, Rooms: *rooms, ClientProcesses: 1, SettleSeconds: settle.Seconds()}
+	res.RSSBefore, _ = rssBytes(t.pid)
+	cpu0, _ := cpuSeconds(t.pid)
+	self0, _ := cpuSeconds(0)
+
+	var (
+		mu      sync.Mutex
+		opened  []net.Conn
+		joined  atomic.Int64
+		failed  atomic.Int64
+		next    atomic.Int64
+		wg      sync.WaitGroup
+		lastErr atomic.Value
+	)
+	start := time.Now()
+	progress := time.NewTicker(time.Second)
+	defer progress.Stop()
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-progress.C:
+				fmt.Fprintf(os.Stderr, "idle: %d joined, %d failed\n", joined.Load(), failed.Load())
+			case <-done:
+				return
+			}
+		}
+	}()
+	for w := 0; w < *parallel; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= *conns || ctx.Err() != nil {
+					return
+				}
+				src := net.IPv4(127, 0, 0, byte(1+i%*sources))
+				c, err := dialJoin(ctx, t.addr, src, "room:bench-"+strconv.Itoa(i%*rooms), i)
+				if err != nil {
+					failed.Add(1)
+					lastErr.Store(err.Error())
+					continue
+				}
+				joined.Add(1)
+				mu.Lock()
+				opened = append(opened, c)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	close(done)
+	res.ConnectSeconds = time.Since(start).Seconds()
+	res.Joined, res.Failed = joined.Load(), failed.Load()
+	res.JoinsPerSecond = float64(res.Joined) / res.ConnectSeconds
+	if e, ok := lastErr.Load().(string); ok {
+		fmt.Fprintln(os.Stderr, "idle: last error:", e)
+	}
+
+	select {
+	case <-time.After(*settle):
+	case <-ctx.Done():
+	}
+	res.RSSAfter, _ = rssBytes(t.pid)
+	cpu1, _ := cpuSeconds(t.pid)
+	self1, _ := cpuSeconds(0)
+	res.ServerCPU, res.ClientCPU = cpu1-cpu0, self1-self0
+	if res.Joined > 0 && res.RSSAfter > 0 {
+		res.BytesPerSocket = float64(res.RSSAfter-res.RSSBefore) / float64(res.Joined)
+	}
+	for _, c := range opened {
+		c.Close()
+	}
+
+	fmt.Printf("scenario            idle\n")
+	fmt.Printf("sockets joined      %d of %d (%d failed), %d rooms\n", res.Joined, res.Conns, res.Failed, res.Rooms)
+	fmt.Printf("connect+join        %.2f s, %.0f joins/s\n", res.ConnectSeconds, res.JoinsPerSecond)
+	fmt.Printf("server RSS          %.1f MiB before, %.1f MiB after (settled %s)\n", mib(res.RSSBefore), mib(res.RSSAfter), *settle)
+	fmt.Printf("per idle socket     %.0f bytes (%.2f KiB)\n", res.BytesPerSocket, res.BytesPerSocket/1024)
+	fmt.Printf("cpu                 server %.2f s, this client %.2f s\n", res.ServerCPU, res.ClientCPU)
+	line, _ := json.Marshal(res)
+	fmt.Println(string(line))
+	runtime.KeepAlive(opened)
+	return nil
+}
+
+func mib(b int64) float64 { return float64(b) / (1 << 20) }
+
+// dialJoin opens one V2 socket from src, joins topic and starts a reader
+// that drains whatever the server sends (presence diffs) until the
+// connection closes.
+func dialJoin(ctx context.Context, addr string, src net.IP, topic string, i int) (net.Conn, error) {
+	d := ws.Dialer{
+		Timeout: 10 * time.Second,
+		NetDial: func(ctx context.Context, network, a string) (net.Conn, error) {
+			nd := net.Dialer{LocalAddr: &net.TCPAddr{IP: src}}
+			return nd.DialContext(ctx, network, a)
+		},
+	}
+	user := "u" + strconv.Itoa(i)
+	conn, br, _, err := d.Dial(ctx, "ws://"+addr+"/socket/websocket?vsn=2.0.0&user="+user)
+	if err != nil {
+		return nil, err
+	}
+	if br != nil {
+		ws.PutReader(br)
+	}
+	join := fmt.Sprintf(`["1","1",%q,"phx_join",{"user":%q}]`, topic, user)
+	if err := wsutil.WriteClientText(conn, []byte(join)); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		data, err := wsutil.ReadServerText(conn)
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("awaiting join reply: %w", err)
+		}
+		if bytes.HasPrefix(data, []byte(`["1","1",`)) {
+			if !bytes.Contains(data, []byte(`"status":"ok"`)) {
+				conn.Close()
+				return nil, fmt.Errorf("join refused: %s", data)
+			}
+			break
+		}
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	go func() {
+		for {
+			if _, _, err := wsutil.ReadServerData(conn); err != nil {
+				return
+			}
+		}
+	}()
+	return conn, nil
+}

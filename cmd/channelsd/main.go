@@ -1,0 +1,130 @@
+// Command channelsd runs one channelsd node: a Phoenix Channels server
+// serving the default application (rooms with presence, the demo page and,
+// with --conformance, the conformance channel).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/channelsd/channelsd/channels"
+	"github.com/channelsd/channelsd/cmd/channelsd/app"
+	"github.com/channelsd/channelsd/node"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "channelsd:", err)
+		os.Exit(2)
+	}
+}
+
+// options are the command-line settings; every flag has a CHANNELS_*
+// environment variable that sets its default.
+type options struct {
+	addr            string
+	socketPath      string
+	allowedOrigins  string
+	idleTimeout     time.Duration
+	maxFrameSize    int64
+	maxChannels     int
+	apiKey          string
+	logLevel        string
+	conformance     bool
+	shutdownTimeout time.Duration
+}
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	fs := flag.NewFlagSet("channelsd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	o := &options{}
+	env := envDefaults{fs: fs}
+	env.str(&o.addr, "addr", "CHANNELS_ADDR", ":4000", "listen address")
+	env.str(&o.socketPath, "socket-path", "CHANNELS_SOCKET_PATH", "/socket", "base path of the socket transports (WebSocket at <path>/websocket)")
+	env.str(&o.allowedOrigins, "allowed-origins", "CHANNELS_ALLOWED_ORIGINS", "", "comma-separated origins allowed to open sockets, as scheme://host[:port]; empty allows any origin")
+	env.duration(&o.idleTimeout, "idle-timeout", "CHANNELS_IDLE_TIMEOUT", 60*time.Second, "close a socket that sent nothing for this long (clients heartbeat every 30s)")
+	env.int64(&o.maxFrameSize, "max-frame-size", "CHANNELS_MAX_FRAME_SIZE", 1<<20, "largest client message in bytes; larger ones close the socket with 1009")
+	env.int(&o.maxChannels, "max-channels", "CHANNELS_MAX_CHANNELS", 100, "channels one socket may join")
+	env.str(&o.apiKey, "api-key", "CHANNELS_API_KEY", "", "bearer key required by the HTTP API (/api/*); empty leaves it open")
+	env.str(&o.logLevel, "log-level", "CHANNELS_LOG_LEVEL", "info", "debug, info, warn or error")
+	env.bool(&o.conformance, "conformance", "CHANNELS_CONFORMANCE", false, "serve the conformance channel (conformance:*), a tool for testing client libraries")
+	env.duration(&o.shutdownTimeout, "shutdown-timeout", "CHANNELS_SHUTDOWN_TIMEOUT", 10*time.Second, "longest graceful shutdown after SIGTERM")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: channelsd [flags]\n\nRuns one channelsd node. Every flag can also be set with the environment variable shown.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if err := env.err(); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return o, nil
+}
+
+func run(args []string, stderr io.Writer) error {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(logger)
+
+	var ep *channels.Endpoint
+	appOpts := app.Options{Conformance: o.conformance, Endpoint: func() *channels.Endpoint { return ep }}
+	n, err := node.New(node.Config{
+		Addr:            o.addr,
+		SocketPath:      o.socketPath,
+		AllowedOrigins:  splitList(o.allowedOrigins),
+		IdleTimeout:     o.idleTimeout,
+		MaxFrameSize:    o.maxFrameSize,
+		MaxChannels:     o.maxChannels,
+		APIKey:          o.apiKey,
+		ShutdownTimeout: o.shutdownTimeout,
+		Router:          app.Router(appOpts),
+		SocketHandler:   app.SocketHandler(appOpts),
+		Home:            app.DemoHandler(o.socketPath),
+		Logger:          logger,
+	})
+	if err != nil {
+		return err
+	}
+	ep = n.Endpoint()
+	if err := n.Start(); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	<-ctx.Done()
+	logger.Info("channelsd: signal received, draining")
+	return n.Shutdown(context.Background())
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}

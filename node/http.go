@@ -1,0 +1,160 @@
+package node
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/channelsd/channelsd/channels"
+)
+
+// Pinger is implemented by a PubSub or Tracker that depends on a server
+// (Redis); /readyz reports not-ready while Ping fails.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
+func (n *Node) healthz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.WriteString(w, "ok\n")
+}
+
+func (n *Node) readyz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if n.draining.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, "draining\n")
+		return
+	}
+	for _, dep := range []any{n.cfg.PubSub, n.cfg.Presence} {
+		p, ok := dep.(Pinger)
+		if !ok {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		err := p.Ping(ctx)
+		cancel()
+		if err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, "not ready: "+err.Error()+"\n")
+			return
+		}
+	}
+	_, _ = io.WriteString(w, "ready\n")
+}
+
+// requireKey guards the HTTP API with the API key, when one is set.
+func (n *Node) requireKey(h http.HandlerFunc) http.HandlerFunc {
+	if n.cfg.APIKey == "" {
+		return h
+	}
+	want := []byte("Bearer " + n.cfg.APIKey)
+	return func(w http.ResponseWriter, r *http.Request) {
+		got := []byte(r.Header.Get("Authorization"))
+		if subtle.ConstantTimeCompare(got, want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="channelsd"`)
+			writeJSONError(w, http.StatusUnauthorized, "missing or wrong API key")
+			return
+		}
+		h(w, r)
+	}
+}
+
+type broadcastRequest struct {
+	Topic   string          `json:"topic"`
+	Event   string          `json:"event"`
+	Payload json.RawMessage `json:"payload"`
+}
+
+// apiBroadcast publishes {"topic","event","payload"} to every subscriber
+// of the topic on every node. 202: accepted for delivery, which is
+// at-most-once like every broadcast.
+func (n *Node) apiBroadcast(w http.ResponseWriter, r *http.Request) {
+	var req broadcastRequest
+	if !n.decodeBody(w, r, &req) {
+		return
+	}
+	switch {
+	case req.Topic == "" || req.Event == "":
+		writeJSONError(w, http.StatusBadRequest, `"topic" and "event" are required strings`)
+		return
+	case channels.ReservedTopic(req.Topic):
+		writeJSONError(w, http.StatusBadRequest, "topic is reserved")
+		return
+	case strings.HasPrefix(req.Event, "phx_"):
+		writeJSONError(w, http.StatusBadRequest, `events starting with "phx_" are reserved for the protocol`)
+		return
+	}
+	payload := req.Payload
+	if len(payload) == 0 || string(payload) == "null" {
+		payload = json.RawMessage("{}")
+	}
+	if payload[0] != '{' {
+		writeJSONError(w, http.StatusBadRequest, `"payload" must be a JSON object`)
+		return
+	}
+	if err := n.endpoint.Broadcast(r.Context(), req.Topic, req.Event, payload); err != nil {
+		n.log.Warn("node: api broadcast failed", "topic", req.Topic, "err", err)
+		writeJSONError(w, http.StatusServiceUnavailable, "broadcast failed: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]string{"status": "accepted"})
+}
+
+// apiDisconnect closes every socket with the given id.
+func (n *Node) apiDisconnect(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		ID string `json:"id"`
+	}
+	if !n.decodeBody(w, r, &req) {
+		return
+	}
+	if req.ID == "" {
+		writeJSONError(w, http.StatusBadRequest, `"id" is required`)
+		return
+	}
+	if err := n.endpoint.Disconnect(r.Context(), req.ID); err != nil {
+		writeJSONError(w, http.StatusServiceUnavailable, "disconnect failed: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]string{"status": "accepted"})
+}
+
+func (n *Node) decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		writeJSONError(w, http.StatusUnsupportedMediaType, "body must be application/json")
+		return false
+	}
+	body := http.MaxBytesReader(w, r.Body, n.cfg.MaxFrameSize)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeJSONError(w, http.StatusRequestEntityTooLarge, "body too large")
+			return false
+		}
+		writeJSONError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
+		return false
+	}
+	if dec.More() {
+		writeJSONError(w, http.StatusBadRequest, "malformed JSON body: trailing data")
+		return false
+	}
+	return true
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeJSONError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}

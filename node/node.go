@@ -1,0 +1,215 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/channelsd/channelsd/channels"
+	"github.com/channelsd/channelsd/presence"
+	"github.com/channelsd/channelsd/pubsub"
+	"github.com/channelsd/channelsd/pubsub/local"
+	"github.com/channelsd/channelsd/transport"
+)
+
+// Config is everything a node needs. Zero values take the defaults noted.
+type Config struct {
+	Addr       string // listen address; default ":4000"
+	SocketPath string // base path of the socket transports; default "/socket"
+
+	AllowedOrigins []string      // empty: any origin
+	IdleTimeout    time.Duration // default 60s
+	MaxFrameSize   int64         // default 1 MiB
+	MaxChannels    int           // per socket; default 100
+	APIKey         string        // required by the HTTP API when set
+
+	// ShutdownTimeout bounds Shutdown; default 10s.
+	ShutdownTimeout time.Duration
+
+	Router        *channels.Router
+	SocketHandler channels.SocketHandler // nil: anonymous sockets
+	// Home is served at "/" (the demo page); nil serves nothing there.
+	Home http.Handler
+
+	// PubSub and Presence default to the in-memory implementations.
+	PubSub   pubsub.PubSub
+	Presence presence.Tracker
+
+	Logger *slog.Logger
+}
+
+// Node is one channelsd process: it wires the endpoint, the transports and
+// the HTTP API, and owns their lifecycle (Start, then Shutdown once).
+type Node struct {
+	cfg      Config
+	log      *slog.Logger
+	endpoint *channels.Endpoint
+	ws       *transport.WebSocketHandler
+	mux      *http.ServeMux
+	server   *http.Server
+
+	mu       sync.Mutex
+	listener net.Listener
+	draining atomic.Bool
+	shutdown sync.Once
+}
+
+// New builds a node from cfg without listening yet.
+func New(cfg Config) (*Node, error) {
+	if cfg.Addr == "" {
+		cfg.Addr = ":4000"
+	}
+	if cfg.SocketPath == "" {
+		cfg.SocketPath = "/socket"
+	}
+	cfg.SocketPath = "/" + strings.Trim(cfg.SocketPath, "/")
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = 60 * time.Second
+	}
+	if cfg.MaxFrameSize == 0 {
+		cfg.MaxFrameSize = 1 << 20
+	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Router == nil {
+		return nil, errors.New("node: a Router is required")
+	}
+	if cfg.PubSub == nil {
+		cfg.PubSub = local.New()
+	}
+	if cfg.Presence == nil {
+		cfg.Presence = presence.NewLocal(cfg.PubSub)
+	}
+	ep, err := channels.NewEndpoint(channels.EndpointConfig{
+		Router:      cfg.Router,
+		Handler:     cfg.SocketHandler,
+		PubSub:      cfg.PubSub,
+		Presence:    cfg.Presence,
+		Logger:      cfg.Logger,
+		MaxChannels: cfg.MaxChannels,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger, endpoint: ep, mux: http.NewServeMux()}
+	n.ws, err = transport.NewWebSocketHandler(transport.FromEndpoint(ep), transport.WebSocketConfig{
+		IdleTimeout:    cfg.IdleTimeout,
+		MaxFrameSize:   cfg.MaxFrameSize,
+		AllowedOrigins: cfg.AllowedOrigins,
+		AuthToken:      true,
+		Logger:         cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	n.routes()
+	n.server = &http.Server{
+		Handler:           n.mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+	}
+	return n, nil
+}
+
+func (n *Node) routes() {
+	n.mux.Handle(n.cfg.SocketPath+"/websocket", n.ws)
+	n.mux.HandleFunc("GET /healthz", n.healthz)
+	n.mux.HandleFunc("GET /readyz", n.readyz)
+	n.mux.HandleFunc("POST /api/broadcast", n.requireKey(n.apiBroadcast))
+	n.mux.HandleFunc("POST /api/disconnect", n.requireKey(n.apiDisconnect))
+	if n.cfg.Home != nil {
+		n.mux.Handle("/", n.cfg.Home)
+	}
+}
+
+// Endpoint returns the node's channel endpoint, for applications that
+// broadcast or disconnect from Go.
+func (n *Node) Endpoint() *channels.Endpoint { return n.endpoint }
+
+// Handler returns the node's HTTP handler, for embedding in another server.
+func (n *Node) Handler() http.Handler { return n.mux }
+
+// WebSocketStats returns the WebSocket transport's counters.
+func (n *Node) WebSocketStats() *transport.Stats { return n.ws.Stats() }
+
+// Start listens on the configured address and serves in the background.
+func (n *Node) Start() error {
+	ln, err := net.Listen("tcp", n.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("node: listen: %w", err)
+	}
+	n.mu.Lock()
+	n.listener = ln
+	n.mu.Unlock()
+	go func() {
+		if err := n.server.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("node: serve failed", "err", err)
+		}
+	}()
+	n.log.Info("node: listening", "addr", ln.Addr().String(), "socket_path", n.cfg.SocketPath)
+	return nil
+}
+
+// Addr returns the listening address once Start has succeeded.
+func (n *Node) Addr() net.Addr {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.listener == nil {
+		return nil
+	}
+	return n.listener.Addr()
+}
+
+// Shutdown stops the node gracefully: readiness turns false, new sockets
+// are refused, open sockets are closed with 1001 (going away) so clients
+// reconnect elsewhere, their channels terminate (presences leave), and the
+// node waits for them within ShutdownTimeout or ctx, whichever ends first.
+// Sockets still open then are abandoned when the process exits.
+func (n *Node) Shutdown(ctx context.Context) error {
+	var err error
+	n.shutdown.Do(func() { err = n.doShutdown(ctx) })
+	return err
+}
+
+func (n *Node) doShutdown(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ShutdownTimeout)
+	defer cancel()
+	start := time.Now()
+	n.draining.Store(true)
+	open := n.endpoint.SocketCount()
+	n.log.Info("node: shutting down", "sockets", open)
+
+	// Stop accepting first, so no socket slips in after CloseAll.
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- n.server.Shutdown(ctx) }()
+	n.endpoint.CloseAll(channels.CloseGoingAway, "server shutting down")
+
+	var errs []error
+	select {
+	case <-n.endpoint.Drained():
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("node: %d sockets still open at the shutdown deadline", n.endpoint.SocketCount()))
+	}
+	if err := <-httpDone; err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		errs = append(errs, fmt.Errorf("node: http shutdown: %w", err))
+	}
+	if err := n.cfg.Presence.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("node: presence: %w", err))
+	}
+	if err := n.cfg.PubSub.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("node: pubsub: %w", err))
+	}
+	n.log.Info("node: stopped", "sockets_closed", open, "took", time.Since(start).Round(time.Millisecond))
+	return errors.Join(errs...)
+}
