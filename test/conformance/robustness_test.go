@@ -1,0 +1,263 @@
+package conformance
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/channelsd/channelsd/channels"
+	"github.com/channelsd/channelsd/node"
+	"github.com/channelsd/channelsd/transport/wsclient"
+)
+
+// expectMalformed asserts that the next frame is the runtime's answer to a
+// malformed message: [null,null,"phoenix","phx_reply",{"status":"error",
+// "response":{"reason":"malformed message: …"}}].
+func (c *conn) expectMalformed(sent string) {
+	c.t.Helper()
+	m := c.next()
+	var frame any
+	if err := json.Unmarshal(m.Raw, &frame); err != nil || m.Binary {
+		c.t.Fatalf("%s: after %s: unexpected frame %s", c.v.name, sent, m)
+	}
+	var resp struct {
+		Reason string `json:"reason"`
+	}
+	ok := m.Err == nil && m.JoinRef.IsNull() && m.Ref.IsNull() && m.Topic == channels.TopicPhoenix &&
+		m.Event == channels.EventReply && m.Status == "error" &&
+		json.Unmarshal(m.Payload, &resp) == nil && strings.HasPrefix(resp.Reason, "malformed message: ")
+	// The frame's own shape: a 5-array with null refs, or a V1 object
+	// with ref null and no join_ref.
+	switch f := frame.(type) {
+	case []any:
+		ok = ok && c.v == v2 && len(f) == 5 && f[0] == nil && f[1] == nil
+	case map[string]any:
+		_, hasJR := f["join_ref"]
+		ref, hasRef := f["ref"]
+		ok = ok && c.v == v1 && !hasJR && hasRef && ref == nil
+	default:
+		ok = false
+	}
+	if !ok {
+		c.t.Fatalf("%s: after %s: got %s, want the malformed-message error reply", c.v.name, sent, m)
+	}
+}
+
+// Malformed or wrong-shape frames are answered with an error reply on the
+// phoenix topic; the socket and its channels carry on.
+func TestMalformedFrames(t *testing.T) {
+	t.Parallel()
+	tn := startNode(t)
+	type bad struct {
+		data   string
+		binary bool
+	}
+	cases := map[version][]bad{
+		v2: {
+			{data: `not json`},
+			{data: ``},
+			{data: `null`},
+			{data: `"string"`},
+			{data: `{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"1"}`},
+			{data: `[]`},
+			{data: `["1","2","conformance:lobby","ping"]`},
+			{data: `[null,"2",3,"ping",{}]`},
+			{data: `[null,"2","conformance:lobby",4,{}]`},
+			{data: `[{},"2","conformance:lobby","ping",{}]`},
+			{data: `[null,["2"],"conformance:lobby","ping",{}]`},
+			{data: `[null,"2","conformance:lobby","ping",{}`},
+			{data: "\x01\x01\x01\x01\x01" + "12to", binary: true}, // kind 1: server-only
+			{data: "\x02\x01\x01" + "te", binary: true},           // kind 2: server-only
+			{data: "\x09", binary: true},
+			{data: "\x00\x01", binary: true},
+			{data: "\x00\x05\x05\x05\x05" + "1", binary: true}, // header past the end
+			{data: "", binary: true},
+		},
+		v1: {
+			{data: `not json`},
+			{data: `[null,"1","phoenix","heartbeat",{}]`},
+			{data: `{"topic":"phoenix"}`},
+			{data: `{"topic":"phoenix","event":"heartbeat","payload":{}}`},
+			{data: `{"topic":1,"event":"heartbeat","payload":{},"ref":"1"}`},
+			{data: `{"topic":"phoenix","event":"heartbeat","payload":{},"ref":{}}`},
+			{data: "\x00\x01\x01\x01\x01" + "12te", binary: true}, // no binary in V1
+		},
+	}
+	for _, v := range bothVersions {
+		t.Run(v.name, func(t *testing.T) {
+			c := tn.dial(t, v)
+			jr := c.join(lobby, `{}`)
+			for _, b := range cases[v] {
+				c.sendRaw([]byte(b.data), b.binary)
+				c.expectMalformed(fmt.Sprintf("%q (binary %v)", b.data, b.binary))
+			}
+			// The channel is still joined and answers.
+			c.send(jr, "p1", lobby, "ping", `{"alive":true}`)
+			c.expectFrame(jr, "p1", lobby, "phx_reply", reply("ok", `{"alive":true}`))
+			c.quiet()
+		})
+	}
+}
+
+// A message above the frame size limit closes that socket with 1009; the
+// node serves everyone else, and frames up to the limit pass.
+func TestOversizedFrame(t *testing.T) {
+	t.Parallel()
+	const limit = 64 << 10
+	tn := startNode(t, func(c *node.Config) { c.MaxFrameSize = limit })
+	other := tn.dial(t, v2)
+	other.join(lobby, `{}`)
+	big := tn.dial(t, v2)
+	big.join(lobby, `{}`)
+
+	// Just under the limit: fine.
+	pad := strings.Repeat("x", limit-200)
+	ref := big.push(lobby, "ping", `{"pad":"`+pad+`"}`)
+	if m := big.awaitReply(ref); m.Status != "ok" || len(m.Payload) < limit-200 {
+		t.Fatalf("ping under the limit: %.200s", m)
+	}
+
+	big.push(lobby, "ping", `{"pad":"`+strings.Repeat("x", limit+1)+`"}`)
+	big.expectClose(1009)
+
+	other.call(lobby, "ping", `{"still":"serving"}`, "ok", `{"still":"serving"}`)
+	fresh := tn.dial(t, v1)
+	fresh.join(lobby, `{}`)
+	fresh.call(lobby, "broadcast", `{"n":1}`, "ok", `{}`)
+	other.awaitFrame(nil, nil, lobby, "broadcast", `{"n":1}`)
+}
+
+// A channel that crashes takes nothing else down: other channels of the
+// socket, and other sockets on the topic, keep working.
+func TestCrashIsolation(t *testing.T) {
+	t.Parallel()
+	tn := startNode(t)
+	c := tn.dial(t, v2)
+	peer := tn.dial(t, v2)
+	c.join(lobby, `{}`)
+	c.join("conformance:side", `{}`)
+	peer.join(lobby, `{}`)
+	for i := 0; i < 3; i++ {
+		c.push(lobby, "crash", `{}`)
+		c.await("phx_error", wsclient.IsEvent(lobby, "phx_error"))
+		c.call("conformance:side", "ping", `{}`, "ok", `{}`)
+		peer.call(lobby, "broadcast", fmt.Sprintf(`{"i":%d}`, i), "ok", `{}`)
+		peer.awaitFrame(nil, nil, lobby, "broadcast", fmt.Sprintf(`{"i":%d}`, i))
+		c.join(lobby, `{}`) // rejoin, as the client would
+	}
+	c.settle()
+}
+
+// A socket that stops reading while broadcasts pour in is closed with 1008
+// ("slow consumer"); the other subscribers receive every broadcast, in
+// order, and the broadcaster is never held up.
+func TestSlowConsumer(t *testing.T) {
+	// Not parallel: it moves tens of megabytes.
+	tn := startNode(t)
+	const topic = "conformance:firehose"
+	slow := tn.dialOpts(t, v2, wsclient.Options{Buffer: 1})
+	slow.join(topic, `{}`)
+	sender := tn.dial(t, v2)
+	sender.join(topic, `{}`)
+	watcher := tn.dial(t, v1)
+	watcher.join(topic, `{}`)
+
+	// slow's client queue holds one message: from the first broadcast on,
+	// it stops reading from its connection, and the server's queue for it
+	// fills (behind the TCP buffers). Broadcast until the node reports a
+	// slow consumer, then a few more.
+	pad := strings.Repeat("x", 32<<10)
+	stats := tn.WebSocketStats()
+	sent, extra := 0, -1
+	for extra < 20 {
+		if sent == 2000 {
+			t.Fatalf("no slow consumer after %d broadcasts of %d bytes", sent, len(pad))
+		}
+		sender.call(topic, "broadcast", fmt.Sprintf(`{"seq":%d,"pad":%q}`, sent, pad), "ok", `{}`)
+		sent++
+		if extra >= 0 {
+			extra++
+		} else if stats.SlowConsumers.Load() > 0 {
+			extra = 0
+		}
+	}
+
+	// The close frame follows what the server had already written, within
+	// the transport's close timeout: read it now.
+	st := slow.awaitClose()
+	if !st.Received || st.Code != 1008 {
+		t.Fatalf("slow consumer ended with %v, want close code 1008", st)
+	}
+	got := 0
+	for _, m := range slow.Queued() {
+		if m.Event == "broadcast" {
+			got++
+		}
+	}
+	if got >= sent {
+		t.Fatalf("slow consumer received all %d broadcasts", sent)
+	}
+	t.Logf("slow consumer closed after %d of %d broadcasts reached it", got, sent)
+
+	// Everyone else got everything, in order.
+	for _, c := range []*conn{sender, watcher} {
+		for i := 0; i < sent; i++ {
+			m := c.await("broadcast", wsclient.IsEvent(topic, "broadcast"))
+			var p struct {
+				Seq int    `json:"seq"`
+				Pad string `json:"pad"`
+			}
+			payloadOf(t, m, &p)
+			if p.Seq != i || p.Pad != pad {
+				t.Fatalf("%s: broadcast %d has seq %d (pad %d bytes)", c.v.name, i, p.Seq, len(p.Pad))
+			}
+		}
+		c.quiet()
+	}
+
+}
+
+// Shutdown refuses new sockets, closes every open one with 1001, ends
+// their channels (presences leave) and returns; afterwards nothing
+// listens.
+func TestGracefulShutdown(t *testing.T) {
+	t.Parallel()
+	tn := startNode(t)
+	a := tn.dial(t, v2)
+	b := tn.dial(t, v1)
+	a.join(lobby, `{"user":"ann"}`)
+	b.join(lobby, `{"user":"bob"}`)
+	b.awaitState(lobby)
+
+	// Draining: existing sockets work, new ones are refused.
+	tn.Endpoint().BeginShutdown()
+	_, err := wsclient.Dial(testCtx(t), tn.wsURL, wsclient.Options{})
+	var herr *wsclient.HandshakeError
+	if !errors.As(err, &herr) || herr.Status != http.StatusServiceUnavailable {
+		t.Fatalf("dial while draining: err = %v, want HTTP 503", err)
+	}
+	a.call(lobby, "ping", `{}`, "ok", `{}`)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := tn.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("Shutdown took %v", took)
+	}
+	a.expectClose(1001)
+	b.expectClose(1001)
+	if tn.Endpoint().SocketCount() != 0 {
+		t.Fatalf("%d sockets left after Shutdown", tn.Endpoint().SocketCount())
+	}
+	if _, err := wsclient.Dial(testCtx(t), tn.wsURL, wsclient.Options{}); err == nil {
+		t.Fatal("dial after Shutdown succeeded")
+	}
+}
