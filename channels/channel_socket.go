@@ -25,7 +25,8 @@ type ChannelSocket struct {
 	joinRef    Ref
 	id         string // subscriber and presence owner id, unique on the node
 	intercepts []string
-	assigns    map[string]any // guarded by sock.cb
+	assigns    map[string]any // shared with the socket's Identity until the first Assign; guarded by sock.cb
+	ownAssigns bool           // assigns is this join's own copy
 	tracked    bool           // guarded by sock.cb
 
 	mu      sync.Mutex
@@ -65,8 +66,15 @@ func (c *ChannelSocket) Logger() *slog.Logger { return c.sock.ep.log }
 
 // Assign stores a value for this join's later callbacks.
 func (c *ChannelSocket) Assign(key string, value any) {
-	if c.assigns == nil {
-		c.assigns = make(map[string]any)
+	if !c.ownAssigns {
+		// Joins read the connection's assigns in place and copy them
+		// only when they write: most never do, and a map per join is a
+		// large part of an idle socket's memory.
+		own := make(map[string]any, len(c.assigns)+1)
+		for k, v := range c.assigns {
+			own[k] = v
+		}
+		c.assigns, c.ownAssigns = own, true
 	}
 	c.assigns[key] = value
 }

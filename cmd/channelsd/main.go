@@ -44,6 +44,7 @@ type options struct {
 	logLevel        string
 	conformance     bool
 	shutdownTimeout time.Duration
+	pprofAddr       string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -61,6 +62,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.str(&o.logLevel, "log-level", "CHANNELS_LOG_LEVEL", "info", "debug, info, warn or error")
 	env.bool(&o.conformance, "conformance", "CHANNELS_CONFORMANCE", false, "serve the conformance channel (conformance:*), a tool for testing client libraries")
 	env.duration(&o.shutdownTimeout, "shutdown-timeout", "CHANNELS_SHUTDOWN_TIMEOUT", 10*time.Second, "longest graceful shutdown after SIGTERM")
+	env.str(&o.pprofAddr, "pprof-addr", "CHANNELS_PPROF_ADDR", "", "serve net/http/pprof on this address (keep it on loopback); empty disables it")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: channelsd [flags]\n\nRuns one channelsd node. Every flag can also be set with the environment variable shown.\n\n")
 		fs.PrintDefaults()
@@ -109,6 +111,9 @@ func run(args []string, stderr io.Writer) error {
 		return err
 	}
 	ep = n.Endpoint()
+	if o.pprofAddr != "" {
+		go servePprof(o.pprofAddr, logger)
+	}
 	if err := n.Start(); err != nil {
 		return err
 	}
