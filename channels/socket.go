@@ -26,7 +26,7 @@ type Socket struct {
 	// cb serializes every channel callback of this socket (locksordering.txt).
 	cb     sync.Mutex
 	chans  channelSet // live channel per topic; guarded by cb
-	closed bool                      // guarded by cb
+	closed bool       // guarded by cb
 
 	// outbox holds intercepted broadcasts waiting for HandleOut.
 	outMu      sync.Mutex
