@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -14,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 )
 
@@ -149,46 +147,19 @@ func runIdle(ctx context.Context, args []string) error {
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
 
-// dialJoin opens one V2 socket from src, joins topic and starts a reader
-// that drains whatever the server sends (presence diffs) until the
-// connection closes.
+// dialJoin opens one V2 socket from src, joins topic as a user and starts
+// a reader that drains whatever the server sends (presence diffs) until
+// the connection closes.
 func dialJoin(ctx context.Context, addr string, src net.IP, topic string, i int) (net.Conn, error) {
-	d := ws.Dialer{
-		Timeout: 10 * time.Second,
-		NetDial: func(ctx context.Context, network, a string) (net.Conn, error) {
-			nd := net.Dialer{LocalAddr: &net.TCPAddr{IP: src}}
-			return nd.DialContext(ctx, network, a)
-		},
-	}
 	user := "u" + strconv.Itoa(i)
-	conn, br, _, err := d.Dial(ctx, "ws://"+addr+"/socket/websocket?vsn=2.0.0&user="+user)
+	conn, err := dialV2(ctx, addr, src, "&user="+user)
 	if err != nil {
 		return nil, err
 	}
-	if br != nil {
-		ws.PutReader(br)
-	}
-	join := fmt.Sprintf(`["1","1",%q,"phx_join",{"user":%q}]`, topic, user)
-	if err := wsutil.WriteClientText(conn, []byte(join)); err != nil {
+	if err := joinTopic(conn, topic, fmt.Sprintf(`{"user":%q}`, user)); err != nil {
 		conn.Close()
 		return nil, err
 	}
-	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	for {
-		data, err := wsutil.ReadServerText(conn)
-		if err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("awaiting join reply: %w", err)
-		}
-		if bytes.HasPrefix(data, []byte(`["1","1",`)) {
-			if !bytes.Contains(data, []byte(`"status":"ok"`)) {
-				conn.Close()
-				return nil, fmt.Errorf("join refused: %s", data)
-			}
-			break
-		}
-	}
-	_ = conn.SetReadDeadline(time.Time{})
 	go func() {
 		for {
 			if _, _, err := wsutil.ReadServerData(conn); err != nil {

@@ -5,9 +5,9 @@
 //
 //	channels-bench idle -spawn-node -conns 10000
 //
-// Scenarios: idle (memory per idle joined socket, connect-and-join rate).
-// More scenarios (fanout, cluster, presence, churn) arrive with the
-// performance work.
+// Scenarios: idle (memory per idle joined socket, connect-and-join rate),
+// fanout and cluster (delivery rate, latency, losses). More scenarios
+// (presence, churn) arrive with the performance work.
 package main
 
 import (
@@ -31,6 +31,8 @@ func main() {
 	switch os.Args[1] {
 	case "idle":
 		err = runIdle(ctx, os.Args[2:])
+	case "fanout", "cluster":
+		err = runFanout(ctx, os.Args[2:], os.Args[1])
 	case "-h", "--help", "help":
 		usage()
 		return
@@ -51,6 +53,11 @@ func usage() {
 Scenarios:
   idle    N sockets each joined to a room; server RSS before and after,
           bytes per socket, connect-and-join rate
+  fanout  N subscribers of K topics, a publisher at a rate; deliveries/s,
+          latency percentiles, losses, duplicates, reordering, server CPU
+          (needs nodes started with --conformance)
+  cluster the same over several nodes (-addrs a,b,c): the publisher uses
+          the first node; cross-node latency reported separately
 
 Run 'channels-bench SCENARIO -h' for the scenario's flags. Traffic goes
 only to loopback addresses.
