@@ -20,10 +20,14 @@ export CGO_ENABLED ?= 0
 export TESTCONTAINERS_RYUK_DISABLED = true
 export TESTCONTAINERS_HOST_OVERRIDE = localhost
 
-.PHONY: run build test test-unit test-norace lint fuzz fuzz-short bench bench-idle clean
+.PHONY: run run-cluster build test test-unit test-norace lint fuzz fuzz-short bench bench-idle clean
 
 run:
 	$(GO) run ./cmd/channelsd
+
+# A local Redis plus three nodes on :4000, :4001, :4002.
+run-cluster: build
+	test/run-cluster.sh $(ARGS)
 
 build:
 	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/channelsd ./cmd/channelsd

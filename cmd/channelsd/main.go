@@ -19,6 +19,8 @@ import (
 	"github.com/channelsd/channelsd/channels"
 	"github.com/channelsd/channelsd/cmd/channelsd/app"
 	"github.com/channelsd/channelsd/node"
+	"github.com/channelsd/channelsd/pubsub"
+	"github.com/channelsd/channelsd/pubsub/redis"
 )
 
 func main() {
@@ -45,6 +47,9 @@ type options struct {
 	conformance     bool
 	shutdownTimeout time.Duration
 	pprofAddr       string
+	redis           string
+	redisPrefix     string
+	nodeID          string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -62,6 +67,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.str(&o.logLevel, "log-level", "CHANNELS_LOG_LEVEL", "info", "debug, info, warn or error")
 	env.bool(&o.conformance, "conformance", "CHANNELS_CONFORMANCE", false, "serve the conformance channel (conformance:*), a tool for testing client libraries")
 	env.duration(&o.shutdownTimeout, "shutdown-timeout", "CHANNELS_SHUTDOWN_TIMEOUT", 10*time.Second, "longest graceful shutdown after SIGTERM")
+	env.str(&o.redis, "redis", "CHANNELS_REDIS", "", "Redis for clustering: redis://[user:password@]host:6379[/db], rediss://... (TLS), or redis-sentinel://[:password@]host1:26379,host2:26379/master[/db]; empty runs a single node in memory")
+	env.str(&o.redisPrefix, "redis-prefix", "CHANNELS_REDIS_PREFIX", "channelsd", "prefix of every Redis key and channel, so several deployments can share one Redis")
+	env.str(&o.nodeID, "node-id", "CHANNELS_NODE_ID", "", "this node's id in the cluster; default POD_NAME, else hostname plus a short uuid")
 	env.str(&o.pprofAddr, "pprof-addr", "CHANNELS_PPROF_ADDR", "", "serve net/http/pprof on this address (keep it on loopback); empty disables it")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: channelsd [flags]\n\nRuns one channelsd node. Every flag can also be set with the environment variable shown.\n\n")
@@ -91,6 +99,30 @@ func run(args []string, stderr io.Writer) error {
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(logger)
 
+	nodeID := o.nodeID
+	if nodeID == "" {
+		nodeID = os.Getenv("POD_NAME")
+	}
+	if nodeID == "" {
+		nodeID = redis.DefaultNodeID()
+	}
+	logger = logger.With("node", nodeID)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+
+	var ps pubsub.PubSub
+	if o.redis != "" {
+		ropts, err := redis.ParseAddress(o.redis)
+		if err != nil {
+			return fmt.Errorf("--redis: %w", err)
+		}
+		ropts.Prefix, ropts.NodeID, ropts.Logger = o.redisPrefix, nodeID, logger
+		if ps, err = connectRedis(ctx, ropts, logger); err != nil {
+			return err
+		}
+	}
+
 	var ep *channels.Endpoint
 	appOpts := app.Options{Conformance: o.conformance, Endpoint: func() *channels.Endpoint { return ep }}
 	n, err := node.New(node.Config{
@@ -105,6 +137,7 @@ func run(args []string, stderr io.Writer) error {
 		Router:          app.Router(appOpts),
 		SocketHandler:   app.SocketHandler(appOpts),
 		Home:            app.DemoHandler(o.socketPath),
+		PubSub:          ps,
 		Logger:          logger,
 	})
 	if err != nil {
@@ -117,11 +150,34 @@ func run(args []string, stderr io.Writer) error {
 	if err := n.Start(); err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
 	<-ctx.Done()
 	logger.Info("channelsd: signal received, draining")
 	return n.Shutdown(context.Background())
+}
+
+// connectRedis retries the first connection for a while: in a cluster
+// rollout the node and Redis often start together. Once connected, the
+// pubsub reconnects by itself.
+func connectRedis(ctx context.Context, opts redis.Options, logger *slog.Logger) (*redis.PubSub, error) {
+	const patience = 30 * time.Second
+	deadline := time.Now().Add(patience)
+	backoff := 200 * time.Millisecond
+	for {
+		ps, err := redis.New(ctx, opts)
+		if err == nil {
+			return ps, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return nil, fmt.Errorf("redis unreachable for %s: %w", patience, err)
+		}
+		logger.Warn("channelsd: redis not reachable yet, retrying", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
 }
 
 func splitList(s string) []string {

@@ -1,0 +1,105 @@
+package redis
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/channelsd/channelsd/pubsub"
+)
+
+// BenchmarkPublishRoundTrip measures cross-node delivery through a
+// loopback Redis: node a publishes, node b's subscriber receives. It
+// reports throughput (msgs/s, from the first publish to the last
+// delivery) and the publish-to-delivery latency percentiles. ns/op is
+// the same throughput, inverted.
+//
+//	go test -run '^$' -bench PublishRoundTrip -benchtime 200000x ./pubsub/redis/
+func BenchmarkPublishRoundTrip(b *testing.B) {
+	for _, publishers := range []int{1, 16, 128} {
+		b.Run(fmt.Sprintf("publishers=%d", publishers), func(b *testing.B) {
+			benchRoundTrip(b, publishers)
+		})
+	}
+}
+
+func benchRoundTrip(b *testing.B, publishers int) {
+	srv := startRedis(b)
+	quiet := func(o *Options) { o.Logger = slog.New(slog.DiscardHandler) }
+	pub, sub := node(b, srv, "a", quiet), node(b, srv, "b", quiet)
+	epoch := time.Now()
+	rec := &latencyRecorder{epoch: epoch, samples: make([]time.Duration, b.N)}
+	if err := sub.Subscribe("bench", rec); err != nil {
+		b.Fatal(err)
+	}
+	syncAll(b, sub)
+
+	const payloadSize = 128
+	b.SetBytes(payloadSize)
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for w := range publishers {
+		n := b.N / publishers
+		if w < b.N%publishers {
+			n++
+		}
+		wg.Go(func() {
+			for range n {
+				payload := make([]byte, payloadSize)
+				binary.LittleEndian.PutUint64(payload, uint64(time.Since(epoch)))
+				err := pub.Publish(context.Background(), &pubsub.Message{Topic: "bench", Event: "tick", Payload: payload, Binary: true})
+				if err != nil {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if f := failed.Load(); f > 0 {
+		b.Fatalf("%d publishes failed", f)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for rec.n.Load() < int64(b.N) {
+		if time.Now().After(deadline) {
+			b.Fatalf("received %d of %d", rec.n.Load(), b.N)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+
+	lat := slices.Clone(rec.samples)
+	slices.Sort(lat)
+	pct := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) }
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+	b.ReportMetric(pct(0.50), "p50-µs")
+	b.ReportMetric(pct(0.99), "p99-µs")
+}
+
+// latencyRecorder is a Subscriber that reads the send time out of the
+// payload. Deliver runs on b's reader goroutine only.
+type latencyRecorder struct {
+	epoch   time.Time
+	samples []time.Duration
+	n       atomic.Int64
+}
+
+func (r *latencyRecorder) SubscriberID() string { return "latency" }
+
+func (r *latencyRecorder) Deliver(m *pubsub.Message) {
+	sent := time.Duration(binary.LittleEndian.Uint64(m.Payload))
+	i := r.n.Load()
+	if int(i) < len(r.samples) {
+		r.samples[i] = time.Since(r.epoch) - sent
+	}
+	r.n.Add(1)
+}

@@ -1,0 +1,268 @@
+package redis
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	goredis "github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+)
+
+// Defaults applied by New to zero Options fields.
+const (
+	DefaultPrefix              = "channelsd"
+	DefaultPublishTimeout      = 2 * time.Second
+	DefaultQueueSize           = 4096
+	DefaultHealthCheckInterval = time.Second
+)
+
+// Options configures a PubSub. Exactly one of URL and SentinelAddrs names
+// the Redis to use; ParseAddress fills them from a --redis flag value.
+type Options struct {
+	// URL is a redis:// or rediss:// (TLS) URL, with optional user,
+	// password and database: rediss://user:secret@redis:6379/2. It is
+	// parsed by go-redis's ParseURL, so its query parameters
+	// (dial_timeout, pool_size, ...) work too.
+	URL string
+
+	// SentinelAddrs lists Redis Sentinels (host:port); MasterName is the
+	// master they watch. The node then follows failovers.
+	SentinelAddrs []string
+	MasterName    string
+	// Username, Password and DB are the master's credentials and database
+	// in Sentinel mode (a URL carries its own).
+	Username string
+	Password string
+	DB       int
+	// SentinelUsername and SentinelPassword authenticate to the Sentinels
+	// themselves, when they require it.
+	SentinelUsername string
+	SentinelPassword string
+
+	// Prefix namespaces the Redis channels: a topic travels on
+	// "<Prefix>:t:<topic>". Clusters sharing one Redis must use distinct
+	// prefixes. Default "channelsd".
+	Prefix string
+	// NodeID names this node in envelopes; a node ignores envelopes
+	// carrying its own id (Redis echoes a publisher's messages back), so it
+	// must be unique in the cluster. Default: hostname-<8 hex of a uuid>.
+	NodeID string
+	// PublishTimeout bounds one Publish (queueing, PUBLISH and reply) and
+	// every subscription command. Default 2s.
+	PublishTimeout time.Duration
+	// QueueSize bounds the publishes waiting for the writer; a Publish that
+	// finds the queue full fails at once (Stats.Dropped). Default 4096.
+	QueueSize int
+	// HealthCheckInterval is how often the node PINGs Redis on its pub/sub
+	// connection. A connection that stays silent for three to six intervals
+	// is considered dead and redialed, which catches a Redis that vanished
+	// without closing the TCP connection. Default 1s.
+	HealthCheckInterval time.Duration
+
+	// Logger receives connection-state changes and (rate-limited) errors.
+	// Default slog.Default().
+	Logger *slog.Logger
+}
+
+// withDefaults validates o and fills its zero fields.
+func (o Options) withDefaults() (Options, error) {
+	switch {
+	case o.URL != "" && len(o.SentinelAddrs) > 0:
+		return o, errors.New("redis: set either URL or SentinelAddrs, not both")
+	case o.URL == "" && len(o.SentinelAddrs) == 0:
+		return o, errors.New("redis: no address: set URL or SentinelAddrs")
+	case len(o.SentinelAddrs) > 0 && o.MasterName == "":
+		return o, errors.New("redis: Sentinel mode needs MasterName")
+	case o.PublishTimeout < 0, o.QueueSize < 0, o.HealthCheckInterval < 0:
+		return o, errors.New("redis: negative PublishTimeout, QueueSize or HealthCheckInterval")
+	}
+	if o.Prefix == "" {
+		o.Prefix = DefaultPrefix
+	}
+	if o.NodeID == "" {
+		o.NodeID = DefaultNodeID()
+	}
+	if o.PublishTimeout == 0 {
+		o.PublishTimeout = DefaultPublishTimeout
+	}
+	if o.QueueSize == 0 {
+		o.QueueSize = DefaultQueueSize
+	}
+	if o.HealthCheckInterval == 0 {
+		o.HealthCheckInterval = DefaultHealthCheckInterval
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	routeGoredisLogs(o.Logger)
+	return o, nil
+}
+
+// DefaultNodeID returns the host name plus "-" and eight hex digits of a
+// random uuid, so two processes on one host (or a restarted pod) differ.
+func DefaultNodeID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "node"
+	}
+	return host + "-" + uuid.NewString()[:8]
+}
+
+// newClient builds the go-redis client. The same client serves the
+// pipelined publisher (its pool) and the pub/sub connection.
+func (o Options) newClient() (goredis.UniversalClient, error) {
+	name := "channelsd:" + o.NodeID
+	if o.URL != "" {
+		ro, err := goredis.ParseURL(o.URL)
+		if err != nil {
+			return nil, fmt.Errorf("redis: %w", err)
+		}
+		ro.ClientName = name
+		// Context deadlines must bound commands: PublishTimeout is
+		// enforced through the context.
+		ro.ContextTimeoutEnabled = true
+		// A retried pipeline can run twice on the server (duplicates) or
+		// land after a later batch (reordering); at-most-once is the
+		// contract, so a failed publish is reported, never retried.
+		ro.MaxRetries = -1
+		// One dial attempt per try: the pub/sub reader retries with its
+		// own backoff, and a publish during an outage should fail fast.
+		if ro.DialerRetries == 0 {
+			ro.DialerRetries = 1
+		}
+		if ro.Protocol == 0 {
+			// RESP2: pub/sub needs nothing from RESP3, and RESP2 keeps
+			// the subscribed connection on the classic path that every
+			// Redis-compatible server speaks.
+			ro.Protocol = 2
+		}
+		ro.DisableIdentity = true
+		ro.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+		return goredis.NewClient(ro), nil
+	}
+	return goredis.NewFailoverClient(&goredis.FailoverOptions{
+		MasterName:            o.MasterName,
+		SentinelAddrs:         o.SentinelAddrs,
+		SentinelUsername:      o.SentinelUsername,
+		SentinelPassword:      o.SentinelPassword,
+		Username:              o.Username,
+		Password:              o.Password,
+		DB:                    o.DB,
+		ClientName:            name,
+		ContextTimeoutEnabled: true,
+		MaxRetries:            -1,
+		DialerRetries:         1,
+		Protocol:              2,
+		DisableIdentity:       true,
+	}), nil
+}
+
+// SentinelScheme is the URL scheme ParseAddress accepts for Sentinel.
+const SentinelScheme = "redis-sentinel"
+
+// ParseAddress maps a --redis flag value to Options (only the address
+// fields are set; the caller adds NodeID, Prefix, Logger, ...). Accepted:
+//
+//	redis://[[user]:password@]host[:port][/db][?option=value...]
+//	rediss://...                         same, over TLS
+//	unix://[[user]:password@]/path/to/redis.sock[?db=N]
+//	redis-sentinel://[[user]:password@]host1[:26379],host2[:26379]/mastername[/db][?sentinel_password=...&sentinel_username=...]
+//	host:port                            shorthand for redis://host:port
+//
+// In the Sentinel form, user and password authenticate to the master;
+// sentinel_username and sentinel_password to the Sentinels. A Sentinel
+// without a port listens on 26379. Percent-encode special characters in
+// user, password and master name.
+func ParseAddress(s string) (Options, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return Options{}, errors.New("redis: empty address")
+	}
+	scheme, rest, ok := strings.Cut(s, "://")
+	if !ok {
+		// host:port shorthand.
+		if _, _, err := net.SplitHostPort(s); err != nil {
+			return Options{}, fmt.Errorf("redis: address %q: want a redis://, rediss://, unix:// or %s:// URL, or host:port", s, SentinelScheme)
+		}
+		return Options{URL: "redis://" + s}, nil
+	}
+	switch strings.ToLower(scheme) {
+	case "redis", "rediss", "unix":
+		if _, err := goredis.ParseURL(s); err != nil {
+			return Options{}, fmt.Errorf("redis: address: %w", err)
+		}
+		return Options{URL: s}, nil
+	case SentinelScheme:
+		return parseSentinel(rest)
+	default:
+		return Options{}, fmt.Errorf("redis: address: unknown scheme %q (want redis, rediss, unix or %s)", scheme, SentinelScheme)
+	}
+}
+
+// parseSentinel parses what follows "redis-sentinel://". It is parsed by
+// hand because net/url rejects a comma-separated host list.
+func parseSentinel(rest string) (Options, error) {
+	var o Options
+	rest, query, _ := strings.Cut(rest, "?")
+	authority, path, _ := strings.Cut(rest, "/")
+	if i := strings.LastIndex(authority, "@"); i >= 0 {
+		user, pass, hasPass := strings.Cut(authority[:i], ":")
+		authority = authority[i+1:]
+		var err error
+		if o.Username, err = url.PathUnescape(user); err != nil {
+			return o, fmt.Errorf("redis: sentinel address: user: %w", err)
+		}
+		if hasPass {
+			if o.Password, err = url.PathUnescape(pass); err != nil {
+				return o, fmt.Errorf("redis: sentinel address: password: %w", err)
+			}
+		}
+	}
+	for _, h := range strings.Split(authority, ",") {
+		if h == "" {
+			return o, errors.New("redis: sentinel address: empty host in the host list")
+		}
+		if _, _, err := net.SplitHostPort(h); err != nil {
+			h = net.JoinHostPort(strings.Trim(h, "[]"), "26379")
+			if _, _, err := net.SplitHostPort(h); err != nil {
+				return o, fmt.Errorf("redis: sentinel address: host %q: %w", h, err)
+			}
+		}
+		o.SentinelAddrs = append(o.SentinelAddrs, h)
+	}
+	master, db, hasDB := strings.Cut(path, "/")
+	var err error
+	if o.MasterName, err = url.PathUnescape(master); err != nil || o.MasterName == "" {
+		return o, errors.New("redis: sentinel address: missing master name (redis-sentinel://host:26379/mastername)")
+	}
+	if hasDB && db != "" {
+		if o.DB, err = strconv.Atoi(db); err != nil || o.DB < 0 {
+			return o, fmt.Errorf("redis: sentinel address: bad database %q", db)
+		}
+	}
+	if query != "" {
+		q, err := url.ParseQuery(query)
+		if err != nil {
+			return o, fmt.Errorf("redis: sentinel address: query: %w", err)
+		}
+		for k, v := range q {
+			switch k {
+			case "sentinel_password":
+				o.SentinelPassword = v[len(v)-1]
+			case "sentinel_username":
+				o.SentinelUsername = v[len(v)-1]
+			default:
+				return o, fmt.Errorf("redis: sentinel address: unknown parameter %q", k)
+			}
+		}
+	}
+	return o, nil
+}

@@ -1,0 +1,122 @@
+package redis
+
+import (
+	"encoding/binary"
+	"errors"
+)
+
+// Envelope layout (version 1), the bytes PUBLISHed on "<prefix>:t:<topic>":
+//
+//	byte     version (1)
+//	byte     flags: bit 0 set when the payload is binary
+//	uvarint  len(origin), origin node id
+//	uvarint  sequence number, per origin node (message id = origin + seq)
+//	uvarint  len(from), sender subscriber id ("" for a plain broadcast)
+//	uvarint  len(event), event
+//	...      payload, verbatim, to the end
+//
+// The topic is not repeated: it is the channel name. The payload is last
+// and unframed so that neither side copies or escapes it; binary
+// payloads travel as they are. Unknown versions are decode errors, so a
+// future format can be rolled out by teaching nodes to read it before any
+// node writes it.
+const (
+	envelopeVersion = 1
+	flagBinary      = 1 << 0
+)
+
+type envelope struct {
+	origin  string
+	seq     uint64
+	from    string
+	event   string
+	binary  bool
+	payload string
+}
+
+var (
+	errEnvelopeShort   = errors.New("redis: envelope: truncated")
+	errEnvelopeVersion = errors.New("redis: envelope: unknown version")
+	errEnvelopeFlags   = errors.New("redis: envelope: unknown flags")
+)
+
+// appendEnvelope appends the encoding of one broadcast to dst.
+func appendEnvelope(dst []byte, origin string, seq uint64, from, event string, bin bool, payload []byte) []byte {
+	flags := byte(0)
+	if bin {
+		flags |= flagBinary
+	}
+	dst = append(dst, envelopeVersion, flags)
+	dst = appendString(dst, origin)
+	dst = binary.AppendUvarint(dst, seq)
+	dst = appendString(dst, from)
+	dst = appendString(dst, event)
+	return append(dst, payload...)
+}
+
+func envelopeSize(origin, from, event string, payload []byte) int {
+	return 2 + 4*binary.MaxVarintLen64 + len(origin) + len(from) + len(event) + len(payload)
+}
+
+func appendString(dst []byte, s string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(s)))
+	return append(dst, s...)
+}
+
+// decodeEnvelope parses data as go-redis hands it over (a string). The
+// envelope's strings are substrings of data: no copies.
+func decodeEnvelope(data string) (envelope, error) {
+	var e envelope
+	if len(data) < 2 {
+		return e, errEnvelopeShort
+	}
+	if data[0] != envelopeVersion {
+		return e, errEnvelopeVersion
+	}
+	if data[1]&^flagBinary != 0 {
+		return e, errEnvelopeFlags
+	}
+	e.binary = data[1]&flagBinary != 0
+	r := data[2:]
+	var ok bool
+	if e.origin, r, ok = readString(r); !ok {
+		return e, errEnvelopeShort
+	}
+	if e.seq, r, ok = readUvarint(r); !ok {
+		return e, errEnvelopeShort
+	}
+	if e.from, r, ok = readString(r); !ok {
+		return e, errEnvelopeShort
+	}
+	if e.event, r, ok = readString(r); !ok {
+		return e, errEnvelopeShort
+	}
+	e.payload = r
+	return e, nil
+}
+
+// readUvarint is binary.Uvarint over a string.
+func readUvarint(s string) (uint64, string, bool) {
+	var x uint64
+	var shift uint
+	for i := 0; i < len(s) && i < binary.MaxVarintLen64; i++ {
+		b := s[i]
+		if b < 0x80 {
+			if i == binary.MaxVarintLen64-1 && b > 1 {
+				return 0, s, false // overflows uint64
+			}
+			return x | uint64(b)<<shift, s[i+1:], true
+		}
+		x |= uint64(b&0x7f) << shift
+		shift += 7
+	}
+	return 0, s, false
+}
+
+func readString(s string) (string, string, bool) {
+	n, r, ok := readUvarint(s)
+	if !ok || n > uint64(len(r)) {
+		return "", s, false
+	}
+	return r[:n], r[n:], true
+}

@@ -1,0 +1,111 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+)
+
+// Batch limits of the writer. A batch is whatever queued up while the
+// previous one was on the wire, so under light load every publish goes
+// alone (lowest latency) and under heavy load batches grow to amortize
+// the round trip (highest throughput).
+const (
+	maxBatch      = 512
+	maxBatchBytes = 1 << 20
+)
+
+// publishReq is one queued PUBLISH. done has room for the one result, so
+// the writer never blocks on a caller that gave up.
+type publishReq struct {
+	channel   string
+	data      []byte
+	deadline  time.Time
+	abandoned atomic.Bool // the caller returned (timeout or ctx): do not send
+	done      chan error
+}
+
+// writeLoop is the only goroutine that PUBLISHes. It sends one pipelined
+// batch at a time and waits for its replies before the next: that is
+// what keeps a node's messages in publish order, because the pool may
+// hand each batch a different connection and only a completed batch is
+// known to have been applied by Redis.
+func (p *PubSub) writeLoop() {
+	defer p.workers.Done()
+	batch := make([]*publishReq, 0, maxBatch)
+	for {
+		select {
+		case <-p.done:
+			// Callers still waiting see p.done and return ErrClosed.
+			return
+		case r := <-p.queue:
+			batch = append(batch[:0], r)
+		}
+		size := len(batch[0].data)
+	fill:
+		for len(batch) < maxBatch && size < maxBatchBytes {
+			select {
+			case r := <-p.queue:
+				batch = append(batch, r)
+				size += len(r.data)
+			default:
+				break fill
+			}
+		}
+		p.flush(batch)
+		clear(batch) // let the payloads go
+	}
+}
+
+// flush sends one batch and hands every request its result.
+func (p *PubSub) flush(batch []*publishReq) {
+	now := time.Now()
+	live := batch[:0]
+	var deadline time.Time
+	for _, r := range batch {
+		// A request whose caller already gave up is not sent: the caller
+		// was told the broadcast failed, and a late delivery would only
+		// surprise.
+		if r.abandoned.Load() || !now.Before(r.deadline) {
+			r.done <- ErrTimeout
+			continue
+		}
+		if r.deadline.After(deadline) {
+			deadline = r.deadline
+		}
+		live = append(live, r)
+	}
+	if len(live) == 0 {
+		return
+	}
+	ctx, cancel := context.WithDeadline(p.ctx, deadline)
+	defer cancel()
+	cmds, err := p.client.Pipelined(ctx, func(pipe goredis.Pipeliner) error {
+		for _, r := range live {
+			pipe.Publish(ctx, r.channel, r.data)
+		}
+		return nil
+	})
+	for i, r := range live {
+		e := err
+		if i < len(cmds) {
+			e = cmds[i].Err()
+		}
+		if e != nil {
+			// The socket deadline can fire a hair before the context's
+			// timer: a network timeout is the same event.
+			var ne net.Error
+			if errors.Is(e, context.DeadlineExceeded) || (errors.As(e, &ne) && ne.Timeout()) {
+				e = fmt.Errorf("%w: %w", ErrTimeout, e)
+			} else {
+				e = fmt.Errorf("redis: publish: %w", e)
+			}
+		}
+		r.done <- e
+	}
+}

@@ -1,0 +1,404 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/channelsd/channelsd/pubsub"
+)
+
+// Errors returned by Publish and Ping, besides pubsub.ErrClosed. Local
+// subscribers got the message whatever the error; other nodes may have
+// missed it.
+var (
+	// ErrQueueFull: the publish queue was full, the message was not sent
+	// to Redis (counted in Stats.Dropped).
+	ErrQueueFull = errors.New("redis: publish queue full")
+	// ErrTimeout: Redis did not acknowledge the PUBLISH within
+	// Options.PublishTimeout.
+	ErrTimeout = errors.New("redis: publish timed out")
+	// ErrDisconnected: the node's connection to Redis is down; it is
+	// being redialed.
+	ErrDisconnected = errors.New("redis: not connected")
+)
+
+// PubSub is a pubsub.PubSub that relays broadcasts between nodes through
+// Redis pub/sub. It delivers to this node's subscribers itself (through a
+// pubsub.Registry), and PUBLISHes one envelope per broadcast on the
+// Redis channel "<prefix>:t:<topic>"; it is SUBSCRIBEd to that channel
+// exactly while the topic has local subscribers.
+//
+// Three goroutines do the Redis work; none is started per call:
+//   - the reconciler owns the subscription set: it compares the topics
+//     that have local subscribers with the channels it has subscribed and
+//     sends SUBSCRIBE/UNSUBSCRIBE (batched) to close the gap, and PINGs
+//     the pub/sub connection every HealthCheckInterval;
+//   - the reader receives from the pub/sub connection, decodes envelopes
+//     and dispatches them to local subscribers, and owns the connection
+//     state (lost, reconnected);
+//   - the writer drains the bounded publish queue in pipelined batches.
+type PubSub struct {
+	opt        Options
+	log        *slog.Logger
+	client     goredis.UniversalClient
+	ps         *goredis.PubSub
+	reg        pubsub.Registry
+	chanPrefix string // "<prefix>:t:"
+
+	// ctx is canceled by Close, aborting in-flight dials and commands.
+	ctx     context.Context
+	cancel  context.CancelFunc
+	done    chan struct{}
+	closed  atomic.Bool
+	workers sync.WaitGroup // reconciler and writer
+	reader  sync.WaitGroup
+
+	// mu guards the reconciler's inbox. It is never held across a Redis
+	// command or a Dispatch.
+	mu     sync.Mutex
+	dirty  map[string]struct{} // topics whose first/last subscriber changed
+	resync bool                // connection re-established: retry failed SUBSCRIBEs now
+	syncs  []chan error        // Sync callers waiting for the next barrier
+	pongs  map[string][]chan error
+	wake   chan struct{} // cap 1: the inbox changed
+
+	// Connection state, written by the reader.
+	lost   atomic.Bool
+	lostAt atomic.Int64 // unix nanoseconds
+
+	queue chan *publishReq
+	seq   atomic.Uint64 // message ids
+
+	subscribed    atomic.Int64 // channels the reconciler holds
+	published     atomic.Uint64
+	publishErrors atomic.Uint64
+	dropped       atomic.Uint64
+	received      atomic.Uint64
+	decodeErrors  atomic.Uint64
+	reconnects    atomic.Uint64
+
+	publishLog, decodeLog rateLog
+}
+
+var _ pubsub.PubSub = (*PubSub)(nil)
+
+// New connects to Redis and starts the node's PubSub. ctx bounds the
+// initial connection check only: New fails if Redis cannot be reached
+// now (so a wrong address shows at startup), while a Redis that goes away
+// later is redialed for as long as the PubSub lives.
+func New(ctx context.Context, opt Options) (*PubSub, error) {
+	opt, err := opt.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	client, err := opt.newClient()
+	if err != nil {
+		return nil, err
+	}
+	if err := client.Ping(ctx).Err(); err != nil {
+		_ = client.Close()
+		return nil, fmt.Errorf("redis: connecting to %s: %w", opt.describe(), err)
+	}
+	p := &PubSub{
+		opt:        opt,
+		log:        opt.Logger,
+		client:     client,
+		chanPrefix: opt.Prefix + ":t:",
+		done:       make(chan struct{}),
+		pongs:      make(map[string][]chan error),
+		wake:       make(chan struct{}, 1),
+		queue:      make(chan *publishReq, opt.QueueSize),
+	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.ps = client.Subscribe(p.ctx)
+	// Dial the pub/sub connection now rather than on the first
+	// subscription, so that New fails if Redis refuses it.
+	if err := p.ps.Ping(ctx); err != nil {
+		p.cancel()
+		_ = p.ps.Close()
+		_ = client.Close()
+		return nil, fmt.Errorf("redis: pub/sub connection to %s: %w", opt.describe(), err)
+	}
+	p.workers.Add(2)
+	go p.reconcileLoop()
+	go p.writeLoop()
+	p.reader.Add(1)
+	go p.readLoop()
+	return p, nil
+}
+
+// describe names the Redis for messages, without credentials.
+func (o Options) describe() string {
+	if o.URL != "" {
+		if u, err := url.Parse(o.URL); err == nil {
+			return u.Redacted()
+		}
+		return "the configured URL"
+	}
+	return fmt.Sprintf("master %q via sentinels %s", o.MasterName, strings.Join(o.SentinelAddrs, ","))
+}
+
+// NodeID returns the id this node stamps on its envelopes.
+func (p *PubSub) NodeID() string { return p.opt.NodeID }
+
+// Subscribe implements pubsub.PubSub. The first local subscriber of a
+// topic makes the node SUBSCRIBE to the topic's Redis channel; Subscribe
+// does not wait for that (a socket's join must not wait on Redis), so
+// broadcasts from other nodes may be missed until Redis has applied it.
+// The subscription is never lost: the reconciler retries it, including
+// across reconnects, for as long as the topic has local subscribers. Sync
+// waits for it.
+func (p *PubSub) Subscribe(topic string, s pubsub.Subscriber) error {
+	if p.closed.Load() {
+		return pubsub.ErrClosed
+	}
+	if p.reg.Add(topic, s) {
+		p.markDirty(topic)
+	}
+	return nil
+}
+
+// Unsubscribe implements pubsub.PubSub. After the last local subscriber
+// of a topic leaves, the node UNSUBSCRIBEs from its Redis channel.
+func (p *PubSub) Unsubscribe(topic string, s pubsub.Subscriber) {
+	if p.reg.Remove(topic, s) {
+		p.markDirty(topic)
+	}
+}
+
+// Subscribers returns the number of local subscribers of topic.
+func (p *PubSub) Subscribers(topic string) int { return p.reg.Count(topic) }
+
+// Publish implements pubsub.PubSub. It delivers m to local subscribers,
+// then queues the envelope for the writer and waits until Redis has
+// acknowledged the PUBLISH, for at most Options.PublishTimeout (or ctx).
+//
+// Order: the writer is one goroutine that sends its batches one at a
+// time and waits for each batch's replies before sending the next, so
+// envelopes reach Redis in queue order whichever pooled connection
+// carries them, and Redis delivers them to every subscriber in that
+// order. Publishes made one after another (as one channel or one socket
+// makes them) are therefore seen in order on every node; concurrent
+// publishes have no order among themselves, as with pubsub/local.
+//
+// While the connection to Redis is down Publish fails at once with
+// ErrDisconnected instead of waiting out the timeout, so a socket that
+// broadcasts is not stalled by an outage.
+func (p *PubSub) Publish(ctx context.Context, m *pubsub.Message) error {
+	if p.closed.Load() {
+		return pubsub.ErrClosed
+	}
+	p.reg.Dispatch(m)
+	if p.lost.Load() {
+		return p.publishFailed(m.Topic, p.lostError())
+	}
+	if err := ctx.Err(); err != nil {
+		return p.publishFailed(m.Topic, fmt.Errorf("redis: publish: %w", err))
+	}
+	deadline := time.Now().Add(p.opt.PublishTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	data := make([]byte, 0, envelopeSize(p.opt.NodeID, m.From, m.Event, m.Payload))
+	req := &publishReq{
+		channel:  p.chanPrefix + m.Topic,
+		data:     appendEnvelope(data, p.opt.NodeID, p.seq.Add(1), m.From, m.Event, m.Binary, m.Payload),
+		deadline: deadline,
+		done:     make(chan error, 1),
+	}
+	select {
+	case p.queue <- req:
+	default:
+		p.dropped.Add(1)
+		if ok, n := p.publishLog.allow(); ok {
+			p.log.Warn("redis: publish queue full; broadcast not relayed to other nodes",
+				"topic", m.Topic, "queue", cap(p.queue), "suppressed", n)
+		}
+		return ErrQueueFull
+	}
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	var err error
+	select {
+	case err = <-req.done:
+	case <-timer.C:
+		req.abandoned.Store(true)
+		err = ErrTimeout
+	case <-ctx.Done():
+		req.abandoned.Store(true)
+		err = fmt.Errorf("redis: publish: %w", ctx.Err())
+	case <-p.done:
+		select {
+		case err = <-req.done:
+		default:
+			return pubsub.ErrClosed
+		}
+	}
+	if err != nil {
+		return p.publishFailed(m.Topic, err)
+	}
+	p.published.Add(1)
+	return nil
+}
+
+func (p *PubSub) publishFailed(topic string, err error) error {
+	p.publishErrors.Add(1)
+	if ok, n := p.publishLog.allow(); ok {
+		p.log.Warn("redis: publish failed; broadcast not relayed to other nodes",
+			"topic", topic, "err", err, "suppressed", n)
+	}
+	return err
+}
+
+func (p *PubSub) lostError() error {
+	since := time.Since(time.Unix(0, p.lostAt.Load())).Round(time.Millisecond)
+	return fmt.Errorf("%w (connection lost %s ago)", ErrDisconnected, since)
+}
+
+// Ping implements node.Pinger for /readyz: it fails while the node's
+// pub/sub connection is down or Redis does not answer a PING.
+func (p *PubSub) Ping(ctx context.Context) error {
+	if p.closed.Load() {
+		return pubsub.ErrClosed
+	}
+	if p.lost.Load() {
+		return p.lostError()
+	}
+	if err := p.client.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis: ping: %w", err)
+	}
+	return nil
+}
+
+// Sync waits until Redis has applied every Subscribe and Unsubscribe made
+// on this PubSub before the call: afterwards a broadcast published on any
+// node reaches this node's subscribers of those topics. It sends a PING
+// down the pub/sub connection behind the subscription commands and waits
+// for its reply. It fails at once while the connection is down.
+func (p *PubSub) Sync(ctx context.Context) error {
+	if p.closed.Load() {
+		return pubsub.ErrClosed
+	}
+	ch := make(chan error, 1)
+	p.mu.Lock()
+	p.syncs = append(p.syncs, ch)
+	p.mu.Unlock()
+	p.poke()
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("redis: sync: %w", ctx.Err())
+	case <-p.done:
+		return pubsub.ErrClosed
+	}
+}
+
+// Stats is a snapshot of a PubSub's counters.
+type Stats struct {
+	// Published counts Publish calls whose envelope Redis acknowledged.
+	Published uint64
+	// PublishErrors counts Publish calls that failed for any reason but a
+	// full queue: Redis error, timeout, canceled context, disconnected.
+	PublishErrors uint64
+	// Dropped counts Publish calls refused because the queue was full.
+	Dropped uint64
+	// Received counts envelopes from other nodes handed to local
+	// subscribers (this node's echoes are not counted).
+	Received uint64
+	// DecodeErrors counts messages on this node's channels that were not
+	// valid envelopes; they are logged and skipped.
+	DecodeErrors uint64
+	// Reconnects counts recoveries of the pub/sub connection.
+	Reconnects uint64
+	// Subscriptions is the number of Redis channels the node holds.
+	Subscriptions int
+	// Connected is false while the pub/sub connection is down.
+	Connected bool
+}
+
+// Stats returns the current counters.
+func (p *PubSub) Stats() Stats {
+	return Stats{
+		Published:     p.published.Load(),
+		PublishErrors: p.publishErrors.Load(),
+		Dropped:       p.dropped.Load(),
+		Received:      p.received.Load(),
+		DecodeErrors:  p.decodeErrors.Load(),
+		Reconnects:    p.reconnects.Load(),
+		Subscriptions: int(p.subscribed.Load()),
+		Connected:     !p.lost.Load(),
+	}
+}
+
+// Close implements pubsub.PubSub: it stops the goroutines, UNSUBSCRIBEs
+// (when connected; closing the connection drops the subscriptions on the
+// server anyway) and closes the connections. Publishes still waiting get
+// pubsub.ErrClosed. Close is idempotent.
+func (p *PubSub) Close() error {
+	if !p.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	close(p.done)
+	p.cancel()
+	p.workers.Wait()
+	if !p.lost.Load() {
+		ctx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
+		_ = p.ps.Unsubscribe(ctx)
+		cancel()
+	}
+	err := p.ps.Close()
+	if errors.Is(err, goredis.ErrClosed) {
+		err = nil
+	}
+	p.reader.Wait()
+	if cerr := p.client.Close(); err == nil && !errors.Is(cerr, goredis.ErrClosed) {
+		err = cerr
+	}
+	p.mu.Lock()
+	for _, ws := range p.pongs {
+		for _, w := range ws {
+			w <- pubsub.ErrClosed
+		}
+	}
+	clear(p.pongs)
+	p.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("redis: close: %w", err)
+	}
+	return nil
+}
+
+// rateLog lets one message through per logEvery and counts the rest, so
+// an outage with thousands of failing publishes a second logs a line
+// every few seconds, not thousands.
+type rateLog struct {
+	mu         sync.Mutex
+	next       time.Time
+	suppressed int
+}
+
+const logEvery = 10 * time.Second
+
+func (l *rateLog) allow() (ok bool, suppressed int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if now.Before(l.next) {
+		l.suppressed++
+		return false, 0
+	}
+	n := l.suppressed
+	l.suppressed = 0
+	l.next = now.Add(logEvery)
+	return true, n
+}
