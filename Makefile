@@ -19,8 +19,10 @@ export CGO_ENABLED ?= 0
 # and the default gateway is off-limits.
 export TESTCONTAINERS_RYUK_DISABLED = true
 export TESTCONTAINERS_HOST_OVERRIDE = localhost
+export NODE_IMAGE ?= channelsd:test
+export REDIS_IMAGE ?= channelsd-redis:test
 
-.PHONY: run run-cluster build test test-unit test-norace lint fuzz fuzz-short bench bench-idle clean
+.PHONY: run run-cluster build images test test-unit test-cluster test-norace lint fuzz fuzz-short bench bench-idle clean
 
 run:
 	$(GO) run ./cmd/channelsd
@@ -38,8 +40,20 @@ lint:
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-# Everything: lint, every test with the race detector, a short fuzz run.
-test: lint test-unit test-norace fuzz-short
+# Everything: lint, the container images the integration tests run, every
+# test with the race detector (test/cluster included), a short fuzz run.
+# Needs a Docker engine and redis-server on the host (.ci/run installs it).
+test: lint images test-unit test-norace fuzz-short
+
+# Node and Redis images for test/ (built locally: no registry is needed).
+# NODE_IMAGE and REDIS_IMAGE name them; REDIS_IMAGE=redis:7 uses that
+# image instead of building one from the host's redis-server.
+images:
+	test/images/build.sh
+
+# The multi-node integration tests alone.
+test-cluster: images
+	CGO_ENABLED=1 $(GO) test -race -count=1 -v -timeout 10m ./test/harness ./test/cluster
 
 test-unit:
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m ./...

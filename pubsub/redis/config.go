@@ -58,6 +58,9 @@ type Options struct {
 	// PublishTimeout bounds one Publish (queueing, PUBLISH and reply) and
 	// every subscription command. Default 2s.
 	PublishTimeout time.Duration
+	// SubscribeTimeout bounds how long a first subscription to a topic
+	// waits for Redis to confirm it. Default 1s.
+	SubscribeTimeout time.Duration
 	// QueueSize bounds the publishes waiting for the writer; a Publish that
 	// finds the queue full fails at once (Stats.Dropped). Default 4096.
 	QueueSize int
@@ -92,6 +95,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.PublishTimeout == 0 {
 		o.PublishTimeout = DefaultPublishTimeout
+	}
+	if o.SubscribeTimeout == 0 {
+		o.SubscribeTimeout = time.Second
 	}
 	if o.QueueSize == 0 {
 		o.QueueSize = DefaultQueueSize

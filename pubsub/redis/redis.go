@@ -72,6 +72,11 @@ type PubSub struct {
 	wake   chan struct{} // cap 1: the inbox changed
 
 	// Connection state, written by the reader.
+	// confirming counts, per topic, first subscriptions whose SUBSCRIBE
+	// is not yet confirmed; later joiners of such a topic wait too.
+	confirmMu  sync.Mutex
+	confirming map[string]int
+
 	lost   atomic.Bool
 	lostAt atomic.Int64 // unix nanoseconds
 
@@ -157,12 +162,43 @@ func (p *PubSub) NodeID() string { return p.opt.NodeID }
 // The subscription is never lost: the reconciler retries it, including
 // across reconnects, for as long as the topic has local subscribers. Sync
 // waits for it.
+//
+// While the node's SUBSCRIBE for the topic is not yet confirmed by Redis
+// (this is the topic's first local subscriber, or the first one's is still
+// in flight), Subscribe waits for it, for at most Options.SubscribeTimeout:
+// a client whose join was acknowledged must receive every broadcast
+// published after that, from any node. While Redis is unreachable it does
+// not wait; the subscription is made when Redis is back (at-most-once).
 func (p *PubSub) Subscribe(topic string, s pubsub.Subscriber) error {
 	if p.closed.Load() {
 		return pubsub.ErrClosed
 	}
-	if p.reg.Add(topic, s) {
+	first := p.reg.Add(topic, s)
+	if first {
 		p.markDirty(topic)
+	}
+	p.confirmMu.Lock()
+	if first {
+		if p.confirming == nil {
+			p.confirming = make(map[string]int)
+		}
+		p.confirming[topic]++
+	}
+	wait := p.confirming[topic] > 0
+	p.confirmMu.Unlock()
+	if wait && !p.lost.Load() {
+		ctx, cancel := context.WithTimeout(context.Background(), p.opt.SubscribeTimeout)
+		if err := p.Sync(ctx); err != nil {
+			p.log.Debug("redis: subscription not confirmed in time; the join proceeds", "topic", topic, "err", err)
+		}
+		cancel()
+	}
+	if first {
+		p.confirmMu.Lock()
+		if p.confirming[topic]--; p.confirming[topic] <= 0 {
+			delete(p.confirming, topic)
+		}
+		p.confirmMu.Unlock()
 	}
 	return nil
 }

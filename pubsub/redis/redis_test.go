@@ -602,3 +602,19 @@ func mustSubscribe(t testing.TB, p *PubSub, topic string, s pubsub.Subscriber) {
 		t.Errorf("Subscribe(%s): %v", topic, err)
 	}
 }
+
+// A subscriber whose Subscribe has returned receives everything published
+// afterwards on any node: a client whose join was acknowledged must not
+// miss a broadcast because its node's SUBSCRIBE was still in flight.
+func TestSubscribeReturnsOnceTheSubscriptionIsLive(t *testing.T) {
+	srv := startRedis(t)
+	a, b := node(t, srv, "a"), node(t, srv, "b")
+	for i := 0; i < 50; i++ {
+		topic := fmt.Sprintf("fresh:%d", i)
+		r := &recorder{id: "r"}
+		mustSubscribe(t, b, topic, r)
+		publish(t, a, topic, "first")
+		r.waitCount(t, 1)
+		b.Unsubscribe(topic, r)
+	}
+}

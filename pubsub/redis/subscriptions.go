@@ -306,7 +306,7 @@ func (p *PubSub) markLost(err error) {
 		return
 	}
 	p.lostAt.Store(time.Now().UnixNano())
-	p.log.Warn("redis: connection lost", "node", p.opt.NodeID, "err", err)
+	p.log.Warn("redis: connection lost", "err", err)
 	// A PING in flight on the dead connection will never be answered.
 	p.mu.Lock()
 	pending := p.pongs
@@ -324,7 +324,7 @@ func (p *PubSub) markReconnected() {
 	p.reconnects.Add(1)
 	p.lost.Store(false)
 	p.log.Info("redis: reconnected after "+d.Round(time.Millisecond).String(),
-		"node", p.opt.NodeID, "downtime", d, "subscriptions", p.subscribed.Load())
+		"downtime", d, "subscriptions", p.subscribed.Load())
 	p.mu.Lock()
 	p.resync = true
 	p.mu.Unlock()

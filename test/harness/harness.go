@@ -1,0 +1,720 @@
+// Package harness runs a channelsd cluster in Docker for integration
+// tests: one Redis container and N node containers on a network of their
+// own, each node's port 4000 published on 127.0.0.1 so that tests reach
+// it as a client would.
+//
+// Images are built locally (test/images/build.sh, `make images`), never
+// pulled: Start fails at once, saying so, when an image is missing or the
+// Docker engine cannot be reached. Image names come from NODE_IMAGE
+// (default channelsd:test) and REDIS_IMAGE (default channelsd-redis:test).
+//
+// Everything Start creates is removed in t.Cleanup, whether the test
+// passes or not. When the test has failed (or CLUSTER_LOGS=1) the tail of
+// every container's log is written to the test log first; with
+// CLUSTER_LOG_DIR=dir the whole logs are also saved there.
+//
+// testcontainers settings: unless set already, Start sets
+// TESTCONTAINERS_RYUK_DISABLED=true (the reaper image is not pulled; the
+// cleanup removes what a test created) and
+// TESTCONTAINERS_HOST_OVERRIDE=localhost (published ports are reached on
+// loopback, never through a gateway address).
+package harness
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/api/types/container"
+	dnetwork "github.com/moby/moby/api/types/network"
+	"github.com/moby/moby/client"
+	"github.com/testcontainers/testcontainers-go"
+	tclog "github.com/testcontainers/testcontainers-go/log"
+	"github.com/testcontainers/testcontainers-go/network"
+	"github.com/testcontainers/testcontainers-go/wait"
+
+	"github.com/channelsd/channelsd/transport/wsclient"
+)
+
+// Default image names; NODE_IMAGE and REDIS_IMAGE override them.
+const (
+	DefaultNodeImage  = "channelsd:test"
+	DefaultRedisImage = "channelsd-redis:test"
+)
+
+// Ports inside the containers.
+const (
+	nodePort  = "4000/tcp"
+	redisPort = "6379/tcp"
+)
+
+// logTail is how many lines of each container's log a failed test shows.
+const logTail = 150
+
+// Options configure a cluster. The zero value is three nodes sharing one
+// Redis, with the conformance channel and debug logs.
+type Options struct {
+	// Nodes is the number of nodes; 0 means 3.
+	Nodes int
+	// NoRedis starts no Redis and runs the nodes without --redis, each
+	// with its in-memory broker: independent single nodes.
+	NoRedis bool
+	// RedisPrefix is passed as --redis-prefix when set.
+	RedisPrefix string
+	// LogLevel is the nodes' --log-level; "" means debug.
+	LogLevel string
+	// Args are extra flags for every node, after the harness's own.
+	Args []string
+	// Env is extra environment for every node.
+	Env map[string]string
+	// StartupTimeout bounds each container's start until it is ready; 0
+	// means 60 s.
+	StartupTimeout time.Duration
+}
+
+// Cluster is a running set of containers. Its methods fail the test (with
+// t.Fatalf) on errors of the harness itself; they are meant to be called
+// from the test's goroutine (see For for subtests).
+type Cluster struct {
+	t       testing.TB
+	opts    Options
+	docker  *testcontainers.DockerClient
+	network *testcontainers.DockerNetwork
+	redis   *testcontainers.DockerContainer
+	nodes   []*Node
+	api     *http.Client
+	created *[]namedContainer // shared with the views made by For
+}
+
+// Node is one channelsd container.
+type Node struct {
+	// ID is the node's --node-id: node1, node2, ...; also its network
+	// alias.
+	ID string
+
+	c  *testcontainers.DockerContainer
+	mu sync.Mutex
+	hp string // 127.0.0.1:<published port>, refreshed on every start
+}
+
+// Addr is host:port where the node's port 4000 is published on loopback.
+// It changes when the node is started again.
+func (n *Node) Addr() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.hp
+}
+
+// HTTPURL is http://<Addr>.
+func (n *Node) HTTPURL() string { return "http://" + n.Addr() }
+
+// WSURL is the node's WebSocket endpoint, ws://<Addr>/socket/websocket.
+func (n *Node) WSURL() string { return "ws://" + n.Addr() + "/socket/websocket" }
+
+// ContainerID is the node's Docker container id.
+func (n *Node) ContainerID() string { return n.c.GetContainerID() }
+
+var envOnce sync.Once
+
+// setTestcontainersEnv applies the defaults described in the package doc
+// before testcontainers reads its configuration.
+func setTestcontainersEnv() {
+	envOnce.Do(func() {
+		for k, v := range map[string]string{
+			"TESTCONTAINERS_RYUK_DISABLED": "true",
+			"TESTCONTAINERS_HOST_OVERRIDE": "localhost",
+		} {
+			if _, ok := os.LookupEnv(k); !ok {
+				_ = os.Setenv(k, v)
+			}
+		}
+	})
+}
+
+// NodeImage and RedisImage are the image names in use.
+func NodeImage() string  { return envOr("NODE_IMAGE", DefaultNodeImage) }
+func RedisImage() string { return envOr("REDIS_IMAGE", DefaultRedisImage) }
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+// Start creates the network, Redis and the nodes, and returns once every
+// node answers /readyz with 200. It fails the test at once when Docker is
+// unreachable or an image is missing.
+func Start(t testing.TB, opts Options) *Cluster {
+	t.Helper()
+	setTestcontainersEnv()
+	if opts.Nodes <= 0 {
+		opts.Nodes = 3
+	}
+	if opts.LogLevel == "" {
+		opts.LogLevel = "debug"
+	}
+	if opts.StartupTimeout <= 0 {
+		opts.StartupTimeout = 60 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*opts.StartupTimeout)
+	defer cancel()
+
+	began := time.Now()
+	docker, err := testcontainers.NewDockerClientWithOpts(ctx)
+	if err != nil {
+		t.Fatalf("harness: cannot reach the Docker engine: %v\n"+
+			"The cluster tests need Docker (set DOCKER_HOST if it is not on the default socket); see test/README.md.", err)
+	}
+	tr := &http.Transport{DisableKeepAlives: true}
+	c := &Cluster{t: t, opts: opts, docker: docker, api: &http.Client{Transport: tr, Timeout: 10 * time.Second}, created: new([]namedContainer)}
+	t.Cleanup(func() {
+		tr.CloseIdleConnections()
+		_ = docker.Close()
+	})
+	images := []string{NodeImage()}
+	if !opts.NoRedis {
+		images = append(images, RedisImage())
+	}
+	for _, img := range images {
+		if _, err := docker.ImageInspect(ctx, img); err != nil {
+			t.Fatalf("harness: image %s is not available (%v).\n"+
+				"Images are built locally, never pulled: run `make images` (test/images/build.sh) first.", img, err)
+		}
+	}
+
+	c.network, err = network.New(ctx)
+	if err != nil {
+		t.Fatalf("harness: creating the Docker network: %v", err)
+	}
+	nw := c.network
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := nw.Remove(ctx); err != nil {
+			t.Errorf("harness: removing network %s: %v", nw.Name, err)
+		}
+	})
+	// Registered after the network's removal, so it runs before it.
+	t.Cleanup(c.teardown)
+
+	var nodeArgs []string
+	if !opts.NoRedis {
+		c.redis, err = testcontainers.Run(ctx, RedisImage(),
+			testcontainers.WithLogger(tclog.TestLogger(t)),
+			network.WithNetwork([]string{"redis"}, c.network),
+			testcontainers.WithExposedPorts(redisPort),
+			testcontainers.WithHostConfigModifier(publishOnLoopback(redisPort)),
+			testcontainers.WithWaitStrategy(redisReady{timeout: opts.StartupTimeout}),
+		)
+		c.track("redis", c.redis)
+		if err != nil {
+			t.Fatalf("harness: starting Redis (%s): %v", RedisImage(), err)
+		}
+		nodeArgs = append(nodeArgs, "--redis", "redis://redis:6379/0")
+		if opts.RedisPrefix != "" {
+			nodeArgs = append(nodeArgs, "--redis-prefix", opts.RedisPrefix)
+		}
+	}
+
+	// Start the nodes concurrently; each waits for its own /readyz.
+	c.nodes = make([]*Node, opts.Nodes)
+	errs := make([]error, opts.Nodes)
+	var wg sync.WaitGroup
+	for i := range c.nodes {
+		id := fmt.Sprintf("node%d", i+1)
+		args := append([]string{"--addr", ":4000", "--node-id", id, "--conformance", "--log-level", opts.LogLevel}, nodeArgs...)
+		args = append(args, opts.Args...)
+		env := map[string]string{}
+		for k, v := range opts.Env {
+			env[k] = v
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctr, err := testcontainers.Run(ctx, NodeImage(),
+				testcontainers.WithLogger(tclog.TestLogger(t)),
+				network.WithNetwork([]string{id}, c.network),
+				testcontainers.WithCmd(args...),
+				testcontainers.WithEnv(env),
+				testcontainers.WithExposedPorts(nodePort),
+				testcontainers.WithHostConfigModifier(publishOnLoopback(nodePort)),
+				testcontainers.WithWaitStrategy(wait.ForHTTP("/readyz").
+					WithPort(nodePort).
+					WithForcedIPv4LocalHost().
+					WithPollInterval(100*time.Millisecond).
+					WithStartupTimeout(opts.StartupTimeout)),
+			)
+			c.nodes[i] = &Node{ID: id, c: ctr}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for _, n := range c.nodes {
+		c.track(n.ID, n.c)
+	}
+	for i, n := range c.nodes {
+		if errs[i] != nil {
+			t.Fatalf("harness: starting %s (%s): %v", n.ID, NodeImage(), errs[i])
+		}
+		if err := c.refreshAddr(ctx, n); err != nil {
+			t.Fatalf("harness: %s: %v", n.ID, err)
+		}
+	}
+	what := fmt.Sprintf("%d node(s)", opts.Nodes)
+	if !opts.NoRedis {
+		what += " and Redis"
+	}
+	t.Logf("harness: %s ready in %v (network %s): %s", what,
+		time.Since(began).Round(time.Millisecond), c.network.Name, c.describe())
+	return c
+}
+
+// describe lists the nodes' addresses and, when readable from this host,
+// their open-files limit.
+func (c *Cluster) describe() string {
+	var b strings.Builder
+	for i, n := range c.nodes {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s at %s", n.ID, n.Addr())
+		if lim, err := c.NodeOpenFilesLimit(i + 1); err == nil {
+			fmt.Fprintf(&b, " (max open files %s)", lim)
+		}
+	}
+	return b.String()
+}
+
+// publishOnLoopback publishes port on 127.0.0.1 only, on a port the
+// engine picks.
+func publishOnLoopback(port string) func(*container.HostConfig) {
+	p := dnetwork.MustParsePort(port)
+	return func(hc *container.HostConfig) {
+		if hc.PortBindings == nil {
+			hc.PortBindings = dnetwork.PortMap{}
+		}
+		hc.PortBindings[p] = []dnetwork.PortBinding{{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: "0"}}
+	}
+}
+
+// namedContainer is a container the cluster created, for teardown.
+type namedContainer struct {
+	name string
+	ctr  *testcontainers.DockerContainer
+}
+
+// track adds ctr (nil is fine) to what teardown removes.
+func (c *Cluster) track(name string, ctr *testcontainers.DockerContainer) {
+	if ctr != nil {
+		*c.created = append(*c.created, namedContainer{name, ctr})
+	}
+}
+
+// teardown dumps the containers' logs if the test failed, then removes
+// them all at once.
+func (c *Cluster) teardown() {
+	t := c.t
+	for _, nc := range *c.created {
+		c.dumpLogs(nc.name, nc.ctr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, len(*c.created))
+	for i, nc := range *c.created {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = nc.ctr.Terminate(ctx, testcontainers.StopTimeout(0))
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("harness: removing %s: %v", (*c.created)[i].name, err)
+		}
+	}
+}
+
+func (c *Cluster) dumpLogs(name string, ctr *testcontainers.DockerContainer) {
+	t := c.t
+	dir := os.Getenv("CLUSTER_LOG_DIR")
+	if !t.Failed() && os.Getenv("CLUSTER_LOGS") == "" && dir == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	logs, err := containerLogs(ctx, ctr)
+	if err != nil {
+		t.Logf("harness: logs of %s: %v", name, err)
+		return
+	}
+	if dir != "" {
+		file := filepath.Join(dir, sanitize(t.Name())+"."+name+".log")
+		if err := os.MkdirAll(dir, 0o755); err == nil {
+			err = os.WriteFile(file, logs, 0o644)
+		}
+		if err != nil {
+			t.Logf("harness: saving the logs of %s: %v", name, err)
+		} else {
+			t.Logf("harness: logs of %s saved in %s", name, file)
+		}
+	}
+	if t.Failed() || os.Getenv("CLUSTER_LOGS") != "" {
+		lines := strings.Split(strings.TrimRight(string(logs), "\n"), "\n")
+		skipped := ""
+		if len(lines) > logTail {
+			skipped = fmt.Sprintf(" (last %d of %d lines)", logTail, len(lines))
+			lines = lines[len(lines)-logTail:]
+		}
+		t.Logf("harness: ---- logs of %s%s ----\n%s\n---- end of %s ----", name, skipped, strings.Join(lines, "\n"), name)
+	}
+}
+
+func containerLogs(ctx context.Context, ctr *testcontainers.DockerContainer) ([]byte, error) {
+	rc, err := ctr.Logs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return data, err
+}
+
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_', r == '.':
+			return r
+		}
+		return '_'
+	}, s)
+}
+
+func (c *Cluster) refreshAddr(ctx context.Context, n *Node) error {
+	p, err := n.c.MappedPort(ctx, nodePort)
+	if err != nil {
+		return fmt.Errorf("published port: %w", err)
+	}
+	n.mu.Lock()
+	n.hp = net.JoinHostPort("127.0.0.1", p.Port())
+	n.mu.Unlock()
+	return nil
+}
+
+// For returns a view of the cluster that reports failures to t and
+// registers cleanups (such as closing Dial's clients) with t: use it in
+// subtests of the test that started the cluster. The containers stay the
+// parent test's.
+func (c *Cluster) For(t testing.TB) *Cluster {
+	cp := *c
+	cp.t = t
+	return &cp
+}
+
+// N is the number of nodes.
+func (c *Cluster) N() int { return len(c.nodes) }
+
+// Node returns node i, counting from 1 as the node ids do.
+func (c *Cluster) Node(i int) *Node {
+	c.t.Helper()
+	if i < 1 || i > len(c.nodes) {
+		c.t.Fatalf("harness: no node %d (the cluster has %d)", i, len(c.nodes))
+	}
+	return c.nodes[i-1]
+}
+
+// Network is the name of the cluster's Docker network.
+func (c *Cluster) Network() string { return c.network.Name }
+
+// Kill sends SIGKILL to node i's process (docker kill) and returns once
+// the container has stopped.
+func (c *Cluster) Kill(i int) {
+	c.t.Helper()
+	n := c.Node(i)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Ask for the exit before killing, so that it cannot be missed.
+	w := c.docker.ContainerWait(ctx, n.ContainerID(), client.ContainerWaitOptions{Condition: container.WaitConditionNextExit})
+	if _, err := c.docker.ContainerKill(ctx, n.ContainerID(), client.ContainerKillOptions{Signal: "SIGKILL"}); err != nil {
+		c.t.Fatalf("harness: killing %s: %v", n.ID, err)
+	}
+	select {
+	case <-w.Result:
+	case err := <-w.Error:
+		c.t.Fatalf("harness: waiting for %s to exit: %v", n.ID, err)
+	}
+}
+
+// Stop stops node i gracefully (SIGTERM, then SIGKILL after timeout).
+func (c *Cluster) Stop(i int, timeout time.Duration) {
+	c.t.Helper()
+	n := c.Node(i)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout+30*time.Second)
+	defer cancel()
+	if err := n.c.Stop(ctx, &timeout); err != nil {
+		c.t.Fatalf("harness: stopping %s: %v", n.ID, err)
+	}
+}
+
+// StartNode starts a stopped or killed node i again and waits for its
+// /readyz; its published port, and so Addr, changes.
+func (c *Cluster) StartNode(i int) {
+	c.t.Helper()
+	n := c.Node(i)
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.StartupTimeout+10*time.Second)
+	defer cancel()
+	if err := n.c.Start(ctx); err != nil {
+		c.t.Fatalf("harness: starting %s again: %v", n.ID, err)
+	}
+	if err := c.refreshAddr(ctx, n); err != nil {
+		c.t.Fatalf("harness: %s: %v", n.ID, err)
+	}
+}
+
+// StopRedis stops the Redis container (SIGTERM; Redis exits at once
+// without persistence) and returns once it has stopped.
+func (c *Cluster) StopRedis() {
+	c.t.Helper()
+	c.needRedis()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	timeout := 5 * time.Second
+	if err := c.redis.Stop(ctx, &timeout); err != nil {
+		c.t.Fatalf("harness: stopping Redis: %v", err)
+	}
+}
+
+// StartRedis starts the stopped Redis container again (empty: no
+// persistence) and waits until it answers PING.
+func (c *Cluster) StartRedis() {
+	c.t.Helper()
+	c.needRedis()
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.StartupTimeout+10*time.Second)
+	defer cancel()
+	if err := c.redis.Start(ctx); err != nil {
+		c.t.Fatalf("harness: starting Redis again: %v", err)
+	}
+}
+
+// RedisAddr is host:port where Redis is published on loopback (it
+// changes when Redis is started again).
+func (c *Cluster) RedisAddr() string {
+	c.t.Helper()
+	c.needRedis()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p, err := c.redis.MappedPort(ctx, redisPort)
+	if err != nil {
+		c.t.Fatalf("harness: Redis's published port: %v", err)
+	}
+	return net.JoinHostPort("127.0.0.1", p.Port())
+}
+
+func (c *Cluster) needRedis() {
+	if c.redis == nil {
+		c.t.Helper()
+		c.t.Fatalf("harness: the cluster runs without Redis (Options.NoRedis)")
+	}
+}
+
+// Logs returns node i's log so far.
+func (c *Cluster) Logs(i int) string {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	data, err := containerLogs(ctx, c.Node(i).c)
+	if err != nil {
+		c.t.Fatalf("harness: logs of node %d: %v", i, err)
+	}
+	return string(data)
+}
+
+// NodeOpenFilesLimit reads the "Max open files" line of the limits of node
+// i's process, soft and hard as "soft/hard", from /proc on this host. It
+// works when the Docker engine runs on this host, in its PID namespace.
+func (c *Cluster) NodeOpenFilesLimit(i int) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	in, err := c.Node(i).c.Inspect(ctx)
+	if err != nil {
+		return "", err
+	}
+	if in.State == nil || in.State.Pid == 0 {
+		return "", errors.New("the node is not running")
+	}
+	f, err := os.Open(fmt.Sprintf("/proc/%d/limits", in.State.Pid))
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "Max open files"); ok {
+			fs := strings.Fields(rest)
+			if len(fs) >= 2 {
+				return fs[0] + "/" + fs[1], nil
+			}
+		}
+	}
+	return "", errors.New("no open-files line in /proc/<pid>/limits")
+}
+
+// Ready returns node i's /readyz status code (0 with an error when the
+// request failed).
+func (c *Cluster) Ready(ctx context.Context, i int) (int, error) {
+	return c.get(ctx, c.Node(i).HTTPURL()+"/readyz")
+}
+
+// Healthy returns node i's /healthz status code.
+func (c *Cluster) Healthy(ctx context.Context, i int) (int, error) {
+	return c.get(ctx, c.Node(i).HTTPURL()+"/healthz")
+}
+
+func (c *Cluster) get(ctx context.Context, url string) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.api.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+// AwaitReady polls node i's /readyz every 100 ms until it answers want,
+// failing the test after timeout. It returns how long that took.
+func (c *Cluster) AwaitReady(i int, want int, timeout time.Duration) time.Duration {
+	c.t.Helper()
+	began := time.Now()
+	deadline := began.Add(timeout)
+	var last string
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		code, err := c.Ready(ctx, i)
+		cancel()
+		if err == nil && code == want {
+			return time.Since(began)
+		}
+		if err != nil {
+			last = err.Error()
+		} else {
+			last = "HTTP " + strconv.Itoa(code)
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("harness: node %d's /readyz did not answer %d within %v (last: %s)", i, want, timeout, last)
+		}
+		time.Sleep(100 * time.Millisecond) // polling interval
+	}
+}
+
+// Broadcast publishes through node i's HTTP API (POST /api/broadcast) and
+// returns an error unless the node answers 202.
+func (c *Cluster) Broadcast(ctx context.Context, i int, topic, event string, payload any) error {
+	body, err := json.Marshal(map[string]any{"topic": topic, "event": event, "payload": payload})
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.Node(i).HTTPURL()+"/api/broadcast", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.api.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("POST /api/broadcast on node %d: HTTP %d: %s", i, resp.StatusCode, bytes.TrimSpace(msg))
+	}
+	return nil
+}
+
+// Dial opens a WebSocket to node i with the given connect params; the
+// client is closed in t.Cleanup.
+func (c *Cluster) Dial(ctx context.Context, i int, params map[string]string) *wsclient.Client {
+	c.t.Helper()
+	ws, err := wsclient.Dial(ctx, c.Node(i).WSURL(), wsclient.Options{Params: params})
+	if err != nil {
+		c.t.Fatalf("harness: connecting to node %d: %v", i, err)
+	}
+	c.t.Cleanup(func() { _ = ws.Close() })
+	return ws
+}
+
+// redisReady waits until Redis answers PING on its published port, so
+// that a started container is known to serve, not just to run.
+type redisReady struct{ timeout time.Duration }
+
+func (r redisReady) Timeout() *time.Duration { return &r.timeout }
+
+func (r redisReady) WaitUntilReady(ctx context.Context, target wait.StrategyTarget) error {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	var last error
+	for {
+		if last = r.ping(ctx, target); last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("redis did not answer PING: %w (last: %v)", ctx.Err(), last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (r redisReady) ping(ctx context.Context, target wait.StrategyTarget) error {
+	st, err := target.State(ctx)
+	if err != nil {
+		return err
+	}
+	if !st.Running {
+		return fmt.Errorf("container is %s (exit code %d)", st.Status, st.ExitCode)
+	}
+	p, err := target.MappedPort(ctx, redisPort)
+	if err != nil {
+		return err
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", p.Port()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(time.Second))
+	if _, err := conn.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(line, "+PONG") {
+		return fmt.Errorf("PING answered %q", strings.TrimSpace(line))
+	}
+	return nil
+}
