@@ -1,6 +1,3 @@
-// Command channelsd runs one channelsd node: a Phoenix Channels server
-// serving the default application (rooms with presence, the demo page and,
-// with --conformance, the conformance channel).
 package main
 
 import (

@@ -1,0 +1,11 @@
+// Command channelsd runs one channelsd node: a Phoenix Channels server
+// serving the default application (rooms with presence, the demo page and,
+// with --conformance, the conformance channel).
+//
+// Every flag has a CHANNELS_* environment variable; `channelsd --help`
+// lists both with their defaults. Without --redis the node runs alone with
+// in-memory fan-out and presence; with --redis any number of nodes sharing
+// that Redis behave as one server. SIGTERM (or Ctrl-C) drains the node:
+// not ready, new sockets refused, open ones closed with 1001 so clients
+// reconnect elsewhere.
+package main
