@@ -138,24 +138,30 @@ func runFanout(ctx context.Context, args []string, scenario string) error {
 		go s.read()
 	}
 
-	pub, err := dialV2(ctx, nodes[0], net.IPv4(127, 0, 0, 1), "")
-	if err != nil {
-		return fmt.Errorf("publisher: %w", err)
-	}
-	defer pub.Close()
-	for t := 0; t < *topics; t++ {
-		if err := joinTopic(pub, fmt.Sprintf("conformance:bench-%d", t)); err != nil {
+	// Publishers on the first node: one socket per 100 topics, the
+	// per-socket channel limit.
+	pubs := make([]net.Conn, (*topics+99)/100)
+	for i := range pubs {
+		pub, err := dialV2(ctx, nodes[0], net.IPv4(127, 0, 0, 1), "")
+		if err != nil {
 			return fmt.Errorf("publisher: %w", err)
 		}
-	}
-	// The publisher's own copies and replies are drained and ignored.
-	go func() {
-		for {
-			if _, _, err := wsutil.ReadServerData(pub); err != nil {
-				return
+		defer pub.Close()
+		for t := i * 100; t < min(*topics, (i+1)*100); t++ {
+			if err := joinTopic(pub, fmt.Sprintf("conformance:bench-%d", t)); err != nil {
+				return fmt.Errorf("publisher: %w", err)
 			}
 		}
-	}()
+		// The publisher's own copies and replies are drained and ignored.
+		go func() {
+			for {
+				if _, _, err := wsutil.ReadServerData(pub); err != nil {
+					return
+				}
+			}
+		}()
+		pubs[i] = pub
+	}
 
 	cpu0 := sumCPU(nodePids)
 	self0, _ := cpuSeconds(0)
@@ -175,7 +181,7 @@ func runFanout(ctx context.Context, args []string, scenario string) error {
 		topic := (seq - 1) % *topics
 		frame := fmt.Sprintf(`[null,"%d","conformance:bench-%d","broadcast",{"seq":%d,"t":%d,"pad":%q}]`,
 			seq, topic, seq, time.Now().UnixNano(), pad)
-		if err := wsutil.WriteClientText(pub, []byte(frame)); err != nil {
+		if err := wsutil.WriteClientText(pubs[topic/100], []byte(frame)); err != nil {
 			pubErrs++
 			continue
 		}
