@@ -153,10 +153,12 @@ func Refuse(reason string) error {
 	return &JoinError{Reply: map[string]string{"reason": reason}}
 }
 
-// encodePayload turns what a channel passes to Push, Reply or Broadcast
-// into wire bytes: json.RawMessage and Binary pass through untouched,
-// nil is {}, anything else is marshalled.
-func encodePayload(v any) ([]byte, bool, error) {
+// EncodePayload turns what a channel passes to Push, Reply or Broadcast
+// into wire bytes: json.RawMessage and Binary pass through untouched (an
+// empty RawMessage is {}), a Payload keeps its form, nil is {}, anything
+// else is marshalled as JSON. Clients built on this package (the test
+// client, the load generator) use the same rules.
+func EncodePayload(v any) ([]byte, bool, error) {
 	switch p := v.(type) {
 	case nil:
 		return []byte("{}"), false, nil

@@ -101,7 +101,7 @@ func (c *ChannelSocket) Context() context.Context {
 // null). payload is a json.RawMessage, a Binary, nil for {}, or any value
 // to marshal as JSON.
 func (c *ChannelSocket) Push(event string, payload any) error {
-	data, binary, err := encodePayload(payload)
+	data, binary, err := EncodePayload(payload)
 	if err != nil {
 		return err
 	}
@@ -111,7 +111,7 @@ func (c *ChannelSocket) Push(event string, payload any) error {
 // Reply answers the client message with ref, now or later. status is
 // usually "ok" or "error"; any word is allowed (§2.5).
 func (c *ChannelSocket) Reply(ref Ref, status string, response any) error {
-	data, binary, err := encodePayload(response)
+	data, binary, err := EncodePayload(response)
 	if err != nil {
 		return err
 	}
@@ -131,7 +131,7 @@ func (c *ChannelSocket) BroadcastFrom(event string, payload any) error {
 }
 
 func (c *ChannelSocket) publish(event string, payload any, from string) error {
-	data, binary, err := encodePayload(payload)
+	data, binary, err := EncodePayload(payload)
 	if err != nil {
 		return err
 	}
@@ -143,7 +143,7 @@ func (c *ChannelSocket) publish(event string, payload any, from string) error {
 // Track makes key present on the topic with meta (a JSON object) for as
 // long as this join lives, or until Untrack.
 func (c *ChannelSocket) Track(key string, meta any) error {
-	data, _, err := encodePayload(meta)
+	data, _, err := EncodePayload(meta)
 	if err != nil {
 		return err
 	}
@@ -158,7 +158,7 @@ func (c *ChannelSocket) Track(key string, meta any) error {
 
 // UpdatePresence replaces the meta of a key this join tracks.
 func (c *ChannelSocket) UpdatePresence(key string, meta any) error {
-	data, _, err := encodePayload(meta)
+	data, _, err := EncodePayload(meta)
 	if err != nil {
 		return err
 	}

@@ -140,7 +140,7 @@ func idTopic(id string) string { return idTopicPrefix + id }
 
 // Broadcast publishes event with payload to every subscriber of topic.
 func (e *Endpoint) Broadcast(ctx context.Context, topic, event string, payload any) error {
-	data, binary, err := encodePayload(payload)
+	data, binary, err := EncodePayload(payload)
 	if err != nil {
 		return err
 	}

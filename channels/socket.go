@@ -184,7 +184,7 @@ func (s *Socket) join(msg *Message) {
 		s.sendSocketReply(msg.JoinRef, msg.Ref, msg.Topic, "error", reply)
 		return
 	}
-	replyData, replyBinary, err := encodePayload(response)
+	replyData, replyBinary, err := EncodePayload(response)
 	if err != nil {
 		s.ep.log.Error("channels: join response cannot be encoded", "topic", msg.Topic, "err", err)
 		replyData, replyBinary = []byte("{}"), false
@@ -362,7 +362,7 @@ func joinErrorResponse(err error) []byte {
 	if errors.As(err, &r) {
 		resp = r.Response()
 	}
-	b, _, encErr := encodePayload(resp)
+	b, _, encErr := EncodePayload(resp)
 	if encErr != nil {
 		return reasonJSON("join refused")
 	}

@@ -594,29 +594,16 @@ func refJSON(r channels.Ref) json.RawMessage {
 	return json.RawMessage(r)
 }
 
-// encodePayload turns a payload argument into wire bytes; see Push.
+// encodePayload turns a payload argument into wire bytes; see Push. A
+// []byte is raw JSON here (tests write payloads as literals); everything
+// else follows channels.EncodePayload.
 func encodePayload(v any) ([]byte, bool, error) {
-	switch p := v.(type) {
-	case nil:
-		return []byte("{}"), false, nil
-	case json.RawMessage:
-		if len(p) == 0 {
-			return []byte("{}"), false, nil
-		}
-		return p, false, nil
-	case []byte:
-		if len(p) == 0 {
-			return []byte("{}"), false, nil
-		}
-		return p, false, nil
-	case channels.Binary:
-		return p, true, nil
-	case channels.Payload:
-		return p.Data, p.Binary, nil
+	if p, ok := v.([]byte); ok {
+		v = json.RawMessage(p)
 	}
-	data, err := json.Marshal(v)
+	data, binary, err := channels.EncodePayload(v)
 	if err != nil {
 		return nil, false, fmt.Errorf("wsclient: encoding a payload: %w", err)
 	}
-	return data, false, nil
+	return data, binary, nil
 }
