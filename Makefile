@@ -43,7 +43,7 @@ lint:
 # Everything: lint, the container images the integration tests run, every
 # test with the race detector (test/cluster included), a short fuzz run.
 # Needs a Docker engine and redis-server on the host (.ci/run installs it).
-test: lint images test-unit test-norace fuzz-short
+test: lint images test-unit test-cluster test-norace fuzz-short
 
 # Node and Redis images for test/ (built locally: no registry is needed).
 # NODE_IMAGE and REDIS_IMAGE name them; REDIS_IMAGE=redis:7 uses that
@@ -51,12 +51,15 @@ test: lint images test-unit test-norace fuzz-short
 images:
 	test/images/build.sh
 
-# The multi-node integration tests alone.
+# The multi-node integration tests (Docker).
 test-cluster: images
-	CGO_ENABLED=1 $(GO) test -race -count=1 -v -timeout 10m ./test/harness ./test/cluster
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m ./test/harness ./test/cluster
+
+# Everything that needs no Docker.
+UNIT_PKGS = $$($(GO) list ./... | grep -v -e /test/harness -e /test/cluster)
 
 test-unit:
-	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m ./...
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m $(UNIT_PKGS)
 
 # Tests that measure the runtime's own memory and so cannot run under the
 # race detector (it changes stack sizes and heap layout).
