@@ -16,6 +16,8 @@ import (
 	"github.com/channelsd/channelsd/channels"
 	"github.com/channelsd/channelsd/cmd/channelsd/app"
 	"github.com/channelsd/channelsd/node"
+	"github.com/channelsd/channelsd/presence"
+	presenceredis "github.com/channelsd/channelsd/presence/redis"
 	"github.com/channelsd/channelsd/pubsub"
 	"github.com/channelsd/channelsd/pubsub/redis"
 )
@@ -47,6 +49,9 @@ type options struct {
 	redis           string
 	redisPrefix     string
 	nodeID          string
+	heartbeat       time.Duration
+	deadAfter       time.Duration
+	coalesce        time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -66,6 +71,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.duration(&o.shutdownTimeout, "shutdown-timeout", "CHANNELS_SHUTDOWN_TIMEOUT", 10*time.Second, "longest graceful shutdown after SIGTERM")
 	env.str(&o.redis, "redis", "CHANNELS_REDIS", "", "Redis for clustering: redis://[user:password@]host:6379[/db], rediss://... (TLS), or redis-sentinel://[:password@]host1:26379,host2:26379/master[/db]; empty runs a single node in memory")
 	env.str(&o.redisPrefix, "redis-prefix", "CHANNELS_REDIS_PREFIX", "channelsd", "prefix of every Redis key and channel, so several deployments can share one Redis")
+	env.duration(&o.heartbeat, "presence-heartbeat", "CHANNELS_PRESENCE_HEARTBEAT", 5*time.Second, "with --redis: how often a node heartbeats and re-checks its presence entries")
+	env.duration(&o.deadAfter, "presence-dead-after", "CHANNELS_PRESENCE_DEAD_AFTER", 0, "with --redis: a node silent this long is dead and its users leave; 0 means 3 heartbeats")
+	env.duration(&o.coalesce, "presence-coalesce", "CHANNELS_PRESENCE_COALESCE", 30*time.Millisecond, "with --redis: presence changes of a topic within this window go out as one presence_diff")
 	env.str(&o.nodeID, "node-id", "CHANNELS_NODE_ID", "", "this node's id in the cluster; default POD_NAME, else hostname plus a short uuid")
 	env.str(&o.pprofAddr, "pprof-addr", "CHANNELS_PPROF_ADDR", "", "serve net/http/pprof on this address (keep it on loopback); empty disables it")
 	fs.Usage = func() {
@@ -109,14 +117,32 @@ func run(args []string, stderr io.Writer) error {
 	defer stop()
 
 	var ps pubsub.PubSub
+	var tracker presence.Tracker
 	if o.redis != "" {
 		ropts, err := redis.ParseAddress(o.redis)
 		if err != nil {
 			return fmt.Errorf("--redis: %w", err)
 		}
 		ropts.Prefix, ropts.NodeID, ropts.Logger = o.redisPrefix, nodeID, logger
-		if ps, err = connectRedis(ctx, ropts, logger); err != nil {
+		rps, err := connectRedis(ctx, ropts, logger)
+		if err != nil {
 			return err
+		}
+		ps = rps
+		tracker, err = presenceredis.New(ctx, presenceredis.Options{
+			Address:       o.redis,
+			Prefix:        o.redisPrefix,
+			NodeID:        nodeID,
+			PubSub:        rps,
+			LocalDispatch: rps.DispatchLocal,
+			Heartbeat:     o.heartbeat,
+			DeadAfter:     o.deadAfter,
+			Coalesce:      o.coalesce,
+			Logger:        logger,
+		})
+		if err != nil {
+			_ = rps.Close()
+			return fmt.Errorf("presence: %w", err)
 		}
 	}
 
@@ -135,6 +161,7 @@ func run(args []string, stderr io.Writer) error {
 		SocketHandler:   app.SocketHandler(appOpts),
 		Home:            app.DemoHandler(o.socketPath),
 		PubSub:          ps,
+		Presence:        tracker,
 		Logger:          logger,
 	})
 	if err != nil {

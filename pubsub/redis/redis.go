@@ -155,6 +155,11 @@ func (o Options) describe() string {
 // NodeID returns the id this node stamps on its envelopes.
 func (p *PubSub) NodeID() string { return p.opt.NodeID }
 
+// DispatchLocal delivers m to this node's subscribers only, without
+// relaying it to Redis: for messages that every node derives on its own,
+// such as a presence_state refresh after the node may have missed diffs.
+func (p *PubSub) DispatchLocal(m *pubsub.Message) { p.reg.Dispatch(m) }
+
 // Subscribe implements pubsub.PubSub. The first local subscriber of a
 // topic makes the node SUBSCRIBE to the topic's Redis channel; Subscribe
 // does not wait for that (a socket's join must not wait on Redis), so

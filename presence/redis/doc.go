@@ -1,0 +1,76 @@
+// Package redis is the clustered presence.Tracker: each node's entries
+// live in Redis hashes, each node is the only writer of its own fields,
+// and the cluster's view of a topic is the union of the live nodes'
+// entries, so concurrent changes on different nodes never conflict (an
+// observed-remove set with one replica per node).
+//
+// # Keys
+//
+//	<prefix>:p:<topic>        hash: field "<node>/<phx_ref>", value {"key","meta","t"}
+//	<prefix>:nodes            hash: node -> last heartbeat, Redis server time in ms
+//	<prefix>:n:<node>:topics  set: topics the node has entries on (for reaping)
+//	<prefix>:n:<node>:alive   marker written with the node's entries
+//	<prefix>:reap:<node>      claim (SET NX PX) of the node that removes a dead node's entries
+//
+// # Changes and diffs
+//
+// Track, Update, Untrack and UntrackAll change the node's own table at
+// once (List on this node sees them when they return) and queue a join
+// or leave in the topic's pending batch. One flusher goroutine, per
+// topic, Options.Coalesce after the batch opened, writes the batch to
+// Redis in one pipeline (HSET/HDEL plus the topics set) and then
+// publishes ONE presence_diff on the topic through the node's PubSub,
+// which delivers it to this node's subscribers at once and to every other
+// node's subscribers through Redis, once each, in order. A join and a
+// leave of the same phx_ref inside one window cancel out; an update is a
+// leave of the old ref plus a join of the new meta carrying phx_ref_prev.
+// Writing Redis before publishing means that a node that subscribes, then
+// lists, either sees a change in the hash or receives its diff.
+//
+// The payload is Phoenix's {"joins":{..},"leaves":{..}} plus three fields
+// the JavaScript Presence class ignores (it reads joins and leaves only):
+// "src" (node id and a random incarnation), "clock" (a counter per src and
+// topic, starting at 1) and "last" (src has no entries left on the topic
+// and restarts its clock). The tracker subscribes itself to the topics
+// where its node has entries and checks each peer's clock; on a gap (a
+// diff lost by Redis pub/sub, which is at most once) it re-reads the
+// topic and sends a fresh presence_state to this node's subscribers only,
+// through Options.LocalDispatch. The same happens for every watched topic
+// after the node's own Redis outage.
+//
+// # Liveness
+//
+// Every Heartbeat each node stamps itself in <prefix>:nodes with Redis's
+// clock (a Lua script calling TIME, so node clocks never matter), checks
+// its alive marker and reads the nodes hash. A node whose stamp is older
+// than DeadAfter is dead: List hides its entries at once; the first live
+// node to win <prefix>:reap:<node> deletes its fields from every topic in
+// its topics set and its bookkeeping, then publishes one presence_diff of
+// leaves per topic, so every subscriber in the cluster sees them once.
+//
+// # Healing
+//
+// A missing alive marker (Redis restarted without persistence, FLUSHALL,
+// or peers reaped a node that was only paused), a failed write, or the
+// end of a Redis outage makes the node re-assert: it compares its table
+// with its fields in Redis, deletes the extra ones, writes the missing
+// ones, re-creates its heartbeat, topics set and marker in one
+// transaction, and publishes the corresponding joins and leaves, so the
+// cluster view and the clients heal within one heartbeat. The same runs
+// at New, which removes what a previous incarnation with the same NodeID
+// left behind.
+//
+// # List
+//
+// List(topic) is one round trip: a pipeline of HGETALL of the topic, of
+// the nodes hash and TIME. It keeps the fields of nodes whose heartbeat is
+// younger than DeadAfter, takes this node's entries from its own table,
+// and groups them by key in track order (time of the track/update, then
+// field). Build presence_state once per request with it, not per socket.
+//
+// # Close
+//
+// Close stops the goroutines, deletes the node's fields, heartbeat and
+// bookkeeping, and publishes their leaves: a draining node's users leave
+// everywhere at once. Close the tracker before the PubSub.
+package redis

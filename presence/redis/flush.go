@@ -1,0 +1,360 @@
+package redis
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/channelsd/channelsd/presence"
+	"github.com/channelsd/channelsd/pubsub"
+)
+
+// batchFor returns topic's pending batch, opening one (and scheduling its
+// flush one Coalesce from now) if there is none. Called with mu held.
+func (t *Tracker) batchFor(topic string) *batch {
+	b := t.pending[topic]
+	if b == nil {
+		b = &batch{joinIdx: make(map[string]int)}
+		t.pending[topic] = b
+		t.fifo = append(t.fifo, queued{topic: topic, deadline: time.Now().Add(t.opt.Coalesce)})
+		if len(t.fifo) == 1 {
+			t.poke()
+		}
+	}
+	return b
+}
+
+func (t *Tracker) poke() {
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+// addJoin queues the join of e. Called with mu held.
+func (t *Tracker) addJoin(topic string, e *entry) {
+	b := t.batchFor(topic)
+	b.joinIdx[e.ref] = len(b.joins)
+	b.joins = append(b.joins, &change{ref: e.ref, key: e.key, meta: e.meta, field: t.field(e.ref), value: e.value})
+}
+
+// addLeave queues a leave. A leave of a ref whose join is still pending
+// cancels the join instead: neither Redis nor any client ever saw it.
+// Called with mu held.
+func (t *Tracker) addLeave(topic string, c *change) {
+	b := t.batchFor(topic)
+	if i, ok := b.joinIdx[c.ref]; ok {
+		b.joins[i] = nil
+		delete(b.joinIdx, c.ref)
+		return
+	}
+	b.leaves = append(b.leaves, c)
+}
+
+// flushLoop is the only goroutine that writes this node's entries to
+// Redis and publishes its diffs (Close takes over after it stopped), so
+// the writes and diffs of one topic go out in order.
+func (t *Tracker) flushLoop() {
+	defer t.wg.Done()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		t.mu.Lock()
+		resync := t.needResync
+		var due []string
+		now := time.Now()
+		for len(t.fifo) > 0 && !t.fifo[0].deadline.After(now) {
+			due = append(due, t.fifo[0].topic)
+			t.fifo = t.fifo[1:]
+		}
+		var next time.Duration = -1
+		if len(t.fifo) > 0 {
+			next = time.Until(t.fifo[0].deadline)
+		}
+		t.mu.Unlock()
+
+		if resync {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*t.opt.Timeout)
+			if err := t.resync(ctx, false); err != nil {
+				t.log.Warn("presence/redis: re-asserting entries failed; retrying at the next heartbeat", "err", err)
+			}
+			cancel()
+			continue
+		}
+		if len(due) > 0 {
+			t.flush(due)
+			continue
+		}
+		if next >= 0 {
+			timer.Reset(next)
+		}
+		select {
+		case <-t.stop:
+			return
+		case <-t.wake:
+		case <-timer.C:
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+	}
+}
+
+// outgoing is one diff ready to publish.
+type outgoing struct {
+	topic string
+	diff  wireDiff
+}
+
+// wireDiff is the presence_diff payload: Phoenix's {joins, leaves} plus
+// src (node#incarnation) and the per-(src, topic) clock, which phoenix.js
+// ignores (it reads joins and leaves only). last says src has no entries
+// left on the topic and forgets its clock: its next diff there is clock 1.
+type wireDiff struct {
+	Joins  presence.State `json:"joins"`
+	Leaves presence.State `json:"leaves"`
+	Src    string         `json:"src"`
+	Clock  uint64         `json:"clock"`
+	Last   bool           `json:"last,omitempty"`
+}
+
+// stamp builds topic's diff from joins and leaves and gives it the next
+// clock. Changes are deduplicated by ref (a resync merges a batch with its
+// repairs). Returns false when there is nothing to send. Called with mu
+// held.
+func (t *Tracker) stamp(topic string, joins, leaves []*change) (outgoing, bool) {
+	d := wireDiff{Joins: presence.State{}, Leaves: presence.State{}, Src: t.src}
+	seen := make(map[string]bool, len(joins)+len(leaves))
+	for _, c := range joins {
+		if c != nil && !seen[c.ref] {
+			seen[c.ref] = true
+			d.Joins.Add(c.key, c.meta)
+		}
+	}
+	for _, c := range leaves {
+		if c != nil && !seen[c.ref] {
+			seen[c.ref] = true
+			d.Leaves.Add(c.key, c.meta)
+		}
+	}
+	if len(seen) == 0 {
+		return outgoing{}, false
+	}
+	d.Clock = t.clocks[topic] + 1
+	if len(t.table[topic]) == 0 {
+		d.Last = true
+		delete(t.clocks, topic)
+	} else {
+		t.clocks[topic] = d.Clock
+	}
+	return outgoing{topic: topic, diff: d}, true
+}
+
+// flush writes the due topics' changes to Redis in one pipeline, then
+// publishes one diff per topic. Redis is written first, so a node that
+// lists the topic after subscribing either sees the change or receives
+// its diff.
+func (t *Tracker) flush(topics []string) {
+	ctx, cancel := context.WithTimeout(context.Background(), t.opt.Timeout)
+	defer cancel()
+	pipe := t.client.Pipeline()
+	var out []outgoing
+	t.mu.Lock()
+	for _, topic := range topics {
+		b := t.pending[topic]
+		delete(t.pending, topic)
+		if b == nil {
+			continue
+		}
+		key := t.topicKey(topic)
+		for _, c := range b.joins {
+			if c != nil && c.field != "" {
+				pipe.HSet(ctx, key, c.field, c.value)
+			}
+		}
+		for _, c := range b.leaves {
+			if c.field != "" {
+				pipe.HDel(ctx, key, c.field)
+			}
+		}
+		if len(t.table[topic]) > 0 {
+			pipe.SAdd(ctx, t.topicsKey, topic)
+		} else {
+			pipe.SRem(ctx, t.topicsKey, topic)
+		}
+		if o, ok := t.stamp(topic, b.joins, b.leaves); ok {
+			out = append(out, o)
+		}
+	}
+	t.mu.Unlock()
+	if pipe.Len() > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			t.log.Warn("presence/redis: writing entries failed; they are re-asserted at the next heartbeat", "err", err)
+			t.mu.Lock()
+			t.needResync = true
+			t.mu.Unlock()
+		}
+	}
+	t.publish(ctx, out)
+	t.reconcileWatches(topics)
+}
+
+// publish sends the diffs through the PubSub: local subscribers at once,
+// other nodes through Redis. A failed relay shows as a gap in our clock
+// on the other nodes, which then re-read the topic.
+func (t *Tracker) publish(ctx context.Context, out []outgoing) {
+	for _, o := range out {
+		payload, err := json.Marshal(o.diff)
+		if err != nil {
+			t.log.Error("presence/redis: encoding diff", "topic", o.topic, "err", err)
+			continue
+		}
+		err = t.ps.Publish(ctx, &pubsub.Message{Topic: o.topic, Event: "presence_diff", Payload: payload})
+		if err != nil && !errors.Is(err, pubsub.ErrClosed) {
+			t.log.Warn("presence/redis: publishing presence_diff", "topic", o.topic, "err", err)
+		}
+	}
+}
+
+// resync makes Redis hold exactly this node's table (drain: nothing, and
+// no heartbeat): for every topic we have or had entries on, it deletes
+// our fields that are not in the table and writes the missing ones, in
+// one transaction with the heartbeat, the topics set and the alive
+// marker. The pending batches are taken and published together with the
+// joins and leaves the repair implies (deduplicated by ref), so clients
+// converge on what Redis now holds.
+func (t *Tracker) resync(ctx context.Context, drain bool) error {
+	t.mu.Lock()
+	t.needResync = false
+	snapshot := make(map[string]map[string]*entry, len(t.table)) // topic -> field -> entry
+	for topic, entries := range t.table {
+		m := make(map[string]*entry, len(entries))
+		for _, e := range entries {
+			m[t.field(e.ref)] = e
+		}
+		snapshot[topic] = m
+	}
+	taken := t.pending
+	t.pending = make(map[string]*batch)
+	t.fifo = nil
+	t.mu.Unlock()
+
+	failed := func(err error) error {
+		t.mu.Lock()
+		t.needResync = !drain
+		out := make([]outgoing, 0, len(taken))
+		for topic, b := range taken {
+			if o, ok := t.stamp(topic, b.joins, b.leaves); ok {
+				out = append(out, o)
+			}
+		}
+		t.mu.Unlock()
+		t.publish(ctx, out)
+		return err
+	}
+
+	registered, err := t.client.SMembers(ctx, t.topicsKey).Result()
+	if err != nil {
+		return failed(err)
+	}
+	topics := make(map[string]bool)
+	for _, s := range registered {
+		topics[s] = true
+	}
+	for s := range snapshot {
+		topics[s] = true
+	}
+	for s := range taken {
+		topics[s] = true
+	}
+	list := make([]string, 0, len(topics))
+	for s := range topics {
+		list = append(list, s)
+	}
+	read := t.client.Pipeline()
+	cmds := make([]interface{ Val() map[string]string }, len(list))
+	for i, s := range list {
+		cmds[i] = read.HGetAll(ctx, t.topicKey(s))
+	}
+	if len(list) > 0 {
+		if _, err := read.Exec(ctx); err != nil {
+			return failed(err)
+		}
+	}
+
+	tx := t.client.TxPipeline()
+	if !drain {
+		tx.Eval(ctx, heartbeatScript, []string{t.nodesKey}, t.me)
+	}
+	joins := make(map[string][]*change)
+	leaves := make(map[string][]*change)
+	for i, topic := range list {
+		key := t.topicKey(topic)
+		have := make(map[string]bool)
+		for f, v := range cmds[i].Val() {
+			node, ref, ok := splitField(f)
+			if !ok || node != t.me {
+				continue
+			}
+			have[f] = true
+			if e := snapshot[topic][f]; e != nil {
+				if string(e.value) != v {
+					tx.HSet(ctx, key, f, e.value)
+				}
+				continue
+			}
+			tx.HDel(ctx, key, f)
+			var s stored
+			if json.Unmarshal([]byte(v), &s) == nil {
+				leaves[topic] = append(leaves[topic], &change{ref: ref, key: s.Key, meta: s.Meta})
+			}
+		}
+		for f, e := range snapshot[topic] {
+			if !have[f] {
+				tx.HSet(ctx, key, f, e.value)
+				joins[topic] = append(joins[topic], &change{ref: e.ref, key: e.key, meta: e.meta})
+			}
+		}
+	}
+	tx.Del(ctx, t.topicsKey)
+	if drain {
+		tx.Del(ctx, t.aliveKey)
+		tx.HDel(ctx, t.nodesKey, t.me)
+	} else {
+		if len(snapshot) > 0 {
+			members := make([]any, 0, len(snapshot))
+			for s := range snapshot {
+				members = append(members, s)
+			}
+			tx.SAdd(ctx, t.topicsKey, members...)
+		}
+		tx.Set(ctx, t.aliveKey, t.src, 0)
+	}
+	if _, err := tx.Exec(ctx); err != nil {
+		return failed(err)
+	}
+
+	t.mu.Lock()
+	var out []outgoing
+	for _, topic := range list {
+		var js, ls []*change
+		if b := taken[topic]; b != nil {
+			js, ls = b.joins, b.leaves
+		}
+		js = append(js, joins[topic]...)
+		ls = append(ls, leaves[topic]...)
+		if o, ok := t.stamp(topic, js, ls); ok {
+			out = append(out, o)
+		}
+	}
+	t.mu.Unlock()
+	t.publish(ctx, out)
+	if !drain {
+		t.reconcileWatches(list)
+	}
+	return nil
+}

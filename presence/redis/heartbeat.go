@@ -1,0 +1,279 @@
+package redis
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/channelsd/channelsd/pubsub"
+)
+
+// heartbeatScript stamps the node with Redis's own clock (so liveness
+// never depends on the nodes' clocks agreeing) and returns that time.
+const heartbeatScript = `
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ms)
+return ms`
+
+func (t *Tracker) heartbeatLoop() {
+	defer t.wg.Done()
+	tick := time.NewTicker(t.opt.Heartbeat)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stop:
+			return
+		case <-tick.C:
+		}
+		t.heartbeat()
+	}
+}
+
+// heartbeat writes our heartbeat, checks that Redis still holds our
+// entries (the alive marker; a Redis restart or FLUSHALL removes it, as
+// does a peer that reaped us) and reaps the nodes that went silent.
+func (t *Tracker) heartbeat() {
+	ctx, cancel := context.WithTimeout(context.Background(), t.opt.Timeout)
+	defer cancel()
+	pipe := t.client.Pipeline()
+	now := pipe.Eval(ctx, heartbeatScript, []string{t.nodesKey}, t.me)
+	alive := pipe.Exists(ctx, t.aliveKey)
+	nodes := pipe.HGetAll(ctx, t.nodesKey)
+	if _, err := pipe.Exec(ctx); err != nil {
+		if !t.down {
+			t.down = true
+			t.log.Warn("presence/redis: heartbeat failed; Redis unreachable", "err", err)
+		}
+		return
+	}
+	if t.down {
+		// Back from an outage: Redis may have lost our entries and we may
+		// have missed diffs. Re-assert, and refresh local clients.
+		t.down = false
+		t.log.Info("presence/redis: Redis reachable again; re-asserting entries")
+		t.requestResync()
+		t.requestRepairAll()
+	} else if alive.Val() == 0 {
+		t.log.Info("presence/redis: entries missing from Redis (restart, flush or reaped); re-asserting")
+		t.requestResync()
+	}
+	ms, _ := now.Int64()
+	for n, v := range nodes.Val() {
+		if n == t.me {
+			continue
+		}
+		hb, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || ms-hb > t.opt.DeadAfter.Milliseconds() {
+			t.reap(ctx, n)
+		}
+	}
+}
+
+func (t *Tracker) requestResync() {
+	t.mu.Lock()
+	t.needResync = true
+	t.mu.Unlock()
+	t.poke()
+}
+
+// reap removes a dead node's entries, if this node wins the claim, and
+// queues their leaves: one presence_diff per topic reaches every node's
+// subscribers through the PubSub, once.
+func (t *Tracker) reap(ctx context.Context, dead string) {
+	lock := t.opt.Prefix + ":reap:" + dead
+	won, err := t.client.SetNX(ctx, lock, t.me, t.opt.DeadAfter).Result()
+	if err != nil || !won {
+		return
+	}
+	deadTopics := t.opt.Prefix + ":n:" + dead + ":topics"
+	topics, err := t.client.SMembers(ctx, deadTopics).Result()
+	if err != nil {
+		return
+	}
+	prefix := dead + "/"
+	read := t.client.Pipeline()
+	cmds := make([]interface{ Val() map[string]string }, len(topics))
+	for i, s := range topics {
+		cmds[i] = read.HGetAll(ctx, t.topicKey(s))
+	}
+	if len(topics) > 0 {
+		if _, err := read.Exec(ctx); err != nil {
+			return
+		}
+	}
+	tx := t.client.TxPipeline()
+	leaves := make(map[string][]*change)
+	for i, topic := range topics {
+		for f, v := range cmds[i].Val() {
+			if !strings.HasPrefix(f, prefix) {
+				continue
+			}
+			tx.HDel(ctx, t.topicKey(topic), f)
+			var s stored
+			if json.Unmarshal([]byte(v), &s) == nil {
+				leaves[topic] = append(leaves[topic], &change{ref: f[len(prefix):], key: s.Key, meta: s.Meta})
+			}
+		}
+	}
+	tx.Del(ctx, deadTopics, t.opt.Prefix+":n:"+dead+":alive")
+	tx.HDel(ctx, t.nodesKey, dead)
+	if _, err := tx.Exec(ctx); err != nil {
+		t.log.Warn("presence/redis: removing a dead node's entries failed; retried later", "node", dead, "err", err)
+		return
+	}
+	n := 0
+	t.mu.Lock()
+	for topic, cs := range leaves {
+		for _, c := range cs {
+			t.addLeave(topic, c)
+			n++
+		}
+	}
+	t.mu.Unlock()
+	t.log.Info("presence/redis: removed a dead node's entries", "node", dead, "entries", n, "topics", len(leaves))
+}
+
+// watcher is the tracker's own subscriber on the topics where this node
+// has entries: it reads the src/clock of every presence_diff and asks for
+// a repair of the topic when a peer's clock skips.
+type watcher struct {
+	t  *Tracker
+	id string
+
+	mu     sync.Mutex
+	topics map[string]map[string]uint64 // watched topic -> src -> last clock
+}
+
+func (w *watcher) SubscriberID() string { return w.id }
+
+func (w *watcher) Deliver(m *pubsub.Message) {
+	if m.Event != "presence_diff" {
+		return
+	}
+	var d struct {
+		Src   string `json:"src"`
+		Clock uint64 `json:"clock"`
+		Last  bool   `json:"last"`
+	}
+	if json.Unmarshal(m.Payload, &d) != nil || d.Src == "" || d.Src == w.t.src {
+		return
+	}
+	w.mu.Lock()
+	clocks := w.topics[m.Topic]
+	gap := false
+	if clocks != nil {
+		last, seen := clocks[d.Src]
+		gap = seen && d.Clock != last+1
+		if d.Last {
+			delete(clocks, d.Src)
+		} else {
+			clocks[d.Src] = d.Clock
+		}
+	}
+	w.mu.Unlock()
+	if gap {
+		w.t.log.Debug("presence/redis: gap in a peer's diffs; re-reading the topic", "topic", m.Topic, "src", d.Src)
+		w.t.requestRepair(m.Topic)
+	}
+}
+
+// reconcileWatches subscribes the watcher to the given topics where we
+// have entries and unsubscribes it where we have none. Flusher only.
+func (t *Tracker) reconcileWatches(topics []string) {
+	for _, topic := range topics {
+		t.mu.Lock()
+		has := len(t.table[topic]) > 0 && !t.closed
+		t.mu.Unlock()
+		switch {
+		case has && !t.watched[topic]:
+			t.watched[topic] = true
+			t.watcher.mu.Lock()
+			t.watcher.topics[topic] = make(map[string]uint64)
+			t.watcher.mu.Unlock()
+			if err := t.ps.Subscribe(topic, t.watcher); err != nil {
+				t.log.Debug("presence/redis: watching topic", "topic", topic, "err", err)
+			}
+		case !has && t.watched[topic]:
+			t.unwatch(topic)
+		}
+	}
+}
+
+func (t *Tracker) unwatch(topic string) {
+	delete(t.watched, topic)
+	t.ps.Unsubscribe(topic, t.watcher)
+	t.watcher.mu.Lock()
+	delete(t.watcher.topics, topic)
+	t.watcher.mu.Unlock()
+}
+
+func (t *Tracker) unwatchAll() {
+	for topic := range t.watched {
+		t.unwatch(topic)
+	}
+}
+
+func (t *Tracker) requestRepair(topic string) {
+	if t.opt.LocalDispatch == nil {
+		return
+	}
+	t.mu.Lock()
+	t.repairs[topic] = struct{}{}
+	t.mu.Unlock()
+	select {
+	case t.repairCh <- struct{}{}:
+	default:
+	}
+}
+
+func (t *Tracker) requestRepairAll() {
+	t.watcher.mu.Lock()
+	topics := make([]string, 0, len(t.watcher.topics))
+	for s := range t.watcher.topics {
+		topics = append(topics, s)
+	}
+	t.watcher.mu.Unlock()
+	for _, s := range topics {
+		t.requestRepair(s)
+	}
+}
+
+// repairLoop sends a fresh presence_state to this node's subscribers of
+// each topic that needs it (anti-entropy for clients: the JS Presence
+// class replaces its view by a state, emitting the joins and leaves it
+// missed).
+func (t *Tracker) repairLoop() {
+	defer t.wg.Done()
+	for {
+		select {
+		case <-t.stop:
+			return
+		case <-t.repairCh:
+		}
+		t.mu.Lock()
+		topics := make([]string, 0, len(t.repairs))
+		for s := range t.repairs {
+			topics = append(topics, s)
+		}
+		clear(t.repairs)
+		t.mu.Unlock()
+		for _, topic := range topics {
+			ctx, cancel := context.WithTimeout(context.Background(), t.opt.Timeout)
+			state, err := t.List(ctx, topic)
+			cancel()
+			if err != nil {
+				t.log.Warn("presence/redis: anti-entropy list failed", "topic", topic, "err", err)
+				continue
+			}
+			payload, err := json.Marshal(state)
+			if err != nil {
+				continue
+			}
+			t.opt.LocalDispatch(&pubsub.Message{Topic: topic, Event: "presence_state", Payload: payload})
+		}
+	}
+}

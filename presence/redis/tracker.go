@@ -1,0 +1,385 @@
+package redis
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/channelsd/channelsd/presence"
+	"github.com/channelsd/channelsd/pubsub"
+)
+
+// Tracker is the clustered presence.Tracker. See the package
+// documentation for the data model.
+type Tracker struct {
+	opt       Options
+	log       *slog.Logger
+	client    goredis.UniversalClient
+	ownClient bool
+	ps        pubsub.PubSub
+	me        string // node id
+	src       string // node id + "#" + incarnation, stamped on diffs
+	watcher   *watcher
+
+	// Keys.
+	nodesKey  string // hash: node -> last heartbeat (Redis server time, ms)
+	topicsKey string // set: topics this node has entries on
+	aliveKey  string // marker: present while Redis holds our entries
+
+	stop     chan struct{}
+	wake     chan struct{} // cap 1: pending changed or resync wanted
+	repairCh chan struct{} // cap 1
+	wg       sync.WaitGroup
+
+	// mu guards the local table, the pending diffs and the clocks. It is
+	// never held across a Redis command or a Publish.
+	mu         sync.Mutex
+	closed     bool
+	seq        uint64
+	table      map[string]map[owned]*entry // topic -> entries of this node
+	pending    map[string]*batch
+	fifo       []queued // topics with a pending batch, by deadline
+	clocks     map[string]uint64
+	needResync bool
+	repairs    map[string]struct{}
+
+	// Owned by the flusher goroutine (and Close after it stopped).
+	watched map[string]bool
+
+	// Owned by the heartbeat goroutine.
+	down bool
+}
+
+type owned struct{ owner, key string }
+
+type entry struct {
+	key   string
+	ref   string
+	meta  json.RawMessage
+	value []byte // the hash value, {"key","meta","t"}
+}
+
+// stored is a hash value.
+type stored struct {
+	Key  string          `json:"key"`
+	Meta json.RawMessage `json:"meta"`
+	T    int64           `json:"t"` // unix ns of the track/update, for a stable order
+}
+
+// change is one join or leave waiting in a batch. field is the hash field
+// to write (join) or delete (leave); empty when nothing is to be written
+// (a dead node's leave, already deleted by the reaper).
+type change struct {
+	ref   string
+	key   string
+	meta  json.RawMessage
+	field string
+	value []byte
+}
+
+// batch gathers the changes of one topic during a coalescing window.
+type batch struct {
+	joins, leaves []*change
+	joinIdx       map[string]int // ref -> index in joins (nil slot when cancelled)
+}
+
+type queued struct {
+	topic    string
+	deadline time.Time
+}
+
+var _ presence.Tracker = (*Tracker)(nil)
+
+// New builds the tracker, writes its first heartbeat and cleans entries a
+// previous incarnation with the same NodeID may have left, and starts its
+// goroutines. ctx bounds that first round of Redis work only.
+func New(ctx context.Context, opt Options) (*Tracker, error) {
+	opt, err := opt.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	t := &Tracker{
+		opt:       opt,
+		log:       opt.Logger,
+		client:    opt.Client,
+		ps:        opt.PubSub,
+		me:        opt.NodeID,
+		src:       opt.NodeID + "#" + strconv.FormatUint(rand.Uint64()>>16, 36),
+		nodesKey:  opt.Prefix + ":nodes",
+		topicsKey: opt.Prefix + ":n:" + opt.NodeID + ":topics",
+		aliveKey:  opt.Prefix + ":n:" + opt.NodeID + ":alive",
+		stop:      make(chan struct{}),
+		wake:      make(chan struct{}, 1),
+		repairCh:  make(chan struct{}, 1),
+		table:     make(map[string]map[owned]*entry),
+		pending:   make(map[string]*batch),
+		clocks:    make(map[string]uint64),
+		repairs:   make(map[string]struct{}),
+		watched:   make(map[string]bool),
+	}
+	t.watcher = &watcher{t: t, id: "presence-tracker:" + t.src, topics: make(map[string]map[string]uint64)}
+	if t.client == nil {
+		if t.client, err = newClient(opt.Address, opt.NodeID); err != nil {
+			return nil, err
+		}
+		t.ownClient = true
+	}
+	if err := t.resync(ctx, false); err != nil {
+		if t.ownClient {
+			_ = t.client.Close()
+		}
+		return nil, fmt.Errorf("presence/redis: initial sync: %w", err)
+	}
+	t.wg.Add(3)
+	go t.flushLoop()
+	go t.heartbeatLoop()
+	go t.repairLoop()
+	return t, nil
+}
+
+func (t *Tracker) topicKey(topic string) string { return t.opt.Prefix + ":p:" + topic }
+func (t *Tracker) field(ref string) string      { return t.me + "/" + ref }
+
+func newEntry(key, ref string, meta json.RawMessage) (*entry, error) {
+	v, err := json.Marshal(stored{Key: key, Meta: meta, T: time.Now().UnixNano()})
+	if err != nil {
+		return nil, err
+	}
+	return &entry{key: key, ref: ref, meta: meta, value: v}, nil
+}
+
+// Track implements presence.Tracker.
+func (t *Tracker) Track(_ context.Context, topic, owner, key string, meta json.RawMessage) (string, error) {
+	ref := presence.NewRef()
+	full, err := presence.WithRefs(meta, ref, "")
+	if err != nil {
+		return "", err
+	}
+	e, err := newEntry(key, ref, full)
+	if err != nil {
+		return "", err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return "", presence.ErrClosed
+	}
+	entries := t.table[topic]
+	if entries == nil {
+		entries = make(map[owned]*entry)
+		t.table[topic] = entries
+	}
+	k := owned{owner, key}
+	if entries[k] != nil {
+		return "", presence.ErrAlreadyTracked
+	}
+	entries[k] = e
+	t.addJoin(topic, e)
+	return ref, nil
+}
+
+// Update implements presence.Tracker.
+func (t *Tracker) Update(_ context.Context, topic, owner, key string, meta json.RawMessage) (string, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return "", presence.ErrClosed
+	}
+	k := owned{owner, key}
+	old := t.table[topic][k]
+	if old == nil {
+		return "", presence.ErrNotTracked
+	}
+	ref := presence.NewRef()
+	full, err := presence.WithRefs(meta, ref, old.ref)
+	if err != nil {
+		return "", err
+	}
+	e, err := newEntry(key, ref, full)
+	if err != nil {
+		return "", err
+	}
+	t.table[topic][k] = e
+	t.addLeave(topic, &change{ref: old.ref, key: key, meta: old.meta, field: t.field(old.ref)})
+	t.addJoin(topic, e)
+	return ref, nil
+}
+
+// Untrack implements presence.Tracker.
+func (t *Tracker) Untrack(_ context.Context, topic, owner, key string) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	entries := t.table[topic]
+	k := owned{owner, key}
+	e := entries[k]
+	if e == nil {
+		return nil
+	}
+	delete(entries, k)
+	if len(entries) == 0 {
+		delete(t.table, topic)
+	}
+	t.addLeave(topic, &change{ref: e.ref, key: e.key, meta: e.meta, field: t.field(e.ref)})
+	return nil
+}
+
+// UntrackAll implements presence.Tracker.
+func (t *Tracker) UntrackAll(_ context.Context, topic, owner string) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	entries := t.table[topic]
+	for k, e := range entries {
+		if k.owner == owner {
+			delete(entries, k)
+			t.addLeave(topic, &change{ref: e.ref, key: e.key, meta: e.meta, field: t.field(e.ref)})
+		}
+	}
+	if entries != nil && len(entries) == 0 {
+		delete(t.table, topic)
+	}
+	return nil
+}
+
+// row is one entry as List sorts them.
+type row struct {
+	t     int64
+	field string
+	key   string
+	meta  json.RawMessage
+}
+
+// List implements presence.Tracker: this node's entries from its own
+// table (always current), the other nodes' from the topic's hash, keeping
+// only nodes whose heartbeat is younger than DeadAfter by Redis's clock.
+// One round trip (a pipeline of HGETALL topic, HGETALL nodes, TIME).
+func (t *Tracker) List(ctx context.Context, topic string) (presence.State, error) {
+	t.mu.Lock()
+	closed := t.closed
+	t.mu.Unlock()
+	if closed {
+		return nil, presence.ErrClosed
+	}
+	pipe := t.client.Pipeline()
+	hcmd := pipe.HGetAll(ctx, t.topicKey(topic))
+	ncmd := pipe.HGetAll(ctx, t.nodesKey)
+	tcmd := pipe.Time(ctx)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("presence/redis: list %s: %w", topic, err)
+	}
+	now := tcmd.Val().UnixMilli()
+	live := t.liveNodes(ncmd.Val(), now)
+	rows := make([]row, 0, len(hcmd.Val()))
+	for f, v := range hcmd.Val() {
+		node, _, ok := splitField(f)
+		if !ok || node == t.me || !live[node] {
+			continue
+		}
+		var s stored
+		if json.Unmarshal([]byte(v), &s) != nil {
+			continue
+		}
+		rows = append(rows, row{t: s.T, field: f, key: s.Key, meta: s.Meta})
+	}
+	t.mu.Lock()
+	for _, e := range t.table[topic] {
+		var s stored
+		_ = json.Unmarshal(e.value, &s)
+		rows = append(rows, row{t: s.T, field: t.field(e.ref), key: e.key, meta: e.meta})
+	}
+	t.mu.Unlock()
+	sort.Slice(rows, func(i, j int) bool {
+		if rows[i].t != rows[j].t {
+			return rows[i].t < rows[j].t
+		}
+		return rows[i].field < rows[j].field
+	})
+	state := presence.State{}
+	for _, r := range rows {
+		state.Add(r.key, r.meta)
+	}
+	return state, nil
+}
+
+// liveNodes returns the nodes whose heartbeat (ms) is within DeadAfter of
+// now (Redis's clock). Nodes absent from the hash are not live.
+func (t *Tracker) liveNodes(nodes map[string]string, now int64) map[string]bool {
+	live := make(map[string]bool, len(nodes))
+	for n, v := range nodes {
+		if hb, err := strconv.ParseInt(v, 10, 64); err == nil && now-hb <= t.opt.DeadAfter.Milliseconds() {
+			live[n] = true
+		}
+	}
+	return live
+}
+
+// splitField splits "<node>/<ref>"; refs never contain '/'.
+func splitField(f string) (node, ref string, ok bool) {
+	i := strings.LastIndexByte(f, '/')
+	if i <= 0 {
+		return "", "", false
+	}
+	return f[:i], f[i+1:], true
+}
+
+// Close implements presence.Tracker: it stops the background work, removes
+// this node's entries and heartbeat from Redis and publishes their
+// leaves, so users on a draining node leave at once everywhere. Close the
+// tracker before the PubSub it publishes through.
+func (t *Tracker) Close() error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	for topic, entries := range t.table {
+		for _, e := range entries {
+			t.addLeave(topic, &change{ref: e.ref, key: e.key, meta: e.meta, field: t.field(e.ref)})
+		}
+	}
+	clear(t.table)
+	t.mu.Unlock()
+	close(t.stop)
+	t.wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*t.opt.Timeout)
+	err := t.resync(ctx, true)
+	cancel()
+	t.unwatchAll()
+	if t.ownClient {
+		_ = t.client.Close()
+	}
+	if err != nil {
+		return fmt.Errorf("presence/redis: close: %w", err)
+	}
+	return nil
+}
+
+// kill stops the tracker as a crash would: no Redis cleanup, no leaves.
+// Tests use it to simulate a node that died.
+func (t *Tracker) kill() {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return
+	}
+	t.closed = true
+	clear(t.table)
+	clear(t.pending)
+	t.fifo = nil
+	t.mu.Unlock()
+	close(t.stop)
+	t.wg.Wait()
+	t.unwatchAll()
+	if t.ownClient {
+		_ = t.client.Close()
+	}
+}

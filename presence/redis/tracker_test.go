@@ -1,0 +1,605 @@
+package redis
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"slices"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/channelsd/channelsd/presence"
+	"github.com/channelsd/channelsd/pubsub"
+)
+
+// observer is a client's view of a topic on one node: it records the
+// presence events it receives, in order.
+type observer struct {
+	id   string
+	mu   sync.Mutex
+	msgs []*pubsub.Message
+}
+
+func (o *observer) SubscriberID() string { return o.id }
+func (o *observer) Deliver(m *pubsub.Message) {
+	o.mu.Lock()
+	o.msgs = append(o.msgs, m)
+	o.mu.Unlock()
+}
+
+func (o *observer) diffs() []presence.Diff {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []presence.Diff
+	for _, m := range o.msgs {
+		if m.Event != "presence_diff" {
+			continue
+		}
+		var d presence.Diff
+		if err := json.Unmarshal(m.Payload, &d); err != nil {
+			panic(err)
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// observe subscribes a new observer to topic on n and takes the initial
+// List, as a joining channel does (subscribe, then presence_state).
+func observe(t *testing.T, n *testNode, topic string) (*observer, presence.State) {
+	t.Helper()
+	o := &observer{id: fmt.Sprintf("obs-%s-%s-%d", n.id, topic, rand.Int())}
+	if err := n.ps.Subscribe(topic, o); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.ps.Unsubscribe(topic, o) })
+	st, err := n.tr.List(context.Background(), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o, st
+}
+
+// --- the JS Presence class merge rules (PROTOCOL §7.4) ---
+
+type jsMeta = map[string]any
+type jsState map[string][]jsMeta
+
+func ref(m jsMeta) string { s, _ := m["phx_ref"].(string); return s }
+
+func toJS(s presence.State) jsState {
+	out := jsState{}
+	for k, e := range s {
+		for _, raw := range e.Metas {
+			var m jsMeta
+			if err := json.Unmarshal(raw, &m); err != nil {
+				panic(err)
+			}
+			out[k] = append(out[k], m)
+		}
+	}
+	return out
+}
+
+func refSet(ms []jsMeta) map[string]bool {
+	out := map[string]bool{}
+	for _, m := range ms {
+		out[ref(m)] = true
+	}
+	return out
+}
+
+// syncDiff is Presence.syncDiff: joins first, then leaves.
+func syncDiff(state jsState, joins, leaves jsState) {
+	for key, joined := range joins {
+		cur, had := state[key]
+		next := slices.Clone(joined)
+		if had {
+			jr := refSet(next)
+			var kept []jsMeta
+			for _, m := range cur {
+				if !jr[ref(m)] {
+					kept = append(kept, m)
+				}
+			}
+			next = append(kept, next...)
+		}
+		state[key] = next
+	}
+	for key, left := range leaves {
+		cur, had := state[key]
+		if !had {
+			continue
+		}
+		lr := refSet(left)
+		var kept []jsMeta
+		for _, m := range cur {
+			if !lr[ref(m)] {
+				kept = append(kept, m)
+			}
+		}
+		if len(kept) == 0 {
+			delete(state, key)
+		} else {
+			state[key] = kept
+		}
+	}
+}
+
+// syncState is Presence.syncState.
+func syncState(state jsState, next jsState) {
+	joins, leaves := jsState{}, jsState{}
+	for key, cur := range state {
+		if _, ok := next[key]; !ok {
+			leaves[key] = cur
+		}
+	}
+	for key, nm := range next {
+		cur, ok := state[key]
+		if !ok {
+			joins[key] = nm
+			continue
+		}
+		nr, cr := refSet(nm), refSet(cur)
+		var j, l []jsMeta
+		for _, m := range nm {
+			if !cr[ref(m)] {
+				j = append(j, m)
+			}
+		}
+		for _, m := range cur {
+			if !nr[ref(m)] {
+				l = append(l, m)
+			}
+		}
+		if len(j) > 0 {
+			joins[key] = j
+		}
+		if len(l) > 0 {
+			leaves[key] = l
+		}
+	}
+	syncDiff(state, joins, leaves)
+}
+
+// clientView replays what a JS client would see: the state, then every
+// diff the observer received (diffs that arrived first are queued by the
+// client and applied after the state, as here).
+func clientView(o *observer, initial presence.State) jsState {
+	st := jsState{}
+	syncState(st, toJS(initial))
+	for _, d := range o.diffs() {
+		syncDiff(st, toJS(d.Joins), toJS(d.Leaves))
+	}
+	return st
+}
+
+// canon reduces a view to key -> sorted phx_refs.
+func canon(s jsState) map[string][]string {
+	out := map[string][]string{}
+	for k, ms := range s {
+		for _, m := range ms {
+			out[k] = append(out[k], ref(m))
+		}
+		sort.Strings(out[k])
+	}
+	return out
+}
+
+func listCanon(t *testing.T, n *testNode, topic string) map[string][]string {
+	t.Helper()
+	st, err := n.tr.List(context.Background(), topic)
+	if err != nil {
+		t.Fatalf("List on %s: %v", n.id, err)
+	}
+	return canon(toJS(st))
+}
+
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func meta(s string) json.RawMessage { return json.RawMessage(s) }
+
+func track(t *testing.T, n *testNode, topic, owner, key, m string) string {
+	t.Helper()
+	r, err := n.tr.Track(context.Background(), topic, owner, key, meta(m))
+	if err != nil {
+		t.Fatalf("Track on %s: %v", n.id, err)
+	}
+	return r
+}
+
+// --- tests ---
+
+func TestTrackListAndDiffAcrossNodes(t *testing.T) {
+	s := startRedis(t)
+	a, b := newNode(t, s, "a"), newNode(t, s, "b")
+	obsB, initB := observe(t, b, "room:1")
+	if len(initB) != 0 {
+		t.Fatalf("initial state %v", initB)
+	}
+	r := track(t, a, "room:1", "ch1", "42", `{"device":"web"}`)
+
+	want := map[string][]string{"42": {r}}
+	if got := listCanon(t, a, "room:1"); !reflect.DeepEqual(got, want) {
+		t.Fatalf("List on a right after Track = %v, want %v", got, want)
+	}
+	eventually(t, 2*time.Second, "b to list a's entry", func() bool { return reflect.DeepEqual(listCanon(t, b, "room:1"), want) })
+	eventually(t, 2*time.Second, "b's subscriber to get the diff", func() bool { return len(obsB.diffs()) == 1 })
+
+	obsB.mu.Lock()
+	raw := obsB.msgs[0].Payload
+	obsB.mu.Unlock()
+	var wire map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &wire); err != nil {
+		t.Fatal(err)
+	}
+	if string(wire["leaves"]) != "{}" {
+		t.Errorf("leaves = %s, want {}", wire["leaves"])
+	}
+	var joins map[string]struct {
+		Metas []map[string]any `json:"metas"`
+	}
+	if err := json.Unmarshal(wire["joins"], &joins); err != nil {
+		t.Fatalf("joins %s: %v", wire["joins"], err)
+	}
+	if m := joins["42"].Metas; len(m) != 1 || m[0]["device"] != "web" || m[0]["phx_ref"] != r {
+		t.Errorf("joins = %s", wire["joins"])
+	}
+	if _, err := a.tr.Track(context.Background(), "room:1", "ch1", "42", meta(`{}`)); err != presence.ErrAlreadyTracked {
+		t.Errorf("second Track: %v, want ErrAlreadyTracked", err)
+	}
+	if _, err := a.tr.Track(context.Background(), "room:1", "ch9", "42", meta(`[1]`)); err != presence.ErrNotObject {
+		t.Errorf("Track with an array meta: %v, want ErrNotObject", err)
+	}
+	if _, err := a.tr.Update(context.Background(), "room:1", "ch2", "42", meta(`{}`)); err != presence.ErrNotTracked {
+		t.Errorf("Update of an untracked key: %v, want ErrNotTracked", err)
+	}
+}
+
+func TestUpdateCarriesPrevRef(t *testing.T) {
+	s := startRedis(t)
+	a, b := newNode(t, s, "a"), newNode(t, s, "b")
+	obsB, _ := observe(t, b, "room:1")
+	r1 := track(t, a, "room:1", "ch1", "42", `{"status":"here"}`)
+	eventually(t, 2*time.Second, "join diff", func() bool { return len(obsB.diffs()) == 1 })
+	r2, err := a.tr.Update(context.Background(), "room:1", "ch1", "42", meta(`{"status":"away"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Second, "update diff", func() bool { return len(obsB.diffs()) == 2 })
+	d := toJS(obsB.diffs()[1].Joins)
+	l := toJS(obsB.diffs()[1].Leaves)
+	if len(d["42"]) != 1 || ref(d["42"][0]) != r2 || d["42"][0]["phx_ref_prev"] != r1 || d["42"][0]["status"] != "away" {
+		t.Errorf("update joins = %v", d)
+	}
+	if len(l["42"]) != 1 || ref(l["42"][0]) != r1 {
+		t.Errorf("update leaves = %v, want the old ref %s", l, r1)
+	}
+	want := map[string][]string{"42": {r2}}
+	eventually(t, 2*time.Second, "b's list to show the update", func() bool { return reflect.DeepEqual(listCanon(t, b, "room:1"), want) })
+}
+
+func TestMultiDevice(t *testing.T) {
+	s := startRedis(t)
+	a, b := newNode(t, s, "a"), newNode(t, s, "b")
+	r1 := track(t, a, "room:1", "sock1", "42", `{"device":"web"}`)
+	r2 := track(t, b, "room:1", "sock2", "42", `{"device":"ios"}`)
+	r3 := track(t, a, "room:1", "sock3", "42", `{"device":"tab"}`)
+	want := map[string][]string{"42": {r1, r2, r3}}
+	sort.Strings(want["42"])
+	for _, n := range []*testNode{a, b} {
+		eventually(t, 2*time.Second, "three metas under one key on "+n.id, func() bool { return reflect.DeepEqual(listCanon(t, n, "room:1"), want) })
+	}
+	if err := a.tr.UntrackAll(context.Background(), "room:1", "sock1"); err != nil {
+		t.Fatal(err)
+	}
+	want = map[string][]string{"42": {r2, r3}}
+	sort.Strings(want["42"])
+	eventually(t, 2*time.Second, "one meta gone on b", func() bool { return reflect.DeepEqual(listCanon(t, b, "room:1"), want) })
+}
+
+func TestGracefulClose(t *testing.T) {
+	s := startRedis(t)
+	a, b := newNode(t, s, "a"), newNode(t, s, "b")
+	obsA, _ := observe(t, a, "room:1")
+	track(t, a, "room:1", "x", "1", `{}`)
+	rb := track(t, b, "room:1", "y", "2", `{}`)
+	eventually(t, 2*time.Second, "a to see b's entry", func() bool { return len(listCanon(t, a, "room:1")) == 2 })
+	if err := b.tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := listCanon(t, a, "room:1"); len(got) != 1 || got["2"] != nil {
+		t.Fatalf("a's List right after b closed = %v", got)
+	}
+	eventually(t, 2*time.Second, "the leave diff on a", func() bool {
+		for _, d := range obsA.diffs() {
+			if l := toJS(d.Leaves)["2"]; len(l) == 1 && ref(l[0]) == rb {
+				return true
+			}
+		}
+		return false
+	})
+	if _, err := b.tr.Track(context.Background(), "room:1", "z", "3", meta(`{}`)); err != presence.ErrClosed {
+		t.Errorf("Track after Close: %v", err)
+	}
+}
+
+func TestDeadNodeReapedOnce(t *testing.T) {
+	s := startRedis(t)
+	a, b, c := newNode(t, s, "a"), newNode(t, s, "b"), newNode(t, s, "c")
+	topics := []string{"room:1", "room:2"}
+	obs := map[string]*observer{}
+	for _, n := range []*testNode{a, b} {
+		for _, tp := range topics {
+			obs[n.id+tp], _ = observe(t, n, tp)
+		}
+	}
+	for _, tp := range topics {
+		track(t, a, tp, "a1", "alice", `{}`)
+		track(t, c, tp, "c1", "carol", `{}`)
+		track(t, c, tp, "c2", "carol", `{}`)
+	}
+	for _, tp := range topics {
+		eventually(t, 2*time.Second, "a to see carol", func() bool { return len(listCanon(t, a, tp)["carol"]) == 2 })
+	}
+	c.tr.kill()
+	killed := time.Now()
+	for _, tp := range topics {
+		eventually(t, 5*time.Second, "a's List to drop the dead node", func() bool { return listCanon(t, a, tp)["carol"] == nil })
+	}
+	if el := time.Since(killed); el < testDeadAfter-testHeartbeat {
+		t.Errorf("dead node hidden after %s, before DeadAfter", el)
+	}
+	leaveDiffs := func(o *observer) int {
+		n := 0
+		for _, d := range o.diffs() {
+			if l := toJS(d.Leaves)["carol"]; len(l) > 0 {
+				if len(l) != 2 {
+					t.Errorf("leave diff with %d carol metas, want 2 in one diff", len(l))
+				}
+				n++
+			}
+		}
+		return n
+	}
+	for k, o := range obs {
+		eventually(t, 5*time.Second, "leave diff on "+k, func() bool { return leaveDiffs(o) >= 1 })
+	}
+	// Let several more heartbeats pass: nobody reaps twice.
+	time.Sleep(4 * testHeartbeat)
+	for k, o := range obs {
+		if n := leaveDiffs(o); n != 1 {
+			t.Errorf("%s saw %d leave diffs for the dead node, want 1", k, n)
+		}
+	}
+	rc := s.client(t)
+	if n, _ := rc.HExists(context.Background(), "test:nodes", "c").Result(); n {
+		t.Error("dead node still in the nodes hash")
+	}
+	for _, tp := range topics {
+		fields, _ := rc.HKeys(context.Background(), "test:p:"+tp).Result()
+		if len(fields) != 1 {
+			t.Errorf("%s fields after reap: %v", tp, fields)
+		}
+	}
+}
+
+func TestFlushAllHeals(t *testing.T) {
+	s := startRedis(t)
+	a, b := newNode(t, s, "a"), newNode(t, s, "b")
+	track(t, a, "room:1", "a1", "alice", `{}`)
+	track(t, b, "room:1", "b1", "bob", `{}`)
+	track(t, b, "room:2", "b1", "bob", `{}`)
+	want1 := map[string][]string{}
+	eventually(t, 2*time.Second, "both entries", func() bool {
+		want1 = listCanon(t, a, "room:1")
+		return len(want1) == 2
+	})
+	want2 := listCanon(t, b, "room:2")
+	if err := s.client(t).FlushAll(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	flushed := time.Now()
+	eventually(t, 5*time.Second, "entries re-asserted", func() bool {
+		return reflect.DeepEqual(listCanon(t, a, "room:1"), want1) &&
+			reflect.DeepEqual(listCanon(t, b, "room:1"), want1) &&
+			reflect.DeepEqual(listCanon(t, a, "room:2"), want2)
+	})
+	// Within one heartbeat, plus scheduling slack.
+	if el := time.Since(flushed); el > 2*testHeartbeat+200*time.Millisecond {
+		t.Errorf("healed after %s, want about one heartbeat (%s)", el, testHeartbeat)
+	}
+}
+
+func TestCoalescing(t *testing.T) {
+	s := startRedis(t)
+	a, b := newNode(t, s, "a"), newNode(t, s, "b")
+	obsA, initA := observe(t, a, "room:big")
+	obsB, initB := observe(t, b, "room:big")
+	const n = 1000
+	var wg sync.WaitGroup
+	for w := 0; w < 10; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 10 {
+				if _, err := a.tr.Track(context.Background(), "room:big", fmt.Sprint("o", i), fmt.Sprint("u", i), meta(`{}`)); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	eventually(t, 5*time.Second, "b to list all", func() bool { return len(listCanon(t, b, "room:big")) == n })
+	for _, c := range []struct {
+		o    *observer
+		init presence.State
+	}{{obsA, initA}, {obsB, initB}} {
+		eventually(t, 5*time.Second, "clients to see all", func() bool { return len(canon(clientView(c.o, c.init))) == n })
+	}
+	if d := len(obsB.diffs()); d > n/10 {
+		t.Errorf("%d diffs for %d tracks; coalescing should send far fewer", d, n)
+	} else {
+		t.Logf("%d tracks -> %d diffs", n, d)
+	}
+}
+
+func TestChurnConverges(t *testing.T) {
+	s := startRedis(t)
+	nodes := []*testNode{newNode(t, s, "a"), newNode(t, s, "b"), newNode(t, s, "c")}
+	topics := []string{"room:1", "room:2"}
+	type obsInit struct {
+		o    *observer
+		init presence.State
+	}
+	var obs []obsInit
+	watchers := map[string]*testNode{}
+	for _, n := range nodes {
+		for _, tp := range topics {
+			o, st := observe(t, n, tp)
+			obs = append(obs, obsInit{o, st})
+			watchers[o.id] = n
+		}
+	}
+	// model: topic -> key -> ref per (node, owner, key)
+	type slot struct{ node, owner, key string }
+	model := map[string]map[slot]string{}
+	for _, tp := range topics {
+		model[tp] = map[slot]string{}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	ctx := context.Background()
+	for i := 0; i < 600; i++ {
+		n := nodes[rng.IntN(len(nodes))]
+		tp := topics[rng.IntN(len(topics))]
+		sl := slot{n.id, fmt.Sprint("owner", rng.IntN(6)), fmt.Sprint("user", rng.IntN(4))}
+		_, tracked := model[tp][sl]
+		switch op := rng.IntN(4); {
+		case !tracked:
+			r, err := n.tr.Track(ctx, tp, sl.owner, sl.key, meta(fmt.Sprintf(`{"i":%d}`, i)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			model[tp][sl] = r
+		case op == 0:
+			r, err := n.tr.Update(ctx, tp, sl.owner, sl.key, meta(fmt.Sprintf(`{"i":%d}`, i)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			model[tp][sl] = r
+		case op == 1:
+			if err := n.tr.UntrackAll(ctx, tp, sl.owner); err != nil {
+				t.Fatal(err)
+			}
+			for k := range model[tp] {
+				if k.node == n.id && k.owner == sl.owner {
+					delete(model[tp], k)
+				}
+			}
+		default:
+			if err := n.tr.Untrack(ctx, tp, sl.owner, sl.key); err != nil {
+				t.Fatal(err)
+			}
+			delete(model[tp], sl)
+		}
+		if rng.IntN(50) == 0 {
+			time.Sleep(testCoalesce) // let some windows close mid-churn
+		}
+	}
+	want := map[string]map[string][]string{}
+	for _, tp := range topics {
+		w := map[string][]string{}
+		for sl, r := range model[tp] {
+			w[sl.key] = append(w[sl.key], r)
+		}
+		for k := range w {
+			sort.Strings(w[k])
+		}
+		want[tp] = w
+	}
+	for _, n := range nodes {
+		for _, tp := range topics {
+			eventually(t, 5*time.Second, fmt.Sprintf("List on %s %s to match the model", n.id, tp), func() bool {
+				return reflect.DeepEqual(listCanon(t, n, tp), want[tp])
+			})
+		}
+	}
+	for _, oi := range obs {
+		var tp string
+		oi.o.mu.Lock()
+		if len(oi.o.msgs) > 0 {
+			tp = oi.o.msgs[0].Topic
+		}
+		oi.o.mu.Unlock()
+		if tp == "" {
+			continue
+		}
+		var got map[string][]string
+		eventually(t, 5*time.Second, "client view of "+oi.o.id+" to match the model", func() bool {
+			got = canon(clientView(oi.o, oi.init))
+			return reflect.DeepEqual(got, want[tp])
+		})
+	}
+}
+
+// A gap in a peer's clock makes the node re-read the topic and send a
+// presence_state to its local subscribers only.
+func TestGapTriggersLocalState(t *testing.T) {
+	s := startRedis(t)
+	var mu sync.Mutex
+	var states []*pubsub.Message
+	a := newNode(t, s, "a", func(o *Options) {
+		o.LocalDispatch = func(m *pubsub.Message) {
+			mu.Lock()
+			states = append(states, m)
+			mu.Unlock()
+		}
+	})
+	b := newNode(t, s, "b")
+	rA := track(t, a, "room:1", "a1", "alice", `{}`) // a now watches room:1
+	eventually(t, 2*time.Second, "a to watch room:1", func() bool {
+		a.tr.watcher.mu.Lock()
+		defer a.tr.watcher.mu.Unlock()
+		return a.tr.watcher.topics["room:1"] != nil
+	})
+	fake := func(clock int) {
+		p := fmt.Sprintf(`{"joins":{},"leaves":{},"src":"ghost#1","clock":%d}`, clock)
+		if err := b.ps.Publish(context.Background(), &pubsub.Message{Topic: "room:1", Event: "presence_diff", Payload: []byte(p)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fake(1)
+	fake(2)
+	fake(4) // 3 was lost
+	eventually(t, 2*time.Second, "a presence_state after the gap", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(states) == 1
+	})
+	mu.Lock()
+	m := states[0]
+	mu.Unlock()
+	if m.Topic != "room:1" || m.Event != "presence_state" {
+		t.Fatalf("dispatched %s %s", m.Topic, m.Event)
+	}
+	var st presence.State
+	if err := json.Unmarshal(m.Payload, &st); err != nil {
+		t.Fatal(err)
+	}
+	if got := canon(toJS(st)); !reflect.DeepEqual(got, map[string][]string{"alice": {rA}}) {
+		t.Errorf("state = %v", got)
+	}
+}
