@@ -90,14 +90,16 @@ func (s *Socket) HandleFrame(data []byte, binary bool) {
 		s.sendSocketReply(NullRef, NullRef, TopicPhoenix, "error", reasonJSON("malformed message: "+err.Error()))
 		return
 	}
+	if msg.Topic == TopicPhoenix && msg.Event == EventHeartbeat {
+		// Answered at once, before any channel work (§3.2).
+		s.sendSocketReply(NullRef, msg.Ref, TopicPhoenix, "ok", nil)
+		return
+	}
 	// The decoded message aliases the transport's buffer; channels may
 	// keep payloads (HandleOut runs later, applications store messages).
 	msg.Payload = append([]byte(nil), msg.Payload...)
 
 	switch {
-	case msg.Topic == TopicPhoenix && msg.Event == EventHeartbeat:
-		// Answered at once, before any channel work (§3.2).
-		s.sendSocketReply(NullRef, msg.Ref, TopicPhoenix, "ok", nil)
 	case msg.Event == EventJoin:
 		s.join(&msg)
 	case msg.Event == EventLeave:
