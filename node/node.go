@@ -204,6 +204,9 @@ func (n *Node) doShutdown(ctx context.Context) error {
 	if err := <-httpDone; err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		errs = append(errs, fmt.Errorf("node: http shutdown: %w", err))
 	}
+	if err := n.ws.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("node: websocket: %w", err))
+	}
 	if err := n.cfg.Presence.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("node: presence: %w", err))
 	}

@@ -6,9 +6,11 @@
 // primitives rather than on a connection object, so that it can decide
 // itself what an open connection costs. It is designed so that an idle
 // connection, the common state of a real-time server (phoenix.js sends one
-// heartbeat every 30 s and nothing else), holds no I/O buffer and no writer
-// goroutine: a few hundred bytes of structs plus one parked goroutine with
-// the smallest stack the runtime gives out.
+// heartbeat every 30 s and nothing else), holds no I/O buffer and no
+// goroutine: on Linux, a few hundred bytes of structs and an entry in the
+// handler's epoll instance. With ParkedReads, and on other platforms, it
+// holds one parked reader goroutine with the smallest stack the runtime
+// gives out (2 KiB or more: the largest item of an idle connection then).
 //
 // # Handshake
 //
@@ -20,16 +22,48 @@
 // and its reason as the body. Only then does ws.HTTPUpgrader hijack and
 // upgrade the connection (RFC 6455 §4.2.2). net/http's hijacked bufio
 // buffers are dropped at once; bytes a client sent ahead of the 101 answer
-// are copied out first. The handler then calls Endpoint.Open, starts the
-// connection's reader and returns, which ends net/http's goroutine for the
-// connection.
+// are copied out first. The handler then calls Endpoint.Open, hands the
+// connection to its read path (below) and returns, which ends net/http's
+// goroutine for the connection.
 //
 // # Read path
 //
-// The reader is parked in a one-byte read into a field of the connection.
-// When that byte arrives it takes a bufio.Reader from a sync.Pool, reads
-// the frame header with ws.ReadHeaderBuffer, checks it with ws.CheckHeader
-// (masking, reserved bits and opcodes, fragmentation order: RFC 6455 §5.1,
+// A connection waits for its next frame in one of two ways, and reads the
+// frames that then arrive (a burst) the same way in both.
+//
+// Event-driven (Linux, the default). A connection that waits holds no
+// goroutine. The handler runs a reactor (reactor.go, poller_linux.go): an
+// epoll instance with every waiting connection's descriptor registered
+// for EPOLLIN | EPOLLRDHUP | EPOLLONESHOT, a table from descriptor to
+// connection, and one goroutine in epoll_wait. When a descriptor is
+// readable, that goroutine starts a goroutine for the connection, which
+// reads the burst and then re-arms the registration (one-shot: exactly one
+// reader per readiness) and exits. A goroutine per readiness rather than a
+// fixed pool of workers, because a burst may block in the middle of a
+// frame for up to IdleTimeout, and a few slow clients would starve a pool;
+// and because a goroutine that exits frees the stack that handling grew.
+// The Go runtime's poller watches the same descriptors for the reads and
+// writes themselves; a read on a readable descriptor returns at once, and
+// a frame that arrives in pieces parks the burst's goroutine there as in
+// the parked mode. Descriptors are reused by the kernel after a close, so
+// a connection leaves the epoll instance and the table (under its lock)
+// before its net.Conn is closed, and every arming carries a new
+// generation next to the descriptor, checked before an event is acted
+// on: an event left over from a closed connection never reaches the new
+// connection on the same descriptor number. The reactor starts with the
+// first connection and stops with the last one; WebSocketHandler.Close
+// stops it at once (connections still open continue in the parked mode).
+// Only plain TCP and Unix connections are registered: readiness of a
+// crypto/tls connection's descriptor does not tell whether a record is
+// buffered, so those (and any other net.Conn) use the parked mode.
+//
+// Parked (ParkedReads, other platforms, TLS). The reader is parked in a
+// one-byte read into a field of the connection; when that byte arrives it
+// reads the burst.
+//
+// A burst takes a bufio.Reader from a sync.Pool, reads the frame header
+// with ws.ReadHeaderBuffer, checks it with ws.CheckHeader (masking,
+// reserved bits and opcodes, fragmentation order: RFC 6455 §5.1,
 // §5.2, §5.4), unmasks with ws.Cipher and handles it: a message that fits
 // the read buffer in one frame is handed to Socket.HandleFrame straight out
 // of that buffer; fragments are reassembled in a pooled buffer, with
@@ -37,11 +71,21 @@
 // close frames are echoed (§5.5). Text must be UTF-8 (1007), messages
 // above MaxFrameSize are refused before their payload is read (1009),
 // other violations close with 1002 (§7.4.1). When nothing more is
-// buffered, the bufio.Reader goes back to the pool and a fresh goroutine
-// parks in the next one-byte read, while the one that handled the frames
-// exits and frees the stack that handling grew. Every frame restarts the
-// read deadline of IdleTimeout; a connection that stays silent past it
-// is closed with 1001.
+// buffered, the bufio.Reader goes back to the pool, the connection waits
+// again (re-armed in epoll, or a fresh goroutine parks in the next
+// one-byte read), and the goroutine that handled the frames exits and
+// frees the stack that handling grew.
+//
+// IdleTimeout: a connection that sends no frame for that long is closed
+// with 1001. During a burst, and while a parked reader waits, the read
+// deadline enforces it, restarted with every frame; so a frame must also
+// arrive whole within IdleTimeout, and a client that trickles a frame out
+// a byte at a time does not pin a goroutine. A connection waiting in epoll
+// has no read in progress for a deadline to end: it records when it began
+// to wait (monotonic clock) and clears its read deadline, and the
+// reactor's sweeper, ticking every IdleTimeout/4 or every second, whichever
+// is shorter, closes those that have waited longer than IdleTimeout (so up
+// to one tick late), at most a few thousand per tick.
 //
 // Over TLS served by this process the budget does not hold: a crypto/tls
 // connection keeps record buffers of its own between reads. Terminate TLS
@@ -68,9 +112,11 @@
 // and half-closes the TCP connection (RFC 6455 §7.1.1: the server closes
 // first); the reader discards input until the client closes its side or
 // the deadline passes, then closes the connection and calls
-// Socket.HandleClose, exactly once, whatever ended the connection. No
-// server-initiated close uses 1000: phoenix.js does not reconnect after
-// it (PROTOCOL.md §4.3).
+// Socket.HandleClose, exactly once, whatever ended the connection. A close
+// (or a failed write) that finds the connection waiting in epoll, with no
+// reader, claims it and starts that reader itself. No server-initiated
+// close uses 1000: phoenix.js does not reconnect after it (PROTOCOL.md
+// §4.3).
 //
 // The long-poll transport will join this package.
 package transport

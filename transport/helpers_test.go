@@ -176,6 +176,38 @@ func (s *fakeSocket) awaitClose(t testing.TB) {
 }
 
 // ---------------------------------------------------------------------
+// Read modes.
+
+// readMode is one of the transport's read paths. Every test that opens
+// connections runs in each (inReadModes), so that both stay tested on
+// Linux: event-driven reads (the default there) and ParkedReads (the
+// default elsewhere, and the fallback).
+type readMode struct {
+	name   string
+	parked bool
+}
+
+var (
+	eventMode  = readMode{name: "events"}
+	parkedMode = readMode{name: "parked", parked: true}
+	readModes  = []readMode{eventMode, parkedMode}
+)
+
+// inReadModes runs f as a subtest per read mode. Off Linux the event mode
+// is the parked one, and is skipped.
+func inReadModes(t *testing.T, f func(t *testing.T, m readMode)) {
+	t.Helper()
+	for _, m := range readModes {
+		t.Run(m.name, func(t *testing.T) {
+			if !m.parked && !pollerSupported {
+				t.Skip("no event-driven reads on this platform")
+			}
+			f(t, m)
+		})
+	}
+}
+
+// ---------------------------------------------------------------------
 // Server harness.
 
 type harness struct {
@@ -192,11 +224,12 @@ func testLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-// newHarness starts a WebSocketHandler on 127.0.0.1 with a fake
-// endpoint. Cleanup, in order: clients close (registered by dial), every
-// opened socket must see HandleClose, the server stops, no goroutine may
-// be left, and HandleClose must have run exactly once per socket.
-func newHarness(t testing.TB, cfg WebSocketConfig, ep *fakeEndpoint) *harness {
+// newHarness starts a WebSocketHandler in read mode m on 127.0.0.1 with a
+// fake endpoint. Cleanup, in order: clients close (registered by dial),
+// every opened socket must see HandleClose, the server stops, the handler
+// closes (its poller and sweeper end), no goroutine may be left, and
+// HandleClose must have run exactly once per socket.
+func newHarness(t testing.TB, m readMode, cfg WebSocketConfig, ep *fakeEndpoint) *harness {
 	t.Helper()
 	// Goroutines of the test runner (benchmarks run in their own) are not
 	// ours; TestMain's check still sees leaks between tests.
@@ -213,6 +246,7 @@ func newHarness(t testing.TB, cfg WebSocketConfig, ep *fakeEndpoint) *harness {
 	if cfg.CloseTimeout == 0 {
 		cfg.CloseTimeout = waitLimit / 4
 	}
+	cfg.ParkedReads = m.parked
 	h, err := NewWebSocketHandler(ep, cfg)
 	if err != nil {
 		t.Fatalf(
@@ -236,6 +270,14 @@ func newHarness(t testing.TB, cfg WebSocketConfig, ep *fakeEndpoint) *harness {
 		}
 	})
 	t.Cleanup(func() { goleak.VerifyNone(t, running) })
+	t.Cleanup(func() {
+		if err := h.Close(); err != nil {
+			t.Errorf(
+				"WebSocketHandler.Close: %v",
+				err,
+			)
+		}
+	})
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() {
 		for _, s := range ep.allSockets() {

@@ -39,7 +39,9 @@ func (s signalSocket) HandleClose() {
 
 // TestWithChannelsEndpoint runs the transport against the real socket
 // runtime: PROTOCOL.md §11 items 1 and 5, and a node-wide close.
-func TestWithChannelsEndpoint(t *testing.T) {
+func TestWithChannelsEndpoint(t *testing.T) { inReadModes(t, testWithChannelsEndpoint) }
+
+func testWithChannelsEndpoint(t *testing.T, m readMode) {
 	t.Cleanup(func() { goleak.VerifyNone(t) }) // runs after the clients' cleanups
 	ps := local.New()
 	t.Cleanup(func() { ps.Close() })
@@ -53,10 +55,11 @@ func TestWithChannelsEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	sig := closeSignal{FromEndpoint(ep), make(chan struct{}, 4)}
-	h, err := NewWebSocketHandler(sig, WebSocketConfig{Logger: testLogger()})
+	h, err := NewWebSocketHandler(sig, WebSocketConfig{Logger: testLogger(), ParkedReads: m.parked})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = h.Close() })
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	hs := &harness{srv: srv, h: h, url: "ws" + strings.TrimPrefix(srv.URL, "http")}

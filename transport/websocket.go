@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -57,6 +58,12 @@ type WebSocketConfig struct {
 	HandshakeTimeout time.Duration
 	// Logger receives the transport's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// ParkedReads makes every connection wait for its next frame in a
+	// goroutine parked in a read, as on platforms without an event
+	// notification the transport uses. By default, on Linux, a waiting
+	// connection holds no goroutine: the handler's epoll instance tells
+	// when it is readable (see the package documentation, "Read path").
+	ParkedReads bool
 }
 
 // Defaults of WebSocketConfig.
@@ -91,6 +98,15 @@ type WebSocketHandler struct {
 	log     *slog.Logger
 	origins *originChecker
 	stats   Stats
+	epoch   time.Time // origin of the reactor's clock
+
+	// The reactor for event-driven reads (reactor.go), started with the
+	// first connection and stopped after the last one or by Close.
+	rmu          sync.Mutex
+	reactor      *reactor // nil when no connection uses one
+	closed       bool
+	pollerFailed bool           // a poller could not be made (logged once)
+	bg           sync.WaitGroup // the reactors' goroutines
 }
 
 // NewWebSocketHandler returns a handler that brings connections to ep. It
@@ -127,11 +143,37 @@ func NewWebSocketHandler(ep Endpoint, cfg WebSocketConfig) (*WebSocketHandler, e
 	if err != nil {
 		return nil, err
 	}
-	return &WebSocketHandler{ep: ep, cfg: cfg, log: cfg.Logger, origins: oc}, nil
+	return &WebSocketHandler{ep: ep, cfg: cfg, log: cfg.Logger, origins: oc, epoch: time.Now()}, nil
 }
 
 // Stats returns the handler's counters.
 func (h *WebSocketHandler) Stats() *Stats { return &h.stats }
+
+// Close stops the handler's background goroutines, the poller and the
+// idle sweeper of event-driven reads, and waits for them. It does not
+// close connections (channels.Endpoint.CloseAll does that, before): a
+// connection still open continues with a parked reader, and one upgraded
+// after Close gets a parked reader too. A handler whose connections have
+// all ended runs no goroutine even without Close. Further calls do
+// nothing. The error is always nil.
+func (h *WebSocketHandler) Close() error {
+	h.rmu.Lock()
+	if h.closed {
+		h.rmu.Unlock()
+		return nil
+	}
+	h.closed = true
+	r := h.reactor
+	if r != nil {
+		r.stopLocked()
+	}
+	h.rmu.Unlock()
+	if r != nil {
+		r.migrate()
+	}
+	h.bg.Wait()
+	return nil
+}
 
 // authTokenPrefix marks the subprotocol entry that carries a bearer token
 // (PROTOCOL.md §1.4).
@@ -141,9 +183,9 @@ const authTokenPrefix = "base64url.bearer.phx."
 const phoenixProtocol = "phoenix"
 
 // ServeHTTP performs the handshake in Phoenix's order (PROTOCOL.md §1.3)
-// and, once upgraded, hands the connection to its own reader goroutine and
-// returns, so that net/http's connection goroutine (and the stack it grew
-// parsing the request) ends.
+// and, once upgraded, hands the connection to the handler's poller (or to
+// its own reader goroutine) and returns, so that net/http's connection
+// goroutine (and the stack it grew parsing the request) ends.
 func (h *WebSocketHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// §1.3 step 1. RFC 6455 §4.1: the opening handshake is a GET.
 	if r.Method != http.MethodGet {
@@ -251,10 +293,17 @@ func (h *WebSocketHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p, _ := rw.Reader.Peek(n)
 		c.pending = append([]byte(nil), p...)
 	}
+	if h.eventReads() {
+		if fd, ok := connFD(nc); ok {
+			if c.r = h.acquireReactor(); c.r != nil {
+				c.fd = fd
+			}
+		}
+	}
 	h.stats.Accepted.Add(1)
 	h.stats.Open.Add(1)
 	c.sock = h.ep.Open(c, ser, id)
-	go c.readLoop()
+	c.start()
 }
 
 // refuse answers a handshake without upgrading. The body is the reason, as

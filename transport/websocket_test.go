@@ -12,8 +12,10 @@ import (
 	"github.com/channelsd/channelsd/channels"
 )
 
-func TestHandshakeRefusesOtherMethods(t *testing.T) {
-	hs := newHarness(t, WebSocketConfig{}, nil)
+func TestHandshakeRefusesOtherMethods(t *testing.T) { inReadModes(t, testHandshakeRefusesOtherMethods) }
+
+func testHandshakeRefusesOtherMethods(t *testing.T, m readMode) {
+	hs := newHarness(t, m, WebSocketConfig{}, nil)
 	for _, method := range []string{"POST", "PUT", "DELETE", "HEAD"} {
 		resp, body := hs.rawRequest(t, method, "vsn=2.0.0", upgradeHeader())
 		if resp.StatusCode != http.StatusBadRequest || body != "" {
@@ -31,8 +33,10 @@ func TestHandshakeRefusesOtherMethods(t *testing.T) {
 	}
 }
 
-func TestHandshakeOrigin(t *testing.T) {
-	hs := newHarness(t, WebSocketConfig{
+func TestHandshakeOrigin(t *testing.T) { inReadModes(t, testHandshakeOrigin) }
+
+func testHandshakeOrigin(t *testing.T, m readMode) {
+	hs := newHarness(t, m, WebSocketConfig{
 		AllowedOrigins: []string{"https://app.example", "http://dev.example:8080", "https://b.example:443/"},
 	}, nil)
 	cases := []struct {
@@ -120,8 +124,10 @@ func TestHandshakeOrigin(t *testing.T) {
 	}
 }
 
-func TestHandshakeOriginWildcard(t *testing.T) {
-	hs := newHarness(t, WebSocketConfig{AllowedOrigins: []string{"*"}}, nil)
+func TestHandshakeOriginWildcard(t *testing.T) { inReadModes(t, testHandshakeOriginWildcard) }
+
+func testHandshakeOriginWildcard(t *testing.T, m readMode) {
+	hs := newHarness(t, m, WebSocketConfig{AllowedOrigins: []string{"*"}}, nil)
 	h := upgradeHeader()
 	h.Set("Origin", "https://anything.example")
 	if resp, body := hs.rawRequest(t, "GET", "", h); resp.StatusCode != http.StatusSwitchingProtocols {
@@ -143,8 +149,10 @@ func TestNewWebSocketHandlerRejectsBadOrigins(t *testing.T) {
 	}
 }
 
-func TestHandshakeVsn(t *testing.T) {
-	hs := newHarness(t, WebSocketConfig{}, nil)
+func TestHandshakeVsn(t *testing.T) { inReadModes(t, testHandshakeVsn) }
+
+func testHandshakeVsn(t *testing.T, m readMode) {
+	hs := newHarness(t, m, WebSocketConfig{}, nil)
 	for _, tc := range []struct {
 		query string
 		vsn   string // "" = refused
@@ -199,7 +207,9 @@ func TestHandshakeVsn(t *testing.T) {
 	}
 }
 
-func TestHandshakeConnectRefused(t *testing.T) {
+func TestHandshakeConnectRefused(t *testing.T) { inReadModes(t, testHandshakeConnectRefused) }
+
+func testHandshakeConnectRefused(t *testing.T, m readMode) {
 	ep := newFakeEndpoint()
 	ep.connect = func(_ context.Context, info *channels.ConnectInfo) (channels.Identity, error) {
 		switch info.Params["case"] {
@@ -213,7 +223,7 @@ func TestHandshakeConnectRefused(t *testing.T) {
 			return channels.Identity{}, errors.New("nope")
 		}
 	}
-	hs := newHarness(t, WebSocketConfig{}, ep)
+	hs := newHarness(t, m, WebSocketConfig{}, ep)
 	for _, tc := range []struct {
 		query  string
 		status int
@@ -279,8 +289,10 @@ type errWrap struct{ err error }
 func (e errWrap) Error() string { return "wrapped: " + e.err.Error() }
 func (e errWrap) Unwrap() error { return e.err }
 
-func TestHandshakeConnectInfo(t *testing.T) {
-	hs := newHarness(t, WebSocketConfig{}, nil)
+func TestHandshakeConnectInfo(t *testing.T) { inReadModes(t, testHandshakeConnectInfo) }
+
+func testHandshakeConnectInfo(t *testing.T, m readMode) {
+	hs := newHarness(t, m, WebSocketConfig{}, nil)
 	c := hs.dial(t, "token=a&token=b&vsn=2.0.0&user[name]=x", ws.Dialer{
 		Header: ws.HandshakeHeaderHTTP(http.Header{"X-Test": {"yes"}}),
 	})
@@ -318,8 +330,10 @@ func TestHandshakeConnectInfo(t *testing.T) {
 	}
 }
 
-func TestHandshakeBearerToken(t *testing.T) {
-	hs := newHarness(t, WebSocketConfig{AuthToken: true}, nil)
+func TestHandshakeBearerToken(t *testing.T) { inReadModes(t, testHandshakeBearerToken) }
+
+func testHandshakeBearerToken(t *testing.T, m readMode) {
+	hs := newHarness(t, m, WebSocketConfig{AuthToken: true}, nil)
 	for _, tc := range []struct {
 		name  string
 		entry string
@@ -383,8 +397,10 @@ func withHeader(h http.Header, k, v string) http.Header {
 	return h
 }
 
-func TestHandshakeBearerTokenDisabled(t *testing.T) {
-	hs := newHarness(t, WebSocketConfig{}, nil)
+func TestHandshakeBearerTokenDisabled(t *testing.T) { inReadModes(t, testHandshakeBearerTokenDisabled) }
+
+func testHandshakeBearerTokenDisabled(t *testing.T, m readMode) {
+	hs := newHarness(t, m, WebSocketConfig{}, nil)
 	c := hs.dial(t, "vsn=2.0.0", ws.Dialer{Protocols: []string{"phoenix", "base64url.bearer.phx.c2VjcmV0LXRva2Vu"}})
 	<-hs.ep.opened
 	if c.hs.Protocol != "phoenix" {
@@ -401,8 +417,10 @@ func TestHandshakeBearerTokenDisabled(t *testing.T) {
 	}
 }
 
-func TestHandshakeSubprotocols(t *testing.T) {
-	hs := newHarness(t, WebSocketConfig{Subprotocols: []string{"mqtt", "v2"}, AuthToken: true}, nil)
+func TestHandshakeSubprotocols(t *testing.T) { inReadModes(t, testHandshakeSubprotocols) }
+
+func testHandshakeSubprotocols(t *testing.T, m readMode) {
+	hs := newHarness(t, m, WebSocketConfig{Subprotocols: []string{"mqtt", "v2"}, AuthToken: true}, nil)
 
 	c := hs.dial(t, "", ws.Dialer{Protocols: []string{"v2", "mqtt"}})
 	<-hs.ep.opened
@@ -443,8 +461,10 @@ func TestHandshakeSubprotocols(t *testing.T) {
 	}
 }
 
-func TestHandshakeMalformedUpgrade(t *testing.T) {
-	hs := newHarness(t, WebSocketConfig{}, nil)
+func TestHandshakeMalformedUpgrade(t *testing.T) { inReadModes(t, testHandshakeMalformedUpgrade) }
+
+func testHandshakeMalformedUpgrade(t *testing.T, m readMode) {
+	hs := newHarness(t, m, WebSocketConfig{}, nil)
 	h := upgradeHeader()
 	h.Del("Sec-Websocket-Key")
 	resp, _ := hs.rawRequest(t, "GET", "vsn=2.0.0", h)

@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -64,15 +65,19 @@ type outFrame struct {
 
 // wsConn is one upgraded WebSocket connection. It implements channels.Conn.
 //
-// While idle it holds no buffer and runs no writer: its reader goroutine
-// is parked in a one-byte read into b1.
+// While idle it holds no buffer and runs no writer. With event-driven
+// reads (r != nil) it runs no reader either: its fd waits in the reactor's
+// poller. Otherwise its reader goroutine is parked in a one-byte read into
+// b1.
 type wsConn struct {
 	h    *WebSocketHandler
 	nc   net.Conn
 	sock Socket // set before the reader starts
 
 	// Owned by the reader. The reader is a chain of goroutines (see
-	// readLoop); each starts the next, which orders their accesses.
+	// readLoop and readReady); each starts the next, directly or by
+	// arming the connection in the poller, whose claim under mu orders
+	// their accesses.
 	pending []byte     // bytes the client sent before our 101 answer
 	peeked  bool       // b1 holds the first byte of the next frame
 	b1      [1]byte    // target of the idle read
@@ -89,6 +94,18 @@ type wsConn struct {
 	closing       bool       // Close began (or the connection failed): Send refuses
 	ended         bool       // the reader has finished
 	closeDeadline time.Time  // bound of the close handshake
+
+	// Event-driven reads (reactor.go), guarded by mu. r and fd are set
+	// before the connection is shared; r becomes nil when the connection
+	// leaves the reactor (it ends, or falls back to a parked reader).
+	r          *reactor
+	fd         int32
+	gen        uint32 // generation of the last arming
+	registered bool   // in r's table and poller
+	armed      bool   // registered and waiting: no goroutine reads; the first to claim it does
+	// idleSince is r.now() when the connection was armed, 0 while a
+	// goroutine owns its read side. The sweeper reads it without mu.
+	idleSince atomic.Int64
 }
 
 func newWSConn(h *WebSocketHandler, nc net.Conn) *wsConn {
@@ -128,6 +145,150 @@ func (r sockReader) Read(p []byte) (int, error) {
 // ---------------------------------------------------------------------
 // Read path.
 
+// start begins reading a new connection: it arms it in the reactor, or
+// starts a reader goroutine for bytes that came with the handshake, for a
+// connection already closing (Open may close it) or without a reactor.
+func (c *wsConn) start() {
+	if c.r == nil {
+		go c.readLoop()
+		return
+	}
+	if len(c.pending) > 0 {
+		go c.readReady()
+		return
+	}
+	switch c.arm() {
+	case armClosing:
+		go c.readReady() // finds the close begun, drains and ends
+	case armParked:
+		go c.readLoop()
+	}
+}
+
+// readReady reads a burst of frames on a connection the poller found
+// readable (or that a closer claimed), then arms it again and exits: an
+// idle connection holds no goroutine. The read deadline bounds the burst
+// as in the parked mode: a frame must arrive whole within IdleTimeout.
+func (c *wsConn) readReady() {
+	if !c.armReadDeadline() || !c.burst() {
+		c.end()
+		return
+	}
+	switch c.arm() {
+	case armClosing:
+		c.end()
+	case armParked:
+		go c.readLoop() // on a fresh stack, as readLoop does
+	}
+}
+
+type armResult int
+
+const (
+	armOK      armResult = iota // waiting in the poller
+	armClosing                  // a close has begun: the caller ends the connection
+	armParked                   // no reactor (any more): the caller starts a parked reader
+)
+
+// arm makes the connection wait for its next frame in the poller, giving
+// up its read side: from here the poll loop, a closer or Close may claim
+// it. The read deadline is cleared (no timer per idle connection); the
+// sweeper measures idleness from idleSince instead.
+func (c *wsConn) arm() armResult {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return armClosing
+	}
+	r := c.r
+	if r == nil {
+		return armParked
+	}
+	_ = c.nc.SetReadDeadline(time.Time{})
+	c.idleSince.Store(r.now())
+	c.armed = true // before the poller is told: it may report at once
+	c.gen = r.nextGen()
+	var err error
+	if c.registered {
+		err = r.rearm(c)
+	} else {
+		err = r.register(c)
+	}
+	if err != nil {
+		c.armed = false
+		c.idleSince.Store(0)
+		if !errors.Is(err, errReactorStopped) {
+			c.h.log.Error("transport: poller refused a connection; it falls back to a parked reader", "err", err)
+		}
+		c.deregisterLocked()
+		return armParked
+	}
+	return armOK
+}
+
+// claimLocked takes the read side of an armed connection. It reports
+// whether it did, and so whether the caller must start a reader.
+func (c *wsConn) claimLocked() bool {
+	if !c.armed {
+		return false
+	}
+	c.armed = false
+	c.idleSince.Store(0)
+	return true
+}
+
+// deregisterLocked takes the connection out of the reactor: table entry,
+// poller registration and reference. It must run before nc is closed (see
+// reactor.go, "Reused fds"). The caller owns the read side or holds no
+// claim on it; an armed registration must have been claimed first.
+func (c *wsConn) deregisterLocked() {
+	r := c.r
+	if r == nil {
+		return
+	}
+	if c.registered {
+		r.forget(c)
+		if err := r.p.del(c.fd); err != nil {
+			c.h.log.Error("transport: removing a connection from the poller", "err", err)
+		}
+		c.registered = false
+	}
+	c.r = nil
+	r.release()
+}
+
+// closeNC closes the connection after taking it out of the reactor. If it
+// was waiting in the poller it gets a reader, which finds the connection
+// closed and ends it: nothing else would.
+func (c *wsConn) closeNC() {
+	c.mu.Lock()
+	wake := c.claimLocked()
+	c.deregisterLocked()
+	c.mu.Unlock()
+	_ = c.nc.Close()
+	if wake {
+		go c.readReady()
+	}
+}
+
+// idleExpired closes a connection that the sweeper found waiting since
+// before now-idle, if it still is.
+func (c *wsConn) idleExpired(r *reactor, now, idle int64) {
+	c.mu.Lock()
+	if c.r != r || !c.armed || c.closing {
+		c.mu.Unlock()
+		return
+	}
+	if t := c.idleSince.Load(); t == 0 || now-t < idle {
+		c.mu.Unlock()
+		return
+	}
+	flush, read := c.closeLocked(closeBody(channels.CloseGoingAway, "idle timeout"), false)
+	c.mu.Unlock()
+	c.h.stats.IdleTimeouts.Add(1)
+	c.startClose(flush, read)
+}
+
 // readLoop waits for the next frame and handles every frame that is then
 // available. It parks in a one-byte read into c.b1, so an idle connection
 // holds no read buffer; only when a byte arrives does it take a pooled
@@ -142,6 +303,9 @@ func (r sockReader) Read(p []byte) (int, error) {
 // the runtime's starting size (2 KiB when most goroutines are idle readers),
 // which is all that a parked read needs. The price is one goroutine start
 // per burst.
+//
+// This is the read path with ParkedReads, off Linux, over TLS, and of a
+// connection whose reactor stopped under it (WebSocketHandler.Close).
 func (c *wsConn) readLoop() {
 	if len(c.pending) == 0 {
 		for {
@@ -399,11 +563,9 @@ func (c *wsConn) control(br *bufio.Reader, h ws.Header) bool {
 			body = ws.NewCloseFrameBody(ws.StatusCode(code), "")
 		}
 		c.mu.Lock()
-		start := c.closeLocked(body, false)
+		flush, read := c.closeLocked(body, false)
 		c.mu.Unlock()
-		if start {
-			go c.flush()
-		}
+		c.startClose(flush, read)
 		return false
 	}
 	return true // not reached: CheckHeader refuses other control opcodes
@@ -443,7 +605,9 @@ func (c *wsConn) end() {
 		if !c.closing {
 			// Not reached today (every path that stops the reader without
 			// a dead connection has begun a close); kept as a backstop.
-			if c.closeLocked(closeBody(channels.CloseInternalError, ""), false) {
+			// The reader is this goroutine: the connection is not armed.
+			flush, _ := c.closeLocked(closeBody(channels.CloseInternalError, ""), false)
+			if flush {
 				go c.flush()
 			}
 		}
@@ -462,7 +626,7 @@ func (c *wsConn) end() {
 	c.ended = true
 	c.dropQueueLocked()
 	c.mu.Unlock()
-	_ = c.nc.Close()
+	c.closeNC()
 	c.h.stats.Open.Add(-1)
 	defer func() {
 		if r := recover(); r != nil {
@@ -497,11 +661,9 @@ func (c *wsConn) enqueue(op ws.OpCode, data []byte) error {
 		// neither grow our memory nor hold back the broadcaster
 		// (DESIGN.md, "A broadcast's path" step 7): drop what is queued
 		// and close with 1008 (PROTOCOL.md §5.3).
-		start := c.closeLocked(closeBody(channels.ClosePolicy, "slow consumer"), true)
+		flush, read := c.closeLocked(closeBody(channels.ClosePolicy, "slow consumer"), true)
 		c.mu.Unlock()
-		if start {
-			go c.flush()
-		}
+		c.startClose(flush, read)
 		c.h.stats.SlowConsumers.Add(1)
 		c.h.log.Debug("transport: closing slow consumer", "remote", c.nc.RemoteAddr().String())
 		return channels.ErrSlowConsumer
@@ -525,20 +687,32 @@ func (c *wsConn) enqueue(op ws.OpCode, data []byte) error {
 func (c *wsConn) Close(code int, reason string) {
 	body := closeBody(code, reason)
 	c.mu.Lock()
-	start := c.closeLocked(body, false)
+	flush, read := c.closeLocked(body, false)
 	c.mu.Unlock()
-	if start {
+	c.startClose(flush, read)
+}
+
+// startClose starts what closeLocked asked for.
+func (c *wsConn) startClose(flush, read bool) {
+	if flush {
 		go c.flush()
+	}
+	if read {
+		go c.readReady()
 	}
 }
 
 // closeLocked queues the close frame with body (empty for a close without
 // a status code) and bounds the rest of the connection's life by the close
-// deadline. It reports whether the caller must start a flush goroutine.
-func (c *wsConn) closeLocked(body []byte, drop bool) (startFlush bool) {
+// deadline. It reports whether the caller must start a flush goroutine,
+// and whether it must start a reader: a connection waiting in the poller
+// has none, and the reader is what waits for the client's side of the
+// close and ends the connection (startClose does both).
+func (c *wsConn) closeLocked(body []byte, drop bool) (startFlush, startReader bool) {
 	if c.closing {
-		return false
+		return false, false
 	}
+	startReader = c.claimLocked()
 	c.closing = true
 	if drop {
 		c.dropQueueLocked()
@@ -552,10 +726,10 @@ func (c *wsConn) closeLocked(body []byte, drop bool) (startFlush bool) {
 	_ = c.nc.SetWriteDeadline(c.closeDeadline)
 	_ = c.nc.SetReadDeadline(c.closeDeadline)
 	if c.flushing {
-		return false
+		return false, startReader
 	}
 	c.flushing = true
-	return true
+	return true, startReader
 }
 
 // dropQueueLocked forgets the frames not yet taken by a flush.
@@ -627,7 +801,7 @@ func (c *wsConn) flush() {
 			if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
 				_ = cw.CloseWrite()
 			} else {
-				_ = c.nc.Close()
+				c.closeNC()
 			}
 		}
 	}
@@ -646,7 +820,8 @@ func writeFrame(wb *writeBuf, f *outFrame) error {
 }
 
 // writeFailed drops a connection whose write failed or timed out; closing
-// it wakes the reader, which ends the socket.
+// it wakes the reader (or, for a connection waiting in the poller, starts
+// one), which ends the socket.
 func (c *wsConn) writeFailed(err error) {
 	c.mu.Lock()
 	ended := c.ended
@@ -655,7 +830,7 @@ func (c *wsConn) writeFailed(err error) {
 	c.flushing = false
 	c.dropQueueLocked()
 	c.mu.Unlock()
-	_ = c.nc.Close()
+	c.closeNC()
 	if !ended && !wasClosing {
 		c.h.stats.WriteErrors.Add(1)
 		c.h.log.Debug("transport: websocket write failed", "remote", c.nc.RemoteAddr().String(), "err", err)

@@ -18,11 +18,11 @@ import (
 	"github.com/channelsd/channelsd/channels"
 )
 
-func echoHarness(t *testing.T, cfg WebSocketConfig) (*harness, *client, *fakeSocket) {
+func echoHarness(t *testing.T, m readMode, cfg WebSocketConfig) (*harness, *client, *fakeSocket) {
 	t.Helper()
 	ep := newFakeEndpoint()
 	ep.echo = true
-	hs := newHarness(t, cfg, ep)
+	hs := newHarness(t, m, cfg, ep)
 	c := hs.dial(t, "vsn=2.0.0", ws.Dialer{})
 	return hs, c, <-ep.opened
 }
@@ -38,8 +38,10 @@ func expectMessage(t *testing.T, s *fakeSocket, data []byte, binary bool) {
 	}
 }
 
-func TestTextAndBinaryMessages(t *testing.T) {
-	_, c, s := echoHarness(t, WebSocketConfig{})
+func TestTextAndBinaryMessages(t *testing.T) { inReadModes(t, testTextAndBinaryMessages) }
+
+func testTextAndBinaryMessages(t *testing.T, m readMode) {
+	_, c, s := echoHarness(t, m, WebSocketConfig{})
 
 	c.send("hello")
 	expectMessage(t, s, []byte("hello"), false)
@@ -77,8 +79,10 @@ func TestTextAndBinaryMessages(t *testing.T) {
 	}
 }
 
-func TestFragmentedMessages(t *testing.T) {
-	_, c, s := echoHarness(t, WebSocketConfig{})
+func TestFragmentedMessages(t *testing.T) { inReadModes(t, testFragmentedMessages) }
+
+func testFragmentedMessages(t *testing.T, m readMode) {
+	_, c, s := echoHarness(t, m, WebSocketConfig{})
 
 	// RFC 6455 §5.4: fragments, with control frames in between.
 	c.writeFrame(ws.OpText, false, true, []byte("hel"))
@@ -112,8 +116,10 @@ func TestFragmentedMessages(t *testing.T) {
 	c.expectFrame(ws.OpText, "café")
 }
 
-func TestPingPong(t *testing.T) {
-	_, c, s := echoHarness(t, WebSocketConfig{})
+func TestPingPong(t *testing.T) { inReadModes(t, testPingPong) }
+
+func testPingPong(t *testing.T, m readMode) {
+	_, c, s := echoHarness(t, m, WebSocketConfig{})
 	for _, p := range []string{"", "x", strings.Repeat("p", 125)} {
 		c.writeFrame(ws.OpPing, true, true, []byte(p))
 		c.expectFrame(ws.OpPong, p)
@@ -125,7 +131,9 @@ func TestPingPong(t *testing.T) {
 	c.expectFrame(ws.OpText, "after")
 }
 
-func TestCloseFromClient(t *testing.T) {
+func TestCloseFromClient(t *testing.T) { inReadModes(t, testCloseFromClient) }
+
+func testCloseFromClient(t *testing.T, m readMode) {
 	for _, tc := range []struct {
 		name  string
 		body  []byte
@@ -178,7 +186,7 @@ func TestCloseFromClient(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			hs, c, s := echoHarness(t, WebSocketConfig{})
+			hs, c, s := echoHarness(t, m, WebSocketConfig{})
 			c.writeFrame(ws.OpClose, true, true, tc.body)
 			c.expectClose(tc.code)
 			// §7.1.1: the server closes the TCP connection after the
@@ -195,7 +203,9 @@ func TestCloseFromClient(t *testing.T) {
 	}
 }
 
-func TestMessageTooBig(t *testing.T) {
+func TestMessageTooBig(t *testing.T) { inReadModes(t, testMessageTooBig) }
+
+func testMessageTooBig(t *testing.T, m readMode) {
 	for _, tc := range []struct {
 		name  string
 		write func(c *client)
@@ -220,7 +230,7 @@ func TestMessageTooBig(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			hs, c, s := echoHarness(t, WebSocketConfig{MaxFrameSize: 1024})
+			hs, c, s := echoHarness(t, m, WebSocketConfig{MaxFrameSize: 1024})
 			c.writeFrame(ws.OpText, true, true, bytes.Repeat([]byte("b"), 1024))
 			c.expectFrame(ws.OpText, strings.Repeat("b", 1024))
 			expectMessage(t, s, bytes.Repeat([]byte("b"), 1024), false)
@@ -249,8 +259,10 @@ func TestMessageTooBig(t *testing.T) {
 	}
 }
 
-func TestInvalidUTF8(t *testing.T) {
-	hs, c, s := echoHarness(t, WebSocketConfig{})
+func TestInvalidUTF8(t *testing.T) { inReadModes(t, testInvalidUTF8) }
+
+func testInvalidUTF8(t *testing.T, m readMode) {
+	hs, c, s := echoHarness(t, m, WebSocketConfig{})
 	// The same bytes are fine in a binary message.
 	c.writeFrame(ws.OpBinary, true, true, []byte("\xff\xfe"))
 	expectMessage(t, s, []byte("\xff\xfe"), true)
@@ -273,7 +285,9 @@ func TestInvalidUTF8(t *testing.T) {
 	}
 }
 
-func TestProtocolErrors(t *testing.T) {
+func TestProtocolErrors(t *testing.T) { inReadModes(t, testProtocolErrors) }
+
+func testProtocolErrors(t *testing.T, m readMode) {
 	for _, tc := range []struct {
 		name  string
 		write func(c *client) error
@@ -338,7 +352,7 @@ func TestProtocolErrors(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			hs, c, s := echoHarness(t, WebSocketConfig{})
+			hs, c, s := echoHarness(t, m, WebSocketConfig{})
 			if err := tc.write(c); err != nil {
 				t.Fatal(err)
 			}
@@ -365,11 +379,13 @@ func TestProtocolErrors(t *testing.T) {
 	}
 }
 
-func TestIdleTimeout(t *testing.T) {
+func TestIdleTimeout(t *testing.T) { inReadModes(t, testIdleTimeout) }
+
+func testIdleTimeout(t *testing.T, m readMode) {
 	// The client sends ten times per timeout, so that a loaded machine
 	// stalling it for a while does not make the server right to close.
 	const idle = time.Second
-	hs, c, s := echoHarness(t, WebSocketConfig{IdleTimeout: idle})
+	hs, c, s := echoHarness(t, m, WebSocketConfig{IdleTimeout: idle})
 
 	// Frames of any kind keep the connection open well past the timeout.
 	// The ticker paces the client; it does not wait for the server.
@@ -405,10 +421,12 @@ func TestIdleTimeout(t *testing.T) {
 	}
 }
 
-func TestIdleTimeoutSilentClient(t *testing.T) {
+func TestIdleTimeoutSilentClient(t *testing.T) { inReadModes(t, testIdleTimeoutSilentClient) }
+
+func testIdleTimeoutSilentClient(t *testing.T, m readMode) {
 	// A client that neither sends nor answers the close frame: the
 	// server gives up after CloseTimeout.
-	hs, c, s := echoHarness(t, WebSocketConfig{IdleTimeout: 100 * time.Millisecond, CloseTimeout: 100 * time.Millisecond})
+	hs, c, s := echoHarness(t, m, WebSocketConfig{IdleTimeout: 100 * time.Millisecond, CloseTimeout: 100 * time.Millisecond})
 	c.expectClose(1001)
 	s.awaitClose(t)
 	c.expectEOF()
@@ -420,8 +438,10 @@ func TestIdleTimeoutSilentClient(t *testing.T) {
 	}
 }
 
-func TestServerClose(t *testing.T) {
-	_, c, s := echoHarness(t, WebSocketConfig{})
+func TestServerClose(t *testing.T) { inReadModes(t, testServerClose) }
+
+func testServerClose(t *testing.T, m readMode) {
+	_, c, s := echoHarness(t, m, WebSocketConfig{})
 	if err := s.conn.Send(channels.Frame{Data: []byte("a")}); err != nil {
 		t.Fatal(err)
 	}
@@ -459,7 +479,9 @@ func TestServerClose(t *testing.T) {
 	s.conn.Close(channels.CloseGoingAway, "late") // no effect, no panic
 }
 
-func TestServerCloseBody(t *testing.T) {
+func TestServerCloseBody(t *testing.T) { inReadModes(t, testServerCloseBody) }
+
+func testServerCloseBody(t *testing.T, m readMode) {
 	long := strings.Repeat("é", 100) // 200 bytes
 	for _, tc := range []struct {
 		code, want int
@@ -492,7 +514,7 @@ func TestServerCloseBody(t *testing.T) {
 		},
 	} {
 		t.Run(fmt.Sprint(tc.code), func(t *testing.T) {
-			_, c, s := echoHarness(t, WebSocketConfig{})
+			_, c, s := echoHarness(t, m, WebSocketConfig{})
 			s.conn.Close(tc.code, tc.reason)
 			reason := c.expectClose(tc.want)
 			if len(reason) > 123 || !utf8.ValidString(reason) || !strings.HasPrefix(tc.reason, reason) || (tc.reason != "" && len(reason) < 122) {
@@ -507,12 +529,14 @@ func TestServerCloseBody(t *testing.T) {
 	}
 }
 
-func TestCloseOnOpen(t *testing.T) {
+func TestCloseOnOpen(t *testing.T) { inReadModes(t, testCloseOnOpen) }
+
+func testCloseOnOpen(t *testing.T, m readMode) {
 	// channels.Endpoint.Open closes a connection at once when the node is
 	// shutting down, before the transport has started reading.
 	ep := newFakeEndpoint()
 	ep.onOpen = func(s *fakeSocket) { s.conn.Close(channels.CloseGoingAway, "server shutting down") }
-	hs := newHarness(t, WebSocketConfig{}, ep)
+	hs := newHarness(t, m, WebSocketConfig{}, ep)
 	c := hs.dial(t, "", ws.Dialer{})
 	s := <-ep.opened
 	c.expectClose(1001)
@@ -521,7 +545,9 @@ func TestCloseOnOpen(t *testing.T) {
 	s.awaitClose(t)
 }
 
-func TestCloseFromHandleFrame(t *testing.T) {
+func TestCloseFromHandleFrame(t *testing.T) { inReadModes(t, testCloseFromHandleFrame) }
+
+func testCloseFromHandleFrame(t *testing.T, m readMode) {
 	ep := newFakeEndpoint()
 	ep.onFrame = func(s *fakeSocket, data []byte, _ bool) {
 		switch string(data) {
@@ -532,7 +558,7 @@ func TestCloseFromHandleFrame(t *testing.T) {
 			panic("boom")
 		}
 	}
-	hs := newHarness(t, WebSocketConfig{}, ep)
+	hs := newHarness(t, m, WebSocketConfig{}, ep)
 
 	c := hs.dial(t, "", ws.Dialer{})
 	s := <-ep.opened
@@ -563,8 +589,10 @@ func TestCloseFromHandleFrame(t *testing.T) {
 	s.awaitClose(t)
 }
 
-func TestClientVanishes(t *testing.T) {
-	hs, c, s := echoHarness(t, WebSocketConfig{})
+func TestClientVanishes(t *testing.T) { inReadModes(t, testClientVanishes) }
+
+func testClientVanishes(t *testing.T, m readMode) {
+	hs, c, s := echoHarness(t, m, WebSocketConfig{})
 	c.send("x")
 	c.expectFrame(ws.OpText, "x")
 	c.conn.Close()
@@ -583,10 +611,12 @@ func TestClientVanishes(t *testing.T) {
 	s.awaitClose(t)
 }
 
-func TestSlowConsumer(t *testing.T) {
+func TestSlowConsumer(t *testing.T) { inReadModes(t, testSlowConsumer) }
+
+func testSlowConsumer(t *testing.T, m readMode) {
 	ep := newFakeEndpoint()
 	ep.echo = true
-	hs := newHarness(t, WebSocketConfig{
+	hs := newHarness(t, m, WebSocketConfig{
 		MaxQueue:      64,
 		MaxQueueBytes: 8 << 20,
 		WriteTimeout:  time.Minute, // the queue bound, not the timeout, must catch it
@@ -677,9 +707,11 @@ func TestSlowConsumer(t *testing.T) {
 	slow.conn.Close()
 }
 
-func TestSendBurstKeepsOrder(t *testing.T) {
+func TestSendBurstKeepsOrder(t *testing.T) { inReadModes(t, testSendBurstKeepsOrder) }
+
+func testSendBurstKeepsOrder(t *testing.T, m readMode) {
 	const n = 3000
-	_, c, s := echoHarness(t, WebSocketConfig{MaxQueue: n, MaxQueueBytes: 64 << 20})
+	_, c, s := echoHarness(t, m, WebSocketConfig{MaxQueue: n, MaxQueueBytes: 64 << 20})
 	done := make(chan error, 1)
 	go func() {
 		for i := range n {
@@ -706,12 +738,14 @@ func TestSendBurstKeepsOrder(t *testing.T) {
 	}
 }
 
-func TestFramesSentWithTheHandshake(t *testing.T) {
+func TestFramesSentWithTheHandshake(t *testing.T) { inReadModes(t, testFramesSentWithTheHandshake) }
+
+func testFramesSentWithTheHandshake(t *testing.T, m readMode) {
 	// A client may send its first frames right behind the upgrade request;
 	// net/http has them in its buffer when we hijack.
 	ep := newFakeEndpoint()
 	ep.echo = true
-	hs := newHarness(t, WebSocketConfig{}, ep)
+	hs := newHarness(t, m, WebSocketConfig{}, ep)
 	conn, err := net.Dial("tcp", hs.srv.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)
