@@ -56,11 +56,13 @@ func (t *Tracker) heartbeat() {
 		t.down = false
 		t.log.Info("presence/redis: Redis reachable again; re-asserting entries")
 		t.requestResync()
-		t.requestRepairAll()
+		t.refreshRounds = refreshAfterOutage
 	} else if alive.Val() == 0 {
 		t.log.Info("presence/redis: entries missing from Redis (restart, flush or reaped); re-asserting")
 		t.requestResync()
+		t.refreshRounds = refreshAfterOutage
 	}
+	t.refreshAfterPubSubOutage(ctx)
 	ms, _ := now.Int64()
 	for n, v := range nodes.Val() {
 		if n == t.me {
@@ -71,6 +73,34 @@ func (t *Tracker) heartbeat() {
 			t.reap(ctx, n)
 		}
 	}
+}
+
+// refreshAfterOutage is how many heartbeats send local clients a fresh
+// presence_state after an outage. Diffs published while any node's pub/sub
+// connection was down are lost for that node (at-most-once), and every
+// node re-asserts within one heartbeat of Redis answering again, so
+// refreshing on the heartbeats that follow the last reconnect covers the
+// re-assertions of every other node, whichever reconnected first.
+const refreshAfterOutage = 3
+
+// refreshAfterPubSubOutage counts the PubSub's reconnects and, while
+// refresh rounds remain and the PubSub is connected, sends local clients
+// a fresh presence_state for the topics this node tracks.
+func (t *Tracker) refreshAfterPubSubOutage(ctx context.Context) {
+	if rc, ok := t.opt.PubSub.(interface{ Reconnects() uint64 }); ok {
+		if n := rc.Reconnects(); n != t.seenReconnects {
+			t.seenReconnects = n
+			t.refreshRounds = refreshAfterOutage
+		}
+	}
+	if t.refreshRounds == 0 {
+		return
+	}
+	if p, ok := t.opt.PubSub.(interface{ Ping(context.Context) error }); ok && p.Ping(ctx) != nil {
+		return // not connected yet: a refresh now could be missed again
+	}
+	t.refreshRounds--
+	t.requestRepairAll()
 }
 
 func (t *Tracker) requestResync() {

@@ -57,6 +57,12 @@ type Tracker struct {
 
 	// Owned by the heartbeat goroutine.
 	down bool
+	// seenReconnects is the PubSub's reconnect count at the last
+	// heartbeat; refreshRounds counts the heartbeats that still send local
+	// clients a fresh presence_state after an outage. Heartbeat goroutine
+	// only.
+	seenReconnects uint64
+	refreshRounds  int
 }
 
 type owned struct{ owner, key string }

@@ -155,6 +155,11 @@ func (o Options) describe() string {
 // NodeID returns the id this node stamps on its envelopes.
 func (p *PubSub) NodeID() string { return p.opt.NodeID }
 
+// Reconnects counts recoveries of the pub/sub connection. Each one may
+// have cost this node messages published meanwhile (at-most-once), which
+// presence repairs for its clients.
+func (p *PubSub) Reconnects() uint64 { return p.reconnects.Load() }
+
 // DispatchLocal delivers m to this node's subscribers only, without
 // relaying it to Redis: for messages that every node derives on its own,
 // such as a presence_state refresh after the node may have missed diffs.

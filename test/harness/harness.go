@@ -88,7 +88,8 @@ type Node struct {
 
 	c  *testcontainers.DockerContainer
 	mu sync.Mutex
-	hp string // 127.0.0.1:<published port>, refreshed on every start
+	hp string     // 127.0.0.1:<published port>, refreshed on every start
+	ip netip.Addr // address on the cluster's network, saved by Disconnect
 }
 
 // Addr is host:port where the node's port 4000 is published on loopback.
@@ -697,4 +698,80 @@ func (r redisReady) ping(ctx context.Context, target wait.StrategyTarget) error 
 		return fmt.Errorf("PING answered %q", strings.TrimSpace(line))
 	}
 	return nil
+}
+
+// Disconnect detaches node i's container from the cluster's network (the
+// Docker API's network disconnect), cutting it off from Redis and the
+// other nodes while it keeps running. The port published through that
+// network goes with it, and so do the sockets opened there; sockets opened
+// through AttachSideNetwork stay.
+func (c *Cluster) Disconnect(i int) {
+	c.t.Helper()
+	n := c.Node(i)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.docker.NetworkDisconnect(ctx, c.network.ID, client.NetworkDisconnectOptions{Container: n.ContainerID(), Force: true}); err != nil {
+		c.t.Fatalf("harness: disconnecting %s from network %s: %v", n.ID, c.network.Name, err)
+	}
+}
+
+// Reconnect attaches node i's container to the cluster's network again,
+// under its alias (node<i>), possibly with a new address; Addr is
+// refreshed.
+func (c *Cluster) Reconnect(i int) {
+	c.t.Helper()
+	n := c.Node(i)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ep := &dnetwork.EndpointSettings{Aliases: []string{n.ID}}
+	if _, err := c.docker.NetworkConnect(ctx, c.network.ID, client.NetworkConnectOptions{Container: n.ContainerID(), EndpointConfig: ep}); err != nil {
+		c.t.Fatalf("harness: reconnecting %s to network %s: %v", n.ID, c.network.Name, err)
+	}
+	if err := c.refreshAddr(ctx, n); err != nil {
+		c.t.Fatalf("harness: %s: %v", n.ID, err)
+	}
+}
+
+// AttachSideNetwork connects node i to a new network of its own (removed
+// in t.Cleanup) and returns the node's WebSocket URL on it,
+// ws://<address on that network>:4000/socket/websocket, which this host
+// reaches directly through the network's bridge. Sockets opened there
+// survive Disconnect, which only detaches the node from the cluster's
+// network (Redis and the other nodes).
+func (c *Cluster) AttachSideNetwork(i int) string {
+	c.t.Helper()
+	n := c.Node(i)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	side, err := network.New(ctx)
+	if err != nil {
+		c.t.Fatalf("harness: creating a side network for %s: %v", n.ID, err)
+	}
+	docker := c.docker
+	c.t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, _ = docker.NetworkDisconnect(ctx, side.ID, client.NetworkDisconnectOptions{Container: n.ContainerID(), Force: true})
+		if err := side.Remove(ctx); err != nil {
+			c.t.Errorf("harness: removing side network %s: %v", side.Name, err)
+		}
+	})
+	if _, err := docker.NetworkConnect(ctx, side.ID, client.NetworkConnectOptions{Container: n.ContainerID()}); err != nil {
+		c.t.Fatalf("harness: connecting %s to side network %s: %v", n.ID, side.Name, err)
+	}
+	in, err := n.c.Inspect(ctx)
+	if err != nil {
+		c.t.Fatalf("harness: inspecting %s: %v", n.ID, err)
+	}
+	var ep *dnetwork.EndpointSettings
+	if in.NetworkSettings != nil {
+		ep = in.NetworkSettings.Networks[side.Name]
+	}
+	if ep == nil || !ep.IPAddress.IsValid() {
+		c.t.Fatalf("harness: %s has no address on side network %s", n.ID, side.Name)
+	}
+	if err := c.refreshAddr(ctx, n); err != nil {
+		c.t.Fatalf("harness: %s: %v", n.ID, err)
+	}
+	return "ws://" + net.JoinHostPort(ep.IPAddress.String(), "4000") + "/socket/websocket"
 }
