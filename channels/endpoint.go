@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -130,10 +131,11 @@ func (e *Endpoint) Open(conn Conn, ser Serializer, id Identity) *Socket {
 // does. The HTTP publish API refuses topics with this prefix.
 const idTopicPrefix = "phx:socket:"
 
-// ReservedTopic reports whether topic is internal to the runtime and must
-// not be published to by applications or clients.
+// ReservedTopic reports whether topic is internal to the server (socket
+// ids, presence control): every topic that begins with "phx:". The HTTP
+// publish API refuses them.
 func ReservedTopic(topic string) bool {
-	return len(topic) >= len(idTopicPrefix) && topic[:len(idTopicPrefix)] == idTopicPrefix
+	return strings.HasPrefix(topic, "phx:")
 }
 
 func idTopic(id string) string { return idTopicPrefix + id }

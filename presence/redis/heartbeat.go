@@ -86,12 +86,21 @@ const refreshAfterOutage = 3
 // refreshAfterPubSubOutage counts the PubSub's reconnects and, while
 // refresh rounds remain and the PubSub is connected, sends local clients
 // a fresh presence_state for the topics this node tracks.
+//
+// A node whose own pub/sub connection dropped also asks every peer, on
+// ControlTopic, to refresh its clients: what this node published while it
+// was cut off (its users' joins and leaves, its re-assertion) reached none
+// of them.
 func (t *Tracker) refreshAfterPubSubOutage(ctx context.Context) {
 	if rc, ok := t.opt.PubSub.(interface{ Reconnects() uint64 }); ok {
 		if n := rc.Reconnects(); n != t.seenReconnects {
 			t.seenReconnects = n
 			t.refreshRounds = refreshAfterOutage
+			t.announce = true
 		}
+	}
+	if t.peerRefreshed.Swap(false) {
+		t.refreshRounds = refreshAfterOutage
 	}
 	if t.refreshRounds == 0 {
 		return
@@ -99,8 +108,35 @@ func (t *Tracker) refreshAfterPubSubOutage(ctx context.Context) {
 	if p, ok := t.opt.PubSub.(interface{ Ping(context.Context) error }); ok && p.Ping(ctx) != nil {
 		return // not connected yet: a refresh now could be missed again
 	}
+	if t.announce {
+		err := t.opt.PubSub.Publish(ctx, &pubsub.Message{Topic: ControlTopic, Event: "refresh", Payload: []byte(`{}`), From: t.control.id})
+		if err != nil {
+			t.log.Warn("presence/redis: asking peers to refresh failed; retried next heartbeat", "err", err)
+		} else {
+			t.announce = false
+		}
+	}
 	t.refreshRounds--
 	t.requestRepairAll()
+}
+
+// ControlTopic carries requests between the nodes' trackers. Topics that
+// begin with "phx:" are internal: clients cannot publish to them through
+// the HTTP API.
+const ControlTopic = "phx:presence"
+
+// controlSub receives peers' refresh requests.
+type controlSub struct {
+	t  *Tracker
+	id string
+}
+
+func (c *controlSub) SubscriberID() string { return c.id }
+
+func (c *controlSub) Deliver(m *pubsub.Message) {
+	if m.Event == "refresh" {
+		c.t.peerRefreshed.Store(true)
+	}
 }
 
 func (t *Tracker) requestResync() {

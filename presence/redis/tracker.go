@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -63,6 +64,10 @@ type Tracker struct {
 	// only.
 	seenReconnects uint64
 	refreshRounds  int
+	announce       bool // tell peers to refresh once our PubSub is back
+
+	control       *controlSub
+	peerRefreshed atomic.Bool // a peer asked for a refresh
 }
 
 type owned struct{ owner, key string }
@@ -144,6 +149,10 @@ func New(ctx context.Context, opt Options) (*Tracker, error) {
 			_ = t.client.Close()
 		}
 		return nil, fmt.Errorf("presence/redis: initial sync: %w", err)
+	}
+	t.control = &controlSub{t: t, id: "presence-control:" + t.src}
+	if err := t.opt.PubSub.Subscribe(ControlTopic, t.control); err != nil {
+		t.log.Warn("presence/redis: control topic subscription failed; peers' outages will not trigger refreshes here", "err", err)
 	}
 	t.wg.Add(3)
 	go t.flushLoop()
@@ -360,6 +369,7 @@ func (t *Tracker) Close() error {
 	err := t.resync(ctx, true)
 	cancel()
 	t.unwatchAll()
+	t.opt.PubSub.Unsubscribe(ControlTopic, t.control)
 	if t.ownClient {
 		_ = t.client.Close()
 	}

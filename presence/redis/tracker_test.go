@@ -603,3 +603,44 @@ func TestGapTriggersLocalState(t *testing.T) {
 		t.Errorf("state = %v", got)
 	}
 }
+
+// A peer that lost its pub/sub connection asks every node, on the control
+// topic, to refresh its clients: its diffs sent meanwhile reached nobody.
+func TestPeerRefreshRequestSendsLocalState(t *testing.T) {
+	s := startRedis(t)
+	var mu sync.Mutex
+	var states []*pubsub.Message
+	a := newNode(t, s, "a", func(o *Options) {
+		o.LocalDispatch = func(m *pubsub.Message) {
+			mu.Lock()
+			states = append(states, m)
+			mu.Unlock()
+		}
+	})
+	b := newNode(t, s, "b")
+	track(t, a, "room:1", "a1", "alice", `{}`)
+	track(t, b, "room:1", "b1", "bob", `{}`)
+	eventually(t, 2*time.Second, "a to watch room:1", func() bool {
+		a.tr.watcher.mu.Lock()
+		defer a.tr.watcher.mu.Unlock()
+		return a.tr.watcher.topics["room:1"] != nil
+	})
+	if err := b.ps.Publish(context.Background(), &pubsub.Message{Topic: ControlTopic, Event: "refresh", Payload: []byte(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "a presence_state after the peer's request", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(states) > 0
+	})
+	mu.Lock()
+	m := states[0]
+	mu.Unlock()
+	var st presence.State
+	if err := json.Unmarshal(m.Payload, &st); err != nil {
+		t.Fatal(err)
+	}
+	if m.Topic != "room:1" || m.Event != "presence_state" || len(st["alice"].Metas) != 1 || len(st["bob"].Metas) != 1 {
+		t.Fatalf("dispatched %s %s %s, want room:1's presence_state with alice and bob", m.Topic, m.Event, m.Payload)
+	}
+}
