@@ -7,7 +7,6 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/channelsd/channelsd/pubsub"
 	pubsubredis "github.com/channelsd/channelsd/pubsub/redis"
@@ -105,42 +104,13 @@ func (o Options) withDefaults() (Options, error) {
 	return o, nil
 }
 
-// newClient builds a client from a --redis address, with the same
-// choices as pubsub/redis (RESP2, no retries: the tracker's own
-// re-assertion heals lost writes, a retried pipeline could reorder them).
+// newClient builds a client from a --redis address with pubsub/redis's
+// settings (RESP2, no retries: the tracker's own re-assertion heals lost
+// writes, a retried pipeline could reorder them).
 func newClient(address, nodeID string) (goredis.UniversalClient, error) {
 	a, err := pubsubredis.ParseAddress(address)
 	if err != nil {
 		return nil, err
 	}
-	name := "channelsd-presence:" + nodeID
-	if a.URL != "" {
-		ro, err := goredis.ParseURL(a.URL)
-		if err != nil {
-			return nil, fmt.Errorf("presence/redis: %w", err)
-		}
-		ro.ClientName = name
-		ro.ContextTimeoutEnabled = true
-		ro.MaxRetries = -1
-		if ro.Protocol == 0 {
-			ro.Protocol = 2
-		}
-		ro.DisableIdentity = true
-		ro.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-		return goredis.NewClient(ro), nil
-	}
-	return goredis.NewFailoverClient(&goredis.FailoverOptions{
-		MasterName:            a.MasterName,
-		SentinelAddrs:         a.SentinelAddrs,
-		SentinelUsername:      a.SentinelUsername,
-		SentinelPassword:      a.SentinelPassword,
-		Username:              a.Username,
-		Password:              a.Password,
-		DB:                    a.DB,
-		ClientName:            name,
-		ContextTimeoutEnabled: true,
-		MaxRetries:            -1,
-		Protocol:              2,
-		DisableIdentity:       true,
-	}), nil
+	return a.NewClient("channelsd-presence:" + nodeID)
 }

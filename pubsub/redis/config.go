@@ -125,7 +125,15 @@ func DefaultNodeID() string {
 // newClient builds the go-redis client. The same client serves the
 // pipelined publisher (its pool) and the pub/sub connection.
 func (o Options) newClient() (goredis.UniversalClient, error) {
-	name := "channelsd:" + o.NodeID
+	return o.NewClient("channelsd:" + o.NodeID)
+}
+
+// NewClient builds a go-redis client for o's address with the settings
+// every channelsd component wants (no automatic retries, which could
+// duplicate or reorder writes; RESP2; fail-fast dials), named name in
+// CLIENT LIST. Other Redis-backed components (presence) use it so that one
+// --redis value means the same connection settings everywhere.
+func (o Options) NewClient(name string) (goredis.UniversalClient, error) {
 	if o.URL != "" {
 		ro, err := goredis.ParseURL(o.URL)
 		if err != nil {
