@@ -1,15 +1,11 @@
 package redis
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
-	"os/exec"
-	"strconv"
 	"testing"
 	"time"
 
@@ -17,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	pubsubredis "github.com/channelsd/channelsd/pubsub/redis"
+	"github.com/channelsd/channelsd/test/redistest"
 )
 
 func TestMain(m *testing.M) {
@@ -40,78 +37,12 @@ func TestMain(m *testing.M) {
 }
 
 // server is a redis-server process on a free loopback port.
-type server struct {
-	addr   string
-	cmd    *exec.Cmd
-	exited chan struct{}
-	out    bytes.Buffer
-}
+type server = redistest.Server
 
-func startRedis(t *testing.T) *server {
-	t.Helper()
-	bin := os.Getenv("REDIS_SERVER")
-	if bin == "" {
-		bin = "/usr/bin/redis-server"
-	}
-	if _, err := os.Stat(bin); err != nil {
-		if p, err := exec.LookPath("redis-server"); err == nil {
-			bin = p
-		} else {
-			t.Fatal("redis-server not found: the presence/redis tests need a real Redis " +
-				"(apt-get install redis-server, or set REDIS_SERVER to the binary)")
-		}
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	s := &server{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), exited: make(chan struct{})}
-	s.cmd = exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", t.TempDir(), "--daemonize", "no")
-	s.cmd.Stdout, s.cmd.Stderr = &s.out, &s.out
-	if err := s.cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", bin, err)
-	}
-	go func() { _ = s.cmd.Wait(); close(s.exited) }()
-	t.Cleanup(func() {
-		_ = s.cmd.Process.Kill()
-		<-s.exited
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for !ping(s.addr) {
-		select {
-		case <-s.exited:
-			t.Fatalf("redis-server exited at startup:\n%s", s.out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("redis-server on %s not ready after 10s", s.addr)
-		}
-		time.Sleep(10 * time.Millisecond) // a fresh process offers no readiness event
-	}
-	return s
-}
+func startRedis(t *testing.T) *server { return redistest.Start(t) }
 
-func ping(addr string) bool {
-	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-	if err != nil {
-		return false
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(500 * time.Millisecond))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return false
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	return err == nil && line == "+PONG\r\n"
-}
-
-func (s *server) url() string { return "redis://" + s.addr }
-
-func (s *server) client(t *testing.T) *goredis.Client {
-	c := goredis.NewClient(&goredis.Options{Addr: s.addr, Protocol: 2, MaxRetries: -1, DisableIdentity: true})
+func client(t *testing.T, s *server) *goredis.Client {
+	c := goredis.NewClient(&goredis.Options{Addr: s.Addr(), Protocol: 2, MaxRetries: -1, DisableIdentity: true})
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
@@ -141,12 +72,12 @@ func newNode(t *testing.T, s *server, id string, tweak ...func(*Options)) *testN
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	ps, err := pubsubredis.New(ctx, pubsubredis.Options{URL: s.url(), NodeID: id, Prefix: "test", Logger: log})
+	ps, err := pubsubredis.New(ctx, pubsubredis.Options{URL: s.URL(), NodeID: id, Prefix: "test", Logger: log})
 	if err != nil {
 		t.Fatalf("pubsub %s: %v", id, err)
 	}
 	opt := Options{
-		Address: s.url(), NodeID: id, Prefix: "test", PubSub: ps,
+		Address: s.URL(), NodeID: id, Prefix: "test", PubSub: ps,
 		Heartbeat: testHeartbeat, DeadAfter: testDeadAfter, Coalesce: testCoalesce, Logger: log,
 	}
 	for _, f := range tweak {

@@ -385,7 +385,7 @@ func TestDeadNodeReapedOnce(t *testing.T) {
 			t.Errorf("%s saw %d leave diffs for the dead node, want 1", k, n)
 		}
 	}
-	rc := s.client(t)
+	rc := client(t, s)
 	if n, _ := rc.HExists(context.Background(), "test:nodes", "c").Result(); n {
 		t.Error("dead node still in the nodes hash")
 	}
@@ -409,7 +409,7 @@ func TestFlushAllHeals(t *testing.T) {
 		return len(want1) == 2
 	})
 	want2 := listCanon(t, b, "room:2")
-	if err := s.client(t).FlushAll(context.Background()).Err(); err != nil {
+	if err := client(t, s).FlushAll(context.Background()).Err(); err != nil {
 		t.Fatal(err)
 	}
 	flushed := time.Now()

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/channelsd/channelsd/test/redistest"
+
 	"go.uber.org/goleak"
 
 	"github.com/channelsd/channelsd/pubsub"
@@ -277,7 +279,7 @@ func TestUndecodableMessagesAreCountedAndSkipped(t *testing.T) {
 // not grow, and afterwards holds exactly the subscriptions it needs.
 func TestRedisOutageAndRecovery(t *testing.T) {
 	srv := startRedis(t)
-	logs := &lockedBuffer{}
+	logs := &redistest.LockedBuffer{}
 	const publishTimeout = 500 * time.Millisecond
 	tweak := func(o *Options) {
 		o.PublishTimeout = publishTimeout
@@ -294,7 +296,7 @@ func TestRedisOutageAndRecovery(t *testing.T) {
 	publish(t, a, "room:keep", "before")
 	rb.waitCount(t, 1)
 
-	srv.stop()
+	srv.Stop()
 	eventually(t, 5*time.Second, "both nodes to notice the outage", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -341,7 +343,7 @@ func TestRedisOutageAndRecovery(t *testing.T) {
 		t.Fatalf("stats during the outage: %+v", s)
 	}
 
-	srv.start()
+	srv.Start()
 	eventually(t, 10*time.Second, "both nodes to reconnect", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -472,12 +474,12 @@ func TestFrozenRedisIsDetectedBySilence(t *testing.T) {
 	mustSubscribe(t, b, "room:1", r)
 	syncAll(t, b)
 
-	srv.signal(syscall.SIGSTOP)
+	srv.Signal(syscall.SIGSTOP)
 	thawed := false
 	thaw := func() {
 		if !thawed {
 			thawed = true
-			srv.signal(syscall.SIGCONT)
+			srv.Signal(syscall.SIGCONT)
 		}
 	}
 	t.Cleanup(thaw)
@@ -531,7 +533,7 @@ func TestDroppedByOutputBufferLimitResubscribes(t *testing.T) {
 func TestCloseStopsEverything(t *testing.T) {
 	srv := startRedis(t)
 	ignore := goleak.IgnoreCurrent()
-	opt := Options{URL: srv.url(), NodeID: "a", Prefix: "test", Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))}
+	opt := Options{URL: srv.URL(), NodeID: "a", Prefix: "test", Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))}
 	a, err := New(context.Background(), opt)
 	if err != nil {
 		t.Fatal(err)
@@ -567,13 +569,13 @@ func TestCloseStopsEverything(t *testing.T) {
 func TestCloseWhileDisconnected(t *testing.T) {
 	srv := startRedis(t)
 	ignore := goleak.IgnoreCurrent()
-	opt := Options{URL: srv.url(), NodeID: "a", HealthCheckInterval: 50 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))}
+	opt := Options{URL: srv.URL(), NodeID: "a", HealthCheckInterval: 50 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))}
 	a, err := New(context.Background(), opt)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mustSubscribe(t, a, "room:1", &recorder{id: "r"})
-	srv.stop()
+	srv.Stop()
 	eventually(t, 5*time.Second, "the outage to be noticed", func() bool { return !a.Stats().Connected })
 	start := time.Now()
 	if err := a.Close(); err != nil {

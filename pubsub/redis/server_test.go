@@ -1,16 +1,13 @@
 package redis
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"slices"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -19,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/channelsd/channelsd/pubsub"
+	"github.com/channelsd/channelsd/test/redistest"
 )
 
 func TestMain(m *testing.M) {
@@ -55,42 +53,9 @@ func verifyNoLeaks(t testing.TB, opts ...goleak.Option) {
 
 // redisServer is a real redis-server process on a loopback port, which
 // the tests stop and start again on the same port.
-type redisServer struct {
-	t    testing.TB
-	bin  string
-	port int
-	dir  string
+type redisServer = redistest.Server
 
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	exited chan struct{}
-	out    *lockedBuffer
-}
-
-// redisBinary finds redis-server. The tests need a real one: a missing
-// binary is a failure, never a skip, so CI cannot go green without them.
-func redisBinary(t testing.TB) string {
-	if b := os.Getenv("REDIS_SERVER"); b != "" {
-		return b
-	}
-	if _, err := os.Stat("/usr/bin/redis-server"); err == nil {
-		return "/usr/bin/redis-server"
-	}
-	if p, err := exec.LookPath("redis-server"); err == nil {
-		return p
-	}
-	t.Fatal("redis-server not found: the pubsub/redis tests run a real Redis. " +
-		"Install it (apt-get install redis-server) or point REDIS_SERVER at the binary.")
-	return ""
-}
-
-func startRedis(t testing.TB) *redisServer {
-	t.Helper()
-	s := &redisServer{t: t, bin: redisBinary(t), port: freePort(t), dir: t.TempDir(), out: &lockedBuffer{}}
-	s.start()
-	t.Cleanup(s.stop)
-	return s
-}
+func startRedis(t testing.TB) *redisServer { return redistest.Start(t) }
 
 func freePort(t testing.TB) int {
 	t.Helper()
@@ -102,112 +67,11 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func (s *redisServer) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
-func (s *redisServer) url() string  { return "redis://" + s.addr() }
-
-// start runs redis-server and waits until it answers PING. A process
-// that just started offers no readiness event, so this polls, within a
-// deadline.
-func (s *redisServer) start() {
-	s.t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd != nil {
-		s.t.Fatal("redis-server already running")
-	}
-	cmd := exec.Command(s.bin,
-		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", s.dir, "--daemonize", "no")
-	cmd.Stdout = s.out
-	cmd.Stderr = s.out
-	if err := cmd.Start(); err != nil {
-		s.t.Fatalf("starting %s: %v", s.bin, err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
-	s.cmd, s.exited = cmd, exited
-	deadline := time.Now().Add(10 * time.Second)
-	for !pingRaw(s.addr()) {
-		select {
-		case <-exited:
-			s.cmd = nil
-			s.t.Fatalf("redis-server exited during startup:\n%s", s.out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("redis-server on %s not ready after 10s:\n%s", s.addr(), s.out.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// stop kills the process (SIGKILL: a crash, not a shutdown) and waits.
-func (s *redisServer) stop() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd == nil {
-		return
-	}
-	_ = s.cmd.Process.Kill()
-	<-s.exited
-	s.cmd = nil
-}
-
-// signal sends sig to the running redis-server (SIGSTOP freezes it with
-// its connections open: a partition, as far as a client can tell).
-func (s *redisServer) signal(sig os.Signal) {
-	s.t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd == nil {
-		s.t.Fatal("redis-server not running")
-	}
-	if err := s.cmd.Process.Signal(sig); err != nil {
-		s.t.Fatal(err)
-	}
-}
-
-// pingRaw speaks just enough RESP to see whether Redis is up, without a
-// client library (and its goroutines).
-func pingRaw(addr string) bool {
-	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-	if err != nil {
-		return false
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(500 * time.Millisecond))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return false
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	return err == nil && line == "+PONG\r\n"
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // node starts a PubSub on srv, closed when the test ends.
 func node(t testing.TB, srv *redisServer, id string, tweak ...func(*Options)) *PubSub {
 	t.Helper()
 	opt := Options{
-		URL:                 srv.url(),
+		URL:                 srv.URL(),
 		NodeID:              id,
 		Prefix:              "test",
 		PublishTimeout:      time.Second,
@@ -242,7 +106,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 // inspector is a plain client for looking at Redis from outside.
 func inspector(t testing.TB, srv *redisServer) *goredis.Client {
 	t.Helper()
-	c := goredis.NewClient(&goredis.Options{Addr: srv.addr(), Protocol: 2, MaxRetries: -1, DisableIdentity: true})
+	c := goredis.NewClient(&goredis.Options{Addr: srv.Addr(), Protocol: 2, MaxRetries: -1, DisableIdentity: true})
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }

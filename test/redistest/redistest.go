@@ -1,0 +1,172 @@
+package redistest
+
+import (
+	"bufio"
+	"bytes"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Server is a redis-server process without persistence, which a test may
+// stop and start again on the same port.
+type Server struct {
+	t    testing.TB
+	bin  string
+	port int
+	dir  string
+	out  LockedBuffer
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// Start runs a redis-server for the test, stopped when the test ends.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	s := &Server{t: t, bin: binary(t), port: freePort(t), dir: t.TempDir()}
+	s.Start()
+	t.Cleanup(s.Stop)
+	return s
+}
+
+func binary(t testing.TB) string {
+	if b := os.Getenv("REDIS_SERVER"); b != "" {
+		return b
+	}
+	if _, err := os.Stat("/usr/bin/redis-server"); err == nil {
+		return "/usr/bin/redis-server"
+	}
+	if p, err := exec.LookPath("redis-server"); err == nil {
+		return p
+	}
+	t.Fatal("redis-server not found: these tests run a real Redis. " +
+		"Install it (apt-get install redis-server) or point REDIS_SERVER at the binary.")
+	return ""
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Addr is host:port on loopback.
+func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
+
+// URL is the redis:// URL of the server.
+func (s *Server) URL() string { return "redis://" + s.Addr() }
+
+// Output is what the server printed.
+func (s *Server) Output() string { return s.out.String() }
+
+// Start (re)starts the process on its port and waits until it answers
+// PING. A process that just started offers no readiness event, so this
+// polls, within a deadline.
+func (s *Server) Start() {
+	s.t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		s.t.Fatal("redis-server already running")
+	}
+	cmd := exec.Command(s.bin,
+		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", s.dir, "--daemonize", "no")
+	cmd.Stdout = &s.out
+	cmd.Stderr = &s.out
+	if err := cmd.Start(); err != nil {
+		s.t.Fatalf("starting %s: %v", s.bin, err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	s.cmd, s.exited = cmd, exited
+	deadline := time.Now().Add(10 * time.Second)
+	for !Ping(s.Addr()) {
+		select {
+		case <-exited:
+			s.cmd = nil
+			s.t.Fatalf("redis-server exited during startup:\n%s", s.out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("redis-server on %s not ready after 10s:\n%s", s.Addr(), s.out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Stop kills the process (SIGKILL: a crash, not a shutdown) and waits.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.exited
+	s.cmd = nil
+}
+
+// Signal sends sig to the running process (SIGSTOP freezes it with its
+// connections open: a partition, as far as a client can tell).
+func (s *Server) Signal(sig os.Signal) {
+	s.t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		s.t.Fatal("redis-server not running")
+	}
+	if err := s.cmd.Process.Signal(sig); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// Ping speaks just enough RESP to see whether Redis at addr is up,
+// without a client library (and its goroutines).
+func Ping(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(500 * time.Millisecond))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return false
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return err == nil && line == "+PONG\r\n"
+}
+
+// LockedBuffer is a bytes.Buffer safe for concurrent writers, for
+// capturing logs in tests.
+type LockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write implements io.Writer.
+func (b *LockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String returns what was written so far.
+func (b *LockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
