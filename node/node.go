@@ -33,6 +33,13 @@ type Config struct {
 	// ShutdownTimeout bounds Shutdown; default 10s.
 	ShutdownTimeout time.Duration
 
+	// NodeID names this node (long-poll tokens carry it).
+	NodeID string
+	// LongPollSecret signs long-poll session tokens; empty means a random
+	// key per process (sessions then cannot outlive the process, which
+	// they do not anyway).
+	LongPollSecret []byte
+
 	Router        *channels.Router
 	SocketHandler channels.SocketHandler // nil: anonymous sockets
 	// Home is served at "/" (the demo page); nil serves nothing there.
@@ -52,6 +59,7 @@ type Node struct {
 	log      *slog.Logger
 	endpoint *channels.Endpoint
 	ws       *transport.WebSocketHandler
+	lp       *transport.LongPollHandler
 	mux      *http.ServeMux
 	server   *http.Server
 
@@ -113,6 +121,16 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
+	n.lp, err = transport.NewLongPollHandler(transport.FromEndpoint(ep), transport.LongPollConfig{
+		MaxBody:        cfg.MaxFrameSize,
+		AllowedOrigins: cfg.AllowedOrigins,
+		Secret:         cfg.LongPollSecret,
+		NodeID:         cfg.NodeID,
+		Logger:         cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
 	n.routes()
 	n.server = &http.Server{
 		Handler:           n.mux,
@@ -124,6 +142,7 @@ func New(cfg Config) (*Node, error) {
 
 func (n *Node) routes() {
 	n.mux.Handle(n.cfg.SocketPath+"/websocket", n.ws)
+	n.mux.Handle(n.cfg.SocketPath+"/longpoll", n.lp)
 	n.mux.HandleFunc("GET /healthz", n.healthz)
 	n.mux.HandleFunc("GET /readyz", n.readyz)
 	n.mux.HandleFunc("POST /api/broadcast", n.requireKey(n.apiBroadcast))
@@ -206,6 +225,9 @@ func (n *Node) doShutdown(ctx context.Context) error {
 	}
 	if err := n.ws.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("node: websocket: %w", err))
+	}
+	if err := n.lp.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("node: longpoll: %w", err))
 	}
 	if err := n.cfg.Presence.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("node: presence: %w", err))

@@ -118,5 +118,17 @@
 // close uses 1000: phoenix.js does not reconnect after it (PROTOCOL.md
 // §4.3).
 //
-// The long-poll transport will join this package.
+// # Long-poll
+//
+// LongPollHandler serves <socket path>/longpoll as PROTOCOL.md §8 describes:
+// a GET without a valid token opens a session (410 with a token), GETs wait
+// up to the window for messages (200) or answer 204, POSTs carry ndjson
+// lines (JSON frames, or base64 for binary) that reach the socket in
+// order, and a session ends when no GET has come for SessionTimeout. A
+// session is the same channels.Socket as a WebSocket one, over a Conn that
+// buffers frames for the next poll (oldest dropped past MaxBuffered). The
+// token is signed with HMAC-SHA256 and names the node that owns the
+// session; answering a request for a session on another node (the relay
+// through Redis) is not built yet: such a token is treated as unknown, so
+// the client opens a new session.
 package transport

@@ -162,6 +162,7 @@ func run(args []string, stderr io.Writer) error {
 		Home:            app.DemoHandler(o.socketPath),
 		PubSub:          ps,
 		Presence:        tracker,
+		NodeID:          nodeID,
 		Logger:          logger,
 	})
 	if err != nil {

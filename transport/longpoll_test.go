@@ -1,0 +1,714 @@
+package transport
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/channelsd/channelsd/channels"
+)
+
+// ---------------------------------------------------------------------
+// Long-poll harness: a LongPollHandler on real HTTP with a fake endpoint.
+
+type lpHarness struct {
+	ep  *fakeEndpoint
+	h   *LongPollHandler
+	srv *httptest.Server
+	url string // http://127.0.0.1:port/socket/longpoll
+}
+
+func newLPHarness(t *testing.T, cfg LongPollConfig, ep *fakeEndpoint) *lpHarness {
+	t.Helper()
+	if ep == nil {
+		ep = newFakeEndpoint()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger()
+	}
+	h, err := NewLongPollHandler(ep, cfg)
+	if err != nil {
+		t.Fatalf("NewLongPollHandler: %v", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/socket/longpoll", h)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(func() {
+		srv.Close()
+		if err := h.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		for _, s := range ep.allSockets() {
+			s.awaitClose(t)
+			if n := s.closes.Load(); n != 1 {
+				t.Errorf("HandleClose called %d times", n)
+			}
+		}
+	})
+	return &lpHarness{ep: ep, h: h, srv: srv, url: srv.URL + "/socket/longpoll"}
+}
+
+// lpResp is a decoded long-poll answer.
+type lpResp struct {
+	HTTP     int
+	Status   int       `json:"status"`
+	Token    *string   `json:"token"`
+	Messages *[]string `json:"messages"`
+	Raw      string
+	Header   http.Header
+}
+
+func (r lpResp) token(t testing.TB) string {
+	t.Helper()
+	if r.Token == nil || *r.Token == "" {
+		t.Fatalf("answer %s has no token", r.Raw)
+	}
+	return *r.Token
+}
+
+func (r lpResp) msgs() []string {
+	if r.Messages == nil {
+		return nil
+	}
+	return *r.Messages
+}
+
+func (hs *lpHarness) do(t testing.TB, req *http.Request) lpResp {
+	t.Helper()
+	res, err := hs.srv.Client().Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatalf("read body: %v", err)
+	}
+	out := lpResp{HTTP: res.StatusCode, Raw: string(body), Header: res.Header}
+	if len(body) > 0 && strings.HasPrefix(res.Header.Get("Content-Type"), "application/json") {
+		if err := json.Unmarshal(body, &out); err != nil {
+			t.Fatalf("answer %q is not JSON: %v", body, err)
+		}
+	}
+	return out
+}
+
+func (hs *lpHarness) req(t testing.TB, method, query string, body string) *http.Request {
+	t.Helper()
+	u := hs.url
+	if query != "" {
+		u += "?" + query
+	}
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	t.Cleanup(cancel)
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if method == http.MethodPost {
+		req.Header.Set("Content-Type", "application/x-ndjson")
+	}
+	return req
+}
+
+func (hs *lpHarness) get(t testing.TB, query string) lpResp {
+	t.Helper()
+	return hs.do(t, hs.req(t, http.MethodGet, query, ""))
+}
+
+func (hs *lpHarness) post(t testing.TB, token, body string) lpResp {
+	t.Helper()
+	return hs.do(t, hs.req(t, http.MethodPost, "vsn=2.0.0&token="+url.QueryEscape(token), body))
+}
+
+// open opens a session and returns its token and socket.
+func (hs *lpHarness) open(t testing.TB, query string) (string, *fakeSocket) {
+	t.Helper()
+	r := hs.get(t, query)
+	if r.HTTP != 200 || r.Status != 410 || len(r.msgs()) != 0 || r.Messages == nil {
+		t.Fatalf("opening GET: HTTP %d %s", r.HTTP, r.Raw)
+	}
+	select {
+	case s := <-hs.ep.opened:
+		return r.token(t), s
+	case <-time.After(waitLimit):
+		t.Fatal("no socket opened")
+	}
+	return "", nil
+}
+
+// awaitWaiting returns once n polls are waiting on the session of sock.
+func (hs *lpHarness) awaitWaiting(t testing.TB, sock *fakeSocket) *lpWaiter {
+	t.Helper()
+	s := sock.conn.(*lpSession)
+	deadline := time.Now().Add(waitLimit)
+	for time.Now().Before(deadline) {
+		s.mu.Lock()
+		w := s.waiter
+		s.mu.Unlock()
+		if w != nil {
+			return w
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatal("no poll is waiting")
+	return nil
+}
+
+func lpTokenQuery(tok string) string { return "vsn=2.0.0&token=" + url.QueryEscape(tok) }
+
+// ---------------------------------------------------------------------
+
+// Item 36, and the answer headers of §8.1.
+func TestLongPollOpen(t *testing.T) {
+	hs := newLPHarness(t, LongPollConfig{}, nil)
+	req := hs.req(t, http.MethodGet, "vsn=2.0.0&user=7&token=auth", "")
+	req.Header.Set("X-Phoenix-AuthToken", "secret-token")
+	r := hs.do(t, req)
+	if r.HTTP != 200 || r.Status != 410 || r.Messages == nil || len(r.msgs()) != 0 {
+		t.Fatalf("got HTTP %d %s", r.HTTP, r.Raw)
+	}
+	r.token(t)
+	if ct := r.Header.Get("Content-Type"); ct != "application/json; charset=utf-8" {
+		t.Errorf("Content-Type %q", ct)
+	}
+	if cc := r.Header.Get("Cache-Control"); cc != "no-store" {
+		t.Errorf("Cache-Control %q", cc)
+	}
+	if ao := r.Header.Get("Access-Control-Allow-Origin"); ao != "*" {
+		t.Errorf("Access-Control-Allow-Origin %q", ao)
+	}
+	info := hs.ep.lastInfo(t)
+	if info.Transport != "longpoll" || info.AuthToken != "secret-token" || info.Params["user"] != "7" || info.Params["vsn"] != "2.0.0" || info.Params["token"] != "auth" {
+		t.Errorf("connect info %+v", info)
+	}
+	s := <-hs.ep.opened
+	if s.ser.Vsn() != "2.0.0" {
+		t.Errorf("serializer %s", s.ser.Vsn())
+	}
+	if hs.h.Sessions() != 1 {
+		t.Errorf("%d sessions", hs.h.Sessions())
+	}
+}
+
+// Item 36 (refusals), §5.4 origin, §1.2 vsn.
+func TestLongPollRefused(t *testing.T) {
+	ep := newFakeEndpoint()
+	ep.connect = func(ctx context.Context, info *channels.ConnectInfo) (channels.Identity, error) {
+		switch info.Params["who"] {
+		case "bad":
+			return channels.Identity{}, context.Canceled
+		case "slow":
+			return channels.Identity{}, &channels.ConnectError{Status: 429, Reason: "slow down"}
+		}
+		return channels.Identity{}, nil
+	}
+	hs := newLPHarness(t, LongPollConfig{AllowedOrigins: []string{"https://app.example"}}, ep)
+	for _, c := range []struct {
+		query  string
+		origin string
+		want   int
+	}{
+		{"vsn=2.0.0&who=bad", "", 403},
+		{"vsn=2.0.0&who=slow", "", 429},
+		{"vsn=3.0.0", "", 403},
+		{"vsn=2.0.0", "https://evil.example", 403},
+	} {
+		req := hs.req(t, http.MethodGet, c.query, "")
+		if c.origin != "" {
+			req.Header.Set("Origin", c.origin)
+		}
+		r := hs.do(t, req)
+		if r.HTTP != 200 || r.Status != c.want || r.Token != nil || r.Raw != `{"status":`+lpItoa(c.want)+`}` {
+			t.Errorf("%s origin %q: HTTP %d %s, want {\"status\":%d}", c.query, c.origin, r.HTTP, r.Raw, c.want)
+		}
+	}
+	if n := len(hs.ep.allSockets()); n != 0 {
+		t.Fatalf("%d sockets opened", n)
+	}
+	// The allowed origin is reflected.
+	req := hs.req(t, http.MethodGet, "vsn=2.0.0", "")
+	req.Header.Set("Origin", "https://app.example")
+	r := hs.do(t, req)
+	if r.Status != 410 || r.Header.Get("Access-Control-Allow-Origin") != "https://app.example" {
+		t.Fatalf("allowed origin: %s %v", r.Raw, r.Header)
+	}
+}
+
+func lpItoa(n int) string { b, _ := json.Marshal(n); return string(b) }
+
+// Item 37, first half: nothing to deliver → 204 after the window.
+func TestLongPollEmptyPoll(t *testing.T) {
+	hs := newLPHarness(t, LongPollConfig{Window: 150 * time.Millisecond}, nil)
+	tok, _ := hs.open(t, "vsn=2.0.0")
+	start := time.Now()
+	r := hs.get(t, lpTokenQuery(tok))
+	if el := time.Since(start); el < 150*time.Millisecond {
+		t.Errorf("poll answered after %v, before the window", el)
+	}
+	if r.HTTP != 200 || r.Status != 204 || r.Messages == nil || len(r.msgs()) != 0 {
+		t.Fatalf("got %s", r.Raw)
+	}
+	// The answer carries a (fresh) token that works.
+	r2 := hs.get(t, lpTokenQuery(r.token(t)))
+	if r2.Status != 204 {
+		t.Fatalf("poll with the new token: %s", r2.Raw)
+	}
+}
+
+// Item 37, second half: a message published while a GET waits returns
+// it at once, as a JSON string.
+func TestLongPollMessageWhileWaiting(t *testing.T) {
+	hs := newLPHarness(t, LongPollConfig{Window: waitLimit}, nil)
+	tok, sock := hs.open(t, "vsn=2.0.0")
+	done := make(chan lpResp, 1)
+	go func() { done <- hs.get(t, lpTokenQuery(tok)) }()
+	hs.awaitWaiting(t, sock)
+	frame := `[null,null,"room:lobby","new_msg",{"body":"hi <b>"}]`
+	if err := sock.conn.Send(channels.Frame{Data: []byte(frame)}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		if r.Status != 200 || len(r.msgs()) != 1 || r.msgs()[0] != frame {
+			t.Fatalf("got %s", r.Raw)
+		}
+		r.token(t)
+	case <-time.After(waitLimit / 2):
+		t.Fatal("the waiting poll did not return at once")
+	}
+}
+
+// Item 38: two V2 lines and one base64 binary line, processed in order,
+// replies on the next GET, never in the POST answer. Binary replies are
+// dropped (§2.4) without failing the poll.
+func TestLongPollPostOrder(t *testing.T) {
+	ep := newFakeEndpoint()
+	ep.echo = true
+	hs := newLPHarness(t, LongPollConfig{}, ep)
+	tok, sock := hs.open(t, "vsn=2.0.0")
+	l1 := `["3","3","room:lobby","phx_join",{}]`
+	l2 := `["3","4","room:lobby","new_msg",{"body":"hi"}]`
+	bin := []byte{0, 1, 1, 6, 6, '3', '7', 'r', 'o', 'o', 'm', ':', '1', 'u', 'p', 'l', 'o', 'a', 'd', 0xde, 0xad, 0xbe, 0xef}
+	l3 := "AAEBBgYzN3Jvb206MXVwbG9hZN6tvu8="
+	r := hs.post(t, tok, l1+"\n"+l2+"\r\n\n"+l3)
+	if r.HTTP != 200 || r.Raw != `{"status":200}` {
+		t.Fatalf("POST: HTTP %d %s", r.HTTP, r.Raw)
+	}
+	got := []frameRec{sock.nextFrame(t), sock.nextFrame(t), sock.nextFrame(t)}
+	if string(got[0].data) != l1 || got[0].binary || string(got[1].data) != l2 || got[1].binary {
+		t.Fatalf("text frames %q %q", got[0].data, got[1].data)
+	}
+	if !got[2].binary || string(got[2].data) != string(bin) {
+		t.Fatalf("binary frame %x binary=%v", got[2].data, got[2].binary)
+	}
+	p := hs.get(t, lpTokenQuery(tok))
+	if p.Status != 200 || len(p.msgs()) != 2 || p.msgs()[0] != l1 || p.msgs()[1] != l2 {
+		t.Fatalf("poll: %s", p.Raw)
+	}
+	if n := hs.h.Stats().DroppedBinary.Load(); n != 1 {
+		t.Fatalf("DroppedBinary = %d", n)
+	}
+}
+
+// V1: vsn 1.0.0 (and no vsn) selects V1; a line starting with "{" is a
+// V1 frame; a body that is not ndjson is one frame (older clients).
+func TestLongPollV1(t *testing.T) {
+	ep := newFakeEndpoint()
+	ep.echo = true
+	hs := newLPHarness(t, LongPollConfig{}, ep)
+	for _, q := range []string{"vsn=1.0.0", ""} {
+		tok, sock := hs.open(t, q)
+		if sock.ser.Vsn() != "1.0.0" {
+			t.Fatalf("%q: serializer %s", q, sock.ser.Vsn())
+		}
+		f := `{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"5"}`
+		if r := hs.post(t, tok, f); r.Raw != `{"status":200}` {
+			t.Fatalf("POST: %s", r.Raw)
+		}
+		req := hs.req(t, http.MethodPost, lpTokenQuery(tok), f+"\n"+f)
+		req.Header.Set("Content-Type", "application/json")
+		if r := hs.do(t, req); r.Raw != `{"status":200}` {
+			t.Fatalf("POST json: %s", r.Raw)
+		}
+		if got := sock.nextFrame(t); string(got.data) != f {
+			t.Fatalf("frame %q", got.data)
+		}
+		if got := sock.nextFrame(t); string(got.data) != f+"\n"+f {
+			t.Fatalf("non-ndjson body: frame %q", got.data)
+		}
+		p := hs.get(t, lpTokenQuery(tok))
+		if p.Status != 200 || len(p.msgs()) != 2 {
+			t.Fatalf("poll: %s", p.Raw)
+		}
+	}
+}
+
+// Item 39, plus tokens that are tampered with, signed by another secret,
+// for another node, or too old.
+func TestLongPollBadTokens(t *testing.T) {
+	hs := newLPHarness(t, LongPollConfig{NodeID: "n1", TokenMaxAge: time.Hour}, nil)
+	good, _ := hs.open(t, "vsn=2.0.0")
+	var sess [lpSessionIDLen]byte
+	copy(sess[:], hs.h.lookupForTest(t, good).id[:])
+	bad := []string{
+		"garbage",
+		good[:len(good)-2] + "AA",
+		signLongPollToken([]byte("other secret"), lpToken{NodeID: "n1", Session: sess, Issued: time.Now()}),
+		signLongPollToken(hs.h.secret, lpToken{NodeID: "n2", Session: sess, Issued: time.Now()}),
+		signLongPollToken(hs.h.secret, lpToken{NodeID: "n1", Session: sess, Issued: time.Now().Add(-2 * time.Hour)}),
+		signLongPollToken(hs.h.secret, lpToken{NodeID: "n1", Issued: time.Now()}), // no such session
+	}
+	for i, b := range bad {
+		if r := hs.post(t, b, `[null,"1","phoenix","heartbeat",{}]`); r.HTTP != 200 || r.Raw != `{"status":410}` {
+			t.Errorf("POST bad token %d: HTTP %d %s", i, r.HTTP, r.Raw)
+		}
+		r := hs.get(t, lpTokenQuery(b))
+		if r.Status != 410 || r.token(t) == good || r.token(t) == b {
+			t.Errorf("GET bad token %d: %s", i, r.Raw)
+		}
+		<-hs.ep.opened
+	}
+	// The good token still works.
+	if r := hs.post(t, good, `[null,"1","phoenix","heartbeat",{}]`); r.Raw != `{"status":200}` {
+		t.Fatalf("good token: %s", r.Raw)
+	}
+}
+
+// lookupForTest finds the session a token names.
+func (h *LongPollHandler) lookupForTest(t testing.TB, tok string) *lpSession {
+	t.Helper()
+	req := httptest.NewRequest(http.MethodGet, "/socket/longpoll?token="+url.QueryEscape(tok), nil)
+	s := h.lookup(req)
+	if s == nil {
+		t.Fatalf("token %q names no session", tok)
+	}
+	return s
+}
+
+// Item 42: the last token query parameter is the session token; the
+// header takes precedence over the query.
+func TestLongPollTokenLocation(t *testing.T) {
+	hs := newLPHarness(t, LongPollConfig{Window: 50 * time.Millisecond}, nil)
+	tok, _ := hs.open(t, "vsn=2.0.0")
+	if r := hs.get(t, "token=user-auth&vsn=2.0.0&token="+url.QueryEscape(tok)); r.Status != 204 {
+		t.Fatalf("last token param: %s", r.Raw)
+	}
+	if r := hs.get(t, "token="+url.QueryEscape(tok)+"&vsn=2.0.0&token=user-auth"); r.Status != 410 {
+		t.Fatalf("first token param was used: %s", r.Raw)
+	}
+	<-hs.ep.opened
+	req := hs.req(t, http.MethodPost, "vsn=2.0.0&token=garbage", `[null,"1","phoenix","heartbeat",{}]`)
+	req.Header.Set("X-Phoenix-LongPoll-Token", tok)
+	if r := hs.do(t, req); r.Raw != `{"status":200}` {
+		t.Fatalf("header token: %s", r.Raw)
+	}
+	req = hs.req(t, http.MethodPost, lpTokenQuery(tok), `[null,"1","phoenix","heartbeat",{}]`)
+	req.Header.Set("X-Phoenix-LongPoll-Token", "garbage")
+	if r := hs.do(t, req); r.Raw != `{"status":410}` {
+		t.Fatalf("the query token won over the header: %s", r.Raw)
+	}
+}
+
+// Item 41: no GET for SessionTimeout ends the session; POSTs do not keep
+// it alive; later requests get 410.
+func TestLongPollSessionTimeout(t *testing.T) {
+	hs := newLPHarness(t, LongPollConfig{Window: 50 * time.Millisecond, SessionTimeout: 300 * time.Millisecond}, nil)
+	tok, sock := hs.open(t, "vsn=2.0.0")
+	start := time.Now()
+	if r := hs.post(t, tok, `[null,"1","phoenix","heartbeat",{}]`); r.Raw != `{"status":200}` {
+		t.Fatalf("POST: %s", r.Raw)
+	}
+	sock.awaitClose(t)
+	if el := time.Since(start); el < 250*time.Millisecond {
+		t.Fatalf("session ended after %v", el)
+	}
+	if r := hs.post(t, tok, `[null,"2","phoenix","heartbeat",{}]`); r.Raw != `{"status":410}` {
+		t.Fatalf("POST after expiry: %s", r.Raw)
+	}
+	r := hs.get(t, lpTokenQuery(tok))
+	if r.Status != 410 || r.token(t) == tok {
+		t.Fatalf("GET after expiry: %s", r.Raw)
+	}
+	sock2 := <-hs.ep.opened
+	if hs.h.Stats().Expired.Load() != 1 || hs.h.Sessions() != 1 {
+		t.Fatalf("expired %d, sessions %d", hs.h.Stats().Expired.Load(), hs.h.Sessions())
+	}
+	// Polling keeps a session alive past SessionTimeout.
+	tok2 := r.token(t)
+	deadline := time.Now().Add(700 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		p := hs.get(t, lpTokenQuery(tok2))
+		if p.Status != 204 {
+			t.Fatalf("poll on a live session: %s", p.Raw)
+		}
+		tok2 = p.token(t)
+	}
+	select {
+	case <-sock2.closed:
+		t.Fatal("a polled session expired")
+	default:
+	}
+}
+
+// Conn.Close (disconnect by id, server close) ends the session: the
+// waiting poll answers 410, HandleClose runs once, later requests 410.
+func TestLongPollServerClose(t *testing.T) {
+	hs := newLPHarness(t, LongPollConfig{Window: waitLimit}, nil)
+	tok, sock := hs.open(t, "vsn=2.0.0")
+	done := make(chan lpResp, 1)
+	go func() { done <- hs.get(t, lpTokenQuery(tok)) }()
+	hs.awaitWaiting(t, sock)
+	sock.conn.Close(channels.CloseGoingAway, "disconnect")
+	sock.conn.Close(channels.CloseGoingAway, "again")
+	if r := <-done; r.Raw != `{"status":410}` {
+		t.Fatalf("waiting poll: %s", r.Raw)
+	}
+	sock.awaitClose(t)
+	if err := sock.conn.Send(channels.Frame{Data: []byte("[]")}); err == nil {
+		t.Fatal("Send after Close succeeded")
+	}
+	if r := hs.post(t, tok, `[null,"1","phoenix","heartbeat",{}]`); r.Raw != `{"status":410}` {
+		t.Fatalf("POST: %s", r.Raw)
+	}
+}
+
+// Close of the handler ends every session and wakes their polls.
+func TestLongPollHandlerClose(t *testing.T) {
+	hs := newLPHarness(t, LongPollConfig{Window: waitLimit}, nil)
+	tok, sock := hs.open(t, "vsn=2.0.0")
+	_, sock2 := hs.open(t, "vsn=2.0.0")
+	done := make(chan lpResp, 1)
+	go func() { done <- hs.get(t, lpTokenQuery(tok)) }()
+	hs.awaitWaiting(t, sock)
+	if err := hs.h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-done; r.Raw != `{"status":410}` {
+		t.Fatalf("waiting poll: %s", r.Raw)
+	}
+	for _, s := range []*fakeSocket{sock, sock2} {
+		select {
+		case <-s.closed:
+		default:
+			t.Fatal("Close returned before HandleClose")
+		}
+	}
+	if r := hs.get(t, "vsn=2.0.0"); r.HTTP != http.StatusServiceUnavailable {
+		t.Fatalf("GET after Close: HTTP %d", r.HTTP)
+	}
+}
+
+// MaxBuffered: the oldest messages are dropped and counted.
+func TestLongPollMaxBuffered(t *testing.T) {
+	hs := newLPHarness(t, LongPollConfig{MaxBuffered: 3}, nil)
+	tok, sock := hs.open(t, "vsn=2.0.0")
+	for i := range 5 {
+		if err := sock.conn.Send(channels.Frame{Data: []byte(`["m` + lpItoa(i) + `"]`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := hs.get(t, lpTokenQuery(tok))
+	want := []string{`["m2"]`, `["m3"]`, `["m4"]`}
+	if r.Status != 200 || strings.Join(r.msgs(), " ") != strings.Join(want, " ") {
+		t.Fatalf("got %s", r.Raw)
+	}
+	if n := hs.h.Stats().Overflowed.Load(); n != 2 {
+		t.Fatalf("Overflowed = %d", n)
+	}
+}
+
+// One waiting poll per session: a second GET ends the first (204 at
+// once); messages go to the latest.
+func TestLongPollConcurrentGETs(t *testing.T) {
+	hs := newLPHarness(t, LongPollConfig{Window: waitLimit}, nil)
+	tok, sock := hs.open(t, "vsn=2.0.0")
+	first := make(chan lpResp, 1)
+	go func() { first <- hs.get(t, lpTokenQuery(tok)) }()
+	w1 := hs.awaitWaiting(t, sock)
+	second := make(chan lpResp, 1)
+	go func() { second <- hs.get(t, lpTokenQuery(tok)) }()
+	select {
+	case r := <-first:
+		if r.Status != 204 || len(r.msgs()) != 0 {
+			t.Fatalf("replaced poll: %s", r.Raw)
+		}
+	case <-time.After(waitLimit / 2):
+		t.Fatal("the replaced poll did not answer")
+	}
+	for w := hs.awaitWaiting(t, sock); w == w1; w = hs.awaitWaiting(t, sock) {
+		time.Sleep(time.Millisecond)
+	}
+	if err := sock.conn.Send(channels.Frame{Data: []byte(`["x"]`)}); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-second; r.Status != 200 || len(r.msgs()) != 1 {
+		t.Fatalf("latest poll: %s", r.Raw)
+	}
+	// Many at once: every one answers, none hangs.
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := hs.do(t, hs.req(t, http.MethodGet, lpTokenQuery(tok), ""))
+			if r.Status != 204 && r.Status != 200 {
+				t.Errorf("poll: %s", r.Raw)
+			}
+		}()
+	}
+	// The last to wait is released by a message.
+	for {
+		hs.awaitWaiting(t, sock)
+		if hs.h.Stats().Polls.Load() >= 10 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	_ = sock.conn.Send(channels.Frame{Data: []byte(`["y"]`)})
+	wg.Wait()
+}
+
+// Limits and methods: MaxBody (413), MaxSessions (503), OPTIONS, others.
+func TestLongPollLimitsAndMethods(t *testing.T) {
+	hs := newLPHarness(t, LongPollConfig{MaxBody: 64, MaxSessions: 1, AllowedOrigins: []string{"https://app.example"}}, nil)
+	tok, sock := hs.open(t, "vsn=2.0.0")
+	r := hs.post(t, tok, strings.Repeat(`[null,"1","phoenix","heartbeat",{}]`+"\n", 3))
+	if r.HTTP != http.StatusRequestEntityTooLarge || r.Raw != `{"status":413}` {
+		t.Fatalf("big body: HTTP %d %s", r.HTTP, r.Raw)
+	}
+	select {
+	case f := <-sock.frames:
+		t.Fatalf("a line of a refused body was processed: %q", f.data)
+	default:
+	}
+	if r := hs.post(t, tok, `[null,"1","phoenix","heartbeat",{}]`); r.Raw != `{"status":200}` {
+		t.Fatalf("session lost after a big body: %s", r.Raw)
+	}
+	if r := hs.get(t, "vsn=2.0.0"); r.HTTP != http.StatusServiceUnavailable || r.Raw != "" {
+		t.Fatalf("session above MaxSessions: HTTP %d %q", r.HTTP, r.Raw)
+	}
+	// A garbage line is skipped, the others processed.
+	if r := hs.post(t, tok, "!!!\n"+`[null,"2","phoenix","heartbeat",{}]`); r.Raw != `{"status":200}` {
+		t.Fatalf("garbage line: %s", r.Raw)
+	}
+	sock.nextFrame(t)
+	if f := sock.nextFrame(t); string(f.data) != `[null,"2","phoenix","heartbeat",{}]` {
+		t.Fatalf("frame %q", f.data)
+	}
+
+	req := hs.req(t, http.MethodOptions, "", "")
+	req.Header.Set("Origin", "https://app.example")
+	req.Header.Set("Access-Control-Request-Headers", "x-phoenix-longpoll-token, content-type")
+	res := hs.do(t, req)
+	if res.HTTP != 200 || res.Raw != "" ||
+		res.Header.Get("Access-Control-Allow-Origin") != "https://app.example" ||
+		res.Header.Get("Access-Control-Allow-Headers") != "x-phoenix-longpoll-token, content-type" ||
+		res.Header.Get("Access-Control-Allow-Methods") != "get, post, options" ||
+		res.Header.Get("Access-Control-Max-Age") != "3600" {
+		t.Fatalf("preflight: HTTP %d %v", res.HTTP, res.Header)
+	}
+	for _, m := range []string{http.MethodPut, http.MethodDelete, http.MethodPatch} {
+		if r := hs.do(t, hs.req(t, m, "", "")); r.HTTP != 400 || r.Raw != "" {
+			t.Fatalf("%s: HTTP %d %q", m, r.HTTP, r.Raw)
+		}
+	}
+}
+
+// A connect refused by the endpoint during Open (shutting down) ends the
+// session at once; HandleClose still runs once.
+func TestLongPollCloseDuringOpen(t *testing.T) {
+	ep := newFakeEndpoint()
+	ep.onOpen = func(s *fakeSocket) { s.conn.Close(channels.CloseGoingAway, "shutting down") }
+	hs := newLPHarness(t, LongPollConfig{}, ep)
+	r := hs.get(t, "vsn=2.0.0")
+	if r.Raw != `{"status":410}` {
+		t.Fatalf("got %s", r.Raw)
+	}
+	s := <-hs.ep.opened
+	s.awaitClose(t)
+	if hs.h.Sessions() != 0 {
+		t.Fatal("session left in the table")
+	}
+}
+
+// A waiting poll keeps its session alive even when the window is longer
+// than SessionTimeout.
+func TestLongPollNoExpiryWhileWaiting(t *testing.T) {
+	hs := newLPHarness(t, LongPollConfig{Window: 400 * time.Millisecond, SessionTimeout: 100 * time.Millisecond}, nil)
+	tok, sock := hs.open(t, "vsn=2.0.0")
+	r := hs.get(t, lpTokenQuery(tok))
+	if r.Status != 204 {
+		t.Fatalf("poll: %s", r.Raw)
+	}
+	select {
+	case <-sock.closed:
+		t.Fatal("the session expired while a poll waited")
+	default:
+	}
+	// Without polls it does expire.
+	sock.awaitClose(t)
+	if hs.h.Stats().Expired.Load() != 1 {
+		t.Fatalf("Expired = %d", hs.h.Stats().Expired.Load())
+	}
+}
+
+// A frame that makes the server close the session stops the POST: later
+// lines are not processed and the answer is {"status":410}.
+func TestLongPollCloseDuringPost(t *testing.T) {
+	ep := newFakeEndpoint()
+	ep.onFrame = func(s *fakeSocket, data []byte, binary bool) {
+		if string(data) == `["close"]` {
+			s.conn.Close(channels.ClosePolicy, "bye")
+		}
+	}
+	hs := newLPHarness(t, LongPollConfig{}, ep)
+	tok, sock := hs.open(t, "vsn=2.0.0")
+	r := hs.post(t, tok, `["a"]`+"\n"+`["close"]`+"\n"+`["b"]`)
+	if r.Raw != `{"status":410}` {
+		t.Fatalf("POST: %s", r.Raw)
+	}
+	if f := sock.nextFrame(t); string(f.data) != `["a"]` {
+		t.Fatalf("frame %q", f.data)
+	}
+	if f := sock.nextFrame(t); string(f.data) != `["close"]` {
+		t.Fatalf("frame %q", f.data)
+	}
+	sock.awaitClose(t)
+	select {
+	case f := <-sock.frames:
+		t.Fatalf("a line after the close was processed: %q", f.data)
+	default:
+	}
+}
+
+func TestLongPollConfigErrors(t *testing.T) {
+	if _, err := NewLongPollHandler(nil, LongPollConfig{}); err == nil {
+		t.Error("nil endpoint accepted")
+	}
+	if _, err := NewLongPollHandler(newFakeEndpoint(), LongPollConfig{NodeID: strings.Repeat("n", 256)}); err == nil {
+		t.Error("long NodeID accepted")
+	}
+	if _, err := NewLongPollHandler(newFakeEndpoint(), LongPollConfig{AllowedOrigins: []string{"not an origin"}}); err == nil {
+		t.Error("bad origin accepted")
+	}
+	h, err := NewLongPollHandler(newFakeEndpoint(), LongPollConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.cfg.Window != 10*time.Second || h.cfg.SessionTimeout != 15*time.Second || h.cfg.MaxBuffered != 1000 || h.cfg.MaxBody != 1<<20 || h.cfg.MaxSessions != 10000 || len(h.secret) != 32 {
+		t.Errorf("defaults %+v", h.cfg)
+	}
+	_ = h.Close()
+}
