@@ -4,7 +4,7 @@
 GO        ?= go
 BIN       ?= bin
 # Short fuzz runs in `make test`; `make fuzz` runs longer.
-FUZZTIME  ?= 8s
+FUZZTIME  ?= 6s
 LONGFUZZ  ?= 5m
 # Figures for BENCHMARKS.md: `make bench` (Go benchmarks) and
 # `make bench-idle` (memory per idle joined WebSocket).
@@ -12,7 +12,7 @@ BENCHTIME ?= 1s
 IDLE_CONNS ?= 10000
 
 # Fuzz targets: package and target name.
-FUZZ_TARGETS = ./channels:FuzzV1Decode ./channels:FuzzV2Decode ./channels:FuzzV2DecodeBinary ./channels:FuzzAppendJSONString ./transport:FuzzLongPollToken
+FUZZ_TARGETS = ./channels:FuzzV1Decode ./channels:FuzzV2Decode ./channels:FuzzV2DecodeBinary ./channels:FuzzAppendJSONString ./transport:FuzzLongPollToken ./pubsub/redis:FuzzDecodeEnvelope
 
 export CGO_ENABLED ?= 0
 # testcontainers (integration tests): no reaper image can be pulled here,
