@@ -151,7 +151,12 @@ func (t *Tracker) requestResync() {
 // subscribers through the PubSub, once.
 func (t *Tracker) reap(ctx context.Context, dead string) {
 	lock := t.opt.Prefix + ":reap:" + dead
-	won, err := t.client.SetNX(ctx, lock, t.me, t.opt.DeadAfter).Result()
+	// The claim must outlive the whole reap (its reads and transaction,
+	// each bounded by Timeout): a claim that expired mid-reap would let a
+	// second node read the same fields and send the leaves twice. Once the
+	// reap commits, the dead node is gone from the nodes hash and nobody
+	// looks at the claim again.
+	won, err := t.client.SetNX(ctx, lock, t.me, t.opt.DeadAfter+4*t.opt.Timeout).Result()
 	if err != nil || !won {
 		return
 	}
