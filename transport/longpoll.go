@@ -2,7 +2,6 @@ package transport
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
@@ -249,11 +248,7 @@ func (h *LongPollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusBadRequest)
 		return
 	}
-	origin, hasOrigin := r.Header["Origin"]
-	var originValue string
-	if hasOrigin && len(origin) > 0 {
-		originValue = origin[0]
-	}
+	originValue, hasOrigin := originOf(r)
 	allowed := h.origins.allow(originValue, hasOrigin)
 	if r.Method == http.MethodOptions {
 		h.preflight(w, r, allowed, originValue)
@@ -365,37 +360,13 @@ func (h *LongPollHandler) open(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		return
 	}
-	query := r.URL.Query()
-	params := make(map[string]string, len(query))
-	for k, vs := range query {
-		params[k] = vs[len(vs)-1]
-	}
-	ser, err := channels.Negotiate(params["vsn"])
-	if err != nil {
-		h.stats.Refused.Add(1)
-		writeStatusJSON(w, http.StatusOK, 403)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.HandshakeTimeout)
-	id, err := h.ep.Connect(ctx, &channels.ConnectInfo{
-		Params:     params,
-		Header:     r.Header,
-		RemoteAddr: r.RemoteAddr,
-		Transport:  "longpoll",
-		AuthToken:  r.Header.Get("X-Phoenix-Authtoken"),
-	})
-	cancel()
-	if err != nil {
+	ser, id, ref := connect(r.Context(), h.ep, r, "longpoll", r.Header.Get("X-Phoenix-Authtoken"), h.cfg.HandshakeTimeout)
+	if ref != nil {
 		// Phoenix answers a refused long-poll connect with 403 in the
 		// body; a *ConnectError may choose another status (e.g. 429).
-		status := 403
-		var ce *channels.ConnectError
-		if errors.As(err, &ce) {
-			status = ce.HTTPStatus()
-		}
 		h.stats.Refused.Add(1)
-		h.log.Debug("transport: long-poll connect refused", "remote", r.RemoteAddr, "err", err)
-		writeStatusJSON(w, http.StatusOK, status)
+		h.log.Debug("transport: long-poll connect refused", "remote", r.RemoteAddr, "check", ref.check, "err", ref.err)
+		writeStatusJSON(w, http.StatusOK, ref.status)
 		return
 	}
 

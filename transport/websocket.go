@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"context"
 	"encoding/base64"
 	"errors"
 	"log/slog"
@@ -12,8 +11,6 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
-
-	"github.com/channelsd/channelsd/channels"
 )
 
 // WebSocketConfig configures a WebSocketHandler. The zero value is usable:
@@ -193,12 +190,7 @@ func (h *WebSocketHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Step 2: origin (RFC 6455 §10.2), 403 with an empty body.
-	origin, hasOrigin := r.Header["Origin"]
-	var originValue string
-	if hasOrigin && len(origin) > 0 {
-		originValue = origin[0]
-	}
-	if !h.origins.allow(originValue, hasOrigin) {
+	if !h.origins.allow(originOf(r)) {
 		h.refuse(w, r, http.StatusForbidden, "", "origin")
 		return
 	}
@@ -230,39 +222,11 @@ func (h *WebSocketHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	// Step 5: serializer (§1.2). The query is parsed once; the last value
-	// of a repeated name wins, as in Plug.
-	query := r.URL.Query()
-	params := make(map[string]string, len(query))
-	for k, vs := range query {
-		params[k] = vs[len(vs)-1]
-	}
-	ser, err := channels.Negotiate(params["vsn"])
-	if err != nil {
-		h.refuse(w, r, http.StatusForbidden, "", "vsn")
-		return
-	}
-
-	// Step 6: the application's connect, before the upgrade, so that a
-	// refusal is an ordinary HTTP answer (and no upgrade).
-	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.HandshakeTimeout)
-	id, err := h.ep.Connect(ctx, &channels.ConnectInfo{
-		Params:     params,
-		Header:     r.Header,
-		RemoteAddr: r.RemoteAddr,
-		Transport:  "websocket",
-		AuthToken:  token,
-	})
-	cancel()
-	if err != nil {
-		status := http.StatusForbidden
-		reason := err.Error()
-		var ce *channels.ConnectError
-		if errors.As(err, &ce) {
-			status = ce.HTTPStatus()
-			reason = ce.Reason
-		}
-		h.refuse(w, r, status, reason, "connect")
+	// Steps 5 and 6: serializer (§1.2) and the application's connect,
+	// before the upgrade, so that a refusal is an ordinary HTTP answer.
+	ser, id, ref := connect(r.Context(), h.ep, r, "websocket", token, h.cfg.HandshakeTimeout)
+	if ref != nil {
+		h.refuse(w, r, ref.status, ref.reason, ref.check)
 		return
 	}
 
