@@ -17,6 +17,7 @@ import (
 	"github.com/channelsd/channelsd/pubsub"
 	"github.com/channelsd/channelsd/pubsub/local"
 	"github.com/channelsd/channelsd/transport"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config is everything a node needs. Zero values take the defaults noted.
@@ -62,6 +63,7 @@ type Node struct {
 	lp       *transport.LongPollHandler
 	mux      *http.ServeMux
 	server   *http.Server
+	metrics  *prometheus.Registry
 
 	mu       sync.Mutex
 	listener net.Listener
@@ -131,6 +133,7 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
+	n.metrics = n.newMetricsRegistry()
 	n.routes()
 	n.server = &http.Server{
 		Handler:           n.mux,
@@ -147,6 +150,7 @@ func (n *Node) routes() {
 	n.mux.HandleFunc("GET /readyz", n.readyz)
 	n.mux.HandleFunc("POST /api/broadcast", n.requireKey(n.apiBroadcast))
 	n.mux.HandleFunc("POST /api/disconnect", n.requireKey(n.apiDisconnect))
+	n.mux.HandleFunc("GET /metrics", n.requireKey(n.metricsHandler()))
 	if n.cfg.Home != nil {
 		n.mux.Handle("/", n.cfg.Home)
 	}

@@ -1,0 +1,142 @@
+package node
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/channelsd/channelsd/pubsub/redis"
+)
+
+// redisStatser is implemented by the Redis PubSub (*redis.PubSub), and by
+// anything wrapping it that forwards Stats.
+type redisStatser interface {
+	Stats() redis.Stats
+}
+
+// newMetricsRegistry builds the node's private Prometheus registry. Every
+// metric reads a counter the node already keeps (atomics in the endpoint,
+// the transports and the Redis PubSub) at scrape time: nothing is counted
+// twice and the message paths do no extra work.
+func (n *Node) newMetricsRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+
+	gauge := func(name, help string, labels prometheus.Labels, f func() float64) {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: name, Help: help, ConstLabels: labels,
+		}, f))
+	}
+	counter := func(name, help string, labels prometheus.Labels, f func() float64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: name, Help: help, ConstLabels: labels,
+		}, f))
+	}
+	boolean := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+
+	gauge("channelsd_draining", "1 while the node is shutting down (draining its sockets), else 0.", nil,
+		func() float64 { return boolean(n.draining.Load()) })
+
+	// Endpoint.
+	es := n.endpoint.Stats()
+	const socketsHelp = "Open sockets (WebSocket connections or long-poll sessions), by transport."
+	ws, lp := n.ws.Stats(), n.lp.Stats()
+	gauge("channelsd_sockets", socketsHelp, prometheus.Labels{"transport": "websocket"},
+		func() float64 { return float64(ws.Open.Load()) })
+	gauge("channelsd_sockets", socketsHelp, prometheus.Labels{"transport": "longpoll"},
+		func() float64 { return float64(lp.Open.Load()) })
+	gauge("channelsd_channels", "Channels currently joined, over all sockets.", nil,
+		func() float64 { return float64(es.Channels.Load()) })
+	counter("channelsd_joins_total", "Channel joins accepted.", nil,
+		func() float64 { return float64(es.Joins.Load()) })
+	counter("channelsd_messages_in_total", "Messages received from clients, malformed ones included.", nil,
+		func() float64 { return float64(es.MessagesIn.Load()) })
+	counter("channelsd_malformed_frames_total", "Client messages that could not be decoded (answered with an error reply).", nil,
+		func() float64 { return float64(es.MalformedFrames.Load()) })
+	counter("channelsd_channel_crashes_total", "Channel callbacks that panicked (the channel is terminated).", nil,
+		func() float64 { return float64(es.Crashes.Load()) })
+	counter("channelsd_slow_consumer_disconnects_total", "Sockets disconnected because their outbound queue was full.", nil,
+		func() float64 { return float64(es.SlowConsumers.Load()) })
+
+	// WebSocket transport.
+	counter("channelsd_websocket_upgrades_total", "WebSocket handshakes completed (connections upgraded).", nil,
+		func() float64 { return float64(ws.Accepted.Load()) })
+	counter("channelsd_websocket_refused_total", "WebSocket handshakes answered without an upgrade (bad origin, vsn, refused connect, draining...).", nil,
+		func() float64 { return float64(ws.Refused.Load()) })
+	const wsClosesHelp = "WebSocket connections closed by the server, by reason: slow_consumer (1008, outbound queue full), too_big (1009, message above the maximum frame size), invalid_utf8 (1007), protocol_error (1002), idle_timeout (1001, no frame within the idle timeout), write_error (a write failed or timed out)."
+	for reason, c := range map[string]interface{ Load() uint64 }{
+		"slow_consumer":  &ws.SlowConsumers,
+		"too_big":        &ws.TooBig,
+		"invalid_utf8":   &ws.InvalidUTF8,
+		"protocol_error": &ws.ProtocolError,
+		"idle_timeout":   &ws.IdleTimeouts,
+		"write_error":    &ws.WriteErrors,
+	} {
+		counter("channelsd_websocket_closes_total", wsClosesHelp, prometheus.Labels{"reason": reason},
+			func() float64 { return float64(c.Load()) })
+	}
+
+	// Long-poll transport.
+	for _, m := range []struct {
+		name, help string
+		c          interface{ Load() uint64 }
+	}{
+		{"channelsd_longpoll_sessions_opened_total", "Long-poll sessions created.", &lp.Opened},
+		{"channelsd_longpoll_refused_total", "Long-poll opening requests refused (origin, vsn, connect, session limit).", &lp.Refused},
+		{"channelsd_longpoll_sessions_expired_total", "Long-poll sessions ended because the client stopped polling (session timeout).", &lp.Expired},
+		{"channelsd_longpoll_bad_tokens_total", "Long-poll requests with an invalid, expired or dead-session token.", &lp.BadTokens},
+		{"channelsd_longpoll_polls_total", "Long-poll GET polls on a live session.", &lp.Polls},
+		{"channelsd_longpoll_posts_total", "Long-poll POSTs on a live session.", &lp.Posts},
+		{"channelsd_longpoll_dropped_binary_total", "Server binary frames dropped because long-poll cannot carry them.", &lp.DroppedBinary},
+		{"channelsd_longpoll_overflowed_total", "Buffered long-poll messages dropped, oldest first, because a session's buffer was full.", &lp.Overflowed},
+		{"channelsd_longpoll_bad_lines_total", "Long-poll POST lines that were neither JSON nor base64.", &lp.BadLines},
+		{"channelsd_longpoll_bodies_too_large_total", "Long-poll POSTs refused for a body above the maximum size.", &lp.BodiesTooLarge},
+	} {
+		counter(m.name, m.help, nil, func() float64 { return float64(m.c.Load()) })
+	}
+
+	// Redis PubSub, when the node uses it.
+	if rs, ok := n.cfg.PubSub.(redisStatser); ok {
+		for _, m := range []struct {
+			name, help string
+			get        func(redis.Stats) uint64
+		}{
+			{"channelsd_redis_published_total", "Broadcasts published to Redis and acknowledged.", func(s redis.Stats) uint64 { return s.Published }},
+			{"channelsd_redis_publish_errors_total", "Publishes to Redis that failed (Redis error, timeout, canceled, disconnected); a full queue is counted in channelsd_redis_dropped_total.", func(s redis.Stats) uint64 { return s.PublishErrors }},
+			{"channelsd_redis_dropped_total", "Publishes refused because the Redis publish queue was full.", func(s redis.Stats) uint64 { return s.Dropped }},
+			{"channelsd_redis_received_total", "Messages from other nodes received from Redis and handed to local subscribers.", func(s redis.Stats) uint64 { return s.Received }},
+			{"channelsd_redis_decode_errors_total", "Messages on this node's Redis channels that were not valid envelopes (skipped).", func(s redis.Stats) uint64 { return s.DecodeErrors }},
+			{"channelsd_redis_reconnects_total", "Recoveries of the Redis pub/sub connection.", func(s redis.Stats) uint64 { return s.Reconnects }},
+		} {
+			counter(m.name, m.help, nil, func() float64 { return float64(m.get(rs.Stats())) })
+		}
+		gauge("channelsd_redis_subscriptions", "Redis channels this node is subscribed to.", nil,
+			func() float64 { return float64(rs.Stats().Subscriptions) })
+		gauge("channelsd_redis_connected", "1 while the Redis pub/sub connection is up, else 0.", nil,
+			func() float64 { return boolean(rs.Stats().Connected) })
+	}
+	return reg
+}
+
+// metricsHandler serves the registry in the Prometheus exposition format.
+func (n *Node) metricsHandler() http.HandlerFunc {
+	return promhttp.HandlerFor(n.metrics, promhttp.HandlerOpts{
+		ErrorLog:      slogPromLogger{n},
+		ErrorHandling: promhttp.ContinueOnError,
+	}).ServeHTTP
+}
+
+// slogPromLogger hands promhttp's errors to the node's logger.
+type slogPromLogger struct{ n *Node }
+
+func (l slogPromLogger) Println(v ...any) { l.n.log.Warn("node: metrics", "err", v) }
