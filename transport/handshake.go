@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"net/http"
@@ -63,4 +64,13 @@ func connect(ctx context.Context, ep Endpoint, r *http.Request, transport, authT
 		return nil, channels.Identity{}, ref
 	}
 	return ser, id, nil
+}
+
+// positiveOr sets a configuration value left at zero (or negative) to its
+// default.
+func positiveOr[T cmp.Ordered](v *T, def T) {
+	var zero T
+	if *v <= zero {
+		*v = def
+	}
 }

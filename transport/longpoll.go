@@ -159,27 +159,13 @@ func NewLongPollHandler(ep Endpoint, cfg LongPollConfig) (*LongPollHandler, erro
 	if len(cfg.NodeID) > lpMaxNodeIDLen {
 		return nil, errors.New("transport: long-poll NodeID longer than 255 bytes")
 	}
-	if cfg.Window <= 0 {
-		cfg.Window = DefaultLongPollWindow
-	}
-	if cfg.SessionTimeout <= 0 {
-		cfg.SessionTimeout = cfg.Window * 3 / 2
-	}
-	if cfg.MaxBuffered <= 0 {
-		cfg.MaxBuffered = DefaultLongPollMaxBuffered
-	}
-	if cfg.MaxBody <= 0 {
-		cfg.MaxBody = DefaultLongPollMaxBody
-	}
-	if cfg.MaxSessions <= 0 {
-		cfg.MaxSessions = DefaultLongPollMaxSessions
-	}
-	if cfg.TokenMaxAge <= 0 {
-		cfg.TokenMaxAge = DefaultLongPollTokenMaxAge
-	}
-	if cfg.HandshakeTimeout <= 0 {
-		cfg.HandshakeTimeout = DefaultHandshakeTimeout
-	}
+	positiveOr(&cfg.Window, DefaultLongPollWindow)
+	positiveOr(&cfg.SessionTimeout, cfg.Window*3/2)
+	positiveOr(&cfg.MaxBuffered, DefaultLongPollMaxBuffered)
+	positiveOr(&cfg.MaxBody, DefaultLongPollMaxBody)
+	positiveOr(&cfg.MaxSessions, DefaultLongPollMaxSessions)
+	positiveOr(&cfg.TokenMaxAge, DefaultLongPollTokenMaxAge)
+	positiveOr(&cfg.HandshakeTimeout, DefaultHandshakeTimeout)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}

@@ -112,27 +112,13 @@ func NewWebSocketHandler(ep Endpoint, cfg WebSocketConfig) (*WebSocketHandler, e
 	if ep == nil {
 		return nil, errors.New("transport: NewWebSocketHandler needs an Endpoint")
 	}
-	if cfg.IdleTimeout <= 0 {
-		cfg.IdleTimeout = DefaultIdleTimeout
-	}
-	if cfg.MaxFrameSize <= 0 {
-		cfg.MaxFrameSize = DefaultMaxFrameSize
-	}
-	if cfg.MaxQueue <= 0 {
-		cfg.MaxQueue = DefaultMaxQueue
-	}
-	if cfg.MaxQueueBytes <= 0 {
-		cfg.MaxQueueBytes = DefaultMaxQueueBytes
-	}
-	if cfg.WriteTimeout <= 0 {
-		cfg.WriteTimeout = DefaultWriteTimeout
-	}
-	if cfg.CloseTimeout <= 0 {
-		cfg.CloseTimeout = DefaultCloseTimeout
-	}
-	if cfg.HandshakeTimeout <= 0 {
-		cfg.HandshakeTimeout = DefaultHandshakeTimeout
-	}
+	positiveOr(&cfg.IdleTimeout, DefaultIdleTimeout)
+	positiveOr(&cfg.MaxFrameSize, DefaultMaxFrameSize)
+	positiveOr(&cfg.MaxQueue, DefaultMaxQueue)
+	positiveOr(&cfg.MaxQueueBytes, DefaultMaxQueueBytes)
+	positiveOr(&cfg.WriteTimeout, DefaultWriteTimeout)
+	positiveOr(&cfg.CloseTimeout, DefaultCloseTimeout)
+	positiveOr(&cfg.HandshakeTimeout, DefaultHandshakeTimeout)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
