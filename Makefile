@@ -22,7 +22,7 @@ export TESTCONTAINERS_HOST_OVERRIDE = localhost
 export NODE_IMAGE ?= channelsd:test
 export REDIS_IMAGE ?= channelsd-redis:test
 
-.PHONY: run run-cluster build images test test-unit test-cluster test-norace lint fuzz fuzz-short bench bench-idle clean
+.PHONY: run run-cluster build image images test test-unit test-cluster test-norace lint fuzz fuzz-short bench bench-idle clean
 
 run:
 	$(GO) run ./cmd/channelsd
@@ -50,6 +50,14 @@ test: lint images test-unit test-cluster test-norace fuzz-short
 # image instead of building one from the host's redis-server.
 images:
 	test/images/build.sh
+
+# The production node image (./Dockerfile: FROM scratch, the static binary
+# compiled here, no Go image pulled), named $(IMAGE); e.g.
+# `make image IMAGE=registry.example.com/channelsd:0.1.0`, then docker push.
+# k8s/ runs it.
+IMAGE ?= channelsd:latest
+image:
+	NODE_IMAGE=$(IMAGE) test/images/build.sh node
 
 # The multi-node integration tests (Docker).
 test-cluster: images
