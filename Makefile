@@ -12,7 +12,7 @@ BENCHTIME ?= 1s
 IDLE_CONNS ?= 10000
 
 # Fuzz targets: package and target name.
-FUZZ_TARGETS = ./channels:FuzzV1Decode ./channels:FuzzV2Decode ./channels:FuzzV2DecodeBinary ./channels:FuzzAppendJSONString ./transport:FuzzLongPollToken ./pubsub/redis:FuzzDecodeEnvelope
+FUZZ_TARGETS = ./channels:FuzzV1Decode ./channels:FuzzV2Decode ./channels:FuzzV2DecodeBinary ./channels:FuzzAppendJSONString ./transport:FuzzLongPollToken ./pubsub/redis:FuzzDecodeEnvelope ./pubsub/redis:FuzzDecodeCallFrame ./transport:FuzzRelayFrames
 
 export CGO_ENABLED ?= 0
 # testcontainers (integration tests): no reaper image can be pulled here,
@@ -21,6 +21,7 @@ export TESTCONTAINERS_RYUK_DISABLED = true
 export TESTCONTAINERS_HOST_OVERRIDE = localhost
 export NODE_IMAGE ?= channelsd:test
 export REDIS_IMAGE ?= channelsd-redis:test
+export HAPROXY_IMAGE ?= channelsd-haproxy:test
 
 .PHONY: run run-cluster build image images test test-unit test-cluster test-norace lint fuzz fuzz-short bench bench-idle clean
 
@@ -42,12 +43,14 @@ lint:
 
 # Everything: lint, the container images the integration tests run, every
 # test with the race detector (test/cluster included), a short fuzz run.
-# Needs a Docker engine and redis-server on the host (.ci/run installs it).
+# Needs a Docker engine, and redis-server and haproxy on the host (.ci/run
+# installs them).
 test: lint images test-unit test-cluster test-norace fuzz-short
 
-# Node and Redis images for test/ (built locally: no registry is needed).
-# NODE_IMAGE and REDIS_IMAGE name them; REDIS_IMAGE=redis:7 uses that
-# image instead of building one from the host's redis-server.
+# Node, Redis and HAProxy images for test/ (built locally: no registry is
+# needed). NODE_IMAGE, REDIS_IMAGE and HAPROXY_IMAGE name them;
+# REDIS_IMAGE=redis:7 (HAPROXY_IMAGE=haproxy:2.8) uses that image instead
+# of building one from the host's redis-server (haproxy).
 images:
 	test/images/build.sh
 

@@ -457,7 +457,12 @@ func (c *Cluster) Stop(i int, timeout time.Duration) {
 }
 
 // StartNode starts a stopped or killed node i again and waits for its
-// /readyz; its published port, and so Addr, changes.
+// /readyz; its published port, and so Addr, changes. It is the same
+// container, so it keeps its network alias (node<i>) on the cluster's
+// network, though maybe not its address there: whatever finds it by name,
+// like the other nodes or a LoadBalancer, finds it again. Kill or Stop
+// followed by StartNode is how a test replaces a node behind a load
+// balancer.
 func (c *Cluster) StartNode(i int) {
 	c.t.Helper()
 	n := c.Node(i)

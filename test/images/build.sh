@@ -1,30 +1,44 @@
 #!/bin/sh
-# build.sh [--force] [node] [redis]
+# build.sh [--force] [node] [redis] [haproxy]
 #
-# Builds the images the integration tests (test/cluster) run, locally, with
-# nothing pulled:
+# Builds the images the integration tests (test/harness, test/cluster) run,
+# locally, with nothing pulled:
 #
-#   $NODE_IMAGE  (default channelsd:test)       the channelsd node: ./Dockerfile,
-#                FROM scratch, with a static binary compiled here on the host.
-#   $REDIS_IMAGE (default channelsd-redis:test) Redis: test/images/redis/Dockerfile,
-#                FROM scratch, with the host's redis-server and its libraries.
+#   $NODE_IMAGE    (default channelsd:test)         the channelsd node:
+#                  ./Dockerfile, FROM scratch, with a static binary
+#                  compiled here on the host.
+#   $REDIS_IMAGE   (default channelsd-redis:test)   Redis:
+#                  test/images/redis/Dockerfile, FROM scratch, with the
+#                  host's redis-server and its libraries.
+#   $HAPROXY_IMAGE (default channelsd-haproxy:test) HAProxy, the load
+#                  balancer of harness.StartLoadBalancer:
+#                  test/images/haproxy/Dockerfile, FROM scratch, with the
+#                  host's haproxy (Debian package) and its libraries.
 #
-# With no names it handles both. An image is built when it is missing or
-# stale (its label channelsd.sha256 differs from the sha256 of the binary
-# it would hold), or always with --force (or FORCE=1). The node binary is
+# With no names it handles all three. An image is built when it is missing
+# or stale (its label channelsd.sha256 differs from the sha256 of what it
+# would hold), or always with --force (or FORCE=1). The node binary is
 # compiled on every run (the Go build cache makes that quick) to decide
-# whether the image is stale.
+# whether the image is stale. Both Redis and HAProxy contexts are made by
+# test/images/build-context.sh (one binary, its libraries, the loader).
 #
 # Set REDIS_IMAGE to any other image (e.g. redis:7) to use it instead of
 # building one: build.sh then only pulls it if it is missing, and needs no
 # redis-server on the host. The tests pass it no command, so any image whose
 # default command serves Redis on 6379 without protected mode does.
+# Likewise HAPROXY_IMAGE (e.g. haproxy:2.8): the tests copy their
+# configuration to /usr/local/etc/haproxy/haproxy.cfg and run the command
+# `-f /usr/local/etc/haproxy/haproxy.cfg`, which the official image's
+# entrypoint and the local image both run as `haproxy -W -db -f ...`.
 set -eu
 
 NODE_IMAGE=${NODE_IMAGE:-channelsd:test}
 DEFAULT_REDIS_IMAGE=channelsd-redis:test
 REDIS_IMAGE=${REDIS_IMAGE:-$DEFAULT_REDIS_IMAGE}
 REDIS_SERVER=${REDIS_SERVER:-/usr/bin/redis-server}
+DEFAULT_HAPROXY_IMAGE=channelsd-haproxy:test
+HAPROXY_IMAGE=${HAPROXY_IMAGE:-$DEFAULT_HAPROXY_IMAGE}
+HAPROXY_BIN=${HAPROXY_BIN:-/usr/sbin/haproxy}
 CA_CERTS=${CA_CERTS:-/etc/ssl/certs/ca-certificates.crt}
 GO=${GO:-go}
 FORCE=${FORCE:-}
@@ -34,17 +48,18 @@ root=$(cd "$here/../.." && pwd)
 
 die() { echo "build.sh: $*" >&2; exit 1; }
 
-want_node= want_redis=
+want_node= want_redis= want_haproxy=
 for arg in "$@"; do
 	case $arg in
 	-f|--force) FORCE=1 ;;
 	node) want_node=1 ;;
 	redis) want_redis=1 ;;
-	-h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-	*) die "unknown argument $arg (usage: build.sh [--force] [node] [redis])" ;;
+	haproxy) want_haproxy=1 ;;
+	-h|--help) sed -n '2,/^set -eu/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+	*) die "unknown argument $arg (usage: build.sh [--force] [node] [redis] [haproxy])" ;;
 	esac
 done
-if [ -z "$want_node$want_redis" ]; then want_node=1 want_redis=1; fi
+if [ -z "$want_node$want_redis$want_haproxy" ]; then want_node=1 want_redis=1 want_haproxy=1; fi
 
 command -v docker >/dev/null 2>&1 || die "the docker command is not installed"
 if ! err=$(docker info 2>&1 >/dev/null); then
@@ -95,18 +110,39 @@ if [ -n "$want_node" ]; then
 	build "$NODE_IMAGE" "$ctx" "$(cat "$ctx/channelsd" "$ctx/ca-certificates.crt" "$ctx/Dockerfile" | sha256sum | cut -d' ' -f1)"
 fi
 
+# pull IMAGE VAR: for an image named by the user rather than built here.
+pull() {
+	if docker image inspect "$1" >/dev/null 2>&1; then
+		echo "$1: present ($2 is set: not built here)"
+	else
+		echo "$1: pulling ($2 is set: not built here)"
+		docker pull "$1" >/dev/null || die "docker pull $1 failed"
+	fi
+}
+
+# context_sum DIR: the sha256 of every file of a build context.
+context_sum() {
+	(cd "$1" && find . -type f | LC_ALL=C sort | xargs sha256sum) | sha256sum | cut -d' ' -f1
+}
+
 if [ -n "$want_redis" ]; then
 	if [ "$REDIS_IMAGE" != "$DEFAULT_REDIS_IMAGE" ]; then
-		if docker image inspect "$REDIS_IMAGE" >/dev/null 2>&1; then
-			echo "$REDIS_IMAGE: present (REDIS_IMAGE is set: not built here)"
-		else
-			echo "$REDIS_IMAGE: pulling (REDIS_IMAGE is set: not built here)"
-			docker pull "$REDIS_IMAGE" >/dev/null || die "docker pull $REDIS_IMAGE failed"
-		fi
+		pull "$REDIS_IMAGE" REDIS_IMAGE
 	else
 		[ -x "$REDIS_SERVER" ] || die "$REDIS_SERVER not found: the Redis image is built from the host's redis-server (apt-get install redis-server), or set REDIS_IMAGE=redis:7 to use a registry's image"
 		ctx=$tmp/redis
-		"$here/build-redis-context.sh" "$ctx" "$REDIS_SERVER" >/dev/null
-		build "$REDIS_IMAGE" "$ctx" "$( (cd "$ctx" && find . -type f | LC_ALL=C sort | xargs sha256sum) | sha256sum | cut -d' ' -f1)"
+		"$here/build-context.sh" --writable-dir /data "$ctx" "$here/redis/Dockerfile" "$REDIS_SERVER" /usr/bin/redis-server >/dev/null
+		build "$REDIS_IMAGE" "$ctx" "$(context_sum "$ctx")"
+	fi
+fi
+
+if [ -n "$want_haproxy" ]; then
+	if [ "$HAPROXY_IMAGE" != "$DEFAULT_HAPROXY_IMAGE" ]; then
+		pull "$HAPROXY_IMAGE" HAPROXY_IMAGE
+	else
+		[ -x "$HAPROXY_BIN" ] || die "$HAPROXY_BIN not found: the HAProxy image is built from the host's haproxy (apt-get install haproxy), or set HAPROXY_IMAGE=haproxy:2.8 to use a registry's image"
+		ctx=$tmp/haproxy
+		"$here/build-context.sh" --check -v --dir /usr/local/etc/haproxy "$ctx" "$here/haproxy/Dockerfile" "$HAPROXY_BIN" /usr/local/sbin/haproxy >/dev/null
+		build "$HAPROXY_IMAGE" "$ctx" "$(context_sum "$ctx")"
 	fi
 fi
