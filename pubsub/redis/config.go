@@ -69,6 +69,10 @@ type Options struct {
 	// is considered dead and redialed, which catches a Redis that vanished
 	// without closing the TCP connection. Default 1s.
 	HealthCheckInterval time.Duration
+	// MaxCalls bounds the node-to-node call handlers (pubsub.Caller)
+	// running at once; a call beyond it is rejected. Default
+	// DefaultMaxCalls.
+	MaxCalls int
 
 	// Logger receives connection-state changes and (rate-limited) errors.
 	// Default slog.Default().
@@ -84,8 +88,8 @@ func (o Options) withDefaults() (Options, error) {
 		return o, errors.New("redis: no address: set URL or SentinelAddrs")
 	case len(o.SentinelAddrs) > 0 && o.MasterName == "":
 		return o, errors.New("redis: Sentinel mode needs MasterName")
-	case o.PublishTimeout < 0, o.QueueSize < 0, o.HealthCheckInterval < 0:
-		return o, errors.New("redis: negative PublishTimeout, QueueSize or HealthCheckInterval")
+	case o.PublishTimeout < 0, o.QueueSize < 0, o.HealthCheckInterval < 0, o.MaxCalls < 0:
+		return o, errors.New("redis: negative PublishTimeout, QueueSize, HealthCheckInterval or MaxCalls")
 	}
 	if o.Prefix == "" {
 		o.Prefix = DefaultPrefix
@@ -104,6 +108,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.HealthCheckInterval == 0 {
 		o.HealthCheckInterval = DefaultHealthCheckInterval
+	}
+	if o.MaxCalls == 0 {
+		o.MaxCalls = DefaultMaxCalls
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

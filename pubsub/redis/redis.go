@@ -92,6 +92,8 @@ type PubSub struct {
 	reconnects    atomic.Uint64
 
 	publishLog, decodeLog rateLog
+
+	calls calls // node-to-node calls, call.go
 }
 
 var _ pubsub.PubSub = (*PubSub)(nil)
@@ -123,6 +125,7 @@ func New(ctx context.Context, opt Options) (*PubSub, error) {
 		wake:       make(chan struct{}, 1),
 		queue:      make(chan *publishReq, opt.QueueSize),
 	}
+	p.calls.sem = make(chan struct{}, opt.MaxCalls)
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.ps = client.Subscribe(p.ctx)
 	// Dial the pub/sub connection now rather than on the first
@@ -370,6 +373,10 @@ type Stats struct {
 	Subscriptions int
 	// Connected is false while the pub/sub connection is down.
 	Connected bool
+	// CallsSent counts node-to-node calls this node made; CallsServed
+	// the calls it answered; CallsRejected those it refused (no handler,
+	// or MaxCalls running); ReplyErrors the answers it could not send.
+	CallsSent, CallsServed, CallsRejected, ReplyErrors uint64
 }
 
 // Stats returns the current counters.
@@ -383,6 +390,10 @@ func (p *PubSub) Stats() Stats {
 		Reconnects:    p.reconnects.Load(),
 		Subscriptions: int(p.subscribed.Load()),
 		Connected:     !p.lost.Load(),
+		CallsSent:     p.calls.sent.Load(),
+		CallsServed:   p.calls.served.Load(),
+		CallsRejected: p.calls.rejected.Load(),
+		ReplyErrors:   p.calls.failed.Load(),
 	}
 }
 
@@ -407,6 +418,9 @@ func (p *PubSub) Close() error {
 		err = nil
 	}
 	p.reader.Wait()
+	// After the reader: it is what starts call handlers. Their contexts
+	// are canceled; their replies fail fast (closed).
+	p.calls.running.Wait()
 	if cerr := p.client.Close(); err == nil && !errors.Is(cerr, goredis.ErrClosed) {
 		err = cerr
 	}
