@@ -34,12 +34,9 @@ type Config struct {
 	// ShutdownTimeout bounds Shutdown; default 10s.
 	ShutdownTimeout time.Duration
 
-	// NodeID names this node (long-poll tokens carry it).
+	// NodeID names this node (long-poll tokens carry it). Default: the
+	// PubSub's node id when it is a pubsub.Caller.
 	NodeID string
-	// LongPollSecret signs long-poll session tokens; empty means a random
-	// key per process (sessions then cannot outlive the process, which
-	// they do not anyway).
-	LongPollSecret []byte
 
 	Router        *channels.Router
 	SocketHandler channels.SocketHandler // nil: anonymous sockets
@@ -123,11 +120,23 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
+	// A clustered PubSub carries long-poll requests to the node that
+	// holds their session; each node signs its tokens with a key of its
+	// own, since only the issuing node verifies them.
+	relay, _ := cfg.PubSub.(pubsub.Caller)
+	if relay != nil {
+		if cfg.NodeID == "" {
+			cfg.NodeID = relay.NodeID()
+		}
+		if cfg.NodeID != relay.NodeID() {
+			return nil, fmt.Errorf("node: NodeID %q differs from the PubSub's node id %q: long-poll tokens would name a node no relay reaches", cfg.NodeID, relay.NodeID())
+		}
+	}
 	n.lp, err = transport.NewLongPollHandler(transport.FromEndpoint(ep), transport.LongPollConfig{
 		MaxBody:        cfg.MaxFrameSize,
 		AllowedOrigins: cfg.AllowedOrigins,
-		Secret:         cfg.LongPollSecret,
 		NodeID:         cfg.NodeID,
+		Relay:          relay,
 		Logger:         cfg.Logger,
 	})
 	if err != nil {
@@ -165,6 +174,9 @@ func (n *Node) Handler() http.Handler { return n.mux }
 
 // WebSocketStats returns the WebSocket transport's counters.
 func (n *Node) WebSocketStats() *transport.Stats { return n.ws.Stats() }
+
+// LongPollStats returns the long-poll transport's counters.
+func (n *Node) LongPollStats() *transport.LongPollStats { return n.lp.Stats() }
 
 // Start listens on the configured address and serves in the background.
 func (n *Node) Start() error {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/channelsd/channelsd/channels"
+	"github.com/channelsd/channelsd/pubsub"
 )
 
 // LongPollConfig configures a LongPollHandler. The zero value is usable:
@@ -53,12 +54,17 @@ type LongPollConfig struct {
 	// {"status":403} (§5.4).
 	AllowedOrigins []string
 	// Secret is the HMAC-SHA256 key of the session tokens. Empty: a
-	// random key per handler (tokens then only verify on this handler;
-	// a cross-node relay needs one secret shared by every node).
+	// random key per handler, which is enough: only the node that issued
+	// a token verifies it (other nodes relay the request there).
 	Secret []byte
-	// NodeID is written into every token (at most 255 bytes). A token
-	// naming another node is treated as invalid until the relay exists.
+	// NodeID is written into every token (at most 255 bytes): it names
+	// the node that owns the session.
 	NodeID string
+	// Relay carries a request whose token names another node to that
+	// node and brings back its answer (PROTOCOL.md §8.6); see
+	// longpoll_relay.go. The handler registers itself on it. nil: a
+	// token naming another node counts as invalid (a single node).
+	Relay pubsub.Caller
 	// TokenMaxAge refuses tokens issued longer ago. Every GET answer
 	// carries a freshly issued token. Default 14 days, Phoenix's.
 	TokenMaxAge time.Duration
@@ -90,12 +96,14 @@ type LongPollStats struct {
 	Overflowed     atomic.Uint64 // buffered messages dropped, oldest first, at MaxBuffered
 	BadLines       atomic.Uint64 // POST lines that were neither JSON nor base64
 	BodiesTooLarge atomic.Uint64 // POSTs above MaxBody
+	Relayed        atomic.Uint64 // requests forwarded to the session's node
+	RelayFailures  atomic.Uint64 // forwarded requests the owner did not answer (gone, timeout)
 }
 
 // LongPollHandler is the long-poll transport (PROTOCOL.md §8), an
-// http.Handler mounted at <socket-path>/longpoll, for one node. The
-// cross-node relay of §8.6 is not done yet: a token naming another node
-// (or signed with another secret) counts as invalid.
+// http.Handler mounted at <socket-path>/longpoll. A session lives on the
+// node that opened it; a request whose token names another node is
+// relayed there through LongPollConfig.Relay (§8.6, longpoll_relay.go).
 //
 // Requests. GET without a valid token runs the handshake in Phoenix's
 // order (origin, vsn through channels.Negotiate, Endpoint.Connect with
@@ -180,7 +188,7 @@ func NewLongPollHandler(ep Endpoint, cfg LongPollConfig) (*LongPollHandler, erro
 			return nil, errors.New("transport: long-poll secret: " + err.Error())
 		}
 	}
-	return &LongPollHandler{
+	h := &LongPollHandler{
 		ep:       ep,
 		cfg:      cfg,
 		log:      cfg.Logger,
@@ -188,7 +196,11 @@ func NewLongPollHandler(ep Endpoint, cfg LongPollConfig) (*LongPollHandler, erro
 		secret:   secret,
 		sessions: make(map[[lpSessionIDLen]byte]*lpSession),
 		done:     make(chan struct{}),
-	}, nil
+	}
+	if cfg.Relay != nil {
+		cfg.Relay.HandleCalls(relayService, h.serveRelayed)
+	}
+	return h, nil
 }
 
 // Stats returns the handler's counters.
@@ -250,6 +262,25 @@ func (h *LongPollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeStatusJSON(w, http.StatusOK, 403)
 		return
 	}
+	if node, ok := h.owner(r); ok {
+		var body []byte
+		if r.Method == http.MethodPost {
+			if body, ok = h.readBody(w, r); !ok {
+				return
+			}
+		}
+		if h.relay(w, r, node, body) {
+			return
+		}
+		// The owner is gone: what a dead session gets here.
+		h.stats.BadTokens.Add(1)
+		if r.Method == http.MethodPost {
+			writeStatusJSON(w, http.StatusOK, 410)
+		} else {
+			h.open(w, r)
+		}
+		return
+	}
 	s := h.lookup(r)
 	if r.Method == http.MethodPost {
 		if s == nil {
@@ -264,6 +295,38 @@ func (h *LongPollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.poll(w, r, s)
+}
+
+// owner reports the node to relay r to: the one its token names, when
+// that is another node and a relay is configured. A request that came
+// through the relay is never relayed again.
+func (h *LongPollHandler) owner(r *http.Request) (string, bool) {
+	if h.cfg.Relay == nil || relayed(r) {
+		return "", false
+	}
+	node, ok := longPollTokenNode(requestToken(r))
+	if !ok || node == h.cfg.NodeID {
+		return "", false
+	}
+	return node, true
+}
+
+// readBody reads a POST body of at most MaxBody bytes; on failure it has
+// answered (413 above the bound, 400 for a body cut short).
+func (h *LongPollHandler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.cfg.MaxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			h.stats.BodiesTooLarge.Add(1)
+			writeStatusJSON(w, http.StatusRequestEntityTooLarge, 413)
+			return nil, false
+		}
+		// The client went away mid-body; nothing was processed.
+		writeStatusJSON(w, http.StatusBadRequest, 400)
+		return nil, false
+	}
+	return body, true
 }
 
 // preflight answers OPTIONS like Phoenix: HTTP 200, empty body, the
@@ -473,16 +536,8 @@ func (h *LongPollHandler) poll(w http.ResponseWriter, r *http.Request, s *lpSess
 // post hands each line of the body to the socket, in order (§8.3), and
 // answers {"status":200}; replies come back on GET polls.
 func (h *LongPollHandler) post(w http.ResponseWriter, r *http.Request, s *lpSession) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.cfg.MaxBody))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			h.stats.BodiesTooLarge.Add(1)
-			writeStatusJSON(w, http.StatusRequestEntityTooLarge, 413)
-			return
-		}
-		// The client went away mid-body; nothing was processed.
-		writeStatusJSON(w, http.StatusBadRequest, 400)
+	body, ok := h.readBody(w, r)
+	if !ok {
 		return
 	}
 	h.stats.Posts.Add(1)

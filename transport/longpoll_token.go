@@ -74,31 +74,13 @@ func signLongPollToken(key []byte, t lpToken) string {
 // never panics, whatever s holds. Age is not checked here.
 func parseLongPollToken(key []byte, s string) (lpToken, bool) {
 	var t lpToken
-	if len(s) > lpMaxTokenLen {
-		return t, false
-	}
-	dot := strings.IndexByte(s, '.')
-	if dot < lpMinTokenPartLen || dot == len(s)-1 {
-		return t, false
-	}
-	p64, m64 := s[:dot], s[dot+1:]
-	if !lpAlphabet(p64) || !lpAlphabet(m64) {
-		return t, false
-	}
-	payload, err := lpB64.DecodeString(p64)
-	if err != nil || len(payload) < lpTokenHeaderLen || len(payload) > lpTokenHeaderLen+lpMaxNodeIDLen {
-		return t, false
-	}
-	got, err := lpB64.DecodeString(m64)
-	if err != nil || len(got) != lpMACLen {
+	payload, got, ok := splitLongPollToken(s)
+	if !ok {
 		return t, false
 	}
 	mac := hmac.New(sha256.New, key)
 	mac.Write(payload)
 	if !hmac.Equal(mac.Sum(nil), got) {
-		return t, false
-	}
-	if payload[0] != lpTokenVersion {
 		return t, false
 	}
 	ms := binary.BigEndian.Uint64(payload[1:9])
@@ -109,6 +91,43 @@ func parseLongPollToken(key []byte, s string) (lpToken, bool) {
 	copy(t.Session[:], payload[9:lpTokenHeaderLen])
 	t.NodeID = string(payload[lpTokenHeaderLen:])
 	return t, true
+}
+
+// longPollTokenNode returns the node a token names WITHOUT verifying its
+// MAC: only the owning node holds the key, so a node that is not the
+// owner can only route the request there, where it is verified. A forged
+// token thus costs one relayed request that the named node refuses.
+func longPollTokenNode(s string) (string, bool) {
+	payload, _, ok := splitLongPollToken(s)
+	if !ok {
+		return "", false
+	}
+	return string(payload[lpTokenHeaderLen:]), true
+}
+
+// splitLongPollToken decodes the two parts of a well-formed token of the
+// current version.
+func splitLongPollToken(s string) (payload, mac []byte, ok bool) {
+	if len(s) > lpMaxTokenLen {
+		return nil, nil, false
+	}
+	dot := strings.IndexByte(s, '.')
+	if dot < lpMinTokenPartLen || dot == len(s)-1 {
+		return nil, nil, false
+	}
+	p64, m64 := s[:dot], s[dot+1:]
+	if !lpAlphabet(p64) || !lpAlphabet(m64) {
+		return nil, nil, false
+	}
+	payload, err := lpB64.DecodeString(p64)
+	if err != nil || len(payload) < lpTokenHeaderLen || len(payload) > lpTokenHeaderLen+lpMaxNodeIDLen || payload[0] != lpTokenVersion {
+		return nil, nil, false
+	}
+	mac, err = lpB64.DecodeString(m64)
+	if err != nil || len(mac) != lpMACLen {
+		return nil, nil, false
+	}
+	return payload, mac, true
 }
 
 // lpAlphabet reports whether s holds only base64url characters.

@@ -53,9 +53,13 @@ func FuzzLongPollToken(f *testing.F) {
 	f.Add("AQ.AQ")
 	f.Add("")
 	f.Fuzz(func(t *testing.T, s string) {
+		node, routable := longPollTokenNode(s)
 		tok, ok := parseLongPollToken(key, s)
 		if !ok {
 			return
+		}
+		if !routable || node != tok.NodeID {
+			t.Fatalf("verified token %q routes to %q (%v), names %q", s, node, routable, tok.NodeID)
 		}
 		if again := signLongPollToken(key, tok); again != s {
 			t.Fatalf("verified token %q re-signs as %q", s, again)

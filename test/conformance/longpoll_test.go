@@ -17,16 +17,17 @@ import (
 	"github.com/channelsd/channelsd/transport"
 )
 
-// Long-poll (PROTOCOL.md §8, items 36 to 42) against the real node. The
-// node does not mount the long-poll transport yet, so each test serves a
-// test-only mux: <socket path>/longpoll → a LongPollHandler on the node's
-// endpoint, everything else → n.Handler().
+// Long-poll (PROTOCOL.md §8, items 36 to 42) against the real node. Most
+// tests need a LongPollConfig of their own (a short window...), so they
+// serve a test-only mux: <socket path>/longpoll → a LongPollHandler on the
+// node's endpoint, everything else → n.Handler(). Item 40 uses the nodes'
+// own long-poll transport (longpoll_cluster_test.go).
 
 type lpNode struct {
 	*testNode
-	lp  *transport.LongPollHandler
-	srv *httptest.Server
-	url string // http://127.0.0.1:port/socket/longpoll
+	lp     *transport.LongPollHandler // nil: the node's own
+	url    string                     // http://127.0.0.1:port/socket/longpoll
+	client *http.Client
 }
 
 func startLPNode(t *testing.T, cfg transport.LongPollConfig, opts ...func(*node.Config)) *lpNode {
@@ -51,7 +52,7 @@ func startLPNode(t *testing.T, cfg transport.LongPollConfig, opts ...func(*node.
 		}
 		srv.Close()
 	})
-	return &lpNode{testNode: tn, lp: lp, srv: srv, url: srv.URL + "/socket/longpoll"}
+	return &lpNode{testNode: tn, lp: lp, url: srv.URL + "/socket/longpoll", client: srv.Client()}
 }
 
 // lpAnswer is a long-poll JSON answer.
@@ -83,7 +84,7 @@ func (n *lpNode) request(t *testing.T, method, query, body string, header http.H
 	if method == http.MethodPost && req.Header.Get("Content-Type") == "" {
 		req.Header.Set("Content-Type", "application/x-ndjson")
 	}
-	res, err := n.srv.Client().Do(req)
+	res, err := n.client.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, u, err)
 	}
@@ -109,6 +110,20 @@ type lpClient struct {
 	v     version
 	token string
 	got   []string // messages received, in order
+	// via, when set, replaces n: each request goes to the next node in
+	// turn, as behind a round-robin load balancer.
+	via  []*lpNode
+	hops int
+}
+
+// target is the node the next request goes to.
+func (c *lpClient) target() *lpNode {
+	if len(c.via) == 0 {
+		return c.n
+	}
+	n := c.via[c.hops%len(c.via)]
+	c.hops++
+	return n
 }
 
 // lpOpen opens a session with vsn v and connect params (name, value pairs).
@@ -132,7 +147,7 @@ func (c *lpClient) query() string {
 // send POSTs lines as ndjson and asserts {"status":200}.
 func (c *lpClient) send(lines ...string) {
 	c.t.Helper()
-	if a := c.n.request(c.t, http.MethodPost, c.query(), strings.Join(lines, "\n"), nil); a.Raw != `{"status":200}` {
+	if a := c.target().request(c.t, http.MethodPost, c.query(), strings.Join(lines, "\n"), nil); a.Raw != `{"status":200}` {
 		c.t.Fatalf("POST: %s", a.Raw)
 	}
 }
@@ -140,7 +155,7 @@ func (c *lpClient) send(lines ...string) {
 // poll GETs once and records the messages.
 func (c *lpClient) poll() lpAnswer {
 	c.t.Helper()
-	a := c.n.request(c.t, http.MethodGet, c.query(), "", nil)
+	a := c.target().request(c.t, http.MethodGet, c.query(), "", nil)
 	if a.Status == 200 || a.Status == 204 {
 		if a.Token == "" || a.Messages == nil {
 			c.t.Fatalf("poll answer without token or messages: %s", a.Raw)

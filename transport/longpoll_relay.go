@@ -1,0 +1,258 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// The cross-node relay (PROTOCOL.md §8.6). A long-poll session lives on
+// the node that opened it, and its token names that node. Behind a
+// round-robin load balancer the session's next request may reach any
+// node: that node forwards the whole request (method, URI, headers, body)
+// through LongPollConfig.Relay to the owner, which serves it against the
+// session as if it had arrived there, and sends the answer back. The
+// forwarding node verifies nothing but the token's shape: the token is
+// signed with the owner's key, and the owner checks it.
+//
+// When the owner does not answer (it is gone: no node of that name
+// listens; or the relay timed out, failed or refused), the session is
+// lost as far as the client can tell, and the request gets what a dead
+// session gets on its own node: a GET opens a new session here
+// ({"status":410} with a new token: phoenix.js reconnects and rejoins), a
+// POST gets {"status":410}.
+//
+// Relayed request (the call's body):
+//
+//	uvarint len, method    uvarint len, request URI    uvarint len, remote address
+//	uvarint header count, then per value: uvarint len, name; uvarint len, value
+//	...     body, to the end
+//
+// Answer: uvarint HTTP status, the same header list, then the body.
+
+// relayService names the long-poll handler among a node's call handlers.
+const relayService = "longpoll"
+
+// relayMargin is added to the owner's poll window when waiting for a
+// relayed answer: the owner answers a GET by the end of its window, and
+// the answer needs the Redis round trip back.
+const relayMargin = 5 * time.Second
+
+// Headers that describe one hop, not the request (RFC 9110 §7.6.1).
+var hopHeaders = map[string]bool{
+	"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Te": true,
+	"Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
+	"Proxy-Authorization": true, "Proxy-Authenticate": true,
+}
+
+// answerHeaders are the headers of the owner's answer the forwarding
+// node passes on (CORS headers are its own, set before relaying).
+var answerHeaders = []string{"Content-Type", "Cache-Control", "Retry-After"}
+
+var errRelayFrame = errors.New("transport: relayed long-poll request: malformed")
+
+// relayKey marks a request that arrived through the relay: it is served
+// here whatever its token says, never relayed again.
+type relayKey struct{}
+
+func relayed(r *http.Request) bool { return r.Context().Value(relayKey{}) != nil }
+
+// relay forwards r to node and writes the owner's answer to w. body is
+// the POST body already read (nil for a GET). It reports false, having
+// written nothing, when the owner could not be reached.
+func (h *LongPollHandler) relay(w http.ResponseWriter, r *http.Request, node string, body []byte) bool {
+	req := appendRelayRequest(nil, r, body)
+	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.Window+relayMargin)
+	defer cancel()
+	h.stats.Relayed.Add(1)
+	ans, err := h.cfg.Relay.Call(ctx, node, relayService, req)
+	if err != nil {
+		h.stats.RelayFailures.Add(1)
+		h.log.Debug("transport: long-poll relay failed; the session counts as lost", "node", node, "method", r.Method, "err", err)
+		return false
+	}
+	status, hdr, out, err := decodeRelayAnswer(ans)
+	if err != nil {
+		h.stats.RelayFailures.Add(1)
+		h.log.Warn("transport: long-poll relay answer undecodable", "node", node, "err", err)
+		return false
+	}
+	for _, k := range answerHeaders {
+		if v := hdr.Get(k); v != "" {
+			w.Header().Set(k, v)
+		}
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
+	w.WriteHeader(status)
+	_, _ = w.Write(out)
+	return true
+}
+
+// serveRelayed is the owner's side: the call handler registered on
+// LongPollConfig.Relay.
+func (h *LongPollHandler) serveRelayed(ctx context.Context, req []byte) []byte {
+	r, err := decodeRelayRequest(context.WithValue(ctx, relayKey{}, true), req)
+	if err != nil {
+		h.log.Warn("transport: relayed long-poll request undecodable", "err", err)
+		return appendRelayAnswer(nil, http.StatusBadRequest, nil, nil)
+	}
+	rec := &relayRecorder{header: make(http.Header)}
+	h.ServeHTTP(rec, r)
+	if rec.status == 0 {
+		rec.status = http.StatusOK
+	}
+	return appendRelayAnswer(nil, rec.status, rec.header, rec.body.Bytes())
+}
+
+// relayRecorder is the http.ResponseWriter a relayed request is served
+// into.
+type relayRecorder struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (rr *relayRecorder) Header() http.Header { return rr.header }
+func (rr *relayRecorder) WriteHeader(code int) {
+	if rr.status == 0 {
+		rr.status = code
+	}
+}
+func (rr *relayRecorder) Write(p []byte) (int, error) {
+	rr.WriteHeader(http.StatusOK)
+	return rr.body.Write(p)
+}
+
+func appendRelayRequest(dst []byte, r *http.Request, body []byte) []byte {
+	dst = appendRelayString(dst, r.Method)
+	dst = appendRelayString(dst, r.URL.RequestURI())
+	dst = appendRelayString(dst, r.RemoteAddr)
+	dst = appendRelayHeader(dst, r.Header, func(k string) bool { return !hopHeaders[k] })
+	return append(dst, body...)
+}
+
+func appendRelayAnswer(dst []byte, status int, hdr http.Header, body []byte) []byte {
+	dst = binary.AppendUvarint(dst, uint64(status))
+	dst = appendRelayHeader(dst, hdr, func(string) bool { return true })
+	return append(dst, body...)
+}
+
+func appendRelayHeader(dst []byte, hdr http.Header, keep func(string) bool) []byte {
+	n := 0
+	for k, vs := range hdr {
+		if keep(k) {
+			n += len(vs)
+		}
+	}
+	dst = binary.AppendUvarint(dst, uint64(n))
+	for k, vs := range hdr {
+		if !keep(k) {
+			continue
+		}
+		for _, v := range vs {
+			dst = appendRelayString(dst, k)
+			dst = appendRelayString(dst, v)
+		}
+	}
+	return dst
+}
+
+func appendRelayString(dst []byte, s string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(s)))
+	return append(dst, s...)
+}
+
+// relayReader reads the fields of a relayed request or answer; the first
+// error sticks.
+type relayReader struct {
+	b   []byte
+	err error
+}
+
+func (rd *relayReader) uvarint() uint64 {
+	if rd.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(rd.b)
+	if n <= 0 {
+		rd.err = errRelayFrame
+		return 0
+	}
+	rd.b = rd.b[n:]
+	return v
+}
+
+func (rd *relayReader) string() string {
+	n := rd.uvarint()
+	if rd.err != nil {
+		return ""
+	}
+	if n > uint64(len(rd.b)) {
+		rd.err = errRelayFrame
+		return ""
+	}
+	s := string(rd.b[:n])
+	rd.b = rd.b[n:]
+	return s
+}
+
+func (rd *relayReader) header() http.Header {
+	n := rd.uvarint()
+	// Each value takes at least two bytes: a count beyond that is a lie,
+	// not an allocation to make.
+	if rd.err != nil || n > uint64(len(rd.b))/2 {
+		rd.err = errRelayFrame
+		return nil
+	}
+	h := make(http.Header, n)
+	for range n {
+		k, v := rd.string(), rd.string()
+		if rd.err != nil {
+			return nil
+		}
+		h[k] = append(h[k], v)
+	}
+	return h
+}
+
+// decodeRelayRequest rebuilds a relayed request; its context is ctx.
+func decodeRelayRequest(ctx context.Context, b []byte) (*http.Request, error) {
+	rd := relayReader{b: b}
+	method, uri, remote := rd.string(), rd.string(), rd.string()
+	hdr := rd.header()
+	if rd.err != nil {
+		return nil, rd.err
+	}
+	if method != http.MethodGet && method != http.MethodPost && method != http.MethodOptions {
+		return nil, errRelayFrame
+	}
+	r, err := http.NewRequestWithContext(ctx, method, uri, bytes.NewReader(rd.b))
+	if err != nil || r.URL.IsAbs() {
+		return nil, errRelayFrame
+	}
+	r.Header = hdr
+	r.RemoteAddr = remote
+	r.RequestURI = uri
+	return r, nil
+}
+
+// decodeRelayAnswer parses the owner's answer.
+func decodeRelayAnswer(b []byte) (status int, hdr http.Header, body []byte, err error) {
+	rd := relayReader{b: b}
+	st := rd.uvarint()
+	hdr = rd.header()
+	if rd.err != nil {
+		return 0, nil, nil, rd.err
+	}
+	if st < 100 || st > 599 {
+		return 0, nil, nil, errRelayFrame
+	}
+	return int(st), hdr, rd.b, nil
+}
+
+var _ io.Writer = (*relayRecorder)(nil)

@@ -1,0 +1,293 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/channelsd/channelsd/channels"
+	"github.com/channelsd/channelsd/pubsub"
+)
+
+// memNet is an in-process cluster for the relay: pubsub.Callers that
+// reach each other by node id, with the contract of pubsub.Caller
+// (ErrNoNode for a node that is not there). pubsub/redis has its own
+// tests of the contract over Redis; test/conformance runs the relay on it.
+type memNet struct {
+	mu    sync.Mutex
+	nodes map[string]map[string]pubsub.CallHandler
+	calls int
+}
+
+func newMemNet() *memNet { return &memNet{nodes: map[string]map[string]pubsub.CallHandler{}} }
+
+func (n *memNet) caller(id string) *memCaller {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.nodes[id] = map[string]pubsub.CallHandler{}
+	return &memCaller{net: n, id: id}
+}
+
+// kill makes the node unreachable, as a killed process is.
+func (n *memNet) kill(id string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.nodes, id)
+}
+
+type memCaller struct {
+	net *memNet
+	id  string
+}
+
+func (c *memCaller) NodeID() string { return c.id }
+
+func (c *memCaller) HandleCalls(service string, h pubsub.CallHandler) {
+	c.net.mu.Lock()
+	defer c.net.mu.Unlock()
+	if hs := c.net.nodes[c.id]; hs != nil {
+		hs[service] = h
+	}
+}
+
+func (c *memCaller) Call(ctx context.Context, node, service string, req []byte) ([]byte, error) {
+	c.net.mu.Lock()
+	hs, ok := c.net.nodes[node]
+	h := hs[service]
+	c.net.calls++
+	c.net.mu.Unlock()
+	switch {
+	case !ok:
+		return nil, pubsub.ErrNoNode
+	case h == nil:
+		return nil, pubsub.ErrCallRejected
+	}
+	// The request crosses the wire: the handler gets its own copy.
+	out := make(chan []byte, 1)
+	go func() { out <- h(ctx, bytes.Clone(req)) }()
+	select {
+	case b := <-out:
+		return b, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// relayPair is two long-poll handlers, nodes "a" and "b", on one memNet.
+func relayPair(t *testing.T, cfg LongPollConfig) (*memNet, *lpHarness, *lpHarness) {
+	t.Helper()
+	mn := newMemNet()
+	ca, cb := cfg, cfg
+	ca.NodeID, ca.Relay = "a", mn.caller("a")
+	cb.NodeID, cb.Relay = "b", mn.caller("b")
+	epA, epB := newFakeEndpoint(), newFakeEndpoint()
+	epA.echo = true
+	return mn, newLPHarness(t, ca, epA), newLPHarness(t, cb, epB)
+}
+
+// Item 40: every request of a session may reach either node; the owner
+// serves it, and the client cannot tell.
+func TestLongPollRelayServesOnTheOwner(t *testing.T) {
+	_, a, b := relayPair(t, LongPollConfig{Window: waitLimit})
+	tok, sock := a.open(t, "vsn=2.0.0&user=ann")
+	if node, _ := longPollTokenNode(tok); node != "a" {
+		t.Fatalf("token names %q, want a", node)
+	}
+
+	// POST through b: the lines reach the socket on a, in order.
+	l1 := `["1","1","room:lobby","phx_join",{}]`
+	l2 := `["1","2","room:lobby","new_msg",{"body":"via b"}]`
+	if r := b.post(t, tok, l1+"\n"+l2); r.HTTP != 200 || r.Raw != `{"status":200}` {
+		t.Fatalf("relayed POST: HTTP %d %s", r.HTTP, r.Raw)
+	}
+	if f := sock.nextFrame(t); string(f.data) != l1 {
+		t.Fatalf("first frame on the owner = %q", f.data)
+	}
+	if f := sock.nextFrame(t); string(f.data) != l2 {
+		t.Fatalf("second frame on the owner = %q", f.data)
+	}
+
+	// GET through b: the echoes buffered on a come back, with the
+	// headers of a JSON answer and a token that still names a.
+	r := b.get(t, lpTokenQuery(tok))
+	if r.HTTP != 200 || r.Status != 200 || len(r.msgs()) != 2 || r.msgs()[0] != l1 || r.msgs()[1] != l2 {
+		t.Fatalf("relayed poll: HTTP %d %s", r.HTTP, r.Raw)
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "application/json; charset=utf-8" {
+		t.Fatalf("relayed answer Content-Type %q", ct)
+	}
+	if ao := r.Header.Get("Access-Control-Allow-Origin"); ao != "*" {
+		t.Fatalf("relayed answer Access-Control-Allow-Origin %q", ao)
+	}
+	tok = r.token(t)
+	if node, _ := longPollTokenNode(tok); node != "a" {
+		t.Fatalf("relayed poll's token names %q, want a", node)
+	}
+
+	// A poll waiting through b answers as soon as a has a message.
+	done := make(chan lpResp, 1)
+	go func() { done <- b.get(t, lpTokenQuery(tok)) }()
+	a.awaitWaiting(t, sock)
+	push := `[null,null,"room:lobby","new_msg",{"body":"to ann"}]`
+	if err := sock.conn.Send(channels.Frame{Data: []byte(push)}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		if r.Status != 200 || len(r.msgs()) != 1 || r.msgs()[0] != push {
+			t.Fatalf("relayed waiting poll: %s", r.Raw)
+		}
+	case <-time.After(waitLimit / 2):
+		t.Fatal("the relayed waiting poll did not answer when the message arrived")
+	}
+
+	if n := b.ep.connects(); n != 0 {
+		t.Fatalf("b ran %d connects: a relayed request must not open a session there", n)
+	}
+	if n := b.h.Sessions(); n != 0 {
+		t.Fatalf("b holds %d sessions", n)
+	}
+	if n := b.h.Stats().Relayed.Load(); n != 3 {
+		t.Fatalf("b relayed %d requests, want 3", n)
+	}
+	if n := a.h.Stats().Relayed.Load(); n != 0 {
+		t.Fatalf("a relayed %d requests, want 0 (they were all its own)", n)
+	}
+}
+
+// A session whose node is gone: a GET gets a new session on the node it
+// reached (410 with a token naming that node), a POST gets 410.
+func TestLongPollRelayOwnerGone(t *testing.T) {
+	mn, a, b := relayPair(t, LongPollConfig{})
+	tok, _ := a.open(t, "vsn=2.0.0")
+	mn.kill("a")
+
+	if r := b.post(t, tok, `["1","1","room:lobby","phx_join",{}]`); r.HTTP != 200 || r.Raw != `{"status":410}` {
+		t.Fatalf("POST for a gone node: HTTP %d %s", r.HTTP, r.Raw)
+	}
+	r := b.get(t, lpTokenQuery(tok))
+	if r.HTTP != 200 || r.Status != 410 || r.Messages == nil || len(r.msgs()) != 0 {
+		t.Fatalf("GET for a gone node: HTTP %d %s", r.HTTP, r.Raw)
+	}
+	if node, _ := longPollTokenNode(r.token(t)); node != "b" {
+		t.Fatalf("new session's token names %q, want b", node)
+	}
+	if n := b.h.Sessions(); n != 1 {
+		t.Fatalf("b holds %d sessions, want the new one", n)
+	}
+	if n := b.h.Stats().RelayFailures.Load(); n != 2 {
+		t.Fatalf("RelayFailures = %d, want 2", n)
+	}
+	// The new session works on b.
+	if r := b.post(t, r.token(t), `["1","1","room:lobby","phx_join",{}]`); r.Raw != `{"status":200}` {
+		t.Fatalf("POST on the new session: %s", r.Raw)
+	}
+}
+
+// A forged token (or one from a restarted owner) is verified by the node
+// it names: the relay carries it there, and there it is invalid.
+func TestLongPollRelayForgedToken(t *testing.T) {
+	_, a, b := relayPair(t, LongPollConfig{})
+	var sess [lpSessionIDLen]byte
+	forged := signLongPollToken([]byte("not a's key"), lpToken{NodeID: "a", Session: sess, Issued: time.Now()})
+	if r := b.post(t, forged, `["1","1","room:lobby","phx_join",{}]`); r.Raw != `{"status":410}` {
+		t.Fatalf("POST with a forged token: %s", r.Raw)
+	}
+	r := b.get(t, lpTokenQuery(forged))
+	if r.Status != 410 {
+		t.Fatalf("GET with a forged token: %s", r.Raw)
+	}
+	// The owner answered: a new session there, none on b.
+	if node, _ := longPollTokenNode(r.token(t)); node != "a" {
+		t.Fatalf("new session on %q, want a (the owner served the request)", node)
+	}
+	if a.h.Stats().BadTokens.Load() != 2 || b.h.Stats().RelayFailures.Load() != 0 {
+		t.Fatalf("a.BadTokens=%d b.RelayFailures=%d", a.h.Stats().BadTokens.Load(), b.h.Stats().RelayFailures.Load())
+	}
+}
+
+// A relayed request is served where it lands, whatever its token names:
+// never relayed again (no loops between nodes that disagree).
+func TestLongPollRelayedRequestIsNotRelayedAgain(t *testing.T) {
+	mn, a, _ := relayPair(t, LongPollConfig{})
+	var sess [lpSessionIDLen]byte
+	elsewhere := signLongPollToken([]byte("k"), lpToken{NodeID: "b", Session: sess, Issued: time.Now()})
+	req, err := http.NewRequest(http.MethodPost, "/socket/longpoll?vsn=2.0.0&token="+elsewhere, strings.NewReader("[]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-ndjson")
+	before := mn.calls
+	ans := a.h.serveRelayed(context.Background(), appendRelayRequest(nil, req, []byte("[]")))
+	status, _, body, err := decodeRelayAnswer(ans)
+	if err != nil || status != 200 || string(body) != `{"status":410}` {
+		t.Fatalf("answer %d %q %v", status, body, err)
+	}
+	if mn.calls != before {
+		t.Fatal("the relayed request was relayed again")
+	}
+}
+
+// The body bound applies before relaying.
+func TestLongPollRelayBodyTooLarge(t *testing.T) {
+	mn, a, b := relayPair(t, LongPollConfig{MaxBody: 64})
+	tok, _ := a.open(t, "vsn=2.0.0")
+	before := mn.calls
+	r := b.post(t, tok, strings.Repeat("x", 65))
+	if r.HTTP != http.StatusRequestEntityTooLarge {
+		t.Fatalf("oversized relayed POST: HTTP %d %s", r.HTTP, r.Raw)
+	}
+	if mn.calls != before {
+		t.Fatal("an oversized body was relayed")
+	}
+}
+
+func TestRelayFramesRoundTrip(t *testing.T) {
+	req, _ := http.NewRequest(http.MethodPost, "/socket/longpoll?vsn=2.0.0&token=a&token=b", nil)
+	req.Header.Set("Origin", "https://example.com")
+	req.Header.Add("X-Phoenix-Authtoken", "t1")
+	req.Header.Set("Connection", "keep-alive")
+	req.RemoteAddr = "127.0.0.1:5555"
+	body := []byte("line1\nline2\x00")
+	got, err := decodeRelayRequest(context.Background(), appendRelayRequest(nil, req, body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gb := new(bytes.Buffer)
+	_, _ = gb.ReadFrom(got.Body)
+	if got.Method != "POST" || got.URL.RequestURI() != req.URL.RequestURI() || got.RemoteAddr != req.RemoteAddr ||
+		got.Header.Get("Origin") != "https://example.com" || got.Header.Get("X-Phoenix-Authtoken") != "t1" ||
+		got.Header.Get("Connection") != "" || !bytes.Equal(gb.Bytes(), body) {
+		t.Fatalf("request round trip: %+v body %q", got, gb.Bytes())
+	}
+	h := http.Header{"Content-Type": {"application/json"}, "Retry-After": {"5"}}
+	st, gh, gbody, err := decodeRelayAnswer(appendRelayAnswer(nil, 503, h, []byte("x")))
+	if err != nil || st != 503 || gh.Get("Retry-After") != "5" || string(gbody) != "x" {
+		t.Fatalf("answer round trip: %d %v %q %v", st, gh, gbody, err)
+	}
+}
+
+func FuzzRelayFrames(f *testing.F) {
+	req, _ := http.NewRequest(http.MethodGet, "/socket/longpoll?vsn=2.0.0", nil)
+	req.Header.Set("Origin", "https://example.com")
+	f.Add(appendRelayRequest(nil, req, []byte("body")))
+	f.Add(appendRelayAnswer(nil, 200, http.Header{"A": {"b"}}, []byte("{}")))
+	f.Add([]byte{3, 'G', 'E', 'T', 0xff, 0xff, 0xff, 0xff, 0x0f})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if r, err := decodeRelayRequest(context.Background(), data); err == nil {
+			if r.Method != http.MethodGet && r.Method != http.MethodPost && r.Method != http.MethodOptions {
+				t.Fatalf("accepted method %q", r.Method)
+			}
+			if r.URL.IsAbs() {
+				t.Fatalf("accepted absolute URI %q", r.URL)
+			}
+		}
+		if st, _, _, err := decodeRelayAnswer(data); err == nil && (st < 100 || st > 599) {
+			t.Fatalf("accepted status %d", st)
+		}
+	})
+}
