@@ -90,5 +90,8 @@ const (
 	ClosePolicy        = 1008 // slow consumer, abuse
 	CloseTooBig        = 1009 // frame above the size limit
 	CloseInternalError = 1011
-	CloseTryAgainLater = 1013
+	// CloseServiceRestart asks the client to reconnect, to another node:
+	// a drain, or rebalancing (PROTOCOL.md §5.3, as Phoenix's drainer).
+	CloseServiceRestart = 1012
+	CloseTryAgainLater  = 1013
 )
