@@ -98,6 +98,7 @@ type LongPollStats struct {
 	BodiesTooLarge atomic.Uint64 // POSTs above MaxBody
 	Relayed        atomic.Uint64 // requests forwarded to the session's node
 	RelayFailures  atomic.Uint64 // forwarded requests the owner did not answer (gone, timeout)
+	MessagesOut    atomic.Uint64 // messages handed to clients in poll responses
 }
 
 // LongPollHandler is the long-poll transport (PROTOCOL.md §8), an
@@ -692,6 +693,7 @@ func (s *lpSession) Close(code int, reason string) {
 func (s *lpSession) takeLocked() [][]byte {
 	msgs := s.buf
 	s.buf = nil
+	s.h.stats.MessagesOut.Add(uint64(len(msgs)))
 	return msgs
 }
 

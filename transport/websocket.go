@@ -85,6 +85,7 @@ type Stats struct {
 	ProtocolError atomic.Uint64 // closed for an RFC 6455 violation (1002)
 	IdleTimeouts  atomic.Uint64 // closed after IdleTimeout without a frame (1001)
 	WriteErrors   atomic.Uint64 // dropped because a write failed or timed out
+	MessagesOut   atomic.Uint64 // text and binary frames written to clients (control frames not counted)
 }
 
 // WebSocketHandler is the WebSocket transport: an http.Handler mounted at

@@ -772,7 +772,7 @@ func (c *wsConn) flush() {
 		c.mu.Unlock()
 
 		var err error
-		var bytes int
+		var bytes, messages int
 		closeSent := false
 		for i := range batch {
 			f := &batch[i]
@@ -780,6 +780,9 @@ func (c *wsConn) flush() {
 			if err == nil {
 				err = writeFrame(wb, f)
 				closeSent = f.op == ws.OpClose
+				if f.op == ws.OpText || f.op == ws.OpBinary {
+					messages++
+				}
 			}
 			*f = outFrame{}
 		}
@@ -793,6 +796,10 @@ func (c *wsConn) flush() {
 		if err != nil {
 			c.writeFailed(err)
 			return
+		}
+		if messages > 0 {
+			// One atomic add per written batch, not per frame.
+			c.h.stats.MessagesOut.Add(uint64(messages))
 		}
 		if closeSent {
 			// The close frame is the last frame (Send refuses after it).
