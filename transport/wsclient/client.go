@@ -515,17 +515,25 @@ func (c *Client) handle(f wsutil.Message) bool {
 }
 
 func (c *Client) decode(data []byte, binary bool) Message {
+	return Decode(c.ser, data, binary)
+}
+
+// Decode decodes one frame the server sent, text or binary, with ser (V1
+// or V2), as the read goroutine does; an undecodable frame gives a Message
+// with Err set. Other clients of the protocol (transport/lpclient) share
+// it.
+func Decode(ser channels.Serializer, data []byte, binary bool) Message {
 	var (
 		m   channels.Message
 		err error
 	)
 	switch {
-	case binary && c.ser != channels.V1:
+	case binary && ser != channels.V1:
 		m, err = channels.DecodeServerBinary(data)
 	case binary:
 		err = errors.New("wsclient: binary frame on a version 1 connection")
 	default:
-		m, err = c.ser.Decode(data, false)
+		m, err = ser.Decode(data, false)
 	}
 	if err != nil {
 		return Message{Message: channels.Message{Binary: binary}, Raw: data, Err: err}
