@@ -38,6 +38,15 @@ func (r *Router) Handle(pattern string, f ChannelFactory) {
 	r.routes = append(r.routes, route{pattern: pattern, factory: f})
 }
 
+// With returns a copy of r with one more route, leaving r as it was: how
+// a node adds its own channels (the dashboard) to an application's router
+// that other nodes in the same process may share.
+func (r *Router) With(pattern string, f ChannelFactory) *Router {
+	c := &Router{routes: append([]route(nil), r.routes...)}
+	c.Handle(pattern, f)
+	return c
+}
+
 // Match returns the factory of the first route matching topic.
 func (r *Router) Match(topic string) (ChannelFactory, bool) {
 	for _, rt := range r.routes {

@@ -1,12 +1,14 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,9 +36,18 @@ type Config struct {
 	// ShutdownTimeout bounds Shutdown; default 10s.
 	ShutdownTimeout time.Duration
 
-	// NodeID names this node (long-poll tokens carry it). Default: the
-	// PubSub's node id when it is a pubsub.Caller.
+	// NodeID names this node (long-poll tokens carry it, and the cluster
+	// view). Default: the PubSub's node id when it is a pubsub.Caller,
+	// else the host name.
 	NodeID string
+
+	// ReportInterval is how often the node broadcasts its figures to the
+	// cluster view (cluster.go), which the rebalancer and the dashboard
+	// read. Default 2s.
+	ReportInterval time.Duration
+	// Rebalance moves sockets off a node far above the cluster's mean;
+	// off by default.
+	Rebalance RebalanceConfig
 
 	Router        *channels.Router
 	SocketHandler channels.SocketHandler // nil: anonymous sockets
@@ -66,6 +77,15 @@ type Node struct {
 	listener net.Listener
 	draining atomic.Bool
 	shutdown sync.Once
+
+	started     time.Time
+	cluster     *clusterView
+	stopCluster context.CancelFunc // set by Start
+	clusterDone chan struct{}      // closed when clusterLoop returns
+	rebalanced  atomic.Uint64      // sockets asked to move to other nodes
+	// messagesOut, when set, counts frames sent to clients (the report
+	// and dashboard show its rate).
+	messagesOut func() uint64
 }
 
 // New builds a node from cfg without listening yet.
@@ -95,11 +115,23 @@ func New(cfg Config) (*Node, error) {
 	if cfg.PubSub == nil {
 		cfg.PubSub = local.New()
 	}
+	if cfg.ReportInterval <= 0 {
+		cfg.ReportInterval = 2 * time.Second
+	}
+	if cfg.Rebalance.Threshold < 0 || cfg.Rebalance.Share < 0 || cfg.Rebalance.Share > 1 {
+		return nil, errors.New("node: Rebalance.Threshold must be >= 0 and Share within [0, 1]")
+	}
+	if cfg.Rebalance.Share == 0 {
+		cfg.Rebalance.Share = 0.05
+	}
 	if cfg.Presence == nil {
 		cfg.Presence = presence.NewLocal(cfg.PubSub)
 	}
+	n := &Node{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), started: time.Now()}
+	// The dashboard's channel joins the application's routes on a copy.
+	router := cfg.Router.With(dashboardTopic, func(string) channels.Channel { return &dashboardChannel{n: n} })
 	ep, err := channels.NewEndpoint(channels.EndpointConfig{
-		Router:      cfg.Router,
+		Router:      router,
 		Handler:     cfg.SocketHandler,
 		PubSub:      cfg.PubSub,
 		Presence:    cfg.Presence,
@@ -109,7 +141,7 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, endpoint: ep, mux: http.NewServeMux()}
+	n.endpoint = ep
 	n.ws, err = transport.NewWebSocketHandler(transport.FromEndpoint(ep), transport.WebSocketConfig{
 		IdleTimeout:    cfg.IdleTimeout,
 		MaxFrameSize:   cfg.MaxFrameSize,
@@ -132,6 +164,12 @@ func New(cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("node: NodeID %q differs from the PubSub's node id %q: long-poll tokens would name a node no relay reaches", cfg.NodeID, relay.NodeID())
 		}
 	}
+	if cfg.NodeID == "" {
+		cfg.NodeID, _ = os.Hostname()
+		cfg.NodeID = cmp.Or(cfg.NodeID, "node")
+	}
+	n.cfg = cfg
+	n.cluster = newClusterView(cfg.NodeID, cfg.ReportInterval)
 	n.lp, err = transport.NewLongPollHandler(transport.FromEndpoint(ep), transport.LongPollConfig{
 		MaxBody:        cfg.MaxFrameSize,
 		AllowedOrigins: cfg.AllowedOrigins,
@@ -160,6 +198,7 @@ func (n *Node) routes() {
 	n.mux.HandleFunc("POST /api/broadcast", n.requireKey(n.apiBroadcast))
 	n.mux.HandleFunc("POST /api/disconnect", n.requireKey(n.apiDisconnect))
 	n.mux.HandleFunc("GET /metrics", n.requireKey(n.metricsHandler()))
+	n.dashboardRoutes()
 	if n.cfg.Home != nil {
 		n.mux.Handle("/", n.cfg.Home)
 	}
@@ -193,7 +232,37 @@ func (n *Node) Start() error {
 		}
 	}()
 	n.log.Info("node: listening", "addr", ln.Addr().String(), "socket_path", n.cfg.SocketPath)
+	n.startCluster()
 	return nil
+}
+
+// startCluster joins the cluster view and starts reporting to it.
+func (n *Node) startCluster() {
+	if err := n.cfg.PubSub.Subscribe(clusterTopic, n.cluster); err != nil {
+		n.log.Warn("node: cannot follow the cluster view", "err", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	n.mu.Lock()
+	n.stopCluster, n.clusterDone = cancel, make(chan struct{})
+	done := n.clusterDone
+	n.mu.Unlock()
+	go func() {
+		defer close(done)
+		n.clusterLoop(ctx)
+	}()
+}
+
+// endCluster stops reporting (before the PubSub closes).
+func (n *Node) endCluster() {
+	n.mu.Lock()
+	stop, done := n.stopCluster, n.clusterDone
+	n.mu.Unlock()
+	if stop == nil {
+		return
+	}
+	stop()
+	<-done
+	n.cfg.PubSub.Unsubscribe(clusterTopic, n.cluster)
 }
 
 // Addr returns the listening address once Start has succeeded.
@@ -245,6 +314,7 @@ func (n *Node) doShutdown(ctx context.Context) error {
 	if err := n.lp.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("node: longpoll: %w", err))
 	}
+	n.endCluster()
 	if err := n.cfg.Presence.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("node: presence: %w", err))
 	}

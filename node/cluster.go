@@ -1,0 +1,233 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"math"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/channelsd/channelsd/channels"
+	"github.com/channelsd/channelsd/pubsub"
+)
+
+// The cluster view. Every ReportInterval each node broadcasts a report of
+// its own figures on the reserved topic "phx:nodes" (through the node's
+// PubSub, so with Redis every node hears every other; alone, a node hears
+// itself), and keeps the latest report of every node it hears. A node
+// silent for three intervals drops out of the view. Two things read it:
+// the rebalancer (a node far above the cluster's mean asks some of its
+// sockets to reconnect elsewhere) and the operators' dashboard.
+//
+// Reports are broadcasts like any other: at most once, so a lost report
+// only ages a node's entry by one interval.
+
+const clusterTopic = "phx:nodes"
+
+// NodeReport is one node's figures, as broadcast and as shown.
+type NodeReport struct {
+	Node        string `json:"node"`
+	Sockets     int64  `json:"sockets"`
+	WebSockets  int64  `json:"websockets"`
+	LongPoll    int64  `json:"longpoll"`
+	Channels    int64  `json:"channels"`
+	MessagesIn  uint64 `json:"messages_in"`  // totals since the node started
+	MessagesOut uint64 `json:"messages_out"` // 0 when the node does not count them
+	Draining    bool   `json:"draining"`
+	Started     int64  `json:"started"` // Unix ms: tells a restarted node from its predecessor
+	Sent        int64  `json:"sent"`    // Unix ms, the sender's clock
+
+	// Filled by the receiver from its previous report of the same node.
+	InRate  float64 `json:"in_rate"`  // messages in per second
+	OutRate float64 `json:"out_rate"` // messages out per second
+	Age     float64 `json:"age"`      // seconds since this report arrived
+	seen    time.Time
+}
+
+// clusterView holds the latest report of each node.
+type clusterView struct {
+	self     string
+	interval time.Duration
+
+	mu      sync.Mutex
+	reports map[string]*NodeReport // guarded by mu
+}
+
+func newClusterView(self string, interval time.Duration) *clusterView {
+	return &clusterView{self: self, interval: interval, reports: make(map[string]*NodeReport)}
+}
+
+// SubscriberID and Deliver make the view a pubsub.Subscriber of
+// clusterTopic. Deliver decodes on the dispatch path: a report is a few
+// hundred bytes every few seconds per node.
+func (v *clusterView) SubscriberID() string { return "phx:nodes#view" }
+
+func (v *clusterView) Deliver(m *pubsub.Message) {
+	var r NodeReport
+	if m.Binary || json.Unmarshal(m.Payload, &r) != nil || r.Node == "" {
+		return
+	}
+	v.record(&r, time.Now())
+}
+
+func (v *clusterView) record(r *NodeReport, now time.Time) {
+	r.seen = now
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if prev := v.reports[r.Node]; prev != nil && prev.Started == r.Started {
+		if dt := float64(r.Sent-prev.Sent) / 1000; dt > 0 {
+			r.InRate = rate(prev.MessagesIn, r.MessagesIn, dt)
+			r.OutRate = rate(prev.MessagesOut, r.MessagesOut, dt)
+		} else {
+			return // a reordered or repeated report
+		}
+	}
+	v.reports[r.Node] = r
+}
+
+func rate(before, after uint64, dt float64) float64 {
+	if after < before {
+		return 0
+	}
+	return math.Round(float64(after-before)/dt*10) / 10
+}
+
+// live returns copies of the reports heard within three intervals, sorted
+// by node, and forgets older ones.
+func (v *clusterView) live(now time.Time) []NodeReport {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := make([]NodeReport, 0, len(v.reports))
+	for id, r := range v.reports {
+		age := now.Sub(r.seen)
+		if age > 3*v.interval {
+			delete(v.reports, id)
+			continue
+		}
+		c := *r
+		c.Age = math.Round(age.Seconds()*10) / 10
+		out = append(out, c)
+	}
+	slices.SortFunc(out, func(a, b NodeReport) int {
+		switch {
+		case a.Node < b.Node:
+			return -1
+		case a.Node > b.Node:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// report is this node's own report now.
+func (n *Node) report() NodeReport {
+	es := n.endpoint.Stats()
+	r := NodeReport{
+		Node:       n.cfg.NodeID,
+		Sockets:    es.Sockets.Load(),
+		WebSockets: n.ws.Stats().Open.Load(),
+		LongPoll:   n.lp.Stats().Open.Load(),
+		Channels:   es.Channels.Load(),
+		MessagesIn: es.MessagesIn.Load(),
+		Draining:   n.draining.Load(),
+		Started:    n.started.UnixMilli(),
+		Sent:       time.Now().UnixMilli(),
+	}
+	if n.messagesOut != nil {
+		r.MessagesOut = n.messagesOut()
+	}
+	return r
+}
+
+// clusterLoop broadcasts this node's report every interval and runs the
+// rebalancer on the view, until ctx ends.
+func (n *Node) clusterLoop(ctx context.Context) {
+	tick := time.NewTicker(n.cfg.ReportInterval)
+	defer tick.Stop()
+	reb := rebalancer{cfg: n.cfg.Rebalance, mark: n.endpoint.Generation()}
+	for {
+		n.publishReport(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if n.cfg.Rebalance.Threshold > 0 && !n.draining.Load() {
+			reb.round(n, n.cluster.live(time.Now()))
+		}
+	}
+}
+
+func (n *Node) publishReport(ctx context.Context) {
+	data, err := json.Marshal(n.report())
+	if err != nil {
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, n.cfg.ReportInterval)
+	defer cancel()
+	if err := n.cfg.PubSub.Publish(pctx, &pubsub.Message{Topic: clusterTopic, Event: "report", Payload: data}); err != nil {
+		n.log.Debug("node: cluster report not sent to every node", "err", err)
+	}
+}
+
+// RebalanceConfig moves sockets away from a node that holds clearly more
+// than its share, typically after a scale-up: new replicas start empty
+// while the old ones keep every connection they had.
+type RebalanceConfig struct {
+	// Threshold: act while this node holds more than (1+Threshold) times
+	// the mean of the live, non-draining nodes. 0 turns rebalancing off
+	// (the default).
+	Threshold float64
+	// Share bounds the sockets asked to move per report interval, as a
+	// fraction of this node's sockets (at least one). Default 0.05: a
+	// node of 20,000 sockets moves at most 1,000 every interval, a
+	// reconnect rate any node absorbs.
+	Share float64
+}
+
+// rebalancer is the state of the rebalancing rounds, owned by
+// clusterLoop.
+type rebalancer struct {
+	cfg   RebalanceConfig
+	mark  uint64 // the endpoint's generation at the previous round
+	moved uint64 // sockets asked to move, in total
+}
+
+// round asks some of this node's sockets to reconnect when the node is
+// above the threshold. Only sockets that were already open at the
+// previous round are asked, oldest first: a client that moved and landed
+// here again is not asked twice in a row. The client reconnects through
+// the load balancer, which picks a node (round robin, least connections,
+// ...); the rounds repeat until every node is within the threshold.
+func (rb *rebalancer) round(n *Node, view []NodeReport) {
+	mark := n.endpoint.Generation()
+	defer func() { rb.mark = mark }()
+	var total, own int64
+	live := 0
+	for _, r := range view {
+		if r.Draining {
+			continue
+		}
+		live++
+		total += r.Sockets
+		if r.Node == n.cfg.NodeID {
+			own = r.Sockets
+		}
+	}
+	if live < 2 {
+		return
+	}
+	own = int64(n.endpoint.SocketCount()) // fresher than our own report
+	mean := float64(total) / float64(live)
+	if float64(own) <= mean*(1+rb.cfg.Threshold) {
+		return
+	}
+	excess := int(math.Ceil(float64(own) - mean))
+	limit := max(1, int(float64(own)*rb.cfg.Share))
+	k := n.endpoint.CloseOldest(min(excess, limit), rb.mark, channels.CloseServiceRestart, "rebalancing")
+	rb.moved += uint64(k)
+	n.rebalanced.Add(uint64(k))
+	n.log.Info("node: asked sockets to reconnect elsewhere", "moved", k, "sockets", own, "mean", math.Round(mean), "nodes", live)
+}
