@@ -23,6 +23,8 @@ func main() {
 		err = runIdle(ctx, os.Args[2:])
 	case "fanout", "cluster":
 		err = runFanout(ctx, os.Args[2:], os.Args[1])
+	case "longpoll":
+		err = runLongPoll(ctx, os.Args[2:])
 	case "-h", "--help", "help":
 		usage()
 		return
@@ -48,6 +50,8 @@ Scenarios:
           (needs nodes started with --conformance)
   cluster the same over several nodes (-addrs a,b,c): the publisher uses
           the first node; cross-node latency reported separately
+  longpoll one long-poll session's throughput each way, then N idle
+          sessions joined to rooms: server bytes per session
 
 Run 'channels-bench SCENARIO -h' for the scenario's flags. Traffic goes
 only to loopback addresses.
