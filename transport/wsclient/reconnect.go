@@ -20,13 +20,13 @@ type Reconnecting struct {
 	url  string
 	opts ReconnectOptions
 
-	mu      sync.Mutex
-	c       *Client // current connection; nil between connections
-	topics  []rejoin
-	conns   []Conn
-	closed  bool
-	stop    chan struct{}
-	done    chan struct{}
+	mu     sync.Mutex
+	c      *Client // current connection; nil between connections
+	topics []rejoin
+	conns  []Conn
+	closed bool
+	stop   chan struct{}
+	done   chan struct{}
 }
 
 // ReconnectOptions configure DialReconnecting.
