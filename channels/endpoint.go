@@ -110,7 +110,7 @@ func (e *Endpoint) Open(conn Conn, ser Serializer, id Identity) *Socket {
 	e.mu.Lock()
 	if e.closing {
 		e.mu.Unlock()
-		conn.Close(CloseGoingAway, "server shutting down")
+		conn.Close(CloseServiceRestart, "server shutting down")
 		s.closed = true
 		return s
 	}
@@ -172,20 +172,28 @@ func (e *Endpoint) beginShutdownLocked() {
 	}
 }
 
+// BeginDrain makes Connect and Open refuse new sockets, as BeginShutdown
+// does, and returns the sockets open at that moment. No socket opens
+// afterwards, so once the caller has closed all of them (Socket.Close, in
+// batches if it likes) and they have ended, Drained is closed.
+func (e *Endpoint) BeginDrain() []*Socket {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.beginShutdownLocked()
+	all := make([]*Socket, 0, len(e.sockets))
+	for s := range e.sockets {
+		all = append(all, s)
+	}
+	return all
+}
+
 // Drained is closed once shutdown has begun and every socket has ended.
 func (e *Endpoint) Drained() <-chan struct{} { return e.drained }
 
 // CloseAll refuses new sockets and closes every open one with code and
 // reason. Sockets end asynchronously; SocketCount tells when they are gone.
 func (e *Endpoint) CloseAll(code int, reason string) {
-	e.mu.Lock()
-	e.beginShutdownLocked()
-	all := make([]*Socket, 0, len(e.sockets))
-	for s := range e.sockets {
-		all = append(all, s)
-	}
-	e.mu.Unlock()
-	for _, s := range all {
+	for _, s := range e.BeginDrain() {
 		s.conn.Close(code, reason)
 	}
 }

@@ -416,6 +416,14 @@ func (h *LongPollHandler) open(w http.ResponseWriter, r *http.Request) {
 		// body; a *ConnectError may choose another status (e.g. 429).
 		h.stats.Refused.Add(1)
 		h.log.Debug("transport: long-poll connect refused", "remote", r.RemoteAddr, "check", ref.check, "err", ref.err)
+		if errors.Is(ref.err, channels.ErrShuttingDown) {
+			// A draining node: an HTTP error makes phoenix.js close and
+			// reconnect (through the load balancer, to another node),
+			// where {"status":503} would make its GET handler throw.
+			w.Header().Set("Retry-After", "5")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
 		writeStatusJSON(w, http.StatusOK, ref.status)
 		return
 	}

@@ -262,6 +262,10 @@ func (h *WebSocketHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *WebSocketHandler) refuse(w http.ResponseWriter, r *http.Request, status int, body, why string) {
 	h.stats.Refused.Add(1)
 	h.log.Debug("transport: websocket handshake refused", "remote", r.RemoteAddr, "status", status, "check", why)
+	if status == http.StatusServiceUnavailable {
+		// A draining node (channels.ErrShuttingDown): try another one.
+		w.Header().Set("Retry-After", "5")
+	}
 	if body != "" {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("X-Content-Type-Options", "nosniff")
