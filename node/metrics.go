@@ -44,8 +44,10 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 		return 0
 	}
 
-	gauge("channelsd_draining", "1 while the node is shutting down (draining its sockets), else 0.", nil,
+	gauge("channelsd_draining", "1 once the node has begun draining (POST /api/drain, `channelsd drain`, or shutdown): not ready, refusing new sockets, closing the open ones over the drain window; else 0.", nil,
 		func() float64 { return boolean(n.draining.Load()) })
+	counter("channelsd_drain_sockets_closed_total", "Sockets (WebSocket connections and long-poll sessions) the drain has closed (code 1012); with channelsd_sockets it shows the drain's progress.", nil,
+		func() float64 { return float64(n.drainClosed.Load()) })
 
 	// Endpoint.
 	es := n.endpoint.Stats()

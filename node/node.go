@@ -33,7 +33,15 @@ type Config struct {
 	MaxChannels    int           // per socket; default 100
 	APIKey         string        // required by the HTTP API when set
 
-	// ShutdownTimeout bounds Shutdown; default 10s.
+	// DrainWindow spreads the closing of the sockets when the node drains
+	// (Drain, Shutdown): they are closed in batches evenly over it. Zero
+	// closes them all at once.
+	DrainWindow time.Duration
+	// ShutdownTimeout bounds what Shutdown does after the drain window:
+	// waiting for the last sockets to end, stopping the HTTP server,
+	// closing presence and pubsub. Default 10s. A whole Shutdown takes at
+	// most DrainWindow plus ShutdownTimeout (less when the drain has begun
+	// earlier, through Drain).
 	ShutdownTimeout time.Duration
 
 	// NodeID names this node (long-poll tokens carry it, and the cluster
@@ -78,6 +86,10 @@ type Node struct {
 	draining atomic.Bool
 	shutdown sync.Once
 
+	drainMu     sync.Mutex
+	drain       *drain        // set once the drain has begun
+	drainClosed atomic.Uint64 // sockets the drain has closed
+
 	started     time.Time
 	cluster     *clusterView
 	stopCluster context.CancelFunc // set by Start
@@ -105,6 +117,9 @@ func New(cfg Config) (*Node, error) {
 	}
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = 10 * time.Second
+	}
+	if cfg.DrainWindow < 0 || cfg.ShutdownTimeout < 0 {
+		return nil, errors.New("node: DrainWindow and ShutdownTimeout must not be negative")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -197,6 +212,8 @@ func (n *Node) routes() {
 	n.mux.HandleFunc("GET /readyz", n.readyz)
 	n.mux.HandleFunc("POST /api/broadcast", n.requireKey(n.apiBroadcast))
 	n.mux.HandleFunc("POST /api/disconnect", n.requireKey(n.apiDisconnect))
+	n.mux.HandleFunc("POST /api/drain", n.requireKey(n.apiDrain))
+	n.mux.HandleFunc("GET /api/drain", n.requireKey(n.apiDrain))
 	n.mux.HandleFunc("GET /metrics", n.requireKey(n.metricsHandler()))
 	n.dashboardRoutes()
 	if n.cfg.Home != nil {
@@ -275,11 +292,16 @@ func (n *Node) Addr() net.Addr {
 	return n.listener.Addr()
 }
 
-// Shutdown stops the node gracefully: readiness turns false, new sockets
-// are refused, open sockets are closed with 1001 (going away) so clients
-// reconnect elsewhere, their channels terminate (presences leave), and the
-// node waits for them within ShutdownTimeout or ctx, whichever ends first.
-// Sockets still open then are abandoned when the process exits.
+// Shutdown stops the node gracefully. It drains the node (see Drain), unless
+// a drain has begun already: readiness turns false, new sockets are
+// refused, open sockets are closed with 1012 (service restart) in batches
+// over DrainWindow so clients reconnect elsewhere, and their channels
+// terminate (presences leave). It then waits for the last sockets within
+// ShutdownTimeout, and closes the presence tracker (which removes this
+// node's remaining entries) and the PubSub. If ctx ends during the window
+// the remaining sockets are closed at once; if it ends before
+// ShutdownTimeout, that is the deadline. Sockets still open then are
+// abandoned when the process exits.
 func (n *Node) Shutdown(ctx context.Context) error {
 	var err error
 	n.shutdown.Do(func() { err = n.doShutdown(ctx) })
@@ -287,17 +309,18 @@ func (n *Node) Shutdown(ctx context.Context) error {
 }
 
 func (n *Node) doShutdown(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.ShutdownTimeout)
-	defer cancel()
 	start := time.Now()
-	n.draining.Store(true)
 	open := n.endpoint.SocketCount()
 	n.log.Info("node: shutting down", "sockets", open)
+	// The drain refuses new sockets before it lists those to close; the
+	// HTTP server serves on meanwhile (open long-poll sessions, probes,
+	// the drain's progress).
+	n.awaitDrain(ctx, n.startDrain())
 
-	// Stop accepting first, so no socket slips in after CloseAll.
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ShutdownTimeout)
+	defer cancel()
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- n.server.Shutdown(ctx) }()
-	n.endpoint.CloseAll(channels.CloseGoingAway, "server shutting down")
 
 	var errs []error
 	select {

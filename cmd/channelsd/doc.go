@@ -6,6 +6,8 @@
 // lists both with their defaults. Without --redis the node runs alone with
 // in-memory fan-out and presence; with --redis any number of nodes sharing
 // that Redis behave as one server. SIGTERM (or Ctrl-C) drains the node:
-// not ready, new sockets refused, open ones closed with 1001 so clients
-// reconnect elsewhere.
+// not ready, new sockets refused, open ones closed with 1012 in batches
+// over --drain-window so clients reconnect elsewhere, then exits within
+// --shutdown-timeout more. `channelsd drain`, the Kubernetes preStop hook,
+// asks the node on this host to drain (POST /api/drain) and waits for it.
 package main

@@ -23,6 +23,16 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "drain" {
+		if err := drainCommand(context.Background(), os.Args[2:], os.Stderr); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				os.Exit(0)
+			}
+			fmt.Fprintln(os.Stderr, "channelsd drain:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(os.Args[1:], os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
@@ -44,6 +54,7 @@ type options struct {
 	apiKey          string
 	logLevel        string
 	conformance     bool
+	drainWindow     time.Duration
 	shutdownTimeout time.Duration
 	pprofAddr       string
 	redis           string
@@ -68,7 +79,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.str(&o.apiKey, "api-key", "CHANNELS_API_KEY", "", "bearer key required by the HTTP API (/api/*); empty leaves it open")
 	env.str(&o.logLevel, "log-level", "CHANNELS_LOG_LEVEL", "info", "debug, info, warn or error")
 	env.bool(&o.conformance, "conformance", "CHANNELS_CONFORMANCE", false, "serve the conformance channel (conformance:*), a tool for testing client libraries")
-	env.duration(&o.shutdownTimeout, "shutdown-timeout", "CHANNELS_SHUTDOWN_TIMEOUT", 10*time.Second, "longest graceful shutdown after SIGTERM")
+	env.duration(&o.drainWindow, "drain-window", "CHANNELS_DRAIN_WINDOW", defaultDrainWindow, "when the node drains (SIGTERM, channelsd drain, POST /api/drain), close its sockets in batches spread evenly over this window, so clients reconnect to other nodes gradually; 0 closes them all at once")
+	env.duration(&o.shutdownTimeout, "shutdown-timeout", "CHANNELS_SHUTDOWN_TIMEOUT", 10*time.Second, "longest graceful shutdown after the drain window (last sockets, presence cleanup); SIGTERM to exit takes at most the drain window plus this")
 	env.str(&o.redis, "redis", "CHANNELS_REDIS", "", "Redis for clustering: redis://[user:password@]host:6379[/db], rediss://... (TLS), or redis-sentinel://[:password@]host1:26379,host2:26379/master[/db]; empty runs a single node in memory")
 	env.str(&o.redisPrefix, "redis-prefix", "CHANNELS_REDIS_PREFIX", "channelsd", "prefix of every Redis key and channel, so several deployments can share one Redis")
 	env.duration(&o.heartbeat, "presence-heartbeat", "CHANNELS_PRESENCE_HEARTBEAT", 5*time.Second, "with --redis: how often a node heartbeats and re-checks its presence entries")
@@ -77,7 +89,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.str(&o.nodeID, "node-id", "CHANNELS_NODE_ID", "", "this node's id in the cluster; default POD_NAME, else hostname plus a short uuid")
 	env.str(&o.pprofAddr, "pprof-addr", "CHANNELS_PPROF_ADDR", "", "serve net/http/pprof on this address (keep it on loopback); empty disables it")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: channelsd [flags]\n\nRuns one channelsd node. Every flag can also be set with the environment variable shown.\n\n")
+		fmt.Fprintf(stderr, "Usage: channelsd [flags]\n       channelsd drain [--addr A] [--api-key K] [--drain-window W]\n\n"+
+			"Runs one channelsd node. Every flag can also be set with the environment variable shown.\n\n"+
+			"`channelsd drain` asks the node on --addr (this host) to drain, through POST /api/drain,\n"+
+			"and waits until its sockets are closed or the drain window plus %s has passed: the\n"+
+			"Kubernetes preStop hook. SIGTERM drains too, then exits.\n\n", drainMargin)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -88,6 +104,14 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	// The shutdown timeout counts after the drain window (node.Config), so
+	// any pair of values is consistent; only negative ones are not.
+	if o.drainWindow < 0 {
+		return nil, fmt.Errorf("--drain-window %s: must not be negative", o.drainWindow)
+	}
+	if o.shutdownTimeout <= 0 {
+		return nil, fmt.Errorf("--shutdown-timeout %s: must be positive", o.shutdownTimeout)
 	}
 	return o, nil
 }
@@ -156,6 +180,7 @@ func run(args []string, stderr io.Writer) error {
 		MaxFrameSize:    o.maxFrameSize,
 		MaxChannels:     o.maxChannels,
 		APIKey:          o.apiKey,
+		DrainWindow:     o.drainWindow,
 		ShutdownTimeout: o.shutdownTimeout,
 		Router:          app.Router(appOpts),
 		SocketHandler:   app.SocketHandler(appOpts),
@@ -176,7 +201,10 @@ func run(args []string, stderr io.Writer) error {
 		return err
 	}
 	<-ctx.Done()
-	logger.Info("channelsd: signal received, draining")
+	// A second signal stops the process at once (the default action).
+	stop()
+	st := n.DrainStatus()
+	logger.Info("channelsd: signal received, draining and stopping", "already_draining", st.Draining, "sockets", n.Endpoint().SocketCount(), "drain_window", o.drainWindow, "shutdown_timeout", o.shutdownTimeout)
 	return n.Shutdown(context.Background())
 }
 

@@ -111,7 +111,8 @@ func TestItem28_NoNormalClosureCode(t *testing.T) {
 		if err := other.Shutdown(ctx); err != nil {
 			t.Fatalf("Shutdown: %v", err)
 		}
-		notNormal(t, c, 1001)
+		// 1012 (service restart), as Phoenix's drainer (PROTOCOL.md §5.3).
+		notNormal(t, c, 1012)
 	})
 }
 

@@ -222,7 +222,8 @@ func TestSlowConsumer(t *testing.T) {
 
 }
 
-// Shutdown refuses new sockets, closes every open one with 1001, ends
+// Shutdown refuses new sockets, closes every open one with 1012 (service
+// restart, PROTOCOL.md §5.3; all at once without a drain window), ends
 // their channels (presences leave) and returns; afterwards nothing
 // listens.
 func TestGracefulShutdown(t *testing.T) {
@@ -252,8 +253,8 @@ func TestGracefulShutdown(t *testing.T) {
 	if took := time.Since(start); took > 5*time.Second {
 		t.Fatalf("Shutdown took %v", took)
 	}
-	a.expectClose(1001)
-	b.expectClose(1001)
+	a.expectClose(1012)
+	b.expectClose(1012)
 	if tn.Endpoint().SocketCount() != 0 {
 		t.Fatalf("%d sockets left after Shutdown", tn.Endpoint().SocketCount())
 	}
