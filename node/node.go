@@ -195,6 +195,7 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
+	n.messagesOut = func() uint64 { return n.ws.Stats().MessagesOut.Load() + n.lp.Stats().MessagesOut.Load() }
 	n.metrics = n.newMetricsRegistry()
 	n.routes()
 	n.server = &http.Server{

@@ -37,48 +37,41 @@ func (e *envDefaults) str(p *string, name, env, def, text string) {
 	e.fs.StringVar(p, name, def, e.usage(env, text))
 }
 
-func (e *envDefaults) bool(p *bool, name, env string, def bool, text string) {
-	if v, ok := e.lookup(env); ok {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			e.bad(env, v, err)
-		}
-		def = b
+// fromEnv returns env's value parsed by parse, or def when env is unset
+// or empty; a value that does not parse is recorded as an error.
+func fromEnv[T any](e *envDefaults, env string, def T, parse func(string) (T, error)) T {
+	v, ok := e.lookup(env)
+	if !ok {
+		return def
 	}
-	e.fs.BoolVar(p, name, def, e.usage(env, text))
+	x, err := parse(v)
+	if err != nil {
+		e.bad(env, v, err)
+		return def
+	}
+	return x
+}
+
+func (e *envDefaults) bool(p *bool, name, env string, def bool, text string) {
+	e.fs.BoolVar(p, name, fromEnv(e, env, def, strconv.ParseBool), e.usage(env, text))
 }
 
 func (e *envDefaults) int(p *int, name, env string, def int, text string) {
-	if v, ok := e.lookup(env); ok {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			e.bad(env, v, err)
-		}
-		def = n
-	}
-	e.fs.IntVar(p, name, def, e.usage(env, text))
+	e.fs.IntVar(p, name, fromEnv(e, env, def, strconv.Atoi), e.usage(env, text))
 }
 
 func (e *envDefaults) int64(p *int64, name, env string, def int64, text string) {
-	if v, ok := e.lookup(env); ok {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			e.bad(env, v, err)
-		}
-		def = n
-	}
-	e.fs.Int64Var(p, name, def, e.usage(env, text))
+	parse := func(v string) (int64, error) { return strconv.ParseInt(v, 10, 64) }
+	e.fs.Int64Var(p, name, fromEnv(e, env, def, parse), e.usage(env, text))
+}
+
+func (e *envDefaults) float(p *float64, name, env string, def float64, text string) {
+	parse := func(v string) (float64, error) { return strconv.ParseFloat(v, 64) }
+	e.fs.Float64Var(p, name, fromEnv(e, env, def, parse), e.usage(env, text))
 }
 
 func (e *envDefaults) duration(p *time.Duration, name, env string, def time.Duration, text string) {
-	if v, ok := e.lookup(env); ok {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			e.bad(env, v, err)
-		}
-		def = d
-	}
-	e.fs.DurationVar(p, name, def, e.usage(env, text))
+	e.fs.DurationVar(p, name, fromEnv(e, env, def, time.ParseDuration), e.usage(env, text))
 }
 
 func (e *envDefaults) err() error { return errors.Join(e.errs...) }

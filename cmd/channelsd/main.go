@@ -57,6 +57,9 @@ type options struct {
 	drainWindow     time.Duration
 	shutdownTimeout time.Duration
 	pprofAddr       string
+	reportInterval  time.Duration
+	rebalance       float64
+	rebalanceShare  float64
 	redis           string
 	redisPrefix     string
 	nodeID          string
@@ -88,6 +91,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.duration(&o.coalesce, "presence-coalesce", "CHANNELS_PRESENCE_COALESCE", 30*time.Millisecond, "with --redis: presence changes of a topic within this window go out as one presence_diff")
 	env.str(&o.nodeID, "node-id", "CHANNELS_NODE_ID", "", "this node's id in the cluster; default POD_NAME, else hostname plus a short uuid")
 	env.str(&o.pprofAddr, "pprof-addr", "CHANNELS_PPROF_ADDR", "", "serve net/http/pprof on this address (keep it on loopback); empty disables it")
+	env.duration(&o.reportInterval, "report-interval", "CHANNELS_REPORT_INTERVAL", 2*time.Second, "how often the node reports its sockets and message counts to the cluster (for rebalancing and /dashboard)")
+	env.float(&o.rebalance, "rebalance-threshold", "CHANNELS_REBALANCE_THRESHOLD", 0, "rebalancing: a node holding more than (1+this) times the cluster's mean of sockets asks some of its oldest sockets to reconnect elsewhere (close 1012) until within it, e.g. 0.2; 0 turns it off")
+	env.float(&o.rebalanceShare, "rebalance-share", "CHANNELS_REBALANCE_SHARE", 0.05, "rebalancing: the most sockets asked to move per report interval, as a fraction of the node's sockets")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: channelsd [flags]\n       channelsd drain [--addr A] [--api-key K] [--drain-window W]\n\n"+
 			"Runs one channelsd node. Every flag can also be set with the environment variable shown.\n\n"+
@@ -181,6 +187,8 @@ func run(args []string, stderr io.Writer) error {
 		MaxChannels:     o.maxChannels,
 		APIKey:          o.apiKey,
 		DrainWindow:     o.drainWindow,
+		ReportInterval:  o.reportInterval,
+		Rebalance:       node.RebalanceConfig{Threshold: o.rebalance, Share: o.rebalanceShare},
 		ShutdownTimeout: o.shutdownTimeout,
 		Router:          app.Router(appOpts),
 		SocketHandler:   app.SocketHandler(appOpts),
