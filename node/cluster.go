@@ -192,20 +192,26 @@ type RebalanceConfig struct {
 type rebalancer struct {
 	cfg   RebalanceConfig
 	mark  uint64 // the endpoint's generation at the previous round
+	above bool   // the previous round found this node above the threshold
 	moved uint64 // sockets asked to move, in total
 }
 
 // round asks some of this node's sockets to reconnect when the node is
-// above the threshold. Only sockets that were already open at the
-// previous round are asked, oldest first: a client that moved and landed
-// here again is not asked twice in a row. The client reconnects through
-// the load balancer, which picks a node (round robin, least connections,
-// ...); the rounds repeat until every node is within the threshold.
+// above the threshold. The comparison uses the reports only, this node's
+// own included, so that every figure is equally old; and it acts only
+// when two rounds in a row found the node above, because while clients
+// pour in (a deploy, a reconnect storm) reports taken a fraction of an
+// interval apart disagree for a moment. Only sockets that were already
+// open at the previous round are asked, oldest first: a client that moved
+// and landed here again is not asked twice in a row. The client
+// reconnects through the load balancer, which picks a node (round robin,
+// least connections, ...); the rounds repeat until every node is within
+// the threshold.
 func (rb *rebalancer) round(n *Node, view []NodeReport) {
 	mark := n.endpoint.Generation()
 	defer func() { rb.mark = mark }()
 	var total, own int64
-	live := 0
+	live, self := 0, false
 	for _, r := range view {
 		if r.Draining {
 			continue
@@ -213,15 +219,13 @@ func (rb *rebalancer) round(n *Node, view []NodeReport) {
 		live++
 		total += r.Sockets
 		if r.Node == n.cfg.NodeID {
-			own = r.Sockets
+			own, self = r.Sockets, true
 		}
 	}
-	if live < 2 {
-		return
-	}
-	own = int64(n.endpoint.SocketCount()) // fresher than our own report
-	mean := float64(total) / float64(live)
-	if float64(own) <= mean*(1+rb.cfg.Threshold) {
+	mean := float64(total) / float64(max(live, 1))
+	wasAbove := rb.above
+	rb.above = self && live >= 2 && float64(own) > mean*(1+rb.cfg.Threshold)
+	if !rb.above || !wasAbove {
 		return
 	}
 	excess := int(math.Ceil(float64(own) - mean))
