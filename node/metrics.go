@@ -2,11 +2,14 @@ package node
 
 import (
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/channelsd/channelsd/presence"
+	"github.com/channelsd/channelsd/pubsub"
 	"github.com/channelsd/channelsd/pubsub/redis"
 )
 
@@ -16,10 +19,36 @@ type redisStatser interface {
 	Stats() redis.Stats
 }
 
-// newMetricsRegistry builds the node's private Prometheus registry. Every
-// metric reads a counter the node already keeps (atomics in the endpoint,
-// the transports and the Redis PubSub) at scrape time: nothing is counted
-// twice and the message paths do no extra work.
+// crossNodeObservable is implemented by the Redis PubSub (*redis.PubSub):
+// it reports each received broadcast's publish-to-dispatch latency.
+type crossNodeObservable interface {
+	ObserveCrossNode(f func(time.Duration))
+}
+
+// Histogram buckets, in seconds. Fan-out: from 1µs (a topic with a
+// handful of local sockets) to 100ms (tens of thousands, or a node out of
+// CPU). Cross-node: from 100µs (same host, idle Redis) to 5s (a publish
+// queue backed up to its timeout).
+var (
+	fanoutBuckets = []float64{
+		1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4,
+		1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1,
+	}
+	crossNodeBuckets = []float64{
+		1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2,
+		0.1, 0.25, 0.5, 1, 2.5, 5,
+	}
+)
+
+// newMetricsRegistry builds the node's private Prometheus registry. Almost
+// every metric reads a counter the node already keeps (atomics in the
+// endpoint, the transports, the presence tracker and the Redis PubSub) at
+// scrape time: nothing is counted twice and the message paths do no extra
+// work. The two latency histograms are the exception: they are fed from
+// the dispatch paths through observer hooks this function installs on
+// the PubSub (one clock pair and one Observe per dispatch, not per
+// socket). A PubSub shared by several in-process nodes reports to the
+// last one built.
 func (n *Node) newMetricsRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -105,6 +134,36 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 		{"channelsd_longpoll_bodies_too_large_total", "Long-poll POSTs refused for a body above the maximum size.", &lp.BodiesTooLarge},
 	} {
 		counter(m.name, m.help, nil, func() float64 { return float64(m.c.Load()) })
+	}
+
+	// Both transports: messages (frames) written to clients.
+	counter("channelsd_messages_out_total", "Messages written to clients over all transports: WebSocket text and binary frames written, long-poll messages handed out in poll responses.", nil,
+		func() float64 { return float64(ws.MessagesOut.Load() + lp.MessagesOut.Load()) })
+
+	// Presence.
+	if pc, ok := n.cfg.Presence.(presence.EntryCounter); ok {
+		gauge("channelsd_presence_entries", "Presence entries tracked by this node (one per socket, topic and key); other nodes' entries are not counted.", nil,
+			func() float64 { return float64(pc.Entries()) })
+	}
+
+	// Latency histograms, fed by the PubSub's observer hooks.
+	if o, ok := n.cfg.PubSub.(pubsub.DispatchObservable); ok {
+		h := prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "channelsd_broadcast_fanout_seconds",
+			Help:    "Time to hand one broadcast to every local subscriber of its topic on this node (sockets' outbound queues, not the network); dispatches to topics without local subscribers are not observed.",
+			Buckets: fanoutBuckets,
+		})
+		reg.MustRegister(h)
+		o.ObserveDispatch(func(d time.Duration) { h.Observe(d.Seconds()) })
+	}
+	if o, ok := n.cfg.PubSub.(crossNodeObservable); ok {
+		h := prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "channelsd_cross_node_latency_seconds",
+			Help:    "Time from a broadcast's publish on another node to its dispatch on this node, by the two nodes' clocks: clock skew shifts it, and negative values are counted as 0.",
+			Buckets: crossNodeBuckets,
+		})
+		reg.MustRegister(h)
+		o.ObserveCrossNode(func(d time.Duration) { h.Observe(d.Seconds()) })
 	}
 
 	// Redis PubSub, when the node uses it.

@@ -2,9 +2,12 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,8 +17,11 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/channelsd/channelsd/channels"
+	"github.com/channelsd/channelsd/presence"
+	"github.com/channelsd/channelsd/pubsub"
 	"github.com/channelsd/channelsd/pubsub/local"
 	"github.com/channelsd/channelsd/pubsub/redis"
+	"github.com/channelsd/channelsd/test/redistest"
 	"github.com/channelsd/channelsd/transport/wsclient"
 )
 
@@ -245,5 +251,277 @@ func TestMetricsExposeRedisStats(t *testing.T) {
 		if fams[name].GetHelp() == "" {
 			t.Errorf("%s has no HELP", name)
 		}
+	}
+}
+
+// histCount returns the sample count of histogram name, or -1 when it is
+// not exposed.
+func histCount(fams map[string]*dto.MetricFamily, name string) float64 {
+	f, ok := fams[name]
+	if !ok || len(f.GetMetric()) != 1 || f.GetMetric()[0].Histogram == nil {
+		return -1
+	}
+	return float64(f.GetMetric()[0].Histogram.GetSampleCount())
+}
+
+// waitMetric scrapes until get returns want, failing after 5s.
+func waitMetric(t *testing.T, h http.Handler, what string, want float64, get func(map[string]*dto.MetricFamily) float64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		fams, _ := scrape(t, h)
+		got := get(fams)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s = %v, want %v", what, got, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestMetricsFanoutHistogramAndMessagesOut(t *testing.T) {
+	r := &channels.Router{}
+	r.Handle("room:*", func(string) channels.Channel { return echoChannel{} })
+	ps := local.New()
+	n, err := New(Config{
+		Addr:   "127.0.0.1:0",
+		Router: r,
+		PubSub: ps,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Shutdown(context.Background()) })
+	h := n.Handler()
+
+	fams, body := scrape(t, h)
+	for _, name := range []string{"channelsd_broadcast_fanout_seconds", "channelsd_messages_out_total"} {
+		if !strings.Contains(body, "# HELP "+name+" ") {
+			t.Fatalf("no HELP line for %s", name)
+		}
+	}
+	if _, ok := fams["channelsd_cross_node_latency_seconds"]; ok {
+		t.Fatal("cross-node latency exposed without a Redis PubSub")
+	}
+	if got := value(fams, "channelsd_messages_out_total"); got != 0 {
+		t.Fatalf("messages out before traffic = %v", got)
+	}
+	fanout0 := histCount(fams, "channelsd_broadcast_fanout_seconds")
+	if fanout0 < 0 {
+		t.Fatal("channelsd_broadcast_fanout_seconds is not a histogram")
+	}
+	messagesOut := func(f map[string]*dto.MetricFamily) float64 { return value(f, "channelsd_messages_out_total") }
+
+	// WebSocket: the join reply and k broadcasts are k+1 frames.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := wsclient.Dial(ctx, "ws://"+n.Addr().String()+"/socket/websocket", wsclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if reply, err := c.Join(ctx, "room:1", nil); err != nil || reply.Status != "ok" {
+		t.Fatalf("join: %v %v", reply, err)
+	}
+	waitMetric(t, h, "messages out after the join reply", 1, messagesOut)
+	const k = 5
+	for i := range k {
+		if err := ps.Publish(ctx, &pubsub.Message{Topic: "room:1", Event: "new_msg", Payload: []byte(`{"i":` + strconv.Itoa(i) + `}`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range k {
+		if _, err := c.Await(ctx, wsclient.IsEvent("room:1", "new_msg")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitMetric(t, h, "messages out after the broadcasts", 1+k, messagesOut)
+	fams, _ = scrape(t, h)
+	if got := histCount(fams, "channelsd_broadcast_fanout_seconds"); got < fanout0+k {
+		t.Fatalf("fan-out observations = %v, want at least %v (one per broadcast)", got, fanout0+k)
+	}
+
+	// Long-poll: the messages handed out in poll responses.
+	lp := "/socket/longpoll?vsn=2.0.0"
+	code, resp := do(t, h, "GET", lp, "")
+	var open struct {
+		Status   int
+		Token    string
+		Messages []string
+	}
+	if err := json.Unmarshal([]byte(resp), &open); code != 200 || err != nil || open.Status != 410 {
+		t.Fatalf("long-poll open: %d %s %v", code, resp, err)
+	}
+	tok := lp + "&token=" + url.QueryEscape(open.Token)
+	if code, resp := do(t, h, "POST", tok, `["1","1","room:1","phx_join",{}]`); code != 200 || !strings.Contains(resp, `"status":200`) {
+		t.Fatalf("long-poll join: %d %s", code, resp)
+	}
+	for i := range 2 {
+		_ = ps.Publish(ctx, &pubsub.Message{Topic: "room:1", Event: "lp_msg", Payload: []byte(`{"i":` + strconv.Itoa(i) + `}`)})
+	}
+	// 1 join reply + 2 broadcasts, in one or more polls.
+	received := 0
+	for received < 3 {
+		code, resp := do(t, h, "GET", tok, "")
+		var poll struct {
+			Status   int
+			Messages []string
+		}
+		if err := json.Unmarshal([]byte(resp), &poll); code != 200 || err != nil || poll.Status != 200 {
+			t.Fatalf("long-poll poll: %d %s %v", code, resp, err)
+		}
+		received += len(poll.Messages)
+	}
+	if received != 3 {
+		t.Fatalf("long-poll received %d messages, want 3", received)
+	}
+	// The WebSocket client got the two lp_msg broadcasts too.
+	waitMetric(t, h, "messages out over both transports", float64(1+k+2+received), messagesOut)
+	time.Sleep(20 * time.Millisecond)
+	if fams, _ := scrape(t, h); messagesOut(fams) != float64(1+k+2+received) {
+		t.Fatalf("messages out moved without traffic: %v", messagesOut(fams))
+	}
+}
+
+func TestMetricsPresenceEntries(t *testing.T) {
+	ps := local.New()
+	tr := presence.NewLocal(ps)
+	n := newTestNode(t, Config{PubSub: ps, Presence: tr})
+	entries := func() float64 {
+		fams, _ := scrape(t, n.Handler())
+		return value(fams, "channelsd_presence_entries")
+	}
+	if got := entries(); got != 0 {
+		t.Fatalf("presence entries before any track = %v, want 0", got)
+	}
+	ctx := context.Background()
+	for _, o := range []struct{ topic, owner, key string }{{"room:1", "a", "ann"}, {"room:1", "b", "ann"}, {"room:2", "a", "bob"}} {
+		if _, err := tr.Track(ctx, o.topic, o.owner, o.key, json.RawMessage(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := entries(); got != 3 {
+		t.Fatalf("after 3 tracks: %v, want 3", got)
+	}
+	if err := tr.Untrack(ctx, "room:1", "b", "ann"); err != nil {
+		t.Fatal(err)
+	}
+	if got := entries(); got != 2 {
+		t.Fatalf("after an untrack: %v, want 2", got)
+	}
+	if err := tr.UntrackAll(ctx, "room:2", "a"); err != nil {
+		t.Fatal(err)
+	}
+	if got := entries(); got != 1 {
+		t.Fatalf("after UntrackAll: %v, want 1", got)
+	}
+}
+
+// TestMetricsCrossNodeLatency runs two in-process nodes on one Redis: a
+// broadcast published on a shows in b's cross-node histogram (and in both
+// nodes' fan-out histograms), not in a's. (pubsub/redis's tests check
+// the exact counts, without a node's own background broadcasts.)
+func TestMetricsCrossNodeLatency(t *testing.T) {
+	srv := redistest.Start(t)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	newNode := func(id string) (*Node, *redis.PubSub) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		ps, err := redis.New(ctx, redis.Options{URL: srv.URL(), NodeID: id, Prefix: "metrics", Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := &channels.Router{}
+		r.Handle("room:*", func(string) channels.Channel { return echoChannel{} })
+		n, err := New(Config{Addr: "127.0.0.1:0", Router: r, PubSub: ps, Logger: log})
+		if err != nil {
+			_ = ps.Close()
+			t.Fatal(err)
+		}
+		if err := n.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = n.Shutdown(context.Background()) })
+		return n, ps
+	}
+	a, psA := newNode("a")
+	b, _ := newNode("b")
+
+	for _, n := range []*Node{a, b} {
+		fams, body := scrape(t, n.Handler())
+		if !strings.Contains(body, "# HELP channelsd_cross_node_latency_seconds ") {
+			t.Fatal("no HELP line for channelsd_cross_node_latency_seconds")
+		}
+		if got := histCount(fams, "channelsd_cross_node_latency_seconds"); got < 0 {
+			t.Fatal("channelsd_cross_node_latency_seconds is not a histogram")
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Sockets on both nodes, so that both dispatch.
+	var clients []*wsclient.Client
+	for _, n := range []*Node{a, b} {
+		c, err := wsclient.Dial(ctx, "ws://"+n.Addr().String()+"/socket/websocket", wsclient.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if reply, err := c.Join(ctx, "room:1", nil); err != nil || reply.Status != "ok" {
+			t.Fatalf("join: %v %v", reply, err)
+		}
+		clients = append(clients, c)
+	}
+	fanout := func(n *Node) float64 {
+		fams, _ := scrape(t, n.Handler())
+		return histCount(fams, "channelsd_broadcast_fanout_seconds")
+	}
+	fanA0, fanB0 := fanout(a), fanout(b)
+	// The nodes' own periodic reports (cluster view) cross too.
+	famsB0, _ := scrape(t, b.Handler())
+	crossB0 := histCount(famsB0, "channelsd_cross_node_latency_seconds")
+
+	const k = 4
+	start := time.Now()
+	for i := range k {
+		if err := psA.Publish(ctx, &pubsub.Message{Topic: "room:1", Event: "new_msg", Payload: []byte(`{"i":` + strconv.Itoa(i) + `}`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range clients {
+		for range k {
+			if _, err := c.Await(ctx, wsclient.IsEvent("room:1", "new_msg")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	elapsed := time.Since(start)
+
+	famsB, _ := scrape(t, b.Handler())
+	if got := histCount(famsB, "channelsd_cross_node_latency_seconds"); got < crossB0+k {
+		t.Fatalf("b's cross-node observations = %v, want at least %v", got, crossB0+k)
+	}
+	// Same host, one clock: every latency is within the test's time (the
+	// node's own periodic broadcasts may add a few samples, all quick).
+	hb := famsB["channelsd_cross_node_latency_seconds"].GetMetric()[0].GetHistogram()
+	if sum := hb.GetSampleSum(); sum < 0 || sum > float64(hb.GetSampleCount())*(elapsed.Seconds()+1) {
+		t.Fatalf("b's cross-node latency sum %vs for %d broadcasts that arrived within %v", sum, hb.GetSampleCount(), elapsed)
+	}
+	// a's own broadcasts are not cross-node for a: whatever a counts
+	// comes from b, which published none of the k.
+	famsA, _ := scrape(t, a.Handler())
+	if got := histCount(famsA, "channelsd_cross_node_latency_seconds"); got >= k && got >= histCount(famsB, "channelsd_cross_node_latency_seconds") {
+		t.Fatalf("a observed %v cross-node latencies, as many as b: its own broadcasts were counted", got)
+	}
+	if got := fanout(a); got < fanA0+k {
+		t.Fatalf("a's fan-out observations = %v, want at least %v", got, fanA0+k)
+	}
+	if got := fanout(b); got < fanB0+k {
+		t.Fatalf("b's fan-out observations = %v, want at least %v", got, fanB0+k)
 	}
 }

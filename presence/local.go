@@ -16,10 +16,11 @@ import (
 type Local struct {
 	ps pubsub.PubSub
 
-	mu     sync.Mutex
-	seq    uint64
-	topics map[string]map[owned]*localEntry
-	closed bool
+	mu      sync.Mutex
+	seq     uint64
+	topics  map[string]map[owned]*localEntry
+	entries int // over all topics
+	closed  bool
 }
 
 type owned struct{ owner, key string }
@@ -35,7 +36,17 @@ func NewLocal(ps pubsub.PubSub) *Local {
 	return &Local{ps: ps, topics: make(map[string]map[owned]*localEntry)}
 }
 
-var _ Tracker = (*Local)(nil)
+var (
+	_ Tracker      = (*Local)(nil)
+	_ EntryCounter = (*Local)(nil)
+)
+
+// Entries implements EntryCounter.
+func (l *Local) Entries() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.entries
+}
 
 // Track implements Tracker.
 func (l *Local) Track(ctx context.Context, topic, owner, key string, meta json.RawMessage) (string, error) {
@@ -61,6 +72,7 @@ func (l *Local) Track(ctx context.Context, topic, owner, key string, meta json.R
 	}
 	l.seq++
 	entries[k] = &localEntry{seq: l.seq, ref: ref, meta: full}
+	l.entries++
 	// Publishing under the lock keeps diffs in the order of the changes.
 	err = l.publish(ctx, topic, State{key: {Metas: []json.RawMessage{full}}}, nil)
 	l.mu.Unlock()
@@ -96,6 +108,7 @@ func (l *Local) Untrack(ctx context.Context, topic, owner, key string) error {
 		return nil
 	}
 	delete(entries, k)
+	l.entries--
 	if len(entries) == 0 {
 		delete(l.topics, topic)
 	}
@@ -112,6 +125,7 @@ func (l *Local) UntrackAll(ctx context.Context, topic, owner string) error {
 		if k.owner == owner {
 			leaves.Add(k.key, e.meta)
 			delete(entries, k)
+			l.entries--
 		}
 	}
 	if len(entries) == 0 {
@@ -146,6 +160,7 @@ func (l *Local) Close() error {
 	l.mu.Lock()
 	l.closed = true
 	l.topics = map[string]map[owned]*localEntry{}
+	l.entries = 0
 	l.mu.Unlock()
 	return nil
 }

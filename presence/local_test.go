@@ -155,3 +155,38 @@ func TestEmptyStateMarshalsAsObject(t *testing.T) {
 		t.Fatalf("empty diff = %s", b)
 	}
 }
+
+func TestLocalEntries(t *testing.T) {
+	ctx := context.Background()
+	tr, _ := setup(t)
+	var _ presence.EntryCounter = tr
+	want := func(n int) {
+		t.Helper()
+		if got := tr.Entries(); got != n {
+			t.Fatalf("Entries = %d, want %d", got, n)
+		}
+	}
+	want(0)
+	for _, e := range []struct{ topic, owner, key string }{
+		{"room:1", "o1", "ann"}, {"room:1", "o2", "ann"}, {"room:1", "o1", "bob"}, {"room:2", "o1", "ann"},
+	} {
+		if _, err := tr.Track(ctx, e.topic, e.owner, e.key, json.RawMessage(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want(4)
+	if _, err := tr.Track(ctx, "room:1", "o1", "ann", json.RawMessage(`{}`)); err != presence.ErrAlreadyTracked {
+		t.Fatal(err)
+	}
+	if _, err := tr.Update(ctx, "room:1", "o1", "ann", json.RawMessage(`{"x":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	want(4)
+	_ = tr.Untrack(ctx, "room:1", "o2", "ann")
+	_ = tr.Untrack(ctx, "room:1", "o2", "ann") // not tracked any more
+	want(3)
+	_ = tr.UntrackAll(ctx, "room:1", "o1")
+	want(1)
+	_ = tr.Close()
+	want(0)
+}

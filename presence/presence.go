@@ -41,6 +41,15 @@ type Tracker interface {
 	Close() error
 }
 
+// EntryCounter is implemented by the trackers that can say how many
+// entries this node tracks (Local and presence/redis's Tracker): the
+// node's presence gauge reads it at scrape time.
+type EntryCounter interface {
+	// Entries returns the number of entries (one per owner, key and
+	// topic) tracked on this node; other nodes' entries are not counted.
+	Entries() int
+}
+
 // ErrNotTracked is returned by Update for a key the owner does not track.
 var ErrNotTracked = errors.New("presence: key not tracked by this owner")
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 )
 
 // Message is one broadcast on a topic. A PubSub hands the same *Message to
@@ -58,6 +59,17 @@ type PubSub interface {
 	Publish(ctx context.Context, m *Message) error
 	// Close releases connections; Publish after Close fails with ErrClosed.
 	Close() error
+}
+
+// DispatchObservable is implemented by the PubSubs that can report how
+// long handing one broadcast to this node's subscribers takes
+// (pubsub/local and pubsub/redis, through Registry.SetDispatchObserver).
+// The node uses it for its fan-out histogram; pubsub itself stays free of
+// any metrics library.
+type DispatchObservable interface {
+	// ObserveDispatch sets f as the dispatch observer; see
+	// Registry.SetDispatchObserver.
+	ObserveDispatch(f func(time.Duration))
 }
 
 // ErrClosed is returned by a PubSub that has been closed.

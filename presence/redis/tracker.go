@@ -47,6 +47,7 @@ type Tracker struct {
 	closed     bool
 	seq        uint64
 	table      map[string]map[owned]*entry // topic -> entries of this node
+	entries    int                         // in table, over all topics
 	pending    map[string]*batch
 	fifo       []queued // topics with a pending batch, by deadline
 	clocks     map[string]uint64
@@ -108,7 +109,18 @@ type queued struct {
 	deadline time.Time
 }
 
-var _ presence.Tracker = (*Tracker)(nil)
+var (
+	_ presence.Tracker      = (*Tracker)(nil)
+	_ presence.EntryCounter = (*Tracker)(nil)
+)
+
+// Entries implements presence.EntryCounter: the entries this node tracks
+// (its own table), not those of the other nodes.
+func (t *Tracker) Entries() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.entries
+}
 
 // New builds the tracker, writes its first heartbeat and cleans entries a
 // previous incarnation with the same NodeID may have left, and starts its
@@ -198,6 +210,7 @@ func (t *Tracker) Track(_ context.Context, topic, owner, key string, meta json.R
 		return "", presence.ErrAlreadyTracked
 	}
 	entries[k] = e
+	t.entries++
 	t.addJoin(topic, e)
 	return ref, nil
 }
@@ -240,6 +253,7 @@ func (t *Tracker) Untrack(_ context.Context, topic, owner, key string) error {
 		return nil
 	}
 	delete(entries, k)
+	t.entries--
 	if len(entries) == 0 {
 		delete(t.table, topic)
 	}
@@ -255,6 +269,7 @@ func (t *Tracker) UntrackAll(_ context.Context, topic, owner string) error {
 	for k, e := range entries {
 		if k.owner == owner {
 			delete(entries, k)
+			t.entries--
 			t.addLeave(topic, &change{ref: e.ref, key: e.key, meta: e.meta, field: t.field(e.ref)})
 		}
 	}
@@ -362,6 +377,7 @@ func (t *Tracker) Close() error {
 		}
 	}
 	clear(t.table)
+	t.entries = 0
 	t.mu.Unlock()
 	close(t.stop)
 	t.wg.Wait()
@@ -389,6 +405,7 @@ func (t *Tracker) kill() {
 	}
 	t.closed = true
 	clear(t.table)
+	t.entries = 0
 	clear(t.pending)
 	t.fifo = nil
 	t.mu.Unlock()

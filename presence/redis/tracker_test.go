@@ -647,3 +647,49 @@ func TestPeerRefreshRequestSendsLocalState(t *testing.T) {
 		t.Fatalf("dispatched %s %s %s, want room:1's presence_state with alice and bob", m.Topic, m.Event, m.Payload)
 	}
 }
+
+func TestEntriesCountsThisNodesEntriesOnly(t *testing.T) {
+	s := startRedis(t)
+	a, b := newNode(t, s, "a"), newNode(t, s, "b")
+	ctx := context.Background()
+	counts := func() (int, int) { return a.tr.Entries(), b.tr.Entries() }
+	track(t, a, "room:1", "x", "1", `{}`)
+	track(t, a, "room:1", "y", "1", `{}`)
+	track(t, a, "room:2", "x", "2", `{}`)
+	track(t, b, "room:1", "z", "3", `{}`)
+	eventually(t, 2*time.Second, "a to see b's entry", func() bool { return len(listCanon(t, a, "room:1")) == 2 })
+	if na, nb := counts(); na != 3 || nb != 1 {
+		t.Fatalf("Entries = %d, %d; want 3 on a (its own only), 1 on b", na, nb)
+	}
+	if _, err := a.tr.Update(ctx, "room:1", "x", "1", meta(`{"s":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.tr.Track(ctx, "room:1", "x", "1", meta(`{}`)); err != presence.ErrAlreadyTracked {
+		t.Fatalf("second Track: %v", err)
+	}
+	if na, _ := counts(); na != 3 {
+		t.Fatalf("after Update and a refused Track: Entries = %d, want 3", na)
+	}
+	if err := a.tr.Untrack(ctx, "room:1", "y", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.tr.Untrack(ctx, "room:1", "y", "1"); err != nil { // not tracked any more
+		t.Fatal(err)
+	}
+	if na, _ := counts(); na != 2 {
+		t.Fatalf("after Untrack: Entries = %d, want 2", na)
+	}
+	track(t, a, "room:2", "x", "4", `{}`)
+	if err := a.tr.UntrackAll(ctx, "room:2", "x"); err != nil {
+		t.Fatal(err)
+	}
+	if na, _ := counts(); na != 1 {
+		t.Fatalf("after UntrackAll: Entries = %d, want 1", na)
+	}
+	if err := a.tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if na, nb := counts(); na != 0 || nb != 1 {
+		t.Fatalf("after a's Close: Entries = %d, %d; want 0, 1", na, nb)
+	}
+}

@@ -3,6 +3,7 @@ package local
 import (
 	"context"
 	"sync/atomic"
+	"time"
 
 	"github.com/channelsd/channelsd/pubsub"
 )
@@ -40,6 +41,11 @@ func (p *PubSub) Publish(_ context.Context, m *pubsub.Message) error {
 	p.reg.Dispatch(m)
 	return nil
 }
+
+// ObserveDispatch implements pubsub.DispatchObservable.
+func (p *PubSub) ObserveDispatch(f func(time.Duration)) { p.reg.SetDispatchObserver(f) }
+
+var _ pubsub.DispatchObservable = (*PubSub)(nil)
 
 // Subscribers returns the number of subscribers of topic.
 func (p *PubSub) Subscribers(topic string) int { return p.reg.Count(topic) }

@@ -238,7 +238,9 @@ func (p *PubSub) publishNow(ctx context.Context, topic, event string, payload []
 		return 0, p.lostError()
 	}
 	data := make([]byte, 0, envelopeSize(p.opt.NodeID, "", event, payload))
-	data = appendEnvelope(data, p.opt.NodeID, p.seq.Add(1), "", event, true, payload)
+	// No send time: calls are not broadcasts, and stay out of the
+	// cross-node broadcast latency.
+	data = appendEnvelope(data, p.opt.NodeID, 0, p.seq.Add(1), "", event, true, payload)
 	n, err := p.client.Publish(ctx, p.chanPrefix+topic, data).Result()
 	if err != nil {
 		return 0, fmt.Errorf("redis: publish: %w", err)

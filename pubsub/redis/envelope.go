@@ -5,28 +5,48 @@ import (
 	"errors"
 )
 
-// Envelope layout (version 1), the bytes PUBLISHed on "<prefix>:t:<topic>":
+// Envelope layout (version 2), the bytes PUBLISHed on "<prefix>:t:<topic>":
 //
-//	byte     version (1)
+//	byte     version (2)
 //	byte     flags: bit 0 set when the payload is binary
+//	8 bytes  send time on the origin node, Unix nanoseconds, big-endian
+//	         (0: unknown, as for node-to-node calls); receivers compare
+//	         it with their own clock for the cross-node latency, see
+//	         PubSub.ObserveCrossNode (skew shifts it; negatives become 0)
 //	uvarint  len(origin), origin node id
 //	uvarint  sequence number, per origin node (message id = origin + seq)
 //	uvarint  len(from), sender subscriber id ("" for a plain broadcast)
 //	uvarint  len(event), event
 //	...      payload, verbatim, to the end
 //
+// Version 1 is the same without the send time; it is still decoded (its
+// messages are dispatched, and simply not counted in the cross-node
+// latency).
+//
 // The topic is not repeated: it is the channel name. The payload is last
 // and unframed so that neither side copies or escapes it; binary
 // payloads travel as they are. Unknown versions are decode errors, so a
 // future format can be rolled out by teaching nodes to read it before any
 // node writes it.
+//
+// Version 2 broke that rule once, knowingly: writers switched to it in
+// the same release that taught readers it, so a node of an older release
+// (which reads version 1 only) drops every broadcast of a newer one as a
+// decode error, while newer nodes still read the older ones' version 1.
+// channelsd is pre-1.0 and supports no mixed-version cluster: during a
+// rolling update, broadcasts from upgraded nodes miss the clients of the
+// nodes not yet upgraded. From 1.0 on the rule holds.
 const (
-	envelopeVersion = 1
-	flagBinary      = 1 << 0
+	envelopeVersion   = 2
+	envelopeVersionV1 = 1
+	flagBinary        = 1 << 0
 )
 
 type envelope struct {
-	origin  string
+	origin string
+	// sent is the origin's clock when it published, Unix nanoseconds; 0
+	// when unknown (version 1, or not stamped).
+	sent    int64
 	seq     uint64
 	from    string
 	event   string
@@ -40,13 +60,15 @@ var (
 	errEnvelopeFlags   = errors.New("redis: envelope: unknown flags")
 )
 
-// appendEnvelope appends the encoding of one broadcast to dst.
-func appendEnvelope(dst []byte, origin string, seq uint64, from, event string, bin bool, payload []byte) []byte {
+// appendEnvelope appends the (version 2) encoding of one broadcast, sent
+// at sent (Unix nanoseconds, 0 for unknown), to dst.
+func appendEnvelope(dst []byte, origin string, sent int64, seq uint64, from, event string, bin bool, payload []byte) []byte {
 	flags := byte(0)
 	if bin {
 		flags |= flagBinary
 	}
 	dst = append(dst, envelopeVersion, flags)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(sent))
 	dst = appendString(dst, origin)
 	dst = binary.AppendUvarint(dst, seq)
 	dst = appendString(dst, from)
@@ -55,7 +77,7 @@ func appendEnvelope(dst []byte, origin string, seq uint64, from, event string, b
 }
 
 func envelopeSize(origin, from, event string, payload []byte) int {
-	return 2 + 4*binary.MaxVarintLen64 + len(origin) + len(from) + len(event) + len(payload)
+	return 2 + 8 + 4*binary.MaxVarintLen64 + len(origin) + len(from) + len(event) + len(payload)
 }
 
 func appendString(dst []byte, s string) []byte {
@@ -70,7 +92,8 @@ func decodeEnvelope(data string) (envelope, error) {
 	if len(data) < 2 {
 		return e, errEnvelopeShort
 	}
-	if data[0] != envelopeVersion {
+	version := data[0]
+	if version != envelopeVersion && version != envelopeVersionV1 {
 		return e, errEnvelopeVersion
 	}
 	if data[1]&^flagBinary != 0 {
@@ -78,6 +101,14 @@ func decodeEnvelope(data string) (envelope, error) {
 	}
 	e.binary = data[1]&flagBinary != 0
 	r := data[2:]
+	if version == envelopeVersion {
+		if len(r) < 8 {
+			return e, errEnvelopeShort
+		}
+		e.sent = int64(uint64(r[0])<<56 | uint64(r[1])<<48 | uint64(r[2])<<40 | uint64(r[3])<<32 |
+			uint64(r[4])<<24 | uint64(r[5])<<16 | uint64(r[6])<<8 | uint64(r[7]))
+		r = r[8:]
+	}
 	var ok bool
 	if e.origin, r, ok = readString(r); !ok {
 		return e, errEnvelopeShort

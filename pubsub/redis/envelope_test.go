@@ -2,9 +2,26 @@ package redis
 
 import (
 	"bytes"
+	"encoding/binary"
 	"strings"
 	"testing"
+	"time"
 )
+
+// appendEnvelopeV1 is the version 1 writer (releases before the send
+// time), kept to check that version 1 envelopes are still read.
+func appendEnvelopeV1(dst []byte, origin string, seq uint64, from, event string, bin bool, payload []byte) []byte {
+	flags := byte(0)
+	if bin {
+		flags |= flagBinary
+	}
+	dst = append(dst, envelopeVersionV1, flags)
+	dst = appendString(dst, origin)
+	dst = binary.AppendUvarint(dst, seq)
+	dst = appendString(dst, from)
+	dst = appendString(dst, event)
+	return append(dst, payload...)
+}
 
 func TestEnvelopeRoundTrip(t *testing.T) {
 	long := strings.Repeat("é", 300) // lengths past one varint byte
@@ -19,32 +36,62 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 		{"", "", "", 0, false, nil},
 		{long, long, long, 300, true, bytes.Repeat([]byte{0}, 70000)},
 	}
+	sent := time.Now().UnixNano()
 	for _, c := range cases {
-		data := appendEnvelope(nil, c.origin, c.seq, c.from, c.event, c.binary, c.payload)
-		if len(data) > envelopeSize(c.origin, c.from, c.event, c.payload) {
-			t.Fatalf("envelopeSize underestimates: %d > %d", len(data), envelopeSize(c.origin, c.from, c.event, c.payload))
+		for _, v := range []int{1, 2} {
+			var data []byte
+			want := int64(0)
+			if v == 1 {
+				data = appendEnvelopeV1(nil, c.origin, c.seq, c.from, c.event, c.binary, c.payload)
+			} else {
+				data = appendEnvelope(nil, c.origin, sent, c.seq, c.from, c.event, c.binary, c.payload)
+				want = sent
+				if len(data) > envelopeSize(c.origin, c.from, c.event, c.payload) {
+					t.Fatalf("envelopeSize underestimates: %d > %d", len(data), envelopeSize(c.origin, c.from, c.event, c.payload))
+				}
+			}
+			if data[0] != byte(v) {
+				t.Fatalf("version byte %d, want %d", data[0], v)
+			}
+			e, err := decodeEnvelope(string(data))
+			if err != nil {
+				t.Fatalf("version %d: %v", v, err)
+			}
+			if e.origin != c.origin || e.from != c.from || e.event != c.event || e.seq != c.seq || e.binary != c.binary || e.payload != string(c.payload) || e.sent != want {
+				t.Fatalf("version %d: round trip of %+v gave %+v (sent %d)", v, c, e, want)
+			}
 		}
-		e, err := decodeEnvelope(string(data))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if e.origin != c.origin || e.from != c.from || e.event != c.event || e.seq != c.seq || e.binary != c.binary || e.payload != string(c.payload) {
-			t.Fatalf("round trip of %+v gave %+v", c, e)
+	}
+	// Any send time survives, including 0 (unknown) and times before 1970.
+	for _, sent := range []int64{0, 1, -1, 1<<63 - 1, -1 << 63} {
+		e, err := decodeEnvelope(string(appendEnvelope(nil, "n", sent, 1, "", "e", false, nil)))
+		if err != nil || e.sent != sent {
+			t.Fatalf("send time %d: got %d, %v", sent, e.sent, err)
 		}
 	}
 }
 
 func TestEnvelopeDecodeErrors(t *testing.T) {
-	good := string(appendEnvelope(nil, "node", 7, "from", "event", false, []byte("payload")))
-	// Every cut inside the header is an error; cuts inside the payload
-	// are (undetectably) a shorter payload.
-	header := len(good) - len("payload")
-	for i := range header {
-		if _, err := decodeEnvelope(good[:i]); err == nil {
-			t.Fatalf("truncated to %d bytes: no error", i)
+	for _, good := range []string{
+		string(appendEnvelope(nil, "node", time.Now().UnixNano(), 7, "from", "event", false, []byte("payload"))),
+		string(appendEnvelopeV1(nil, "node", 7, "from", "event", false, []byte("payload"))),
+	} {
+		// Every cut inside the header is an error; cuts inside the payload
+		// are (undetectably) a shorter payload.
+		header := len(good) - len("payload")
+		for i := range header {
+			if _, err := decodeEnvelope(good[:i]); err == nil {
+				t.Fatalf("version %d truncated to %d bytes: no error", good[0], i)
+			}
 		}
 	}
-	for _, bad := range []string{"\x02\x00", "\x01\x02", "\x01\x00\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"} {
+	for _, bad := range []string{
+		"\x00\x00", "\x03\x00", // unknown versions
+		"\x01\x02", "\x02\x02", // unknown flags
+		"\x01\x00\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",                                 // v1: varint overflow
+		"\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", // v2: varint overflow
+		"\x02\x00\x00\x00\x00", // v2: send time cut short
+	} {
 		if _, err := decodeEnvelope(bad); err == nil {
 			t.Fatalf("%q: no error", bad)
 		}
@@ -52,17 +99,31 @@ func TestEnvelopeDecodeErrors(t *testing.T) {
 }
 
 func FuzzDecodeEnvelope(f *testing.F) {
-	f.Add(string(appendEnvelope(nil, "node", 7, "from", "event", true, []byte{0, 1})))
+	f.Add(string(appendEnvelope(nil, "node", time.Now().UnixNano(), 7, "from", "event", true, []byte{0, 1})))
+	f.Add(string(appendEnvelope(nil, "", 0, 0, "", "", false, nil)))
+	f.Add(string(appendEnvelopeV1(nil, "node", 7, "from", "event", true, []byte{0, 1})))
 	f.Add("\x01\x00\x80")
+	f.Add("\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x80")
 	f.Fuzz(func(t *testing.T, data string) {
 		e, err := decodeEnvelope(data)
 		if err != nil {
 			return
 		}
-		again := appendEnvelope(nil, e.origin, e.seq, e.from, e.event, e.binary, []byte(e.payload))
+		if data[0] == envelopeVersionV1 && e.sent != 0 {
+			t.Fatalf("version 1 envelope decoded with a send time %d", e.sent)
+		}
+		// Re-encoding writes version 2, which must give back the same
+		// envelope (a version 1 one with sent = 0, unknown).
+		again := appendEnvelope(nil, e.origin, e.sent, e.seq, e.from, e.event, e.binary, []byte(e.payload))
 		e2, err := decodeEnvelope(string(again))
 		if err != nil || e2 != e {
 			t.Fatalf("re-encoding %+v gave %+v, %v", e, e2, err)
+		}
+		if data[0] == envelopeVersionV1 {
+			v1 := appendEnvelopeV1(nil, e.origin, e.seq, e.from, e.event, e.binary, []byte(e.payload))
+			if e3, err := decodeEnvelope(string(v1)); err != nil || e3 != e {
+				t.Fatalf("re-encoding %+v as version 1 gave %+v, %v", e, e3, err)
+			}
 		}
 	})
 }

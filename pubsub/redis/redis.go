@@ -93,6 +93,8 @@ type PubSub struct {
 
 	publishLog, decodeLog rateLog
 
+	crossNode atomic.Pointer[func(time.Duration)] // ObserveCrossNode
+
 	calls calls // node-to-node calls, call.go
 }
 
@@ -224,6 +226,29 @@ func (p *PubSub) Unsubscribe(topic string, s pubsub.Subscriber) {
 	}
 }
 
+// ObserveDispatch implements pubsub.DispatchObservable: f is told how long
+// each dispatch to this node's subscribers took, for broadcasts published
+// here and those received from other nodes alike.
+func (p *PubSub) ObserveDispatch(f func(time.Duration)) { p.reg.SetDispatchObserver(f) }
+
+var _ pubsub.DispatchObservable = (*PubSub)(nil)
+
+// ObserveCrossNode sets f to be told, for every broadcast received from
+// another node, the time from its Publish on the origin node (the send
+// time the origin stamps in the envelope) to its dispatch here. It runs on
+// the reader goroutine and must be cheap (a histogram's Observe). The two
+// times come from two clocks: skew between the nodes shifts the value,
+// and a negative difference (this clock behind the origin's) is reported
+// as 0. Envelopes without a send time (version 1) are not reported. nil
+// removes the observer.
+func (p *PubSub) ObserveCrossNode(f func(time.Duration)) {
+	if f == nil {
+		p.crossNode.Store(nil)
+		return
+	}
+	p.crossNode.Store(&f)
+}
+
 // Subscribers returns the number of local subscribers of topic.
 func (p *PubSub) Subscribers(topic string) int { return p.reg.Count(topic) }
 
@@ -253,14 +278,15 @@ func (p *PubSub) Publish(ctx context.Context, m *pubsub.Message) error {
 	if err := ctx.Err(); err != nil {
 		return p.publishFailed(m.Topic, fmt.Errorf("redis: publish: %w", err))
 	}
-	deadline := time.Now().Add(p.opt.PublishTimeout)
+	now := time.Now()
+	deadline := now.Add(p.opt.PublishTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
 	data := make([]byte, 0, envelopeSize(p.opt.NodeID, m.From, m.Event, m.Payload))
 	req := &publishReq{
 		channel:  p.chanPrefix + m.Topic,
-		data:     appendEnvelope(data, p.opt.NodeID, p.seq.Add(1), m.From, m.Event, m.Binary, m.Payload),
+		data:     appendEnvelope(data, p.opt.NodeID, now.UnixNano(), p.seq.Add(1), m.From, m.Event, m.Binary, m.Payload),
 		deadline: deadline,
 		done:     make(chan error, 1),
 	}

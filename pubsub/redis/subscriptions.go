@@ -270,6 +270,12 @@ func (p *PubSub) handle(msg *goredis.Message) {
 		return // our own broadcast, echoed by Redis; delivered locally already
 	}
 	p.received.Add(1)
+	if env.sent != 0 {
+		if observe := p.crossNode.Load(); observe != nil {
+			// Clock skew between nodes can make this negative: clamp.
+			(*observe)(max(0, time.Duration(time.Now().UnixNano()-env.sent)))
+		}
+	}
 	// From is dropped: subscriber ids are only unique per node, so
 	// broadcast_from excludes the sender on its origin node only.
 	p.reg.Dispatch(&pubsub.Message{
