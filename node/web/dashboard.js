@@ -114,11 +114,10 @@
     svg.appendChild(line("in", rateMax, t0, "in"));
     svg.appendChild(line("out", rateMax, t0, "out"));
     svg.appendChild(line("sockets", sockMax, t0, "sockets"));
-    const label = document.createElementNS("http://www.w3.org/2000/svg", "text");
-    label.setAttribute("x", 4);
-    label.setAttribute("y", 12);
-    label.textContent = fmt(rateMax) + " msg/s · " + fmt(sockMax) + " sockets";
-    svg.appendChild(label);
+    // The scale is HTML, not SVG text: the plot stretches to the page's
+    // width (preserveAspectRatio="none"), and so would text inside it.
+    document.getElementById("scale").textContent =
+      "top of the plot: " + fmt(rateMax) + " msg/s, " + fmt(sockMax) + " sockets";
   }
 
   connect();
