@@ -43,8 +43,8 @@ lint:
 
 # Everything: lint, the container images the integration tests run, every
 # test with the race detector (test/cluster included), a short fuzz run.
-# Needs a Docker engine, and redis-server and haproxy on the host (.ci/run
-# installs them).
+# Needs a Docker engine, and redis-server, haproxy and chromium on the host
+# (.ci/run installs them).
 test: lint images test-unit test-cluster test-norace fuzz-short
 
 # Node, Redis and HAProxy images for test/ (built locally: no registry is
@@ -62,12 +62,13 @@ IMAGE ?= channelsd:latest
 image:
 	NODE_IMAGE=$(IMAGE) test/images/build.sh node
 
-# The multi-node integration tests (Docker).
+# The multi-node integration tests (Docker), and the browser tests against
+# such a cluster (headless Chromium: Debian's chromium package).
 test-cluster: images
-	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m ./test/harness ./test/cluster
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m ./test/harness ./test/cluster ./test/browser
 
 # Everything that needs no Docker.
-UNIT_PKGS = $$($(GO) list ./... | grep -v -e /test/harness -e /test/cluster)
+UNIT_PKGS = $$($(GO) list ./... | grep -v -e /test/harness -e /test/cluster -e /test/browser)
 
 test-unit:
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m $(UNIT_PKGS)
