@@ -76,15 +76,23 @@ type Cluster struct {
 	network *testcontainers.DockerNetwork
 	redis   *testcontainers.DockerContainer
 	nodes   []*Node
-	api     *http.Client
-	created *[]namedContainer // shared with the views made by For
+	// nodeArgs are the flags every node gets from the cluster (Redis);
+	// generation counts the replacements of each node (ReplaceNode).
+	nodeArgs   []string
+	generation map[int]int
+	api        *http.Client
+	created    *[]namedContainer // shared with the views made by For
 }
 
 // Node is one channelsd container.
 type Node struct {
-	// ID is the node's --node-id: node1, node2, ...; also its network
-	// alias.
+	// ID is the node's --node-id: node1, node2, ...; a replacement
+	// (ReplaceNode) gets node1-2, node1-3, ...
 	ID string
+	// Alias is the node's name on the cluster's network, node<i>, kept
+	// by its replacements, as a Kubernetes Service keeps finding the pods
+	// of a Deployment.
+	Alias string
 
 	c  *testcontainers.DockerContainer
 	mu sync.Mutex
@@ -162,7 +170,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 			"The cluster tests need Docker (set DOCKER_HOST if it is not on the default socket); see test/README.md.", err)
 	}
 	tr := &http.Transport{DisableKeepAlives: true}
-	c := &Cluster{t: t, opts: opts, docker: docker, api: &http.Client{Transport: tr, Timeout: 10 * time.Second}, created: new([]namedContainer)}
+	c := &Cluster{t: t, opts: opts, docker: docker, api: &http.Client{Transport: tr, Timeout: 10 * time.Second}, created: new([]namedContainer), generation: map[int]int{}}
 	t.Cleanup(func() {
 		tr.CloseIdleConnections()
 		_ = docker.Close()
@@ -213,34 +221,17 @@ func Start(t testing.TB, opts Options) *Cluster {
 	}
 
 	// Start the nodes concurrently; each waits for its own /readyz.
+	c.nodeArgs = nodeArgs
 	c.nodes = make([]*Node, opts.Nodes)
 	errs := make([]error, opts.Nodes)
 	var wg sync.WaitGroup
 	for i := range c.nodes {
 		id := fmt.Sprintf("node%d", i+1)
-		args := append([]string{"--addr", ":4000", "--node-id", id, "--conformance", "--log-level", opts.LogLevel}, nodeArgs...)
-		args = append(args, opts.Args...)
-		env := map[string]string{}
-		for k, v := range opts.Env {
-			env[k] = v
-		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctr, err := testcontainers.Run(ctx, NodeImage(),
-				testcontainers.WithLogger(tclog.TestLogger(t)),
-				network.WithNetwork([]string{id}, c.network),
-				testcontainers.WithCmd(args...),
-				testcontainers.WithEnv(env),
-				testcontainers.WithExposedPorts(nodePort),
-				testcontainers.WithHostConfigModifier(publishOnLoopback(nodePort)),
-				testcontainers.WithWaitStrategy(wait.ForHTTP("/readyz").
-					WithPort(nodePort).
-					WithForcedIPv4LocalHost().
-					WithPollInterval(100*time.Millisecond).
-					WithStartupTimeout(opts.StartupTimeout)),
-			)
-			c.nodes[i] = &Node{ID: id, c: ctr}
+			ctr, err := c.runNode(ctx, id, id)
+			c.nodes[i] = &Node{ID: id, Alias: id, c: ctr}
 			errs[i] = err
 		}()
 	}
@@ -263,6 +254,88 @@ func Start(t testing.TB, opts Options) *Cluster {
 	t.Logf("harness: %s ready in %v (network %s): %s", what,
 		time.Since(began).Round(time.Millisecond), c.network.Name, c.describe())
 	return c
+}
+
+// runNode starts a node container with node id id under alias on the
+// cluster's network and waits for its /readyz.
+func (c *Cluster) runNode(ctx context.Context, id, alias string) (*testcontainers.DockerContainer, error) {
+	args := append([]string{"--addr", ":4000", "--node-id", id, "--conformance", "--log-level", c.opts.LogLevel}, c.nodeArgs...)
+	args = append(args, c.opts.Args...)
+	env := map[string]string{}
+	for k, v := range c.opts.Env {
+		env[k] = v
+	}
+	return testcontainers.Run(ctx, NodeImage(),
+		testcontainers.WithLogger(tclog.TestLogger(c.t)),
+		network.WithNetwork([]string{alias}, c.network),
+		testcontainers.WithCmd(args...),
+		testcontainers.WithEnv(env),
+		testcontainers.WithExposedPorts(nodePort),
+		testcontainers.WithHostConfigModifier(publishOnLoopback(nodePort)),
+		testcontainers.WithWaitStrategy(wait.ForHTTP("/readyz").
+			WithPort(nodePort).
+			WithForcedIPv4LocalHost().
+			WithPollInterval(100*time.Millisecond).
+			WithStartupTimeout(c.opts.StartupTimeout)),
+	)
+}
+
+// Replaced is what ReplaceNode saw of the node it replaced.
+type Replaced struct {
+	ID       string        // the old node's id
+	ExitCode int           // 0 for a clean exit; 137 when SIGKILL ended it
+	Stopping time.Duration // from SIGTERM to exit
+	Logs     string        // its whole log
+}
+
+// ReplaceNode does to node i what a rolling update does to a pod: SIGTERM
+// (docker stop; SIGKILL if it has not exited after grace), then a new
+// container with a new node id (node<i>-<n>) under the same network alias,
+// started and ready. The old container stays until the cluster's teardown
+// (its log is dumped with the others on failure).
+func (c *Cluster) ReplaceNode(i int, grace time.Duration) Replaced {
+	c.t.Helper()
+	n := c.Node(i)
+	old := n.c
+	r := Replaced{ID: n.ID}
+	ctx, cancel := context.WithTimeout(context.Background(), grace+c.opts.StartupTimeout+30*time.Second)
+	defer cancel()
+	began := time.Now()
+	if err := old.Stop(ctx, &grace); err != nil {
+		c.t.Fatalf("harness: stopping %s: %v", n.ID, err)
+	}
+	r.Stopping = time.Since(began)
+	in, err := old.Inspect(ctx)
+	if err != nil {
+		c.t.Fatalf("harness: inspecting %s: %v", n.ID, err)
+	}
+	if in.State != nil {
+		r.ExitCode = in.State.ExitCode
+	}
+	logs, err := containerLogs(ctx, old)
+	if err != nil {
+		c.t.Fatalf("harness: logs of %s: %v", n.ID, err)
+	}
+	r.Logs = string(logs)
+	// The old container leaves the network, so that its alias names only
+	// the new one.
+	if _, err := c.docker.NetworkDisconnect(ctx, c.network.ID, client.NetworkDisconnectOptions{Container: old.GetContainerID(), Force: true}); err != nil {
+		c.t.Fatalf("harness: detaching %s from the network: %v", n.ID, err)
+	}
+	c.generation[i]++
+	id := fmt.Sprintf("%s-%d", n.Alias, c.generation[i]+1)
+	ctr, err := c.runNode(ctx, id, n.Alias)
+	c.track(id, ctr)
+	if err != nil {
+		c.t.Fatalf("harness: starting %s in place of %s: %v", id, n.ID, err)
+	}
+	n.mu.Lock()
+	n.ID, n.c = id, ctr
+	n.mu.Unlock()
+	if err := c.refreshAddr(ctx, n); err != nil {
+		c.t.Fatalf("harness: %s: %v", id, err)
+	}
+	return r
 }
 
 // describe lists the nodes' addresses and, when readable from this host,
@@ -728,7 +801,7 @@ func (c *Cluster) Reconnect(i int) {
 	n := c.Node(i)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ep := &dnetwork.EndpointSettings{Aliases: []string{n.ID}}
+	ep := &dnetwork.EndpointSettings{Aliases: []string{n.Alias}}
 	if _, err := c.docker.NetworkConnect(ctx, c.network.ID, client.NetworkConnectOptions{Container: n.ContainerID(), EndpointConfig: ep}); err != nil {
 		c.t.Fatalf("harness: reconnecting %s to network %s: %v", n.ID, c.network.Name, err)
 	}

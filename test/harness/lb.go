@@ -142,7 +142,7 @@ func (c *Cluster) StartLoadBalancer(opts LBOptions) *LoadBalancer {
 	}
 	lb := &LoadBalancer{c: c}
 	for _, i := range nodes {
-		lb.Servers = append(lb.Servers, c.Node(i).ID)
+		lb.Servers = append(lb.Servers, c.Node(i).Alias)
 	}
 	n := 1
 	for _, nc := range *c.created {
@@ -326,7 +326,7 @@ func (lb *LoadBalancer) ServerStatus(ctx context.Context) (map[string]string, er
 // that took.
 func (lb *LoadBalancer) AwaitServer(i int, want string, timeout time.Duration) time.Duration {
 	lb.c.t.Helper()
-	return lb.awaitServer(lb.c.Node(i).ID, want, timeout)
+	return lb.awaitServer(lb.c.Node(i).Alias, want, timeout)
 }
 
 func (lb *LoadBalancer) awaitServer(name, want string, timeout time.Duration) time.Duration {
