@@ -115,7 +115,7 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	routeGoredisLogs(o.Logger)
+	routeGoredisLogs()
 	return o, nil
 }
 
