@@ -114,7 +114,7 @@ func runLongPoll(ctx context.Context, args []string) error {
 	return nil
 }
 
-// lpDown: a WebSocket publisher broadcasts numbered messages on the
+// lpDown: a WebSocket publisher broadcasts (broadcast_from) numbered messages on the
 // session's topic, never more than res.Inflight ahead of what the session
 // has received, so the session's buffer never overflows and the figure is
 // the rate the session sustains.
@@ -151,7 +151,7 @@ func lpDown(ctx context.Context, addr, base string, res *longpollResult) error {
 		last := 0
 		seen := make(map[int]bool, res.DownMessages)
 		for int(received.Load()) < res.DownMessages {
-			m, err := c.Await(ctx, wsclient.IsEvent(topic, "broadcast"))
+			m, err := c.Await(ctx, wsclient.IsEvent(topic, "shout"))
 			if err != nil {
 				readDone <- err
 				return
@@ -189,8 +189,9 @@ func lpDown(ctx context.Context, addr, base string, res *longpollResult) error {
 		}
 		stall = time.Now()
 		payload := json.RawMessage(`{"seq":` + strconv.Itoa(seq) + `,"t":` + strconv.FormatInt(time.Now().UnixNano(), 10) + `,"pad":"` + strings.Repeat("x", 40) + `"}`)
-		if _, err := pub.Push(topic, "broadcast", payload); err != nil {
-			return err
+		// shout is broadcast_from: the publisher gets its replies only.
+		if _, err := pub.Push(topic, "shout", payload); err != nil {
+			return fmt.Errorf("publisher (%s): %w", pub.Status(), err)
 		}
 	}
 	select {
