@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/channelsd/channelsd/channels"
+	"github.com/channelsd/channelsd/channels/auth"
 	"github.com/channelsd/channelsd/cmd/channelsd/app"
 	"github.com/channelsd/channelsd/node"
 	"github.com/channelsd/channelsd/presence"
@@ -23,6 +24,16 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "token" {
+		if err := tokenCommand(os.Args[2:], os.Stdout, os.Stderr); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				os.Exit(0)
+			}
+			fmt.Fprintln(os.Stderr, "channelsd token:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "drain" {
 		if err := drainCommand(context.Background(), os.Args[2:], os.Stderr); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
@@ -52,6 +63,8 @@ type options struct {
 	maxFrameSize    int64
 	maxChannels     int
 	apiKey          string
+	tokenSecret     string
+	tokenPrevious   string
 	logLevel        string
 	conformance     bool
 	drainWindow     time.Duration
@@ -80,6 +93,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.int64(&o.maxFrameSize, "max-frame-size", "CHANNELS_MAX_FRAME_SIZE", 1<<20, "largest client message in bytes; larger ones close the socket with 1009")
 	env.int(&o.maxChannels, "max-channels", "CHANNELS_MAX_CHANNELS", 100, "channels one socket may join")
 	env.str(&o.apiKey, "api-key", "CHANNELS_API_KEY", "", "bearer key required by the HTTP API (/api/*); empty leaves it open")
+	env.str(&o.tokenSecret, "token-secret", "CHANNELS_TOKEN_SECRET", "", "secret (at least 32 bytes) that signs and verifies socket tokens (HS256 JWTs); when set every socket needs a valid token, and private:* topics open to tokens whose topics claim names them; empty accepts anonymous sockets")
+	env.str(&o.tokenPrevious, "token-secret-previous", "CHANNELS_TOKEN_SECRET_PREVIOUS", "", "during a secret rotation: the previous secret, which still verifies tokens but signs none")
 	env.str(&o.logLevel, "log-level", "CHANNELS_LOG_LEVEL", "info", "debug, info, warn or error")
 	env.bool(&o.conformance, "conformance", "CHANNELS_CONFORMANCE", false, "serve the conformance channel (conformance:*), a tool for testing client libraries")
 	env.duration(&o.drainWindow, "drain-window", "CHANNELS_DRAIN_WINDOW", defaultDrainWindow, "when the node drains (SIGTERM, channelsd drain, POST /api/drain), close its sockets in batches spread evenly over this window, so clients reconnect to other nodes gradually; 0 closes them all at once")
@@ -95,11 +110,15 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.float(&o.rebalance, "rebalance-threshold", "CHANNELS_REBALANCE_THRESHOLD", 0, "rebalancing: a node holding more than (1+this) times the cluster's mean of sockets asks some of its oldest sockets to reconnect elsewhere (close 1012) until within it, e.g. 0.2; 0 turns it off")
 	env.float(&o.rebalanceShare, "rebalance-share", "CHANNELS_REBALANCE_SHARE", 0.05, "rebalancing: the most sockets asked to move per report interval, as a fraction of the node's sockets")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: channelsd [flags]\n       channelsd drain [--addr A] [--api-key K] [--drain-window W]\n\n"+
+		fmt.Fprintf(stderr, "Usage: channelsd [flags]\n       channelsd drain [--addr A] [--api-key K] [--drain-window W]\n"+
+			"       channelsd token --sub S [--topics P1,P2] [--ttl D] [--token-secret K]\n\n"+
 			"Runs one channelsd node. Every flag can also be set with the environment variable shown.\n\n"+
 			"`channelsd drain` asks the node on --addr (this host) to drain, through POST /api/drain,\n"+
 			"and waits until its sockets are closed or the drain window plus %s has passed: the\n"+
-			"Kubernetes preStop hook. SIGTERM drains too, then exits.\n\n", drainMargin)
+			"Kubernetes preStop hook. SIGTERM drains too, then exits.\n\n"+
+			"`channelsd token` prints a socket token signed with CHANNELS_TOKEN_SECRET (or\n"+
+			"--token-secret), for testing: sub S, valid for --ttl (1h), allowed to join the topic\n"+
+			"patterns of --topics (exact, or ending in '*'; none: no topics claim).\n\n", drainMargin)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -133,6 +152,19 @@ func run(args []string, stderr io.Writer) error {
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(logger)
+
+	var tokens *auth.Verifier
+	switch {
+	case o.tokenSecret != "":
+		if tokens, err = auth.NewVerifier(o.tokenSecret, o.tokenPrevious); err != nil {
+			return fmt.Errorf("--token-secret: %w", err)
+		}
+		logger.Info("channelsd: sockets need signed tokens", "rotating", o.tokenPrevious != "")
+	case o.tokenPrevious != "":
+		return errors.New("--token-secret-previous needs --token-secret")
+	default:
+		logger.Warn("channelsd: no --token-secret: sockets connect without authentication, and private:* topics are closed")
+	}
 
 	nodeID := o.nodeID
 	if nodeID == "" {
@@ -177,7 +209,7 @@ func run(args []string, stderr io.Writer) error {
 	}
 
 	var ep *channels.Endpoint
-	appOpts := app.Options{Conformance: o.conformance, Endpoint: func() *channels.Endpoint { return ep }}
+	appOpts := app.Options{Conformance: o.conformance, Endpoint: func() *channels.Endpoint { return ep }, Tokens: tokens}
 	n, err := node.New(node.Config{
 		Addr:            o.addr,
 		SocketPath:      o.socketPath,

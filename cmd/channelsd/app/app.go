@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/channelsd/channelsd/channels"
+	"github.com/channelsd/channelsd/channels/auth"
 	"github.com/channelsd/channelsd/presence"
 )
 
@@ -23,25 +24,44 @@ type Options struct {
 	// endpoint is built after the router. It may be nil when Conformance
 	// is off.
 	Endpoint func() *channels.Endpoint
+	// Tokens, when set, makes every socket need a signed token (see
+	// channels/auth): the token's sub names the user and the socket.
+	// Nil accepts every socket, as anonymous or with the user it names.
+	Tokens *auth.Verifier
 }
 
-// Router returns the application's routes: room:* always, conformance:*
-// when opts.Conformance is set.
+// Policy is the default application's join policy: private:* topics
+// are private, joined only with a token whose topics claim names them
+// (never without tokens); a token's topics claim bounds every join.
+var Policy = &auth.Policy{Private: []string{"private:*"}}
+
+// Router returns the application's routes: room:* and private:* always,
+// conformance:* when opts.Conformance is set. Every route is guarded by
+// Policy.
 func Router(opts Options) *channels.Router {
 	r := &channels.Router{}
-	r.Handle("room:*", func(string) channels.Channel { return &roomChannel{} })
+	r.Handle("room:*", Policy.Guard(func(string) channels.Channel { return &roomChannel{} }))
+	r.Handle("private:*", Policy.Guard(func(string) channels.Channel { return &roomChannel{} }))
 	if opts.Conformance {
-		r.Handle("conformance:*", func(string) channels.Channel { return &conformanceChannel{opts: opts} })
+		r.Handle("conformance:*", Policy.Guard(func(string) channels.Channel { return &conformanceChannel{opts: opts} }))
 	}
 	return r
 }
 
-// SocketHandler returns the application's connect handler. It accepts
-// every connection. The connect parameter user, when non-empty, becomes
-// the assign "user" and names the socket "user:<user>". With
-// opts.Conformance, a non-empty socket_id parameter names the socket
-// instead.
+// SocketHandler returns the application's connect handler.
+//
+// With opts.Tokens, only sockets with a valid token connect (the bearer
+// token, else the connect parameter token); the socket is named
+// "user:<sub>" and its assign "user" is sub (auth.SocketHandler).
+//
+// Without, it accepts every connection. The connect parameter user, when
+// non-empty, becomes the assign "user" and names the socket
+// "user:<user>". With opts.Conformance, a non-empty socket_id parameter
+// names the socket instead.
 func SocketHandler(opts Options) channels.SocketHandler {
+	if opts.Tokens != nil {
+		return &auth.SocketHandler{Verifier: opts.Tokens}
+	}
 	return channels.SocketHandlerFunc(func(_ context.Context, info *channels.ConnectInfo) (channels.Identity, error) {
 		var id channels.Identity
 		if user := info.Params["user"]; user != "" {

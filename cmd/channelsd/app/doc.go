@@ -11,10 +11,22 @@
 // no id. When the conformance channel is enabled, a non-empty connect
 // parameter socket_id names the socket instead, whatever user says.
 //
-// # Rooms: room:<name>
+// With Options.Tokens (channelsd --token-secret), a socket needs a signed
+// token instead (channels/auth): the bearer token of the handshake or the
+// connect parameter token. The token's sub is the user and names the
+// socket "user:<sub>"; user and socket_id parameters are ignored.
 //
-// Join parameters: {"user": string}, optional. The user is that parameter,
-// else the connect parameter user, else a generated "anon-<8 hex digits>".
+// Joins go through Policy: private:<name> topics are joined only with a
+// token whose topics claim names them (so never without tokens), and a
+// topics claim bounds every join; a refused join gets error
+// {"reason": "unauthorized"}.
+//
+// # Rooms: room:<name> and private:<name>
+//
+// Both are the same chat room; private ones are open only as above.
+// Join parameters: {"user": string}, optional. The user is the token's
+// sub on a socket that has one; else that parameter, else the connect
+// parameter user, else a generated "anon-<8 hex digits>".
 // The join replies ok {}. Right after the join the channel tracks its
 // presence under the user's name with the meta {"online_at": <unix ms>}
 // (so the room gets a presence_diff) and pushes presence_state to the

@@ -5,10 +5,11 @@ import (
 	"log/slog"
 
 	"github.com/channelsd/channelsd/channels"
+	"github.com/channelsd/channelsd/channels/auth"
 )
 
-// roomChannel is one join of a room:<name> topic: a chat room with
-// presence.
+// roomChannel is one join of a room:<name> (or private:<name>) topic: a
+// chat room with presence.
 type roomChannel struct {
 	user string
 }
@@ -18,9 +19,14 @@ var (
 	_ channels.AfterJoiner = (*roomChannel)(nil)
 )
 
-// Join picks the user: the join parameter user, else the socket's connect
-// parameter user, else a generated anonymous name.
+// Join picks the user: on a socket authenticated by a token, its sub;
+// otherwise the join parameter user, else the socket's connect parameter
+// user, else a generated anonymous name.
 func (c *roomChannel) Join(s *channels.ChannelSocket, params channels.Payload) (any, error) {
+	if claims := auth.ClaimsOf(s); claims != nil {
+		c.user = claims.Subject
+		return nil, nil
+	}
 	if m, ok := object(params); ok {
 		c.user, _ = stringField(m, "user")
 	}

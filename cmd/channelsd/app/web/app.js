@@ -37,8 +37,12 @@ function Session(user, room) {
   const push = (event, payload, onReply) => send(joinRef, topic, event, payload, onReply);
 
   function connect() {
+    // With --token-secret the server wants a token: open the page as
+    // /?token=<channelsd token --sub ann>; it is passed on as is.
+    const token = new URLSearchParams(location.search).get("token");
     const url = location.origin.replace(/^http/, "ws") + SOCKET_PATH +
-      "/websocket?vsn=2.0.0&user=" + encodeURIComponent(user);
+      "/websocket?vsn=2.0.0&user=" + encodeURIComponent(user) +
+      (token ? "&token=" + encodeURIComponent(token) : "");
     const sock = new WebSocket(url);
     ws = sock;
     sock.binaryType = "arraybuffer";
