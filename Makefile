@@ -12,7 +12,7 @@ BENCHTIME ?= 1s
 IDLE_CONNS ?= 10000
 
 # Fuzz targets: package and target name.
-FUZZ_TARGETS = ./channels:FuzzV1Decode ./channels:FuzzV2Decode ./channels:FuzzV2DecodeBinary ./channels:FuzzAppendJSONString ./transport:FuzzLongPollToken ./pubsub/redis:FuzzDecodeEnvelope ./pubsub/redis:FuzzDecodeCallFrame ./transport:FuzzRelayFrames ./channels/auth:FuzzVerify
+FUZZ_TARGETS = ./channels:FuzzV1Decode ./channels:FuzzV2Decode ./channels:FuzzV2DecodeBinary ./channels:FuzzAppendJSONString ./transport:FuzzLongPollToken ./pubsub/redis:FuzzDecodeEnvelope ./pubsub/redis:FuzzDecodeCallFrame ./transport:FuzzRelayFrames ./channels/auth:FuzzVerify ./transport:FuzzLongPollBody
 
 export CGO_ENABLED ?= 0
 # testcontainers (integration tests): no reaper image can be pulled here,
@@ -62,13 +62,14 @@ IMAGE ?= channelsd:latest
 image:
 	NODE_IMAGE=$(IMAGE) test/images/build.sh node
 
-# The multi-node integration tests (Docker), and the browser tests against
+# The multi-node integration tests (Docker), the chaos suite (its table:
+# add -v, or CHAOS_TABLE=<file>), and the browser tests against
 # such a cluster (headless Chromium: Debian's chromium package).
 test-cluster: images
-	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m ./test/harness ./test/cluster ./test/browser
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m ./test/harness ./test/cluster ./test/chaos ./test/browser
 
 # Everything that needs no Docker.
-UNIT_PKGS = $$($(GO) list ./... | grep -v -e /test/harness -e /test/cluster -e /test/browser)
+UNIT_PKGS = $$($(GO) list ./... | grep -v -e /test/harness -e /test/cluster -e /test/chaos -e /test/browser)
 
 test-unit:
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m $(UNIT_PKGS)
