@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/channelsd/channelsd/presence"
 	"github.com/channelsd/channelsd/pubsub"
@@ -28,6 +29,29 @@ type EndpointConfig struct {
 	// MaxOutbox caps the intercepted broadcasts waiting for HandleOut on
 	// one socket before it is closed as a slow consumer. Zero means 1024.
 	MaxOutbox int
+
+	// Limits on each client message (README "Limits"). A message above
+	// one is dropped (phx_join and phx_leave are exempt from the event
+	// limit, heartbeats from all three); if it carries a ref, the client gets an error reply
+	// on the message's topic, {"reason":"payload too large"}, "topic too
+	// long" or "event too long". Zero or negative means no limit.
+	MaxPayloadSize int // bytes of the payload (JSON text or binary)
+	MaxTopicLength int // bytes of the topic
+	MaxEventLength int // bytes of the event name
+
+	// MaxMessagesPerSecond and Burst rate-limit each socket's messages
+	// (see rateLimit in socket.go): Burst at once, then
+	// MaxMessagesPerSecond on average. A message over the rate is dropped,
+	// with an error reply {"reason":"rate limited"} if it carries a ref.
+	// A socket still over the rate RateAbuseAfter after its first refusal
+	// (without having let its bucket fill up in between) is closed with
+	// 1008 "rate limited". Heartbeats take a token when there is one and
+	// are always answered. Zero or negative MaxMessagesPerSecond: no
+	// limit. Burst zero: 2 × MaxMessagesPerSecond (at least 1).
+	MaxMessagesPerSecond float64
+	Burst                int
+	// RateAbuseAfter defaults to 10 s.
+	RateAbuseAfter time.Duration
 }
 
 // Endpoint is where transports bring connections: it authenticates them,
@@ -38,6 +62,12 @@ type Endpoint struct {
 	log *slog.Logger
 
 	serial atomic.Uint64
+
+	// Rate limit, precomputed from the config (socket.go, rateLimit).
+	epoch     time.Time
+	rlEvery   int64 // ns between messages at the sustained rate; 0: off
+	rlTol     int64 // how far ahead of now a socket's TAT may run: (burst-1) × rlEvery
+	rlAbuseDs uint32
 
 	mu      sync.Mutex
 	sockets map[*Socket]struct{}
@@ -56,6 +86,15 @@ type Stats struct {
 	MalformedFrames atomic.Uint64
 	Crashes         atomic.Uint64
 	SlowConsumers   atomic.Uint64
+
+	// Refusals by limit (README "Limits"); each is counted once, on the
+	// refusal path only.
+	LimitChannels    atomic.Uint64 // joins refused: MaxChannels reached
+	LimitRate        atomic.Uint64 // messages dropped: over the rate
+	LimitRateAbuse   atomic.Uint64 // sockets closed (1008) for persistent excess
+	LimitPayloadSize atomic.Uint64 // messages dropped: payload above MaxPayloadSize
+	LimitTopicLength atomic.Uint64 // messages dropped: topic above MaxTopicLength
+	LimitEventLength atomic.Uint64 // messages dropped: event above MaxEventLength
 }
 
 // NewEndpoint checks cfg and returns an Endpoint.
@@ -72,7 +111,20 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Endpoint{cfg: cfg, log: cfg.Logger, sockets: make(map[*Socket]struct{}), drained: make(chan struct{})}, nil
+	if cfg.RateAbuseAfter <= 0 {
+		cfg.RateAbuseAfter = 10 * time.Second
+	}
+	e := &Endpoint{cfg: cfg, log: cfg.Logger, sockets: make(map[*Socket]struct{}), drained: make(chan struct{}), epoch: time.Now()}
+	if r := cfg.MaxMessagesPerSecond; r > 0 {
+		burst := cfg.Burst
+		if burst <= 0 {
+			burst = max(1, int(2*r))
+		}
+		e.rlEvery = max(1, int64(float64(time.Second)/r))
+		e.rlTol = int64(burst-1) * e.rlEvery
+		e.rlAbuseDs = uint32(max(1, cfg.RateAbuseAfter/(100*time.Millisecond)))
+	}
+	return e, nil
 }
 
 // Stats returns the endpoint's counters.

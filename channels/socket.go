@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/channelsd/channelsd/pubsub"
 )
@@ -24,15 +25,38 @@ type Socket struct {
 	idSub *idSubscriber
 
 	// cb serializes every channel callback of this socket (locksordering.txt).
-	cb     sync.Mutex
-	chans  channelSet // live channel per topic; guarded by cb
-	closed bool       // guarded by cb
+	cb    sync.Mutex
+	chans channelSet // live channel per topic; guarded by cb
 
 	// outbox holds intercepted broadcasts waiting for HandleOut.
-	outMu      sync.Mutex
-	outbox     []outItem
-	outRunning bool
+	outMu  sync.Mutex
+	outbox []outItem
+
+	// The small fields share one word, so that an idle socket's size
+	// class does not grow (TestIdleFootprint, BENCHMARKS.md).
+	closed     bool // guarded by cb
+	outRunning bool // guarded by outMu
+	// Rate limit (rateLimit), touched only by HandleFrame, which the
+	// transport calls from one goroutine at a time: when the current
+	// episode of refusals began, in deciseconds since the endpoint's
+	// epoch plus one (0: none, rlClosed: closed for abuse), and the
+	// theoretical arrival time of the next message, in ns since the epoch.
+	rlAbuse uint32
+	rlTAT   int64
 }
+
+// rlClosed marks a socket closed for persistent excess: what it still
+// sends before the transport stops reading is dropped.
+const rlClosed = ^uint32(0)
+
+// Error replies of the limits (README "Limits").
+var (
+	reasonRateLimited     = reasonJSON("rate limited")
+	reasonPayloadTooLarge = reasonJSON("payload too large")
+	reasonTopicTooLong    = reasonJSON("topic too long")
+	reasonEventTooLong    = reasonJSON("event too long")
+	reasonTooManyChannels = reasonJSON("too many channels joined")
+)
 
 // channelSet holds a socket's live channels. Sockets join a handful of
 // topics (at most MaxChannels), so a slice scanned in order is both
@@ -81,9 +105,16 @@ func (s *Socket) Close(code int, reason string) { s.conn.Close(code, reason) }
 // socket carries on: one bad frame from a buggy client must not cost it
 // every channel it has joined. The transport decides about frames that are
 // broken below this level (invalid UTF-8, oversized).
+//
+// Every message, heartbeats included, passes the rate limit first (when
+// one is configured), then the size limits (README "Limits").
 func (s *Socket) HandleFrame(data []byte, binary bool) {
 	msg, err := s.ser.Decode(data, binary)
 	s.ep.stats.MessagesIn.Add(1)
+	if s.ep.rlEvery != 0 && !s.rateLimit() {
+		s.overRate(&msg, err == nil)
+		return
+	}
 	if err != nil {
 		s.ep.stats.MalformedFrames.Add(1)
 		s.ep.log.Debug("channels: malformed message", "socket", s.name, "err", err)
@@ -93,6 +124,12 @@ func (s *Socket) HandleFrame(data []byte, binary bool) {
 	if msg.Topic == TopicPhoenix && msg.Event == EventHeartbeat {
 		// Answered at once, before any channel work (§3.2).
 		s.sendSocketReply(NullRef, msg.Ref, TopicPhoenix, "ok", nil)
+		return
+	}
+	if reason := s.ep.overLimit(&msg); reason != nil {
+		if !msg.Ref.IsNull() {
+			s.sendSocketReply(msg.JoinRef, msg.Ref, msg.Topic, "error", reason)
+		}
 		return
 	}
 	// The decoded message aliases the transport's buffer; channels may
@@ -106,6 +143,81 @@ func (s *Socket) HandleFrame(data []byte, binary bool) {
 		s.leave(&msg)
 	default:
 		s.handleIn(&msg)
+	}
+}
+
+// overLimit returns the error reply for a message above a size limit, and
+// counts it, or nil.
+func (e *Endpoint) overLimit(msg *Message) []byte {
+	switch {
+	case e.cfg.MaxTopicLength > 0 && len(msg.Topic) > e.cfg.MaxTopicLength:
+		e.stats.LimitTopicLength.Add(1)
+		return reasonTopicTooLong
+	case e.cfg.MaxEventLength > 0 && len(msg.Event) > e.cfg.MaxEventLength && msg.Event != EventJoin && msg.Event != EventLeave:
+		e.stats.LimitEventLength.Add(1)
+		return reasonEventTooLong
+	case e.cfg.MaxPayloadSize > 0 && len(msg.Payload) > e.cfg.MaxPayloadSize:
+		e.stats.LimitPayloadSize.Add(1)
+		return reasonPayloadTooLarge
+	}
+	return nil
+}
+
+// rateLimit reports whether one more message is within the socket's rate.
+// The token bucket is kept as GCRA (the generic cell rate algorithm),
+// which needs one time per socket instead of a count and a time: rlTAT is
+// when the next message would be due at the sustained rate; a message is
+// allowed while rlTAT runs at most (Burst-1) intervals ahead of now, and
+// moves it one interval on. rlTAT at or before now is a full bucket.
+//
+// Persistent excess: the first refusal starts an episode, which ends when
+// the bucket is full again (the client has slowed down long enough); a
+// refusal RateAbuseAfter or more into an episode closes the socket with
+// 1008 "rate limited". Nothing is allocated, and a socket within its rate
+// pays one clock read per message.
+func (s *Socket) rateLimit() bool {
+	if s.rlAbuse == rlClosed {
+		return false
+	}
+	e := s.ep
+	now := int64(time.Since(e.epoch))
+	tat := s.rlTAT
+	if tat <= now {
+		tat = now
+		s.rlAbuse = 0
+	}
+	if tat-now <= e.rlTol {
+		s.rlTAT = tat + e.rlEvery
+		return true
+	}
+	ds := uint32(now/int64(100*time.Millisecond)) + 1
+	switch {
+	case s.rlAbuse == 0:
+		s.rlAbuse = ds
+	case ds-s.rlAbuse > e.rlAbuseDs: // ">": never before RateAbuseAfter
+		s.rlAbuse = rlClosed
+		e.stats.LimitRateAbuse.Add(1)
+		e.log.Info("channels: socket closed for exceeding its message rate", "socket", s.name, "id", s.ident.ID)
+		s.conn.Close(ClosePolicy, "rate limited")
+	}
+	return false
+}
+
+// overRate handles a message refused by the rate limit: dropped, with an
+// error reply if it has a ref. A heartbeat is answered all the same, so
+// that a client over its rate is not also taken for a dead connection
+// (§3.2); it took no token, and it counts toward persistent excess.
+func (s *Socket) overRate(msg *Message, decoded bool) {
+	if s.rlAbuse == rlClosed {
+		return
+	}
+	if decoded && msg.Topic == TopicPhoenix && msg.Event == EventHeartbeat {
+		s.sendSocketReply(NullRef, msg.Ref, TopicPhoenix, "ok", nil)
+		return
+	}
+	s.ep.stats.LimitRate.Add(1)
+	if decoded && !msg.Ref.IsNull() {
+		s.sendSocketReply(msg.JoinRef, msg.Ref, msg.Topic, "error", reasonRateLimited)
 	}
 }
 
@@ -155,7 +267,8 @@ func (s *Socket) join(msg *Message) {
 		return
 	}
 	if max := s.ep.cfg.MaxChannels; max > 0 && len(s.chans) >= max {
-		s.sendSocketReply(msg.JoinRef, msg.Ref, msg.Topic, "error", reasonJSON("too many channels joined"))
+		s.ep.stats.LimitChannels.Add(1)
+		s.sendSocketReply(msg.JoinRef, msg.Ref, msg.Topic, "error", reasonTooManyChannels)
 		return
 	}
 	ch := &ChannelSocket{

@@ -136,6 +136,16 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 		counter(m.name, m.help, nil, func() float64 { return float64(m.c.Load()) })
 	}
 
+	// Limits: one counter of refusals per limit, each read from the atomic
+	// its refusal path adds to.
+	const limitHelp = "Refusals by limit (README \"Limits\"): sockets (upgrade or long-poll open answered 503), pending_upgrades (503), handshake_timeout (connection cut while its request headers were still incomplete), frame_size (WebSocket closed 1009), channels (join refused: too many channels joined), messages_per_second (message dropped: rate limited), rate_abuse (socket closed 1008 for a persistent excess of its rate), payload_size, topic_length, event_length (message dropped with an error reply), longpoll_sessions (opening GET answered 503), longpoll_buffered (oldest buffered message dropped), longpoll_body (POST answered 413)."
+	for limit, f := range n.limitHits() {
+		counter("channelsd_limit_hits_total", limitHelp, prometheus.Labels{"limit": limit},
+			func() float64 { return float64(f()) })
+	}
+	gauge("channelsd_socket_slots_used", "Sockets counted against --max-sockets: open WebSocket connections and long-poll sessions, plus handshakes in progress.", nil,
+		func() float64 { return float64(n.slots.InUse()) })
+
 	// Both transports: messages (frames) written to clients.
 	counter("channelsd_messages_out_total", "Messages written to clients over all transports: WebSocket text and binary frames written, long-poll messages handed out in poll responses.", nil,
 		func() float64 { return float64(ws.MessagesOut.Load() + lp.MessagesOut.Load()) })

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -32,6 +33,23 @@ type Config struct {
 	MaxFrameSize   int64         // default 1 MiB
 	MaxChannels    int           // per socket; default 100
 	APIKey         string        // required by the HTTP API when set
+
+	// Limits (README "Limits"). Zero takes the default noted, negative
+	// means no limit.
+	MaxSockets         int           // WebSocket connections plus long-poll sessions; default 19000
+	MaxPendingUpgrades int           // WebSocket handshakes in progress; default 1000
+	HandshakeTimeout   time.Duration // reading the request headers, and the connect callback; default 10s
+	MaxPayloadSize     int           // bytes of a client message's payload; default 64 KiB
+	MaxTopicLength     int           // bytes; default 256
+	MaxEventLength     int           // bytes; default 128
+	// MaxMessagesPerSecond rate-limits each socket's messages, with Burst
+	// at once (zero: 2 × the rate); see channels.EndpointConfig. Zero or
+	// negative: no rate limit (channelsd's flag defaults to 100).
+	MaxMessagesPerSecond float64
+	Burst                int
+	RateAbuseAfter       time.Duration // a socket over its rate this long is closed (1008); default 10s
+	LongPollMaxSessions  int           // default 10000
+	LongPollMaxBuffered  int           // messages per session; default 1000
 
 	// DrainWindow spreads the closing of the sockets when the node drains
 	// (Drain, Shutdown): they are closed in batches evenly over it. Zero
@@ -80,6 +98,12 @@ type Node struct {
 	mux      *http.ServeMux
 	server   *http.Server
 	metrics  *prometheus.Registry
+	slots    *transport.Slots
+
+	// Connections still reading their first request headers, and how many
+	// the server cut at HandshakeTimeout (handshake.go).
+	handshakes        sync.Map // net.Conn -> time.Time
+	handshakeTimeouts atomic.Uint64
 
 	mu       sync.Mutex
 	listener net.Listener
@@ -118,6 +142,21 @@ func New(cfg Config) (*Node, error) {
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = 10 * time.Second
 	}
+	defaultLimit(&cfg.MaxSockets, DefaultMaxSockets)
+	defaultLimit(&cfg.MaxPendingUpgrades, transport.DefaultMaxPendingUpgrades)
+	defaultLimit(&cfg.MaxPayloadSize, DefaultMaxPayloadSize)
+	defaultLimit(&cfg.MaxTopicLength, DefaultMaxTopicLength)
+	defaultLimit(&cfg.MaxEventLength, DefaultMaxEventLength)
+	defaultLimit(&cfg.LongPollMaxSessions, transport.DefaultLongPollMaxSessions)
+	defaultLimit(&cfg.LongPollMaxBuffered, transport.DefaultLongPollMaxBuffered)
+	for _, v := range []*int{&cfg.LongPollMaxSessions, &cfg.LongPollMaxBuffered} {
+		if *v < 0 {
+			*v = math.MaxInt // the transport reads zero or negative as its default
+		}
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = transport.DefaultHandshakeTimeout
+	}
 	if cfg.DrainWindow < 0 || cfg.ShutdownTimeout < 0 {
 		return nil, errors.New("node: DrainWindow and ShutdownTimeout must not be negative")
 	}
@@ -152,17 +191,28 @@ func New(cfg Config) (*Node, error) {
 		Presence:    cfg.Presence,
 		Logger:      cfg.Logger,
 		MaxChannels: cfg.MaxChannels,
+
+		MaxPayloadSize:       cfg.MaxPayloadSize,
+		MaxTopicLength:       cfg.MaxTopicLength,
+		MaxEventLength:       cfg.MaxEventLength,
+		MaxMessagesPerSecond: cfg.MaxMessagesPerSecond,
+		Burst:                cfg.Burst,
+		RateAbuseAfter:       cfg.RateAbuseAfter,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	n.endpoint = ep
+	n.slots = transport.NewSlots(cfg.MaxSockets)
 	n.ws, err = transport.NewWebSocketHandler(transport.FromEndpoint(ep), transport.WebSocketConfig{
-		IdleTimeout:    cfg.IdleTimeout,
-		MaxFrameSize:   cfg.MaxFrameSize,
-		AllowedOrigins: cfg.AllowedOrigins,
-		AuthToken:      true,
-		Logger:         cfg.Logger,
+		IdleTimeout:        cfg.IdleTimeout,
+		MaxFrameSize:       cfg.MaxFrameSize,
+		AllowedOrigins:     cfg.AllowedOrigins,
+		AuthToken:          true,
+		Logger:             cfg.Logger,
+		HandshakeTimeout:   cfg.HandshakeTimeout,
+		Sockets:            n.slots,
+		MaxPendingUpgrades: cfg.MaxPendingUpgrades,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
@@ -186,11 +236,15 @@ func New(cfg Config) (*Node, error) {
 	n.cfg = cfg
 	n.cluster = newClusterView(cfg.NodeID, cfg.ReportInterval)
 	n.lp, err = transport.NewLongPollHandler(transport.FromEndpoint(ep), transport.LongPollConfig{
-		MaxBody:        cfg.MaxFrameSize,
-		AllowedOrigins: cfg.AllowedOrigins,
-		NodeID:         cfg.NodeID,
-		Relay:          relay,
-		Logger:         cfg.Logger,
+		MaxBody:          cfg.MaxFrameSize,
+		MaxSessions:      cfg.LongPollMaxSessions,
+		MaxBuffered:      cfg.LongPollMaxBuffered,
+		HandshakeTimeout: cfg.HandshakeTimeout,
+		Sockets:          n.slots,
+		AllowedOrigins:   cfg.AllowedOrigins,
+		NodeID:           cfg.NodeID,
+		Relay:            relay,
+		Logger:           cfg.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
@@ -199,8 +253,10 @@ func New(cfg Config) (*Node, error) {
 	n.metrics = n.newMetricsRegistry()
 	n.routes()
 	n.server = &http.Server{
-		Handler:           n.mux,
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler:           n.requestRead(n.mux),
+		ReadHeaderTimeout: cfg.HandshakeTimeout,
+		ConnState:         n.trackHandshake,
+		ConnContext:       n.connContext,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
 	}
 	return n, nil

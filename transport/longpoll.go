@@ -70,6 +70,11 @@ type LongPollConfig struct {
 	TokenMaxAge time.Duration
 	// HandshakeTimeout bounds the connect callback. Default 10 s.
 	HandshakeTimeout time.Duration
+	// Sockets, if set, bounds the sockets of the node (shared with the
+	// WebSocket handler): each session holds a slot, and an opening GET
+	// that finds none free gets the answer of MaxSessions (HTTP 503,
+	// Retry-After).
+	Sockets *Slots
 	// Logger receives the transport's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -99,6 +104,8 @@ type LongPollStats struct {
 	Relayed        atomic.Uint64 // requests forwarded to the session's node
 	RelayFailures  atomic.Uint64 // forwarded requests the owner did not answer (gone, timeout)
 	MessagesOut    atomic.Uint64 // messages handed to clients in poll responses
+	SessionLimit   atomic.Uint64 // opening GETs refused (503): MaxSessions reached
+	SocketLimit    atomic.Uint64 // opening GETs refused (503): no free socket slot (Sockets)
 }
 
 // LongPollHandler is the long-poll transport (PROTOCOL.md §8), an
@@ -404,12 +411,24 @@ func (h *LongPollHandler) lookup(r *http.Request) *lpSession {
 // open runs the handshake (§1.2, §5.1) and creates a session, answering
 // {"status":410,"token":T,"messages":[]}.
 func (h *LongPollHandler) open(w http.ResponseWriter, r *http.Request) {
-	if !h.hasRoom() {
-		h.stats.Refused.Add(1)
-		w.Header().Set("Retry-After", "5")
-		w.WriteHeader(http.StatusServiceUnavailable)
+	if closed, full := h.room(); closed || full {
+		if full {
+			h.stats.SessionLimit.Add(1)
+		}
+		h.refuseOpen(w)
 		return
 	}
+	if !h.cfg.Sockets.acquire() {
+		h.stats.SocketLimit.Add(1)
+		h.refuseOpen(w)
+		return
+	}
+	slot := true // held until the session is in the table (released in end)
+	defer func() {
+		if slot {
+			h.cfg.Sockets.release()
+		}
+	}()
 	ser, id, ref := connect(r.Context(), h.ep, r, "longpoll", r.Header.Get("X-Phoenix-Authtoken"), h.cfg.HandshakeTimeout)
 	if ref != nil {
 		// Phoenix answers a refused long-poll connect with 403 in the
@@ -436,13 +455,16 @@ func (h *LongPollHandler) open(w http.ResponseWriter, r *http.Request) {
 	}
 	h.mu.Lock()
 	if h.closed || len(h.sessions) >= h.cfg.MaxSessions {
+		full := !h.closed
 		h.mu.Unlock()
-		h.stats.Refused.Add(1)
-		w.Header().Set("Retry-After", "5")
-		w.WriteHeader(http.StatusServiceUnavailable)
+		if full {
+			h.stats.SessionLimit.Add(1)
+		}
+		h.refuseOpen(w)
 		return
 	}
 	h.sessions[s.id] = s
+	slot = false
 	// Close waits for this Open (and the HandleClose it may start).
 	h.bg.Add(1)
 	h.mu.Unlock()
@@ -468,10 +490,20 @@ func (h *LongPollHandler) open(w http.ResponseWriter, r *http.Request) {
 	writePollJSON(w, 410, h.token(s), nil)
 }
 
-func (h *LongPollHandler) hasRoom() bool {
+// room reports whether the handler is closed, or at MaxSessions.
+func (h *LongPollHandler) room() (closed, full bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return !h.closed && len(h.sessions) < h.cfg.MaxSessions
+	return h.closed, len(h.sessions) >= h.cfg.MaxSessions
+}
+
+// refuseOpen answers an opening GET the node has no room for (or a closed
+// handler's): HTTP 503, Retry-After, empty body. phoenix.js reads a body
+// without JSON as an error, closes and reconnects with backoff.
+func (h *LongPollHandler) refuseOpen(w http.ResponseWriter) {
+	h.stats.Refused.Add(1)
+	w.Header().Set("Retry-After", "5")
+	w.WriteHeader(http.StatusServiceUnavailable)
 }
 
 func (h *LongPollHandler) token(s *lpSession) string {
@@ -571,6 +603,41 @@ func (h *LongPollHandler) post(w http.ResponseWriter, r *http.Request, s *lpSess
 		writeStatusJSON(w, http.StatusOK, 200)
 		return
 	}
+	ended := false
+	splitLongPollBody(body, func(line []byte, binary, ok bool) bool {
+		sock := s.live()
+		if sock == nil {
+			// The session ended mid-body (a frame made the server close
+			// it): the rest is not processed.
+			ended = true
+			return false
+		}
+		if !ok {
+			h.stats.BadLines.Add(1)
+			h.log.Debug("transport: long-poll line is neither JSON nor base64; dropped", "remote", r.RemoteAddr)
+			return true
+		}
+		sock.HandleFrame(line, binary)
+		return true
+	})
+	if ended {
+		writeStatusJSON(w, http.StatusOK, 410)
+		return
+	}
+	writeStatusJSON(w, http.StatusOK, 200)
+}
+
+// splitLongPollBody splits an ndjson POST body into frames (§8.3) and
+// calls yield with each, in order, until yield returns false. A line that
+// begins with "[" or "{" is a JSON text frame (a V2 array, or a V1 object,
+// accepted though phoenix.js never sends one over long-poll), handed as
+// is; anything else is standard base64 of a binary frame, padded as
+// phoenix.js sends it (btoa) or unpadded, handed decoded with binary set.
+// A trailing \r is dropped and empty lines are skipped (Phoenix crashes
+// the session on one; skipping is the SHOULD). A line that is not base64
+// is yielded with ok false and line nil. line is only valid during yield:
+// decoded frames share one buffer.
+func splitLongPollBody(body []byte, yield func(line []byte, binary, ok bool) bool) {
 	var dec []byte
 	for len(body) > 0 {
 		var line []byte
@@ -581,42 +648,34 @@ func (h *LongPollHandler) post(w http.ResponseWriter, r *http.Request, s *lpSess
 		}
 		line = bytes.TrimSuffix(line, []byte{'\r'})
 		if len(line) == 0 {
-			// Phoenix crashes the session on an empty line (§8.3);
-			// skipping it is the SHOULD.
 			continue
 		}
-		sock := s.live()
-		if sock == nil {
-			// The session ended mid-body (a frame made the server close
-			// it): the rest is not processed.
-			writeStatusJSON(w, http.StatusOK, 410)
+		if line[0] == '[' || line[0] == '{' {
+			if !yield(line, false, true) {
+				return
+			}
+			continue
+		}
+		// Room for either decoding: unpadded input decodes to more than
+		// StdEncoding.DecodedLen promises (FuzzLongPollBody found it).
+		if n := base64.RawStdEncoding.DecodedLen(len(line)); cap(dec) < n {
+			dec = make([]byte, n)
+		}
+		dec = dec[:cap(dec)]
+		m, err := base64.StdEncoding.Decode(dec, line)
+		if err != nil {
+			m, err = base64.RawStdEncoding.Decode(dec, line)
+		}
+		var cont bool
+		if err != nil {
+			cont = yield(nil, false, false)
+		} else {
+			cont = yield(dec[:m], true, true)
+		}
+		if !cont {
 			return
 		}
-		switch line[0] {
-		case '[', '{':
-			// V2 array, or a V1 object (accepted though phoenix.js never
-			// sends one over long-poll).
-			sock.HandleFrame(line, false)
-		default:
-			// Standard base64 with padding, as phoenix.js sends (btoa);
-			// without padding accepted too.
-			if n := base64.StdEncoding.DecodedLen(len(line)); cap(dec) < n {
-				dec = make([]byte, n)
-			}
-			dec = dec[:cap(dec)]
-			m, err := base64.StdEncoding.Decode(dec, line)
-			if err != nil {
-				m, err = base64.RawStdEncoding.Decode(dec, line)
-			}
-			if err != nil {
-				h.stats.BadLines.Add(1)
-				h.log.Debug("transport: long-poll line is neither JSON nor base64; dropped", "remote", r.RemoteAddr)
-				continue
-			}
-			sock.HandleFrame(dec[:m], true)
-		}
 	}
-	writeStatusJSON(w, http.StatusOK, 200)
 }
 
 // ---------------------------------------------------------------------
@@ -765,6 +824,7 @@ func (s *lpSession) end(why string) {
 	}
 	h.mu.Unlock()
 	h.stats.Open.Add(-1)
+	h.cfg.Sockets.release()
 	h.log.Debug("transport: long-poll session ended", "why", why)
 	if hasSock {
 		s.startHandleClose()

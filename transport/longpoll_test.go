@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -711,4 +712,22 @@ func TestLongPollConfigErrors(t *testing.T) {
 		t.Errorf("defaults %+v", h.cfg)
 	}
 	_ = h.Close()
+}
+
+// Regression (FuzzLongPollBody): an unpadded base64 line whose length is
+// not a multiple of 4 decodes to more bytes than a padded one of the same
+// length; the decoding buffer was sized for the padded one and the POST
+// panicked. Now it is a binary frame like any other.
+func TestLongPollUnpaddedBase64(t *testing.T) {
+	ep := newFakeEndpoint()
+	hs := newLPHarness(t, LongPollConfig{}, ep)
+	tok, sock := hs.open(t, "vsn=2.0.0")
+	bin := []byte{0, 1, 2, 3, 1} // 7 characters unpadded, StdEncoding.DecodedLen(7) = 3
+	r := hs.post(t, tok, base64.RawStdEncoding.EncodeToString(bin)+"\r\n")
+	if r.HTTP != 200 || r.Raw != `{"status":200}` {
+		t.Fatalf("POST: HTTP %d %s", r.HTTP, r.Raw)
+	}
+	if got := sock.nextFrame(t); !got.binary || string(got.data) != string(bin) {
+		t.Fatalf("binary frame %x binary=%v", got.data, got.binary)
+	}
 }

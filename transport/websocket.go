@@ -51,8 +51,19 @@ type WebSocketConfig struct {
 	// side. Default 2 s.
 	CloseTimeout time.Duration
 	// HandshakeTimeout bounds the connect callback and the writing of the
-	// upgrade response. Default 10 s.
+	// upgrade response. Default 10 s. (Reading the request is the
+	// http.Server's: its ReadHeaderTimeout, which node sets to the same
+	// value.)
 	HandshakeTimeout time.Duration
+	// Sockets, if set, bounds the sockets of the node (shared with the
+	// long-poll handler): an upgrade beyond it is answered HTTP 503 with
+	// Retry-After and the body "too many sockets".
+	Sockets *Slots
+	// MaxPendingUpgrades bounds the handshakes in progress at once (from
+	// the request to the upgraded connection, the connect callback
+	// included); one more is answered HTTP 503 with Retry-After and the
+	// body "too many pending upgrades". Default 1000; negative: no bound.
+	MaxPendingUpgrades int
 	// Logger receives the transport's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// ParkedReads makes every connection wait for its next frame in a
@@ -65,13 +76,14 @@ type WebSocketConfig struct {
 
 // Defaults of WebSocketConfig.
 const (
-	DefaultIdleTimeout      = 60 * time.Second
-	DefaultMaxFrameSize     = 1 << 20
-	DefaultMaxQueue         = 1024
-	DefaultMaxQueueBytes    = 4 << 20
-	DefaultWriteTimeout     = 10 * time.Second
-	DefaultCloseTimeout     = 2 * time.Second
-	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultIdleTimeout        = 60 * time.Second
+	DefaultMaxFrameSize       = 1 << 20
+	DefaultMaxQueue           = 1024
+	DefaultMaxQueueBytes      = 4 << 20
+	DefaultWriteTimeout       = 10 * time.Second
+	DefaultCloseTimeout       = 2 * time.Second
+	DefaultHandshakeTimeout   = 10 * time.Second
+	DefaultMaxPendingUpgrades = 1000
 )
 
 // Stats are a WebSocketHandler's running counters.
@@ -86,6 +98,8 @@ type Stats struct {
 	IdleTimeouts  atomic.Uint64 // closed after IdleTimeout without a frame (1001)
 	WriteErrors   atomic.Uint64 // dropped because a write failed or timed out
 	MessagesOut   atomic.Uint64 // text and binary frames written to clients (control frames not counted)
+	PendingLimit  atomic.Uint64 // handshakes refused (503): MaxPendingUpgrades in progress
+	SocketLimit   atomic.Uint64 // handshakes refused (503): no free socket slot (Sockets)
 }
 
 // WebSocketHandler is the WebSocket transport: an http.Handler mounted at
@@ -96,7 +110,8 @@ type WebSocketHandler struct {
 	log     *slog.Logger
 	origins *originChecker
 	stats   Stats
-	epoch   time.Time // origin of the reactor's clock
+	epoch   time.Time    // origin of the reactor's clock
+	pending atomic.Int64 // handshakes in ServeHTTP
 
 	// The reactor for event-driven reads (reactor.go), started with the
 	// first connection and stopped after the last one or by Close.
@@ -120,6 +135,9 @@ func NewWebSocketHandler(ep Endpoint, cfg WebSocketConfig) (*WebSocketHandler, e
 	positiveOr(&cfg.WriteTimeout, DefaultWriteTimeout)
 	positiveOr(&cfg.CloseTimeout, DefaultCloseTimeout)
 	positiveOr(&cfg.HandshakeTimeout, DefaultHandshakeTimeout)
+	if cfg.MaxPendingUpgrades == 0 {
+		cfg.MaxPendingUpgrades = DefaultMaxPendingUpgrades
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -176,6 +194,28 @@ func (h *WebSocketHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, r, http.StatusBadRequest, "", "method")
 		return
 	}
+	// Capacity first: a node at a limit sheds the handshake before any
+	// work on it (README "Limits").
+	if max := h.cfg.MaxPendingUpgrades; max > 0 {
+		if h.pending.Add(1) > int64(max) {
+			h.pending.Add(-1)
+			h.stats.PendingLimit.Add(1)
+			h.refuse(w, r, http.StatusServiceUnavailable, "too many pending upgrades", "pending upgrades")
+			return
+		}
+		defer h.pending.Add(-1)
+	}
+	if !h.cfg.Sockets.acquire() {
+		h.stats.SocketLimit.Add(1)
+		h.refuse(w, r, http.StatusServiceUnavailable, "too many sockets", "max sockets")
+		return
+	}
+	slot := true // held until the connection takes it (released in end)
+	defer func() {
+		if slot {
+			h.cfg.Sockets.release()
+		}
+	}()
 	// Step 2: origin (RFC 6455 §10.2), 403 with an empty body.
 	if !h.origins.allow(originOf(r)) {
 		h.refuse(w, r, http.StatusForbidden, "", "origin")
@@ -238,6 +278,7 @@ func (h *WebSocketHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	c := newWSConn(h, nc)
+	slot = false
 	// net/http's hijacked buffers are dropped here; only bytes a client
 	// sent ahead of our 101 answer are kept (copied) for the reader.
 	if n := rw.Reader.Buffered(); n > 0 {
@@ -263,7 +304,8 @@ func (h *WebSocketHandler) refuse(w http.ResponseWriter, r *http.Request, status
 	h.stats.Refused.Add(1)
 	h.log.Debug("transport: websocket handshake refused", "remote", r.RemoteAddr, "status", status, "check", why)
 	if status == http.StatusServiceUnavailable {
-		// A draining node (channels.ErrShuttingDown): try another one.
+		// A draining node (channels.ErrShuttingDown), or one at a limit:
+		// try another one, or later.
 		w.Header().Set("Retry-After", "5")
 	}
 	if body != "" {

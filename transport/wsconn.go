@@ -628,6 +628,7 @@ func (c *wsConn) end() {
 	c.mu.Unlock()
 	c.closeNC()
 	c.h.stats.Open.Add(-1)
+	c.h.cfg.Sockets.release()
 	defer func() {
 		if r := recover(); r != nil {
 			c.h.log.Error("transport: socket panicked in HandleClose", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))

@@ -21,6 +21,7 @@ import (
 	presenceredis "github.com/channelsd/channelsd/presence/redis"
 	"github.com/channelsd/channelsd/pubsub"
 	"github.com/channelsd/channelsd/pubsub/redis"
+	"github.com/channelsd/channelsd/transport"
 )
 
 func main() {
@@ -79,6 +80,18 @@ type options struct {
 	heartbeat       time.Duration
 	deadAfter       time.Duration
 	coalesce        time.Duration
+
+	// Limits (README "Limits").
+	maxSockets         int
+	maxPendingUpgrades int
+	handshakeTimeout   time.Duration
+	maxPayloadSize     int
+	maxTopicLength     int
+	maxEventLength     int
+	maxMessagesPerSec  float64
+	burst              int
+	lpMaxSessions      int
+	lpMaxBuffered      int
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -92,6 +105,16 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.duration(&o.idleTimeout, "idle-timeout", "CHANNELS_IDLE_TIMEOUT", 60*time.Second, "close a socket that sent nothing for this long (clients heartbeat every 30s)")
 	env.int64(&o.maxFrameSize, "max-frame-size", "CHANNELS_MAX_FRAME_SIZE", 1<<20, "largest client message in bytes; larger ones close the socket with 1009")
 	env.int(&o.maxChannels, "max-channels", "CHANNELS_MAX_CHANNELS", 100, "channels one socket may join")
+	env.int(&o.maxSockets, "max-sockets", "CHANNELS_MAX_SOCKETS", node.DefaultMaxSockets, "sockets (WebSocket connections plus long-poll sessions) this node serves; one more is answered HTTP 503 with Retry-After; keep it under the open-file limit; -1: no limit")
+	env.int(&o.maxPendingUpgrades, "max-pending-upgrades", "CHANNELS_MAX_PENDING_UPGRADES", transport.DefaultMaxPendingUpgrades, "WebSocket handshakes in progress at once; one more is answered HTTP 503 with Retry-After; -1: no limit")
+	env.duration(&o.handshakeTimeout, "handshake-timeout", "CHANNELS_HANDSHAKE_TIMEOUT", transport.DefaultHandshakeTimeout, "longest time to read a request's headers (a client trickling them is disconnected) and, separately, to run the connect callback")
+	env.int(&o.maxPayloadSize, "max-payload-size", "CHANNELS_MAX_PAYLOAD_SIZE", node.DefaultMaxPayloadSize, "largest payload of a client message in bytes (within --max-frame-size); a larger one is dropped with the error reply {\"reason\":\"payload too large\"}; -1: no limit")
+	env.int(&o.maxTopicLength, "max-topic-length", "CHANNELS_MAX_TOPIC_LENGTH", node.DefaultMaxTopicLength, "longest topic of a client message in bytes; a longer one gets the error reply {\"reason\":\"topic too long\"}; -1: no limit")
+	env.int(&o.maxEventLength, "max-event-length", "CHANNELS_MAX_EVENT_LENGTH", node.DefaultMaxEventLength, "longest event name of a client message in bytes; a longer one gets the error reply {\"reason\":\"event too long\"}; -1: no limit")
+	env.float(&o.maxMessagesPerSec, "max-messages-per-second", "CHANNELS_MAX_MESSAGES_PER_SECOND", 100, "messages per second each socket may send on average (token bucket of --burst); one over gets the error reply {\"reason\":\"rate limited\"}, and a socket still over its rate 10s after its first refusal is closed with 1008; 0: no limit")
+	env.int(&o.burst, "burst", "CHANNELS_BURST", 200, "messages a socket may send at once before --max-messages-per-second applies; 0: twice the rate")
+	env.int(&o.lpMaxSessions, "longpoll-max-sessions", "CHANNELS_LONGPOLL_MAX_SESSIONS", transport.DefaultLongPollMaxSessions, "long-poll sessions this node serves (they count toward --max-sockets too); one more is answered HTTP 503 with Retry-After; -1: no limit")
+	env.int(&o.lpMaxBuffered, "longpoll-max-buffered", "CHANNELS_LONGPOLL_MAX_BUFFERED", transport.DefaultLongPollMaxBuffered, "messages a long-poll session buffers for its next poll; beyond, the oldest is dropped")
 	env.str(&o.apiKey, "api-key", "CHANNELS_API_KEY", "", "bearer key required by the HTTP API (/api/*); empty leaves it open")
 	env.str(&o.tokenSecret, "token-secret", "CHANNELS_TOKEN_SECRET", "", "secret (at least 32 bytes) that signs and verifies socket tokens (HS256 JWTs); when set every socket needs a valid token, and private:* topics open to tokens whose topics claim names them; empty accepts anonymous sockets")
 	env.str(&o.tokenPrevious, "token-secret-previous", "CHANNELS_TOKEN_SECRET_PREVIOUS", "", "during a secret rotation: the previous secret, which still verifies tokens but signs none")
@@ -134,6 +157,15 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	// any pair of values is consistent; only negative ones are not.
 	if o.drainWindow < 0 {
 		return nil, fmt.Errorf("--drain-window %s: must not be negative", o.drainWindow)
+	}
+	if o.handshakeTimeout <= 0 {
+		return nil, fmt.Errorf("--handshake-timeout %s: must be positive", o.handshakeTimeout)
+	}
+	if o.maxMessagesPerSec < 0 || o.burst < 0 {
+		return nil, fmt.Errorf("--max-messages-per-second and --burst must not be negative")
+	}
+	if o.lpMaxBuffered <= 0 {
+		return nil, fmt.Errorf("--longpoll-max-buffered %d: must be positive", o.lpMaxBuffered)
 	}
 	if o.shutdownTimeout <= 0 {
 		return nil, fmt.Errorf("--shutdown-timeout %s: must be positive", o.shutdownTimeout)
@@ -229,6 +261,18 @@ func run(args []string, stderr io.Writer) error {
 		Presence:        tracker,
 		NodeID:          nodeID,
 		Logger:          logger,
+
+		// Limits (README "Limits").
+		MaxSockets:           o.maxSockets,
+		MaxPendingUpgrades:   o.maxPendingUpgrades,
+		HandshakeTimeout:     o.handshakeTimeout,
+		MaxPayloadSize:       o.maxPayloadSize,
+		MaxTopicLength:       o.maxTopicLength,
+		MaxEventLength:       o.maxEventLength,
+		MaxMessagesPerSecond: o.maxMessagesPerSec,
+		Burst:                o.burst,
+		LongPollMaxSessions:  o.lpMaxSessions,
+		LongPollMaxBuffered:  o.lpMaxBuffered,
 	})
 	if err != nil {
 		return err
