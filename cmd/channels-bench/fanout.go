@@ -351,14 +351,21 @@ func dialV2(ctx context.Context, addr string, src net.IP, query string) (net.Con
 // joinTopic joins topic with params (JSON, "" for {}) and waits for the
 // ok reply, skipping other frames.
 func joinTopic(conn net.Conn, topic string, params ...string) error {
-	ref := strconv.FormatInt(joinRefs.Add(1), 10)
 	p := "{}"
 	if len(params) > 0 {
 		p = params[0]
 	}
-	join := fmt.Sprintf(`[%q,%q,%q,"phx_join",%s]`, ref, ref, topic, p)
+	_, err := joinTopicRef(conn, topic, p)
+	return err
+}
+
+// joinTopicRef is joinTopic returning the join_ref, which the channel's
+// later pushes carry.
+func joinTopicRef(conn net.Conn, topic, params string) (string, error) {
+	ref := strconv.FormatInt(joinRefs.Add(1), 10)
+	join := fmt.Sprintf(`[%q,%q,%q,"phx_join",%s]`, ref, ref, topic, params)
 	if err := wsutil.WriteClientText(conn, []byte(join)); err != nil {
-		return err
+		return "", err
 	}
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	defer conn.SetReadDeadline(time.Time{})
@@ -366,13 +373,13 @@ func joinTopic(conn net.Conn, topic string, params ...string) error {
 	for {
 		data, err := wsutil.ReadServerText(conn)
 		if err != nil {
-			return fmt.Errorf("awaiting join reply for %s: %w", topic, err)
+			return "", fmt.Errorf("awaiting join reply for %s: %w", topic, err)
 		}
 		if bytes.HasPrefix(data, prefix) {
 			if !bytes.Contains(data, []byte(`"status":"ok"`)) {
-				return fmt.Errorf("join %s refused: %s", topic, data)
+				return "", fmt.Errorf("join %s refused: %s", topic, data)
 			}
-			return nil
+			return ref, nil
 		}
 	}
 }

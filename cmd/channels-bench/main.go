@@ -25,6 +25,10 @@ func main() {
 		err = runFanout(ctx, os.Args[2:], os.Args[1])
 	case "longpoll":
 		err = runLongPoll(ctx, os.Args[2:])
+	case "presence":
+		err = runPresence(ctx, os.Args[2:])
+	case "churn":
+		err = runChurn(ctx, os.Args[2:])
 	case "-h", "--help", "help":
 		usage()
 		return
@@ -52,6 +56,11 @@ Scenarios:
           the first node; cross-node latency reported separately
   longpoll one long-poll session's throughput each way, then N idle
           sessions joined to rooms: server bytes per session
+  presence join storm on one topic across nodes (-addrs): time until
+          every node's observer lists every user
+  churn   sockets connecting, joining, leaving and disconnecting at a
+          rate for a duration: the node's heap and goroutines before and
+          after (from /metrics), for leaks
 
 Run 'channels-bench SCENARIO -h' for the scenario's flags. Traffic goes
 only to loopback addresses.
