@@ -23,7 +23,7 @@ export NODE_IMAGE ?= channelsd:test
 export REDIS_IMAGE ?= channelsd-redis:test
 export HAPROXY_IMAGE ?= channelsd-haproxy:test
 
-.PHONY: run run-cluster build image images test test-unit test-cluster test-norace lint fuzz fuzz-short bench bench-idle clean
+.PHONY: run run-cluster build image images test test-unit test-cluster test-norace lint fuzz fuzz-short bench bench-idle soak clean
 
 run:
 	$(GO) run ./cmd/channelsd
@@ -89,8 +89,19 @@ fuzz-short:
 fuzz:
 	$(MAKE) fuzz-short FUZZTIME=$(LONGFUZZ)
 
-bench:
+# Go micro-benchmarks, then a short run of every channels-bench scenario
+# against nodes (and a Redis) it starts, which rewrites the results
+# section of BENCHMARKS.md (needs redis-server on the host).
+bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./channels ./pubsub/... ./transport/...
+	$(BIN)/channels-bench all -node-bin $(BIN)/channelsd -out BENCHMARKS.md
+
+# 30 minutes of sockets connecting, joining, leaving and disconnecting;
+# fails if the node is left with sockets, channels, presence entries or
+# goroutines it did not start with (not part of make test).
+SOAK ?= 30m
+soak: build
+	$(BIN)/channels-bench churn -spawn-node -node-bin $(BIN)/channelsd -rate 200 -duration $(SOAK)
 
 bench-idle: build
 	$(BIN)/channels-bench idle -spawn-node -conns $(IDLE_CONNS)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,6 +44,7 @@ func runIdle(ctx context.Context, args []string) error {
 	sources := fs.Int("sources", 4, "local source addresses 127.0.0.1..N, to spread ephemeral ports")
 	parallel := fs.Int("parallel", 64, "concurrent connects")
 	settle := fs.Duration("settle", 5*time.Second, "wait after the last join before reading memory")
+	plain := fs.Bool("plain", false, "join conformance:bench-<i> topics without presence (needs a node with --conformance) instead of the default app's rooms, which track presence and push presence_state on every join")
 	timeout := fs.Duration("timeout", 3*time.Minute, "bound on the whole run")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -52,6 +54,13 @@ func runIdle(ctx context.Context, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
+	topicPrefix := "room:bench-"
+	if *plain {
+		topicPrefix = "conformance:bench-"
+		if !strings.Contains(tf.nodeFlags, "--conformance") {
+			tf.nodeFlags += " --conformance"
+		}
+	}
 	t, err := tf.open(ctx)
 	if err != nil {
 		return err
@@ -96,7 +105,7 @@ func runIdle(ctx context.Context, args []string) error {
 					return
 				}
 				src := net.IPv4(127, 0, 0, byte(1+i%*sources))
-				c, err := dialJoin(ctx, t.addr, src, "room:bench-"+strconv.Itoa(i%*rooms), i)
+				c, err := dialJoin(ctx, t.addr, src, topicPrefix+strconv.Itoa(i%*rooms), i)
 				if err != nil {
 					failed.Add(1)
 					lastErr.Store(err.Error())
@@ -156,7 +165,11 @@ func dialJoin(ctx context.Context, addr string, src net.IP, topic string, i int)
 	if err != nil {
 		return nil, err
 	}
-	if err := joinTopic(conn, topic, fmt.Sprintf(`{"user":%q}`, user)); err != nil {
+	params := fmt.Sprintf(`{"user":%q}`, user)
+	if strings.HasPrefix(topic, "conformance:") {
+		params = "{}" // no user: the conformance channel tracks nobody
+	}
+	if err := joinTopic(conn, topic, params); err != nil {
 		conn.Close()
 		return nil, err
 	}

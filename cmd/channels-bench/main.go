@@ -29,6 +29,8 @@ func main() {
 		err = runPresence(ctx, os.Args[2:])
 	case "churn":
 		err = runChurn(ctx, os.Args[2:])
+	case "all":
+		err = runAll(ctx, os.Args[2:])
 	case "-h", "--help", "help":
 		usage()
 		return
@@ -58,6 +60,9 @@ Scenarios:
           sessions joined to rooms: server bytes per session
   presence join storm on one topic across nodes (-addrs): time until
           every node's observer lists every user
+  all     a short run of every scenario against nodes (and a Redis) it
+          starts itself; rewrites the results section of BENCHMARKS.md
+          (make bench)
   churn   sockets connecting, joining, leaving and disconnecting at a
           rate for a duration: the node's heap and goroutines before and
           after (from /metrics), for leaks
