@@ -6,12 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"os"
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/gobwas/ws/wsutil"
@@ -72,60 +69,13 @@ func runIdle(ctx context.Context, args []string) error {
 	cpu0, _ := cpuSeconds(t.pid)
 	self0, _ := cpuSeconds(0)
 
-	var (
-		mu      sync.Mutex
-		opened  []net.Conn
-		joined  atomic.Int64
-		failed  atomic.Int64
-		next    atomic.Int64
-		wg      sync.WaitGroup
-		lastErr atomic.Value
-	)
 	start := time.Now()
-	progress := time.NewTicker(time.Second)
-	defer progress.Stop()
-	done := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-progress.C:
-				fmt.Fprintf(os.Stderr, "idle: %d joined, %d failed\n", joined.Load(), failed.Load())
-			case <-done:
-				return
-			}
-		}
-	}()
-	for w := 0; w < *parallel; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= *conns || ctx.Err() != nil {
-					return
-				}
-				src := net.IPv4(127, 0, 0, byte(1+i%*sources))
-				c, err := dialJoin(ctx, t.addr, src, topicPrefix+strconv.Itoa(i%*rooms), i)
-				if err != nil {
-					failed.Add(1)
-					lastErr.Store(err.Error())
-					continue
-				}
-				joined.Add(1)
-				mu.Lock()
-				opened = append(opened, c)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	close(done)
+	opened, failed := openMany(ctx, "idle", *conns, *parallel, *sources, func(i int, src net.IP) (net.Conn, error) {
+		return dialJoin(ctx, t.addr, src, topicPrefix+strconv.Itoa(i%*rooms), i)
+	})
 	res.ConnectSeconds = time.Since(start).Seconds()
-	res.Joined, res.Failed = joined.Load(), failed.Load()
+	res.Joined, res.Failed = int64(len(opened)), failed
 	res.JoinsPerSecond = float64(res.Joined) / res.ConnectSeconds
-	if e, ok := lastErr.Load().(string); ok {
-		fmt.Fprintln(os.Stderr, "idle: last error:", e)
-	}
 
 	select {
 	case <-time.After(*settle):

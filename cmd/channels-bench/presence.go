@@ -6,11 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/gobwas/ws/wsutil"
@@ -89,46 +87,13 @@ func runPresence(ctx context.Context, args []string) error {
 	res := presenceResult{Scenario: "presence", Nodes: len(nodes), Users: *users}
 	cpu0 := sumCPU(nodePids)
 	self0, _ := cpuSeconds(0)
-	var (
-		mu      sync.Mutex
-		conns   []net.Conn
-		next    atomic.Int64
-		tracked atomic.Int64
-		failed  atomic.Int64
-		lastErr atomic.Value
-		wg      sync.WaitGroup
-	)
 	start := time.Now()
-	for range *parallel {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= *users || ctx.Err() != nil {
-					return
-				}
-				src := net.IPv4(127, 0, 0, byte(1+i%*sources))
-				conn, err := trackOne(ctx, nodes[i%len(nodes)], src, topic, "u"+strconv.Itoa(i))
-				if err != nil {
-					failed.Add(1)
-					lastErr.Store(err.Error())
-					continue
-				}
-				tracked.Add(1)
-				mu.Lock()
-				conns = append(conns, conn)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
+	conns, failed := openMany(ctx, "presence", *users, *parallel, *sources, func(i int, src net.IP) (net.Conn, error) {
+		return trackOne(ctx, nodes[i%len(nodes)], src, topic, "u"+strconv.Itoa(i))
+	})
 	stormEnd := time.Now()
-	res.Tracked, res.Failed = tracked.Load(), failed.Load()
+	res.Tracked, res.Failed = int64(len(conns)), failed
 	res.StormSeconds = stormEnd.Sub(start).Seconds()
-	if e, ok := lastErr.Load().(string); ok {
-		fmt.Fprintf(os.Stderr, "presence: %d failed, last error: %s\n", res.Failed, e)
-	}
 	want = int(res.Tracked) + len(nodes)
 	for ctx.Err() == nil {
 		done := true

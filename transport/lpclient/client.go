@@ -356,16 +356,15 @@ func (c *Client) Flush(ctx context.Context) error {
 // and a fresh ref as both join_ref and ref, then waits for the reply. The
 // topic is rejoined with the same params after a reconnect until Leave.
 func (c *Client) Join(ctx context.Context, topic string, params any) (wsclient.Message, error) {
-	data, binary, err := encodePayload(params)
+	ref := c.NextRef()
+	m, err := wsclient.JoinMessage(topic, ref, params)
 	if err != nil {
 		return wsclient.Message{}, err
 	}
-	ref := c.NextRef()
 	c.mu.Lock()
-	c.joins[topic] = joined{ref: ref, payload: data, binary: binary}
+	c.joins[topic] = joined{ref: ref, payload: m.Payload, binary: m.Binary}
 	c.mu.Unlock()
-	r := channels.StringRef(ref)
-	if err := c.Send(channels.Message{JoinRef: r, Ref: r, Topic: topic, Event: channels.EventJoin, Payload: data, Binary: binary}); err != nil {
+	if err := c.Send(m); err != nil {
 		return wsclient.Message{}, err
 	}
 	return c.AwaitReply(ctx, ref)
@@ -376,17 +375,12 @@ func (c *Client) Join(ctx context.Context, topic string, params any) (wsclient.M
 // for {}, json.RawMessage or []byte for JSON text, channels.Binary for raw
 // bytes (a binary push), or any value to marshal as JSON.
 func (c *Client) Push(topic, event string, payload any) (string, error) {
-	data, binary, err := encodePayload(payload)
+	ref := c.NextRef()
+	m, err := wsclient.PushMessage(topic, event, c.JoinRef(topic), ref, payload)
 	if err != nil {
 		return "", err
 	}
-	ref := c.NextRef()
-	var joinRef channels.Ref
-	if jr := c.JoinRef(topic); jr != "" {
-		joinRef = channels.StringRef(jr)
-	}
-	err = c.Send(channels.Message{JoinRef: joinRef, Ref: channels.StringRef(ref), Topic: topic, Event: event, Payload: data, Binary: binary})
-	return ref, err
+	return ref, c.Send(m)
 }
 
 // Leave sends phx_leave for topic, forgets it (no rejoin) and returns the
@@ -858,16 +852,3 @@ func encodeLine(m channels.Message) (string, error) {
 	return string(f.Data), nil
 }
 
-// encodePayload turns a payload argument into wire bytes, as wsclient
-// does: a []byte is raw JSON; everything else follows
-// channels.EncodePayload.
-func encodePayload(v any) ([]byte, bool, error) {
-	if p, ok := v.([]byte); ok {
-		v = json.RawMessage(p)
-	}
-	data, binary, err := channels.EncodePayload(v)
-	if err != nil {
-		return nil, false, fmt.Errorf("lpclient: encoding a payload: %w", err)
-	}
-	return data, binary, nil
-}

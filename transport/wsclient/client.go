@@ -288,16 +288,15 @@ func (c *Client) SendRaw(data []byte, binary bool) error {
 // and a fresh ref as both join_ref and ref, then waits for the reply. The
 // join_ref is kept for later pushes to topic whatever the reply says.
 func (c *Client) Join(ctx context.Context, topic string, params any) (Message, error) {
-	data, binary, err := encodePayload(params)
+	ref := c.NextRef()
+	m, err := JoinMessage(topic, ref, params)
 	if err != nil {
 		return Message{}, err
 	}
-	ref := c.NextRef()
 	c.jmu.Lock()
 	c.joinRefs[topic] = ref
 	c.jmu.Unlock()
-	r := channels.StringRef(ref)
-	if err := c.Send(channels.Message{JoinRef: r, Ref: r, Topic: topic, Event: channels.EventJoin, Payload: data, Binary: binary}); err != nil {
+	if err := c.Send(m); err != nil {
 		return Message{}, err
 	}
 	return c.AwaitReply(ctx, ref)
@@ -308,17 +307,38 @@ func (c *Client) Join(ctx context.Context, topic string, params any) (Message, e
 // nil for {}, json.RawMessage or []byte for JSON text, channels.Binary for
 // raw bytes (a binary frame), or any value to marshal as JSON.
 func (c *Client) Push(topic, event string, payload any) (string, error) {
-	data, binary, err := encodePayload(payload)
+	ref := c.NextRef()
+	m, err := PushMessage(topic, event, c.JoinRef(topic), ref, payload)
 	if err != nil {
 		return "", err
 	}
-	ref := c.NextRef()
-	var joinRef channels.Ref
-	if jr := c.JoinRef(topic); jr != "" {
-		joinRef = channels.StringRef(jr)
+	return ref, c.Send(m)
+}
+
+// JoinMessage is the phx_join of topic with ref as its join_ref and ref,
+// and params as its payload (see Push for payload types): what Join sends,
+// for clients of other transports.
+func JoinMessage(topic, ref string, params any) (channels.Message, error) {
+	data, binary, err := encodePayload(params)
+	if err != nil {
+		return channels.Message{}, err
 	}
-	err = c.Send(channels.Message{JoinRef: joinRef, Ref: channels.StringRef(ref), Topic: topic, Event: event, Payload: data, Binary: binary})
-	return ref, err
+	r := channels.StringRef(ref)
+	return channels.Message{JoinRef: r, Ref: r, Topic: topic, Event: channels.EventJoin, Payload: data, Binary: binary}, nil
+}
+
+// PushMessage is a push of event to topic with joinRef ("" for null), ref
+// and payload (see Push): what Push sends, for clients of other transports.
+func PushMessage(topic, event, joinRef, ref string, payload any) (channels.Message, error) {
+	data, binary, err := encodePayload(payload)
+	if err != nil {
+		return channels.Message{}, err
+	}
+	var jr channels.Ref
+	if joinRef != "" {
+		jr = channels.StringRef(joinRef)
+	}
+	return channels.Message{JoinRef: jr, Ref: channels.StringRef(ref), Topic: topic, Event: event, Payload: data, Binary: binary}, nil
 }
 
 // Leave sends phx_leave for topic and returns its ref.
