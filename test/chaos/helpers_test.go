@@ -502,18 +502,7 @@ func (l *load) account(exempt func(c *loadClient, p publish) bool) tally {
 			if !(p.ok || local) || (exempt != nil && exempt(c, p)) {
 				continue
 			}
-			covered := false
-			for _, cn := range conns {
-				ended := cn.Ended
-				if ended.IsZero() {
-					ended = time.Now()
-				}
-				if !cn.Joined.IsZero() && !p.start.Before(cn.Joined) && !p.end.Add(slack).After(ended) {
-					covered = true
-					break
-				}
-			}
-			if !covered {
+			if !wsclient.Covered(conns, p.start, p.end, slack) {
 				continue
 			}
 			tl.owed++

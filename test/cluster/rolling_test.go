@@ -226,18 +226,7 @@ func TestRollingRestart(t *testing.T) {
 			if !p.ok {
 				continue
 			}
-			covered := false
-			for _, cn := range conns {
-				ended := cn.Ended
-				if ended.IsZero() {
-					ended = time.Now()
-				}
-				if !cn.Joined.IsZero() && !p.start.Before(cn.Joined) && !p.end.Add(rollSlack).After(ended) {
-					covered = true
-					break
-				}
-			}
-			if !covered {
+			if !wsclient.Covered(conns, p.start, p.end, rollSlack) {
 				continue
 			}
 			expected++

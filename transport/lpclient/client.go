@@ -851,4 +851,3 @@ func encodeLine(m channels.Message) (string, error) {
 	}
 	return string(f.Data), nil
 }
-

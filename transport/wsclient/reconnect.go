@@ -246,3 +246,21 @@ func (r *Reconnecting) Close() error {
 	<-r.done
 	return nil
 }
+
+// Covered reports whether one of conns spans an event that began at
+// start and ended at end: joined no later than start and still open
+// slack after end (a current connection counts as open now). It is the
+// delivery guarantee's condition: a broadcast published then must reach
+// the client; see the rolling-restart and chaos tests.
+func Covered(conns []Conn, start, end time.Time, slack time.Duration) bool {
+	for _, cn := range conns {
+		ended := cn.Ended
+		if ended.IsZero() {
+			ended = time.Now()
+		}
+		if !cn.Joined.IsZero() && !start.Before(cn.Joined) && !end.Add(slack).After(ended) {
+			return true
+		}
+	}
+	return false
+}
