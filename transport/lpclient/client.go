@@ -171,8 +171,7 @@ type Client struct {
 	sendDone  chan struct{}
 	done      chan struct{} // closed when the poll goroutine has ended
 
-	rmu     sync.Mutex
-	pending []wsclient.Message
+	inbox *wsclient.Inbox // the receiving side, over msgs
 }
 
 // Open opens a session at baseURL (e.g.
@@ -215,6 +214,7 @@ func Open(ctx context.Context, baseURL string, opts Options) (*Client, error) {
 		buffer = wsclient.DefaultBuffer
 	}
 	c.msgs = make(chan wsclient.Message, buffer)
+	c.inbox = wsclient.NewInbox(c.msgs)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	stop := context.AfterFunc(ctx, c.cancel)
 	sess, err := c.open()
@@ -397,28 +397,14 @@ func (c *Client) Leave(topic string) (string, error) {
 // waiting until one arrives, ctx ends or the client ends (ErrClosed).
 // Messages it passes over stay queued, in order, for later calls.
 func (c *Client) Await(ctx context.Context, match func(wsclient.Message) bool) (wsclient.Message, error) {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	for i, m := range c.pending {
-		if match(m) {
-			c.pending = slices.Delete(c.pending, i, i+1)
-			return m, nil
-		}
+	m, err := c.inbox.Await(ctx, match)
+	switch {
+	case errors.Is(err, wsclient.ErrInboxClosed):
+		return wsclient.Message{}, fmt.Errorf("%w: %w", ErrClosed, c.Err())
+	case err != nil:
+		return wsclient.Message{}, fmt.Errorf("lpclient: awaiting a message: %w", err)
 	}
-	for {
-		select {
-		case m, ok := <-c.msgs:
-			if !ok {
-				return wsclient.Message{}, fmt.Errorf("%w: %w", ErrClosed, c.Err())
-			}
-			if match(m) {
-				return m, nil
-			}
-			c.pending = append(c.pending, m)
-		case <-ctx.Done():
-			return wsclient.Message{}, fmt.Errorf("lpclient: awaiting a message: %w", ctx.Err())
-		}
-	}
+	return m, nil
 }
 
 // Next returns the oldest message not yet taken.
@@ -433,21 +419,7 @@ func (c *Client) AwaitReply(ctx context.Context, ref string) (wsclient.Message, 
 
 // Queued returns a copy of the messages received and not yet taken,
 // without waiting.
-func (c *Client) Queued() []wsclient.Message {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	for {
-		select {
-		case m, ok := <-c.msgs:
-			if !ok {
-				return slices.Clone(c.pending)
-			}
-			c.pending = append(c.pending, m)
-		default:
-			return slices.Clone(c.pending)
-		}
-	}
-}
+func (c *Client) Queued() []wsclient.Message { return c.inbox.Queued() }
 
 // Done is closed when the client has ended (Close, or a lost session
 // without Reconnect) and every received message has been queued.

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -149,8 +148,7 @@ type Client struct {
 	done      chan struct{} // closed when the read goroutine has ended
 	status    CloseStatus   // written before msgs is closed
 
-	rmu     sync.Mutex // held by receivers
-	pending []Message  // received, passed over by an Await; guarded by rmu
+	inbox *Inbox // the receiving side, over msgs
 }
 
 // Dial opens a WebSocket to rawURL (e.g. "ws://127.0.0.1:4000/socket/websocket"),
@@ -216,6 +214,7 @@ func Dial(ctx context.Context, rawURL string, opts Options) (*Client, error) {
 		closing:  make(chan struct{}),
 		done:     make(chan struct{}),
 	}
+	c.inbox = NewInbox(c.msgs)
 	var r io.Reader = conn
 	if br != nil {
 		// The server wrote frames right after its handshake response;
@@ -357,29 +356,15 @@ func (c *Client) Heartbeat() (string, error) {
 // waiting until one arrives, ctx ends or the connection ends (ErrClosed).
 // Messages it passes over stay queued, in order, for later calls.
 func (c *Client) Await(ctx context.Context, match func(Message) bool) (Message, error) {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	for i, m := range c.pending {
-		if match(m) {
-			c.pending = slices.Delete(c.pending, i, i+1)
-			return m, nil
-		}
+	m, err := c.inbox.Await(ctx, match)
+	switch {
+	case errors.Is(err, ErrInboxClosed):
+		<-c.done
+		return Message{}, fmt.Errorf("%w: %s", ErrClosed, c.status)
+	case err != nil:
+		return Message{}, fmt.Errorf("wsclient: awaiting a message: %w", err)
 	}
-	for {
-		select {
-		case m, ok := <-c.msgs:
-			if !ok {
-				<-c.done
-				return Message{}, fmt.Errorf("%w: %s", ErrClosed, c.status)
-			}
-			if match(m) {
-				return m, nil
-			}
-			c.pending = append(c.pending, m)
-		case <-ctx.Done():
-			return Message{}, fmt.Errorf("wsclient: awaiting a message: %w", ctx.Err())
-		}
-	}
+	return m, nil
 }
 
 // Next returns the oldest message not yet taken.
@@ -394,39 +379,16 @@ func (c *Client) AwaitReply(ctx context.Context, ref string) (Message, error) {
 
 // Queued returns a copy of the messages received and not yet taken,
 // without waiting.
-func (c *Client) Queued() []Message {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	for {
-		select {
-		case m, ok := <-c.msgs:
-			if !ok {
-				return slices.Clone(c.pending)
-			}
-			c.pending = append(c.pending, m)
-		default:
-			return slices.Clone(c.pending)
-		}
-	}
-}
+func (c *Client) Queued() []Message { return c.inbox.Queued() }
 
 // AwaitClose waits until the connection has ended and says how. Messages
 // received meanwhile stay queued for Await.
 func (c *Client) AwaitClose(ctx context.Context) (CloseStatus, error) {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	for {
-		select {
-		case m, ok := <-c.msgs:
-			if !ok {
-				<-c.done
-				return c.status, nil
-			}
-			c.pending = append(c.pending, m)
-		case <-ctx.Done():
-			return CloseStatus{}, fmt.Errorf("wsclient: awaiting the close: %w", ctx.Err())
-		}
+	if err := c.inbox.AwaitClosed(ctx); err != nil {
+		return CloseStatus{}, fmt.Errorf("wsclient: awaiting the close: %w", err)
 	}
+	<-c.done
+	return c.status, nil
 }
 
 // Done is closed when the connection has ended and every message has been
