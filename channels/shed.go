@@ -1,6 +1,7 @@
 package channels
 
 import (
+	"cmp"
 	"slices"
 	"strconv"
 )
@@ -37,15 +38,7 @@ func (e *Endpoint) CloseOldest(n int, bornBefore uint64, code int, reason string
 		}
 	}
 	e.mu.Unlock()
-	slices.SortFunc(cands, func(a, b aged) int {
-		switch {
-		case a.serial < b.serial:
-			return -1
-		case a.serial > b.serial:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(cands, func(a, b aged) int { return cmp.Compare(a.serial, b.serial) })
 	if len(cands) > n {
 		cands = cands[:n]
 	}

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"math"
@@ -109,15 +110,7 @@ func (v *clusterView) live(now time.Time) []NodeReport {
 		c.Age = math.Round(age.Seconds()*10) / 10
 		out = append(out, c)
 	}
-	slices.SortFunc(out, func(a, b NodeReport) int {
-		switch {
-		case a.Node < b.Node:
-			return -1
-		case a.Node > b.Node:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b NodeReport) int { return cmp.Compare(a.Node, b.Node) })
 	return out
 }
 
