@@ -80,6 +80,7 @@ type options struct {
 	heartbeat       time.Duration
 	deadAfter       time.Duration
 	coalesce        time.Duration
+	coalesceMax     time.Duration
 
 	// Limits (README "Limits").
 	maxSockets         int
@@ -127,6 +128,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.duration(&o.heartbeat, "presence-heartbeat", "CHANNELS_PRESENCE_HEARTBEAT", 5*time.Second, "with --redis: how often a node heartbeats and re-checks its presence entries")
 	env.duration(&o.deadAfter, "presence-dead-after", "CHANNELS_PRESENCE_DEAD_AFTER", 0, "with --redis: a node silent this long is dead and its users leave; 0 means 3 heartbeats")
 	env.duration(&o.coalesce, "presence-coalesce", "CHANNELS_PRESENCE_COALESCE", 30*time.Millisecond, "with --redis: presence changes of a topic within this window go out as one presence_diff")
+	env.duration(&o.coalesceMax, "presence-coalesce-max", "CHANNELS_PRESENCE_COALESCE_MAX", 500*time.Millisecond, "with --redis: the widest window of a busy topic; a topic whose window gathered several changes doubles it up to this (a join storm into a big room then costs far fewer diffs), a calm one halves it back")
 	env.str(&o.nodeID, "node-id", "CHANNELS_NODE_ID", "", "this node's id in the cluster; default POD_NAME, else hostname plus a short uuid")
 	env.str(&o.pprofAddr, "pprof-addr", "CHANNELS_PPROF_ADDR", "", "serve net/http/pprof on this address (keep it on loopback); empty disables it")
 	env.duration(&o.reportInterval, "report-interval", "CHANNELS_REPORT_INTERVAL", 2*time.Second, "how often the node reports its sockets and message counts to the cluster (for rebalancing and /dashboard)")
@@ -232,6 +234,7 @@ func run(args []string, stderr io.Writer) error {
 			Heartbeat:     o.heartbeat,
 			DeadAfter:     o.deadAfter,
 			Coalesce:      o.coalesce,
+			MaxCoalesce:   o.coalesceMax,
 			Logger:        logger,
 		})
 		if err != nil {

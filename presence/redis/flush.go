@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/channelsd/channelsd/presence"
@@ -11,18 +12,56 @@ import (
 )
 
 // batchFor returns topic's pending batch, opening one (and scheduling its
-// flush one Coalesce from now) if there is none. Called with mu held.
+// flush one window from now: Coalesce, or more for a busy topic, see
+// adapt) if there is none. Called with mu held.
 func (t *Tracker) batchFor(topic string) *batch {
 	b := t.pending[topic]
 	if b == nil {
 		b = &batch{joinIdx: make(map[string]int)}
 		t.pending[topic] = b
-		t.fifo = append(t.fifo, queued{topic: topic, deadline: time.Now().Add(t.opt.Coalesce)})
-		if len(t.fifo) == 1 {
+		w := t.windows[topic]
+		if w == 0 {
+			w = t.opt.Coalesce
+		}
+		// Windows differ per topic: keep the queue in deadline order.
+		q := queued{topic: topic, deadline: time.Now().Add(w)}
+		i, _ := slices.BinarySearchFunc(t.fifo, q, func(a, b queued) int { return a.deadline.Compare(b.deadline) })
+		t.fifo = slices.Insert(t.fifo, i, q)
+		if i == 0 {
 			t.poke()
 		}
 	}
 	return b
+}
+
+// busyChanges is how many changes in one window make a topic busy.
+const busyChanges = 4
+
+// adapt sets topic's next coalescing window from the batch just taken:
+// doubled (up to MaxCoalesce) after a busy window, halved (down to
+// Coalesce) after a window of one change or none. Called with mu held.
+func (t *Tracker) adapt(topic string, b *batch) {
+	n := len(b.leaves)
+	for _, c := range b.joins {
+		if c != nil {
+			n++
+		}
+	}
+	w := t.windows[topic]
+	if w == 0 {
+		w = t.opt.Coalesce
+	}
+	switch {
+	case n >= busyChanges:
+		w = min(2*w, t.opt.MaxCoalesce)
+	case n <= 1:
+		w = max(w/2, t.opt.Coalesce)
+	}
+	if w <= t.opt.Coalesce || len(t.table[topic]) == 0 {
+		delete(t.windows, topic)
+		return
+	}
+	t.windows[topic] = w
 }
 
 func (t *Tracker) poke() {
@@ -170,6 +209,7 @@ func (t *Tracker) flush(topics []string) {
 		if b == nil {
 			continue
 		}
+		t.adapt(topic, b)
 		key := t.topicKey(topic)
 		for _, c := range b.joins {
 			if c != nil && c.field != "" {

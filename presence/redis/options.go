@@ -17,7 +17,9 @@ const (
 	DefaultPrefix    = "channelsd"
 	DefaultHeartbeat = 5 * time.Second
 	DefaultCoalesce  = 30 * time.Millisecond
-	DefaultTimeout   = 2 * time.Second
+	// DefaultMaxCoalesce is the widest window of a busy topic.
+	DefaultMaxCoalesce = 500 * time.Millisecond
+	DefaultTimeout     = 2 * time.Second
 )
 
 // Options configures a Tracker.
@@ -59,6 +61,13 @@ type Options struct {
 	// Coalesce is the window over which the changes of one topic are
 	// gathered into one presence_diff. Default 30ms.
 	Coalesce time.Duration
+	// MaxCoalesce bounds the window of a busy topic. Every diff goes to
+	// every subscriber of its topic, so a join storm into one big room
+	// costs diffs × subscribers deliveries: a topic whose window gathered
+	// several changes gets twice the window next time, up to MaxCoalesce,
+	// and a calm one halves it back to Coalesce. Default 500ms; equal to
+	// Coalesce keeps the window fixed.
+	MaxCoalesce time.Duration
 	// Timeout bounds each background Redis round trip and publish.
 	// Default 2s.
 	Timeout time.Duration
@@ -77,7 +86,7 @@ func (o Options) withDefaults() (Options, error) {
 		return o, errors.New("presence/redis: NodeID is required")
 	case o.PubSub == nil:
 		return o, errors.New("presence/redis: PubSub is required")
-	case o.Heartbeat < 0, o.DeadAfter < 0, o.Coalesce < 0, o.Timeout < 0:
+	case o.Heartbeat < 0, o.DeadAfter < 0, o.Coalesce < 0, o.MaxCoalesce < 0, o.Timeout < 0:
 		return o, errors.New("presence/redis: negative duration")
 	}
 	if o.Prefix == "" {
@@ -95,6 +104,10 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Coalesce == 0 {
 		o.Coalesce = DefaultCoalesce
 	}
+	if o.MaxCoalesce == 0 {
+		o.MaxCoalesce = DefaultMaxCoalesce
+	}
+	o.MaxCoalesce = max(o.MaxCoalesce, o.Coalesce)
 	if o.Timeout == 0 {
 		o.Timeout = DefaultTimeout
 	}

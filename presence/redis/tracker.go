@@ -49,7 +49,8 @@ type Tracker struct {
 	table      map[string]map[owned]*entry // topic -> entries of this node
 	entries    int                         // in table, over all topics
 	pending    map[string]*batch
-	fifo       []queued // topics with a pending batch, by deadline
+	fifo       []queued                 // topics with a pending batch, by deadline
+	windows    map[string]time.Duration // coalescing window of busy topics (absent: Coalesce)
 	clocks     map[string]uint64
 	needResync bool
 	repairs    map[string]struct{}
@@ -145,6 +146,7 @@ func New(ctx context.Context, opt Options) (*Tracker, error) {
 		repairCh:  make(chan struct{}, 1),
 		table:     make(map[string]map[owned]*entry),
 		pending:   make(map[string]*batch),
+		windows:   make(map[string]time.Duration),
 		clocks:    make(map[string]uint64),
 		repairs:   make(map[string]struct{}),
 		watched:   make(map[string]bool),
