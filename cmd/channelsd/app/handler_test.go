@@ -17,15 +17,15 @@ func TestSocketHandlerIdentity(t *testing.T) {
 		wantAssigns map[string]any
 	}{
 		{"anonymous", false, map[string]string{"vsn": "2.0.0"}, "", nil},
-		{"user", false, map[string]string{"user": "ann"}, "user:ann", map[string]any{"user": "ann"}},
+		{"user", false, map[string]string{"user": "ann"}, "user:ann", nil}, // rooms read the user from the id
 		{"empty user", false, map[string]string{"user": ""}, "", nil},
 		{"socket_id ignored without conformance", false, map[string]string{"socket_id": "s1"}, "", nil},
-		{"socket_id ignored, user kept", false, map[string]string{"socket_id": "s1", "user": "ann"}, "user:ann", map[string]any{"user": "ann"}},
+		{"socket_id ignored, user kept", false, map[string]string{"socket_id": "s1", "user": "ann"}, "user:ann", nil},
 		{"conformance anonymous", true, map[string]string{}, "", nil},
-		{"conformance user", true, map[string]string{"user": "bob"}, "user:bob", map[string]any{"user": "bob"}},
+		{"conformance user", true, map[string]string{"user": "bob"}, "user:bob", nil},
 		{"conformance socket_id", true, map[string]string{"socket_id": "s1"}, "s1", nil},
 		{"conformance socket_id wins", true, map[string]string{"socket_id": "s1", "user": "bob"}, "s1", map[string]any{"user": "bob"}},
-		{"conformance empty socket_id", true, map[string]string{"socket_id": "", "user": "bob"}, "user:bob", map[string]any{"user": "bob"}},
+		{"conformance empty socket_id", true, map[string]string{"socket_id": "", "user": "bob"}, "user:bob", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

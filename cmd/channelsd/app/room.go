@@ -3,6 +3,7 @@ package app
 import (
 	"encoding/json"
 	"log/slog"
+	"strings"
 
 	"github.com/channelsd/channelsd/channels"
 	"github.com/channelsd/channelsd/channels/auth"
@@ -32,6 +33,9 @@ func (c *roomChannel) Join(s *channels.ChannelSocket, params channels.Payload) (
 	}
 	if c.user == "" {
 		c.user, _ = s.Assigned("user").(string)
+	}
+	if c.user == "" {
+		c.user, _ = strings.CutPrefix(s.SocketID(), "user:")
 	}
 	if c.user == "" {
 		c.user = anonymousUser()
