@@ -43,11 +43,13 @@ func runIdle(ctx context.Context, args []string) error {
 	settle := fs.Duration("settle", 5*time.Second, "wait after the last join before reading memory")
 	plain := fs.Bool("plain", false, "join conformance:bench-<i> topics without presence (needs a node with --conformance) instead of the default app's rooms, which track presence and push presence_state on every join")
 	timeout := fs.Duration("timeout", 3*time.Minute, "bound on the whole run")
+	addrs := fs.String("addrs", "", "comma-separated node addresses (loopback only), instead of -addr: socket i goes to node i mod nodes")
+	pids := fs.String("pids", "", "with -addrs: the nodes' pids, in the same order, for their memory")
+	procs := fs.Int("procs", 1, "client processes to spread the sockets over (each holds at most 19,000); with -addrs or -procs above 1 the sockets are opened by child processes")
+	child := fs.Bool("child", false, "internal: run as one of -procs's client processes")
+	offset := fs.Int("offset", 0, "internal: the child's first socket index")
 	if err := fs.Parse(args); err != nil {
 		return err
-	}
-	if *conns <= 0 || *conns > 19000 {
-		return fmt.Errorf("-conns must be 1..19000 in one process")
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
@@ -57,6 +59,40 @@ func runIdle(ctx context.Context, args []string) error {
 		if !strings.Contains(tf.nodeFlags, "--conformance") {
 			tf.nodeFlags += " --conformance"
 		}
+	}
+	topic := func(i int) string { return topicPrefix + strconv.Itoa(i%*rooms) }
+	if *child || *addrs != "" || *procs > 1 {
+		list := strings.Split(*addrs, ",")
+		if *addrs == "" {
+			list = []string{tf.addr}
+		}
+		for _, a := range list {
+			if err := checkLoopback(a); err != nil {
+				return err
+			}
+		}
+		if *child {
+			return idleChild(ctx, list, *offset, *conns, *parallel, *sources, topic)
+		}
+		if *procs < 1 || (*conns+*procs-1) / *procs > 19000 {
+			return fmt.Errorf("-procs %d: at most 19,000 sockets per process", *procs)
+		}
+		var pidList []int
+		for _, p := range strings.Split(*pids, ",") {
+			if n, err := strconv.Atoi(p); err == nil {
+				pidList = append(pidList, n)
+			} else if *addrs == "" && tf.pid != 0 {
+				pidList = []int{tf.pid}
+			}
+		}
+		childArgs := []string{"-rooms", strconv.Itoa(*rooms), "-sources", strconv.Itoa(*sources), "-parallel", strconv.Itoa(*parallel)}
+		if *plain {
+			childArgs = append(childArgs, "-plain")
+		}
+		return idleParent(ctx, list, pidList, *conns, *procs, childArgs, *settle)
+	}
+	if *conns <= 0 || *conns > 19000 {
+		return fmt.Errorf("-conns must be 1..19000 in one process (use -procs)")
 	}
 	t, err := tf.open(ctx)
 	if err != nil {
@@ -71,7 +107,7 @@ func runIdle(ctx context.Context, args []string) error {
 
 	start := time.Now()
 	opened, failed := openMany(ctx, "idle", *conns, *parallel, *sources, func(i int, src net.IP) (net.Conn, error) {
-		return dialJoin(ctx, t.addr, src, topicPrefix+strconv.Itoa(i%*rooms), i)
+		return dialJoin(ctx, t.addr, src, topic(i), i)
 	})
 	res.ConnectSeconds = time.Since(start).Seconds()
 	res.Joined, res.Failed = int64(len(opened)), failed
