@@ -65,8 +65,12 @@ image:
 # The multi-node integration tests (Docker), the chaos suite (its table:
 # add -v, or CHAOS_TABLE=<file>), and the browser tests against
 # such a cluster (headless Chromium: Debian's chromium package).
+# The chaos suite's results table is printed at the end (go test shows a
+# passing package's output only with -v, so it goes through a file).
 test-cluster: images
-	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m ./test/harness ./test/cluster ./test/chaos ./test/browser
+	@mkdir -p $(BIN)
+	CHAOS_TABLE=$(CURDIR)/$(BIN)/chaos-table.txt CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m ./test/harness ./test/cluster ./test/chaos ./test/browser
+	@echo "chaos suite:"; cat $(BIN)/chaos-table.txt
 
 # Everything that needs no Docker.
 UNIT_PKGS = $$($(GO) list ./... | grep -v -e /test/harness -e /test/cluster -e /test/chaos -e /test/browser)
