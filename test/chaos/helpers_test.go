@@ -228,16 +228,10 @@ type loadClient struct {
 	room int
 	node int // the node dialled; 0 through a load balancer
 	rc   *wsclient.Reconnecting
-
-	mu  sync.Mutex
-	got map[int]int // broadcast number -> times received
+	got  *harness.Numbered
 }
 
-func (c *loadClient) count(n int) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.got[n]
-}
+func (c *loadClient) count(n int) int { return c.got.Times(n) }
 
 type publish struct {
 	start, end time.Time
@@ -277,25 +271,15 @@ func startLoad(ctx context.Context, t testing.TB, o loadOptions) *load {
 	var wg sync.WaitGroup
 	for i := range o.Clients {
 		tg := o.Targets[i%len(o.Targets)]
-		c := &loadClient{user: fmt.Sprintf("%s-u%d", o.Name, i), room: i % o.Rooms, node: tg.node, got: map[int]int{}}
+		c := &loadClient{user: fmt.Sprintf("%s-u%d", o.Name, i), room: i % o.Rooms, node: tg.node, got: harness.NewNumbered(l.topic(i%o.Rooms), "tick")}
 		l.cs[i] = c
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			topic := l.topic(c.room)
 			c.rc, errs[i] = wsclient.DialReconnecting(ctx, tg.url, wsclient.ReconnectOptions{
-				Options: wsclient.Options{Params: map[string]string{"user": c.user}, Buffer: 256},
-				OnMessage: func(m wsclient.Message) {
-					if m.Topic != topic || m.Event != "tick" {
-						return
-					}
-					var p struct{ N int }
-					if json.Unmarshal(m.Payload, &p) == nil {
-						c.mu.Lock()
-						c.got[p.N]++
-						c.mu.Unlock()
-					}
-				},
+				Options:   wsclient.Options{Params: map[string]string{"user": c.user}, Buffer: 256},
+				OnMessage: c.got.OnMessage,
 			}, topic, map[string]string{"user": c.user})
 		}()
 	}
@@ -319,9 +303,7 @@ func startLoad(ctx context.Context, t testing.TB, o loadOptions) *load {
 	deadline := time.Now().Add(20 * time.Second)
 	for _, c := range l.cs {
 		for {
-			c.mu.Lock()
-			n := len(c.got)
-			c.mu.Unlock()
+			n := len(c.got.Received())
 			if n > 0 {
 				break
 			}
@@ -405,15 +387,13 @@ func (l *load) awaitFlowing(n int, within time.Duration) {
 	deadline := time.Now().Add(within)
 	for _, c := range l.cs {
 		for {
-			c.mu.Lock()
 			ok := false
-			for k := range c.got {
+			for k := range c.got.Received() {
 				if k > n {
 					ok = true
 					break
 				}
 			}
-			c.mu.Unlock()
 			if ok {
 				break
 			}
@@ -487,8 +467,8 @@ func (l *load) account(exempt func(c *loadClient, p publish) bool) tally {
 	var examples []string
 	for _, c := range l.cs {
 		conns := c.rc.Conns()
-		c.mu.Lock()
-		for n, k := range c.got {
+		got := c.got.Received()
+		for n, k := range got {
 			if k > 1 {
 				tl.dup++
 				if len(examples) < 5 {
@@ -506,7 +486,7 @@ func (l *load) account(exempt func(c *loadClient, p publish) bool) tally {
 				continue
 			}
 			tl.owed++
-			if c.got[n] == 0 {
+			if got[n] == 0 {
 				tl.lost++
 				if len(examples) < 10 {
 					examples = append(examples, fmt.Sprintf("%s (node %d) lost %d (published %s..%s, connections %+v)",
@@ -514,7 +494,6 @@ func (l *load) account(exempt func(c *loadClient, p publish) bool) tally {
 				}
 			}
 		}
-		c.mu.Unlock()
 	}
 	failed := 0
 	for _, p := range l.pubs {

@@ -54,15 +54,14 @@ func TestRollingRestart(t *testing.T) {
 		rc   *wsclient.Reconnecting
 		user string
 		room int
-		mu   sync.Mutex
-		got  map[int]int // broadcast number -> times received
+		got  *harness.Numbered
 	}
 	cs := make([]*client, clients)
 	var wg sync.WaitGroup
 	errs := make(chan error, clients)
 	sem := make(chan struct{}, 50)
 	for i := range clients {
-		c := &client{user: "u" + strconv.Itoa(i), room: i % rooms, got: map[int]int{}}
+		c := &client{user: "u" + strconv.Itoa(i), room: i % rooms, got: harness.NewNumbered("room:roll-"+strconv.Itoa(i%rooms), "tick")}
 		cs[i] = c
 		wg.Add(1)
 		sem <- struct{}{}
@@ -71,18 +70,8 @@ func TestRollingRestart(t *testing.T) {
 			defer func() { <-sem }()
 			topic := "room:roll-" + strconv.Itoa(c.room)
 			rc, err := wsclient.DialReconnecting(ctx, lb.WSURL(), wsclient.ReconnectOptions{
-				Options: wsclient.Options{Params: map[string]string{"user": c.user}, Buffer: 64},
-				OnMessage: func(m wsclient.Message) {
-					if m.Topic != topic || m.Event != "tick" {
-						return
-					}
-					var p struct{ N int }
-					if json.Unmarshal(m.Payload, &p) == nil {
-						c.mu.Lock()
-						c.got[p.N]++
-						c.mu.Unlock()
-					}
-				},
+				Options:   wsclient.Options{Params: map[string]string{"user": c.user}, Buffer: 64},
+				OnMessage: c.got.OnMessage,
 			}, topic, map[string]string{"user": c.user})
 			if err != nil {
 				errs <- fmt.Errorf("client %d: %w", i, err)
@@ -196,9 +185,7 @@ func TestRollingRestart(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	for _, c := range cs {
 		for {
-			c.mu.Lock()
-			n := c.got[last]
-			c.mu.Unlock()
+			n := c.got.Times(last)
 			pmu.Lock()
 			ok := pubs[[2]int{last, c.room}].ok
 			pmu.Unlock()
@@ -217,9 +204,9 @@ func TestRollingRestart(t *testing.T) {
 	var examples []string
 	for _, c := range cs {
 		conns := c.rc.Conns()
-		c.mu.Lock()
+		got := c.got.Received()
 		for n := 1; n <= last; n++ {
-			if c.got[n] > 1 {
+			if got[n] > 1 {
 				dups++
 			}
 			p := pubs[[2]int{n, c.room}]
@@ -230,7 +217,7 @@ func TestRollingRestart(t *testing.T) {
 				continue
 			}
 			expected++
-			if c.got[n] == 0 {
+			if got[n] == 0 {
 				missing++
 				if len(examples) < 5 {
 					examples = append(examples, fmt.Sprintf("%s lost %d (published %s..%s, connections %+v)",
@@ -238,7 +225,6 @@ func TestRollingRestart(t *testing.T) {
 				}
 			}
 		}
-		c.mu.Unlock()
 	}
 	var pubTime time.Duration
 	pubFailed := 0
