@@ -646,7 +646,8 @@ func splitLongPollBody(body []byte, yield func(line []byte, binary, ok bool) boo
 		} else {
 			line, body = body, nil
 		}
-		line = bytes.TrimSuffix(line, []byte{'\r'})
+		// CRLF line ends; further CRs before it are JSON whitespace.
+		line = bytes.TrimRight(line, "\r")
 		if len(line) == 0 {
 			continue
 		}

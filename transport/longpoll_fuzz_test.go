@@ -8,7 +8,8 @@ import (
 
 // FuzzLongPollBody: no body makes splitLongPollBody panic; every text
 // frame it yields is a non-empty line of the body beginning with "[" or
-// "{", without "\n" or a trailing "\r"; every binary frame is what its
+// "{", without "\n" or a trailing "\r" (a line ends at "\n", and the
+// "\r"s before it go with the end); every binary frame is what its
 // line decodes to; stopping early stops.
 func FuzzLongPollBody(f *testing.F) {
 	for _, seed := range []string{
@@ -27,7 +28,7 @@ func FuzzLongPollBody(f *testing.F) {
 		orig := append([]byte(nil), body...)
 		var lines [][]byte
 		for _, l := range bytes.Split(body, []byte{'\n'}) {
-			if l = bytes.TrimSuffix(l, []byte{'\r'}); len(l) > 0 {
+			if l = bytes.TrimRight(l, "\r"); len(l) > 0 {
 				lines = append(lines, l)
 			}
 		}
