@@ -80,20 +80,7 @@ next:
 }
 
 func TestMetricsCountRealTraffic(t *testing.T) {
-	r := &channels.Router{}
-	r.Handle("room:*", func(string) channels.Channel { return echoChannel{} })
-	n, err := New(Config{
-		Addr:   "127.0.0.1:0",
-		Router: r,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = n.Shutdown(context.Background()) })
+	n := startListening(t, Config{Router: echoRouter(), ReportInterval: 2 * time.Second})
 
 	fams, body := scrape(t, n.Handler())
 	for name, want := range map[string]float64{
@@ -282,22 +269,8 @@ func waitMetric(t *testing.T, h http.Handler, what string, want float64, get fun
 }
 
 func TestMetricsFanoutHistogramAndMessagesOut(t *testing.T) {
-	r := &channels.Router{}
-	r.Handle("room:*", func(string) channels.Channel { return echoChannel{} })
 	ps := local.New()
-	n, err := New(Config{
-		Addr:   "127.0.0.1:0",
-		Router: r,
-		PubSub: ps,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = n.Shutdown(context.Background()) })
+	n := startListening(t, Config{Router: echoRouter(), PubSub: ps, ReportInterval: 2 * time.Second})
 	h := n.Handler()
 
 	fams, body := scrape(t, h)
@@ -437,18 +410,7 @@ func TestMetricsCrossNodeLatency(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r := &channels.Router{}
-		r.Handle("room:*", func(string) channels.Channel { return echoChannel{} })
-		n, err := New(Config{Addr: "127.0.0.1:0", Router: r, PubSub: ps, Logger: log})
-		if err != nil {
-			_ = ps.Close()
-			t.Fatal(err)
-		}
-		if err := n.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = n.Shutdown(context.Background()) })
-		return n, ps
+		return startListening(t, Config{Router: echoRouter(), PubSub: ps, ReportInterval: 2 * time.Second}), ps
 	}
 	a, psA := newNode("a")
 	b, _ := newNode("b")
@@ -524,4 +486,11 @@ func TestMetricsCrossNodeLatency(t *testing.T) {
 	if got := fanout(b); got < fanB0+k {
 		t.Fatalf("b's fan-out observations = %v, want at least %v", got, fanB0+k)
 	}
+}
+
+// echoRouter routes room:* to echoChannel.
+func echoRouter() *channels.Router {
+	r := &channels.Router{}
+	r.Handle("room:*", func(string) channels.Channel { return echoChannel{} })
+	return r
 }
