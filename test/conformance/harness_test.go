@@ -17,6 +17,7 @@ import (
 	"github.com/channelsd/channelsd/channels"
 	"github.com/channelsd/channelsd/cmd/channelsd/app"
 	"github.com/channelsd/channelsd/node"
+	"github.com/channelsd/channelsd/test/nodetest"
 	"github.com/channelsd/channelsd/transport/wsclient"
 )
 
@@ -37,36 +38,13 @@ type testNode struct {
 // later and so cleaned up first).
 func startNode(t *testing.T, opts ...func(*node.Config)) *testNode {
 	t.Helper()
-	var n *node.Node
-	appOpts := app.Options{Conformance: true, Endpoint: func() *channels.Endpoint { return n.Endpoint() }}
-	cfg := node.Config{
-		Addr:            "127.0.0.1:0",
-		SocketPath:      "/socket",
-		Router:          app.Router(appOpts),
-		SocketHandler:   app.SocketHandler(appOpts),
-		Home:            app.DemoHandler("/socket"),
-		Logger:          testLogger(),
-		ShutdownTimeout: 5 * time.Second,
-	}
-	for _, o := range opts {
-		o(&cfg)
-	}
-	n, err := node.New(cfg)
-	if err != nil {
-		t.Fatalf("node.New: %v", err)
-	}
-	if err := n.Start(); err != nil {
-		t.Fatalf("node.Start: %v", err)
-	}
+	n := nodetest.Start(t, append([]func(*node.Config){func(c *node.Config) {
+		c.Home = app.DemoHandler("/socket")
+		c.Logger = testLogger()
+	}}, opts...)...)
+	// Registered after the node's shutdown, so it runs first.
 	tr := &http.Transport{DisableKeepAlives: true}
-	t.Cleanup(func() {
-		tr.CloseIdleConnections()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := n.Shutdown(ctx); err != nil {
-			t.Errorf("node.Shutdown: %v", err)
-		}
-	})
+	t.Cleanup(tr.CloseIdleConnections)
 	addr := n.Addr().String()
 	return &testNode{
 		Node:    n,

@@ -18,6 +18,7 @@ import (
 	"github.com/channelsd/channelsd/channels"
 	"github.com/channelsd/channelsd/cmd/channelsd/app"
 	"github.com/channelsd/channelsd/node"
+	"github.com/channelsd/channelsd/test/nodetest"
 	"github.com/channelsd/channelsd/transport/lpclient"
 	"github.com/channelsd/channelsd/transport/wsclient"
 )
@@ -38,33 +39,7 @@ type testNode struct {
 
 func startNode(t *testing.T, opts ...func(*node.Config)) *testNode {
 	t.Helper()
-	var n *node.Node
-	appOpts := app.Options{Conformance: true, Endpoint: func() *channels.Endpoint { return n.Endpoint() }}
-	cfg := node.Config{
-		Addr:            "127.0.0.1:0",
-		SocketPath:      "/socket",
-		Router:          app.Router(appOpts),
-		SocketHandler:   app.SocketHandler(appOpts),
-		Logger:          slog.New(slog.DiscardHandler),
-		ShutdownTimeout: 5 * time.Second,
-	}
-	for _, o := range opts {
-		o(&cfg)
-	}
-	n, err := node.New(cfg)
-	if err != nil {
-		t.Fatalf("node.New: %v", err)
-	}
-	if err := n.Start(); err != nil {
-		t.Fatalf("node.Start: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := n.Shutdown(ctx); err != nil {
-			t.Errorf("node.Shutdown: %v", err)
-		}
-	})
+	n := nodetest.Start(t, opts...)
 	addr := n.Addr().String()
 	return &testNode{Node: n, lpURL: "http://" + addr + "/socket/longpoll", httpURL: "http://" + addr}
 }

@@ -1,16 +1,12 @@
 package wsclient_test
 
 import (
-	"context"
-	"io"
-	"log/slog"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/channelsd/channelsd/channels"
-	"github.com/channelsd/channelsd/cmd/channelsd/app"
-	"github.com/channelsd/channelsd/node"
+	"github.com/channelsd/channelsd/test/nodetest"
 	"github.com/channelsd/channelsd/transport/wsclient"
 )
 
@@ -18,19 +14,7 @@ import (
 // 1012 (as a drain or rebalancing does), it reconnects, rejoins its room
 // and goes on receiving its broadcasts; Close stops it for good.
 func TestReconnectingRejoinsAfterServerClose(t *testing.T) {
-	var n *node.Node
-	opts := app.Options{Endpoint: func() *channels.Endpoint { return n.Endpoint() }}
-	n, err := node.New(node.Config{
-		Addr: "127.0.0.1:0", Router: app.Router(opts), SocketHandler: app.SocketHandler(opts),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = n.Shutdown(context.Background()) })
+	n := nodetest.Start(t)
 
 	var mu sync.Mutex
 	var got []string
