@@ -3,12 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"math"
 	"net"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -61,6 +63,11 @@ type subscriber struct {
 	reord  int64
 	lat    []float32 // milliseconds
 	closed chan struct{}
+
+	// With epoll readers (readers_linux.go): the socket's duplicated
+	// descriptor, and the start of a frame that a read cut.
+	fd      int
+	partial []byte
 }
 
 func runFanout(ctx context.Context, args []string, scenario string) error {
@@ -74,6 +81,7 @@ func runFanout(ctx context.Context, args []string, scenario string) error {
 	payload := fs.Int("payload", 100, "approximate payload size in bytes")
 	sources := fs.Int("sources", 4, "local source addresses 127.0.0.1..N")
 	timeout := fs.Duration("timeout", 3*time.Minute, "bound on the whole run")
+	readers := fs.Int("readers", runtime.NumCPU(), "threads reading the subscribers' sockets through epoll (Linux); 0: a goroutine per socket")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -134,8 +142,22 @@ func runFanout(ctx context.Context, args []string, scenario string) error {
 		return fmt.Errorf("%d subscribers failed to join", n)
 	}
 	fmt.Fprintf(os.Stderr, "%s: %d subscribers joined on %d nodes\n", scenario, *subs, len(nodes))
-	for _, s := range all {
-		go s.read()
+	stopReaders := func() {
+		for _, s := range all {
+			s.conn.Close()
+			<-s.closed
+		}
+	}
+	if *readers > 0 {
+		stop, err := startReaders(all, *readers)
+		if err != nil {
+			return fmt.Errorf("readers: %w", err)
+		}
+		stopReaders = stop
+	} else {
+		for _, s := range all {
+			go s.read()
+		}
 	}
 
 	// Publishers on the first node: one socket per 100 topics, the
@@ -219,10 +241,7 @@ func runFanout(ctx context.Context, args []string, scenario string) error {
 	elapsed := time.Since(start).Seconds()
 	cpu1 := sumCPU(nodePids)
 	self1, _ := cpuSeconds(0)
-	for _, s := range all {
-		s.conn.Close()
-		<-s.closed
-	}
+	stopReaders()
 
 	res := fanoutResult{Scenario: scenario, Nodes: len(nodes), Subscribers: *subs, Topics: *topics,
 		Published: published, PublishErrors: pubErrs, Rate: *rate, Expected: expected,
@@ -268,6 +287,7 @@ func runFanout(ctx context.Context, args []string, scenario string) error {
 
 var seqKey, tKey = []byte(`"seq":`), []byte(`"t":`)
 
+// read is a subscriber's own reader goroutine (-readers 0).
 func (s *subscriber) read() {
 	defer close(s.closed)
 	for {
@@ -275,26 +295,81 @@ func (s *subscriber) read() {
 		if err != nil {
 			return
 		}
-		if op != ws.OpText || !bytes.Contains(data, []byte(`"broadcast"`)) {
-			continue
+		if op == ws.OpText {
+			s.record(data, time.Now().UnixNano())
 		}
-		now := time.Now().UnixNano()
-		seq, ok1 := intAfter(data, seqKey)
-		sent, ok2 := intAfter(data, tKey)
-		if !ok1 || !ok2 {
-			continue
-		}
-		switch {
-		case seq == s.last:
-			atomic.AddInt64(&s.dups, 1)
-		case seq < s.last:
-			s.reord++
-		default:
-			s.last = seq
-		}
-		s.lat = append(s.lat, float32(float64(now-sent)/1e6))
-		atomic.AddInt64(&s.seen, 1)
 	}
+}
+
+// feed takes bytes read from the socket at now and records every whole
+// frame in them; a cut frame waits in s.partial for the next read.
+func (s *subscriber) feed(b []byte, now int64) {
+	if len(s.partial) > 0 {
+		s.partial = append(s.partial, b...)
+		b = s.partial
+	}
+	for {
+		payload, op, rest, ok := serverFrame(b)
+		if !ok {
+			break
+		}
+		if op == ws.OpText {
+			s.record(payload, now)
+		}
+		b = rest
+	}
+	// append copies with memmove, so b may lie inside s.partial.
+	s.partial = append(s.partial[:0], b...)
+}
+
+// serverFrame splits the first whole frame off b: a server's frames are
+// unmasked (RFC 6455 §5.1), with a 7-bit, 16-bit or 64-bit length (§5.2).
+// The bench's messages are never fragmented.
+func serverFrame(b []byte) (payload []byte, op ws.OpCode, rest []byte, ok bool) {
+	if len(b) < 2 {
+		return nil, 0, b, false
+	}
+	op = ws.OpCode(b[0] & 0x0f)
+	n, h := uint64(b[1]&0x7f), 2
+	switch n {
+	case 126:
+		if len(b) < 4 {
+			return nil, 0, b, false
+		}
+		n, h = uint64(b[2])<<8|uint64(b[3]), 4
+	case 127:
+		if len(b) < 10 {
+			return nil, 0, b, false
+		}
+		n, h = binary.BigEndian.Uint64(b[2:10]), 10
+	}
+	if uint64(len(b)-h) < n {
+		return nil, 0, b, false
+	}
+	end := h + int(n)
+	return b[h:end], op, b[end:], true
+}
+
+// record counts one message received at now: sequence checks and latency.
+func (s *subscriber) record(data []byte, now int64) {
+	if !bytes.Contains(data, []byte(`"broadcast"`)) {
+		return
+	}
+	seq, ok1 := intAfter(data, seqKey)
+	sent, ok2 := intAfter(data, tKey)
+	if !ok1 || !ok2 {
+		return
+	}
+	switch {
+	case seq == s.last:
+		atomic.AddInt64(&s.dups, 1)
+	case seq < s.last:
+		s.reord++
+	default:
+		s.last = seq
+	}
+	s.lat = append(s.lat, float32(float64(now-sent)/1e6))
+	atomic.AddInt64(&s.seen, 1)
 }
 
 func intAfter(data, key []byte) (int64, bool) {
