@@ -2,6 +2,9 @@ package transport
 
 import (
 	"bytes"
+	"io"
+	"net"
+	"syscall"
 	"testing"
 
 	"github.com/gobwas/ws"
@@ -39,4 +42,48 @@ func benchmarkRoundTrip(b *testing.B, m readMode) {
 			)
 		}
 	}
+}
+
+// BenchmarkKernelFloor measures what the kernel charges for the two things
+// every delivery does, whatever the server: enter a system call, and write
+// a ~100-byte frame into a loopback TCP connection whose peer is reading
+// (the kernel carries the segment through both ends' TCP stacks and wakes
+// the reader, all on the writer's CPU time). A fan-out to N sockets costs
+// at least N times the second figure; BENCHMARKS.md sets the latency
+// figures against it.
+func BenchmarkKernelFloor(b *testing.B) {
+	b.Run("syscall", func(b *testing.B) {
+		for b.Loop() {
+			syscall.Getppid()
+		}
+	})
+	b.Run("loopback-write", func(b *testing.B) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer ln.Close()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			_, _ = io.Copy(io.Discard, c)
+		}()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		frame := bytes.Repeat([]byte("x"), 110)
+		for b.Loop() {
+			if _, err := c.Write(frame); err != nil {
+				b.Fatal(err)
+			}
+		}
+		c.Close()
+		<-done
+	})
 }
