@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unique"
 
 	"github.com/channelsd/channelsd/pubsub"
 )
@@ -19,9 +20,11 @@ import (
 // goroutine, at any time; after the channel has ended they do nothing.
 // Assigns and presence calls belong to the channel's callbacks.
 type ChannelSocket struct {
-	sock       *Socket
-	impl       Channel
-	topic      string
+	sock *Socket
+	impl Channel
+	// topic is interned: every join of a room shares one copy, and the
+	// join frame, which the topic would otherwise keep alive, is freed.
+	topic      unique.Handle[string]
 	joinRef    Ref
 	id         string // subscriber and presence owner id, unique on the node
 	intercepts []string
@@ -29,11 +32,27 @@ type ChannelSocket struct {
 	ownAssigns bool           // assigns is this join's own copy
 	tracked    bool           // guarded by sock.cb
 
-	mu      sync.Mutex
-	state   joinState
+	mu    sync.Mutex
+	state joinState
+	// rare holds what few joins need, allocated on first use: an idle
+	// join's struct stays in a smaller size class.
+	rare *joinRare
+}
+
+// joinRare is the part of a ChannelSocket that most joins never touch.
+// Guarded by ChannelSocket.mu.
+type joinRare struct {
 	pending []Frame // frames produced before the join reply went out
 	ctx     context.Context
 	cancel  context.CancelFunc
+}
+
+// rareLocked returns c.rare, allocating it. Called with c.mu held.
+func (c *ChannelSocket) rareLocked() *joinRare {
+	if c.rare == nil {
+		c.rare = &joinRare{}
+	}
+	return c.rare
 }
 
 type joinState uint8
@@ -49,7 +68,7 @@ const (
 const presenceTimeout = 5 * time.Second
 
 // Topic is the joined topic.
-func (c *ChannelSocket) Topic() string { return c.topic }
+func (c *ChannelSocket) Topic() string { return c.topic.Value() }
 
 // JoinRef is the join_ref of this join instance.
 func (c *ChannelSocket) JoinRef() Ref { return c.joinRef }
@@ -88,13 +107,14 @@ func (c *ChannelSocket) Assigned(key string) any { return c.assigns[key] }
 func (c *ChannelSocket) Context() context.Context {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.ctx == nil {
-		c.ctx, c.cancel = context.WithCancel(context.Background())
+	r := c.rareLocked()
+	if r.ctx == nil {
+		r.ctx, r.cancel = context.WithCancel(context.Background())
 		if c.state == stateClosed {
-			c.cancel()
+			r.cancel()
 		}
 	}
-	return c.ctx
+	return r.ctx
 }
 
 // Push sends event with payload to this client (§2.5: join_ref set, ref
@@ -105,7 +125,7 @@ func (c *ChannelSocket) Push(event string, payload any) error {
 	if err != nil {
 		return err
 	}
-	return c.send(&Message{JoinRef: c.joinRef, Topic: c.topic, Event: event, Payload: data, Binary: binary})
+	return c.send(&Message{JoinRef: c.joinRef, Topic: c.Topic(), Event: event, Payload: data, Binary: binary})
 }
 
 // Reply answers the client message with ref, now or later. status is
@@ -115,7 +135,7 @@ func (c *ChannelSocket) Reply(ref Ref, status string, response any) error {
 	if err != nil {
 		return err
 	}
-	return c.send(&Message{JoinRef: c.joinRef, Ref: ref, Topic: c.topic, Event: EventReply, Status: status, Payload: data, Binary: binary})
+	return c.send(&Message{JoinRef: c.joinRef, Ref: ref, Topic: c.Topic(), Event: EventReply, Status: status, Payload: data, Binary: binary})
 }
 
 // Broadcast sends event to every subscriber of the topic, this one
@@ -137,7 +157,7 @@ func (c *ChannelSocket) publish(event string, payload any, from string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), presenceTimeout)
 	defer cancel()
-	return c.sock.ep.cfg.PubSub.Publish(ctx, &pubsub.Message{Topic: c.topic, Event: event, Payload: data, Binary: binary, From: from})
+	return c.sock.ep.cfg.PubSub.Publish(ctx, &pubsub.Message{Topic: c.Topic(), Event: event, Payload: data, Binary: binary, From: from})
 }
 
 // Track makes key present on the topic with meta (a JSON object) for as
@@ -149,7 +169,7 @@ func (c *ChannelSocket) Track(key string, meta any) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), presenceTimeout)
 	defer cancel()
-	if _, err := c.sock.ep.cfg.Presence.Track(ctx, c.topic, c.id, key, data); err != nil {
+	if _, err := c.sock.ep.cfg.Presence.Track(ctx, c.Topic(), c.id, key, data); err != nil {
 		return err
 	}
 	c.tracked = true
@@ -164,7 +184,7 @@ func (c *ChannelSocket) UpdatePresence(key string, meta any) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), presenceTimeout)
 	defer cancel()
-	_, err = c.sock.ep.cfg.Presence.Update(ctx, c.topic, c.id, key, data)
+	_, err = c.sock.ep.cfg.Presence.Update(ctx, c.Topic(), c.id, key, data)
 	return err
 }
 
@@ -172,7 +192,7 @@ func (c *ChannelSocket) UpdatePresence(key string, meta any) error {
 func (c *ChannelSocket) Untrack(key string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), presenceTimeout)
 	defer cancel()
-	return c.sock.ep.cfg.Presence.Untrack(ctx, c.topic, c.id, key)
+	return c.sock.ep.cfg.Presence.Untrack(ctx, c.Topic(), c.id, key)
 }
 
 // PushPresenceState pushes presence_state, the topic's presences grouped
@@ -180,7 +200,7 @@ func (c *ChannelSocket) Untrack(key string) error {
 func (c *ChannelSocket) PushPresenceState() error {
 	ctx, cancel := context.WithTimeout(context.Background(), presenceTimeout)
 	defer cancel()
-	state, err := c.sock.ep.cfg.Presence.List(ctx, c.topic)
+	state, err := c.sock.ep.cfg.Presence.List(ctx, c.Topic())
 	if err != nil {
 		return err
 	}
@@ -230,7 +250,8 @@ func (c *ChannelSocket) sendFrame(f Frame) {
 	defer c.mu.Unlock()
 	switch c.state {
 	case stateJoining:
-		c.pending = append(c.pending, f)
+		r := c.rareLocked()
+		r.pending = append(r.pending, f)
 	case stateJoined:
 		c.sock.sendFrame(f)
 	}
@@ -239,7 +260,7 @@ func (c *ChannelSocket) sendFrame(f Frame) {
 // sendFinal sends phx_close or phx_error for this join (§2.5: ref equal to
 // join_ref). The channel has already ended.
 func (c *ChannelSocket) sendFinal(event string, payload []byte) {
-	c.sock.send(&Message{JoinRef: c.joinRef, Ref: c.joinRef, Topic: c.topic, Event: event, Payload: payload})
+	c.sock.send(&Message{JoinRef: c.joinRef, Ref: c.joinRef, Topic: c.Topic(), Event: event, Payload: payload})
 }
 
 func (c *ChannelSocket) isClosed() bool {
@@ -252,16 +273,18 @@ func (c *ChannelSocket) isClosed() bool {
 func (c *ChannelSocket) cleanup() {
 	c.mu.Lock()
 	c.state = stateClosed
-	c.pending = nil
-	if c.cancel != nil {
-		c.cancel()
+	if r := c.rare; r != nil {
+		r.pending = nil
+		if r.cancel != nil {
+			r.cancel()
+		}
 	}
 	c.mu.Unlock()
 	if c.tracked {
 		ctx, cancel := context.WithTimeout(context.Background(), presenceTimeout)
 		defer cancel()
-		if err := c.sock.ep.cfg.Presence.UntrackAll(ctx, c.topic, c.id); err != nil {
-			c.sock.ep.log.Warn("channels: untracking presence failed", "topic", c.topic, "err", err)
+		if err := c.sock.ep.cfg.Presence.UntrackAll(ctx, c.Topic(), c.id); err != nil {
+			c.sock.ep.log.Warn("channels: untracking presence failed", "topic", c.Topic(), "err", err)
 		}
 		c.tracked = false
 	}

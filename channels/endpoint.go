@@ -170,8 +170,8 @@ func (e *Endpoint) Open(conn Conn, ser Serializer, id Identity) *Socket {
 	e.mu.Unlock()
 	e.stats.Sockets.Add(1)
 	if id.ID != "" {
-		s.idSub = &idSubscriber{s: s, id: s.name + "#id"}
-		if err := e.cfg.PubSub.Subscribe(idTopic(id.ID), s.idSub); err != nil {
+		s.idSubscribed = true
+		if err := e.cfg.PubSub.Subscribe(idTopic(id.ID), (*idSubscriber)(s)); err != nil {
 			e.log.Warn("channels: subscribing socket id failed; disconnect by id will miss this socket", "id", id.ID, "err", err)
 		}
 	}
@@ -269,16 +269,17 @@ func (e *Endpoint) forget(s *Socket) {
 	e.mu.Unlock()
 }
 
-// idSubscriber listens on a socket's id topic for disconnect requests.
-type idSubscriber struct {
-	s  *Socket
-	id string
-}
+// idSubscriber is a Socket in the role of the listener on its id topic
+// for disconnect requests: a conversion, not a separate allocation per
+// socket.
+type idSubscriber Socket
 
-func (i *idSubscriber) SubscriberID() string { return i.id }
+// SubscriberID is built on each call: the registry asks only for
+// broadcasts that exclude a sender, which the id topic never carries.
+func (i *idSubscriber) SubscriberID() string { return i.name + "#id" }
 
 func (i *idSubscriber) Deliver(m *pubsub.Message) {
 	if m.Event == "disconnect" {
-		i.s.conn.Close(CloseGoingAway, "disconnected")
+		i.conn.Close(CloseGoingAway, "disconnected")
 	}
 }

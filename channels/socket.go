@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+	"unique"
 
 	"github.com/channelsd/channelsd/pubsub"
 )
@@ -22,20 +24,21 @@ type Socket struct {
 	ser   Serializer
 	ident Identity
 	name  string // unique on this node; prefixes subscriber ids
-	idSub *idSubscriber
 
 	// cb serializes every channel callback of this socket (locksordering.txt).
 	cb    sync.Mutex
 	chans channelSet // live channel per topic; guarded by cb
 
-	// outbox holds intercepted broadcasts waiting for HandleOut.
+	// outbox holds intercepted broadcasts waiting for HandleOut; nil
+	// while none waits, so that a socket pays for it only when in use.
 	outMu  sync.Mutex
-	outbox []outItem
+	outbox *[]outItem
 
 	// The small fields share one word, so that an idle socket's size
 	// class does not grow (TestIdleFootprint, BENCHMARKS.md).
-	closed     bool // guarded by cb
-	outRunning bool // guarded by outMu
+	closed       bool // guarded by cb
+	outRunning   bool // guarded by outMu
+	idSubscribed bool // subscribed to its id topic; set before the socket is shared
 	// Rate limit (rateLimit), touched only by HandleFrame, which the
 	// transport calls from one goroutine at a time: when the current
 	// episode of refusals began, in deciseconds since the endpoint's
@@ -65,7 +68,7 @@ type channelSet []*ChannelSocket
 
 func (cs channelSet) get(topic string) *ChannelSocket {
 	for _, ch := range cs {
-		if ch.topic == topic {
+		if ch.Topic() == topic {
 			return ch
 		}
 	}
@@ -236,8 +239,8 @@ func (s *Socket) HandleClose() {
 	}
 	s.chans = nil
 	s.cb.Unlock()
-	if s.idSub != nil {
-		s.ep.cfg.PubSub.Unsubscribe(idTopic(s.ident.ID), s.idSub)
+	if s.idSubscribed {
+		s.ep.cfg.PubSub.Unsubscribe(idTopic(s.ident.ID), (*idSubscriber)(s))
 	}
 	s.ep.forget(s)
 }
@@ -272,9 +275,10 @@ func (s *Socket) join(msg *Message) {
 		return
 	}
 	ch := &ChannelSocket{
-		sock:    s,
-		topic:   msg.Topic,
-		joinRef: msg.JoinRef,
+		sock:  s,
+		topic: unique.Make(msg.Topic),
+		// A copy: msg's strings are slices of the whole frame header.
+		joinRef: Ref(strings.Clone(string(msg.JoinRef))),
 		id:      strconv.FormatUint(s.ep.serial.Add(1), 36),
 		state:   stateJoining,
 	}
@@ -318,8 +322,10 @@ func (s *Socket) join(msg *Message) {
 	// §3.3: the reply goes out before anything else of this join.
 	ch.mu.Lock()
 	s.send(&Message{JoinRef: msg.JoinRef, Ref: msg.Ref, Topic: msg.Topic, Event: EventReply, Status: "ok", Payload: replyData, Binary: replyBinary})
-	pending := ch.pending
-	ch.pending = nil
+	var pending []Frame
+	if ch.rare != nil {
+		pending, ch.rare.pending = ch.rare.pending, nil
+	}
 	ch.state = stateJoined
 	for _, f := range pending {
 		s.sendFrame(f)
@@ -346,7 +352,7 @@ func (s *Socket) leave(msg *Message) {
 		return // stale: that instance is already gone
 	}
 	// §3.6: reply, then phx_close.
-	ch.send(&Message{JoinRef: ch.joinRef, Ref: msg.Ref, Topic: ch.topic, Event: EventReply, Status: "ok", Payload: []byte("{}")})
+	ch.send(&Message{JoinRef: ch.joinRef, Ref: msg.Ref, Topic: ch.Topic(), Event: EventReply, Status: "ok", Payload: []byte("{}")})
 	s.terminate(ch, ReasonLeft)
 	ch.sendFinal(EventClose, []byte("{}"))
 }
@@ -375,14 +381,14 @@ func (s *Socket) handleIn(msg *Message) {
 func (s *Socket) apply(ch *ChannelSocket, ref Ref, res Result) {
 	if res.reply {
 		if err := ch.Reply(ref, res.status, res.response); err != nil {
-			s.ep.log.Error("channels: reply cannot be encoded", "topic", ch.topic, "err", err)
+			s.ep.log.Error("channels: reply cannot be encoded", "topic", ch.Topic(), "err", err)
 		}
 	}
 	if !res.stop {
 		return
 	}
 	if res.stopErr != nil {
-		s.ep.log.Warn("channels: channel stopped with error", "topic", ch.topic, "err", res.stopErr)
+		s.ep.log.Warn("channels: channel stopped with error", "topic", ch.Topic(), "err", res.stopErr)
 		s.terminate(ch, ReasonError)
 		ch.sendFinal(EventError, []byte(`{"reason":"channel_crash"}`))
 		return
@@ -399,7 +405,7 @@ func (s *Socket) guard(ch *ChannelSocket, callback string, f func()) (crashed bo
 			crashed = true
 			s.ep.stats.Crashes.Add(1)
 			s.ep.log.Error("channels: channel callback panicked",
-				"callback", callback, "topic", ch.topic, "socket", s.name,
+				"callback", callback, "topic", ch.Topic(), "socket", s.name,
 				"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 		}
 	}()
@@ -430,7 +436,7 @@ func (s *Socket) terminate(ch *ChannelSocket, reason Reason) {
 	ch.mu.Lock()
 	ch.state = stateClosed
 	ch.mu.Unlock()
-	s.ep.cfg.PubSub.Unsubscribe(ch.topic, ch)
+	s.ep.cfg.PubSub.Unsubscribe(ch.Topic(), ch)
 	ch.cleanup()
 }
 
@@ -489,13 +495,16 @@ func joinErrorResponse(err error) []byte {
 // channel callback.
 func (s *Socket) deliverOut(ch *ChannelSocket, m *pubsub.Message) {
 	s.outMu.Lock()
-	if len(s.outbox) >= s.ep.cfg.MaxOutbox {
+	if s.outbox == nil {
+		s.outbox = new([]outItem)
+	}
+	if len(*s.outbox) >= s.ep.cfg.MaxOutbox {
 		s.outMu.Unlock()
 		s.ep.stats.SlowConsumers.Add(1)
 		s.conn.Close(ClosePolicy, "slow consumer")
 		return
 	}
-	s.outbox = append(s.outbox, outItem{ch, m})
+	*s.outbox = append(*s.outbox, outItem{ch, m})
 	start := !s.outRunning
 	s.outRunning = true
 	s.outMu.Unlock()
@@ -507,15 +516,16 @@ func (s *Socket) deliverOut(ch *ChannelSocket, m *pubsub.Message) {
 func (s *Socket) runOutbox() {
 	for {
 		s.outMu.Lock()
-		if len(s.outbox) == 0 {
+		if s.outbox == nil || len(*s.outbox) == 0 {
 			s.outbox = nil
 			s.outRunning = false
 			s.outMu.Unlock()
 			return
 		}
-		item := s.outbox[0]
-		s.outbox[0] = outItem{}
-		s.outbox = s.outbox[1:]
+		q := *s.outbox
+		item := q[0]
+		q[0] = outItem{}
+		*s.outbox = q[1:]
 		s.outMu.Unlock()
 
 		s.cb.Lock()
