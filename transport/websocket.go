@@ -283,7 +283,8 @@ func (h *WebSocketHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// sent ahead of our 101 answer are kept (copied) for the reader.
 	if n := rw.Reader.Buffered(); n > 0 {
 		p, _ := rw.Reader.Peek(n)
-		c.pending = append([]byte(nil), p...)
+		pending := append([]byte(nil), p...)
+		c.pending = &pending
 	}
 	if h.eventReads() {
 		if fd, ok := connFD(nc); ok {

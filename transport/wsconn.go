@@ -78,40 +78,53 @@ type wsConn struct {
 	// readLoop and readReady); each starts the next, directly or by
 	// arming the connection in the poller, whose claim under mu orders
 	// their accesses.
-	pending []byte     // bytes the client sent before our 101 answer
-	peeked  bool       // b1 holds the first byte of the next frame
-	b1      [1]byte    // target of the idle read
-	msgOp   ws.OpCode  // opcode of the fragmented message in progress, 0 if none
-	msgBuf  *[]byte    // its reassembly buffer (pooled)
-	dead    bool       // the connection failed: no close handshake possible
-	sr      sockReader // c as the io.Reader that the pooled bufio.Reader wraps
+	//
+	// Fields are ordered, and sized, so that the struct fits a smaller
+	// size class: it is most of an idle connection's memory.
+	pending *[]byte // bytes the client sent before our 101 answer; nil if none (most connections)
+	msgBuf  *[]byte // reassembly buffer of the fragmented message in progress (pooled)
 
-	mu            sync.Mutex
-	queue         []outFrame // nil while nothing is queued, so it pins nothing
-	nFrames       int        // frames queued or being written
-	nBytes        int        // their bytes
-	flushing      bool       // a flush goroutine runs
-	closing       bool       // Close began (or the connection failed): Send refuses
-	ended         bool       // the reader has finished
-	closeDeadline time.Time  // bound of the close handshake
+	mu    sync.Mutex
+	queue []outFrame // nil while nothing is queued, so it pins nothing
+	// nBytes counts the bytes of the frames queued or being written.
+	nBytes int
+	// closeDeadline bounds the close handshake, in nanoseconds on the
+	// monotonic clock since monoEpoch (deadlineTime).
+	closeDeadline int64
 
 	// Event-driven reads (reactor.go), guarded by mu. r and fd are set
 	// before the connection is shared; r becomes nil when the connection
 	// leaves the reactor (it ends, or falls back to a parked reader).
-	r          *reactor
-	fd         int32
-	gen        uint32 // generation of the last arming
-	registered bool   // in r's table and poller
-	armed      bool   // registered and waiting: no goroutine reads; the first to claim it does
+	r *reactor
 	// idleSince is r.now() when the connection was armed, 0 while a
 	// goroutine owns its read side. The sweeper reads it without mu.
 	idleSince atomic.Int64
+	fd        int32
+	gen       uint32 // generation of the last arming; guarded by mu
+	nFrames   int32  // frames queued or being written; guarded by mu
+
+	// Owned by the reader (see above).
+	peeked bool      // b1 holds the first byte of the next frame
+	b1     [1]byte   // target of the idle read
+	msgOp  ws.OpCode // opcode of the fragmented message in progress, 0 if none
+	dead   bool      // the connection failed: no close handshake possible
+
+	// Guarded by mu.
+	flushing   bool // a flush goroutine runs
+	closing    bool // Close began (or the connection failed): Send refuses
+	ended      bool // the reader has finished
+	registered bool // in r's table and poller
+	armed      bool // registered and waiting: no goroutine reads; the first to claim it does
 }
 
+// monoEpoch anchors closeDeadline to the monotonic clock: a deadline kept
+// as an int64 takes a third of a time.Time's room.
+var monoEpoch = time.Now()
+
+func deadlineTime(ns int64) time.Time { return monoEpoch.Add(time.Duration(ns)) }
+
 func newWSConn(h *WebSocketHandler, nc net.Conn) *wsConn {
-	c := &wsConn{h: h, nc: nc}
-	c.sr.c = c
-	return c
+	return &wsConn{h: h, nc: nc}
 }
 
 // sockReader is the io.Reader under the pooled bufio.Reader: it hands out
@@ -131,10 +144,10 @@ func (r sockReader) Read(p []byte) (int, error) {
 		n, err := c.nc.Read(p[1:])
 		return n + 1, err
 	}
-	if len(c.pending) > 0 {
-		n := copy(p, c.pending)
-		c.pending = c.pending[n:]
-		if len(c.pending) == 0 {
+	if c.pending != nil {
+		n := copy(p, *c.pending)
+		*c.pending = (*c.pending)[n:]
+		if len(*c.pending) == 0 {
 			c.pending = nil
 		}
 		return n, nil
@@ -153,7 +166,7 @@ func (c *wsConn) start() {
 		go c.readLoop()
 		return
 	}
-	if len(c.pending) > 0 {
+	if c.pending != nil {
 		go c.readReady()
 		return
 	}
@@ -307,7 +320,7 @@ func (c *wsConn) idleExpired(r *reactor, now, idle int64) {
 // This is the read path with ParkedReads, off Linux, over TLS, and of a
 // connection whose reactor stopped under it (WebSocketHandler.Close).
 func (c *wsConn) readLoop() {
-	if len(c.pending) == 0 {
+	if c.pending == nil {
 		for {
 			if !c.armReadDeadline() {
 				c.end()
@@ -339,7 +352,7 @@ func (c *wsConn) readLoop() {
 // connection stays open.
 func (c *wsConn) burst() bool {
 	rb := readBufPool.Get().(*readBuf)
-	rb.br.Reset(c.sr)
+	rb.br.Reset(sockReader{c}) // pointer-shaped: no allocation
 	defer func() {
 		// Only called with nothing buffered, or when the connection
 		// ends and what is buffered does not matter.
@@ -350,7 +363,7 @@ func (c *wsConn) burst() bool {
 		if !c.readFrame(rb) {
 			return false
 		}
-		if rb.br.Buffered() == 0 && len(c.pending) == 0 {
+		if rb.br.Buffered() == 0 && c.pending == nil {
 			return true
 		}
 		// The idle timer restarts with every frame (any opcode).
@@ -657,7 +670,7 @@ func (c *wsConn) enqueue(op ws.OpCode, data []byte) error {
 		return channels.ErrConnClosed
 	}
 	cfg := &c.h.cfg
-	if c.nFrames > 0 && (c.nFrames >= cfg.MaxQueue || c.nBytes+len(data) > cfg.MaxQueueBytes) {
+	if c.nFrames > 0 && (int(c.nFrames) >= cfg.MaxQueue || c.nBytes+len(data) > cfg.MaxQueueBytes) {
 		// A client that does not read as fast as it is sent to must
 		// neither grow our memory nor hold back the broadcaster
 		// (DESIGN.md, "A broadcast's path" step 7): drop what is queued
@@ -721,11 +734,11 @@ func (c *wsConn) closeLocked(body []byte, drop bool) (startFlush, startReader bo
 	c.queue = append(c.queue, outFrame{op: ws.OpClose, data: body})
 	c.nFrames++
 	c.nBytes += len(body)
-	c.closeDeadline = time.Now().Add(c.h.cfg.CloseTimeout)
+	c.closeDeadline = int64(time.Since(monoEpoch) + c.h.cfg.CloseTimeout)
 	// Applies to a write in progress too: a flush stuck on a client that
 	// does not read gives up by the close deadline.
-	_ = c.nc.SetWriteDeadline(c.closeDeadline)
-	_ = c.nc.SetReadDeadline(c.closeDeadline)
+	_ = c.nc.SetWriteDeadline(deadlineTime(c.closeDeadline))
+	_ = c.nc.SetReadDeadline(deadlineTime(c.closeDeadline))
 	if c.flushing {
 		return false, startReader
 	}
@@ -738,7 +751,7 @@ func (c *wsConn) dropQueueLocked() {
 	for i := range c.queue {
 		c.nBytes -= len(c.queue[i].data)
 	}
-	c.nFrames -= len(c.queue)
+	c.nFrames -= int32(len(c.queue))
 	clear(c.queue)
 	c.queue = nil
 }
@@ -766,8 +779,10 @@ func (c *wsConn) flush() {
 		// connection reuses one array; an idle one drops it (above).
 		batch, c.queue = c.queue, batch[:0]
 		deadline := time.Now().Add(c.h.cfg.WriteTimeout)
-		if c.closing && c.closeDeadline.Before(deadline) {
-			deadline = c.closeDeadline
+		if c.closing {
+			if cd := deadlineTime(c.closeDeadline); cd.Before(deadline) {
+				deadline = cd
+			}
 		}
 		_ = c.nc.SetWriteDeadline(deadline)
 		c.mu.Unlock()
@@ -791,7 +806,7 @@ func (c *wsConn) flush() {
 			err = wb.bw.Flush()
 		}
 		c.mu.Lock()
-		c.nFrames -= len(batch)
+		c.nFrames -= int32(len(batch))
 		c.nBytes -= bytes
 		c.mu.Unlock()
 		if err != nil {
