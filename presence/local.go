@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/channelsd/channelsd/pubsub"
 )
@@ -13,27 +14,43 @@ import (
 // Redis is configured. Diffs go out through the node's PubSub as soon as a
 // change is made; List reads the same table, so they agree by
 // construction.
+//
+// Each topic has its own lock, under which its diffs are published: in a
+// join storm over many rooms, joins of different rooms do not queue
+// behind one another (with one lock for all, thousands of sockets waited
+// for it, each holding a goroutine and its stack).
 type Local struct {
 	ps pubsub.PubSub
 
+	seq     atomic.Uint64 // insertion order of entries
+	entries atomic.Int64  // over all topics
+
+	mu     sync.Mutex // guards topics and closed; taken after a localTopic.mu
+	topics map[string]*localTopic
+	closed bool
+}
+
+// localTopic is one topic's table.
+type localTopic struct {
 	mu      sync.Mutex
-	seq     uint64
-	topics  map[string]map[owned]*localEntry
-	entries int // over all topics
-	closed  bool
+	entries map[owned]localEntry
+	// gone: the table left Local.topics (it became empty, or the tracker
+	// closed); whoever finds it so takes the topic's table afresh.
+	gone bool
 }
 
 type owned struct{ owner, key string }
 
+// localEntry is held by value in its topic's map, and its phx_ref only
+// inside meta: one entry per joined socket, so no allocation of its own.
 type localEntry struct {
-	seq  uint64 // insertion order, so List is stable
-	ref  string
-	meta json.RawMessage
+	seq  uint64          // insertion order, so List is stable
+	meta json.RawMessage // with phx_ref (WithRefs)
 }
 
 // NewLocal returns a Tracker that broadcasts its diffs through ps.
 func NewLocal(ps pubsub.PubSub) *Local {
-	return &Local{ps: ps, topics: make(map[string]map[owned]*localEntry)}
+	return &Local{ps: ps, topics: make(map[string]*localTopic)}
 }
 
 var (
@@ -42,10 +59,51 @@ var (
 )
 
 // Entries implements EntryCounter.
-func (l *Local) Entries() int {
+func (l *Local) Entries() int { return int(l.entries.Load()) }
+
+// lockTopic returns topic's table with its lock held, creating the table
+// if create. Without create it returns nil when the topic has no entries
+// (or the tracker is closed); with create, ErrClosed once closed.
+func (l *Local) lockTopic(topic string, create bool) (*localTopic, error) {
+	for {
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			if create {
+				return nil, ErrClosed
+			}
+			return nil, nil
+		}
+		t := l.topics[topic]
+		if t == nil {
+			if !create {
+				l.mu.Unlock()
+				return nil, nil
+			}
+			t = &localTopic{entries: make(map[owned]localEntry)}
+			l.topics[topic] = t
+		}
+		l.mu.Unlock()
+		t.mu.Lock()
+		if !t.gone {
+			return t, nil
+		}
+		t.mu.Unlock()
+	}
+}
+
+// dropIfEmptyLocked forgets topic's table once it holds no entry, so that
+// topics come and go without a trace. Called with t.mu held.
+func (l *Local) dropIfEmptyLocked(topic string, t *localTopic) {
+	if len(t.entries) > 0 {
+		return
+	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.entries
+	if l.topics[topic] == t {
+		delete(l.topics, topic)
+	}
+	l.mu.Unlock()
+	t.gone = true
 }
 
 // Track implements Tracker.
@@ -55,82 +113,80 @@ func (l *Local) Track(ctx context.Context, topic, owner, key string, meta json.R
 	if err != nil {
 		return "", err
 	}
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
-		return "", ErrClosed
+	t, err := l.lockTopic(topic, true)
+	if err != nil {
+		return "", err
 	}
-	entries := l.topics[topic]
-	if entries == nil {
-		entries = make(map[owned]*localEntry)
-		l.topics[topic] = entries
-	}
+	defer t.mu.Unlock()
 	k := owned{owner, key}
-	if entries[k] != nil {
-		l.mu.Unlock()
+	if _, ok := t.entries[k]; ok {
 		return "", ErrAlreadyTracked
 	}
-	l.seq++
-	entries[k] = &localEntry{seq: l.seq, ref: ref, meta: full}
-	l.entries++
-	// Publishing under the lock keeps diffs in the order of the changes.
+	t.entries[k] = localEntry{seq: l.seq.Add(1), meta: full}
+	l.entries.Add(1)
+	// Publishing under the topic's lock keeps its diffs in the order of
+	// the changes.
 	err = l.publish(ctx, topic, State{key: {Metas: []json.RawMessage{full}}}, nil)
-	l.mu.Unlock()
 	return ref, err
 }
 
 // Update implements Tracker.
 func (l *Local) Update(ctx context.Context, topic, owner, key string, meta json.RawMessage) (string, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	e := l.topics[topic][owned{owner, key}]
-	if e == nil {
+	t, _ := l.lockTopic(topic, false)
+	if t == nil {
+		return "", ErrNotTracked
+	}
+	defer t.mu.Unlock()
+	k := owned{owner, key}
+	e, ok := t.entries[k]
+	if !ok {
 		return "", ErrNotTracked
 	}
 	ref := NewRef()
-	full, err := WithRefs(meta, ref, e.ref)
+	full, err := WithRefs(meta, ref, metaRef(e.meta))
 	if err != nil {
 		return "", err
 	}
 	old := e.meta
-	e.ref, e.meta = ref, full
+	e.meta = full
+	t.entries[k] = e
 	return ref, l.publish(ctx, topic, State{key: {Metas: []json.RawMessage{full}}}, State{key: {Metas: []json.RawMessage{old}}})
 }
 
 // Untrack implements Tracker.
 func (l *Local) Untrack(ctx context.Context, topic, owner, key string) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	entries := l.topics[topic]
-	k := owned{owner, key}
-	e := entries[k]
-	if e == nil {
+	t, _ := l.lockTopic(topic, false)
+	if t == nil {
 		return nil
 	}
-	delete(entries, k)
-	l.entries--
-	if len(entries) == 0 {
-		delete(l.topics, topic)
+	defer t.mu.Unlock()
+	k := owned{owner, key}
+	e, ok := t.entries[k]
+	if !ok {
+		return nil
 	}
+	delete(t.entries, k)
+	l.entries.Add(-1)
+	l.dropIfEmptyLocked(topic, t)
 	return l.publish(ctx, topic, nil, State{key: {Metas: []json.RawMessage{e.meta}}})
 }
 
 // UntrackAll implements Tracker.
 func (l *Local) UntrackAll(ctx context.Context, topic, owner string) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	entries := l.topics[topic]
+	t, _ := l.lockTopic(topic, false)
+	if t == nil {
+		return nil
+	}
+	defer t.mu.Unlock()
 	leaves := State{}
-	for k, e := range entries {
+	for k, e := range t.entries {
 		if k.owner == owner {
 			leaves.Add(k.key, e.meta)
-			delete(entries, k)
-			l.entries--
+			delete(t.entries, k)
+			l.entries.Add(-1)
 		}
 	}
-	if len(entries) == 0 {
-		delete(l.topics, topic)
-	}
+	l.dropIfEmptyLocked(topic, t)
 	if len(leaves) == 0 {
 		return nil
 	}
@@ -139,18 +195,22 @@ func (l *Local) UntrackAll(ctx context.Context, topic, owner string) error {
 
 // List implements Tracker.
 func (l *Local) List(_ context.Context, topic string) (State, error) {
-	l.mu.Lock()
-	entries := make([]*localEntry, 0, len(l.topics[topic]))
-	keys := make(map[*localEntry]string, len(l.topics[topic]))
-	for k, e := range l.topics[topic] {
-		entries = append(entries, e)
-		keys[e] = k.key
+	type keyed struct {
+		key string
+		localEntry
 	}
-	l.mu.Unlock()
+	var entries []keyed
+	if t, _ := l.lockTopic(topic, false); t != nil {
+		entries = make([]keyed, 0, len(t.entries))
+		for k, e := range t.entries {
+			entries = append(entries, keyed{k.key, e})
+		}
+		t.mu.Unlock()
+	}
 	sort.Slice(entries, func(i, j int) bool { return entries[i].seq < entries[j].seq })
 	state := State{}
 	for _, e := range entries {
-		state.Add(keys[e], e.meta)
+		state.Add(e.key, e.meta)
 	}
 	return state, nil
 }
@@ -159,10 +219,26 @@ func (l *Local) List(_ context.Context, topic string) (State, error) {
 func (l *Local) Close() error {
 	l.mu.Lock()
 	l.closed = true
-	l.topics = map[string]map[owned]*localEntry{}
-	l.entries = 0
+	topics := l.topics
+	l.topics = map[string]*localTopic{}
 	l.mu.Unlock()
+	for _, t := range topics {
+		t.mu.Lock()
+		l.entries.Add(-int64(len(t.entries)))
+		t.entries = nil
+		t.gone = true
+		t.mu.Unlock()
+	}
 	return nil
+}
+
+// metaRef returns the phx_ref inside a meta made by WithRefs.
+func metaRef(meta json.RawMessage) string {
+	var refs struct {
+		Ref string `json:"phx_ref"`
+	}
+	_ = json.Unmarshal(meta, &refs)
+	return refs.Ref
 }
 
 func (l *Local) publish(ctx context.Context, topic string, joins, leaves State) error {
