@@ -99,7 +99,9 @@ const ReasonUnauthorized = "unauthorized"
 func (p *Policy) Guard(f channels.ChannelFactory) channels.ChannelFactory {
 	return func(topic string) channels.Channel {
 		inner := f(topic)
-		g := &guarded{Channel: inner, policy: p}
+		// One allocation per join, not two: the wrapper lives as long as
+		// the join, idle or not.
+		g := guarded{Channel: inner, policy: p}
 		aj, isAJ := inner.(channels.AfterJoiner)
 		ic, isIC := inner.(channels.Interceptor)
 		switch {
@@ -110,7 +112,7 @@ func (p *Policy) Guard(f channels.ChannelFactory) channels.ChannelFactory {
 		case isIC:
 			return &guardedIntercept{guarded: g, Interceptor: ic}
 		}
-		return g
+		return &g
 	}
 }
 
@@ -127,17 +129,17 @@ func (g *guarded) Join(s *channels.ChannelSocket, params channels.Payload) (any,
 }
 
 type guardedAfterJoin struct {
-	*guarded
+	guarded
 	channels.AfterJoiner
 }
 
 type guardedIntercept struct {
-	*guarded
+	guarded
 	channels.Interceptor
 }
 
 type guardedBoth struct {
-	*guarded
+	guarded
 	channels.AfterJoiner
 	channels.Interceptor
 }
