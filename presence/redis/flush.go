@@ -71,11 +71,12 @@ func (t *Tracker) poke() {
 	}
 }
 
-// addJoin queues the join of e. Called with mu held.
-func (t *Tracker) addJoin(topic string, e *entry) {
+// addJoin queues the join of e, whose hash value is v. Called with mu
+// held.
+func (t *Tracker) addJoin(topic string, e *entry, v []byte) {
 	b := t.batchFor(topic)
 	b.joinIdx[e.ref] = len(b.joins)
-	b.joins = append(b.joins, &change{ref: e.ref, key: e.key, meta: e.meta, field: t.field(e.ref), value: e.value})
+	b.joins = append(b.joins, &change{ref: e.ref, key: e.key, meta: e.meta, field: t.field(e.ref), value: v})
 }
 
 // addLeave queues a leave. A leave of a ref whose join is still pending
@@ -342,8 +343,8 @@ func (t *Tracker) resync(ctx context.Context, drain bool) error {
 			}
 			have[f] = true
 			if e := snapshot[topic][f]; e != nil {
-				if string(e.value) != v {
-					tx.HSet(ctx, key, f, e.value)
+				if want, err := e.value(); err == nil && string(want) != v {
+					tx.HSet(ctx, key, f, want)
 				}
 				continue
 			}
@@ -355,7 +356,9 @@ func (t *Tracker) resync(ctx context.Context, drain bool) error {
 		}
 		for f, e := range snapshot[topic] {
 			if !have[f] {
-				tx.HSet(ctx, key, f, e.value)
+				if v, err := e.value(); err == nil {
+					tx.HSet(ctx, key, f, v)
+				}
 				joins[topic] = append(joins[topic], &change{ref: e.ref, key: e.key, meta: e.meta})
 			}
 		}

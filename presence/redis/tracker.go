@@ -74,11 +74,19 @@ type Tracker struct {
 
 type owned struct{ owner, key string }
 
+// entry is one of this node's presences. Its hash value is built when it
+// is written (value), not kept: the table holds one entry per joined
+// socket, and the value would repeat key and meta in every one.
 type entry struct {
-	key   string
-	ref   string
-	meta  json.RawMessage
-	value []byte // the hash value, {"key","meta","t"}
+	key  string
+	ref  string
+	meta json.RawMessage
+	t    int64 // unix ns of the track/update (stored.T)
+}
+
+// value is the entry's hash value, {"key","meta","t"}.
+func (e *entry) value() ([]byte, error) {
+	return json.Marshal(stored{Key: e.key, Meta: e.meta, T: e.t})
 }
 
 // stored is a hash value.
@@ -178,12 +186,14 @@ func New(ctx context.Context, opt Options) (*Tracker, error) {
 func (t *Tracker) topicKey(topic string) string { return t.opt.Prefix + ":p:" + topic }
 func (t *Tracker) field(ref string) string      { return t.me + "/" + ref }
 
-func newEntry(key, ref string, meta json.RawMessage) (*entry, error) {
-	v, err := json.Marshal(stored{Key: key, Meta: meta, T: time.Now().UnixNano()})
+// newEntry returns the entry and its hash value, which its join writes.
+func newEntry(key, ref string, meta json.RawMessage) (*entry, []byte, error) {
+	e := &entry{key: key, ref: ref, meta: meta, t: time.Now().UnixNano()}
+	v, err := e.value()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return &entry{key: key, ref: ref, meta: meta, value: v}, nil
+	return e, v, nil
 }
 
 // Track implements presence.Tracker.
@@ -193,7 +203,7 @@ func (t *Tracker) Track(_ context.Context, topic, owner, key string, meta json.R
 	if err != nil {
 		return "", err
 	}
-	e, err := newEntry(key, ref, full)
+	e, v, err := newEntry(key, ref, full)
 	if err != nil {
 		return "", err
 	}
@@ -213,7 +223,7 @@ func (t *Tracker) Track(_ context.Context, topic, owner, key string, meta json.R
 	}
 	entries[k] = e
 	t.entries++
-	t.addJoin(topic, e)
+	t.addJoin(topic, e, v)
 	return ref, nil
 }
 
@@ -234,13 +244,13 @@ func (t *Tracker) Update(_ context.Context, topic, owner, key string, meta json.
 	if err != nil {
 		return "", err
 	}
-	e, err := newEntry(key, ref, full)
+	e, v, err := newEntry(key, ref, full)
 	if err != nil {
 		return "", err
 	}
 	t.table[topic][k] = e
 	t.addLeave(topic, &change{ref: old.ref, key: key, meta: old.meta, field: t.field(old.ref)})
-	t.addJoin(topic, e)
+	t.addJoin(topic, e, v)
 	return ref, nil
 }
 
@@ -323,9 +333,7 @@ func (t *Tracker) List(ctx context.Context, topic string) (presence.State, error
 	}
 	t.mu.Lock()
 	for _, e := range t.table[topic] {
-		var s stored
-		_ = json.Unmarshal(e.value, &s)
-		rows = append(rows, row{t: s.T, field: t.field(e.ref), key: e.key, meta: e.meta})
+		rows = append(rows, row{t: e.t, field: t.field(e.ref), key: e.key, meta: e.meta})
 	}
 	t.mu.Unlock()
 	sort.Slice(rows, func(i, j int) bool {
