@@ -178,10 +178,12 @@ func (e *Endpoint) Open(conn Conn, ser Serializer, id Identity) *Socket {
 	return s
 }
 
-// idTopicPrefix namespaces the per-socket-id topics that carry
+// SocketIDTopicPrefix namespaces the per-socket-id topics that carry
 // disconnect requests across the cluster, as Phoenix's socket id topic
-// does. The HTTP publish API refuses topics with this prefix.
-const idTopicPrefix = "phx:socket:"
+// does. The HTTP publish API refuses topics with this prefix. A clustered
+// PubSub may carry them apart (pubsub/redis Options.PatternTopics): there
+// is one per socket, and few messages.
+const SocketIDTopicPrefix = "phx:socket:"
 
 // ReservedTopic reports whether topic is internal to the server (socket
 // ids, presence control): every topic that begins with "phx:". The HTTP
@@ -190,7 +192,7 @@ func ReservedTopic(topic string) bool {
 	return strings.HasPrefix(topic, "phx:")
 }
 
-func idTopic(id string) string { return idTopicPrefix + id }
+func idTopic(id string) string { return SocketIDTopicPrefix + id }
 
 // Broadcast publishes event with payload to every subscriber of topic.
 func (e *Endpoint) Broadcast(ctx context.Context, topic, event string, payload any) error {

@@ -224,6 +224,7 @@ func run(args []string, stderr io.Writer) error {
 			return fmt.Errorf("--redis: %w", err)
 		}
 		ropts.Prefix, ropts.NodeID, ropts.Logger = o.redisPrefix, nodeID, logger
+		ropts.PatternTopics = channels.SocketIDTopicPrefix
 		rps, err := connectRedis(ctx, ropts, logger)
 		if err != nil {
 			return err

@@ -69,6 +69,17 @@ type Options struct {
 	// is considered dead and redialed, which catches a Redis that vanished
 	// without closing the TCP connection. Default 1s.
 	HealthCheckInterval time.Duration
+	// PatternTopics: topics beginning with this prefix are received
+	// through one pattern subscription (PSUBSCRIBE), made when the PubSub
+	// starts, instead of a SUBSCRIBE each. It is for topics that are many,
+	// each with one subscriber, and rarely published to: the per-socket
+	// id topics that carry disconnect requests, which would otherwise cost
+	// every connect a Redis round trip (Subscribe waits for the first
+	// subscription of a topic) and a channel per socket in Redis and in
+	// go-redis. Their Subscribe and Unsubscribe send nothing to Redis.
+	// The price: every node receives every message on these topics and
+	// drops those it has no subscriber for. Empty: none.
+	PatternTopics string
 	// MaxCalls bounds the node-to-node call handlers (pubsub.Caller)
 	// running at once; a call beyond it is rejected. Default
 	// DefaultMaxCalls.

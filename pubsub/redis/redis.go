@@ -131,8 +131,13 @@ func New(ctx context.Context, opt Options) (*PubSub, error) {
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.ps = client.Subscribe(p.ctx)
 	// Dial the pub/sub connection now rather than on the first
-	// subscription, so that New fails if Redis refuses it.
-	if err := p.ps.Ping(ctx); err != nil {
+	// subscription, so that New fails if Redis refuses it. go-redis
+	// replays the pattern on every reconnect, as it does channels.
+	err = p.ps.Ping(ctx)
+	if err == nil && opt.PatternTopics != "" {
+		err = p.ps.PSubscribe(ctx, globEscape(p.chanPrefix+opt.PatternTopics)+"*")
+	}
+	if err != nil {
 		p.cancel()
 		_ = p.ps.Close()
 		_ = client.Close()
@@ -188,6 +193,10 @@ func (p *PubSub) Subscribe(topic string, s pubsub.Subscriber) error {
 	if p.closed.Load() {
 		return pubsub.ErrClosed
 	}
+	if p.patternTopic(topic) {
+		p.reg.Add(topic, s)
+		return nil
+	}
 	first := p.reg.Add(topic, s)
 	if first {
 		p.markDirty(topic)
@@ -221,9 +230,29 @@ func (p *PubSub) Subscribe(topic string, s pubsub.Subscriber) error {
 // Unsubscribe implements pubsub.PubSub. After the last local subscriber
 // of a topic leaves, the node UNSUBSCRIBEs from its Redis channel.
 func (p *PubSub) Unsubscribe(topic string, s pubsub.Subscriber) {
-	if p.reg.Remove(topic, s) {
+	if p.reg.Remove(topic, s) && !p.patternTopic(topic) {
 		p.markDirty(topic)
 	}
+}
+
+// patternTopic reports whether topic comes through the pattern
+// subscription (Options.PatternTopics).
+func (p *PubSub) patternTopic(topic string) bool {
+	return p.opt.PatternTopics != "" && strings.HasPrefix(topic, p.opt.PatternTopics)
+}
+
+// globEscape escapes the characters that Redis glob patterns give a
+// meaning to, so a prefix matches only itself.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch r {
+		case '*', '?', '[', ']', '\\':
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // ObserveDispatch implements pubsub.DispatchObservable: f is told how long

@@ -620,3 +620,53 @@ func TestSubscribeReturnsOnceTheSubscriptionIsLive(t *testing.T) {
 		b.Unsubscribe(topic, r)
 	}
 }
+
+// Topics under Options.PatternTopics come through the one pattern
+// subscription: no SUBSCRIBE per topic, yet a publish on any node reaches
+// the subscriber. The prefix is matched literally, glob characters and
+// all: a cluster whose prefix the unescaped pattern would match hears
+// nothing.
+func TestPatternTopicsShareOneSubscription(t *testing.T) {
+	srv := startRedis(t)
+	rc := inspector(t, srv)
+	opts := func(prefix string) func(*Options) {
+		return func(o *Options) { o.Prefix, o.PatternTopics = prefix, "sock:" }
+	}
+	a, b := node(t, srv, "a", opts("g*")), node(t, srv, "b", opts("g*"))
+	other := node(t, srv, "other", opts("gX"))
+	r := &recorder{id: "r"}
+	mustSubscribe(t, b, "sock:u1", r)
+	syncAll(t, a, b)
+	if got, err := rc.PubSubChannels(context.Background(), "*").Result(); err != nil || len(got) != 0 {
+		t.Fatalf("PUBSUB CHANNELS = %v (%v), want none: pattern topics take no channel", got, err)
+	}
+	// NUMPAT counts distinct patterns: one per cluster prefix.
+	if n, err := rc.PubSubNumPat(context.Background()).Result(); err != nil || n != 2 {
+		t.Fatalf("PUBSUB NUMPAT = %d (%v), want 2", n, err)
+	}
+
+	// other's message goes first: were it to match b's pattern, b would
+	// get it before a's.
+	publish(t, other, "sock:u1", "from-other-cluster")
+	publish(t, a, "sock:u2", "no-subscriber")
+	publish(t, a, "sock:u1", "kick")
+	r.waitCount(t, 1)
+	publish(t, a, "sock:u1", "kick-again")
+	r.waitCount(t, 2)
+	if got := r.events(); !slices.Equal(got, []string{"kick", "kick-again"}) {
+		t.Fatalf("subscriber got %v", got)
+	}
+
+	b.Unsubscribe("sock:u1", r)
+	publish(t, a, "sock:u1", "after-leave")
+	mustSubscribe(t, b, "room:1", r) // an ordinary topic still subscribes
+	syncAll(t, b)
+	publish(t, a, "room:1", "room")
+	r.waitCount(t, 3)
+	if got := r.events(); got[2] != "room" {
+		t.Fatalf("after the leave got %v", got)
+	}
+	if got := channels(t, rc, "g*"); !slices.Equal(got, []string{"g*:t:room:1"}) {
+		t.Fatalf("PUBSUB CHANNELS = %v, want only the ordinary topic", got)
+	}
+}
