@@ -228,10 +228,9 @@ func TestHostileFrames(t *testing.T) {
 // goroutine each, released together) while the background load runs:
 // every one connects and joins within 30 s (redialing as phoenix.js does
 // when the load balancer times its request out), none is refused by a
-// node, every node
-// gets a share, each receives a broadcast to its room; after they leave,
-// every node's socket count is back to the background load's and its
-// memory is back near where it started.
+// node, every node gets a share, each receives a broadcast to its room;
+// after they leave, every node's socket count is back to the background
+// load's and its memory is back near where it started.
 func TestThousandClients(t *testing.T) {
 	const (
 		herd  = 1000
