@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -761,18 +760,6 @@ func (c *wsConn) dropQueueLocked() {
 // nothing to send has no writer goroutine and no write buffer. Frames
 // queued meanwhile are coalesced into the same buffered writes.
 func (c *wsConn) flush() {
-	// Yield once before the first write. A broadcast starts a flush per
-	// socket that had nothing queued; each would otherwise write its one
-	// frame at once, and under a stream of broadcasts every delivery cost
-	// a write(2) of its own (most of a delivery's CPU: see
-	// BenchmarkKernelFloor). Behind the other runnable goroutines (the
-	// broadcast's other flushes, the reader handling the next message)
-	// more frames reach the queue, and one buffered write carries them.
-	// Measured in alternating runs (BENCHMARKS.md): fan-out to 5,000
-	// sockets 240,000-360,000 deliveries per node CPU-second instead of
-	// 147,000-189,000, and the two-node latency p99 15-17 ms instead of
-	// 29 ms, the node's CPU per delivery being lower.
-	runtime.Gosched()
 	wb := writeBufPool.Get().(*writeBuf)
 	wb.bw.Reset(c.nc)
 	defer func() {
