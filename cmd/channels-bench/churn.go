@@ -211,7 +211,11 @@ func churnOne(ctx context.Context, addr string, src net.IP, topic, user string, 
 // pprof address it first asks for a heap profile with gc=1, which runs a
 // garbage collection, so the heap figures are live data only.
 func nodeMetrics(ctx context.Context, addr, pprofAddr string) (map[string]float64, error) {
-	client := &http.Client{Timeout: 10 * time.Second}
+	// No keep-alive: an idle kept-alive connection is a goroutine in the
+	// node, and how many of them were alive at each reading made the
+	// goroutine count differ by one or two between readings that should
+	// be equal.
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	if pprofAddr != "" {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+pprofAddr+"/debug/pprof/heap?gc=1", nil)
 		if res, err := client.Do(req); err == nil {
