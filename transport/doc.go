@@ -95,15 +95,29 @@
 // # Write path
 //
 // Send appends the frame to a bounded per-connection queue under a mutex
-// and returns at once. If no flush is running it starts one: a goroutine
-// that takes a pooled bufio.Writer, writes every queued frame (the header
-// with ws.WriteHeaderBuffer, then the shared, never modified Data; server
-// frames are unmasked), so that frames queued meanwhile share a flush,
-// and exits when the queue is empty, dropping the queue's array. Each
-// flush has WriteTimeout. A queue that reaches MaxQueue frames or
-// MaxQueueBytes marks a slow consumer: Send returns
-// channels.ErrSlowConsumer, the queue is dropped and the connection closed
-// with 1008, and no broadcaster ever waits for a client.
+// and returns at once. A connection whose queue stops being empty joins a
+// FIFO of connections waiting for a writer (writers.go). At most GOMAXPROCS
+// writer goroutines, started on demand and gone when the FIFO is empty,
+// take connections from it in turn: a writer encodes the connection's
+// queued frames (the header with ws.WriteHeaderBuffer, then the shared,
+// never modified Data; server frames are unmasked) into its own buffer and
+// hands them to the kernel in one non-blocking write(2). A connection that
+// got more frames meanwhile goes to the back of the FIFO. So an idle
+// connection has no writer and no buffer, a broadcast to N sockets costs
+// about N system calls and no goroutine each, and under a flood each busy
+// connection gets one write per round carrying every frame of that round.
+//
+// A writer never waits for a client. When the kernel does not take a
+// write whole (the client's receive window is full), the rest goes to a
+// goroutine of that connection's own, which waits for it with WriteTimeout
+// and then writes the connection's queue through a pooled bufio.Writer
+// until it is empty. Connections without a plain descriptor (TLS served
+// by this process) take that path for every write.
+//
+// A queue that reaches MaxQueue frames or MaxQueueBytes marks a slow
+// consumer: Send returns channels.ErrSlowConsumer, the queue is dropped
+// and the connection closed with 1008, and no broadcaster ever waits for
+// a client.
 //
 // # Closing
 //

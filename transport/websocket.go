@@ -110,6 +110,7 @@ type WebSocketHandler struct {
 	log     *slog.Logger
 	origins *originChecker
 	stats   Stats
+	writers *writerPool
 	epoch   time.Time    // origin of the reactor's clock
 	pending atomic.Int64 // handshakes in ServeHTTP
 
@@ -145,7 +146,7 @@ func NewWebSocketHandler(ep Endpoint, cfg WebSocketConfig) (*WebSocketHandler, e
 	if err != nil {
 		return nil, err
 	}
-	return &WebSocketHandler{ep: ep, cfg: cfg, log: cfg.Logger, origins: oc, epoch: time.Now()}, nil
+	return &WebSocketHandler{ep: ep, cfg: cfg, log: cfg.Logger, origins: oc, writers: newWriterPool(), epoch: time.Now()}, nil
 }
 
 // Stats returns the handler's counters.

@@ -689,7 +689,7 @@ func (c *wsConn) enqueue(op ws.OpCode, data []byte) error {
 	c.flushing = true
 	c.mu.Unlock()
 	if start {
-		go c.flush()
+		c.h.writers.push(c)
 	}
 	return nil
 }
@@ -778,13 +778,7 @@ func (c *wsConn) flush() {
 		// Swap: the written batch's array becomes the queue's, so a busy
 		// connection reuses one array; an idle one drops it (above).
 		batch, c.queue = c.queue, batch[:0]
-		deadline := time.Now().Add(c.h.cfg.WriteTimeout)
-		if c.closing {
-			if cd := deadlineTime(c.closeDeadline); cd.Before(deadline) {
-				deadline = cd
-			}
-		}
-		_ = c.nc.SetWriteDeadline(deadline)
+		_ = c.nc.SetWriteDeadline(c.writeDeadlineLocked())
 		c.mu.Unlock()
 
 		var err error
@@ -818,15 +812,31 @@ func (c *wsConn) flush() {
 			c.h.stats.MessagesOut.Add(uint64(messages))
 		}
 		if closeSent {
-			// The close frame is the last frame (Send refuses after it).
-			// Half-close so the client sees EOF after it (RFC 6455
-			// §7.1.1); the reader waits for the client's side.
-			if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
-				_ = cw.CloseWrite()
-			} else {
-				c.closeNC()
-			}
+			c.halfClose()
 		}
+	}
+}
+
+// writeDeadlineLocked is when a write starting now must give up:
+// WriteTimeout from now, or the close deadline if that comes first.
+func (c *wsConn) writeDeadlineLocked() time.Time {
+	deadline := time.Now().Add(c.h.cfg.WriteTimeout)
+	if c.closing {
+		if cd := deadlineTime(c.closeDeadline); cd.Before(deadline) {
+			deadline = cd
+		}
+	}
+	return deadline
+}
+
+// halfClose follows the close frame, the last frame (Send refuses after
+// it): the client sees EOF after it (RFC 6455 §7.1.1), and the reader
+// waits for the client's side.
+func (c *wsConn) halfClose() {
+	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	} else {
+		c.closeNC()
 	}
 }
 

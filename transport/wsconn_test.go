@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -803,5 +804,52 @@ func TestReadPayloadGrowsWithData(t *testing.T) {
 			"readPayload: %d bytes, err %v",
 			len(b), err,
 		)
+	}
+}
+
+func TestStalledClientsDoNotHoldBackOthers(t *testing.T) {
+	inReadModes(t, testStalledClientsDoNotHoldBackOthers)
+}
+
+func testStalledClientsDoNotHoldBackOthers(t *testing.T, m readMode) {
+	// More clients that never read than there are writers: if a writer
+	// waited for a full socket, every writer would be stuck on one of
+	// them until WriteTimeout, and the reading client would starve.
+	ep := newFakeEndpoint()
+	hs := newHarness(t, m, WebSocketConfig{
+		MaxQueue:      1 << 16,
+		MaxQueueBytes: 1 << 30,
+		WriteTimeout:  time.Hour, // only a writer that does not wait lets the test pass
+	}, ep)
+	stalled := 2*runtime.GOMAXPROCS(0) + 1
+	var clients []*client
+	var socks []*fakeSocket
+	for range stalled {
+		clients = append(clients, hs.dial(t, "", ws.Dialer{}))
+		socks = append(socks, <-ep.opened)
+	}
+	reader := hs.dial(t, "", ws.Dialer{})
+	rsock := <-ep.opened
+
+	// 32 MiB each: more than the kernel buffers of a loopback connection
+	// hold, so every stalled connection ends with a write the kernel does
+	// not take. The frames share one array.
+	frame := channels.Frame{Data: bytes.Repeat([]byte("x"), 64<<10), Binary: true}
+	for _, s := range socks {
+		for range 512 {
+			if err := s.conn.Send(frame); err != nil {
+				t.Fatalf("Send to a stalled client: %v", err)
+			}
+		}
+	}
+	for i := range 100 {
+		msg := fmt.Sprint("to the reader ", i)
+		if err := rsock.conn.Send(channels.Frame{Data: []byte(msg)}); err != nil {
+			t.Fatal(err)
+		}
+		reader.expectFrame(ws.OpText, msg)
+	}
+	for _, c := range clients {
+		c.conn.Close()
 	}
 }

@@ -1,0 +1,247 @@
+package transport
+
+import (
+	"errors"
+	"runtime"
+	"sync"
+
+	"github.com/gobwas/ws"
+)
+
+// Writers: see the package documentation, "Write path".
+//
+// A connection whose queue stops being empty is pushed on its handler's
+// writerPool. At most GOMAXPROCS writer goroutines take connections from
+// the pool in FIFO order; each encodes everything the connection has
+// queued into its own buffer and hands it to the kernel in one
+// non-blocking write. A connection that got more frames meanwhile goes to
+// the back of the pool, so under a flood every busy connection gets one
+// write per round and the frames of a round share it: the deeper the
+// backlog, the fewer system calls per frame. Writers exit when the pool is
+// empty, so an idle handler runs none.
+//
+// A write the kernel cannot take whole (the client's receive window is
+// full) is not waited for by a writer, which would stall every other
+// connection behind one slow client: the unwritten rest goes to a
+// goroutine of that connection's own (wsConn.flush), which waits for it
+// with WriteTimeout and then serves the connection until its queue is
+// empty, as every connection did before writers existed. Connections
+// without a plain descriptor (TLS served by this process) always take
+// that path.
+
+// maxKeptWriteBuffer bounds the buffer a writer keeps between
+// connections: a connection with a deep backlog of large frames may grow
+// it further, once.
+const maxKeptWriteBuffer = 256 << 10
+
+// maxWriteBatch bounds the payload bytes one writer's turn takes from a
+// connection's queue.
+const maxWriteBatch = 128 << 10
+
+// writerPool is the FIFO of connections waiting for a writer.
+type writerPool struct {
+	mu      sync.Mutex
+	ready   []*wsConn
+	head    int // ready[:head] are taken
+	running int // writer goroutines
+	max     int
+}
+
+func newWriterPool() *writerPool {
+	return &writerPool{max: runtime.GOMAXPROCS(0)}
+}
+
+// push queues c for a writer and starts one if fewer than max run. The
+// caller set c.flushing: c is in the pool at most once.
+func (p *writerPool) push(c *wsConn) {
+	p.mu.Lock()
+	p.ready = append(p.ready, c)
+	start := p.running < p.max
+	if start {
+		p.running++
+	}
+	p.mu.Unlock()
+	if start {
+		go p.work()
+	}
+}
+
+// next takes the oldest waiting connection, or reports that the pool is
+// empty and the calling writer must exit.
+func (p *writerPool) next() *wsConn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.head == len(p.ready) {
+		clear(p.ready[:p.head])
+		p.ready, p.head = p.ready[:0], 0
+		p.running--
+		return nil
+	}
+	c := p.ready[p.head]
+	p.ready[p.head] = nil
+	p.head++
+	if p.head >= 1024 && 2*p.head >= len(p.ready) {
+		// Under constant load the pool never drains; slide the live
+		// part down so the array does not grow without bound.
+		n := copy(p.ready, p.ready[p.head:])
+		clear(p.ready[n:])
+		p.ready, p.head = p.ready[:n], 0
+	}
+	return c
+}
+
+func (p *writerPool) work() {
+	wb := writerBufPool.Get().(*writerBuf)
+	defer func() { writerBufPool.Put(wb) }()
+	for c := p.next(); c != nil; c = p.next() {
+		if !c.writeQueued(wb) {
+			// The buffer went to c's own goroutine with the rest of
+			// a write the kernel did not take whole.
+			wb = writerBufPool.Get().(*writerBuf)
+		} else if cap(wb.b) > maxKeptWriteBuffer {
+			wb.b = make([]byte, 0, writeBufferSize)
+		}
+	}
+}
+
+// writerBuf is a writer's buffer: whole frames, header and payload, for
+// one write.
+type writerBuf struct {
+	b   []byte
+	hdr [ws.MaxHeaderSize]byte // for ws.WriteHeaderBuffer
+	raw rawWrite               // the system call's arguments and results
+}
+
+// Write appends p (io.Writer, for ws.WriteHeaderBuffer).
+func (wb *writerBuf) Write(p []byte) (int, error) {
+	wb.b = append(wb.b, p...)
+	return len(p), nil
+}
+
+var writerBufPool = sync.Pool{New: func() any {
+	wb := &writerBuf{b: make([]byte, 0, writeBufferSize)}
+	wb.raw.init()
+	return wb
+}}
+
+// errWouldBlock: the kernel took none of the write now.
+var errWouldBlock = errors.New("transport: write would block")
+
+// written is what one write took from a connection's queue.
+type written struct {
+	batch                   []outFrame // the frames, cleared
+	frames, bytes, messages int
+	closeSent               bool
+}
+
+// writeQueued is a writer's turn on c: it writes everything queued in one
+// non-blocking write. It reports false when it gave wb away to the
+// goroutine it started to finish the write.
+func (c *wsConn) writeQueued(wb *writerBuf) bool {
+	c.mu.Lock()
+	if len(c.queue) == 0 || c.ended {
+		c.flushing = false
+		c.dropQueueLocked()
+		c.mu.Unlock()
+		return true
+	}
+	// At most maxWriteBatch bytes a turn (and at least one frame): a
+	// deep backlog is encoded only as far as a socket is likely to take,
+	// and the connection queues again behind the others for the rest.
+	k, size := 0, 0
+	for k < len(c.queue) && (k == 0 || size+len(c.queue[k].data) <= maxWriteBatch) {
+		size += len(c.queue[k].data)
+		k++
+	}
+	w := written{batch: c.queue[:k:k], frames: k}
+	if k == len(c.queue) {
+		c.queue = nil
+	} else {
+		c.queue = c.queue[k:]
+	}
+	c.mu.Unlock()
+
+	wb.b = wb.b[:0]
+	for i := range w.batch {
+		f := &w.batch[i]
+		// A server's frames: whole (FIN, RFC 6455 §5.4), unmasked (§5.1).
+		h := ws.Header{Fin: true, OpCode: f.op, Length: int64(len(f.data))}
+		_ = ws.WriteHeaderBuffer(wb, h, wb.hdr[:])
+		wb.b = append(wb.b, f.data...)
+		w.bytes += len(f.data)
+		w.closeSent = f.op == ws.OpClose
+		if f.op == ws.OpText || f.op == ws.OpBinary {
+			w.messages++
+		}
+		*f = outFrame{}
+	}
+
+	n, err := wb.raw.write(c.nc, wb.b)
+	switch {
+	case err == nil && n == len(wb.b):
+		c.wrote(&w, true)
+		return true
+	case err == nil || errors.Is(err, errWouldBlock):
+		go c.finishWrite(wb, n, w)
+		return false
+	default:
+		w.messages, w.closeSent = 0, false
+		c.wrote(&w, false)
+		c.writeFailed(err)
+		return true
+	}
+}
+
+// wrote settles the accounting of a write that is over, and gives the
+// batch's array back to the queue when nothing was queued meanwhile, so
+// that a busy connection reuses one array. A pooled connection with
+// frames queued meanwhile goes back to the pool; otherwise it leaves the
+// write path, dropping its queue's array.
+func (c *wsConn) wrote(w *written, pooled bool) {
+	if w.messages > 0 {
+		// One atomic add per write, not per frame.
+		c.h.stats.MessagesOut.Add(uint64(w.messages))
+	}
+	if w.closeSent {
+		c.halfClose()
+	}
+	c.mu.Lock()
+	c.nFrames -= int32(w.frames)
+	c.nBytes -= w.bytes
+	if c.queue == nil {
+		// The batch's capacity ends where it did: a batch that was
+		// the head of a longer queue shares no element with its rest.
+		c.queue = w.batch[:0]
+	}
+	if !pooled {
+		c.mu.Unlock()
+		return
+	}
+	if len(c.queue) == 0 || c.ended {
+		c.flushing = false
+		c.dropQueueLocked()
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	c.h.writers.push(c)
+}
+
+// finishWrite waits for the kernel to take the unwritten end of a
+// writer's write, from wb.b[n:], then serves c from its own goroutine
+// (flush) until its queue is empty.
+func (c *wsConn) finishWrite(wb *writerBuf, n int, w written) {
+	c.mu.Lock()
+	_ = c.nc.SetWriteDeadline(c.writeDeadlineLocked())
+	c.mu.Unlock()
+	_, err := c.nc.Write(wb.b[n:])
+	if cap(wb.b) <= maxKeptWriteBuffer {
+		writerBufPool.Put(wb)
+	}
+	c.wrote(&w, false)
+	if err != nil {
+		c.writeFailed(err)
+		return
+	}
+	c.flush()
+}
