@@ -155,6 +155,10 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 		gauge("channelsd_presence_entries", "Presence entries tracked by this node (one per socket, topic and key); other nodes' entries are not counted.", nil,
 			func() float64 { return float64(pc.Entries()) })
 	}
+	if rc, ok := n.cfg.Presence.(interface{ Repairs() uint64 }); ok {
+		counter("channelsd_presence_repairs_total", "Fresh presence_state messages this node sent its local subscribers of a topic after a gap in another node's diffs or a Redis outage (anti-entropy; at most one per topic per second).", nil,
+			func() float64 { return float64(rc.Repairs()) })
+	}
 
 	// Latency histograms, fed by the PubSub's observer hooks.
 	if o, ok := n.cfg.PubSub.(pubsub.DispatchObservable); ok {

@@ -36,7 +36,11 @@
 // diff lost by Redis pub/sub, which is at most once) it re-reads the
 // topic and sends a fresh presence_state to this node's subscribers only,
 // through Options.LocalDispatch. The same happens for every watched topic
-// after the node's own Redis outage.
+// after the node's own Redis outage. A topic is repaired at most once a
+// second: a repair sends the whole room to every local subscriber, and
+// gaps come in bursts when Redis is overloaded (publishes time out), where
+// a repair per gap would add to the overload; the repair after the pause
+// covers every gap found meanwhile.
 //
 // # Liveness
 //

@@ -317,22 +317,51 @@ func (t *Tracker) requestRepairAll() {
 // each topic that needs it (anti-entropy for clients: the JS Presence
 // class replaces its view by a state, emitting the joins and leaves it
 // missed).
+//
+// A topic is repaired at most once per repairInterval: a repair costs the
+// whole room to every local subscriber, and the gaps that ask for it come
+// in bursts when Redis is overloaded (publishes time out, so peers see
+// gaps), where a repair per gap would feed the overload. A gap found
+// meanwhile is repaired when the interval has passed; the state sent then
+// covers it.
 func (t *Tracker) repairLoop() {
 	defer t.wg.Done()
+	last := make(map[string]time.Time) // topic -> its latest repair
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
 	for {
 		select {
 		case <-t.stop:
 			return
 		case <-t.repairCh:
+		case <-timer.C:
 		}
+		now := time.Now()
+		for s, at := range last {
+			if now.Sub(at) >= repairInterval {
+				delete(last, s)
+			}
+		}
+		var due []string
+		var wait time.Duration
 		t.mu.Lock()
-		topics := make([]string, 0, len(t.repairs))
 		for s := range t.repairs {
-			topics = append(topics, s)
+			if at, ok := last[s]; ok {
+				if d := repairInterval - now.Sub(at); wait == 0 || d < wait {
+					wait = d
+				}
+				continue
+			}
+			due = append(due, s)
+			delete(t.repairs, s)
 		}
-		clear(t.repairs)
 		t.mu.Unlock()
-		for _, topic := range topics {
+		if wait > 0 {
+			timer.Reset(wait)
+		}
+		for _, topic := range due {
+			last[topic] = now
 			ctx, cancel := context.WithTimeout(context.Background(), t.opt.Timeout)
 			state, err := t.List(ctx, topic)
 			cancel()
@@ -345,6 +374,15 @@ func (t *Tracker) repairLoop() {
 				continue
 			}
 			t.opt.LocalDispatch(&pubsub.Message{Topic: topic, Event: "presence_state", Payload: payload})
+			t.repairsSent.Add(1)
 		}
 	}
 }
+
+// repairInterval is the least time between two repairs of a topic.
+const repairInterval = time.Second
+
+// Repairs is how many presence_state repairs (anti-entropy after a gap or
+// an outage) this node has sent to its local subscribers, one per topic
+// repaired.
+func (t *Tracker) Repairs() uint64 { return t.repairsSent.Load() }

@@ -41,6 +41,8 @@ type Tracker struct {
 	repairCh chan struct{} // cap 1
 	wg       sync.WaitGroup
 
+	repairsSent atomic.Uint64
+
 	// mu guards the local table, the pending diffs and the clocks. It is
 	// never held across a Redis command or a Publish.
 	mu         sync.Mutex

@@ -605,6 +605,31 @@ func TestGapTriggersLocalState(t *testing.T) {
 	if got := canon(toJS(st)); !reflect.DeepEqual(got, map[string][]string{"alice": {rA}}) {
 		t.Errorf("state = %v", got)
 	}
+	first := time.Now()
+	if n := a.tr.Repairs(); n != 1 {
+		t.Errorf("Repairs() = %d after one repair, want 1", n)
+	}
+
+	// Two more gaps at once: the topic was just repaired, so they are
+	// repaired together, once, a repairInterval after the first.
+	fake(6)
+	fake(8)
+	eventually(t, repairInterval+2*time.Second, "a presence_state after the later gaps", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(states) == 2
+	})
+	if d := time.Since(first); d < repairInterval*9/10 {
+		t.Errorf("second repair %v after the first, want at least %v", d, repairInterval)
+	}
+	fake(9) // in sequence: no repair
+	track(t, a, "room:1", "a2", "carol", `{}`)
+	mu.Lock()
+	n := len(states)
+	mu.Unlock()
+	if n != 2 || a.tr.Repairs() != 2 {
+		t.Errorf("%d states and Repairs() = %d after the paced repair, want 2 and 2", n, a.tr.Repairs())
+	}
 }
 
 // A peer that lost its pub/sub connection asks every node, on the control
