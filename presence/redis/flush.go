@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/channelsd/channelsd/presence"
@@ -247,18 +248,30 @@ func (t *Tracker) flush(topics []string) {
 // publish sends the diffs through the PubSub: local subscribers at once,
 // other nodes through Redis. A failed relay shows as a gap in our clock
 // on the other nodes, which then re-read the topic.
+//
+// The diffs go out together, a goroutine each: the Redis PubSub sends
+// whatever is queued in one pipeline, so a flush of many topics costs one
+// round trip. One at a time, a flush of a hundred topics made a hundred
+// round trips under one deadline, which a busy Redis let expire: the later
+// diffs were lost, and every peer repaired those topics. A topic has one
+// diff per flush and the next flush waits for this one, so each topic's
+// diffs stay in order.
 func (t *Tracker) publish(ctx context.Context, out []outgoing) {
+	var wg sync.WaitGroup
 	for _, o := range out {
 		payload, err := json.Marshal(o.diff)
 		if err != nil {
 			t.log.Error("presence/redis: encoding diff", "topic", o.topic, "err", err)
 			continue
 		}
-		err = t.ps.Publish(ctx, &pubsub.Message{Topic: o.topic, Event: "presence_diff", Payload: payload})
-		if err != nil && !errors.Is(err, pubsub.ErrClosed) {
-			t.log.Warn("presence/redis: publishing presence_diff", "topic", o.topic, "err", err)
-		}
+		wg.Go(func() {
+			err := t.ps.Publish(ctx, &pubsub.Message{Topic: o.topic, Event: "presence_diff", Payload: payload})
+			if err != nil && !errors.Is(err, pubsub.ErrClosed) {
+				t.log.Warn("presence/redis: publishing presence_diff", "topic", o.topic, "err", err)
+			}
+		})
 	}
+	wg.Wait()
 }
 
 // resync makes Redis hold exactly this node's table (drain: nothing, and

@@ -718,3 +718,61 @@ func TestEntriesCountsThisNodesEntriesOnly(t *testing.T) {
 		t.Fatalf("after a's Close: Entries = %d, %d; want 0, 1", na, nb)
 	}
 }
+
+// barrierPubSub holds each presence_diff publish until another one is in
+// flight at the same time (or a few seconds passed), and records the
+// most it saw in flight at once.
+type barrierPubSub struct {
+	pubsub.PubSub
+	mu       sync.Mutex
+	inflight int
+	max      int
+	release  chan struct{}
+}
+
+func (b *barrierPubSub) Publish(ctx context.Context, m *pubsub.Message) error {
+	if m.Event != "presence_diff" {
+		return b.PubSub.Publish(ctx, m)
+	}
+	b.mu.Lock()
+	b.inflight++
+	first := b.inflight == 2 && b.max < 2
+	b.max = max(b.max, b.inflight)
+	if first {
+		close(b.release)
+	}
+	b.mu.Unlock()
+	select {
+	case <-b.release:
+	case <-time.After(3 * time.Second):
+	}
+	b.mu.Lock()
+	b.inflight--
+	b.mu.Unlock()
+	return b.PubSub.Publish(ctx, m)
+}
+
+// The diffs of one flush are published together, not one round trip after
+// another: one at a time, a flush of many topics ran past its deadline on a
+// busy Redis, losing the later diffs.
+func TestFlushPublishesTopicsTogether(t *testing.T) {
+	s := startRedis(t)
+	var bp *barrierPubSub
+	a := newNode(t, s, "a", func(o *Options) {
+		bp = &barrierPubSub{PubSub: o.PubSub, release: make(chan struct{})}
+		o.PubSub = bp
+		o.Coalesce = 200 * time.Millisecond // every track below lands in one window
+	})
+	obs, _ := observe(t, a, "room:9")
+	for i := range 10 {
+		track(t, a, fmt.Sprint("room:", i), fmt.Sprint("o", i), "alice", `{}`)
+	}
+	eventually(t, 10*time.Second, "a presence_diff for room:9", func() bool {
+		return len(obs.diffs()) > 0
+	})
+	bp.mu.Lock()
+	defer bp.mu.Unlock()
+	if bp.max < 2 {
+		t.Errorf("at most %d diff published at once, want the flush's diffs together", bp.max)
+	}
+}
