@@ -178,6 +178,17 @@ func (o Options) NewClient(name string) (goredis.UniversalClient, error) {
 		}
 		ro.DisableIdentity = true
 		ro.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+		// Smaller buffers than go-redis's defaults (32 KiB per regular
+		// connection, 128 KiB each way per pipeline connection), unless
+		// the URL sets them: a node keeps its pools' connections, and at
+		// the defaults a join storm's burst of pipelines left ~5 MB of
+		// buffers behind in each client, a quarter KiB per socket of a
+		// node holding 15,000. Replies bigger than a buffer (a large
+		// room's HGETALL) take a few more reads.
+		setIfZero(&ro.ReadBufferSize, clientBufferSize)
+		setIfZero(&ro.WriteBufferSize, clientBufferSize)
+		setIfZero(&ro.PipelineReadBufferSize, clientBufferSize)
+		setIfZero(&ro.PipelineWriteBufferSize, clientBufferSize)
 		return goredis.NewClient(ro), nil
 	}
 	return goredis.NewFailoverClient(&goredis.FailoverOptions{
@@ -194,7 +205,22 @@ func (o Options) NewClient(name string) (goredis.UniversalClient, error) {
 		DialerRetries:         1,
 		Protocol:              2,
 		DisableIdentity:       true,
+
+		ReadBufferSize:          clientBufferSize,
+		WriteBufferSize:         clientBufferSize,
+		PipelineReadBufferSize:  clientBufferSize,
+		PipelineWriteBufferSize: clientBufferSize,
 	}), nil
+}
+
+// clientBufferSize is the read and write buffer of every connection of a
+// client made by NewClient.
+const clientBufferSize = 16 << 10
+
+func setIfZero(v *int, def int) {
+	if *v == 0 {
+		*v = def
+	}
 }
 
 // SentinelScheme is the URL scheme ParseAddress accepts for Sentinel.
