@@ -106,8 +106,9 @@ func runIdle(ctx context.Context, args []string) error {
 	self0, _ := cpuSeconds(0)
 
 	start := time.Now()
+	d := idleDrainer()
 	opened, failed := openMany(ctx, "idle", *conns, *parallel, *sources, func(i int, src net.IP) (net.Conn, error) {
-		return dialJoin(ctx, t.addr, src, topic(i), i)
+		return dialJoin(ctx, d, t.addr, src, topic(i), i)
 	})
 	res.ConnectSeconds = time.Since(start).Seconds()
 	res.Joined, res.Failed = int64(len(opened)), failed
@@ -127,6 +128,9 @@ func runIdle(ctx context.Context, args []string) error {
 	for _, c := range opened {
 		c.Close()
 	}
+	if d != nil {
+		d.close()
+	}
 
 	fmt.Printf("scenario            idle\n")
 	fmt.Printf("sockets joined      %d of %d (%d failed), %d rooms\n", res.Joined, res.Conns, res.Failed, res.Rooms)
@@ -142,10 +146,10 @@ func runIdle(ctx context.Context, args []string) error {
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
 
-// dialJoin opens one V2 socket from src, joins topic as a user and starts
-// a reader that drains whatever the server sends (presence diffs) until
-// the connection closes.
-func dialJoin(ctx context.Context, addr string, src net.IP, topic string, i int) (net.Conn, error) {
+// dialJoin opens one V2 socket from src, joins topic as a user and hands
+// it to d, or without d to a goroutine of its own, to drain whatever the
+// server sends (presence diffs) until the connection closes.
+func dialJoin(ctx context.Context, d *drainer, addr string, src net.IP, topic string, i int) (net.Conn, error) {
 	user := "u" + strconv.Itoa(i)
 	conn, err := dialV2(ctx, addr, src, "&user="+user)
 	if err != nil {
@@ -159,6 +163,13 @@ func dialJoin(ctx context.Context, addr string, src net.IP, topic string, i int)
 		conn.Close()
 		return nil, err
 	}
+	if d != nil {
+		if err := d.add(conn); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		return conn, nil
+	}
 	go func() {
 		for {
 			if _, _, err := wsutil.ReadServerData(conn); err != nil {
@@ -167,4 +178,14 @@ func dialJoin(ctx context.Context, addr string, src net.IP, topic string, i int)
 		}
 	}()
 	return conn, nil
+}
+
+// idleDrainer starts a drainer with a thread per core, or returns nil
+// where there is none (the sockets then drain from goroutines).
+func idleDrainer() *drainer {
+	d, err := newDrainer(runtime.NumCPU())
+	if err != nil {
+		return nil
+	}
+	return d
 }

@@ -54,9 +54,10 @@ type idleClusterResult struct {
 func idleChild(ctx context.Context, addrs []string, offset, n, parallel, sources int, topic func(i int) string) error {
 	self0, _ := cpuSeconds(0)
 	start := time.Now()
+	d := idleDrainer()
 	conns, failed := openMany(ctx, "idle child", n, parallel, sources, func(i int, src net.IP) (net.Conn, error) {
 		j := offset + i
-		return dialJoin(ctx, addrs[j%len(addrs)], src, topic(j), j)
+		return dialJoin(ctx, d, addrs[j%len(addrs)], src, topic(j), j)
 	})
 	self1, _ := cpuSeconds(0)
 	line, _ := json.Marshal(childReport{Joined: int64(len(conns)), Failed: failed, Seconds: time.Since(start).Seconds(), CPU: self1 - self0})
@@ -64,6 +65,9 @@ func idleChild(ctx context.Context, addrs []string, offset, n, parallel, sources
 	_, _ = io.Copy(io.Discard, os.Stdin) // until the parent closes it
 	for _, c := range conns {
 		c.Close()
+	}
+	if d != nil {
+		d.close()
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -120,4 +121,104 @@ func (p *epollReaders) closeAll() {
 		}
 	}
 	p.eps, p.subs = nil, nil
+}
+
+// drainer reads and discards what the server sends to idle sockets (the
+// room's presence diffs), from one thread per epoll set, for the reasons
+// given at epollReaders: a goroutine per socket decoding every frame made
+// three client processes, not the nodes, the limit of a 45,000-socket
+// join storm (each join's diff reaches the room's 450 sockets).
+type drainer struct {
+	eps     []int
+	mu      sync.Mutex
+	fds     []int
+	next    int
+	stopped atomic.Bool
+	wg      sync.WaitGroup
+}
+
+func newDrainer(workers int) (*drainer, error) {
+	d := &drainer{}
+	for range workers {
+		ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		if err != nil {
+			d.close()
+			return nil, fmt.Errorf("epoll: %w", err)
+		}
+		d.eps = append(d.eps, ep)
+	}
+	for _, ep := range d.eps {
+		d.wg.Add(1)
+		go d.run(ep)
+	}
+	return d, nil
+}
+
+// add takes c over as startReaders does: its descriptor is duplicated
+// into an epoll set and c is closed, which sends nothing. close closes
+// the duplicate, so c.Close afterwards does nothing more.
+func (d *drainer) add(c net.Conn) error {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return errors.New("connection has no file descriptor")
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var fd int
+	var dupErr error
+	if err := raw.Control(func(f uintptr) { fd, dupErr = unix.Dup(int(f)) }); err != nil || dupErr != nil {
+		return fmt.Errorf("dup: %v %v", err, dupErr)
+	}
+	_ = c.Close()
+	d.mu.Lock()
+	d.fds = append(d.fds, fd)
+	ep := d.eps[d.next%len(d.eps)]
+	d.next++
+	d.mu.Unlock()
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(fd)}
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl: %w", err)
+	}
+	return nil
+}
+
+func (d *drainer) run(ep int) {
+	defer d.wg.Done()
+	events := make([]unix.EpollEvent, 512)
+	buf := make([]byte, 256<<10)
+	for !d.stopped.Load() {
+		// The timeout only bounds how long close waits.
+		n, err := unix.EpollWait(ep, events, 50)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return
+		}
+		for i := range n {
+			fd := int(events[i].Fd)
+			k, err := unix.Read(fd, buf)
+			if k <= 0 && !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EINTR) {
+				// EOF or a failed connection: nothing more to drain.
+				_ = unix.EpollCtl(ep, unix.EPOLL_CTL_DEL, fd, nil)
+			}
+		}
+	}
+}
+
+// close stops the threads, then closes every socket.
+func (d *drainer) close() {
+	d.stopped.Store(true)
+	d.wg.Wait()
+	for _, ep := range d.eps {
+		_ = unix.Close(ep)
+	}
+	d.mu.Lock()
+	for _, fd := range d.fds {
+		_ = unix.Close(fd)
+	}
+	d.fds = nil
+	d.mu.Unlock()
 }
