@@ -124,16 +124,7 @@ func (p *epollPoller) close() error {
 // closed, which the transport does only after removing it from the
 // poller.
 func connFD(nc net.Conn) (int32, bool) {
-	var sc syscall.Conn
-	switch c := nc.(type) {
-	case *net.TCPConn:
-		sc = c
-	case *net.UnixConn:
-		sc = c
-	default:
-		return 0, false
-	}
-	raw, err := sc.SyscallConn()
+	raw, err := plainRawConn(nc)
 	if err != nil {
 		return 0, false
 	}
@@ -142,4 +133,18 @@ func connFD(nc net.Conn) (int32, bool) {
 		return 0, false
 	}
 	return fd, true
+}
+
+// plainRawConn returns the descriptor access of a plain TCP or Unix
+// connection, and errWouldBlock for any other (crypto/tls, or a wrapper
+// that may buffer): only a plain one's descriptor tells the whole story
+// of its reads and writes.
+func plainRawConn(nc net.Conn) (syscall.RawConn, error) {
+	switch c := nc.(type) {
+	case *net.TCPConn:
+		return c.SyscallConn()
+	case *net.UnixConn:
+		return c.SyscallConn()
+	}
+	return nil, errWouldBlock
 }

@@ -4,7 +4,6 @@ package transport
 
 import (
 	"net"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -33,16 +32,7 @@ func (w *rawWrite) call(fd uintptr) bool {
 // write writes what the kernel takes of b now. It returns errWouldBlock
 // when that is nothing, and for a connection with no plain descriptor.
 func (w *rawWrite) write(nc net.Conn, b []byte) (int, error) {
-	var sc syscall.Conn
-	switch c := nc.(type) {
-	case *net.TCPConn:
-		sc = c
-	case *net.UnixConn:
-		sc = c
-	default:
-		return 0, errWouldBlock
-	}
-	raw, err := sc.SyscallConn()
+	raw, err := plainRawConn(nc)
 	if err != nil {
 		return 0, err
 	}
