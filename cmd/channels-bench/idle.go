@@ -163,12 +163,18 @@ func dialJoin(ctx context.Context, d *drainer, addr string, src net.IP, topic st
 		conn.Close()
 		return nil, err
 	}
+	if err := drain(d, conn); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
+// drain reads and discards what the server sends on conn until it closes:
+// through d, or without d from a goroutine of conn's own.
+func drain(d *drainer, conn net.Conn) error {
 	if d != nil {
-		if err := d.add(conn); err != nil {
-			conn.Close()
-			return nil, err
-		}
-		return conn, nil
+		return d.add(conn)
 	}
 	go func() {
 		for {
@@ -177,7 +183,7 @@ func dialJoin(ctx context.Context, d *drainer, addr string, src net.IP, topic st
 			}
 		}
 	}()
-	return conn, nil
+	return nil
 }
 
 // idleDrainer starts a drainer with a thread per core, or returns nil

@@ -88,8 +88,9 @@ func runPresence(ctx context.Context, args []string) error {
 	cpu0 := sumCPU(nodePids)
 	self0, _ := cpuSeconds(0)
 	start := time.Now()
+	d := idleDrainer()
 	conns, failed := openMany(ctx, "presence", *users, *parallel, *sources, func(i int, src net.IP) (net.Conn, error) {
-		return trackOne(ctx, nodes[i%len(nodes)], src, topic, "u"+strconv.Itoa(i))
+		return trackOne(ctx, d, nodes[i%len(nodes)], src, topic, "u"+strconv.Itoa(i))
 	})
 	stormEnd := time.Now()
 	res.Tracked, res.Failed = int64(len(conns)), failed
@@ -117,6 +118,9 @@ func runPresence(ctx context.Context, args []string) error {
 	for _, c := range conns {
 		c.Close()
 	}
+	if d != nil {
+		d.close()
+	}
 
 	fmt.Printf("scenario            presence\n")
 	fmt.Printf("users tracked       %d of %d over %d nodes (%d failed)\n", res.Tracked, res.Users, res.Nodes, res.Failed)
@@ -135,7 +139,7 @@ func runPresence(ctx context.Context, args []string) error {
 // trackOne opens a socket on addr, joins topic without a user (so the
 // channel pushes no presence_state) and tracks key; the socket's frames
 // (the topic's diffs) are read and dropped until it closes.
-func trackOne(ctx context.Context, addr string, src net.IP, topic, key string) (net.Conn, error) {
+func trackOne(ctx context.Context, d *drainer, addr string, src net.IP, topic, key string) (net.Conn, error) {
 	conn, err := dialV2(ctx, addr, src, "")
 	if err != nil {
 		return nil, err
@@ -164,13 +168,10 @@ func trackOne(ctx context.Context, addr string, src net.IP, topic, key string) (
 		}
 	}
 	_ = conn.SetReadDeadline(time.Time{})
-	go func() {
-		for {
-			if _, _, err := wsutil.ReadServerData(conn); err != nil {
-				return
-			}
-		}
-	}()
+	if err := drain(d, conn); err != nil {
+		conn.Close()
+		return nil, err
+	}
 	return conn, nil
 }
 

@@ -85,10 +85,19 @@ func startReaders(all []*subscriber, workers int) (stop func(), err error) {
 
 func (p *epollReaders) run(ep int) {
 	defer p.wg.Done()
+	readEpoll(ep, &p.stopped, func(fd int, b []byte) {
+		p.subs[fd].feed(b, time.Now().UnixNano())
+	})
+}
+
+// readEpoll reads each socket of ep once per readiness into one buffer
+// and hands what it read to got (nil: discard), until stopped. A socket
+// at its end, or failed, leaves ep: it delivers nothing more.
+func readEpoll(ep int, stopped *atomic.Bool, got func(fd int, b []byte)) {
 	events := make([]unix.EpollEvent, 512)
 	buf := make([]byte, 256<<10)
-	for !p.stopped.Load() {
-		// The timeout only bounds how long stop waits.
+	for !stopped.Load() {
+		// The timeout only bounds how long a stop waits.
 		n, err := unix.EpollWait(ep, events, 50)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
@@ -96,15 +105,16 @@ func (p *epollReaders) run(ep int) {
 			}
 			return
 		}
-		for i := 0; i < n; i++ {
+		for i := range n {
 			fd := int(events[i].Fd)
-			s := p.subs[fd]
 			k, err := unix.Read(fd, buf)
 			switch {
 			case k > 0:
-				s.feed(buf[:k], time.Now().UnixNano())
+				if got != nil {
+					got(fd, buf[:k])
+				}
 			case errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR):
-			default: // EOF or a failed connection: it delivers nothing more
+			default:
 				_ = unix.EpollCtl(ep, unix.EPOLL_CTL_DEL, fd, nil)
 			}
 		}
@@ -186,26 +196,7 @@ func (d *drainer) add(c net.Conn) error {
 
 func (d *drainer) run(ep int) {
 	defer d.wg.Done()
-	events := make([]unix.EpollEvent, 512)
-	buf := make([]byte, 256<<10)
-	for !d.stopped.Load() {
-		// The timeout only bounds how long close waits.
-		n, err := unix.EpollWait(ep, events, 50)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			return
-		}
-		for i := range n {
-			fd := int(events[i].Fd)
-			k, err := unix.Read(fd, buf)
-			if k <= 0 && !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EINTR) {
-				// EOF or a failed connection: nothing more to drain.
-				_ = unix.EpollCtl(ep, unix.EPOLL_CTL_DEL, fd, nil)
-			}
-		}
-	}
+	readEpoll(ep, &d.stopped, nil)
 }
 
 // close stops the threads, then closes every socket.
