@@ -153,11 +153,14 @@ func (c *wsConn) writeQueued(wb *writerBuf) bool {
 		size += len(c.queue[k].data)
 		k++
 	}
-	w := written{batch: c.queue[:k:k], frames: k}
+	w := written{batch: c.queue, frames: k}
 	if k == len(c.queue) {
 		c.queue = nil
 	} else {
-		c.queue = c.queue[k:]
+		// The rest stays queued in the same array, after the batch:
+		// the batch is capped at its length so that nothing appended
+		// to it later can reach the rest.
+		w.batch, c.queue = c.queue[:k:k], c.queue[k:]
 	}
 	c.mu.Unlock()
 
@@ -212,6 +215,8 @@ func (c *wsConn) wrote(w *written, pooled bool) {
 		// The batch's capacity ends where it did: a batch that was
 		// the head of a longer queue shares no element with its rest.
 		c.queue = w.batch[:0]
+	} else {
+		recycleQueue(w.batch)
 	}
 	if !pooled {
 		c.mu.Unlock()

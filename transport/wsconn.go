@@ -682,6 +682,9 @@ func (c *wsConn) enqueue(op ws.OpCode, data []byte) error {
 		c.h.log.Debug("transport: closing slow consumer", "remote", c.nc.RemoteAddr().String())
 		return channels.ErrSlowConsumer
 	}
+	if c.queue == nil {
+		c.queue = queueArrays.Get().(*queueArray)[:0]
+	}
 	c.queue = append(c.queue, outFrame{op: op, data: data})
 	c.nFrames++
 	c.nBytes += len(data)
@@ -753,7 +756,28 @@ func (c *wsConn) dropQueueLocked() {
 	}
 	c.nFrames -= int32(len(c.queue))
 	clear(c.queue)
+	recycleQueue(c.queue)
 	c.queue = nil
+}
+
+// queueArray is the array a queue starts in. A socket that gets a frame
+// now and then would otherwise allocate a queue for every frame (it drops
+// its queue whenever it empties, so that an idle socket pins nothing); a
+// pool makes that steady path allocation-free. A queue that outgrows it
+// moves to a bigger array that is not recycled.
+type queueArray [4]outFrame
+
+var queueArrays = sync.Pool{New: func() any { return new(queueArray) }}
+
+// recycleQueue returns q's array to the pool if it has a queueArray's
+// capacity. q must be cleared and no longer used. Such a q may also be
+// the end of a larger array whose start is another batch's, in flight:
+// the two never overlap (batches are capped at their length), so handing
+// out the end is safe.
+func recycleQueue(q []outFrame) {
+	if cap(q) == len(queueArray{}) {
+		queueArrays.Put((*queueArray)(q[:cap(q)]))
+	}
 }
 
 // flush writes the queue until it is empty, then exits: a connection with
