@@ -110,7 +110,7 @@ type wsConn struct {
 	dead   bool      // the connection failed: no close handshake possible
 
 	// Guarded by mu.
-	flushing   bool // a flush goroutine runs
+	flushing   bool // the queue has a writer: in the writers' FIFO, in a writer's turn, or a flush goroutine
 	closing    bool // Close began (or the connection failed): Send refuses
 	ended      bool // the reader has finished
 	registered bool // in r's table and poller
@@ -653,8 +653,9 @@ func (c *wsConn) end() {
 // ---------------------------------------------------------------------
 // Write path.
 
-// Send queues f (channels.Conn). It never blocks on the network: a flush
-// goroutine, started when the queue stops being empty, writes it.
+// Send queues f (channels.Conn). It never blocks on the network: when the
+// queue stops being empty the connection joins the writers' FIFO
+// (writers.go), and a writer writes it.
 func (c *wsConn) Send(f channels.Frame) error {
 	op := ws.OpText
 	if f.Binary {
@@ -780,9 +781,11 @@ func recycleQueue(q []outFrame) {
 	}
 }
 
-// flush writes the queue until it is empty, then exits: a connection with
-// nothing to send has no writer goroutine and no write buffer. Frames
-// queued meanwhile are coalesced into the same buffered writes.
+// flush writes the queue with blocking writes until it is empty, then
+// exits. It serves a connection that the writers cannot (a write the
+// kernel did not take whole, which it waits for; a connection without a
+// plain descriptor) and the close handshake. Frames queued meanwhile are
+// coalesced into the same buffered writes.
 func (c *wsConn) flush() {
 	wb := writeBufPool.Get().(*writeBuf)
 	wb.bw.Reset(c.nc)
