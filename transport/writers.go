@@ -2,6 +2,7 @@ package transport
 
 import (
 	"errors"
+	"io"
 	"runtime"
 	"sync"
 
@@ -134,24 +135,24 @@ type written struct {
 	closeSent               bool
 }
 
-// writeQueued is a writer's turn on c: it writes everything queued in one
-// non-blocking write. It reports false when it gave wb away to the
-// goroutine it started to finish the write.
-func (c *wsConn) writeQueued(wb *writerBuf) bool {
-	c.mu.Lock()
+// takeLocked begins a write: it takes queued frames, up to limit payload
+// bytes (and at least one frame; limit 0: all of them). With nothing to
+// write (or a connection whose reader ended) c leaves the write path,
+// and takeLocked reports false.
+func (c *wsConn) takeLocked(limit int) (written, bool) {
 	if len(c.queue) == 0 || c.ended {
 		c.flushing = false
 		c.dropQueueLocked()
-		c.mu.Unlock()
-		return true
+		return written{}, false
 	}
-	// At most maxWriteBatch bytes a turn (and at least one frame): a
-	// deep backlog is encoded only as far as a socket is likely to take,
-	// and the connection queues again behind the others for the rest.
-	k, size := 0, 0
-	for k < len(c.queue) && (k == 0 || size+len(c.queue[k].data) <= maxWriteBatch) {
-		size += len(c.queue[k].data)
-		k++
+	k := len(c.queue)
+	if limit > 0 {
+		size := len(c.queue[0].data)
+		k = 1
+		for k < len(c.queue) && size+len(c.queue[k].data) <= limit {
+			size += len(c.queue[k].data)
+			k++
+		}
 	}
 	w := written{batch: c.queue, frames: k}
 	if k == len(c.queue) {
@@ -162,22 +163,44 @@ func (c *wsConn) writeQueued(wb *writerBuf) bool {
 		// to it later can reach the rest.
 		w.batch, c.queue = c.queue[:k:k], c.queue[k:]
 	}
-	c.mu.Unlock()
+	return w, true
+}
 
-	wb.b = wb.b[:0]
+// encode writes the batch's frames to dst and clears them, counting what
+// it carried. After a failed frame it only counts the rest: the
+// accounting of queued bytes covers the whole batch.
+func (w *written) encode(dst io.Writer, hdr []byte) error {
+	var err error
 	for i := range w.batch {
 		f := &w.batch[i]
-		// A server's frames: whole (FIN, RFC 6455 §5.4), unmasked (§5.1).
-		h := ws.Header{Fin: true, OpCode: f.op, Length: int64(len(f.data))}
-		_ = ws.WriteHeaderBuffer(wb, h, wb.hdr[:])
-		wb.b = append(wb.b, f.data...)
 		w.bytes += len(f.data)
-		w.closeSent = f.op == ws.OpClose
-		if f.op == ws.OpText || f.op == ws.OpBinary {
-			w.messages++
+		if err == nil {
+			err = writeFrame(dst, hdr, f)
+			w.closeSent = f.op == ws.OpClose
+			if f.op == ws.OpText || f.op == ws.OpBinary {
+				w.messages++
+			}
 		}
 		*f = outFrame{}
 	}
+	return err
+}
+
+// writeQueued is a writer's turn on c: it writes what it takes from the
+// queue, at most maxWriteBatch bytes (a deep backlog is encoded only as
+// far as a socket is likely to take, and the connection queues again
+// behind the others for the rest), in one non-blocking write. It reports
+// false when it gave wb away to the goroutine it started to finish the
+// write.
+func (c *wsConn) writeQueued(wb *writerBuf) bool {
+	c.mu.Lock()
+	w, ok := c.takeLocked(maxWriteBatch)
+	c.mu.Unlock()
+	if !ok {
+		return true
+	}
+	wb.b = wb.b[:0]
+	_ = w.encode(wb, wb.hdr[:]) // appending to wb.b cannot fail
 
 	n, err := wb.raw.write(c.nc, wb.b)
 	switch {
@@ -188,11 +211,17 @@ func (c *wsConn) writeQueued(wb *writerBuf) bool {
 		go c.finishWrite(wb, n, w)
 		return false
 	default:
-		w.messages, w.closeSent = 0, false
-		c.wrote(&w, false)
-		c.writeFailed(err)
+		c.writeAbandoned(&w, err)
 		return true
 	}
+}
+
+// writeAbandoned settles the accounting of a write that failed, which
+// delivered nothing, and drops the connection (writeFailed).
+func (c *wsConn) writeAbandoned(w *written, err error) {
+	w.messages, w.closeSent = 0, false
+	c.wrote(w, false)
+	c.writeFailed(err)
 }
 
 // wrote settles the accounting of a write that is over, and gives the
@@ -243,10 +272,10 @@ func (c *wsConn) finishWrite(wb *writerBuf, n int, w written) {
 	if cap(wb.b) <= maxKeptWriteBuffer {
 		writerBufPool.Put(wb)
 	}
-	c.wrote(&w, false)
 	if err != nil {
-		c.writeFailed(err)
+		c.writeAbandoned(&w, err)
 		return
 	}
+	c.wrote(&w, false)
 	c.flush()
 }

@@ -793,54 +793,24 @@ func (c *wsConn) flush() {
 		wb.bw.Reset(nil)
 		writeBufPool.Put(wb)
 	}()
-	var batch []outFrame
 	for {
 		c.mu.Lock()
-		if len(c.queue) == 0 || c.ended {
-			c.flushing = false
-			c.dropQueueLocked()
+		w, ok := c.takeLocked(0)
+		if !ok {
 			c.mu.Unlock()
 			return
 		}
-		// Swap: the written batch's array becomes the queue's, so a busy
-		// connection reuses one array; an idle one drops it (above).
-		batch, c.queue = c.queue, batch[:0]
 		_ = c.nc.SetWriteDeadline(c.writeDeadlineLocked())
 		c.mu.Unlock()
-
-		var err error
-		var bytes, messages int
-		closeSent := false
-		for i := range batch {
-			f := &batch[i]
-			bytes += len(f.data)
-			if err == nil {
-				err = writeFrame(wb, f)
-				closeSent = f.op == ws.OpClose
-				if f.op == ws.OpText || f.op == ws.OpBinary {
-					messages++
-				}
-			}
-			*f = outFrame{}
-		}
+		err := w.encode(wb.bw, wb.hdr[:])
 		if err == nil {
 			err = wb.bw.Flush()
 		}
-		c.mu.Lock()
-		c.nFrames -= int32(len(batch))
-		c.nBytes -= bytes
-		c.mu.Unlock()
 		if err != nil {
-			c.writeFailed(err)
+			c.writeAbandoned(&w, err)
 			return
 		}
-		if messages > 0 {
-			// One atomic add per written batch, not per frame.
-			c.h.stats.MessagesOut.Add(uint64(messages))
-		}
-		if closeSent {
-			c.halfClose()
-		}
+		c.wrote(&w, false)
 	}
 }
 
@@ -869,13 +839,13 @@ func (c *wsConn) halfClose() {
 
 // writeFrame writes one whole message as one frame: FIN set, no
 // fragmentation (RFC 6455 §5.4), and no mask, which a server must not use
-// (§5.1).
-func writeFrame(wb *writeBuf, f *outFrame) error {
+// (§5.1). hdr is room for the header (ws.WriteHeaderBuffer).
+func writeFrame(dst io.Writer, hdr []byte, f *outFrame) error {
 	h := ws.Header{Fin: true, OpCode: f.op, Length: int64(len(f.data))}
-	if err := ws.WriteHeaderBuffer(wb.bw, h, wb.hdr[:]); err != nil {
+	if err := ws.WriteHeaderBuffer(dst, h, hdr); err != nil {
 		return err
 	}
-	_, err := wb.bw.Write(f.data)
+	_, err := dst.Write(f.data)
 	return err
 }
 
