@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -82,6 +83,7 @@ func runFanout(ctx context.Context, args []string, scenario string) error {
 	sources := fs.Int("sources", 4, "local source addresses 127.0.0.1..N")
 	timeout := fs.Duration("timeout", 3*time.Minute, "bound on the whole run")
 	readers := fs.Int("readers", runtime.NumCPU(), "threads reading the subscribers' sockets through epoll (Linux); 0: a goroutine per socket")
+	cpuProfile := fs.String("cpuprofile", "", "write this client's CPU profile, from the first publish to the last delivery, to this file: the client shares the cores with the nodes it measures")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -185,6 +187,17 @@ func runFanout(ctx context.Context, args []string, scenario string) error {
 		pubs[i] = pub
 	}
 
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	cpu0 := sumCPU(nodePids)
 	self0, _ := cpuSeconds(0)
 	pad := strings.Repeat("x", max(0, *payload-40))
