@@ -100,27 +100,41 @@ func (t *Tracker) flushLoop() {
 	defer t.wg.Done()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	failing := false // the last resync failed
 	for {
 		t.mu.Lock()
 		resync := t.needResync
 		var due []string
-		now := time.Now()
-		for len(t.fifo) > 0 && !t.fifo[0].deadline.After(now) {
-			due = append(due, t.fifo[0].topic)
-			t.fifo = t.fifo[1:]
-		}
 		var next time.Duration = -1
-		if len(t.fifo) > 0 {
-			next = time.Until(t.fifo[0].deadline)
+		now := time.Now()
+		if resync && now.Before(t.resyncAt) {
+			// A resync failed a moment ago. The next one takes every
+			// pending batch; flushing them meanwhile would fail alike.
+			resync, next = false, t.resyncAt.Sub(now)
+		} else if !resync {
+			for len(t.fifo) > 0 && !t.fifo[0].deadline.After(now) {
+				due = append(due, t.fifo[0].topic)
+				t.fifo = t.fifo[1:]
+			}
+			if len(t.fifo) > 0 {
+				next = time.Until(t.fifo[0].deadline)
+			}
 		}
 		t.mu.Unlock()
 
 		if resync {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*t.opt.Timeout)
-			if err := t.resync(ctx, false); err != nil {
-				t.log.Warn("presence/redis: re-asserting entries failed; retrying at the next heartbeat", "err", err)
-			}
+			err := t.resync(ctx, false)
 			cancel()
+			switch {
+			case err != nil && !failing:
+				t.log.Warn("presence/redis: re-asserting entries failed; retrying every heartbeat until it succeeds", "retry", t.opt.Heartbeat, "err", err)
+			case err != nil:
+				t.log.Debug("presence/redis: re-asserting entries failed again", "err", err)
+			case failing:
+				t.log.Info("presence/redis: entries re-asserted")
+			}
+			failing = err != nil
 			continue
 		}
 		if len(due) > 0 {
@@ -300,6 +314,9 @@ func (t *Tracker) resync(ctx context.Context, drain bool) error {
 	failed := func(err error) error {
 		t.mu.Lock()
 		t.needResync = !drain
+		// A dead Redis refuses connections at once: retrying at once
+		// would spin. The heartbeat that finds Redis back calls sooner.
+		t.resyncAt = time.Now().Add(t.opt.Heartbeat)
 		out := make([]outgoing, 0, len(taken))
 		for topic, b := range taken {
 			if o, ok := t.stamp(topic, b.joins, b.leaves); ok {

@@ -142,6 +142,7 @@ func (c *controlSub) Deliver(m *pubsub.Message) {
 func (t *Tracker) requestResync() {
 	t.mu.Lock()
 	t.needResync = true
+	t.resyncAt = time.Time{}
 	t.mu.Unlock()
 	t.poke()
 }

@@ -55,6 +55,7 @@ type Tracker struct {
 	windows    map[string]time.Duration // coalescing window of busy topics (absent: Coalesce)
 	clocks     map[string]uint64
 	needResync bool
+	resyncAt   time.Time // after a failed resync: not before then
 	repairs    map[string]struct{}
 
 	// Owned by the flusher goroutine (and Close after it stopped).

@@ -9,11 +9,15 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
+
 	"github.com/channelsd/channelsd/presence"
 	"github.com/channelsd/channelsd/pubsub"
+	"github.com/channelsd/channelsd/test/redistest"
 )
 
 // observer is a client's view of a topic on one node: it records the
@@ -774,5 +778,71 @@ func TestFlushPublishesTopicsTogether(t *testing.T) {
 	defer bp.mu.Unlock()
 	if bp.max < 2 {
 		t.Errorf("at most %d diff published at once, want the flush's diffs together", bp.max)
+	}
+}
+
+// countHook counts the commands and pipelines a client sends (or tries
+// to: against a dead Redis each fails at the dial).
+type countHook struct{ n atomic.Int64 }
+
+func (h *countHook) DialHook(next goredis.DialHook) goredis.DialHook { return next }
+func (h *countHook) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+	return func(ctx context.Context, cmd goredis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+func (h *countHook) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []goredis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmds)
+	}
+}
+
+// A Redis that is gone refuses connections at once. The tracker must then
+// retry its re-assertion once a heartbeat, not in a loop: it once spun,
+// logging a warning per attempt (gigabytes a minute), and Close, which
+// waits for that loop, never returned, so the node never exited. Once
+// Redis is back the entries are re-asserted, and Close returns.
+func TestDeadRedisIsRetriedPerHeartbeat(t *testing.T) {
+	s := startRedis(t)
+	hook := &countHook{}
+	c := client(t, s)
+	c.AddHook(hook)
+	n := newNode(t, s, "a", func(o *Options) { o.Client, o.Address = c, "" })
+	track(t, n, "room:1", "x", "1", `{}`)
+	s.Stop()
+	// A change whose write fails asks for a resync, which fails too.
+	if _, err := n.tr.Track(context.Background(), "room:1", "y", "2", meta(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "a failed resync", func() bool {
+		n.tr.mu.Lock()
+		defer n.tr.mu.Unlock()
+		return n.tr.needResync && !n.tr.resyncAt.IsZero()
+	})
+	// The rate of attempts needs a window of time to be seen in: ten
+	// heartbeats, each worth a heartbeat pipeline and a resync of a few
+	// commands. The loop it replaces made thousands.
+	before := hook.n.Load()
+	time.Sleep(10 * testHeartbeat)
+	if tried := hook.n.Load() - before; tried > 60 {
+		t.Fatalf("%d commands tried against a dead Redis in 10 heartbeats: the tracker spins", tried)
+	}
+
+	s.Start()
+	key := "test:p:room:1"
+	eventually(t, 5*time.Second, "both entries re-asserted after Redis came back", func() bool {
+		return redistest.Ping(s.Addr()) && c.HLen(context.Background(), key).Val() == 2
+	})
+	closed := make(chan error, 1)
+	go func() { closed <- n.tr.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return")
 	}
 }
