@@ -72,6 +72,14 @@
 // and groups them by key in track order (time of the track/update, then
 // field). Build presence_state once per request with it, not per socket.
 //
+// Every join that pushes presence_state lists its room, so a join storm
+// on a room of n users would read n² entries. Lists of one topic that
+// arrive together therefore share one read, but never a read that had
+// already begun when they were called (that one might miss a change whose
+// diff they did not subscribe in time to receive): they wait for the next
+// read, which starts when the running one ends. Each topic has at most
+// one read in flight, and a List waits at most two round trips.
+//
 // # Close
 //
 // Close stops the goroutines, deletes the node's fields, heartbeat and

@@ -30,6 +30,7 @@ type Tracker struct {
 	me        string // node id
 	src       string // node id + "#" + incarnation, stamped on diffs
 	watcher   *watcher
+	reads     *listReads
 
 	// Keys.
 	nodesKey  string // hash: node -> last heartbeat (Redis server time, ms)
@@ -162,6 +163,7 @@ func New(ctx context.Context, opt Options) (*Tracker, error) {
 		repairs:   make(map[string]struct{}),
 		watched:   make(map[string]bool),
 	}
+	t.reads = newListReads(opt.Timeout, t.readRemote)
 	t.watcher = &watcher{t: t, id: "presence-tracker:" + t.src, topics: make(map[string]map[string]uint64)}
 	if t.client == nil {
 		if t.client, err = newClient(opt.Address, opt.NodeID); err != nil {
@@ -305,7 +307,9 @@ type row struct {
 // List implements presence.Tracker: this node's entries from its own
 // table (always current), the other nodes' from the topic's hash, keeping
 // only nodes whose heartbeat is younger than DeadAfter by Redis's clock.
-// One round trip (a pipeline of HGETALL topic, HGETALL nodes, TIME).
+// One round trip (readRemote), which Lists of the topic that arrive
+// together share (listReads), and which always starts after List was
+// called.
 func (t *Tracker) List(ctx context.Context, topic string) (presence.State, error) {
 	t.mu.Lock()
 	closed := t.closed
@@ -313,28 +317,13 @@ func (t *Tracker) List(ctx context.Context, topic string) (presence.State, error
 	if closed {
 		return nil, presence.ErrClosed
 	}
-	pipe := t.client.Pipeline()
-	hcmd := pipe.HGetAll(ctx, t.topicKey(topic))
-	ncmd := pipe.HGetAll(ctx, t.nodesKey)
-	tcmd := pipe.Time(ctx)
-	if _, err := pipe.Exec(ctx); err != nil {
+	remote, err := t.reads.get(ctx, topic)
+	if err != nil {
 		return nil, fmt.Errorf("presence/redis: list %s: %w", topic, err)
 	}
-	now := tcmd.Val().UnixMilli()
-	live := t.liveNodes(ncmd.Val(), now)
-	rows := make([]row, 0, len(hcmd.Val()))
-	for f, v := range hcmd.Val() {
-		node, _, ok := splitField(f)
-		if !ok || node == t.me || !live[node] {
-			continue
-		}
-		var s stored
-		if json.Unmarshal([]byte(v), &s) != nil {
-			continue
-		}
-		rows = append(rows, row{t: s.T, field: f, key: s.Key, meta: s.Meta})
-	}
 	t.mu.Lock()
+	rows := make([]row, len(remote), len(remote)+len(t.table[topic]))
+	copy(rows, remote)
 	for _, e := range t.table[topic] {
 		rows = append(rows, row{t: e.t, field: t.field(e.ref), key: e.key, meta: e.meta})
 	}
@@ -350,6 +339,34 @@ func (t *Tracker) List(ctx context.Context, topic string) (presence.State, error
 		state.Add(r.key, r.meta)
 	}
 	return state, nil
+}
+
+// readRemote reads the entries of topic that other live nodes hold: one
+// round trip, a pipeline of HGETALL of the topic, of the nodes hash and
+// TIME. Lists share it through t.reads.
+func (t *Tracker) readRemote(ctx context.Context, topic string) ([]row, error) {
+	pipe := t.client.Pipeline()
+	hcmd := pipe.HGetAll(ctx, t.topicKey(topic))
+	ncmd := pipe.HGetAll(ctx, t.nodesKey)
+	tcmd := pipe.Time(ctx)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, err
+	}
+	now := tcmd.Val().UnixMilli()
+	live := t.liveNodes(ncmd.Val(), now)
+	rows := make([]row, 0, len(hcmd.Val()))
+	for f, v := range hcmd.Val() {
+		node, _, ok := splitField(f)
+		if !ok || node == t.me || !live[node] {
+			continue
+		}
+		var s stored
+		if json.Unmarshal([]byte(v), &s) != nil {
+			continue
+		}
+		rows = append(rows, row{t: s.T, field: f, key: s.Key, meta: s.Meta})
+	}
+	return rows, nil
 }
 
 // liveNodes returns the nodes whose heartbeat (ms) is within DeadAfter of
@@ -394,6 +411,7 @@ func (t *Tracker) Close() error {
 	t.mu.Unlock()
 	close(t.stop)
 	t.wg.Wait()
+	t.reads.close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*t.opt.Timeout)
 	err := t.resync(ctx, true)
 	cancel()
@@ -424,6 +442,7 @@ func (t *Tracker) kill() {
 	t.mu.Unlock()
 	close(t.stop)
 	t.wg.Wait()
+	t.reads.close()
 	t.unwatchAll()
 	if t.ownClient {
 		_ = t.client.Close()
