@@ -80,9 +80,55 @@ type Diff struct {
 
 // MarshalJSON writes {} rather than null for an empty State, as Phoenix
 // does: the JavaScript client iterates over both fields.
-func (s State) MarshalJSON() ([]byte, error) {
-	if s == nil {
-		return []byte("{}"), nil
+func (s State) MarshalJSON() ([]byte, error) { return s.AppendJSON(nil), nil }
+
+// AppendJSON appends s as a presence_state payload. It exists because
+// every join pushes the whole room: through encoding/json, which sorts
+// keys by reflection and re-validates every meta, encoding the room was
+// half of a node's CPU in a join storm. Keys come in map order, as
+// Phoenix's encoder writes a large map's (clients read an object, not
+// an order), and are escaped as encoding/json escapes them. Metas are appended as
+// they are: every meta is valid JSON (Track checks it, and a value read
+// from Redis is decoded before its meta is kept). An entry without metas
+// gets [], where encoding/json would write null.
+func (s State) AppendJSON(b []byte) []byte {
+	if len(s) == 0 {
+		return append(b, "{}"...)
 	}
-	return json.Marshal(map[string]Entry(s))
+	b = append(b, '{')
+	first := true
+	for k, e := range s {
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = appendJSONString(b, k)
+		b = append(b, `:{"metas":[`...)
+		for j, m := range e.Metas {
+			if j > 0 {
+				b = append(b, ',')
+			}
+			if len(m) == 0 {
+				m = json.RawMessage("null")
+			}
+			b = append(b, m...)
+		}
+		b = append(b, "]}"...)
+	}
+	return append(b, '}')
+}
+
+// appendJSONString appends k quoted as encoding/json quotes it: keys of
+// plain printable ASCII directly, any other through encoding/json (which
+// escapes control characters, <, >, & and invalid UTF-8).
+func appendJSONString(b []byte, k string) []byte {
+	for i := 0; i < len(k); i++ {
+		if c := k[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(k)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, k...)
+	return append(b, '"')
 }
