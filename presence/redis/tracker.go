@@ -1,12 +1,13 @@
 package redis
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -322,27 +323,37 @@ func (t *Tracker) List(ctx context.Context, topic string) (presence.State, error
 		return nil, fmt.Errorf("presence/redis: list %s: %w", topic, err)
 	}
 	t.mu.Lock()
-	rows := make([]row, len(remote), len(remote)+len(t.table[topic]))
-	copy(rows, remote)
+	local := make([]row, 0, len(t.table[topic]))
 	for _, e := range t.table[topic] {
-		rows = append(rows, row{t: e.t, field: t.field(e.ref), key: e.key, meta: e.meta})
+		local = append(local, row{t: e.t, field: t.field(e.ref), key: e.key, meta: e.meta})
 	}
 	t.mu.Unlock()
-	sort.Slice(rows, func(i, j int) bool {
-		if rows[i].t != rows[j].t {
-			return rows[i].t < rows[j].t
+	slices.SortFunc(local, compareRows)
+	// remote is sorted already, once for all the Lists that share it.
+	state := make(presence.State, len(remote)+len(local))
+	for i, j := 0, 0; i < len(remote) || j < len(local); {
+		if j == len(local) || i < len(remote) && compareRows(remote[i], local[j]) <= 0 {
+			state.Add(remote[i].key, remote[i].meta)
+			i++
+		} else {
+			state.Add(local[j].key, local[j].meta)
+			j++
 		}
-		return rows[i].field < rows[j].field
-	})
-	state := presence.State{}
-	for _, r := range rows {
-		state.Add(r.key, r.meta)
 	}
 	return state, nil
 }
 
-// readRemote reads the entries of topic that other live nodes hold: one
-// round trip, a pipeline of HGETALL of the topic, of the nodes hash and
+// compareRows orders rows as List groups them: by time of the track or
+// update, then by field, which is unique.
+func compareRows(a, b row) int {
+	if c := cmp.Compare(a.t, b.t); c != 0 {
+		return c
+	}
+	return strings.Compare(a.field, b.field)
+}
+
+// readRemote reads the entries of topic that other live nodes hold, in
+// List's order: one round trip, a pipeline of HGETALL of the topic, of the nodes hash and
 // TIME. Lists share it through t.reads.
 func (t *Tracker) readRemote(ctx context.Context, topic string) ([]row, error) {
 	pipe := t.client.Pipeline()
@@ -366,6 +377,7 @@ func (t *Tracker) readRemote(ctx context.Context, topic string) ([]row, error) {
 		}
 		rows = append(rows, row{t: s.T, field: f, key: s.Key, meta: s.Meta})
 	}
+	slices.SortFunc(rows, compareRows)
 	return rows, nil
 }
 

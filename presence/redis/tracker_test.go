@@ -846,3 +846,32 @@ func TestDeadRedisIsRetriedPerHeartbeat(t *testing.T) {
 		t.Fatal("Close did not return")
 	}
 }
+
+// A key's metas come in track order on every node, whichever node each
+// was tracked on: List merges this node's own entries into the other
+// nodes' (read once and shared), so the order must survive the merge.
+func TestListKeepsTrackOrderAcrossNodes(t *testing.T) {
+	s := startRedis(t)
+	a, b := newNode(t, s, "a"), newNode(t, s, "b")
+	var want []string
+	for i, n := range []*testNode{a, b, b, a, b, a, a, b} {
+		want = append(want, track(t, n, "room:1", fmt.Sprintf("sock%d", i), "42", `{}`))
+		other := map[*testNode]*testNode{a: b, b: a}[n]
+		eventually(t, 2*time.Second, "the track seen on the other node", func() bool {
+			return len(listCanon(t, other, "room:1")["42"]) == len(want)
+		})
+	}
+	for _, n := range []*testNode{a, b} {
+		st, err := n.tr.List(context.Background(), "room:1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, m := range toJS(st)["42"] {
+			got = append(got, ref(m))
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("List on %s: refs %v, want track order %v", n.id, got, want)
+		}
+	}
+}
