@@ -1,9 +1,10 @@
 package presence
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
-	"sort"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -207,8 +208,8 @@ func (l *Local) List(_ context.Context, topic string) (State, error) {
 		}
 		t.mu.Unlock()
 	}
-	sort.Slice(entries, func(i, j int) bool { return entries[i].seq < entries[j].seq })
-	state := State{}
+	slices.SortFunc(entries, func(a, b keyed) int { return cmp.Compare(a.seq, b.seq) })
+	state := make(State, len(entries))
 	for _, e := range entries {
 		state.Add(e.key, e.meta)
 	}
