@@ -72,6 +72,7 @@ type options struct {
 	drainWindow     time.Duration
 	shutdownTimeout time.Duration
 	pprofAddr       string
+	returnMemory    time.Duration
 	reportInterval  time.Duration
 	rebalance       float64
 	rebalanceShare  float64
@@ -131,6 +132,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.duration(&o.coalesce, "presence-coalesce", "CHANNELS_PRESENCE_COALESCE", 30*time.Millisecond, "with --redis: presence changes of a topic within this window go out as one presence_diff")
 	env.duration(&o.coalesceMax, "presence-coalesce-max", "CHANNELS_PRESENCE_COALESCE_MAX", 500*time.Millisecond, "with --redis: the widest window of a busy topic; a topic whose window gathered several changes doubles it up to this (a join storm into a big room then costs far fewer diffs), a calm one halves it back")
 	env.str(&o.nodeID, "node-id", "CHANNELS_NODE_ID", "", "this node's id in the cluster; default POD_NAME, else hostname plus a short uuid")
+	env.duration(&o.returnMemory, "return-memory-after", "CHANNELS_RETURN_MEMORY_AFTER", 10*time.Second, "after a burst (a join storm, a reconnect wave), hand the heap it freed back to the OS once the node has allocated little for this long, rather than at the runtime's pace of minutes; 0 leaves it to the runtime")
 	env.str(&o.pprofAddr, "pprof-addr", "CHANNELS_PPROF_ADDR", "", "serve net/http/pprof on this address (keep it on loopback); empty disables it")
 	env.duration(&o.reportInterval, "report-interval", "CHANNELS_REPORT_INTERVAL", 2*time.Second, "how often the node reports its sockets and message counts to the cluster (for rebalancing and /dashboard)")
 	env.float(&o.rebalance, "rebalance-threshold", "CHANNELS_REBALANCE_THRESHOLD", 0, "rebalancing: a node holding more than (1+this) times the cluster's mean of sockets asks some of its oldest sockets to reconnect elsewhere (close 1012) until within it, e.g. 0.2; 0 turns it off")
@@ -291,6 +293,9 @@ func run(args []string, stderr io.Writer) error {
 	}
 	if err := n.Start(); err != nil {
 		return err
+	}
+	if o.returnMemory > 0 {
+		go newMemoryReturner().run(ctx, o.returnMemory, logger)
 	}
 	<-ctx.Done()
 	// A second signal stops the process at once (the default action).
