@@ -280,8 +280,12 @@ func (t *Tracker) publish(ctx context.Context, out []outgoing) {
 		}
 		wg.Go(func() {
 			err := t.ps.Publish(ctx, &pubsub.Message{Topic: o.topic, Event: "presence_diff", Payload: payload})
+			// Debug: the PubSub logs its own failures, at most one line
+			// per interval; here they were one warning per topic, so a
+			// node draining through a Redis outage logged its every room.
+			// Peers see the lost diff as a gap and repair the topic.
 			if err != nil && !errors.Is(err, pubsub.ErrClosed) {
-				t.log.Warn("presence/redis: publishing presence_diff", "topic", o.topic, "err", err)
+				t.log.Debug("presence/redis: publishing presence_diff", "topic", o.topic, "err", err)
 			}
 		})
 	}
