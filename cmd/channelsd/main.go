@@ -291,11 +291,13 @@ func run(args []string, stderr io.Writer) error {
 	if o.pprofAddr != "" {
 		go servePprof(o.pprofAddr, logger)
 	}
+	if o.returnMemory > 0 {
+		// Started before the node is ready, so that a reading of its
+		// goroutines taken once it is ready already counts this one.
+		go newMemoryReturner().run(ctx, o.returnMemory, logger)
+	}
 	if err := n.Start(); err != nil {
 		return err
-	}
-	if o.returnMemory > 0 {
-		go newMemoryReturner().run(ctx, o.returnMemory, logger)
 	}
 	<-ctx.Done()
 	// A second signal stops the process at once (the default action).
