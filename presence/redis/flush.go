@@ -81,8 +81,9 @@ func (t *Tracker) addJoin(topic string, e *entry, v []byte) {
 }
 
 // addLeave queues a leave. A leave of a ref whose join is still pending
-// cancels the join instead: neither Redis nor any client ever saw it.
-// Called with mu held.
+// cancels the join instead, when nothing saw it: not Redis, not a client
+// (List forgets the pending joins it returned, so their leaves are sent,
+// in the same diff as the joins). Called with mu held.
 func (t *Tracker) addLeave(topic string, c *change) {
 	b := t.batchFor(topic)
 	if i, ok := b.joinIdx[c.ref]; ok {
@@ -183,20 +184,24 @@ type wireDiff struct {
 // held.
 func (t *Tracker) stamp(topic string, joins, leaves []*change) (outgoing, bool) {
 	d := wireDiff{Joins: presence.State{}, Leaves: presence.State{}, Src: t.src}
-	seen := make(map[string]bool, len(joins)+len(leaves))
+	// A ref may be both joined and left in one diff (a listed join that
+	// left within its window): clients apply joins, then leaves, as
+	// Phoenix's Presence does, and end without it.
+	joined := make(map[string]bool, len(joins))
+	left := make(map[string]bool, len(leaves))
 	for _, c := range joins {
-		if c != nil && !seen[c.ref] {
-			seen[c.ref] = true
+		if c != nil && !joined[c.ref] {
+			joined[c.ref] = true
 			d.Joins.Add(c.key, c.meta)
 		}
 	}
 	for _, c := range leaves {
-		if c != nil && !seen[c.ref] {
-			seen[c.ref] = true
+		if c != nil && !left[c.ref] {
+			left[c.ref] = true
 			d.Leaves.Add(c.key, c.meta)
 		}
 	}
-	if len(seen) == 0 {
+	if len(joined)+len(left) == 0 {
 		return outgoing{}, false
 	}
 	d.Clock = t.clocks[topic] + 1

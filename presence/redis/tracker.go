@@ -327,6 +327,11 @@ func (t *Tracker) List(ctx context.Context, topic string) (presence.State, error
 	for _, e := range t.table[topic] {
 		local = append(local, row{t: e.t, field: t.field(e.ref), key: e.key, meta: e.meta})
 	}
+	if b := t.pending[topic]; b != nil {
+		// The joins still in their window are in this List: a leave of
+		// one of them must now be sent, not cancel it (addLeave).
+		clear(b.joinIdx)
+	}
 	t.mu.Unlock()
 	slices.SortFunc(local, compareRows)
 	// remote is sorted already, once for all the Lists that share it.

@@ -875,3 +875,36 @@ func TestListKeepsTrackOrderAcrossNodes(t *testing.T) {
 		}
 	}
 }
+
+// A join still waiting in its coalescing window is already in this node's
+// List. If a socket listed the topic then, the join's leave must reach it:
+// cancelling the pair (which saves a diff when nobody saw the join) left
+// that socket showing a user who had gone, until its next presence_state.
+func TestLeaveOfAListedPendingJoinIsSent(t *testing.T) {
+	s := startRedis(t)
+	a := newNode(t, s, "a", func(o *Options) { o.Coalesce, o.MaxCoalesce = time.Second, time.Second })
+	ref := track(t, a, "room:1", "x", "1", `{}`)
+	// A socket joins while that track waits for its window: subscribe,
+	// then list, as a channel does.
+	o, st := observe(t, a, "room:1")
+	if got := canon(toJS(st)); len(got["1"]) != 1 || got["1"][0] != ref {
+		t.Fatalf("the List during the window = %v, want the pending track %s", got, ref)
+	}
+	if err := a.tr.Untrack(context.Background(), "room:1", "x", "1"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "a diff carrying the leave", func() bool {
+		for _, d := range o.diffs() {
+			if len(d.Leaves["1"].Metas) > 0 {
+				return true
+			}
+		}
+		return false
+	})
+	if view := canon(clientView(o, st)); len(view) != 0 {
+		t.Fatalf("the listing socket's view after the leave: %v, want empty", view)
+	}
+	if n := client(t, s).HLen(context.Background(), "test:p:room:1").Val(); n != 0 {
+		t.Fatalf("Redis holds %d entries of the room after the track and untrack", n)
+	}
+}
