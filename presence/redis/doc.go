@@ -22,7 +22,9 @@
 // publishes ONE presence_diff on the topic through the node's PubSub,
 // which delivers it to this node's subscribers at once and to every other
 // node's subscribers through Redis, once each, in order. A join and a
-// leave of the same phx_ref inside one window cancel out; an update is a
+// leave of the same phx_ref inside one window cancel out, unless a List
+// returned the join meanwhile (a socket may show it): then both go out in
+// the diff, and clients apply the joins before the leaves. An update is a
 // leave of the old ref plus a join of the new meta carrying phx_ref_prev.
 // Writing Redis before publishing means that a node that subscribes, then
 // lists, either sees a change in the hash or receives its diff.
