@@ -358,8 +358,8 @@ func compareRows(a, b row) int {
 }
 
 // readRemote reads the entries of topic that other live nodes hold, in
-// List's order: one round trip, a pipeline of HGETALL of the topic, of the nodes hash and
-// TIME. Lists share it through t.reads.
+// List's order: one round trip, a pipeline of HGETALL of the topic, of
+// the nodes hash and TIME. Lists share it through t.reads.
 func (t *Tracker) readRemote(ctx context.Context, topic string) ([]row, error) {
 	pipe := t.client.Pipeline()
 	hcmd := pipe.HGetAll(ctx, t.topicKey(topic))
