@@ -29,48 +29,25 @@ type epollReaders struct {
 	wg      sync.WaitGroup
 }
 
-// startReaders takes over the subscribers' sockets: each connection's fd
-// is duplicated and the net.Conn closed, which takes it out of Go's
-// netpoller without closing the TCP connection (close(2) of one of two
-// descriptors sends nothing). workers threads then read them.
+// startReaders takes the subscribers' sockets over (takeOver), spread
+// over workers epoll sets, and starts a thread reading each set.
 func startReaders(all []*subscriber, workers int) (stop func(), err error) {
-	p := &epollReaders{}
-	for i := 0; i < workers; i++ {
-		ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-		if err != nil {
-			p.closeAll()
-			return nil, fmt.Errorf("epoll: %w", err)
-		}
-		p.eps = append(p.eps, ep)
+	eps, err := newEpollSets(workers)
+	if err != nil {
+		return nil, err
 	}
+	p := &epollReaders{eps: eps}
 	for i, s := range all {
-		sc, ok := s.conn.(syscall.Conn)
-		if !ok {
-			p.closeAll()
-			return nil, errors.New("subscriber connection has no file descriptor")
-		}
-		raw, err := sc.SyscallConn()
+		fd, err := takeOver(s.conn, p.eps[i%workers])
 		if err != nil {
 			p.closeAll()
-			return nil, err
+			return nil, fmt.Errorf("subscriber: %w", err)
 		}
-		var fd int
-		var dupErr error
-		if err := raw.Control(func(f uintptr) { fd, dupErr = unix.Dup(int(f)) }); err != nil || dupErr != nil {
-			p.closeAll()
-			return nil, fmt.Errorf("dup: %v %v", err, dupErr)
-		}
-		_ = s.conn.Close()
 		s.fd = fd
 		for fd >= len(p.subs) {
 			p.subs = append(p.subs, nil)
 		}
 		p.subs[fd] = s
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(fd)}
-		if err := unix.EpollCtl(p.eps[i%workers], unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-			p.closeAll()
-			return nil, fmt.Errorf("epoll_ctl: %w", err)
-		}
 	}
 	for _, ep := range p.eps {
 		p.wg.Add(1)
@@ -81,6 +58,49 @@ func startReaders(all []*subscriber, workers int) (stop func(), err error) {
 		p.wg.Wait()
 		p.closeAll()
 	}, nil
+}
+
+// newEpollSets creates n epoll sets, or none.
+func newEpollSets(n int) ([]int, error) {
+	eps := make([]int, 0, n)
+	for range n {
+		ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		if err != nil {
+			for _, e := range eps {
+				_ = unix.Close(e)
+			}
+			return nil, fmt.Errorf("epoll: %w", err)
+		}
+		eps = append(eps, ep)
+	}
+	return eps, nil
+}
+
+// takeOver moves c's connection from Go's netpoller to epoll set ep: its
+// descriptor is duplicated, c closed (close(2) of one of two descriptors
+// sends nothing) and the duplicate added to ep. The caller closes the
+// returned descriptor; c.Close afterwards does nothing more.
+func takeOver(c net.Conn, ep int) (int, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return -1, errors.New("connection has no file descriptor")
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	var fd int
+	var dupErr error
+	if err := raw.Control(func(f uintptr) { fd, dupErr = unix.Dup(int(f)) }); err != nil || dupErr != nil {
+		return -1, fmt.Errorf("dup: %v %v", err, dupErr)
+	}
+	_ = c.Close()
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(fd)}
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		_ = unix.Close(fd)
+		return -1, fmt.Errorf("epoll_ctl: %w", err)
+	}
+	return fd, nil
 }
 
 func (p *epollReaders) run(ep int) {
@@ -148,15 +168,11 @@ type drainer struct {
 }
 
 func newDrainer(workers int) (*drainer, error) {
-	d := &drainer{}
-	for range workers {
-		ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-		if err != nil {
-			d.close()
-			return nil, fmt.Errorf("epoll: %w", err)
-		}
-		d.eps = append(d.eps, ep)
+	eps, err := newEpollSets(workers)
+	if err != nil {
+		return nil, err
 	}
+	d := &drainer{eps: eps}
 	for _, ep := range d.eps {
 		d.wg.Add(1)
 		go d.run(ep)
@@ -164,33 +180,19 @@ func newDrainer(workers int) (*drainer, error) {
 	return d, nil
 }
 
-// add takes c over as startReaders does: its descriptor is duplicated
-// into an epoll set and c is closed, which sends nothing. close closes
-// the duplicate, so c.Close afterwards does nothing more.
+// add takes c over (takeOver) into the next epoll set; close closes it.
 func (d *drainer) add(c net.Conn) error {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return errors.New("connection has no file descriptor")
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var fd int
-	var dupErr error
-	if err := raw.Control(func(f uintptr) { fd, dupErr = unix.Dup(int(f)) }); err != nil || dupErr != nil {
-		return fmt.Errorf("dup: %v %v", err, dupErr)
-	}
-	_ = c.Close()
 	d.mu.Lock()
-	d.fds = append(d.fds, fd)
 	ep := d.eps[d.next%len(d.eps)]
 	d.next++
 	d.mu.Unlock()
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(fd)}
-	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-		return fmt.Errorf("epoll_ctl: %w", err)
+	fd, err := takeOver(c, ep)
+	if err != nil {
+		return err
 	}
+	d.mu.Lock()
+	d.fds = append(d.fds, fd)
+	d.mu.Unlock()
 	return nil
 }
 
