@@ -1,5 +1,7 @@
 # channelsd — see README.md. `make run` and `make test` are all a new
-# machine with Go needs.
+# machine with Go (and, for make test, a Docker engine) needs: make test
+# checks the rest first and installs the missing Debian packages when it
+# may (test/images/prereqs.sh).
 
 GO        ?= go
 BIN       ?= bin
@@ -23,13 +25,28 @@ export NODE_IMAGE ?= channelsd:test
 export REDIS_IMAGE ?= channelsd-redis:test
 export HAPROXY_IMAGE ?= channelsd-haproxy:test
 
-.PHONY: run run-cluster build image images test test-unit test-cluster test-norace lint fuzz fuzz-short bench bench-idle soak clean
+.PHONY: run run-cluster build image images prereqs prereqs-cluster test test-unit test-cluster test-norace lint fuzz fuzz-short bench bench-idle soak clean
+
+# The targets below each keep both cores busy, and a prerequisite check
+# may run apt-get: one at a time, in the order written, even under -j.
+.NOTPARALLEL:
+
+# What each target needs of the machine, checked in seconds before it
+# starts (test/images/prereqs.sh lists the names). Missing Debian packages
+# are installed when the user may (root or passwordless sudo; not with
+# PREREQS_INSTALL=no), else one line gives the command.
+PREREQS        = GO=$(GO) test/images/prereqs.sh
+UNIT_NEEDS     = go cgo redis
+IMAGES_NEEDS   = go docker certs redis-image haproxy-image
+CLUSTER_NEEDS  = $(IMAGES_NEEDS) cgo chromium
+TEST_NEEDS     = go cgo docker redis redis-image haproxy-image chromium certs
 
 run:
 	$(GO) run ./cmd/channelsd
 
 # A local Redis plus three nodes on :4000, :4001, :4002.
 run-cluster: build
+	@$(PREREQS) -q redis
 	test/run-cluster.sh $(ARGS)
 
 build:
@@ -41,17 +58,23 @@ lint:
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-# Everything: lint, the container images the integration tests run, every
-# test with the race detector (test/cluster included), a short fuzz run.
-# Needs a Docker engine, and redis-server, haproxy and chromium on the host
-# (.ci/run installs them).
-test: lint images test-unit test-cluster test-norace fuzz-short
+# Everything: a check of the whole machine first (prereqs), then lint, the
+# container images the integration tests run, every test with the race
+# detector (test/cluster included), a short fuzz run. Needs a Docker engine;
+# redis-server, haproxy, chromium and the rest are installed by prereqs.
+test: prereqs lint images test-unit test-cluster test-norace fuzz-short
+
+# Everything make test needs, checked (and installed) at once, so that a
+# missing package stops the run in seconds rather than after a suite.
+prereqs:
+	@$(PREREQS) $(TEST_NEEDS)
 
 # Node, Redis and HAProxy images for test/ (built locally: no registry is
 # needed). NODE_IMAGE, REDIS_IMAGE and HAPROXY_IMAGE name them;
 # REDIS_IMAGE=redis:7 (HAPROXY_IMAGE=haproxy:2.8) uses that image instead
 # of building one from the host's redis-server (haproxy).
 images:
+	@$(PREREQS) -q $(IMAGES_NEEDS)
 	test/images/build.sh
 
 # The production node image (./Dockerfile: FROM scratch, the static binary
@@ -60,6 +83,7 @@ images:
 # k8s/ runs it.
 IMAGE ?= channelsd:latest
 image:
+	@$(PREREQS) -q go docker certs
 	NODE_IMAGE=$(IMAGE) test/images/build.sh node
 
 # The multi-node integration tests (Docker), the chaos suite (its table:
@@ -67,15 +91,20 @@ image:
 # such a cluster (headless Chromium: Debian's chromium package).
 # The chaos suite's results table is printed at the end (go test shows a
 # passing package's output only with -v, so it goes through a file).
-test-cluster: images
+test-cluster: prereqs-cluster images
 	@mkdir -p $(BIN)
 	CHAOS_TABLE=$(CURDIR)/$(BIN)/chaos-table.txt CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m ./test/harness ./test/cluster ./test/chaos ./test/browser
 	@echo "chaos suite:"; cat $(BIN)/chaos-table.txt
+
+# Chromium is checked before the images are built, not after.
+prereqs-cluster:
+	@$(PREREQS) -q $(CLUSTER_NEEDS)
 
 # Everything that needs no Docker.
 UNIT_PKGS = $$($(GO) list ./... | grep -v -e /test/harness -e /test/cluster -e /test/chaos -e /test/browser)
 
 test-unit:
+	@$(PREREQS) -q $(UNIT_NEEDS)
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m $(UNIT_PKGS)
 
 # Tests that measure the runtime's own memory and so cannot run under the
@@ -110,6 +139,7 @@ fuzz:
 # against nodes (and a Redis) it starts, which rewrites the results
 # section of BENCHMARKS.md (needs redis-server on the host).
 bench: build
+	@$(PREREQS) -q redis
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./channels ./pubsub/... ./transport/...
 	$(BIN)/channels-bench all -node-bin $(BIN)/channelsd -out BENCHMARKS.md
 

@@ -35,10 +35,15 @@ set -eu
 NODE_IMAGE=${NODE_IMAGE:-channelsd:test}
 DEFAULT_REDIS_IMAGE=channelsd-redis:test
 REDIS_IMAGE=${REDIS_IMAGE:-$DEFAULT_REDIS_IMAGE}
-REDIS_SERVER=${REDIS_SERVER:-/usr/bin/redis-server}
+# host_bin NAME DEBIAN_PATH: the host's binary, at the Debian path, else on
+# the PATH (where prereqs.sh and test/redistest look too).
+host_bin() {
+	if [ -x "$2" ]; then echo "$2"; else command -v "$1" 2>/dev/null || echo "$2"; fi
+}
+REDIS_SERVER=${REDIS_SERVER:-$(host_bin redis-server /usr/bin/redis-server)}
 DEFAULT_HAPROXY_IMAGE=channelsd-haproxy:test
 HAPROXY_IMAGE=${HAPROXY_IMAGE:-$DEFAULT_HAPROXY_IMAGE}
-HAPROXY_BIN=${HAPROXY_BIN:-/usr/sbin/haproxy}
+HAPROXY_BIN=${HAPROXY_BIN:-$(host_bin haproxy /usr/sbin/haproxy)}
 CA_CERTS=${CA_CERTS:-/etc/ssl/certs/ca-certificates.crt}
 GO=${GO:-go}
 FORCE=${FORCE:-}
