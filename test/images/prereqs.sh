@@ -6,7 +6,7 @@
 #
 #   go             the go command, at least the version go.mod names
 #   cgo            gcc and libc6-dev: -race needs cgo
-#   docker         a Docker engine that answers `docker info`
+#   docker         a Docker engine that answers `docker version`
 #   redis          redis-server on the host: the Redis tests run it on
 #                  loopback (REDIS_SERVER, else /usr/bin/redis-server, else
 #                  the PATH, as test/redistest looks)
@@ -125,9 +125,11 @@ check_docker() {
 	fi
 	t=
 	if command -v timeout >/dev/null 2>&1; then t="timeout 30"; fi
-	if ! v=$($t docker info --format '{{.ServerVersion}}' 2>&1) || [ -z "$v" ]; then
+	# docker version, not docker info: an older client's info --format
+	# hides the reason behind a template error when the engine is away.
+	if ! v=$($t docker version --format '{{.Server.Version}}' 2>&1) || [ -z "$v" ]; then
 		v=$(printf '%s\n' "$v" | grep -v '^[[:space:]]*$' | head -n 1)
-		problem "cannot reach the Docker engine (docker info: ${v:-no answer}): start it, or set DOCKER_HOST"
+		problem "cannot reach the Docker engine (docker version: ${v:-no answer}): start it, set DOCKER_HOST, or give this user its socket (the docker group)"
 		return
 	fi
 	saw "docker engine $v"
@@ -164,6 +166,7 @@ check_chromium() {
 	fi
 	[ -d "$ROOT/usr/share/fonts/truetype/liberation" ] || addpkg fonts-liberation
 	saw chromium
+	saw fonts-liberation
 }
 
 check_certs() {

@@ -280,7 +280,7 @@ func TestPrereqsDockerDownInstallsNothing(t *testing.T) {
 	wantApt(t, r)
 	lines := strings.Split(strings.TrimSuffix(r.stderr, "\n"), "\n")
 	if len(lines) != 2 ||
-		lines[0] != "prereqs: cannot reach the Docker engine (docker info: Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?): start it, or set DOCKER_HOST" ||
+		lines[0] != "prereqs: cannot reach the Docker engine (docker version: Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?): start it, set DOCKER_HOST, or give this user its socket (the docker group)" ||
 		!strings.HasPrefix(lines[1], "prereqs: missing Debian packages; install them with: apt-get update && apt-get install -y "+allPackages) {
 		t.Fatalf("want the Docker line and the packages line\n%s", r)
 	}
