@@ -317,6 +317,13 @@ func TestMakeChecksPrereqsFirst(t *testing.T) {
 		t.Helper()
 		cmd := exec.Command("make", "-n", "--no-print-directory", target)
 		cmd.Dir = "../.."
+		// Under make test this runs inside make: the outer make's flags
+		// (-n, -k, a jobserver) are not this one's.
+		for _, kv := range os.Environ() {
+			if k, _, _ := strings.Cut(kv, "="); k != "MAKEFLAGS" && k != "MAKELEVEL" && k != "MFLAGS" {
+				cmd.Env = append(cmd.Env, kv)
+			}
+		}
 		out, err := cmd.Output()
 		if err != nil {
 			t.Fatalf("make -n %s: %v", target, err)
