@@ -36,7 +36,7 @@ func chromiumPath(t testing.TB) string {
 		}
 	}
 	t.Fatalf("browser: no Chromium found (looked for %s on PATH).\n"+
-		"The browser tests need Debian's package: apt-get install chromium (.ci/run installs it); "+
+		"The browser tests need Debian's package: apt-get install chromium (make test installs it); "+
 		"or set CHROMIUM to the browser's path.", strings.Join(chromiumNames, ", "))
 	return ""
 }
