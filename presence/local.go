@@ -21,7 +21,8 @@ import (
 // behind one another (with one lock for all, thousands of sockets waited
 // for it, each holding a goroutine and its stack).
 type Local struct {
-	ps pubsub.PubSub
+	ps    pubsub.PubSub
+	check *Checker
 
 	seq     atomic.Uint64 // insertion order of entries
 	entries atomic.Int64  // over all topics
@@ -49,15 +50,24 @@ type localEntry struct {
 	meta json.RawMessage // with phx_ref (WithRefs)
 }
 
-// NewLocal returns a Tracker that broadcasts its diffs through ps.
-func NewLocal(ps pubsub.PubSub) *Local {
-	return &Local{ps: ps, topics: make(map[string]*localTopic)}
+// NewLocal returns a Tracker that broadcasts its diffs through ps, with
+// the default Limits.
+func NewLocal(ps pubsub.PubSub) *Local { return NewLocalLimited(ps, Limits{}) }
+
+// NewLocalLimited returns a Tracker that broadcasts its diffs through ps
+// and refuses entries outside lim.
+func NewLocalLimited(ps pubsub.PubSub, lim Limits) *Local {
+	return &Local{ps: ps, check: NewChecker(lim), topics: make(map[string]*localTopic)}
 }
 
 var (
-	_ Tracker      = (*Local)(nil)
-	_ EntryCounter = (*Local)(nil)
+	_ Tracker             = (*Local)(nil)
+	_ EntryCounter        = (*Local)(nil)
+	_ pubsub.LimitCounter = (*Local)(nil)
 )
+
+// LimitHits implements pubsub.LimitCounter: refusals by Limits.
+func (l *Local) LimitHits() map[string]func() uint64 { return l.check.LimitHits() }
 
 // Entries implements EntryCounter.
 func (l *Local) Entries() int { return int(l.entries.Load()) }
@@ -109,6 +119,9 @@ func (l *Local) dropIfEmptyLocked(topic string, t *localTopic) {
 
 // Track implements Tracker.
 func (l *Local) Track(ctx context.Context, topic, owner, key string, meta json.RawMessage) (string, error) {
+	if err := l.check.Entry(key, meta); err != nil {
+		return "", err
+	}
 	ref := NewRef()
 	full, err := WithRefs(meta, ref, "")
 	if err != nil {
@@ -123,6 +136,9 @@ func (l *Local) Track(ctx context.Context, topic, owner, key string, meta json.R
 	if _, ok := t.entries[k]; ok {
 		return "", ErrAlreadyTracked
 	}
+	if err := l.check.Room(len(t.entries)); err != nil {
+		return "", err
+	}
 	t.entries[k] = localEntry{seq: l.seq.Add(1), meta: full}
 	l.entries.Add(1)
 	// Publishing under the topic's lock keeps its diffs in the order of
@@ -133,6 +149,9 @@ func (l *Local) Track(ctx context.Context, topic, owner, key string, meta json.R
 
 // Update implements Tracker.
 func (l *Local) Update(ctx context.Context, topic, owner, key string, meta json.RawMessage) (string, error) {
+	if err := l.check.Entry(key, meta); err != nil {
+		return "", err
+	}
 	t, _ := l.lockTopic(topic, false)
 	if t == nil {
 		return "", ErrNotTracked
