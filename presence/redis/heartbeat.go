@@ -185,8 +185,7 @@ func (t *Tracker) reap(ctx context.Context, dead string) {
 				continue
 			}
 			tx.HDel(ctx, t.topicKey(topic), f)
-			var s stored
-			if json.Unmarshal([]byte(v), &s) == nil {
+			if s, ok := t.decodeStored(topic, f, v); ok {
 				leaves[topic] = append(leaves[topic], &change{ref: f[len(prefix):], key: s.Key, meta: s.Meta})
 			}
 		}

@@ -30,8 +30,16 @@ type Tracker struct {
 	ps        pubsub.PubSub
 	me        string // node id
 	src       string // node id + "#" + incarnation, stamped on diffs
+	diffBase  int    // emptyDiffSize(src)
 	watcher   *watcher
 	reads     *listReads
+	check     *presence.Checker
+
+	// invalid counts the entries read from Redis that were not fit for
+	// clients (presence.ValidEntry) and were skipped; invalidLog rate-
+	// limits their warnings.
+	invalid    atomic.Uint64
+	invalidLog rateLog
 
 	// Keys.
 	nodesKey  string // hash: node -> last heartbeat (Redis server time, ms)
@@ -126,7 +134,36 @@ type queued struct {
 var (
 	_ presence.Tracker      = (*Tracker)(nil)
 	_ presence.EntryCounter = (*Tracker)(nil)
+	_ pubsub.LimitCounter   = (*Tracker)(nil)
 )
+
+// LimitHits implements pubsub.LimitCounter: Track and Update refused by
+// Options.Limits.
+func (t *Tracker) LimitHits() map[string]func() uint64 { return t.check.LimitHits() }
+
+// Invalid is how many entries read from Redis were skipped because a
+// client could not be sent them (not UTF-8, a meta that is not a JSON
+// object, an undecodable value): written by a node of another release,
+// or by anything else with access to Redis.
+func (t *Tracker) Invalid() uint64 { return t.invalid.Load() }
+
+// decodeStored decodes a hash value read from Redis and checks that its
+// key and meta may reach clients; a value that may not is counted and
+// logged (at most once per logEvery), and ok is false.
+func (t *Tracker) decodeStored(topic, field, v string) (s stored, ok bool) {
+	err := json.Unmarshal([]byte(v), &s)
+	if err == nil {
+		err = presence.ValidEntry(s.Key, s.Meta)
+	}
+	if err == nil {
+		return s, true
+	}
+	t.invalid.Add(1)
+	if ok, n := t.invalidLog.allow(); ok {
+		t.log.Warn("presence/redis: skipping an entry in Redis that clients cannot be sent", "topic", topic, "field", field, "err", err, "suppressed", n)
+	}
+	return s, false
+}
 
 // Entries implements presence.EntryCounter: the entries this node tracks
 // (its own table), not those of the other nodes.
@@ -163,7 +200,9 @@ func New(ctx context.Context, opt Options) (*Tracker, error) {
 		clocks:    make(map[string]uint64),
 		repairs:   make(map[string]struct{}),
 		watched:   make(map[string]bool),
+		check:     presence.NewChecker(opt.Limits),
 	}
+	t.diffBase = emptyDiffSize(t.src)
 	t.reads = newListReads(opt.Timeout, t.readRemote)
 	t.watcher = &watcher{t: t, id: "presence-tracker:" + t.src, topics: make(map[string]map[string]uint64)}
 	if t.client == nil {
@@ -204,6 +243,9 @@ func newEntry(key, ref string, meta json.RawMessage) (*entry, []byte, error) {
 
 // Track implements presence.Tracker.
 func (t *Tracker) Track(_ context.Context, topic, owner, key string, meta json.RawMessage) (string, error) {
+	if err := t.check.Entry(key, meta); err != nil {
+		return "", err
+	}
 	ref := presence.NewRef()
 	full, err := presence.WithRefs(meta, ref, "")
 	if err != nil {
@@ -219,13 +261,16 @@ func (t *Tracker) Track(_ context.Context, topic, owner, key string, meta json.R
 		return "", presence.ErrClosed
 	}
 	entries := t.table[topic]
-	if entries == nil {
-		entries = make(map[owned]*entry)
-		t.table[topic] = entries
-	}
 	k := owned{owner, key}
 	if entries[k] != nil {
 		return "", presence.ErrAlreadyTracked
+	}
+	if err := t.check.Room(len(entries)); err != nil {
+		return "", err
+	}
+	if entries == nil {
+		entries = make(map[owned]*entry)
+		t.table[topic] = entries
 	}
 	entries[k] = e
 	t.entries++
@@ -235,6 +280,9 @@ func (t *Tracker) Track(_ context.Context, topic, owner, key string, meta json.R
 
 // Update implements presence.Tracker.
 func (t *Tracker) Update(_ context.Context, topic, owner, key string, meta json.RawMessage) (string, error) {
+	if err := t.check.Entry(key, meta); err != nil {
+		return "", err
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
@@ -376,8 +424,8 @@ func (t *Tracker) readRemote(ctx context.Context, topic string) ([]row, error) {
 		if !ok || node == t.me || !live[node] {
 			continue
 		}
-		var s stored
-		if json.Unmarshal([]byte(v), &s) != nil {
+		s, ok := t.decodeStored(topic, f, v)
+		if !ok {
 			continue
 		}
 		rows = append(rows, row{t: s.T, field: f, key: s.Key, meta: s.Meta})

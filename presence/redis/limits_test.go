@@ -1,0 +1,171 @@
+package redis
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/channelsd/channelsd/presence"
+	pubsubredis "github.com/channelsd/channelsd/pubsub/redis"
+)
+
+// The clustered tracker keeps the presence.Tracker limits: keys, metas
+// and entries per topic over them are refused, nothing reaches Redis or
+// a diff, and each refusal is counted. Unbounded, 2.9 MiB of long user
+// names became 300 MiB in Redis.
+func TestTrackerRefusesEntriesOutsideTheLimits(t *testing.T) {
+	s := startRedis(t)
+	a := newNode(t, s, "a", func(o *Options) { o.Limits.MaxPerTopic = 2 })
+	ctx := context.Background()
+	long := strings.Repeat("k", presence.DefaultMaxKeyLength+1)
+	if _, err := a.tr.Track(ctx, "room:1", "o1", long, meta(`{}`)); !errors.Is(err, presence.ErrKeyTooLong) {
+		t.Fatalf("Track of a %d-byte key = %v, want ErrKeyTooLong", len(long), err)
+	}
+	big := meta(`{"a":"` + strings.Repeat("m", presence.DefaultMaxMetaSize) + `"}`)
+	if _, err := a.tr.Track(ctx, "room:1", "o1", "ann", big); !errors.Is(err, presence.ErrMetaTooLarge) {
+		t.Fatalf("Track of a %d-byte meta = %v, want ErrMetaTooLarge", len(big), err)
+	}
+	if _, err := a.tr.Track(ctx, "room:1", "o1", "ann", meta("{\"a\":\"\xff\"}")); !errors.Is(err, presence.ErrNotObject) {
+		t.Fatalf("Track of a meta that is not UTF-8 = %v, want ErrNotObject", err)
+	}
+	track(t, a, "room:1", "o1", "ann", `{}`)
+	track(t, a, "room:1", "o2", "bob", `{}`)
+	if _, err := a.tr.Track(ctx, "room:1", "o3", "cat", meta(`{}`)); !errors.Is(err, presence.ErrTopicFull) {
+		t.Fatalf("third Track on a topic of at most 2 = %v, want ErrTopicFull", err)
+	}
+	if _, err := a.tr.Update(ctx, "room:1", "o1", "ann", big); !errors.Is(err, presence.ErrMetaTooLarge) {
+		t.Fatalf("Update with a large meta = %v, want ErrMetaTooLarge", err)
+	}
+	if _, err := a.tr.Update(ctx, "room:1", "o1", "ann", meta(`{"s":1}`)); err != nil {
+		t.Fatalf("Update in a full topic: %v", err)
+	}
+	if got := listCanon(t, a, "room:1"); len(got) != 2 || got["ann"] == nil || got["bob"] == nil {
+		t.Fatalf("List = %v, want ann and bob", got)
+	}
+	hits := a.tr.LimitHits()
+	for limit, want := range map[string]uint64{"presence_key_length": 1, "presence_meta_size": 2, "presence_topic_entries": 1} {
+		if got := hits[limit](); got != want {
+			t.Errorf("%s hits = %d, want %d", limit, got, want)
+		}
+	}
+}
+
+// A window that gathered more than one Redis message can carry goes out
+// as several diffs, each under the bound, with consecutive clocks: no
+// presence change is lost and no peer sees a gap. As one diff, forty
+// joins of 1 MB names made Redis close both nodes' connections.
+func TestLargeBatchIsSplitIntoDiffsUnderTheMessageSize(t *testing.T) {
+	s := startRedis(t)
+	small := func(o *pubsubredis.Options) { o.MaxMessageSize = pubsubredis.MinMaxMessageSize }
+	window := func(o *Options) { o.Coalesce, o.MaxCoalesce = 300*time.Millisecond, 300*time.Millisecond }
+	a := newNodeWith(t, s, "a", small, window)
+	b := newNodeWith(t, s, "b", small, window)
+	// b has entries on the topic, so its tracker watches a's clocks.
+	track(t, b, "room:1", "b0", "b-user", `{}`)
+	eventually(t, 5*time.Second, "a to list b's entry", func() bool { return listCanon(t, a, "room:1")["b-user"] != nil })
+	obsB, initB := observe(t, b, "room:1")
+
+	// 60 joins with metas near the limit: about 130 KB in one window.
+	filler := strings.Repeat("m", presence.DefaultMaxMetaSize-40)
+	const n = 60
+	for i := range n {
+		track(t, a, "room:1", fmt.Sprintf("o%d", i), fmt.Sprintf("user-%02d", i), `{"f":"`+filler+`"}`)
+	}
+	want := listCanon(t, a, "room:1")
+	if len(want) != n+1 {
+		t.Fatalf("a lists %d keys, want %d", len(want), n+1)
+	}
+	eventually(t, 5*time.Second, "b's subscriber to see every join", func() bool {
+		return reflect.DeepEqual(canon(clientView(obsB, initB)), want)
+	})
+	budget := pubsubredis.MinMaxMessageSize - b.ps.MessageOverhead("room:1", "presence_diff")
+	var clocks []uint64
+	obsB.mu.Lock()
+	for _, m := range obsB.msgs {
+		if m.Event != "presence_diff" {
+			continue
+		}
+		if len(m.Payload) > budget {
+			t.Errorf("a diff of %d bytes, above the budget of %d", len(m.Payload), budget)
+		}
+		var d struct {
+			Src   string `json:"src"`
+			Clock uint64 `json:"clock"`
+		}
+		if err := json.Unmarshal(m.Payload, &d); err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(d.Src, "a#") {
+			clocks = append(clocks, d.Clock)
+		}
+	}
+	obsB.mu.Unlock()
+	if len(clocks) < 2 {
+		t.Fatalf("a sent %d diffs, want the batch split in several", len(clocks))
+	}
+	for i, c := range clocks {
+		if c != uint64(i+1) {
+			t.Fatalf("a's clocks %v, want 1, 2, ...", clocks)
+		}
+	}
+	if r := b.tr.Repairs(); r != 0 {
+		t.Errorf("b repaired %d times: it saw a gap", r)
+	}
+	if st := a.ps.Stats(); st.TooLarge != 0 || st.PublishErrors != 0 {
+		t.Errorf("a's PubSub refused or failed publishes: %+v", st)
+	}
+	if err := a.tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The leaves of Close are split alike.
+	eventually(t, 5*time.Second, "b's subscriber to see every leave", func() bool {
+		v := canon(clientView(obsB, initB))
+		return len(v) == 1 && v["b-user"] != nil
+	})
+}
+
+// Entries in Redis that clients cannot be sent (a meta that is not
+// UTF-8, not a JSON object, or a value that does not decode) are skipped
+// by List and counted: another release or anything with access to Redis
+// may have written them, and one such text frame closes every WebSocket
+// subscriber it reaches.
+func TestInvalidEntriesInRedisAreSkipped(t *testing.T) {
+	s := startRedis(t)
+	a := newNode(t, s, "a")
+	rc := client(t, s)
+	ctx := context.Background()
+	now, err := rc.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.HSet(ctx, "test:nodes", "x", strconv.FormatInt(now.UnixMilli(), 10)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	value := func(key, m string) string {
+		return `{"key":` + strconv.Quote(key) + `,"meta":` + m + `,"t":1}`
+	}
+	if err := rc.HSet(ctx, "test:p:room:1",
+		"x/r1", value("good", `{"phx_ref":"r1"}`),
+		"x/r2", value("bad-utf8", "{\"phx_ref\":\"r2\",\"n\":\"\xff\"}"),
+		"x/r3", value("not-object", `"r3"`),
+		"x/r4", `{"key":`,
+	).Err(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := a.tr.List(ctx, "room:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st) != 1 || len(st["good"].Metas) != 1 {
+		t.Fatalf("List = %v, want only the valid entry", st)
+	}
+	if got := a.tr.Invalid(); got != 3 {
+		t.Fatalf("Invalid = %d, want 3", got)
+	}
+}
