@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/channelsd/channelsd/presence"
+	"github.com/channelsd/channelsd/pubsub"
 	pubsubredis "github.com/channelsd/channelsd/pubsub/redis"
 )
 
@@ -167,5 +168,30 @@ func TestInvalidEntriesInRedisAreSkipped(t *testing.T) {
 	}
 	if got := a.tr.Invalid(); got != 3 {
 		t.Fatalf("Invalid = %d, want 3", got)
+	}
+}
+
+// The watcher keeps a clock per source of presence_diff on the topics
+// where this node has entries; whoever can publish that event on a topic
+// names any src, and each one stayed in memory for as long as the node
+// had entries there. It keeps at most maxSrcsPerTopic.
+func TestWatcherKeepsBoundedSources(t *testing.T) {
+	s := startRedis(t)
+	a := newNode(t, s, "a")
+	track(t, a, "room:1", "o1", "ann", `{}`)
+	eventually(t, 5*time.Second, "a to watch room:1", func() bool {
+		a.tr.watcher.mu.Lock()
+		defer a.tr.watcher.mu.Unlock()
+		return a.tr.watcher.topics["room:1"] != nil
+	})
+	for i := range 5 * maxSrcsPerTopic {
+		payload := fmt.Sprintf(`{"joins":{},"leaves":{},"src":"fake-%d#%s","clock":1}`, i, strings.Repeat("x", 100))
+		a.tr.watcher.Deliver(&pubsub.Message{Topic: "room:1", Event: "presence_diff", Payload: []byte(payload)})
+	}
+	a.tr.watcher.mu.Lock()
+	n := len(a.tr.watcher.topics["room:1"])
+	a.tr.watcher.mu.Unlock()
+	if n > maxSrcsPerTopic {
+		t.Fatalf("watcher keeps %d sources on room:1, want at most %d", n, maxSrcsPerTopic)
 	}
 }
