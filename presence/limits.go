@@ -25,6 +25,10 @@ const (
 	// (a key of at most 256 bytes, a meta of about 60) are 3.3 MB, under a
 	// WebSocket's 4 MiB outbound queue.
 	DefaultMaxPerTopic = 10000
+	// DefaultMaxPerOwner: a join tracks its user, sometimes a few keys
+	// more; an application that tracks keys a client names would
+	// otherwise let one socket fill every room it joins.
+	DefaultMaxPerOwner = 16
 )
 
 // Limits bounds what one tracker holds, whatever the application asks
@@ -41,6 +45,9 @@ type Limits struct {
 	// Track beyond fails with ErrTopicFull (Update is not counted). With
 	// presence/redis each node counts its own entries.
 	MaxPerTopic int
+	// MaxPerOwner is the most keys one owner (one join) tracks at once;
+	// a Track beyond fails with ErrTooManyKeys.
+	MaxPerOwner int
 }
 
 // Errors of Track and Update for entries outside the Limits. Each says
@@ -50,6 +57,7 @@ var (
 	ErrMetaTooLarge = errors.New("presence: meta too large")
 	ErrInvalidKey   = errors.New("presence: key must be UTF-8")
 	ErrTopicFull    = errors.New("presence: too many presences on this topic")
+	ErrTooManyKeys  = errors.New("presence: too many keys tracked by this join")
 )
 
 // WithDefaults returns l with its zero fields set to the defaults and
@@ -66,6 +74,7 @@ func (l Limits) WithDefaults() Limits {
 	def(&l.MaxKeyLength, DefaultMaxKeyLength)
 	def(&l.MaxMetaSize, DefaultMaxMetaSize)
 	def(&l.MaxPerTopic, DefaultMaxPerTopic)
+	def(&l.MaxPerOwner, DefaultMaxPerOwner)
 	return l
 }
 
@@ -96,7 +105,7 @@ func ValidEntry(key string, meta json.RawMessage) error {
 type Checker struct {
 	limits Limits
 
-	keyLength, metaSize, topicEntries atomic.Uint64
+	keyLength, metaSize, topicEntries, ownerEntries atomic.Uint64
 }
 
 // NewChecker returns a Checker of l (with defaults applied).
@@ -127,11 +136,21 @@ func (c *Checker) Room(n int) error {
 	return nil
 }
 
+// Owner checks that an owner tracking n keys on a topic takes one more.
+func (c *Checker) Owner(n int) error {
+	if lim := c.limits.MaxPerOwner; lim >= 0 && n >= lim {
+		c.ownerEntries.Add(1)
+		return fmt.Errorf("%w (%d)", ErrTooManyKeys, lim)
+	}
+	return nil
+}
+
 // LimitHits is pubsub.LimitCounter's method, for the trackers to expose.
 func (c *Checker) LimitHits() map[string]func() uint64 {
 	return map[string]func() uint64{
 		"presence_key_length":    c.keyLength.Load,
 		"presence_meta_size":     c.metaSize.Load,
 		"presence_topic_entries": c.topicEntries.Load,
+		"presence_join_entries":  c.ownerEntries.Load,
 	}
 }

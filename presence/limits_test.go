@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -106,12 +107,53 @@ func TestLocalBoundsEntriesPerTopic(t *testing.T) {
 
 func TestLimitsDefaults(t *testing.T) {
 	got := presence.Limits{MaxKeyLength: -5}.WithDefaults()
-	want := presence.Limits{MaxKeyLength: -1, MaxMetaSize: presence.DefaultMaxMetaSize, MaxPerTopic: presence.DefaultMaxPerTopic}
+	want := presence.Limits{MaxKeyLength: -1, MaxMetaSize: presence.DefaultMaxMetaSize, MaxPerTopic: presence.DefaultMaxPerTopic, MaxPerOwner: presence.DefaultMaxPerOwner}
 	if got != want {
 		t.Fatalf("WithDefaults = %+v, want %+v", got, want)
 	}
 	tr := presence.NewLocalLimited(local.New(), presence.Limits{MaxKeyLength: -1})
 	if _, err := tr.Track(context.Background(), "t", "o", strings.Repeat("k", 10000), nil); err != nil {
 		t.Fatalf("-1 is no limit: %v", err)
+	}
+}
+
+// One owner (one join) tracks at most MaxPerOwner keys on its topic: an
+// application that tracks keys its client names would otherwise let one
+// socket fill every room it joins. Untracking makes room again.
+func TestLocalBoundsKeysPerOwner(t *testing.T) {
+	ctx := context.Background()
+	tr := presence.NewLocal(local.New())
+	meta := json.RawMessage(`{}`)
+	for i := range presence.DefaultMaxPerOwner {
+		if _, err := tr.Track(ctx, "room:1", "o1", fmt.Sprintf("k%d", i), meta); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := tr.Track(ctx, "room:1", "o1", "one-more", meta); !errors.Is(err, presence.ErrTooManyKeys) {
+		t.Fatalf("Track beyond the owner's limit = %v, want ErrTooManyKeys", err)
+	}
+	// Another owner, and the same owner on another topic, are not affected.
+	if _, err := tr.Track(ctx, "room:1", "o2", "one-more", meta); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Track(ctx, "room:2", "o1", "one-more", meta); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Untrack(ctx, "room:1", "o1", "k0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Track(ctx, "room:1", "o1", "one-more", meta); err != nil {
+		t.Fatalf("Track after an untrack: %v", err)
+	}
+	if err := tr.UntrackAll(ctx, "room:1", "o1"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range presence.DefaultMaxPerOwner {
+		if _, err := tr.Track(ctx, "room:1", "o1", fmt.Sprintf("k%d", i), meta); err != nil {
+			t.Fatalf("Track after UntrackAll: %v", err)
+		}
+	}
+	if got := tr.LimitHits()["presence_join_entries"](); got != 1 {
+		t.Errorf("join entries hits = %d, want 1", got)
 	}
 }

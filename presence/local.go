@@ -36,6 +36,7 @@ type Local struct {
 type localTopic struct {
 	mu      sync.Mutex
 	entries map[owned]localEntry
+	owners  map[string]int // owner -> its entries (Limits.MaxPerOwner)
 	// gone: the table left Local.topics (it became empty, or the tracker
 	// closed); whoever finds it so takes the topic's table afresh.
 	gone bool
@@ -91,7 +92,7 @@ func (l *Local) lockTopic(topic string, create bool) (*localTopic, error) {
 				l.mu.Unlock()
 				return nil, nil
 			}
-			t = &localTopic{entries: make(map[owned]localEntry)}
+			t = &localTopic{entries: make(map[owned]localEntry), owners: make(map[string]int)}
 			l.topics[topic] = t
 		}
 		l.mu.Unlock()
@@ -100,6 +101,13 @@ func (l *Local) lockTopic(topic string, create bool) (*localTopic, error) {
 			return t, nil
 		}
 		t.mu.Unlock()
+	}
+}
+
+// forget counts one entry less for owner. Called with t.mu held.
+func (t *localTopic) forget(owner string) {
+	if t.owners[owner]--; t.owners[owner] <= 0 {
+		delete(t.owners, owner)
 	}
 }
 
@@ -139,6 +147,10 @@ func (l *Local) Track(ctx context.Context, topic, owner, key string, meta json.R
 	if err := l.check.Room(len(t.entries)); err != nil {
 		return "", err
 	}
+	if err := l.check.Owner(t.owners[owner]); err != nil {
+		return "", err
+	}
+	t.owners[owner]++
 	t.entries[k] = localEntry{seq: l.seq.Add(1), meta: full}
 	l.entries.Add(1)
 	// Publishing under the topic's lock keeps its diffs in the order of
@@ -186,6 +198,7 @@ func (l *Local) Untrack(ctx context.Context, topic, owner, key string) error {
 		return nil
 	}
 	delete(t.entries, k)
+	t.forget(owner)
 	l.entries.Add(-1)
 	l.dropIfEmptyLocked(topic, t)
 	return l.publish(ctx, topic, nil, State{key: {Metas: []json.RawMessage{e.meta}}})
@@ -206,6 +219,7 @@ func (l *Local) UntrackAll(ctx context.Context, topic, owner string) error {
 			l.entries.Add(-1)
 		}
 	}
+	delete(t.owners, owner)
 	l.dropIfEmptyLocked(topic, t)
 	if len(leaves) == 0 {
 		return nil
@@ -246,6 +260,7 @@ func (l *Local) Close() error {
 		t.mu.Lock()
 		l.entries.Add(-int64(len(t.entries)))
 		t.entries = nil
+		t.owners = nil
 		t.gone = true
 		t.mu.Unlock()
 	}

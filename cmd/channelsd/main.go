@@ -99,6 +99,7 @@ type options struct {
 	presenceKeyLength  int
 	presenceMetaSize   int
 	presencePerTopic   int
+	presencePerJoin    int
 	redisMaxMessage    int
 }
 
@@ -126,6 +127,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.int(&o.presenceKeyLength, "presence-max-key-length", "CHANNELS_PRESENCE_MAX_KEY_LENGTH", presence.DefaultMaxKeyLength, "longest presence key in bytes (the room's user name): a longer connect parameter user is refused with 403, a longer join user with {\"reason\":\"user name too long\"}, and Track with an error; -1: no limit")
 	env.int(&o.presenceMetaSize, "presence-max-meta-size", "CHANNELS_PRESENCE_MAX_META_SIZE", presence.DefaultMaxMetaSize, "largest presence meta in bytes; a larger one is refused with an error (the conformance channel replies {\"reason\":\"presence meta too large\"}); -1: no limit")
 	env.int(&o.presencePerTopic, "presence-max-per-topic", "CHANNELS_PRESENCE_MAX_PER_TOPIC", presence.DefaultMaxPerTopic, "presence entries this node tracks on one topic (every join is sent the whole room); beyond, a join stands without presence; -1: no limit")
+	env.int(&o.presencePerJoin, "presence-max-per-join", "CHANNELS_PRESENCE_MAX_PER_JOIN", presence.DefaultMaxPerOwner, "presence keys one join may track at once (the default application tracks one; the conformance channel replies {\"reason\":\"too many presence keys\"} beyond); -1: no limit")
 	env.int(&o.redisMaxMessage, "redis-max-message-size", "CHANNELS_REDIS_MAX_MESSAGE_SIZE", redis.DefaultMaxMessageSize, "with --redis: largest message in bytes one Redis PUBLISH carries (Redis cuts off a node whose pending pub/sub output passes 32 MB); a larger broadcast is refused (error reply {\"reason\":\"payload too large\"}), a larger presence diff is split; must exceed --max-frame-size by 64 KiB so a relayed long-poll POST fits")
 	env.str(&o.apiKey, "api-key", "CHANNELS_API_KEY", "", "bearer key required by the HTTP API (/api/*); empty leaves it open")
 	env.str(&o.tokenSecret, "token-secret", "CHANNELS_TOKEN_SECRET", "", "secret (at least 32 bytes) that signs and verifies socket tokens (HS256 JWTs); when set every socket needs a valid token, and private:* topics open to tokens whose topics claim names them; empty accepts anonymous sockets")
@@ -186,8 +188,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if o.shutdownTimeout <= 0 {
 		return nil, fmt.Errorf("--shutdown-timeout %s: must be positive", o.shutdownTimeout)
 	}
-	if o.presenceKeyLength == 0 || o.presenceMetaSize == 0 || o.presencePerTopic == 0 {
-		return nil, errors.New("--presence-max-key-length, --presence-max-meta-size and --presence-max-per-topic must not be 0 (-1: no limit)")
+	if o.presenceKeyLength == 0 || o.presenceMetaSize == 0 || o.presencePerTopic == 0 || o.presencePerJoin == 0 {
+		return nil, errors.New("--presence-max-key-length, --presence-max-meta-size, --presence-max-per-topic and --presence-max-per-join must not be 0 (-1: no limit)")
 	}
 	// A long-poll request relayed to its session's node travels as one
 	// Redis message: its body (at most --max-frame-size) and headers must
@@ -236,7 +238,7 @@ func run(args []string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 
-	limits := presence.Limits{MaxKeyLength: o.presenceKeyLength, MaxMetaSize: o.presenceMetaSize, MaxPerTopic: o.presencePerTopic}
+	limits := presence.Limits{MaxKeyLength: o.presenceKeyLength, MaxMetaSize: o.presenceMetaSize, MaxPerTopic: o.presencePerTopic, MaxPerOwner: o.presencePerJoin}
 	var ps pubsub.PubSub
 	var tracker presence.Tracker
 	if o.redis == "" {

@@ -195,3 +195,28 @@ func TestWatcherKeepsBoundedSources(t *testing.T) {
 		t.Fatalf("watcher keeps %d sources on room:1, want at most %d", n, maxSrcsPerTopic)
 	}
 }
+
+// One owner tracks at most Limits.MaxPerOwner keys on a topic, here too.
+func TestTrackerBoundsKeysPerOwner(t *testing.T) {
+	s := startRedis(t)
+	a := newNode(t, s, "a", func(o *Options) { o.Limits.MaxPerOwner = 2 })
+	ctx := context.Background()
+	track(t, a, "room:1", "o1", "k1", `{}`)
+	track(t, a, "room:1", "o1", "k2", `{}`)
+	if _, err := a.tr.Track(ctx, "room:1", "o1", "k3", meta(`{}`)); !errors.Is(err, presence.ErrTooManyKeys) {
+		t.Fatalf("third key of one owner = %v, want ErrTooManyKeys", err)
+	}
+	track(t, a, "room:1", "o2", "k3", `{}`)
+	if err := a.tr.Untrack(ctx, "room:1", "o1", "k1"); err != nil {
+		t.Fatal(err)
+	}
+	track(t, a, "room:1", "o1", "k3", `{}`)
+	if err := a.tr.UntrackAll(ctx, "room:1", "o1"); err != nil {
+		t.Fatal(err)
+	}
+	track(t, a, "room:1", "o1", "k4", `{}`)
+	track(t, a, "room:1", "o1", "k5", `{}`)
+	if got := a.tr.LimitHits()["presence_join_entries"](); got != 1 {
+		t.Errorf("join entries hits = %d, want 1", got)
+	}
+}

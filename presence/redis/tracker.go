@@ -60,6 +60,7 @@ type Tracker struct {
 	seq        uint64
 	table      map[string]map[owned]*entry // topic -> entries of this node
 	entries    int                         // in table, over all topics
+	perOwner   map[topicOwner]int          // entries of each owner (Limits.MaxPerOwner)
 	pending    map[string]*batch
 	fifo       []queued                 // topics with a pending batch, by deadline
 	windows    map[string]time.Duration // coalescing window of busy topics (absent: Coalesce)
@@ -86,6 +87,16 @@ type Tracker struct {
 }
 
 type owned struct{ owner, key string }
+
+type topicOwner struct{ topic, owner string }
+
+// forget counts one entry less for owner on topic. Called with mu held.
+func (t *Tracker) forget(topic, owner string) {
+	k := topicOwner{topic, owner}
+	if t.perOwner[k]--; t.perOwner[k] <= 0 {
+		delete(t.perOwner, k)
+	}
+}
 
 // entry is one of this node's presences. Its hash value is built when it
 // is written (value), not kept: the table holds one entry per joined
@@ -195,6 +206,7 @@ func New(ctx context.Context, opt Options) (*Tracker, error) {
 		wake:      make(chan struct{}, 1),
 		repairCh:  make(chan struct{}, 1),
 		table:     make(map[string]map[owned]*entry),
+		perOwner:  make(map[topicOwner]int),
 		pending:   make(map[string]*batch),
 		windows:   make(map[string]time.Duration),
 		clocks:    make(map[string]uint64),
@@ -268,6 +280,10 @@ func (t *Tracker) Track(_ context.Context, topic, owner, key string, meta json.R
 	if err := t.check.Room(len(entries)); err != nil {
 		return "", err
 	}
+	if err := t.check.Owner(t.perOwner[topicOwner{topic, owner}]); err != nil {
+		return "", err
+	}
+	t.perOwner[topicOwner{topic, owner}]++
 	if entries == nil {
 		entries = make(map[owned]*entry)
 		t.table[topic] = entries
@@ -319,6 +335,7 @@ func (t *Tracker) Untrack(_ context.Context, topic, owner, key string) error {
 		return nil
 	}
 	delete(entries, k)
+	t.forget(topic, owner)
 	t.entries--
 	if len(entries) == 0 {
 		delete(t.table, topic)
@@ -335,6 +352,7 @@ func (t *Tracker) UntrackAll(_ context.Context, topic, owner string) error {
 	for k, e := range entries {
 		if k.owner == owner {
 			delete(entries, k)
+			t.forget(topic, owner)
 			t.entries--
 			t.addLeave(topic, &change{ref: e.ref, key: e.key, meta: e.meta, field: t.field(e.ref)})
 		}
@@ -472,6 +490,7 @@ func (t *Tracker) Close() error {
 		}
 	}
 	clear(t.table)
+	clear(t.perOwner)
 	t.entries = 0
 	t.mu.Unlock()
 	close(t.stop)
@@ -501,6 +520,7 @@ func (t *Tracker) kill() {
 	}
 	t.closed = true
 	clear(t.table)
+	clear(t.perOwner)
 	t.entries = 0
 	clear(t.pending)
 	t.fifo = nil

@@ -214,6 +214,8 @@ func errorReason(err error) map[string]string {
 		return reason("presence meta must be a JSON object")
 	case errors.Is(err, presence.ErrTopicFull):
 		return reason("too many presences on this topic")
+	case errors.Is(err, presence.ErrTooManyKeys):
+		return reason("too many presence keys")
 	case errors.Is(err, pubsub.ErrTooLarge):
 		// A broadcast the cluster cannot carry in one message.
 		return reason("payload too large")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -89,4 +90,10 @@ func TestConformancePresenceLimitsAreReplies(t *testing.T) {
 	big, _ := json.Marshal(map[string]any{"key": "k", "meta": map[string]string{"a": strings.Repeat("m", presence.DefaultMaxMetaSize)}})
 	ref = c.push(jr, "conformance:limits", "track", string(big))
 	c.expectReply(ref, "error", `{"reason":"presence meta too large"}`)
+	for i := range presence.DefaultMaxPerOwner {
+		c.push(jr, "conformance:limits", "track", `{"key":"k`+strconv.Itoa(i)+`"}`)
+		c.drain() // its presence_diff and its ok reply
+	}
+	ref = c.push(jr, "conformance:limits", "track", `{"key":"one-more"}`)
+	c.expectReply(ref, "error", `{"reason":"too many presence keys"}`)
 }
