@@ -297,6 +297,9 @@ func (p *PubSub) Subscribers(topic string) int { return p.reg.Count(topic) }
 // While the connection to Redis is down Publish fails at once with
 // ErrDisconnected instead of waiting out the timeout, so a socket that
 // broadcasts is not stalled by an outage.
+//
+// A message above Options.MaxMessageSize is refused with
+// pubsub.ErrTooLarge before any delivery, local subscribers included.
 func (p *PubSub) Publish(ctx context.Context, m *pubsub.Message) error {
 	if p.closed.Load() {
 		return pubsub.ErrClosed
