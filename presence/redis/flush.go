@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -281,8 +282,28 @@ func changeSize(c *change) int {
 // emptyDiffSize is the size of a diff of src without changes, with the
 // largest clock and the last flag: the base that changeSize adds to.
 func emptyDiffSize(src string) int {
-	b, _ := json.Marshal(wireDiff{Joins: presence.State{}, Leaves: presence.State{}, Src: src, Clock: math.MaxUint64, Last: true})
-	return len(b)
+	d := wireDiff{Src: src, Clock: math.MaxUint64, Last: true}
+	return len(d.appendJSON(nil))
+}
+
+// appendJSON appends the diff's payload. Not json.Marshal: it re-compacts
+// what State.MarshalJSON returns and escapes every <, > and & in the
+// metas into six bytes, so a diff's size would not be the sum of its
+// changes that stamp counts.
+func (d *wireDiff) appendJSON(b []byte) []byte {
+	b = append(b, `{"joins":`...)
+	b = d.Joins.AppendJSON(b)
+	b = append(b, `,"leaves":`...)
+	b = d.Leaves.AppendJSON(b)
+	b = append(b, `,"src":`...)
+	src, _ := json.Marshal(d.Src)
+	b = append(b, src...)
+	b = append(b, `,"clock":`...)
+	b = strconv.AppendUint(b, d.Clock, 10)
+	if d.Last {
+		b = append(b, `,"last":true`...)
+	}
+	return append(b, '}')
 }
 
 // flush writes the due topics' changes to Redis in one pipeline, then
@@ -356,12 +377,8 @@ func (t *Tracker) publish(ctx context.Context, out []outgoing) {
 		out = out[n:]
 		wg.Go(func() {
 			for _, o := range group {
-				payload, err := json.Marshal(o.diff)
-				if err != nil {
-					t.log.Error("presence/redis: encoding diff", "topic", o.topic, "err", err)
-					continue
-				}
-				err = t.ps.Publish(ctx, &pubsub.Message{Topic: o.topic, Event: "presence_diff", Payload: payload})
+				payload := o.diff.appendJSON(nil)
+				err := t.ps.Publish(ctx, &pubsub.Message{Topic: o.topic, Event: "presence_diff", Payload: payload})
 				// Debug: the PubSub logs its own failures, at most one
 				// line per interval; here they were one warning per
 				// topic, so a node draining through a Redis outage logged

@@ -64,7 +64,8 @@ func TestTrackerRefusesEntriesOutsideTheLimits(t *testing.T) {
 func TestLargeBatchIsSplitIntoDiffsUnderTheMessageSize(t *testing.T) {
 	s := startRedis(t)
 	small := func(o *pubsubredis.Options) { o.MaxMessageSize = pubsubredis.MinMaxMessageSize }
-	window := func(o *Options) { o.Coalesce, o.MaxCoalesce = 300*time.Millisecond, 300*time.Millisecond }
+	// One window takes all the joins below.
+	window := func(o *Options) { o.Coalesce, o.MaxCoalesce = time.Second, time.Second }
 	a := newNodeWith(t, s, "a", small, window)
 	b := newNodeWith(t, s, "b", small, window)
 	// b has entries on the topic, so its tracker watches a's clocks.
@@ -218,5 +219,59 @@ func TestTrackerBoundsKeysPerOwner(t *testing.T) {
 	track(t, a, "room:1", "o1", "k5", `{}`)
 	if got := a.tr.LimitHits()["presence_join_entries"](); got != 1 {
 		t.Errorf("join entries hits = %d, want 1", got)
+	}
+}
+
+// stamp's parts: each under the budget, consecutive clocks, every change
+// once, no leave before a join, the last flag on the last part only.
+func TestStampSplitsUnderTheBudget(t *testing.T) {
+	const budget = 4096
+	tr := &Tracker{opt: Options{MaxDiffSize: budget}, src: "n#1", clocks: map[string]uint64{"room:1": 7}, table: map[string]map[owned]*entry{}}
+	tr.diffBase = emptyDiffSize(tr.src)
+	var joins, leaves []*change
+	for i := range 40 {
+		m := meta(`{"phx_ref":"j` + strconv.Itoa(i) + `","pad":"` + strings.Repeat("<", i*10) + `"}`)
+		joins = append(joins, &change{ref: "j" + strconv.Itoa(i), key: fmt.Sprintf("user<%d>", i%7), meta: m})
+	}
+	for i := range 30 {
+		leaves = append(leaves, &change{ref: "l" + strconv.Itoa(i), key: "gone", meta: meta(`{"phx_ref":"l` + strconv.Itoa(i) + `"}`)})
+	}
+	leaves = append(leaves, joins[3]) // a join that left in the same window
+	out := tr.stamp("room:1", joins, leaves)
+	if len(out) < 2 {
+		t.Fatalf("%d parts, want the changes split", len(out))
+	}
+	nj, nl, leftSeen := 0, 0, false
+	for i, o := range out {
+		b := o.diff.appendJSON(nil)
+		var check wireDiff
+		if err := json.Unmarshal(b, &check); err != nil {
+			t.Fatalf("part %d: %v: %s", i, err, b)
+		}
+		if len(b) > budget {
+			t.Errorf("part %d: %d bytes, above %d", i, len(b), budget)
+		}
+		if o.diff.Clock != uint64(8+i) {
+			t.Errorf("part %d: clock %d, want %d", i, o.diff.Clock, 8+i)
+		}
+		if o.diff.Last != (i == len(out)-1) {
+			t.Errorf("part %d: last = %v", i, o.diff.Last)
+		}
+		for _, e := range o.diff.Joins {
+			if leftSeen {
+				t.Errorf("part %d: a join after a leave", i)
+			}
+			nj += len(e.Metas)
+		}
+		for _, e := range o.diff.Leaves {
+			leftSeen = true
+			nl += len(e.Metas)
+		}
+	}
+	if nj != 40 || nl != 31 {
+		t.Fatalf("%d joins and %d leaves sent, want 40 and 31", nj, nl)
+	}
+	if _, ok := tr.clocks["room:1"]; ok {
+		t.Errorf("clock kept after the last part")
 	}
 }
