@@ -7,8 +7,10 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/channelsd/channelsd/channels"
+	"github.com/channelsd/channelsd/channels/auth"
 	"github.com/channelsd/channelsd/presence"
 )
 
@@ -96,4 +98,26 @@ func TestConformancePresenceLimitsAreReplies(t *testing.T) {
 	}
 	ref = c.push(jr, "conformance:limits", "track", `{"key":"one-more"}`)
 	c.expectReply(ref, "error", `{"reason":"too many presence keys"}`)
+}
+
+// A token's sub is the user: with a key limit below the token's own bound
+// on sub, a longer sub is refused at join like a join parameter.
+func TestRoomRefusesTokenSubOverTheLimit(t *testing.T) {
+	v, err := auth.NewVerifier(strings.Repeat("s", 32), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, Options{Tokens: v, MaxUserLength: 8})
+	for sub, ok := range map[string]bool{"ann": true, "a-very-long-sub": false} {
+		tok, err := v.Sign(sub, nil, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := e.connect(map[string]string{"token": tok})
+		if ok {
+			joinRoom(t, c, "room:a", "ignored")
+		} else {
+			c.refusedJoin("room:a", `{}`, `{"reason":"user name too long"}`)
+		}
+	}
 }

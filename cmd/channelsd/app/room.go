@@ -33,7 +33,12 @@ var (
 // nobody sees.
 func (c *roomChannel) Join(s *channels.ChannelSocket, params channels.Payload) (any, error) {
 	if claims := auth.ClaimsOf(s); claims != nil {
+		// A token's sub is bounded too (channels/auth), but
+		// --presence-max-key-length may be set below that bound.
 		c.user = claims.Subject
+		if reason, ok := checkUser(c.user, c.maxUser); !ok {
+			return nil, channels.Refuse(reason)
+		}
 		return nil, nil
 	}
 	if m, ok := object(params); ok {
