@@ -21,7 +21,8 @@ import (
 // behind one another (with one lock for all, thousands of sockets waited
 // for it, each holding a goroutine and its stack).
 type Local struct {
-	ps pubsub.PubSub
+	ps    pubsub.PubSub
+	check *Checker
 
 	seq     atomic.Uint64 // insertion order of entries
 	entries atomic.Int64  // over all topics
@@ -35,6 +36,7 @@ type Local struct {
 type localTopic struct {
 	mu      sync.Mutex
 	entries map[owned]localEntry
+	owners  map[string]int // owner -> its entries (Limits.MaxPerOwner)
 	// gone: the table left Local.topics (it became empty, or the tracker
 	// closed); whoever finds it so takes the topic's table afresh.
 	gone bool
@@ -49,15 +51,24 @@ type localEntry struct {
 	meta json.RawMessage // with phx_ref (WithRefs)
 }
 
-// NewLocal returns a Tracker that broadcasts its diffs through ps.
-func NewLocal(ps pubsub.PubSub) *Local {
-	return &Local{ps: ps, topics: make(map[string]*localTopic)}
+// NewLocal returns a Tracker that broadcasts its diffs through ps, with
+// the default Limits.
+func NewLocal(ps pubsub.PubSub) *Local { return NewLocalLimited(ps, Limits{}) }
+
+// NewLocalLimited returns a Tracker that broadcasts its diffs through ps
+// and refuses entries outside lim.
+func NewLocalLimited(ps pubsub.PubSub, lim Limits) *Local {
+	return &Local{ps: ps, check: NewChecker(lim), topics: make(map[string]*localTopic)}
 }
 
 var (
-	_ Tracker      = (*Local)(nil)
-	_ EntryCounter = (*Local)(nil)
+	_ Tracker             = (*Local)(nil)
+	_ EntryCounter        = (*Local)(nil)
+	_ pubsub.LimitCounter = (*Local)(nil)
 )
+
+// LimitHits implements pubsub.LimitCounter: refusals by Limits.
+func (l *Local) LimitHits() map[string]func() uint64 { return l.check.LimitHits() }
 
 // Entries implements EntryCounter.
 func (l *Local) Entries() int { return int(l.entries.Load()) }
@@ -81,7 +92,7 @@ func (l *Local) lockTopic(topic string, create bool) (*localTopic, error) {
 				l.mu.Unlock()
 				return nil, nil
 			}
-			t = &localTopic{entries: make(map[owned]localEntry)}
+			t = &localTopic{entries: make(map[owned]localEntry), owners: make(map[string]int)}
 			l.topics[topic] = t
 		}
 		l.mu.Unlock()
@@ -90,6 +101,13 @@ func (l *Local) lockTopic(topic string, create bool) (*localTopic, error) {
 			return t, nil
 		}
 		t.mu.Unlock()
+	}
+}
+
+// forget counts one entry less for owner. Called with t.mu held.
+func (t *localTopic) forget(owner string) {
+	if t.owners[owner]--; t.owners[owner] <= 0 {
+		delete(t.owners, owner)
 	}
 }
 
@@ -109,6 +127,9 @@ func (l *Local) dropIfEmptyLocked(topic string, t *localTopic) {
 
 // Track implements Tracker.
 func (l *Local) Track(ctx context.Context, topic, owner, key string, meta json.RawMessage) (string, error) {
+	if err := l.check.Entry(key, meta); err != nil {
+		return "", err
+	}
 	ref := NewRef()
 	full, err := WithRefs(meta, ref, "")
 	if err != nil {
@@ -123,6 +144,13 @@ func (l *Local) Track(ctx context.Context, topic, owner, key string, meta json.R
 	if _, ok := t.entries[k]; ok {
 		return "", ErrAlreadyTracked
 	}
+	if err := l.check.Room(len(t.entries)); err != nil {
+		return "", err
+	}
+	if err := l.check.Owner(t.owners[owner]); err != nil {
+		return "", err
+	}
+	t.owners[owner]++
 	t.entries[k] = localEntry{seq: l.seq.Add(1), meta: full}
 	l.entries.Add(1)
 	// Publishing under the topic's lock keeps its diffs in the order of
@@ -133,6 +161,9 @@ func (l *Local) Track(ctx context.Context, topic, owner, key string, meta json.R
 
 // Update implements Tracker.
 func (l *Local) Update(ctx context.Context, topic, owner, key string, meta json.RawMessage) (string, error) {
+	if err := l.check.Entry(key, meta); err != nil {
+		return "", err
+	}
 	t, _ := l.lockTopic(topic, false)
 	if t == nil {
 		return "", ErrNotTracked
@@ -167,6 +198,7 @@ func (l *Local) Untrack(ctx context.Context, topic, owner, key string) error {
 		return nil
 	}
 	delete(t.entries, k)
+	t.forget(owner)
 	l.entries.Add(-1)
 	l.dropIfEmptyLocked(topic, t)
 	return l.publish(ctx, topic, nil, State{key: {Metas: []json.RawMessage{e.meta}}})
@@ -187,6 +219,7 @@ func (l *Local) UntrackAll(ctx context.Context, topic, owner string) error {
 			l.entries.Add(-1)
 		}
 	}
+	delete(t.owners, owner)
 	l.dropIfEmptyLocked(topic, t)
 	if len(leaves) == 0 {
 		return nil
@@ -227,6 +260,7 @@ func (l *Local) Close() error {
 		t.mu.Lock()
 		l.entries.Add(-int64(len(t.entries)))
 		t.entries = nil
+		t.owners = nil
 		t.gone = true
 		t.mu.Unlock()
 	}

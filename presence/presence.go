@@ -24,6 +24,16 @@ import (
 //   - The diffs a subscriber receives, applied in order on top of a List
 //     taken after it subscribed, yield the tracker's state (the JavaScript
 //     Presence class relies on this and tolerates repeats).
+//   - Keys and metas are bounded (Limits: a key of at most 256 bytes, a
+//     meta of 2 KiB, 10,000 entries per topic and node, 16 keys per owner
+//     by default) and must be fit for a client's frame: a UTF-8 key, a
+//     meta that is a JSON object in UTF-8. Track and Update refuse
+//     anything else with ErrKeyTooLong, ErrMetaTooLarge, ErrInvalidKey,
+//     ErrNotObject, ErrTopicFull or ErrTooManyKeys (wrapped), and change
+//     nothing: every diff and state
+//     repeats each entry to every subscriber of the topic, so what one
+//     client names itself is multiplied by the room. Entries read from
+//     elsewhere (other nodes) that are not fit are skipped, never relayed.
 type Tracker interface {
 	// Track adds key with meta (a JSON object) for owner on topic and
 	// returns the new phx_ref.

@@ -24,6 +24,8 @@ import (
 //     needs order waits for each answer before the next call.
 //   - Handlers run on goroutines of their own, a bounded number at once; a
 //     call beyond that bound fails with ErrCallRejected.
+//   - A request or answer above what the transport carries in one piece
+//     fails the call with ErrTooLarge (wrapped), at once.
 type Caller interface {
 	// NodeID is the name other nodes call this node by.
 	NodeID() string

@@ -55,7 +55,8 @@ type PubSub interface {
 	Unsubscribe(topic string, s Subscriber)
 	// Publish delivers m locally and relays it to the cluster. Publish
 	// takes ownership of m. An error means other nodes may have missed the
-	// message; local subscribers still got it.
+	// message; local subscribers still got it, except with ErrTooLarge:
+	// a message the cluster cannot carry reaches nobody.
 	Publish(ctx context.Context, m *Message) error
 	// Close releases connections; Publish after Close fails with ErrClosed.
 	Close() error
@@ -74,6 +75,21 @@ type DispatchObservable interface {
 
 // ErrClosed is returned by a PubSub that has been closed.
 var ErrClosed = errors.New("pubsub: closed")
+
+// ErrTooLarge is returned (wrapped) by Publish and by Caller.Call for a
+// message above what the cluster's transport carries in one piece
+// (pubsub/redis's MaxMessageSize). Nothing was delivered, locally or
+// elsewhere: the sender can tell its client, rather than some nodes
+// getting the message and others not.
+var ErrTooLarge = errors.New("pubsub: message too large")
+
+// LimitCounter is implemented by the PubSubs and presence trackers that
+// refuse input over a resource limit. LimitHits names each limit as in
+// channelsd_limit_hits_total's label (README "Limits") and gives the
+// counter of its refusals; the node reads them at scrape time.
+type LimitCounter interface {
+	LimitHits() map[string]func() uint64
+}
 
 // Encoder encodes a broadcast into the bytes a transport writes. Keys
 // compare with ==; use one long-lived value per wire format.

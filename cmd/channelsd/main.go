@@ -21,6 +21,7 @@ import (
 	"github.com/channelsd/channelsd/presence"
 	presenceredis "github.com/channelsd/channelsd/presence/redis"
 	"github.com/channelsd/channelsd/pubsub"
+	"github.com/channelsd/channelsd/pubsub/local"
 	"github.com/channelsd/channelsd/pubsub/redis"
 	"github.com/channelsd/channelsd/transport"
 )
@@ -95,6 +96,11 @@ type options struct {
 	burst              int
 	lpMaxSessions      int
 	lpMaxBuffered      int
+	presenceKeyLength  int
+	presenceMetaSize   int
+	presencePerTopic   int
+	presencePerJoin    int
+	redisMaxMessage    int
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -118,6 +124,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.int(&o.burst, "burst", "CHANNELS_BURST", 200, "messages a socket may send at once before --max-messages-per-second applies; 0: twice the rate")
 	env.int(&o.lpMaxSessions, "longpoll-max-sessions", "CHANNELS_LONGPOLL_MAX_SESSIONS", transport.DefaultLongPollMaxSessions, "long-poll sessions this node serves (they count toward --max-sockets too); one more is answered HTTP 503 with Retry-After; -1: no limit")
 	env.int(&o.lpMaxBuffered, "longpoll-max-buffered", "CHANNELS_LONGPOLL_MAX_BUFFERED", transport.DefaultLongPollMaxBuffered, "messages a long-poll session buffers for its next poll; beyond, the oldest is dropped")
+	env.int(&o.presenceKeyLength, "presence-max-key-length", "CHANNELS_PRESENCE_MAX_KEY_LENGTH", presence.DefaultMaxKeyLength, "longest presence key in bytes (the room's user name): a longer connect parameter user is refused with 403, a longer join user with {\"reason\":\"user name too long\"}, and Track with an error; -1: no limit")
+	env.int(&o.presenceMetaSize, "presence-max-meta-size", "CHANNELS_PRESENCE_MAX_META_SIZE", presence.DefaultMaxMetaSize, "largest presence meta in bytes; a larger one is refused with an error (the conformance channel replies {\"reason\":\"presence meta too large\"}); -1: no limit")
+	env.int(&o.presencePerTopic, "presence-max-per-topic", "CHANNELS_PRESENCE_MAX_PER_TOPIC", presence.DefaultMaxPerTopic, "presence entries this node tracks on one topic (every join is sent the whole room); beyond, a join stands without presence; -1: no limit")
+	env.int(&o.presencePerJoin, "presence-max-per-join", "CHANNELS_PRESENCE_MAX_PER_JOIN", presence.DefaultMaxPerOwner, "presence keys one join may track at once (the default application tracks one; the conformance channel replies {\"reason\":\"too many presence keys\"} beyond); -1: no limit")
+	env.int(&o.redisMaxMessage, "redis-max-message-size", "CHANNELS_REDIS_MAX_MESSAGE_SIZE", redis.DefaultMaxMessageSize, "with --redis: largest message in bytes one Redis PUBLISH carries (Redis cuts off a node whose pending pub/sub output passes 32 MB); a larger broadcast is refused (error reply {\"reason\":\"payload too large\"}), a larger presence diff is split; must exceed --max-frame-size by 64 KiB so a relayed long-poll POST fits")
 	env.str(&o.apiKey, "api-key", "CHANNELS_API_KEY", "", "bearer key required by the HTTP API (/api/*); empty leaves it open")
 	env.str(&o.tokenSecret, "token-secret", "CHANNELS_TOKEN_SECRET", "", "secret (at least 32 bytes) that signs and verifies socket tokens (HS256 JWTs); when set every socket needs a valid token, and private:* topics open to tokens whose topics claim names them; empty accepts anonymous sockets")
 	env.str(&o.tokenPrevious, "token-secret-previous", "CHANNELS_TOKEN_SECRET_PREVIOUS", "", "during a secret rotation: the previous secret, which still verifies tokens but signs none")
@@ -177,6 +188,15 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if o.shutdownTimeout <= 0 {
 		return nil, fmt.Errorf("--shutdown-timeout %s: must be positive", o.shutdownTimeout)
 	}
+	if o.presenceKeyLength == 0 || o.presenceMetaSize == 0 || o.presencePerTopic == 0 || o.presencePerJoin == 0 {
+		return nil, errors.New("--presence-max-key-length, --presence-max-meta-size, --presence-max-per-topic and --presence-max-per-join must not be 0 (-1: no limit)")
+	}
+	// A long-poll request relayed to its session's node travels as one
+	// Redis message: its body (at most --max-frame-size) and headers must
+	// fit.
+	if o.redis != "" && (o.redisMaxMessage < redis.MinMaxMessageSize || int64(o.redisMaxMessage) < o.maxFrameSize+relayHeadroom) {
+		return nil, fmt.Errorf("--redis-max-message-size %d: must be at least %d and exceed --max-frame-size (%d) by %d", o.redisMaxMessage, redis.MinMaxMessageSize, o.maxFrameSize, relayHeadroom)
+	}
 	return o, nil
 }
 
@@ -218,15 +238,21 @@ func run(args []string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 
+	limits := presence.Limits{MaxKeyLength: o.presenceKeyLength, MaxMetaSize: o.presenceMetaSize, MaxPerTopic: o.presencePerTopic, MaxPerOwner: o.presencePerJoin}
 	var ps pubsub.PubSub
 	var tracker presence.Tracker
-	if o.redis != "" {
+	if o.redis == "" {
+		// The node's defaults, built here to carry the presence limits.
+		lps := local.New()
+		ps, tracker = lps, presence.NewLocalLimited(lps, limits)
+	} else {
 		ropts, err := redis.ParseAddress(o.redis)
 		if err != nil {
 			return fmt.Errorf("--redis: %w", err)
 		}
 		ropts.Prefix, ropts.NodeID, ropts.Logger = o.redisPrefix, nodeID, logger
 		ropts.PatternTopics = channels.SocketIDTopicPrefix
+		ropts.MaxMessageSize = o.redisMaxMessage
 		rps, err := connectRedis(ctx, ropts, logger)
 		if err != nil {
 			return err
@@ -242,6 +268,7 @@ func run(args []string, stderr io.Writer) error {
 			DeadAfter:     o.deadAfter,
 			Coalesce:      o.coalesce,
 			MaxCoalesce:   o.coalesceMax,
+			Limits:        limits,
 			Logger:        logger,
 		})
 		if err != nil {
@@ -251,7 +278,7 @@ func run(args []string, stderr io.Writer) error {
 	}
 
 	var ep *channels.Endpoint
-	appOpts := app.Options{Conformance: o.conformance, Endpoint: func() *channels.Endpoint { return ep }, Tokens: tokens}
+	appOpts := app.Options{Conformance: o.conformance, Endpoint: func() *channels.Endpoint { return ep }, Tokens: tokens, MaxUserLength: o.presenceKeyLength}
 	n, err := node.New(node.Config{
 		Addr:            o.addr,
 		SocketPath:      o.socketPath,
@@ -306,6 +333,10 @@ func run(args []string, stderr io.Writer) error {
 	logger.Info("channelsd: signal received, draining and stopping", "already_draining", st.Draining, "sockets", n.Endpoint().SocketCount(), "drain_window", o.drainWindow, "shutdown_timeout", o.shutdownTimeout)
 	return n.Shutdown(context.Background())
 }
+
+// relayHeadroom is what a relayed long-poll request adds to its body:
+// method, URI, headers and the envelope.
+const relayHeadroom = 64 << 10
 
 // defaultGCPercent is the collector's target when GOGC is not set. An idle
 // node's memory is mostly the sockets' live heap times (1 + GOGC/100), and

@@ -44,6 +44,18 @@
 // a repair per gap would add to the overload; the repair after the pause
 // covers every gap found meanwhile.
 //
+// # Bounds
+//
+// Track and Update apply presence.Limits (Options.Limits): a key, a meta
+// and this node's entries per topic are bounded, so a hash value is too.
+// One diff is at most Options.MaxDiffSize bytes, by default what the
+// PubSub carries in one Redis message: a window that gathered more goes
+// out as several diffs with consecutive clocks, joins first, which
+// clients applying them in order merge to the same state. Values read
+// from Redis whose key or meta clients cannot be sent (presence.
+// ValidEntry) are skipped, counted (Invalid) and logged, never listed or
+// relayed as leaves.
+//
 // # Liveness
 //
 // Every Heartbeat each node stamps itself in <prefix>:nodes with Redis's

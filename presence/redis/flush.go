@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -178,12 +180,41 @@ type wireDiff struct {
 	Last   bool           `json:"last,omitempty"`
 }
 
-// stamp builds topic's diff from joins and leaves and gives it the next
-// clock. Changes are deduplicated by ref (a resync merges a batch with its
-// repairs). Returns false when there is nothing to send. Called with mu
-// held.
-func (t *Tracker) stamp(topic string, joins, leaves []*change) (outgoing, bool) {
-	d := wireDiff{Joins: presence.State{}, Leaves: presence.State{}, Src: t.src}
+// stamp builds topic's diffs from joins and leaves and gives each the
+// next clock. Changes are deduplicated by ref (a resync merges a batch
+// with its repairs). Returns nothing when there is nothing to send.
+// Called with mu held.
+//
+// It is one diff unless that would be larger than the topic's diff budget
+// (diffBudget): one Redis message too large makes Redis drop the
+// connection of every node it is sent to, losing whatever was queued.
+// Then the changes go out as several diffs, each under the budget, with
+// consecutive clocks, joins before leaves. Clients apply a diff's joins
+// before its leaves, and every join is in a diff no later than any leave,
+// so applying the parts in order ends where the one diff would have.
+func (t *Tracker) stamp(topic string, joins, leaves []*change) []outgoing {
+	budget := t.diffBudget(topic)
+	var out []outgoing
+	var cur wireDiff
+	size, n := 0, 0
+	add := func(c *change, leave bool) {
+		sz := changeSize(c)
+		if n > 0 && size+sz > budget {
+			out = append(out, outgoing{topic: topic, diff: cur})
+			n = 0
+		}
+		if n == 0 {
+			cur = wireDiff{Joins: presence.State{}, Leaves: presence.State{}, Src: t.src}
+			size = t.diffBase
+		}
+		if leave {
+			cur.Leaves.Add(c.key, c.meta)
+		} else {
+			cur.Joins.Add(c.key, c.meta)
+		}
+		size += sz
+		n++
+	}
 	// A ref may be both joined and left in one diff (a listed join that
 	// left within its window): clients apply joins, then leaves, as
 	// Phoenix's Presence does, and end without it.
@@ -192,26 +223,87 @@ func (t *Tracker) stamp(topic string, joins, leaves []*change) (outgoing, bool) 
 	for _, c := range joins {
 		if c != nil && !joined[c.ref] {
 			joined[c.ref] = true
-			d.Joins.Add(c.key, c.meta)
+			add(c, false)
 		}
 	}
 	for _, c := range leaves {
 		if c != nil && !left[c.ref] {
 			left[c.ref] = true
-			d.Leaves.Add(c.key, c.meta)
+			add(c, true)
 		}
 	}
-	if len(joined)+len(left) == 0 {
-		return outgoing{}, false
+	if n > 0 {
+		out = append(out, outgoing{topic: topic, diff: cur})
 	}
-	d.Clock = t.clocks[topic] + 1
+	if len(out) == 0 {
+		return nil
+	}
+	clock := t.clocks[topic]
+	for i := range out {
+		clock++
+		out[i].diff.Clock = clock
+	}
 	if len(t.table[topic]) == 0 {
-		d.Last = true
+		out[len(out)-1].diff.Last = true
 		delete(t.clocks, topic)
 	} else {
-		t.clocks[topic] = d.Clock
+		t.clocks[topic] = clock
 	}
-	return outgoing{topic: topic, diff: d}, true
+	return out
+}
+
+// messageSizer is implemented by the PubSubs that bound one message
+// (pubsub/redis).
+type messageSizer interface {
+	MaxMessageSize() int
+	MessageOverhead(topic, event string) int
+}
+
+// diffBudget is the largest presence_diff payload of topic: Options.
+// MaxDiffSize, else what the PubSub carries in one message on topic.
+func (t *Tracker) diffBudget(topic string) int {
+	if t.opt.MaxDiffSize > 0 {
+		return t.opt.MaxDiffSize
+	}
+	if ms, ok := t.ps.(messageSizer); ok {
+		return ms.MaxMessageSize() - ms.MessageOverhead(topic, "presence_diff")
+	}
+	return DefaultMaxDiffSize
+}
+
+// changeSize bounds what c adds to a diff's JSON: its quoted key, its
+// meta and the punctuation around them (a key met twice in one diff is
+// written once, so the sum of the changes is an upper bound).
+func changeSize(c *change) int {
+	q, _ := json.Marshal(c.key)
+	return len(q) + len(c.meta) + len(`,:{"metas":[,]}`)
+}
+
+// emptyDiffSize is the size of a diff of src without changes, with the
+// largest clock and the last flag: the base that changeSize adds to.
+func emptyDiffSize(src string) int {
+	d := wireDiff{Src: src, Clock: math.MaxUint64, Last: true}
+	return len(d.appendJSON(nil))
+}
+
+// appendJSON appends the diff's payload. Not json.Marshal: it re-compacts
+// what State.MarshalJSON returns and escapes every <, > and & in the
+// metas into six bytes, so a diff's size would not be the sum of its
+// changes that stamp counts.
+func (d *wireDiff) appendJSON(b []byte) []byte {
+	b = append(b, `{"joins":`...)
+	b = d.Joins.AppendJSON(b)
+	b = append(b, `,"leaves":`...)
+	b = d.Leaves.AppendJSON(b)
+	b = append(b, `,"src":`...)
+	src, _ := json.Marshal(d.Src)
+	b = append(b, src...)
+	b = append(b, `,"clock":`...)
+	b = strconv.AppendUint(b, d.Clock, 10)
+	if d.Last {
+		b = append(b, `,"last":true`...)
+	}
+	return append(b, '}')
 }
 
 // flush writes the due topics' changes to Redis in one pipeline, then
@@ -247,9 +339,7 @@ func (t *Tracker) flush(topics []string) {
 		} else {
 			pipe.SRem(ctx, t.topicsKey, topic)
 		}
-		if o, ok := t.stamp(topic, b.joins, b.leaves); ok {
-			out = append(out, o)
-		}
+		out = append(out, t.stamp(topic, b.joins, b.leaves)...)
 	}
 	t.mu.Unlock()
 	if pipe.Len() > 0 {
@@ -268,29 +358,35 @@ func (t *Tracker) flush(topics []string) {
 // other nodes through Redis. A failed relay shows as a gap in our clock
 // on the other nodes, which then re-read the topic.
 //
-// The diffs go out together, a goroutine each: the Redis PubSub sends
+// The topics go out together, a goroutine each: the Redis PubSub sends
 // whatever is queued in one pipeline, so a flush of many topics costs one
 // round trip. One at a time, a flush of a hundred topics made a hundred
 // round trips under one deadline, which a busy Redis let expire: the later
-// diffs were lost, and every peer repaired those topics. A topic has one
-// diff per flush and the next flush waits for this one, so each topic's
-// diffs stay in order.
+// diffs were lost, and every peer repaired those topics. The diffs of one
+// topic (stamp puts them next to each other) go one after another in one
+// goroutine, and the next flush waits for this one, so each topic's diffs
+// stay in order.
 func (t *Tracker) publish(ctx context.Context, out []outgoing) {
 	var wg sync.WaitGroup
-	for _, o := range out {
-		payload, err := json.Marshal(o.diff)
-		if err != nil {
-			t.log.Error("presence/redis: encoding diff", "topic", o.topic, "err", err)
-			continue
+	for len(out) > 0 {
+		n := 1
+		for n < len(out) && out[n].topic == out[0].topic {
+			n++
 		}
+		group := out[:n]
+		out = out[n:]
 		wg.Go(func() {
-			err := t.ps.Publish(ctx, &pubsub.Message{Topic: o.topic, Event: "presence_diff", Payload: payload})
-			// Debug: the PubSub logs its own failures, at most one line
-			// per interval; here they were one warning per topic, so a
-			// node draining through a Redis outage logged its every room.
-			// Peers see the lost diff as a gap and repair the topic.
-			if err != nil && !errors.Is(err, pubsub.ErrClosed) {
-				t.log.Debug("presence/redis: publishing presence_diff", "topic", o.topic, "err", err)
+			for _, o := range group {
+				payload := o.diff.appendJSON(nil)
+				err := t.ps.Publish(ctx, &pubsub.Message{Topic: o.topic, Event: "presence_diff", Payload: payload})
+				// Debug: the PubSub logs its own failures, at most one
+				// line per interval; here they were one warning per
+				// topic, so a node draining through a Redis outage logged
+				// its every room. Peers see the lost diff as a gap and
+				// repair the topic.
+				if err != nil && !errors.Is(err, pubsub.ErrClosed) {
+					t.log.Debug("presence/redis: publishing presence_diff", "topic", o.topic, "err", err)
+				}
 			}
 		})
 	}
@@ -328,9 +424,7 @@ func (t *Tracker) resync(ctx context.Context, drain bool) error {
 		t.resyncAt = time.Now().Add(t.opt.Heartbeat)
 		out := make([]outgoing, 0, len(taken))
 		for topic, b := range taken {
-			if o, ok := t.stamp(topic, b.joins, b.leaves); ok {
-				out = append(out, o)
-			}
+			out = append(out, t.stamp(topic, b.joins, b.leaves)...)
 		}
 		t.mu.Unlock()
 		t.publish(ctx, out)
@@ -388,8 +482,7 @@ func (t *Tracker) resync(ctx context.Context, drain bool) error {
 				continue
 			}
 			tx.HDel(ctx, key, f)
-			var s stored
-			if json.Unmarshal([]byte(v), &s) == nil {
+			if s, ok := t.decodeStored(topic, f, v); ok {
 				leaves[topic] = append(leaves[topic], &change{ref: ref, key: s.Key, meta: s.Meta})
 			}
 		}
@@ -429,9 +522,7 @@ func (t *Tracker) resync(ctx context.Context, drain bool) error {
 		}
 		js = append(js, joins[topic]...)
 		ls = append(ls, leaves[topic]...)
-		if o, ok := t.stamp(topic, js, ls); ok {
-			out = append(out, o)
-		}
+		out = append(out, t.stamp(topic, js, ls)...)
 	}
 	t.mu.Unlock()
 	t.publish(ctx, out)

@@ -185,8 +185,7 @@ func (t *Tracker) reap(ctx context.Context, dead string) {
 				continue
 			}
 			tx.HDel(ctx, t.topicKey(topic), f)
-			var s stored
-			if json.Unmarshal([]byte(v), &s) == nil {
+			if s, ok := t.decodeStored(topic, f, v); ok {
 				leaves[topic] = append(leaves[topic], &change{ref: f[len(prefix):], key: s.Key, meta: s.Meta})
 			}
 		}
@@ -220,6 +219,14 @@ type watcher struct {
 	topics map[string]map[string]uint64 // watched topic -> src -> last clock
 }
 
+// maxSrcsPerTopic bounds the peers whose clocks the watcher keeps per
+// topic. Legitimate sources are the nodes' incarnations, a handful; but
+// anything that can publish a presence_diff on the topic (a node of
+// another release, an application broadcasting that event) can name any
+// src, and each would otherwise stay in the map while we have entries
+// there. Sources beyond it are not checked for gaps.
+const maxSrcsPerTopic = 256
+
 func (w *watcher) SubscriberID() string { return w.id }
 
 func (w *watcher) Deliver(m *pubsub.Message) {
@@ -240,9 +247,10 @@ func (w *watcher) Deliver(m *pubsub.Message) {
 	if clocks != nil {
 		last, seen := clocks[d.Src]
 		gap = seen && d.Clock != last+1
-		if d.Last {
+		switch {
+		case d.Last:
 			delete(clocks, d.Src)
-		} else {
+		case seen || len(clocks) < maxSrcsPerTopic:
 			clocks[d.Src] = d.Clock
 		}
 	}

@@ -8,6 +8,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/channelsd/channelsd/presence"
 	"github.com/channelsd/channelsd/pubsub"
 	pubsubredis "github.com/channelsd/channelsd/pubsub/redis"
 )
@@ -20,6 +21,9 @@ const (
 	// DefaultMaxCoalesce is the widest window of a busy topic.
 	DefaultMaxCoalesce = 500 * time.Millisecond
 	DefaultTimeout     = 2 * time.Second
+	// DefaultMaxDiffSize applies when the PubSub does not say what it
+	// carries: pubsub/redis's default, less room for the envelope.
+	DefaultMaxDiffSize = pubsubredis.DefaultMaxMessageSize - 4<<10
 )
 
 // Options configures a Tracker.
@@ -72,6 +76,16 @@ type Options struct {
 	// Default 2s.
 	Timeout time.Duration
 
+	// Limits bounds the keys, metas and entries per topic this node
+	// tracks (presence.Limits; zero fields take its defaults).
+	Limits presence.Limits
+	// MaxDiffSize bounds one presence_diff payload, in bytes: a batch
+	// whose diff would be larger goes out as several diffs, each under
+	// it, in order. Default: what the PubSub carries in one message
+	// (pubsub/redis's MaxMessageSize less the envelope), else
+	// DefaultMaxDiffSize.
+	MaxDiffSize int
+
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -88,7 +102,10 @@ func (o Options) withDefaults() (Options, error) {
 		return o, errors.New("presence/redis: PubSub is required")
 	case o.Heartbeat < 0, o.DeadAfter < 0, o.Coalesce < 0, o.MaxCoalesce < 0, o.Timeout < 0:
 		return o, errors.New("presence/redis: negative duration")
+	case o.MaxDiffSize < 0:
+		return o, errors.New("presence/redis: negative MaxDiffSize")
 	}
+	o.Limits = o.Limits.WithDefaults()
 	if o.Prefix == "" {
 		o.Prefix = DefaultPrefix
 	}

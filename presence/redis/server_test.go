@@ -69,10 +69,20 @@ const (
 
 func newNode(t *testing.T, s *server, id string, tweak ...func(*Options)) *testNode {
 	t.Helper()
+	return newNodeWith(t, s, id, nil, tweak...)
+}
+
+// newNodeWith is newNode with psTweak applied to the PubSub's options.
+func newNodeWith(t *testing.T, s *server, id string, psTweak func(*pubsubredis.Options), tweak ...func(*Options)) *testNode {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	ps, err := pubsubredis.New(ctx, pubsubredis.Options{URL: s.URL(), NodeID: id, Prefix: "test", Logger: log})
+	psOpt := pubsubredis.Options{URL: s.URL(), NodeID: id, Prefix: "test", Logger: log}
+	if psTweak != nil {
+		psTweak(&psOpt)
+	}
+	ps, err := pubsubredis.New(ctx, psOpt)
 	if err != nil {
 		t.Fatalf("pubsub %s: %v", id, err)
 	}

@@ -30,8 +30,16 @@ type Tracker struct {
 	ps        pubsub.PubSub
 	me        string // node id
 	src       string // node id + "#" + incarnation, stamped on diffs
+	diffBase  int    // emptyDiffSize(src)
 	watcher   *watcher
 	reads     *listReads
+	check     *presence.Checker
+
+	// invalid counts the entries read from Redis that were not fit for
+	// clients (presence.ValidEntry) and were skipped; invalidLog rate-
+	// limits their warnings.
+	invalid    atomic.Uint64
+	invalidLog rateLog
 
 	// Keys.
 	nodesKey  string // hash: node -> last heartbeat (Redis server time, ms)
@@ -52,6 +60,7 @@ type Tracker struct {
 	seq        uint64
 	table      map[string]map[owned]*entry // topic -> entries of this node
 	entries    int                         // in table, over all topics
+	perOwner   map[topicOwner]int          // entries of each owner (Limits.MaxPerOwner)
 	pending    map[string]*batch
 	fifo       []queued                 // topics with a pending batch, by deadline
 	windows    map[string]time.Duration // coalescing window of busy topics (absent: Coalesce)
@@ -78,6 +87,16 @@ type Tracker struct {
 }
 
 type owned struct{ owner, key string }
+
+type topicOwner struct{ topic, owner string }
+
+// forget counts one entry less for owner on topic. Called with mu held.
+func (t *Tracker) forget(topic, owner string) {
+	k := topicOwner{topic, owner}
+	if t.perOwner[k]--; t.perOwner[k] <= 0 {
+		delete(t.perOwner, k)
+	}
+}
 
 // entry is one of this node's presences. Its hash value is built when it
 // is written (value), not kept: the table holds one entry per joined
@@ -126,7 +145,36 @@ type queued struct {
 var (
 	_ presence.Tracker      = (*Tracker)(nil)
 	_ presence.EntryCounter = (*Tracker)(nil)
+	_ pubsub.LimitCounter   = (*Tracker)(nil)
 )
+
+// LimitHits implements pubsub.LimitCounter: Track and Update refused by
+// Options.Limits.
+func (t *Tracker) LimitHits() map[string]func() uint64 { return t.check.LimitHits() }
+
+// Invalid is how many entries read from Redis were skipped because a
+// client could not be sent them (not UTF-8, a meta that is not a JSON
+// object, an undecodable value): written by a node of another release,
+// or by anything else with access to Redis.
+func (t *Tracker) Invalid() uint64 { return t.invalid.Load() }
+
+// decodeStored decodes a hash value read from Redis and checks that its
+// key and meta may reach clients; a value that may not is counted and
+// logged (at most once per logEvery), and ok is false.
+func (t *Tracker) decodeStored(topic, field, v string) (s stored, ok bool) {
+	err := json.Unmarshal([]byte(v), &s)
+	if err == nil {
+		err = presence.ValidEntry(s.Key, s.Meta)
+	}
+	if err == nil {
+		return s, true
+	}
+	t.invalid.Add(1)
+	if ok, n := t.invalidLog.allow(); ok {
+		t.log.Warn("presence/redis: skipping an entry in Redis that clients cannot be sent", "topic", topic, "field", field, "err", err, "suppressed", n)
+	}
+	return s, false
+}
 
 // Entries implements presence.EntryCounter: the entries this node tracks
 // (its own table), not those of the other nodes.
@@ -158,12 +206,15 @@ func New(ctx context.Context, opt Options) (*Tracker, error) {
 		wake:      make(chan struct{}, 1),
 		repairCh:  make(chan struct{}, 1),
 		table:     make(map[string]map[owned]*entry),
+		perOwner:  make(map[topicOwner]int),
 		pending:   make(map[string]*batch),
 		windows:   make(map[string]time.Duration),
 		clocks:    make(map[string]uint64),
 		repairs:   make(map[string]struct{}),
 		watched:   make(map[string]bool),
+		check:     presence.NewChecker(opt.Limits),
 	}
+	t.diffBase = emptyDiffSize(t.src)
 	t.reads = newListReads(opt.Timeout, t.readRemote)
 	t.watcher = &watcher{t: t, id: "presence-tracker:" + t.src, topics: make(map[string]map[string]uint64)}
 	if t.client == nil {
@@ -204,6 +255,9 @@ func newEntry(key, ref string, meta json.RawMessage) (*entry, []byte, error) {
 
 // Track implements presence.Tracker.
 func (t *Tracker) Track(_ context.Context, topic, owner, key string, meta json.RawMessage) (string, error) {
+	if err := t.check.Entry(key, meta); err != nil {
+		return "", err
+	}
 	ref := presence.NewRef()
 	full, err := presence.WithRefs(meta, ref, "")
 	if err != nil {
@@ -219,13 +273,20 @@ func (t *Tracker) Track(_ context.Context, topic, owner, key string, meta json.R
 		return "", presence.ErrClosed
 	}
 	entries := t.table[topic]
-	if entries == nil {
-		entries = make(map[owned]*entry)
-		t.table[topic] = entries
-	}
 	k := owned{owner, key}
 	if entries[k] != nil {
 		return "", presence.ErrAlreadyTracked
+	}
+	if err := t.check.Room(len(entries)); err != nil {
+		return "", err
+	}
+	if err := t.check.Owner(t.perOwner[topicOwner{topic, owner}]); err != nil {
+		return "", err
+	}
+	t.perOwner[topicOwner{topic, owner}]++
+	if entries == nil {
+		entries = make(map[owned]*entry)
+		t.table[topic] = entries
 	}
 	entries[k] = e
 	t.entries++
@@ -235,6 +296,9 @@ func (t *Tracker) Track(_ context.Context, topic, owner, key string, meta json.R
 
 // Update implements presence.Tracker.
 func (t *Tracker) Update(_ context.Context, topic, owner, key string, meta json.RawMessage) (string, error) {
+	if err := t.check.Entry(key, meta); err != nil {
+		return "", err
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
@@ -271,6 +335,7 @@ func (t *Tracker) Untrack(_ context.Context, topic, owner, key string) error {
 		return nil
 	}
 	delete(entries, k)
+	t.forget(topic, owner)
 	t.entries--
 	if len(entries) == 0 {
 		delete(t.table, topic)
@@ -287,6 +352,7 @@ func (t *Tracker) UntrackAll(_ context.Context, topic, owner string) error {
 	for k, e := range entries {
 		if k.owner == owner {
 			delete(entries, k)
+			t.forget(topic, owner)
 			t.entries--
 			t.addLeave(topic, &change{ref: e.ref, key: e.key, meta: e.meta, field: t.field(e.ref)})
 		}
@@ -376,8 +442,8 @@ func (t *Tracker) readRemote(ctx context.Context, topic string) ([]row, error) {
 		if !ok || node == t.me || !live[node] {
 			continue
 		}
-		var s stored
-		if json.Unmarshal([]byte(v), &s) != nil {
+		s, ok := t.decodeStored(topic, f, v)
+		if !ok {
 			continue
 		}
 		rows = append(rows, row{t: s.T, field: f, key: s.Key, meta: s.Meta})
@@ -424,6 +490,7 @@ func (t *Tracker) Close() error {
 		}
 	}
 	clear(t.table)
+	clear(t.perOwner)
 	t.entries = 0
 	t.mu.Unlock()
 	close(t.stop)
@@ -453,6 +520,7 @@ func (t *Tracker) kill() {
 	}
 	t.closed = true
 	clear(t.table)
+	clear(t.perOwner)
 	t.entries = 0
 	clear(t.pending)
 	t.fifo = nil

@@ -34,7 +34,8 @@ import (
 //
 //	byte     'r'
 //	uvarint  call id
-//	byte     0 answered, 1 rejected (no handler, or too many calls)
+//	byte     0 answered, 1 rejected (no handler, or too many calls),
+//	         2 the answer was above MaxMessageSize (not sent)
 //	...      answer, to the end
 const (
 	nodeTopicPrefix = "phx:node:"
@@ -42,6 +43,7 @@ const (
 	replyKind       = 'r'
 	replyOK         = 0
 	replyRejected   = 1
+	replyTooLarge   = 2
 
 	// DefaultMaxCalls bounds the handlers running at once on one node.
 	// A long-poll GET relayed to its session's node holds one for up to
@@ -117,7 +119,7 @@ func decodeCallFrame(p []byte) (*callFrame, *replyFrame, error) {
 			return nil, nil, errCallFrame
 		}
 		r.status, s = s[0], s[1:]
-		if r.status != replyOK && r.status != replyRejected {
+		if r.status != replyOK && r.status != replyRejected && r.status != replyTooLarge {
 			return nil, nil, errCallFrame
 		}
 		r.body = []byte(s)
@@ -216,7 +218,13 @@ func (p *PubSub) reply(c *callFrame, status byte, body []byte) {
 	ctx, cancel := context.WithTimeout(p.ctx, replyTimeout)
 	defer cancel()
 	frame := appendReply(make([]byte, 0, 16+len(body)), replyFrame{id: c.id, status: status, body: body})
-	if _, err := p.publishNow(ctx, nodeTopic(c.replyTo), "reply", frame); err != nil {
+	topic := nodeTopic(c.replyTo)
+	if err := p.checkSize(topic, "", "reply", frame); err != nil {
+		// The caller is told at once, not at its deadline.
+		p.log.Warn("redis: answer to a node call above the maximum message size; the caller gets an error", "node", c.replyTo, "service", c.service, "err", err)
+		frame = appendReply(nil, replyFrame{id: c.id, status: replyTooLarge})
+	}
+	if _, err := p.publishNow(ctx, topic, "reply", frame); err != nil {
 		p.calls.failed.Add(1)
 		if p.closed.Load() {
 			return // stopping: the caller learns from its deadline
@@ -309,6 +317,10 @@ func (p *PubSub) Call(ctx context.Context, node, service string, req []byte) ([]
 	frame := appendCall(make([]byte, 0, 32+len(node)+len(service)+len(req)), callFrame{
 		id: id, replyTo: p.opt.NodeID, service: service, wait: wait, body: req,
 	})
+	if err := p.checkSize(nodeTopic(node), "", "call", frame); err != nil {
+		forget()
+		return nil, fmt.Errorf("redis: call %s on %s: %w", service, node, err)
+	}
 	p.calls.sent.Add(1)
 	n, err := p.publishNow(ctx, nodeTopic(node), "call", frame)
 	if err == nil && n == 0 {
@@ -320,8 +332,11 @@ func (p *PubSub) Call(ctx context.Context, node, service string, req []byte) ([]
 	}
 	select {
 	case r := <-ch:
-		if r.status == replyRejected {
+		switch r.status {
+		case replyRejected:
 			return nil, fmt.Errorf("redis: call %s on %s: %w", service, node, pubsub.ErrCallRejected)
+		case replyTooLarge:
+			return nil, fmt.Errorf("redis: call %s on %s: answer: %w", service, node, pubsub.ErrTooLarge)
 		}
 		return r.body, nil
 	case <-ctx.Done():

@@ -22,6 +22,19 @@ const (
 	DefaultPublishTimeout      = 2 * time.Second
 	DefaultQueueSize           = 4096
 	DefaultHealthCheckInterval = time.Second
+	// DefaultMaxMessageSize bounds one PUBLISH (channel name plus
+	// envelope). Redis disconnects a subscriber whose pending output
+	// passes 32 MB at once, or 8 MB for a minute (its default
+	// client-output-buffer-limit for pub/sub), and everything queued for
+	// that node is lost: a few messages near the bound already risk it.
+	// 2 MiB carries a relayed long-poll POST of the default
+	// --max-frame-size (1 MiB) with its headers, and any client payload
+	// under the default --max-payload-size (64 KiB).
+	DefaultMaxMessageSize = 2 << 20
+	// MinMaxMessageSize is the least MaxMessageSize accepted: a message of
+	// the default --max-payload-size with a long topic, event and node id
+	// must fit.
+	MinMaxMessageSize = 64<<10 + 4<<10
 )
 
 // Options configures a PubSub. Exactly one of URL and SentinelAddrs names
@@ -84,6 +97,13 @@ type Options struct {
 	// running at once; a call beyond it is rejected. Default
 	// DefaultMaxCalls.
 	MaxCalls int
+	// MaxMessageSize bounds the bytes one PUBLISH carries (channel name
+	// and envelope): a broadcast or a node-to-node call or answer above
+	// it is refused with pubsub.ErrTooLarge and counted
+	// (LimitHits()["redis_message_size"]), and received envelopes above it
+	// are dropped. Default DefaultMaxMessageSize; at least
+	// MinMaxMessageSize.
+	MaxMessageSize int
 
 	// Logger receives connection-state changes and (rate-limited) errors.
 	// Default slog.Default().
@@ -99,8 +119,13 @@ func (o Options) withDefaults() (Options, error) {
 		return o, errors.New("redis: no address: set URL or SentinelAddrs")
 	case len(o.SentinelAddrs) > 0 && o.MasterName == "":
 		return o, errors.New("redis: Sentinel mode needs MasterName")
-	case o.PublishTimeout < 0, o.QueueSize < 0, o.HealthCheckInterval < 0, o.MaxCalls < 0:
-		return o, errors.New("redis: negative PublishTimeout, QueueSize, HealthCheckInterval or MaxCalls")
+	case o.PublishTimeout < 0, o.QueueSize < 0, o.HealthCheckInterval < 0, o.MaxCalls < 0, o.MaxMessageSize < 0:
+		return o, errors.New("redis: negative PublishTimeout, QueueSize, HealthCheckInterval, MaxCalls or MaxMessageSize")
+	case o.MaxMessageSize != 0 && o.MaxMessageSize < MinMaxMessageSize:
+		return o, fmt.Errorf("redis: MaxMessageSize %d is below the least accepted, %d", o.MaxMessageSize, MinMaxMessageSize)
+	}
+	if o.MaxMessageSize == 0 {
+		o.MaxMessageSize = DefaultMaxMessageSize
 	}
 	if o.Prefix == "" {
 		o.Prefix = DefaultPrefix

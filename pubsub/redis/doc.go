@@ -51,6 +51,19 @@
 // publish queue is bounded (ErrQueueFull) and no goroutine is started per
 // publish, so an outage costs no memory growth.
 //
+// # Bounds on what travels
+//
+// One PUBLISH carries at most Options.MaxMessageSize bytes (channel name
+// and envelope, default 2 MiB): Redis disconnects a subscriber whose
+// pending output passes its pub/sub output buffer limit (32 MB at once by
+// default), losing everything queued for that node, so a few huge
+// messages would cut every node off. A broadcast above the bound is
+// refused before any delivery (pubsub.ErrTooLarge), and so are node calls
+// and their answers. What a node receives is checked as the client entry
+// points check it: an envelope above the bound, an event or topic that is
+// not UTF-8, or a text payload that is not valid JSON in UTF-8 is dropped
+// and counted (Stats.DecodeErrors), never dispatched.
+//
 // # Addresses
 //
 // ParseAddress maps a --redis flag value to Options:

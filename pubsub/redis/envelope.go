@@ -2,7 +2,9 @@ package redis
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"errors"
+	"unicode/utf8"
 )
 
 // Envelope layout (version 2), the bytes PUBLISHed on "<prefix>:t:<topic>":
@@ -55,10 +57,27 @@ type envelope struct {
 }
 
 var (
-	errEnvelopeShort   = errors.New("redis: envelope: truncated")
-	errEnvelopeVersion = errors.New("redis: envelope: unknown version")
-	errEnvelopeFlags   = errors.New("redis: envelope: unknown flags")
+	errEnvelopeShort    = errors.New("redis: envelope: truncated")
+	errEnvelopeVersion  = errors.New("redis: envelope: unknown version")
+	errEnvelopeFlags    = errors.New("redis: envelope: unknown flags")
+	errEnvelopeTooLarge = errors.New("redis: envelope: above the maximum message size")
+	errEnvelopeText     = errors.New("redis: envelope: topic or event not UTF-8")
+	errEnvelopeJSON     = errors.New("redis: envelope: text payload not valid JSON in UTF-8")
 )
+
+// deliverable checks what a subscriber would write into a frame: the
+// topic and event are UTF-8, and a text payload is valid JSON in UTF-8
+// (json.Valid alone accepts invalid UTF-8 inside strings). An empty text
+// payload is allowed: the serializers write it as {}.
+func (e *envelope) deliverable(topic string, payload []byte) error {
+	if !utf8.ValidString(topic) || !utf8.ValidString(e.event) {
+		return errEnvelopeText
+	}
+	if !e.binary && len(payload) > 0 && (!utf8.Valid(payload) || !json.Valid(payload)) {
+		return errEnvelopeJSON
+	}
+	return nil
+}
 
 // appendEnvelope appends the (version 2) encoding of one broadcast, sent
 // at sent (Unix nanoseconds, 0 for unknown), to dst.

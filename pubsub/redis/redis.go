@@ -90,6 +90,7 @@ type PubSub struct {
 	received      atomic.Uint64
 	decodeErrors  atomic.Uint64
 	reconnects    atomic.Uint64
+	tooLarge      atomic.Uint64 // messages refused above MaxMessageSize
 
 	publishLog, decodeLog rateLog
 
@@ -296,9 +297,17 @@ func (p *PubSub) Subscribers(topic string) int { return p.reg.Count(topic) }
 // While the connection to Redis is down Publish fails at once with
 // ErrDisconnected instead of waiting out the timeout, so a socket that
 // broadcasts is not stalled by an outage.
+//
+// A message above Options.MaxMessageSize is refused with
+// pubsub.ErrTooLarge before any delivery, local subscribers included.
 func (p *PubSub) Publish(ctx context.Context, m *pubsub.Message) error {
 	if p.closed.Load() {
 		return pubsub.ErrClosed
+	}
+	// Checked before the local delivery: a message that cannot reach the
+	// other nodes reaches nobody, and its sender learns why.
+	if err := p.checkSize(m.Topic, m.From, m.Event, m.Payload); err != nil {
+		return err
 	}
 	p.reg.Dispatch(m)
 	if p.lost.Load() {
@@ -353,6 +362,44 @@ func (p *PubSub) Publish(ctx context.Context, m *pubsub.Message) error {
 	p.published.Add(1)
 	return nil
 }
+
+// messageSize is the size that MaxMessageSize bounds: the channel name
+// plus the envelope, counting its varints at their longest so that the
+// bound does not depend on a sequence number.
+func (p *PubSub) messageSize(topic, from, event string, payload []byte) int {
+	return len(p.chanPrefix) + len(topic) + envelopeSize(p.opt.NodeID, from, event, payload)
+}
+
+// checkSize refuses, and counts, a message above MaxMessageSize: one
+// PUBLISH that large risks Redis closing every subscriber's connection
+// it is sent to (its output buffer limit), losing all they had queued.
+func (p *PubSub) checkSize(topic, from, event string, payload []byte) error {
+	if n := p.messageSize(topic, from, event, payload); n > p.opt.MaxMessageSize {
+		p.tooLarge.Add(1)
+		if ok, sup := p.publishLog.allow(); ok {
+			p.log.Warn("redis: message above --redis-max-message-size refused", "topic", topic, "event", event, "size", n, "max", p.opt.MaxMessageSize, "suppressed", sup)
+		}
+		return fmt.Errorf("%w: %d bytes for Redis, above the maximum of %d", pubsub.ErrTooLarge, n, p.opt.MaxMessageSize)
+	}
+	return nil
+}
+
+// MaxMessageSize returns Options.MaxMessageSize, so that what publishes
+// through this PubSub (presence/redis's diffs) can stay under it.
+func (p *PubSub) MaxMessageSize() int { return p.opt.MaxMessageSize }
+
+// MessageOverhead returns how many bytes a message on topic with event
+// adds to its payload in the Redis message MaxMessageSize bounds.
+func (p *PubSub) MessageOverhead(topic, event string) int {
+	return p.messageSize(topic, "", event, nil)
+}
+
+// LimitHits implements pubsub.LimitCounter.
+func (p *PubSub) LimitHits() map[string]func() uint64 {
+	return map[string]func() uint64{"redis_message_size": p.tooLarge.Load}
+}
+
+var _ pubsub.LimitCounter = (*PubSub)(nil)
 
 func (p *PubSub) publishFailed(topic string, err error) error {
 	p.publishErrors.Add(1)
@@ -420,8 +467,14 @@ type Stats struct {
 	// subscribers (this node's echoes are not counted).
 	Received uint64
 	// DecodeErrors counts messages on this node's channels that were not
-	// valid envelopes; they are logged and skipped.
+	// valid envelopes, or carried what no client may receive (a JSON
+	// payload that is not valid JSON in UTF-8, an event or topic that is
+	// not UTF-8), or were above MaxMessageSize; they are logged and
+	// skipped.
 	DecodeErrors uint64
+	// TooLarge counts the broadcasts, calls and call answers this node
+	// refused to send above MaxMessageSize.
+	TooLarge uint64
 	// Reconnects counts recoveries of the pub/sub connection.
 	Reconnects uint64
 	// Subscriptions is the number of Redis channels the node holds.
@@ -442,6 +495,7 @@ func (p *PubSub) Stats() Stats {
 		Dropped:       p.dropped.Load(),
 		Received:      p.received.Load(),
 		DecodeErrors:  p.decodeErrors.Load(),
+		TooLarge:      p.tooLarge.Load(),
 		Reconnects:    p.reconnects.Load(),
 		Subscriptions: int(p.subscribed.Load()),
 		Connected:     !p.lost.Load(),

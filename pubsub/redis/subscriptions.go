@@ -261,6 +261,10 @@ func (p *PubSub) handle(msg *goredis.Message) {
 		p.decodeFailed(msg.Channel, errors.New("redis: message on a channel outside the prefix"))
 		return
 	}
+	if len(msg.Channel)+len(msg.Payload) > p.opt.MaxMessageSize {
+		p.decodeFailed(msg.Channel, errEnvelopeTooLarge)
+		return
+	}
 	env, err := decodeEnvelope(msg.Payload)
 	if err != nil {
 		p.decodeFailed(msg.Channel, err)
@@ -268,6 +272,14 @@ func (p *PubSub) handle(msg *goredis.Message) {
 	}
 	if env.origin == p.opt.NodeID {
 		return // our own broadcast, echoed by Redis; delivered locally already
+	}
+	// Another node (or anything that can PUBLISH to this Redis) may send
+	// what the client entry points refuse; one text frame that is not
+	// UTF-8 closes every WebSocket subscriber it reaches.
+	payload := []byte(env.payload)
+	if err := env.deliverable(topic, payload); err != nil {
+		p.decodeFailed(msg.Channel, err)
+		return
 	}
 	p.received.Add(1)
 	if env.sent != 0 {
@@ -281,7 +293,7 @@ func (p *PubSub) handle(msg *goredis.Message) {
 	p.reg.Dispatch(&pubsub.Message{
 		Topic:   topic,
 		Event:   env.event,
-		Payload: []byte(env.payload),
+		Payload: payload,
 		Binary:  env.binary,
 	})
 }

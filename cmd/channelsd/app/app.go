@@ -7,10 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"time"
+	"unicode/utf8"
 
 	"github.com/channelsd/channelsd/channels"
 	"github.com/channelsd/channelsd/channels/auth"
 	"github.com/channelsd/channelsd/presence"
+	"github.com/channelsd/channelsd/pubsub"
 )
 
 // Options configures the default application.
@@ -28,6 +30,43 @@ type Options struct {
 	// channels/auth): the token's sub names the user and the socket.
 	// Nil accepts every socket, as anonymous or with the user it names.
 	Tokens *auth.Verifier
+	// MaxUserLength is the longest user name, in bytes, that a connect
+	// or join parameter may give: the name is the user's presence key,
+	// repeated in every presence message of each room to every member.
+	// Keep it equal to the tracker's presence.Limits.MaxKeyLength (the
+	// --presence-max-key-length flag sets both). 0 means
+	// presence.DefaultMaxKeyLength, -1 no limit.
+	MaxUserLength int
+}
+
+// maxUser returns MaxUserLength with its default applied.
+func (o Options) maxUser() int {
+	switch {
+	case o.MaxUserLength == 0:
+		return presence.DefaultMaxKeyLength
+	case o.MaxUserLength < 0:
+		return -1
+	}
+	return o.MaxUserLength
+}
+
+// Refusals of a user name, as join replies and connect refusals.
+const (
+	reasonUserTooLong = "user name too long"
+	reasonUserInvalid = "invalid user name"
+)
+
+// checkUser refuses a user name longer than limit (-1: none) or not
+// UTF-8 (a connect parameter can be any bytes; a presence key must be
+// valid text in a frame), with the reason the client gets.
+func checkUser(user string, limit int) (reason string, ok bool) {
+	switch {
+	case limit >= 0 && len(user) > limit:
+		return reasonUserTooLong, false
+	case !utf8.ValidString(user):
+		return reasonUserInvalid, false
+	}
+	return "", true
 }
 
 // Policy is the default application's join policy: private:* topics
@@ -40,8 +79,9 @@ var Policy = &auth.Policy{Private: []string{"private:*"}}
 // Policy.
 func Router(opts Options) *channels.Router {
 	r := &channels.Router{}
-	r.Handle("room:*", Policy.Guard(func(string) channels.Channel { return &roomChannel{} }))
-	r.Handle("private:*", Policy.Guard(func(string) channels.Channel { return &roomChannel{} }))
+	maxUser := opts.maxUser()
+	r.Handle("room:*", Policy.Guard(func(string) channels.Channel { return &roomChannel{maxUser: maxUser} }))
+	r.Handle("private:*", Policy.Guard(func(string) channels.Channel { return &roomChannel{maxUser: maxUser} }))
 	if opts.Conformance {
 		r.Handle("conformance:*", Policy.Guard(func(string) channels.Channel { return &conformanceChannel{opts: opts} }))
 	}
@@ -54,9 +94,12 @@ func Router(opts Options) *channels.Router {
 // token, else the connect parameter token); the socket is named
 // "user:<sub>" and its assign "user" is sub (auth.SocketHandler).
 //
-// Without, it accepts every connection. The connect parameter user, when
-// non-empty, becomes the assign "user" and names the socket
-// "user:<user>". With opts.Conformance, a non-empty socket_id parameter
+// Without, it accepts every connection whose user parameter, if any,
+// passes Options.MaxUserLength and is UTF-8 (else 403 with the reason:
+// the name would be held by the socket for its whole life and repeated in
+// every room it joins). The connect parameter user, when non-empty,
+// becomes the assign "user" and names the socket "user:<user>". With
+// opts.Conformance, a non-empty socket_id parameter, bounded alike,
 // names the socket instead.
 func SocketHandler(opts Options) channels.SocketHandler {
 	if opts.Tokens != nil {
@@ -68,11 +111,17 @@ func SocketHandler(opts Options) channels.SocketHandler {
 		// few hundred bytes.
 		var id channels.Identity
 		user := info.Params["user"]
+		if reason, ok := checkUser(user, opts.maxUser()); !ok {
+			return id, &channels.ConnectError{Reason: reason}
+		}
 		if user != "" {
 			id.ID = "user:" + user
 		}
 		if opts.Conformance {
 			if sid := info.Params["socket_id"]; sid != "" {
+				if reason, ok := checkUser(sid, opts.maxUser()); !ok {
+					return id, &channels.ConnectError{Reason: "socket_id: " + reason}
+				}
 				id.ID = sid
 				if user != "" {
 					id.Assigns = map[string]any{"user": user}
@@ -155,6 +204,21 @@ func errorReason(err error) map[string]string {
 		return reason("already_tracked")
 	case errors.Is(err, presence.ErrNotTracked):
 		return reason("nopresence")
+	case errors.Is(err, presence.ErrKeyTooLong):
+		return reason("presence key too long")
+	case errors.Is(err, presence.ErrMetaTooLarge):
+		return reason("presence meta too large")
+	case errors.Is(err, presence.ErrInvalidKey):
+		return reason("invalid presence key")
+	case errors.Is(err, presence.ErrNotObject):
+		return reason("presence meta must be a JSON object")
+	case errors.Is(err, presence.ErrTopicFull):
+		return reason("too many presences on this topic")
+	case errors.Is(err, presence.ErrTooManyKeys):
+		return reason("too many presence keys")
+	case errors.Is(err, pubsub.ErrTooLarge):
+		// A broadcast the cluster cannot carry in one message.
+		return reason("payload too large")
 	}
 	return reason(err.Error())
 }

@@ -9,7 +9,10 @@
 // names the socket "user:<user>", so that Endpoint.Disconnect("user:ann")
 // closes all of ann's sockets. Without it the socket is anonymous and has
 // no id. When the conformance channel is enabled, a non-empty connect
-// parameter socket_id names the socket instead, whatever user says.
+// parameter socket_id names the socket instead, whatever user says. A
+// user (or socket_id) longer than Options.MaxUserLength (256 bytes by
+// default) or not UTF-8 refuses the connection: 403 with the reason
+// "user name too long" or "invalid user name".
 //
 // With Options.Tokens (channelsd --token-secret), a socket needs a signed
 // token instead (channels/auth): the bearer token of the handshake or the
@@ -26,8 +29,12 @@
 // Both are the same chat room; private ones are open only as above.
 // Join parameters: {"user": string}, optional. The user is the token's
 // sub on a socket that has one; else that parameter, else the connect
-// parameter user, else a generated "anon-<8 hex digits>".
-// The join replies ok {}. Right after the join the channel tracks its
+// parameter user, else a generated "anon-<8 hex digits>". A user longer
+// than Options.MaxUserLength gets error {"reason": "user name too long"}
+// (not UTF-8: "invalid user name"); the name is the presence key, which
+// every presence message of the room repeats to every member.
+// The join replies ok {}. A room at the tracker's limit of entries keeps
+// the join without presence. Right after the join the channel tracks its
 // presence under the user's name with the meta {"online_at": <unix ms>}
 // (so the room gets a presence_diff) and pushes presence_state to the
 // joiner. Several sockets of one user show as several metas of one key.

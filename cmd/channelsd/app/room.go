@@ -1,18 +1,22 @@
 package app
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"strings"
 
 	"github.com/channelsd/channelsd/channels"
 	"github.com/channelsd/channelsd/channels/auth"
+	"github.com/channelsd/channelsd/presence"
 )
 
 // roomChannel is one join of a room:<name> (or private:<name>) topic: a
 // chat room with presence.
 type roomChannel struct {
-	user string
+	maxUser int // Options.MaxUserLength, default applied
+	user    string
 }
 
 var (
@@ -22,10 +26,19 @@ var (
 
 // Join picks the user: on a socket authenticated by a token, its sub;
 // otherwise the join parameter user, else the socket's connect parameter
-// user, else a generated anonymous name.
+// user, else a generated anonymous name. A user longer than
+// Options.MaxUserLength is refused with {"reason":"user name too long"}
+// (not UTF-8: "invalid user name"): the name is the user's presence
+// key, which the tracker would refuse, and the join would be a member
+// nobody sees.
 func (c *roomChannel) Join(s *channels.ChannelSocket, params channels.Payload) (any, error) {
 	if claims := auth.ClaimsOf(s); claims != nil {
+		// A token's sub is bounded too (channels/auth), but
+		// --presence-max-key-length may be set below that bound.
 		c.user = claims.Subject
+		if reason, ok := checkUser(c.user, c.maxUser); !ok {
+			return nil, channels.Refuse(reason)
+		}
 		return nil, nil
 	}
 	if m, ok := object(params); ok {
@@ -37,6 +50,9 @@ func (c *roomChannel) Join(s *channels.ChannelSocket, params channels.Payload) (
 	if c.user == "" {
 		c.user, _ = strings.CutPrefix(s.SocketID(), "user:")
 	}
+	if reason, ok := checkUser(c.user, c.maxUser); !ok {
+		return nil, channels.Refuse(reason)
+	}
 	if c.user == "" {
 		c.user = anonymousUser()
 	}
@@ -46,7 +62,14 @@ func (c *roomChannel) Join(s *channels.ChannelSocket, params channels.Payload) (
 // AfterJoin tracks the user, then pushes presence_state.
 func (c *roomChannel) AfterJoin(s *channels.ChannelSocket) {
 	if err := s.Track(c.user, onlineMeta()); err != nil {
-		slog.Warn("app: tracking room presence failed", "topic", s.Topic(), "user", c.user, "err", err)
+		// The join stands without presence. A limit (a full room) is
+		// counted by the tracker; a line per join would let one client
+		// fill the log.
+		level := slog.LevelWarn
+		if errors.Is(err, presence.ErrTopicFull) || errors.Is(err, presence.ErrKeyTooLong) || errors.Is(err, presence.ErrInvalidKey) {
+			level = slog.LevelDebug
+		}
+		slog.Log(context.Background(), level, "app: tracking room presence failed", "topic", s.Topic(), "user", c.user, "err", err)
 	}
 	if err := s.PushPresenceState(); err != nil {
 		slog.Warn("app: pushing presence_state failed", "topic", s.Topic(), "err", err)
