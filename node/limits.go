@@ -2,9 +2,12 @@ package node
 
 import (
 	"context"
+	"maps"
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/channelsd/channelsd/pubsub"
 )
 
 // Defaults of the limits in Config (README "Limits").
@@ -70,7 +73,7 @@ func (n *Node) requestRead(h http.Handler) http.Handler {
 // counter of its refusals (README "Limits").
 func (n *Node) limitHits() map[string]func() uint64 {
 	es, ws, lp := n.endpoint.Stats(), n.ws.Stats(), n.lp.Stats()
-	return map[string]func() uint64{
+	hits := map[string]func() uint64{
 		"sockets":             func() uint64 { return ws.SocketLimit.Load() + lp.SocketLimit.Load() },
 		"pending_upgrades":    ws.PendingLimit.Load,
 		"handshake_timeout":   n.handshakeTimeouts.Load,
@@ -85,4 +88,11 @@ func (n *Node) limitHits() map[string]func() uint64 {
 		"longpoll_buffered":   lp.Overflowed.Load,
 		"longpoll_body":       lp.BodiesTooLarge.Load,
 	}
+	// The Redis PubSub and the presence trackers count their own refusals.
+	for _, dep := range []any{n.cfg.PubSub, n.cfg.Presence} {
+		if lc, ok := dep.(pubsub.LimitCounter); ok {
+			maps.Copy(hits, lc.LimitHits())
+		}
+	}
+	return hits
 }

@@ -396,6 +396,22 @@ func TestMetricsPresenceEntries(t *testing.T) {
 	}
 }
 
+// TestMetricsPresenceLimitHits: a refusal counted by the presence tracker
+// shows in the node's channelsd_limit_hits_total under its own label.
+func TestMetricsPresenceLimitHits(t *testing.T) {
+	ps := local.New()
+	tr := presence.NewLocal(ps)
+	n := newTestNode(t, Config{PubSub: ps, Presence: tr})
+	long := strings.Repeat("k", presence.DefaultMaxKeyLength+1)
+	if _, err := tr.Track(context.Background(), "room:1", "a", long, json.RawMessage(`{}`)); err == nil {
+		t.Fatal("a key over the limit was tracked")
+	}
+	fams, _ := scrape(t, n.Handler())
+	if got := value(fams, "channelsd_limit_hits_total", "limit", "presence_key_length"); got != 1 {
+		t.Fatalf(`limit_hits{limit="presence_key_length"} = %v, want 1`, got)
+	}
+}
+
 // TestMetricsCrossNodeLatency runs two in-process nodes on one Redis: a
 // broadcast published on a shows in b's cross-node histogram (and in both
 // nodes' fan-out histograms), not in a's. (pubsub/redis's tests check
