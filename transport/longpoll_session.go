@@ -1,0 +1,181 @@
+package transport
+
+import (
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/channelsd/channelsd/channels"
+)
+
+// Sessions: the outbound buffer, expiry and ending.
+
+// lpSession is one long-poll session: the socket's Conn, an outbound
+// buffer of encoded text frames and at most one waiting poll. Its expiry
+// is one time.AfterFunc timer, re-armed (not reset) when it fires early.
+type lpSession struct {
+	h  *LongPollHandler
+	id [lpSessionIDLen]byte
+
+	// frameMu serialises HandleFrame (POSTs) and HandleClose.
+	frameMu sync.Mutex
+
+	mu      sync.Mutex
+	sock    Socket // set once Open returns; guarded by mu
+	buf     [][]byte
+	waiter  *lpWaiter
+	lastGet time.Time
+	timer   *time.Timer
+	ended   bool
+	closing bool // HandleClose started
+}
+
+// lpWaiter is one waiting GET.
+type lpWaiter struct {
+	ch       chan struct{} // capacity 1
+	replaced bool          // guarded by the session's mu
+}
+
+func (w *lpWaiter) wake() {
+	select {
+	case w.ch <- struct{}{}:
+	default:
+	}
+}
+
+// Send implements channels.Conn: it buffers f for the next poll and never
+// blocks. Binary frames have no long-poll encoding (§2.4): they are
+// dropped and counted, and the socket carries on.
+func (s *lpSession) Send(f channels.Frame) error {
+	if f.Binary {
+		s.h.stats.DroppedBinary.Add(1)
+		s.h.log.Debug("transport: binary frame dropped for a long-poll session")
+		s.mu.Lock()
+		ended := s.ended
+		s.mu.Unlock()
+		if ended {
+			return channels.ErrConnClosed
+		}
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return channels.ErrConnClosed
+	}
+	if len(s.buf) >= s.h.cfg.MaxBuffered {
+		// Oldest first. Reslicing moves the start; append copies the
+		// live part when it grows the array, so memory stays bounded.
+		s.buf[0] = nil
+		s.buf = s.buf[1:]
+		s.h.stats.Overflowed.Add(1)
+	}
+	s.buf = append(s.buf, f.Data)
+	if s.waiter != nil {
+		s.waiter.wake()
+	}
+	return nil
+}
+
+// Close implements channels.Conn: the session ends (later requests get
+// 410) and the socket gets HandleClose. Long-poll has no close frame; the
+// code is only logged.
+func (s *lpSession) Close(code int, reason string) {
+	s.h.log.Debug("transport: long-poll session closed by the server", "code", code, "reason", reason)
+	s.end("closed: " + strconv.Itoa(code))
+}
+
+// takeLocked returns the buffered messages and empties the buffer.
+func (s *lpSession) takeLocked() [][]byte {
+	msgs := s.buf
+	s.buf = nil
+	s.h.stats.MessagesOut.Add(uint64(len(msgs)))
+	return msgs
+}
+
+// live returns the socket of a session that has not ended, else nil.
+func (s *lpSession) live() Socket {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return nil
+	}
+	return s.sock
+}
+
+// expire is the session timer's function.
+func (s *lpSession) expire() {
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return
+	}
+	timeout := s.h.cfg.SessionTimeout
+	if s.waiter != nil {
+		s.timer.Reset(timeout)
+		s.mu.Unlock()
+		return
+	}
+	if left := timeout - time.Since(s.lastGet); left > 0 {
+		s.timer.Reset(left)
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	s.h.stats.Expired.Add(1)
+	s.end("session timeout")
+}
+
+// end ends the session once: it leaves the table, its poll is woken, its
+// buffer dropped, and HandleClose runs in a goroutine of its own (Close
+// may be called with the socket's locks held, which HandleClose takes).
+func (s *lpSession) end(why string) {
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return
+	}
+	s.ended = true
+	s.buf = nil
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	if s.waiter != nil {
+		s.waiter.wake()
+	}
+	hasSock := s.sock != nil
+	s.mu.Unlock()
+
+	h := s.h
+	h.mu.Lock()
+	if h.sessions[s.id] == s {
+		delete(h.sessions, s.id)
+	}
+	h.mu.Unlock()
+	h.stats.Open.Add(-1)
+	h.cfg.Sockets.release()
+	h.log.Debug("transport: long-poll session ended", "why", why)
+	if hasSock {
+		s.startHandleClose()
+	}
+}
+
+// startHandleClose calls the socket's HandleClose, exactly once, after
+// any POST in progress.
+func (s *lpSession) startHandleClose() {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return
+	}
+	s.closing = true
+	sock := s.sock
+	s.mu.Unlock()
+	s.h.bg.Add(1)
+	go func() {
+		defer s.h.bg.Done()
+		s.frameMu.Lock()
+		defer s.frameMu.Unlock()
+		sock.HandleClose()
+	}()
+}
