@@ -50,6 +50,13 @@ type Config struct {
 	RateAbuseAfter       time.Duration // a socket over its rate this long is closed (1008); default 10s
 	LongPollMaxSessions  int           // default 10000
 	LongPollMaxBuffered  int           // messages per session; default 1000
+	// LongPollMaxBufferedBytes bounds a session's buffer in bytes (default
+	// 4 MiB), LongPollMaxAnswerBytes one poll answer (default and at most
+	// about 3 MiB, for the relay), LongPollIOTimeout reading a POST body
+	// and writing an answer (default 10s); see transport.LongPollConfig.
+	LongPollMaxBufferedBytes int
+	LongPollMaxAnswerBytes   int
+	LongPollIOTimeout        time.Duration
 
 	// DrainWindow spreads the closing of the sockets when the node drains
 	// (Drain, Shutdown): they are closed in batches evenly over it. Zero
@@ -149,7 +156,9 @@ func New(cfg Config) (*Node, error) {
 	defaultLimit(&cfg.MaxEventLength, DefaultMaxEventLength)
 	defaultLimit(&cfg.LongPollMaxSessions, transport.DefaultLongPollMaxSessions)
 	defaultLimit(&cfg.LongPollMaxBuffered, transport.DefaultLongPollMaxBuffered)
-	for _, v := range []*int{&cfg.LongPollMaxSessions, &cfg.LongPollMaxBuffered} {
+	defaultLimit(&cfg.LongPollMaxBufferedBytes, transport.DefaultLongPollMaxBufferedBytes)
+	defaultLimit(&cfg.LongPollMaxAnswerBytes, transport.DefaultLongPollMaxAnswerBytes)
+	for _, v := range []*int{&cfg.LongPollMaxSessions, &cfg.LongPollMaxBuffered, &cfg.LongPollMaxBufferedBytes} {
 		if *v < 0 {
 			*v = math.MaxInt // the transport reads zero or negative as its default
 		}
@@ -239,6 +248,9 @@ func New(cfg Config) (*Node, error) {
 		MaxBody:          cfg.MaxFrameSize,
 		MaxSessions:      cfg.LongPollMaxSessions,
 		MaxBuffered:      cfg.LongPollMaxBuffered,
+		MaxBufferedBytes: cfg.LongPollMaxBufferedBytes,
+		MaxAnswerBytes:   cfg.LongPollMaxAnswerBytes,
+		IOTimeout:        cfg.LongPollIOTimeout,
 		HandshakeTimeout: cfg.HandshakeTimeout,
 		Sockets:          n.slots,
 		AllowedOrigins:   cfg.AllowedOrigins,

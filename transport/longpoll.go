@@ -25,10 +25,29 @@ type LongPollConfig struct {
 	// GET; here one timer per session ends it at SessionTimeout.
 	SessionTimeout time.Duration
 	// MaxBuffered is how many messages a session buffers for its next
-	// poll. When full, the OLDEST buffered message is dropped (and
-	// counted in LongPollStats.Overflowed) so that the newest state
-	// reaches the client; the socket is not closed. Default 1000.
-	MaxBuffered int
+	// poll, and MaxBufferedBytes what they may take in a poll answer
+	// (their JSON-string encoding). A message that would exceed either
+	// ends the session as a slow consumer, as a full WebSocket queue
+	// closes its connection: Send returns channels.ErrSlowConsumer (the
+	// endpoint counts it), the buffer is freed, and the client's next
+	// request gets {"status":410}, on which phoenix.js reconnects and
+	// rejoins. Nothing is dropped without the client learning of it. A
+	// message alone in the buffer may exceed MaxBufferedBytes. Defaults
+	// 1000 and 4 MiB, WebSocket's queue bounds.
+	MaxBuffered      int
+	MaxBufferedBytes int
+	// MaxAnswerBytes bounds a poll answer: it carries the oldest buffered
+	// messages that fit, the rest stays buffered for the next poll (a
+	// message larger than the bound goes alone). At most (and by default)
+	// 4 MiB less room for the relay's framing, so that a relayed answer
+	// stays well under what Redis accepts in one message.
+	MaxAnswerBytes int
+	// IOTimeout bounds reading a POST body and writing an answer: a
+	// client that trickles its body gets 400, nothing processed; one that
+	// does not read its answer is cut off, and when the answer carried
+	// messages the session ends (they are lost, and the client learns it
+	// by {"status":410}). Default 10 s.
+	IOTimeout time.Duration
 	// MaxBody bounds a POST body. A larger body is refused whole, none
 	// of its lines processed, with HTTP 413 and {"status":413} (which
 	// phoenix.js treats as an error: it reconnects); the session stays.
@@ -72,31 +91,38 @@ type LongPollConfig struct {
 
 // Defaults of LongPollConfig.
 const (
-	DefaultLongPollWindow      = 10 * time.Second
-	DefaultLongPollMaxBuffered = 1000
-	DefaultLongPollMaxBody     = 1 << 20
-	DefaultLongPollMaxSessions = 10000
-	DefaultLongPollTokenMaxAge = 14 * 24 * time.Hour
+	DefaultLongPollWindow           = 10 * time.Second
+	DefaultLongPollMaxBuffered      = 1000
+	DefaultLongPollMaxBufferedBytes = 4 << 20
+	DefaultLongPollMaxAnswerBytes   = maxRelayBody
+	DefaultLongPollIOTimeout        = 10 * time.Second
+	DefaultLongPollMaxBody          = 1 << 20
+	DefaultLongPollMaxSessions      = 10000
+	DefaultLongPollTokenMaxAge      = 14 * 24 * time.Hour
 )
 
 // LongPollStats are a LongPollHandler's running counters.
 type LongPollStats struct {
-	Open           atomic.Int64  // sessions opened and not yet ended
-	Opened         atomic.Uint64 // sessions created
-	Refused        atomic.Uint64 // opening GETs refused (origin, vsn, connect, limit)
-	Expired        atomic.Uint64 // sessions ended by SessionTimeout
-	BadTokens      atomic.Uint64 // requests with an invalid, expired or dead-session token
-	Polls          atomic.Uint64 // GET polls on a live session
-	Posts          atomic.Uint64 // POSTs on a live session
-	DroppedBinary  atomic.Uint64 // server binary frames dropped (no long-poll encoding, §2.4)
-	Overflowed     atomic.Uint64 // buffered messages dropped, oldest first, at MaxBuffered
-	BadLines       atomic.Uint64 // POST lines that were neither JSON nor base64
-	BodiesTooLarge atomic.Uint64 // POSTs above MaxBody
-	Relayed        atomic.Uint64 // requests forwarded to the session's node
-	RelayFailures  atomic.Uint64 // forwarded requests the owner did not answer (gone, timeout)
-	MessagesOut    atomic.Uint64 // messages handed to clients in poll responses
-	SessionLimit   atomic.Uint64 // opening GETs refused (503): MaxSessions reached
-	SocketLimit    atomic.Uint64 // opening GETs refused (503): no free socket slot (Sockets)
+	Open            atomic.Int64  // sessions opened and not yet ended
+	Opened          atomic.Uint64 // sessions created
+	Refused         atomic.Uint64 // opening GETs refused (origin, vsn, connect, limit)
+	Expired         atomic.Uint64 // sessions ended by SessionTimeout
+	BadTokens       atomic.Uint64 // requests with an invalid, expired or dead-session token
+	Polls           atomic.Uint64 // GET polls on a live session
+	Posts           atomic.Uint64 // POSTs on a live session
+	DroppedBinary   atomic.Uint64 // server binary frames dropped (no long-poll encoding, §2.4)
+	Overflowed      atomic.Uint64 // sessions ended as slow consumers at MaxBuffered messages
+	OverflowedBytes atomic.Uint64 // sessions ended as slow consumers at MaxBufferedBytes
+	AnswerFailures  atomic.Uint64 // poll answers with messages that could not be written (the session ended)
+	IOTimeouts      atomic.Uint64 // POST bodies and answers cut off at IOTimeout
+	RelayTooLarge   atomic.Uint64 // relayed requests, or answers, above the relay's bound (413, or the session ended)
+	BadLines        atomic.Uint64 // POST lines that were neither JSON nor base64
+	BodiesTooLarge  atomic.Uint64 // POSTs above MaxBody
+	Relayed         atomic.Uint64 // requests forwarded to the session's node
+	RelayFailures   atomic.Uint64 // forwarded requests the owner did not answer (gone, timeout)
+	MessagesOut     atomic.Uint64 // messages handed to clients in poll responses
+	SessionLimit    atomic.Uint64 // opening GETs refused (503): MaxSessions reached
+	SocketLimit     atomic.Uint64 // opening GETs refused (503): no free socket slot (Sockets)
 }
 
 // LongPollHandler is the long-poll transport (PROTOCOL.md §8), an
@@ -169,6 +195,10 @@ func NewLongPollHandler(ep Endpoint, cfg LongPollConfig) (*LongPollHandler, erro
 	positiveOr(&cfg.Window, DefaultLongPollWindow)
 	positiveOr(&cfg.SessionTimeout, cfg.Window*3/2)
 	positiveOr(&cfg.MaxBuffered, DefaultLongPollMaxBuffered)
+	positiveOr(&cfg.MaxBufferedBytes, DefaultLongPollMaxBufferedBytes)
+	positiveOr(&cfg.MaxAnswerBytes, DefaultLongPollMaxAnswerBytes)
+	cfg.MaxAnswerBytes = min(cfg.MaxAnswerBytes, maxRelayBody)
+	positiveOr(&cfg.IOTimeout, DefaultLongPollIOTimeout)
 	positiveOr(&cfg.MaxBody, DefaultLongPollMaxBody)
 	positiveOr(&cfg.MaxSessions, DefaultLongPollMaxSessions)
 	positiveOr(&cfg.TokenMaxAge, DefaultLongPollTokenMaxAge)

@@ -1,11 +1,11 @@
 package transport
 
 import (
-	"bytes"
-	"encoding/json"
+	"errors"
 	"net/http"
 	"strconv"
-	"strings"
+	"time"
+	"unicode/utf8"
 )
 
 // CORS (the preflight and the headers of every answer) and the JSON
@@ -63,36 +63,127 @@ func writeStatusJSON(w http.ResponseWriter, httpStatus, status int) {
 }
 
 // writePollJSON answers {"status":N,"token":T,"messages":[...]}, each
-// message an encoded text frame as a JSON string.
-func writePollJSON(w http.ResponseWriter, status int, token string, msgs [][]byte) {
-	n := 64 + len(token)
+// message an encoded text frame as a JSON string, within timeout (see
+// writeAnswer).
+func writePollJSON(w http.ResponseWriter, status int, token string, msgs []lpMsg, timeout time.Duration) error {
+	n := pollAnswerOverhead + len(token)
 	for _, m := range msgs {
-		n += len(m) + len(m)/4 + 3
+		n += m.n + 1
 	}
 	b := make([]byte, 0, n)
 	b = append(b, `{"status":`...)
 	b = strconv.AppendInt(b, int64(status), 10)
 	b = append(b, `,"token":`...)
-	b = appendJSONString(b, token)
+	b = appendJSONString(b, []byte(token))
 	b = append(b, `,"messages":[`...)
 	for i, m := range msgs {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendJSONString(b, string(m))
+		b = appendJSONString(b, m.data)
 	}
 	b = append(b, "]}"...)
 	jsonHeaders(w)
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(b)
+	return writeAnswer(w, http.StatusOK, b, timeout)
 }
 
-// appendJSONString appends s as a JSON string. encoding/json never fails
-// on a string (invalid UTF-8 becomes U+FFFD), so a poll never fails.
-func appendJSONString(b []byte, s string) []byte {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(s)
-	return append(b, strings.TrimSuffix(buf.String(), "\n")...)
+// pollAnswerOverhead bounds the bytes of a poll answer other than its
+// token and messages: {"status":NNN,"token":,"messages":[]}.
+const pollAnswerOverhead = 64
+
+// writeAnswer writes an answer's status and body and flushes it, all
+// within timeout: a client that does not read its answer must not pin
+// that answer (and the messages in it) for longer (README "Limits"). It
+// reports a failed or late write; a writer without deadlines (a relayed
+// request's recorder) just writes.
+func writeAnswer(w http.ResponseWriter, httpStatus int, body []byte, timeout time.Duration) error {
+	rc := http.NewResponseController(w)
+	if timeout > 0 {
+		_ = rc.SetWriteDeadline(time.Now().Add(timeout))
+	}
+	w.WriteHeader(httpStatus)
+	if _, err := w.Write(body); err != nil {
+		return err
+	}
+	if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return err
+	}
+	return nil
+}
+
+// appendJSONString appends s as a JSON string (RFC 8259 §7), as
+// encoding/json writes it without HTML escaping: invalid UTF-8 becomes
+// \ufffd, so a poll never fails and its answer is always valid JSON.
+// jsonStringLen(s) is exactly what it appends.
+func appendJSONString(b []byte, s []byte) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c >= 0x20 && c != '"' && c != '\\':
+				b = append(b, c)
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c == '\n':
+				b = append(b, '\\', 'n')
+			case c == '\r':
+				b = append(b, '\\', 'r')
+			case c == '\t':
+				b = append(b, '\\', 't')
+			case c == '\b':
+				b = append(b, '\\', 'b')
+			case c == '\f':
+				b = append(b, '\\', 'f')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			b = append(b, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			// Valid JSON, but not valid JavaScript source.
+			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
+		default:
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}
+
+const hexDigits = "0123456789abcdef"
+
+// jsonStringLen is the length of appendJSONString's output for s: what a
+// buffered message will take in a poll answer.
+func jsonStringLen(s []byte) int {
+	n := 2
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c >= 0x20 && c != '"' && c != '\\':
+				n++
+			case c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t' || c == '\b' || c == '\f':
+				n += 2
+			default:
+				n += 6
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1, r == '\u2028', r == '\u2029':
+			n += 6
+		default:
+			n += size
+		}
+		i += size
+	}
+	return n
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/channelsd/channelsd/channels"
@@ -91,7 +92,17 @@ func (h *LongPollHandler) owner(r *http.Request) (string, bool) {
 // readBody reads a POST body of at most MaxBody bytes; on failure it has
 // answered (413 above the bound, 400 for a body cut short).
 func (h *LongPollHandler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	// A body trickled in must not hold the request (and what was read of
+	// it) for longer than IOTimeout. A relayed body is already here.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(h.cfg.IOTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.cfg.MaxBody))
+	if err == nil {
+		// The server's read of the next request has its own deadline.
+		// (After a failure the deadline stays: the server then gives up
+		// on the rest of the body at once.)
+		_ = rc.SetReadDeadline(time.Time{})
+	}
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -99,7 +110,11 @@ func (h *LongPollHandler) readBody(w http.ResponseWriter, r *http.Request) ([]by
 			writeStatusJSON(w, http.StatusRequestEntityTooLarge, 413)
 			return nil, false
 		}
-		// The client went away mid-body; nothing was processed.
+		// The client went away or was too slow mid-body; nothing was
+		// processed.
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			h.stats.IOTimeouts.Add(1)
+		}
 		writeStatusJSON(w, http.StatusBadRequest, 400)
 		return nil, false
 	}
@@ -218,7 +233,7 @@ func (h *LongPollHandler) open(w http.ResponseWriter, r *http.Request) {
 		writeStatusJSON(w, http.StatusOK, 410)
 		return
 	}
-	writePollJSON(w, 410, h.token(s), nil)
+	_ = writePollJSON(w, 410, h.token(s), nil, h.cfg.IOTimeout)
 }
 
 // room reports whether the handler is closed, or at MaxSessions.
@@ -258,9 +273,7 @@ func (h *LongPollHandler) poll(w http.ResponseWriter, r *http.Request, s *lpSess
 	h.stats.Polls.Add(1)
 	s.lastGet = time.Now()
 	if len(s.buf) > 0 {
-		msgs := s.takeLocked()
-		s.mu.Unlock()
-		writePollJSON(w, 200, h.token(s), msgs)
+		h.answerBuffered(w, r, s) // unlocks s.mu
 		return
 	}
 	if old := s.waiter; old != nil {
@@ -297,12 +310,44 @@ func (h *LongPollHandler) poll(w http.ResponseWriter, r *http.Request, s *lpSess
 		return
 	case wt.replaced || len(s.buf) == 0:
 		s.mu.Unlock()
-		writePollJSON(w, 204, h.token(s), nil)
+		_ = writePollJSON(w, 204, h.token(s), nil, h.cfg.IOTimeout)
 		return
 	}
-	msgs := s.takeLocked()
+	h.answerBuffered(w, r, s)
+}
+
+// answerBuffered answers a poll with the buffered messages that fit in
+// MaxAnswerBytes (the rest waits for the next poll). It is called with
+// s.mu held and a non-empty buffer, and unlocks it. The messages are out
+// of the buffer once taken: when the answer cannot be written (the
+// client went away, or did not read it within IOTimeout), they are lost,
+// and the session ends so that the client learns it ({"status":410} on
+// its next request: phoenix.js rejoins) rather than silently missing
+// them.
+func (h *LongPollHandler) answerBuffered(w http.ResponseWriter, r *http.Request, s *lpSession) {
+	tok := h.token(s)
+	budget := h.cfg.MaxAnswerBytes - pollAnswerOverhead - len(tok)
+	if relayed(r) && s.buf[0].n > maxRelayBody-pollAnswerOverhead-len(tok) {
+		// Not even alone can this message cross the relay: ending the
+		// session is the client's only way to learn of it.
+		s.mu.Unlock()
+		h.stats.RelayTooLarge.Add(1)
+		s.end("message too large to relay")
+		writeStatusJSON(w, http.StatusOK, 410)
+		return
+	}
+	msgs := s.takeLocked(budget)
 	s.mu.Unlock()
-	writePollJSON(w, 200, h.token(s), msgs)
+	err := writePollJSON(w, 200, tok, msgs, h.cfg.IOTimeout)
+	if err == nil {
+		return
+	}
+	h.stats.AnswerFailures.Add(1)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		h.stats.IOTimeouts.Add(1)
+	}
+	h.log.Debug("transport: long-poll answer not delivered; the session ends", "remote", r.RemoteAddr, "messages", len(msgs), "err", err)
+	s.end("answer not delivered")
 }
 
 // post hands each line of the body to the socket, in order (§8.3), and

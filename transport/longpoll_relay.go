@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 )
@@ -34,6 +35,19 @@ import (
 //	...     body, to the end
 //
 // Answer: uvarint HTTP status, the same header list, then the body.
+
+// maxRelayMessage bounds a relayed request and a relayed answer, each one
+// Redis message: well under the 32 MB at which Redis's default
+// client-output-buffer-limit for pub/sub drops a subscriber's connection
+// (and everything queued on it), and at its 8 MB soft limit. A POST body
+// (MaxBody) that cannot cross it is answered 413 on the relaying node;
+// poll answers are cut to fit (MaxAnswerBytes).
+const maxRelayMessage = 4 << 20
+
+// maxRelayBody leaves room in maxRelayMessage for the framing: the
+// method, URI, remote address and headers of a request (net/http bounds
+// headers to 1 MiB by default), or the status and headers of an answer.
+const maxRelayBody = maxRelayMessage - 1<<20 - 64<<10
 
 // relayService names the long-poll handler among a node's call handlers.
 const relayService = "longpoll"
@@ -67,6 +81,14 @@ func relayed(r *http.Request) bool { return r.Context().Value(relayKey{}) != nil
 // written nothing, when the owner could not be reached.
 func (h *LongPollHandler) relay(w http.ResponseWriter, r *http.Request, node string, body []byte) bool {
 	req := appendRelayRequest(nil, r, body)
+	if len(req) > maxRelayMessage {
+		// Served here, the body would pass MaxBody; it cannot cross to the
+		// owner in one message, and is refused whole, nothing processed.
+		h.stats.RelayTooLarge.Add(1)
+		h.stats.BodiesTooLarge.Add(1)
+		writeStatusJSON(w, http.StatusRequestEntityTooLarge, 413)
+		return true
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.Window+relayMargin)
 	defer cancel()
 	h.stats.Relayed.Add(1)
@@ -88,8 +110,15 @@ func (h *LongPollHandler) relay(w http.ResponseWriter, r *http.Request, node str
 		}
 	}
 	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
-	w.WriteHeader(status)
-	_, _ = w.Write(out)
+	if err := writeAnswer(w, status, out, h.cfg.IOTimeout); err != nil {
+		// The owner has handed these messages out; the session there
+		// does not know they were lost (README "Limits").
+		h.stats.AnswerFailures.Add(1)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			h.stats.IOTimeouts.Add(1)
+		}
+		h.log.Debug("transport: relayed long-poll answer not delivered", "node", node, "err", err)
+	}
 	return true
 }
 

@@ -21,6 +21,8 @@ type memNet struct {
 	mu    sync.Mutex
 	nodes map[string]map[string]pubsub.CallHandler
 	calls int
+	// largest is the largest request or answer that crossed, in bytes.
+	largest int
 }
 
 func newMemNet() *memNet { return &memNet{nodes: map[string]map[string]pubsub.CallHandler{}} }
@@ -59,6 +61,7 @@ func (c *memCaller) Call(ctx context.Context, node, service string, req []byte) 
 	hs, ok := c.net.nodes[node]
 	h := hs[service]
 	c.net.calls++
+	c.net.largest = max(c.net.largest, len(req))
 	c.net.mu.Unlock()
 	switch {
 	case !ok:
@@ -71,6 +74,9 @@ func (c *memCaller) Call(ctx context.Context, node, service string, req []byte) 
 	go func() { out <- h(ctx, bytes.Clone(req)) }()
 	select {
 	case b := <-out:
+		c.net.mu.Lock()
+		c.net.largest = max(c.net.largest, len(b))
+		c.net.mu.Unlock()
 		return b, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -290,4 +296,70 @@ func FuzzRelayFrames(f *testing.F) {
 			t.Fatalf("accepted status %d", st)
 		}
 	})
+}
+
+// Issue 16 §3: a 40 MiB relayed answer made Redis drop both nodes'
+// connections. Whatever is buffered, a relayed answer and a relayed
+// request stay within maxRelayMessage, well under Redis's limits, and
+// the messages arrive over several polls, none lost.
+func TestLongPollRelayBounded(t *testing.T) {
+	mn, a, b := relayPair(t, LongPollConfig{MaxBufferedBytes: 64 << 20, MaxBody: 16 << 20, MaxAnswerBytes: 64 << 20})
+	tok, sock := a.open(t, "vsn=2.0.0")
+	var want []string
+	for i := range 12 {
+		f := lpFrame(i, 1<<20)
+		want = append(want, string(f))
+		if err := sock.conn.Send(channels.Frame{Data: f}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	for polls := 0; len(got) < len(want); polls++ {
+		if polls > len(want) {
+			t.Fatalf("after %d polls got %d messages", polls, len(got))
+		}
+		r := b.get(t, lpTokenQuery(tok))
+		if r.Status != 200 || len(r.msgs()) == 0 {
+			t.Fatalf("relayed poll %d: %.200s", polls, r.Raw)
+		}
+		got = append(got, r.msgs()...)
+		tok = r.token(t)
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatal("messages lost or out of order across relayed answers")
+	}
+	// A body that MaxBody allows but the relay cannot carry is refused
+	// whole on the relaying node.
+	before := mn.calls
+	r := b.post(t, tok, strings.Repeat(`[null,"1","phoenix","heartbeat",{}]`+"\n", (maxRelayMessage/36)+1))
+	if r.HTTP != http.StatusRequestEntityTooLarge || r.Raw != `{"status":413}` {
+		t.Fatalf("POST above the relay's bound: HTTP %d %s", r.HTTP, r.Raw)
+	}
+	if mn.calls != before {
+		t.Fatal("a body above the relay's bound was relayed")
+	}
+	mn.mu.Lock()
+	largest := mn.largest
+	mn.mu.Unlock()
+	if largest > maxRelayMessage || maxRelayMessage > 8<<20 {
+		t.Fatalf("%d bytes crossed the relay in one message (bound %d)", largest, maxRelayMessage)
+	}
+	t.Logf("largest relay message: %d bytes", largest)
+}
+
+// A message that cannot cross the relay even alone ends the session: the
+// client learns it by {"status":410} instead of never seeing it.
+func TestLongPollRelayMessageTooLarge(t *testing.T) {
+	_, a, b := relayPair(t, LongPollConfig{MaxBufferedBytes: 64 << 20})
+	tok, sock := a.open(t, "vsn=2.0.0")
+	if err := sock.conn.Send(channels.Frame{Data: lpFrame(0, maxRelayMessage+1)}); err != nil {
+		t.Fatal(err)
+	}
+	if r := b.get(t, lpTokenQuery(tok)); r.Status != 410 {
+		t.Fatalf("relayed poll of a message too large to relay: %.200s", r.Raw)
+	}
+	sock.awaitClose(t)
+	if n := a.h.Stats().RelayTooLarge.Load(); n != 1 {
+		t.Fatalf("RelayTooLarge = %d", n)
+	}
 }

@@ -20,14 +20,22 @@ type lpSession struct {
 	// frameMu serialises HandleFrame (POSTs) and HandleClose.
 	frameMu sync.Mutex
 
-	mu      sync.Mutex
-	sock    Socket // set once Open returns; guarded by mu
-	buf     [][]byte
-	waiter  *lpWaiter
-	lastGet time.Time
-	timer   *time.Timer
-	ended   bool
-	closing bool // HandleClose started
+	mu       sync.Mutex
+	sock     Socket  // set once Open returns; guarded by mu
+	buf      []lpMsg // guarded by mu
+	bufBytes int     // what buf takes in a poll answer; guarded by mu
+	waiter   *lpWaiter
+	lastGet  time.Time
+	timer    *time.Timer
+	ended    bool
+	closing  bool // HandleClose started
+}
+
+// lpMsg is one buffered text frame and the bytes it takes in a poll
+// answer (jsonStringLen), which bound both the buffer and an answer.
+type lpMsg struct {
+	data []byte
+	n    int
 }
 
 // lpWaiter is one waiting GET.
@@ -58,22 +66,37 @@ func (s *lpSession) Send(f channels.Frame) error {
 		}
 		return nil
 	}
+	m := lpMsg{data: f.Data, n: jsonStringLen(f.Data) + 1} // and its comma
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.ended {
+		s.mu.Unlock()
 		return channels.ErrConnClosed
 	}
-	if len(s.buf) >= s.h.cfg.MaxBuffered {
-		// Oldest first. Reslicing moves the start; append copies the
-		// live part when it grows the array, so memory stays bounded.
-		s.buf[0] = nil
-		s.buf = s.buf[1:]
-		s.h.stats.Overflowed.Add(1)
+	cfg := &s.h.cfg
+	if len(s.buf) > 0 && (len(s.buf) >= cfg.MaxBuffered || s.bufBytes+m.n > cfg.MaxBufferedBytes) {
+		// A client that does not poll as fast as it is sent to must not
+		// grow our memory, nor lose messages without knowing: as a
+		// WebSocket slow consumer is closed, the session ends, and the
+		// client's next request gets {"status":410}, on which phoenix.js
+		// reconnects and rejoins. (A frame alone may exceed the bytes,
+		// as on WebSocket: an empty buffer takes it.)
+		byCount := len(s.buf) >= cfg.MaxBuffered
+		s.mu.Unlock()
+		if byCount {
+			s.h.stats.Overflowed.Add(1)
+		} else {
+			s.h.stats.OverflowedBytes.Add(1)
+		}
+		s.h.log.Debug("transport: long-poll session ended as a slow consumer", "by_count", byCount)
+		s.end("slow consumer")
+		return channels.ErrSlowConsumer
 	}
-	s.buf = append(s.buf, f.Data)
+	s.buf = append(s.buf, m)
+	s.bufBytes += m.n
 	if s.waiter != nil {
 		s.waiter.wake()
 	}
+	s.mu.Unlock()
 	return nil
 }
 
@@ -85,11 +108,25 @@ func (s *lpSession) Close(code int, reason string) {
 	s.end("closed: " + strconv.Itoa(code))
 }
 
-// takeLocked returns the buffered messages and empties the buffer.
-func (s *lpSession) takeLocked() [][]byte {
-	msgs := s.buf
-	s.buf = nil
-	s.h.stats.MessagesOut.Add(uint64(len(msgs)))
+// takeLocked takes the buffered messages that fit in an answer of max
+// bytes, oldest first, and at least one: a message larger than max goes
+// alone. The rest stays buffered for the next poll.
+func (s *lpSession) takeLocked(max int) []lpMsg {
+	n, size := 0, 0
+	for n < len(s.buf) && (n == 0 || size+s.buf[n].n <= max) {
+		size += s.buf[n].n
+		n++
+	}
+	msgs := s.buf[:n:n]
+	if n == len(s.buf) {
+		s.buf = nil
+	} else {
+		// A fresh array for the rest, so that the answer's messages are
+		// not kept alive by the buffer nor the buffer's by the answer.
+		s.buf = append([]lpMsg(nil), s.buf[n:]...)
+	}
+	s.bufBytes -= size
+	s.h.stats.MessagesOut.Add(uint64(n))
 	return msgs
 }
 
@@ -136,7 +173,7 @@ func (s *lpSession) end(why string) {
 		return
 	}
 	s.ended = true
-	s.buf = nil
+	s.buf, s.bufBytes = nil, 0
 	if s.timer != nil {
 		s.timer.Stop()
 	}

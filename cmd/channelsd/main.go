@@ -95,6 +95,9 @@ type options struct {
 	burst              int
 	lpMaxSessions      int
 	lpMaxBuffered      int
+	lpMaxBufferedBytes int
+	lpMaxAnswerBytes   int
+	lpIOTimeout        time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -117,7 +120,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.float(&o.maxMessagesPerSec, "max-messages-per-second", "CHANNELS_MAX_MESSAGES_PER_SECOND", 100, "messages per second each socket may send on average (token bucket of --burst); one over gets the error reply {\"reason\":\"rate limited\"}, and a socket still over its rate 10s after its first refusal is closed with 1008; 0: no limit")
 	env.int(&o.burst, "burst", "CHANNELS_BURST", 200, "messages a socket may send at once before --max-messages-per-second applies; 0: twice the rate")
 	env.int(&o.lpMaxSessions, "longpoll-max-sessions", "CHANNELS_LONGPOLL_MAX_SESSIONS", transport.DefaultLongPollMaxSessions, "long-poll sessions this node serves (they count toward --max-sockets too); one more is answered HTTP 503 with Retry-After; -1: no limit")
-	env.int(&o.lpMaxBuffered, "longpoll-max-buffered", "CHANNELS_LONGPOLL_MAX_BUFFERED", transport.DefaultLongPollMaxBuffered, "messages a long-poll session buffers for its next poll; beyond, the oldest is dropped")
+	env.int(&o.lpMaxBuffered, "longpoll-max-buffered", "CHANNELS_LONGPOLL_MAX_BUFFERED", transport.DefaultLongPollMaxBuffered, "messages a long-poll session buffers for its next poll; one more ends the session as a slow consumer (its next request gets {\"status\":410}: the client reconnects and rejoins)")
+	env.int(&o.lpMaxBufferedBytes, "longpoll-max-buffered-bytes", "CHANNELS_LONGPOLL_MAX_BUFFERED_BYTES", transport.DefaultLongPollMaxBufferedBytes, "bytes a long-poll session buffers for its next poll (as JSON in an answer); a message beyond ends the session as a slow consumer, as --longpoll-max-buffered; -1: no limit")
+	env.int(&o.lpMaxAnswerBytes, "longpoll-max-answer-bytes", "CHANNELS_LONGPOLL_MAX_ANSWER_BYTES", transport.DefaultLongPollMaxAnswerBytes, "largest long-poll answer in bytes (the default is also the most, so that relayed answers fit in one Redis message); the rest waits for the next poll, and a larger message goes alone")
+	env.duration(&o.lpIOTimeout, "longpoll-io-timeout", "CHANNELS_LONGPOLL_IO_TIMEOUT", transport.DefaultLongPollIOTimeout, "longest time to read a long-poll POST body (slower: HTTP 400, nothing processed) or write an answer (slower: cut off, and a session whose messages were in it ends)")
 	env.str(&o.apiKey, "api-key", "CHANNELS_API_KEY", "", "bearer key required by the HTTP API (/api/*); empty leaves it open")
 	env.str(&o.tokenSecret, "token-secret", "CHANNELS_TOKEN_SECRET", "", "secret (at least 32 bytes) that signs and verifies socket tokens (HS256 JWTs); when set every socket needs a valid token, and private:* topics open to tokens whose topics claim names them; empty accepts anonymous sockets")
 	env.str(&o.tokenPrevious, "token-secret-previous", "CHANNELS_TOKEN_SECRET_PREVIOUS", "", "during a secret rotation: the previous secret, which still verifies tokens but signs none")
@@ -173,6 +179,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.lpMaxBuffered <= 0 {
 		return nil, fmt.Errorf("--longpoll-max-buffered %d: must be positive", o.lpMaxBuffered)
+	}
+	if o.lpMaxAnswerBytes <= 0 || o.lpMaxAnswerBytes > transport.DefaultLongPollMaxAnswerBytes {
+		return nil, fmt.Errorf("--longpoll-max-answer-bytes %d: must be positive and at most %d", o.lpMaxAnswerBytes, transport.DefaultLongPollMaxAnswerBytes)
+	}
+	if o.lpIOTimeout <= 0 {
+		return nil, fmt.Errorf("--longpoll-io-timeout %s: must be positive", o.lpIOTimeout)
 	}
 	if o.shutdownTimeout <= 0 {
 		return nil, fmt.Errorf("--shutdown-timeout %s: must be positive", o.shutdownTimeout)
@@ -273,16 +285,19 @@ func run(args []string, stderr io.Writer) error {
 		Logger:          logger,
 
 		// Limits (README "Limits").
-		MaxSockets:           o.maxSockets,
-		MaxPendingUpgrades:   o.maxPendingUpgrades,
-		HandshakeTimeout:     o.handshakeTimeout,
-		MaxPayloadSize:       o.maxPayloadSize,
-		MaxTopicLength:       o.maxTopicLength,
-		MaxEventLength:       o.maxEventLength,
-		MaxMessagesPerSecond: o.maxMessagesPerSec,
-		Burst:                o.burst,
-		LongPollMaxSessions:  o.lpMaxSessions,
-		LongPollMaxBuffered:  o.lpMaxBuffered,
+		MaxSockets:               o.maxSockets,
+		MaxPendingUpgrades:       o.maxPendingUpgrades,
+		HandshakeTimeout:         o.handshakeTimeout,
+		MaxPayloadSize:           o.maxPayloadSize,
+		MaxTopicLength:           o.maxTopicLength,
+		MaxEventLength:           o.maxEventLength,
+		MaxMessagesPerSecond:     o.maxMessagesPerSec,
+		Burst:                    o.burst,
+		LongPollMaxSessions:      o.lpMaxSessions,
+		LongPollMaxBuffered:      o.lpMaxBuffered,
+		LongPollMaxBufferedBytes: o.lpMaxBufferedBytes,
+		LongPollMaxAnswerBytes:   o.lpMaxAnswerBytes,
+		LongPollIOTimeout:        o.lpIOTimeout,
 	})
 	if err != nil {
 		return err
