@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"time"
 )
@@ -124,7 +125,19 @@ func (h *LongPollHandler) relay(w http.ResponseWriter, r *http.Request, node str
 
 // serveRelayed is the owner's side: the call handler registered on
 // LongPollConfig.Relay.
-func (h *LongPollHandler) serveRelayed(ctx context.Context, req []byte) []byte {
+// A panic while serving is recovered here: the call runs on a goroutine
+// of the pubsub, where nothing else would catch it and the whole node
+// would stop. It is logged with its stack and answered HTTP 500 with
+// {"status":500}, which phoenix.js takes as an error (it reconnects).
+func (h *LongPollHandler) serveRelayed(ctx context.Context, req []byte) (ans []byte) {
+	defer func() {
+		if v := recover(); v != nil {
+			h.stats.Panics.Add(1)
+			h.log.Error("transport: panic serving a relayed long-poll request", "panic", v, "stack", string(debug.Stack()))
+			hdr := http.Header{"Content-Type": {"application/json; charset=utf-8"}, "Cache-Control": {"no-store"}}
+			ans = appendRelayAnswer(nil, http.StatusInternalServerError, hdr, []byte(`{"status":500}`))
+		}
+	}()
 	r, err := decodeRelayRequest(context.WithValue(ctx, relayKey{}, true), req)
 	if err != nil {
 		h.log.Warn("transport: relayed long-poll request undecodable", "err", err)

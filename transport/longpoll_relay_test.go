@@ -363,3 +363,40 @@ func TestLongPollRelayMessageTooLarge(t *testing.T) {
 		t.Fatalf("RelayTooLarge = %d", n)
 	}
 }
+
+// Issue 16 §3: relayed long-poll requests ran without recover, so one
+// panic there took the owner down. It is answered 500 instead, and the
+// node carries on.
+func TestLongPollRelayedPanic(t *testing.T) {
+	_, a, b := relayPair(t, LongPollConfig{})
+	boom := true
+	a.ep.onFrame = func(*fakeSocket, []byte, bool) {
+		if boom {
+			boom = false
+			panic("injected")
+		}
+	}
+	tok, _ := a.open(t, "vsn=2.0.0")
+	// The call handler runs as the pubsub runs it: on a goroutine of its
+	// own, where an unrecovered panic would end the test binary.
+	req := appendRelayRequest(nil, b.req(t, http.MethodPost, lpTokenQuery(tok), ""), []byte(`[null,"1","phoenix","heartbeat",{}]`))
+	out := make(chan []byte, 1)
+	go func() { out <- a.h.serveRelayed(context.Background(), req) }()
+	var ans []byte
+	select {
+	case ans = <-out:
+	case <-time.After(waitLimit):
+		t.Fatal("no answer")
+	}
+	status, hdr, body, err := decodeRelayAnswer(ans)
+	if err != nil || status != http.StatusInternalServerError || string(body) != `{"status":500}` || hdr.Get("Content-Type") == "" {
+		t.Fatalf("answer to a panicking request: %d %v %q %v", status, hdr, body, err)
+	}
+	if n := a.h.Stats().Panics.Load(); n != 1 {
+		t.Fatalf("Panics = %d", n)
+	}
+	// The session and the node carry on.
+	if r := b.post(t, tok, `[null,"2","phoenix","heartbeat",{}]`); r.Raw != `{"status":200}` {
+		t.Fatalf("POST after the panic: %s", r.Raw)
+	}
+}
