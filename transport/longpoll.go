@@ -148,8 +148,9 @@ type LongPollStats struct {
 // {"status":200}; replies come back on GETs. POST without a valid session
 // answers {"status":410}. The token is the X-Phoenix-LongPoll-Token header
 // if present, else the last "token" query parameter. OPTIONS is the CORS
-// preflight (HTTP 200, empty body, as Phoenix; Allow-Origin reflects an
-// allowed Origin). Other methods: 400, empty body.
+// preflight (HTTP 200, empty body, as Phoenix). Allow-Origin reflects an
+// Origin that AllowedOrigins names, with credentials; any other allowed
+// request gets "*" without (longpoll_answer.go). Other methods: 400, empty body.
 //
 // Every JSON answer is HTTP 200 with the logical status in the body, as
 // Phoenix does; exceptions: a body above MaxBody (HTTP 413 with

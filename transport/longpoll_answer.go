@@ -12,17 +12,12 @@ import (
 // answers.
 
 // preflight answers OPTIONS like Phoenix: HTTP 200, empty body, the
-// requested headers echoed. A refused origin gets no Allow-Origin (the
-// browser then blocks the request).
-func (h *LongPollHandler) preflight(w http.ResponseWriter, r *http.Request, allowed bool, origin string) {
+// requested headers echoed, the CORS headers of allowOrigin. A refused
+// origin gets none (the browser then blocks the request).
+func (h *LongPollHandler) preflight(w http.ResponseWriter, r *http.Request, allowed, hasOrigin bool, origin string) {
 	hd := w.Header()
 	if allowed {
-		if origin != "" {
-			hd.Set("Access-Control-Allow-Origin", origin)
-			hd.Set("Access-Control-Allow-Credentials", "true")
-		} else {
-			hd.Set("Access-Control-Allow-Origin", "*")
-		}
+		h.allowOrigin(hd, hasOrigin, origin)
 		if rh := r.Header.Get("Access-Control-Request-Headers"); rh != "" {
 			hd.Set("Access-Control-Allow-Headers", rh)
 		}
@@ -35,18 +30,41 @@ func (h *LongPollHandler) preflight(w http.ResponseWriter, r *http.Request, allo
 	w.WriteHeader(http.StatusOK)
 }
 
-// corsHeaders sets the headers of a JSON answer: Allow-Origin reflects an
-// allowed Origin (with credentials, as Phoenix does), "*" without one.
+// corsHeaders sets the CORS headers of a JSON answer: allowOrigin's for an
+// allowed request, none for a refused one.
 func (h *LongPollHandler) corsHeaders(w http.ResponseWriter, allowed, hasOrigin bool, origin string) {
 	hd := w.Header()
-	switch {
-	case allowed && hasOrigin && origin != "":
+	hd.Add("Vary", "Origin")
+	if allowed {
+		h.allowOrigin(hd, hasOrigin, origin)
+	}
+}
+
+// allowOrigin sets Access-Control-Allow-Origin for an allowed request.
+// Credentials (cookies, HTTP authentication) are granted only to an origin
+// that AllowedOrigins names: any other page reads answers with "*", as
+// Phoenix answers, which a browser never pairs with credentials. Echoing
+// any Origin with credentials, as the origin check passes every origin by
+// default, would let every web page make its visitors' browsers poll with
+// their cookies and read the answers.
+func (h *LongPollHandler) allowOrigin(hd http.Header, hasOrigin bool, origin string) {
+	if hasOrigin && h.origins.names(origin) {
 		hd.Set("Access-Control-Allow-Origin", origin)
 		hd.Set("Access-Control-Allow-Credentials", "true")
-		hd.Add("Vary", "Origin")
-	case allowed:
-		hd.Set("Access-Control-Allow-Origin", "*")
+		return
 	}
+	hd.Set("Access-Control-Allow-Origin", "*")
+}
+
+// names reports whether the configured list names origin itself (not
+// through "*" or an empty list).
+func (oc *originChecker) names(origin string) bool {
+	c, ok := canonicalOrigin(origin, false)
+	if !ok {
+		return false
+	}
+	_, ok = oc.allowed[c]
+	return ok
 }
 
 func jsonHeaders(w http.ResponseWriter) {

@@ -27,7 +27,7 @@ func (h *LongPollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	originValue, hasOrigin := originOf(r)
 	allowed := h.origins.allow(originValue, hasOrigin)
 	if r.Method == http.MethodOptions {
-		h.preflight(w, r, allowed, originValue)
+		h.preflight(w, r, allowed, hasOrigin, originValue)
 		return
 	}
 	h.corsHeaders(w, allowed, hasOrigin, originValue)

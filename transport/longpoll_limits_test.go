@@ -208,3 +208,39 @@ func TestLongPollBodyReadDeadline(t *testing.T) {
 	default:
 	}
 }
+
+// Issue 16 §4: long-poll CORS echoed any Origin with credentials. An
+// origin that --allowed-origins names gets its Origin back with
+// credentials; any other allowed one gets "*" without (Phoenix's answer);
+// a refused one gets no CORS header. Preflights likewise.
+func TestLongPollCORSCredentials(t *testing.T) {
+	type want struct{ origin, creds string }
+	check := func(t *testing.T, hs *lpHarness, origin string, w want) {
+		t.Helper()
+		for _, m := range []string{http.MethodGet, http.MethodOptions} {
+			req := hs.req(t, m, "vsn=2.0.0", "")
+			req.Header.Set("Origin", origin)
+			req.Header.Set("Access-Control-Request-Headers", "content-type")
+			r := hs.do(t, req)
+			if r.HTTP != 200 || r.Header.Get("Access-Control-Allow-Origin") != w.origin || r.Header.Get("Access-Control-Allow-Credentials") != w.creds {
+				t.Errorf("%s from %s: HTTP %d, Allow-Origin %q, Allow-Credentials %q; want %q, %q", m, origin, r.HTTP,
+					r.Header.Get("Access-Control-Allow-Origin"), r.Header.Get("Access-Control-Allow-Credentials"), w.origin, w.creds)
+			}
+		}
+	}
+	t.Run("any origin", func(t *testing.T) {
+		hs := newLPHarness(t, LongPollConfig{}, nil)
+		check(t, hs, "https://evil.example", want{"*", ""})
+	})
+	t.Run("named and star", func(t *testing.T) {
+		hs := newLPHarness(t, LongPollConfig{AllowedOrigins: []string{"https://app.example", "*"}}, nil)
+		check(t, hs, "https://app.example", want{"https://app.example", "true"})
+		check(t, hs, "https://evil.example", want{"*", ""})
+	})
+	t.Run("named only", func(t *testing.T) {
+		hs := newLPHarness(t, LongPollConfig{AllowedOrigins: []string{"https://app.example"}}, nil)
+		check(t, hs, "https://app.example:443", want{"https://app.example:443", "true"})
+		check(t, hs, "https://evil.example", want{"", ""})
+		check(t, hs, "null", want{"", ""})
+	})
+}
