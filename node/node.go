@@ -57,6 +57,11 @@ type Config struct {
 	LongPollMaxBufferedBytes int
 	LongPollMaxAnswerBytes   int
 	LongPollIOTimeout        time.Duration
+	// LongPollMaxSessionsPerAddr bounds the live long-poll sessions of
+	// one client address (default 100; IPv6 by /64), which is read from
+	// X-Forwarded-For only behind TrustedProxies (CIDRs; empty: never).
+	LongPollMaxSessionsPerAddr int
+	TrustedProxies             []string
 
 	// DrainWindow spreads the closing of the sockets when the node drains
 	// (Drain, Shutdown): they are closed in batches evenly over it. Zero
@@ -158,7 +163,8 @@ func New(cfg Config) (*Node, error) {
 	defaultLimit(&cfg.LongPollMaxBuffered, transport.DefaultLongPollMaxBuffered)
 	defaultLimit(&cfg.LongPollMaxBufferedBytes, transport.DefaultLongPollMaxBufferedBytes)
 	defaultLimit(&cfg.LongPollMaxAnswerBytes, transport.DefaultLongPollMaxAnswerBytes)
-	for _, v := range []*int{&cfg.LongPollMaxSessions, &cfg.LongPollMaxBuffered, &cfg.LongPollMaxBufferedBytes} {
+	defaultLimit(&cfg.LongPollMaxSessionsPerAddr, transport.DefaultLongPollMaxSessionsPerAddr)
+	for _, v := range []*int{&cfg.LongPollMaxSessions, &cfg.LongPollMaxBuffered, &cfg.LongPollMaxBufferedBytes, &cfg.LongPollMaxSessionsPerAddr} {
 		if *v < 0 {
 			*v = math.MaxInt // the transport reads zero or negative as its default
 		}
@@ -245,18 +251,20 @@ func New(cfg Config) (*Node, error) {
 	n.cfg = cfg
 	n.cluster = newClusterView(cfg.NodeID, cfg.ReportInterval)
 	n.lp, err = transport.NewLongPollHandler(transport.FromEndpoint(ep), transport.LongPollConfig{
-		MaxBody:          cfg.MaxFrameSize,
-		MaxSessions:      cfg.LongPollMaxSessions,
-		MaxBuffered:      cfg.LongPollMaxBuffered,
-		MaxBufferedBytes: cfg.LongPollMaxBufferedBytes,
-		MaxAnswerBytes:   cfg.LongPollMaxAnswerBytes,
-		IOTimeout:        cfg.LongPollIOTimeout,
-		HandshakeTimeout: cfg.HandshakeTimeout,
-		Sockets:          n.slots,
-		AllowedOrigins:   cfg.AllowedOrigins,
-		NodeID:           cfg.NodeID,
-		Relay:            relay,
-		Logger:           cfg.Logger,
+		MaxBody:            cfg.MaxFrameSize,
+		MaxSessions:        cfg.LongPollMaxSessions,
+		MaxBuffered:        cfg.LongPollMaxBuffered,
+		MaxBufferedBytes:   cfg.LongPollMaxBufferedBytes,
+		MaxAnswerBytes:     cfg.LongPollMaxAnswerBytes,
+		IOTimeout:          cfg.LongPollIOTimeout,
+		MaxSessionsPerAddr: cfg.LongPollMaxSessionsPerAddr,
+		TrustedProxies:     cfg.TrustedProxies,
+		HandshakeTimeout:   cfg.HandshakeTimeout,
+		Sockets:            n.slots,
+		AllowedOrigins:     cfg.AllowedOrigins,
+		NodeID:             cfg.NodeID,
+		Relay:              relay,
+		Logger:             cfg.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,6 +59,17 @@ type LongPollConfig struct {
 	// body (phoenix.js reads a body without JSON as an error, closes and
 	// reconnects with backoff; Phoenix has no such limit). Default 10000.
 	MaxSessions int
+	// MaxSessionsPerAddr bounds the live sessions opened from one client
+	// address (IPv6 addresses count by /64), so that one client cannot
+	// take every session of the node. A GET that would open one more
+	// gets MaxSessions' answer (HTTP 503, Retry-After). Default 100.
+	MaxSessionsPerAddr int
+	// TrustedProxies lists the networks (CIDRs, or single addresses) of
+	// the proxies in front of the node. A request from one of them is
+	// counted against the right-most X-Forwarded-For address that is not
+	// itself in the list; requests from anywhere else count against their
+	// peer address, and the header is ignored. Empty: never trust it.
+	TrustedProxies []string
 	// AllowedOrigins lists the origins (scheme://host[:port]) browsers may
 	// connect from, as in WebSocketConfig. Empty or "*" allows every
 	// origin; a request without Origin is always allowed. Refused:
@@ -91,14 +103,15 @@ type LongPollConfig struct {
 
 // Defaults of LongPollConfig.
 const (
-	DefaultLongPollWindow           = 10 * time.Second
-	DefaultLongPollMaxBuffered      = 1000
-	DefaultLongPollMaxBufferedBytes = 4 << 20
-	DefaultLongPollMaxAnswerBytes   = maxRelayBody
-	DefaultLongPollIOTimeout        = 10 * time.Second
-	DefaultLongPollMaxBody          = 1 << 20
-	DefaultLongPollMaxSessions      = 10000
-	DefaultLongPollTokenMaxAge      = 14 * 24 * time.Hour
+	DefaultLongPollWindow             = 10 * time.Second
+	DefaultLongPollMaxBuffered        = 1000
+	DefaultLongPollMaxBufferedBytes   = 4 << 20
+	DefaultLongPollMaxAnswerBytes     = maxRelayBody
+	DefaultLongPollMaxSessionsPerAddr = 100
+	DefaultLongPollIOTimeout          = 10 * time.Second
+	DefaultLongPollMaxBody            = 1 << 20
+	DefaultLongPollMaxSessions        = 10000
+	DefaultLongPollTokenMaxAge        = 14 * 24 * time.Hour
 )
 
 // LongPollStats are a LongPollHandler's running counters.
@@ -124,6 +137,7 @@ type LongPollStats struct {
 	MessagesOut     atomic.Uint64 // messages handed to clients in poll responses
 	SessionLimit    atomic.Uint64 // opening GETs refused (503): MaxSessions reached
 	SocketLimit     atomic.Uint64 // opening GETs refused (503): no free socket slot (Sockets)
+	AddrLimit       atomic.Uint64 // opening GETs refused (503): MaxSessionsPerAddr reached
 }
 
 // LongPollHandler is the long-poll transport (PROTOCOL.md §8), an
@@ -175,10 +189,12 @@ type LongPollHandler struct {
 	log     *slog.Logger
 	origins *originChecker
 	secret  []byte
+	proxies []netip.Prefix // TrustedProxies
 	stats   LongPollStats
 
 	mu       sync.Mutex
 	sessions map[[lpSessionIDLen]byte]*lpSession // guarded by mu
+	perAddr  map[netip.Prefix]int                // live sessions per client address; guarded by mu
 	closed   bool                                // guarded by mu
 	done     chan struct{}                       // closed by Close
 	bg       sync.WaitGroup                      // HandleClose calls in flight
@@ -202,6 +218,7 @@ func NewLongPollHandler(ep Endpoint, cfg LongPollConfig) (*LongPollHandler, erro
 	cfg.MaxAnswerBytes = min(cfg.MaxAnswerBytes, maxRelayBody)
 	positiveOr(&cfg.IOTimeout, DefaultLongPollIOTimeout)
 	positiveOr(&cfg.MaxBody, DefaultLongPollMaxBody)
+	positiveOr(&cfg.MaxSessionsPerAddr, DefaultLongPollMaxSessionsPerAddr)
 	positiveOr(&cfg.MaxSessions, DefaultLongPollMaxSessions)
 	positiveOr(&cfg.TokenMaxAge, DefaultLongPollTokenMaxAge)
 	positiveOr(&cfg.HandshakeTimeout, DefaultHandshakeTimeout)
@@ -209,6 +226,10 @@ func NewLongPollHandler(ep Endpoint, cfg LongPollConfig) (*LongPollHandler, erro
 		cfg.Logger = slog.Default()
 	}
 	oc, err := newOriginChecker(cfg.AllowedOrigins)
+	if err != nil {
+		return nil, err
+	}
+	proxies, err := parseTrustedProxies(cfg.TrustedProxies)
 	if err != nil {
 		return nil, err
 	}
@@ -226,6 +247,8 @@ func NewLongPollHandler(ep Endpoint, cfg LongPollConfig) (*LongPollHandler, erro
 		origins:  oc,
 		secret:   secret,
 		sessions: make(map[[lpSessionIDLen]byte]*lpSession),
+		perAddr:  make(map[netip.Prefix]int),
+		proxies:  proxies,
 		done:     make(chan struct{}),
 	}
 	if cfg.Relay != nil {

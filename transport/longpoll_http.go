@@ -8,7 +8,9 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"net/netip"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/channelsd/channelsd/channels"
@@ -157,9 +159,13 @@ func (h *LongPollHandler) lookup(r *http.Request) *lpSession {
 // open runs the handshake (§1.2, §5.1) and creates a session, answering
 // {"status":410,"token":T,"messages":[]}.
 func (h *LongPollHandler) open(w http.ResponseWriter, r *http.Request) {
-	if closed, full := h.room(); closed || full {
-		if full {
-			h.stats.SessionLimit.Add(1)
+	addr := h.clientKey(r)
+	h.mu.Lock()
+	closed, limit := h.roomLocked(addr)
+	h.mu.Unlock()
+	if closed || limit != nil {
+		if limit != nil {
+			limit.Add(1)
 		}
 		h.refuseOpen(w)
 		return
@@ -199,17 +205,18 @@ func (h *LongPollHandler) open(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusInternalServerError)
 		return
 	}
+	s.addr = addr
 	h.mu.Lock()
-	if h.closed || len(h.sessions) >= h.cfg.MaxSessions {
-		full := !h.closed
+	if closed, limit := h.roomLocked(addr); closed || limit != nil {
 		h.mu.Unlock()
-		if full {
-			h.stats.SessionLimit.Add(1)
+		if limit != nil {
+			limit.Add(1)
 		}
 		h.refuseOpen(w)
 		return
 	}
 	h.sessions[s.id] = s
+	h.perAddr[addr]++
 	slot = false
 	// Close waits for this Open (and the HandleClose it may start).
 	h.bg.Add(1)
@@ -236,11 +243,19 @@ func (h *LongPollHandler) open(w http.ResponseWriter, r *http.Request) {
 	_ = writePollJSON(w, 410, h.token(s), nil, h.cfg.IOTimeout)
 }
 
-// room reports whether the handler is closed, or at MaxSessions.
-func (h *LongPollHandler) room() (closed, full bool) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.closed, len(h.sessions) >= h.cfg.MaxSessions
+// roomLocked reports whether the handler is closed, or else the counter
+// of the limit an opening GET from addr hits (nil: there is room). h.mu
+// is held.
+func (h *LongPollHandler) roomLocked(addr netip.Prefix) (closed bool, limit *atomic.Uint64) {
+	switch {
+	case h.closed:
+		return true, nil
+	case len(h.sessions) >= h.cfg.MaxSessions:
+		return false, &h.stats.SessionLimit
+	case h.perAddr[addr] >= h.cfg.MaxSessionsPerAddr:
+		return false, &h.stats.AddrLimit
+	}
+	return false, nil
 }
 
 // refuseOpen answers an opening GET the node has no room for (or a closed

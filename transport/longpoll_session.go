@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -14,8 +15,9 @@ import (
 // buffer of encoded text frames and at most one waiting poll. Its expiry
 // is one time.AfterFunc timer, re-armed (not reset) when it fires early.
 type lpSession struct {
-	h  *LongPollHandler
-	id [lpSessionIDLen]byte
+	h    *LongPollHandler
+	id   [lpSessionIDLen]byte
+	addr netip.Prefix // the client address it counts against (MaxSessionsPerAddr)
 
 	// frameMu serialises HandleFrame (POSTs) and HandleClose.
 	frameMu sync.Mutex
@@ -187,6 +189,9 @@ func (s *lpSession) end(why string) {
 	h.mu.Lock()
 	if h.sessions[s.id] == s {
 		delete(h.sessions, s.id)
+		if h.perAddr[s.addr]--; h.perAddr[s.addr] <= 0 {
+			delete(h.perAddr, s.addr)
+		}
 	}
 	h.mu.Unlock()
 	h.stats.Open.Add(-1)

@@ -35,3 +35,21 @@ func TestLongPollLimitFlags(t *testing.T) {
 		}
 	}
 }
+
+func TestLongPollAddressFlags(t *testing.T) {
+	o, err := parseFlags(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.lpMaxPerAddr != 100 || o.trustedProxies != "" {
+		t.Fatalf("defaults: %+v", *o)
+	}
+	t.Setenv("CHANNELS_LONGPOLL_MAX_SESSIONS_PER_ADDRESS", "7")
+	t.Setenv("CHANNELS_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1")
+	if o, err = parseFlags(nil, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if o.lpMaxPerAddr != 7 || len(splitList(o.trustedProxies)) != 2 {
+		t.Fatalf("from the environment: %+v", *o)
+	}
+}

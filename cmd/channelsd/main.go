@@ -98,6 +98,8 @@ type options struct {
 	lpMaxBufferedBytes int
 	lpMaxAnswerBytes   int
 	lpIOTimeout        time.Duration
+	lpMaxPerAddr       int
+	trustedProxies     string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -123,6 +125,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.int(&o.lpMaxBuffered, "longpoll-max-buffered", "CHANNELS_LONGPOLL_MAX_BUFFERED", transport.DefaultLongPollMaxBuffered, "messages a long-poll session buffers for its next poll; one more ends the session as a slow consumer (its next request gets {\"status\":410}: the client reconnects and rejoins)")
 	env.int(&o.lpMaxBufferedBytes, "longpoll-max-buffered-bytes", "CHANNELS_LONGPOLL_MAX_BUFFERED_BYTES", transport.DefaultLongPollMaxBufferedBytes, "bytes a long-poll session buffers for its next poll (as JSON in an answer); a message beyond ends the session as a slow consumer, as --longpoll-max-buffered; -1: no limit")
 	env.int(&o.lpMaxAnswerBytes, "longpoll-max-answer-bytes", "CHANNELS_LONGPOLL_MAX_ANSWER_BYTES", transport.DefaultLongPollMaxAnswerBytes, "largest long-poll answer in bytes (the default is also the most, so that relayed answers fit in one Redis message); the rest waits for the next poll, and a larger message goes alone")
+	env.int(&o.lpMaxPerAddr, "longpoll-max-sessions-per-address", "CHANNELS_LONGPOLL_MAX_SESSIONS_PER_ADDRESS", transport.DefaultLongPollMaxSessionsPerAddr, "live long-poll sessions one client address may hold (IPv6: one /64); one more is answered HTTP 503 with Retry-After; behind a proxy see --trusted-proxies; -1: no limit")
+	env.str(&o.trustedProxies, "trusted-proxies", "CHANNELS_TRUSTED_PROXIES", "", "comma-separated CIDRs (or addresses) of the proxies or load balancers in front of the node: a request from one of them is taken to come from the right-most X-Forwarded-For address that is not one of them (for per-address limits); empty: X-Forwarded-For is never trusted")
 	env.duration(&o.lpIOTimeout, "longpoll-io-timeout", "CHANNELS_LONGPOLL_IO_TIMEOUT", transport.DefaultLongPollIOTimeout, "longest time to read a long-poll POST body (slower: HTTP 400, nothing processed) or write an answer (slower: cut off, and a session whose messages were in it ends)")
 	env.str(&o.apiKey, "api-key", "CHANNELS_API_KEY", "", "bearer key required by the HTTP API (/api/*); empty leaves it open")
 	env.str(&o.tokenSecret, "token-secret", "CHANNELS_TOKEN_SECRET", "", "secret (at least 32 bytes) that signs and verifies socket tokens (HS256 JWTs); when set every socket needs a valid token, and private:* topics open to tokens whose topics claim names them; empty accepts anonymous sockets")
@@ -285,19 +289,21 @@ func run(args []string, stderr io.Writer) error {
 		Logger:          logger,
 
 		// Limits (README "Limits").
-		MaxSockets:               o.maxSockets,
-		MaxPendingUpgrades:       o.maxPendingUpgrades,
-		HandshakeTimeout:         o.handshakeTimeout,
-		MaxPayloadSize:           o.maxPayloadSize,
-		MaxTopicLength:           o.maxTopicLength,
-		MaxEventLength:           o.maxEventLength,
-		MaxMessagesPerSecond:     o.maxMessagesPerSec,
-		Burst:                    o.burst,
-		LongPollMaxSessions:      o.lpMaxSessions,
-		LongPollMaxBuffered:      o.lpMaxBuffered,
-		LongPollMaxBufferedBytes: o.lpMaxBufferedBytes,
-		LongPollMaxAnswerBytes:   o.lpMaxAnswerBytes,
-		LongPollIOTimeout:        o.lpIOTimeout,
+		MaxSockets:                 o.maxSockets,
+		MaxPendingUpgrades:         o.maxPendingUpgrades,
+		HandshakeTimeout:           o.handshakeTimeout,
+		MaxPayloadSize:             o.maxPayloadSize,
+		MaxTopicLength:             o.maxTopicLength,
+		MaxEventLength:             o.maxEventLength,
+		MaxMessagesPerSecond:       o.maxMessagesPerSec,
+		Burst:                      o.burst,
+		LongPollMaxSessions:        o.lpMaxSessions,
+		LongPollMaxBuffered:        o.lpMaxBuffered,
+		LongPollMaxBufferedBytes:   o.lpMaxBufferedBytes,
+		LongPollMaxAnswerBytes:     o.lpMaxAnswerBytes,
+		LongPollIOTimeout:          o.lpIOTimeout,
+		LongPollMaxSessionsPerAddr: o.lpMaxPerAddr,
+		TrustedProxies:             splitList(o.trustedProxies),
 	})
 	if err != nil {
 		return err
