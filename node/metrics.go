@@ -130,7 +130,7 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 		{"channelsd_longpoll_posts_total", "Long-poll POSTs on a live session.", &lp.Posts},
 		{"channelsd_longpoll_dropped_binary_total", "Server binary frames dropped because long-poll cannot carry them.", &lp.DroppedBinary},
 		{"channelsd_longpoll_overflowed_total", "Long-poll sessions ended as slow consumers because their buffer held --longpoll-max-buffered messages (in bytes: channelsd_limit_hits_total{limit=\"longpoll_buffered_bytes\"}).", &lp.Overflowed},
-		{"channelsd_longpoll_relay_panics_total", "Relayed long-poll requests whose serving panicked on this node (answered 500; the node carries on).", &lp.Panics},
+		{"channelsd_longpoll_relay_panics_total", "Panics recovered in the long-poll transport: serving a relayed request (answered 500) or a session's HandleClose; the node carries on.", &lp.Panics},
 		{"channelsd_longpoll_answer_failures_total", "Long-poll answers carrying messages that could not be written (client gone, or not reading within the I/O timeout).", &lp.AnswerFailures},
 		{"channelsd_longpoll_bad_lines_total", "Long-poll POST lines that were neither JSON nor base64.", &lp.BadLines},
 		{"channelsd_longpoll_bodies_too_large_total", "Long-poll POSTs refused for a body above the maximum size.", &lp.BodiesTooLarge},

@@ -128,7 +128,7 @@ type LongPollStats struct {
 	OverflowedBytes atomic.Uint64 // sessions ended as slow consumers at MaxBufferedBytes
 	AnswerFailures  atomic.Uint64 // poll answers with messages that could not be written (the session ended)
 	IOTimeouts      atomic.Uint64 // POST bodies and answers cut off at IOTimeout
-	Panics          atomic.Uint64 // relayed requests whose serving panicked (answered 500)
+	Panics          atomic.Uint64 // panics recovered: serving a relayed request (answered 500), HandleClose
 	RelayTooLarge   atomic.Uint64 // relayed requests, or answers, above the relay's bound (413, or the session ended)
 	BadLines        atomic.Uint64 // POST lines that were neither JSON nor base64
 	BodiesTooLarge  atomic.Uint64 // POSTs above MaxBody

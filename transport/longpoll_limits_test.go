@@ -244,3 +244,37 @@ func TestLongPollCORSCredentials(t *testing.T) {
 		check(t, hs, "null", want{"", ""})
 	})
 }
+
+// panicCloseEndpoint's sockets panic in HandleClose.
+type panicCloseEndpoint struct{ *fakeEndpoint }
+
+type panicCloseSocket struct{ *fakeSocket }
+
+func (e panicCloseEndpoint) Open(conn channels.Conn, ser channels.Serializer, id channels.Identity) Socket {
+	return panicCloseSocket{e.fakeEndpoint.Open(conn, ser, id).(*fakeSocket)}
+}
+
+func (s panicCloseSocket) HandleClose() {
+	s.fakeSocket.HandleClose()
+	panic("injected")
+}
+
+// HandleClose runs on a goroutine the session starts, where a panic would
+// stop the node: it is recovered and logged.
+func TestLongPollHandleClosePanic(t *testing.T) {
+	ep := newFakeEndpoint()
+	h, err := NewLongPollHandler(panicCloseEndpoint{ep}, LongPollConfig{Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, st := lpOpenFrom(t, h, "192.0.2.1:1", ""); st != 410 {
+		t.Fatal("open failed")
+	}
+	sock := <-ep.opened
+	sock.conn.Close(1000, "test")
+	_ = h.Close() // waits for HandleClose
+	sock.awaitClose(t)
+	if n := h.Stats().Panics.Load(); n != 1 {
+		t.Fatalf("Panics = %d", n)
+	}
+}

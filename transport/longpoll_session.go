@@ -2,6 +2,7 @@ package transport
 
 import (
 	"net/netip"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"time"
@@ -218,6 +219,14 @@ func (s *lpSession) startHandleClose() {
 		defer s.h.bg.Done()
 		s.frameMu.Lock()
 		defer s.frameMu.Unlock()
+		// Nothing above this goroutine would catch a panic: the node
+		// would stop.
+		defer func() {
+			if v := recover(); v != nil {
+				s.h.stats.Panics.Add(1)
+				s.h.log.Error("transport: panic in a long-poll session's HandleClose", "panic", v, "stack", string(debug.Stack()))
+			}
+		}()
 		sock.HandleClose()
 	}()
 }
