@@ -20,6 +20,10 @@ import (
 
 // ServeHTTP dispatches on the method (§8.1).
 func (h *LongPollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == relayUndelivered && relayed(r) {
+		h.undelivered(w, r)
+		return
+	}
 	switch r.Method {
 	case http.MethodGet, http.MethodPost, http.MethodOptions:
 	default:

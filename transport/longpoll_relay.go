@@ -27,7 +27,10 @@ import (
 // lost as far as the client can tell, and the request gets what a dead
 // session gets on its own node: a GET opens a new session here
 // ({"status":410} with a new token: phoenix.js reconnects and rejoins), a
-// POST gets {"status":410}.
+// POST gets {"status":410}. When the relaying node cannot hand the client
+// an answer that carried messages (the client left, or did not read it
+// within IOTimeout), it tells the owner (relayUndelivered), which ends the
+// session as it does when its own write fails.
 //
 // Relayed request (the call's body):
 //
@@ -94,6 +97,12 @@ func (h *LongPollHandler) relay(w http.ResponseWriter, r *http.Request, node str
 	defer cancel()
 	h.stats.Relayed.Add(1)
 	ans, err := h.cfg.Relay.Call(ctx, node, relayService, req)
+	if err != nil && r.Method == http.MethodGet && r.Context().Err() != nil {
+		// The client left while the owner held its poll, which may have
+		// handed out messages by now: they would be lost unknown to it.
+		h.notifyUndelivered(r, node)
+		return true
+	}
 	if err != nil {
 		h.stats.RelayFailures.Add(1)
 		h.log.Debug("transport: long-poll relay failed; the session counts as lost", "node", node, "method", r.Method, "err", err)
@@ -119,8 +128,39 @@ func (h *LongPollHandler) relay(w http.ResponseWriter, r *http.Request, node str
 			h.stats.IOTimeouts.Add(1)
 		}
 		h.log.Debug("transport: relayed long-poll answer not delivered", "node", node, "err", err)
+		if status == http.StatusOK && !bytes.Contains(out, []byte(`"messages":[]`)) {
+			h.notifyUndelivered(r, node)
+		}
 	}
 	return true
+}
+
+// relayUndelivered is the method of the notice a relaying node sends the
+// owner when an answer that carried messages did not reach the client:
+// the owner ends the session, and the client learns of the loss by
+// {"status":410} on its next request, as when the owner fails to write an
+// answer itself. Clients cannot send it: ServeHTTP answers any method but
+// GET, POST and OPTIONS 400 before relaying.
+const relayUndelivered = "CHANNELSD-UNDELIVERED"
+
+// notifyUndelivered sends the owner the notice for r's session.
+func (h *LongPollHandler) notifyUndelivered(r *http.Request, node string) {
+	n := r.Clone(context.WithoutCancel(r.Context()))
+	n.Method = relayUndelivered
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), relayMargin)
+	defer cancel()
+	if _, err := h.cfg.Relay.Call(ctx, node, relayService, appendRelayRequest(nil, n, nil)); err != nil {
+		h.log.Debug("transport: long-poll undelivered notice failed", "node", node, "err", err)
+	}
+}
+
+// undelivered is the owner's side of the notice.
+func (h *LongPollHandler) undelivered(w http.ResponseWriter, r *http.Request) {
+	if s := h.lookup(r); s != nil {
+		h.stats.AnswerFailures.Add(1)
+		s.end("relayed answer not delivered")
+	}
+	writeStatusJSON(w, http.StatusOK, 410)
 }
 
 // serveRelayed is the owner's side: the call handler registered on
@@ -270,7 +310,7 @@ func decodeRelayRequest(ctx context.Context, b []byte) (*http.Request, error) {
 	if rd.err != nil {
 		return nil, rd.err
 	}
-	if method != http.MethodGet && method != http.MethodPost && method != http.MethodOptions {
+	if method != http.MethodGet && method != http.MethodPost && method != http.MethodOptions && method != relayUndelivered {
 		return nil, errRelayFrame
 	}
 	r, err := http.NewRequestWithContext(ctx, method, uri, bytes.NewReader(rd.b))

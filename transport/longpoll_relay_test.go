@@ -3,6 +3,7 @@ package transport
 import (
 	"bytes"
 	"context"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -398,5 +399,39 @@ func TestLongPollRelayedPanic(t *testing.T) {
 	// The session and the node carry on.
 	if r := b.post(t, tok, `[null,"2","phoenix","heartbeat",{}]`); r.Raw != `{"status":200}` {
 		t.Fatalf("POST after the panic: %s", r.Raw)
+	}
+}
+
+// failingWriter is a client connection that breaks when written to.
+type failingWriter struct{ h http.Header }
+
+func (f *failingWriter) Header() http.Header         { return f.h }
+func (f *failingWriter) WriteHeader(int)             {}
+func (f *failingWriter) Write(p []byte) (int, error) { return 0, io.ErrClosedPipe }
+
+// When the relaying node cannot deliver an answer that carried messages,
+// the owner is told and ends the session, as it does when its own write
+// fails: the client learns of the loss ({"status":410}) instead of never
+// seeing those messages.
+func TestLongPollRelayUndelivered(t *testing.T) {
+	_, a, b := relayPair(t, LongPollConfig{Window: waitLimit})
+	tok, sock := a.open(t, "vsn=2.0.0")
+	if err := sock.conn.Send(channels.Frame{Data: []byte(`["m"]`)}); err != nil {
+		t.Fatal(err)
+	}
+	b.h.ServeHTTP(&failingWriter{h: http.Header{}}, b.req(t, http.MethodGet, lpTokenQuery(tok), ""))
+	sock.awaitClose(t)
+	if r := b.get(t, lpTokenQuery(tok)); r.Status != 410 {
+		t.Fatalf("poll after an undelivered answer: %s", r.Raw)
+	}
+	// The notice is the relay's own: a client cannot send it.
+	tok2, sock2 := a.open(t, "vsn=2.0.0")
+	if r := b.do(t, b.req(t, relayUndelivered, lpTokenQuery(tok2), "")); r.HTTP != http.StatusBadRequest {
+		t.Fatalf("notice from a client: HTTP %d %s", r.HTTP, r.Raw)
+	}
+	select {
+	case <-sock2.closed:
+		t.Fatal("a client's notice ended its session")
+	default:
 	}
 }
