@@ -70,22 +70,24 @@ func (n *Node) requestRead(h http.Handler) http.Handler {
 // counter of its refusals (README "Limits").
 func (n *Node) limitHits() map[string]func() uint64 {
 	es, ws, lp := n.endpoint.Stats(), n.ws.Stats(), n.lp.Stats()
-	return map[string]func() uint64{
-		"sockets":                 func() uint64 { return ws.SocketLimit.Load() + lp.SocketLimit.Load() },
-		"pending_upgrades":        ws.PendingLimit.Load,
-		"handshake_timeout":       n.handshakeTimeouts.Load,
-		"frame_size":              ws.TooBig.Load,
-		"channels":                es.LimitChannels.Load,
-		"messages_per_second":     es.LimitRate.Load,
-		"rate_abuse":              es.LimitRateAbuse.Load,
-		"payload_size":            es.LimitPayloadSize.Load,
-		"topic_length":            es.LimitTopicLength.Load,
-		"event_length":            es.LimitEventLength.Load,
-		"longpoll_sessions":       lp.SessionLimit.Load,
-		"longpoll_buffered":       lp.Overflowed.Load,
-		"longpoll_buffered_bytes": lp.OverflowedBytes.Load,
-		"longpoll_io_timeout":     lp.IOTimeouts.Load,
-		"longpoll_relay_size":     lp.RelayTooLarge.Load,
-		"longpoll_body":           lp.BodiesTooLarge.Load,
+	hits := map[string]func() uint64{
+		"sockets":             func() uint64 { return ws.SocketLimit.Load() + lp.SocketLimit.Load() },
+		"pending_upgrades":    ws.PendingLimit.Load,
+		"handshake_timeout":   n.handshakeTimeouts.Load,
+		"frame_size":          ws.TooBig.Load,
+		"channels":            es.LimitChannels.Load,
+		"messages_per_second": es.LimitRate.Load,
+		"rate_abuse":          es.LimitRateAbuse.Load,
+		"payload_size":        es.LimitPayloadSize.Load,
+		"topic_length":        es.LimitTopicLength.Load,
+		"event_length":        es.LimitEventLength.Load,
+		"longpoll_sessions":   lp.SessionLimit.Load,
+		"longpoll_buffered":   lp.Overflowed.Load,
+		"longpoll_body":       lp.BodiesTooLarge.Load,
 	}
+	hits["longpoll_buffered_bytes"] = lp.OverflowedBytes.Load
+	hits["longpoll_io_timeout"] = lp.IOTimeouts.Load
+	hits["longpoll_relay_size"] = lp.RelayTooLarge.Load
+	hits["longpoll_sessions_per_address"] = lp.AddrLimit.Load
+	return hits
 }

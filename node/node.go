@@ -251,20 +251,21 @@ func New(cfg Config) (*Node, error) {
 	n.cfg = cfg
 	n.cluster = newClusterView(cfg.NodeID, cfg.ReportInterval)
 	n.lp, err = transport.NewLongPollHandler(transport.FromEndpoint(ep), transport.LongPollConfig{
-		MaxBody:            cfg.MaxFrameSize,
-		MaxSessions:        cfg.LongPollMaxSessions,
-		MaxBuffered:        cfg.LongPollMaxBuffered,
+		MaxBody:          cfg.MaxFrameSize,
+		MaxSessions:      cfg.LongPollMaxSessions,
+		MaxBuffered:      cfg.LongPollMaxBuffered,
+		HandshakeTimeout: cfg.HandshakeTimeout,
+		Sockets:          n.slots,
+		AllowedOrigins:   cfg.AllowedOrigins,
+		NodeID:           cfg.NodeID,
+		Relay:            relay,
+		Logger:           cfg.Logger,
+
 		MaxBufferedBytes:   cfg.LongPollMaxBufferedBytes,
 		MaxAnswerBytes:     cfg.LongPollMaxAnswerBytes,
 		IOTimeout:          cfg.LongPollIOTimeout,
 		MaxSessionsPerAddr: cfg.LongPollMaxSessionsPerAddr,
 		TrustedProxies:     cfg.TrustedProxies,
-		HandshakeTimeout:   cfg.HandshakeTimeout,
-		Sockets:            n.slots,
-		AllowedOrigins:     cfg.AllowedOrigins,
-		NodeID:             cfg.NodeID,
-		Relay:              relay,
-		Logger:             cfg.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
