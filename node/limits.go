@@ -88,6 +88,10 @@ func (n *Node) limitHits() map[string]func() uint64 {
 		"longpoll_buffered":   lp.Overflowed.Load,
 		"longpoll_body":       lp.BodiesTooLarge.Load,
 	}
+	hits["longpoll_buffered_bytes"] = lp.OverflowedBytes.Load
+	hits["longpoll_io_timeout"] = lp.IOTimeouts.Load
+	hits["longpoll_relay_size"] = lp.RelayTooLarge.Load
+	hits["longpoll_sessions_per_address"] = lp.AddrLimit.Load
 	// The Redis PubSub and the presence trackers count their own refusals.
 	for _, dep := range []any{n.cfg.PubSub, n.cfg.Presence} {
 		if lc, ok := dep.(pubsub.LimitCounter); ok {

@@ -129,7 +129,9 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 		{"channelsd_longpoll_polls_total", "Long-poll GET polls on a live session.", &lp.Polls},
 		{"channelsd_longpoll_posts_total", "Long-poll POSTs on a live session.", &lp.Posts},
 		{"channelsd_longpoll_dropped_binary_total", "Server binary frames dropped because long-poll cannot carry them.", &lp.DroppedBinary},
-		{"channelsd_longpoll_overflowed_total", "Buffered long-poll messages dropped, oldest first, because a session's buffer was full.", &lp.Overflowed},
+		{"channelsd_longpoll_overflowed_total", "Long-poll sessions ended as slow consumers because their buffer held --longpoll-max-buffered messages (in bytes: channelsd_limit_hits_total{limit=\"longpoll_buffered_bytes\"}).", &lp.Overflowed},
+		{"channelsd_longpoll_relay_panics_total", "Panics recovered in the long-poll transport: serving a relayed request (answered 500) or a session's HandleClose; the node carries on.", &lp.Panics},
+		{"channelsd_longpoll_answer_failures_total", "Long-poll answers carrying messages that could not be written (client gone, or not reading within the I/O timeout).", &lp.AnswerFailures},
 		{"channelsd_longpoll_bad_lines_total", "Long-poll POST lines that were neither JSON nor base64.", &lp.BadLines},
 		{"channelsd_longpoll_bodies_too_large_total", "Long-poll POSTs refused for a body above the maximum size.", &lp.BodiesTooLarge},
 	} {
@@ -138,7 +140,7 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 
 	// Limits: one counter of refusals per limit, each read from the atomic
 	// its refusal path adds to.
-	const limitHelp = "Refusals by limit (README \"Limits\"): sockets (upgrade or long-poll open answered 503), pending_upgrades (503), handshake_timeout (connection cut while its request headers were still incomplete), frame_size (WebSocket closed 1009), channels (join refused: too many channels joined), messages_per_second (message dropped: rate limited), rate_abuse (socket closed 1008 for a persistent excess of its rate), payload_size, topic_length, event_length (message dropped with an error reply), longpoll_sessions (opening GET answered 503), longpoll_buffered (oldest buffered message dropped), longpoll_body (POST answered 413), presence_key_length, presence_meta_size, presence_topic_entries, presence_join_entries (presence track refused), redis_message_size (a message over --redis-max-message-size refused)."
+	const limitHelp = "Refusals by limit (README \"Limits\"): sockets (upgrade or long-poll open answered 503), pending_upgrades (503), handshake_timeout (connection cut while its request headers were still incomplete), frame_size (WebSocket closed 1009), channels (join refused: too many channels joined), messages_per_second (message dropped: rate limited), rate_abuse (socket closed 1008 for a persistent excess of its rate), payload_size, topic_length, event_length (message dropped with an error reply), longpoll_sessions, longpoll_sessions_per_address (opening GET answered 503), longpoll_buffered, longpoll_buffered_bytes (session ended as a slow consumer), longpoll_body (POST answered 413), longpoll_io_timeout (POST body or answer cut off), longpoll_relay_size (relayed POST answered 413, or session ended: a message too large to relay), presence_key_length, presence_meta_size, presence_topic_entries, presence_join_entries (presence track refused), redis_message_size (a message over --redis-max-message-size refused)."
 	for limit, f := range n.limitHits() {
 		counter("channelsd_limit_hits_total", limitHelp, prometheus.Labels{"limit": limit},
 			func() float64 { return float64(f()) })

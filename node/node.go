@@ -50,6 +50,18 @@ type Config struct {
 	RateAbuseAfter       time.Duration // a socket over its rate this long is closed (1008); default 10s
 	LongPollMaxSessions  int           // default 10000
 	LongPollMaxBuffered  int           // messages per session; default 1000
+	// LongPollMaxBufferedBytes bounds a session's buffer in bytes (default
+	// 4 MiB), LongPollMaxAnswerBytes one poll answer (default and at most
+	// about 3 MiB, for the relay), LongPollIOTimeout reading a POST body
+	// and writing an answer (default 10s); see transport.LongPollConfig.
+	LongPollMaxBufferedBytes int
+	LongPollMaxAnswerBytes   int
+	LongPollIOTimeout        time.Duration
+	// LongPollMaxSessionsPerAddr bounds the live long-poll sessions of
+	// one client address (default 100; IPv6 by /64), which is read from
+	// X-Forwarded-For only behind TrustedProxies (CIDRs; empty: never).
+	LongPollMaxSessionsPerAddr int
+	TrustedProxies             []string
 
 	// DrainWindow spreads the closing of the sockets when the node drains
 	// (Drain, Shutdown): they are closed in batches evenly over it. Zero
@@ -149,7 +161,10 @@ func New(cfg Config) (*Node, error) {
 	defaultLimit(&cfg.MaxEventLength, DefaultMaxEventLength)
 	defaultLimit(&cfg.LongPollMaxSessions, transport.DefaultLongPollMaxSessions)
 	defaultLimit(&cfg.LongPollMaxBuffered, transport.DefaultLongPollMaxBuffered)
-	for _, v := range []*int{&cfg.LongPollMaxSessions, &cfg.LongPollMaxBuffered} {
+	defaultLimit(&cfg.LongPollMaxBufferedBytes, transport.DefaultLongPollMaxBufferedBytes)
+	defaultLimit(&cfg.LongPollMaxAnswerBytes, transport.DefaultLongPollMaxAnswerBytes)
+	defaultLimit(&cfg.LongPollMaxSessionsPerAddr, transport.DefaultLongPollMaxSessionsPerAddr)
+	for _, v := range []*int{&cfg.LongPollMaxSessions, &cfg.LongPollMaxBuffered, &cfg.LongPollMaxBufferedBytes, &cfg.LongPollMaxSessionsPerAddr} {
 		if *v < 0 {
 			*v = math.MaxInt // the transport reads zero or negative as its default
 		}
@@ -245,6 +260,12 @@ func New(cfg Config) (*Node, error) {
 		NodeID:           cfg.NodeID,
 		Relay:            relay,
 		Logger:           cfg.Logger,
+
+		MaxBufferedBytes:   cfg.LongPollMaxBufferedBytes,
+		MaxAnswerBytes:     cfg.LongPollMaxAnswerBytes,
+		IOTimeout:          cfg.LongPollIOTimeout,
+		MaxSessionsPerAddr: cfg.LongPollMaxSessionsPerAddr,
+		TrustedProxies:     cfg.TrustedProxies,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)

@@ -140,9 +140,10 @@
 // lines (JSON frames, or base64 for binary) that reach the socket in
 // order, and a session ends when no GET has come for SessionTimeout. A
 // session is the same channels.Socket as a WebSocket one, over a Conn that
-// buffers frames for the next poll (oldest dropped past MaxBuffered). The
-// token is signed with HMAC-SHA256 and names the node that owns the
-// session; answering a request for a session on another node (the relay
-// through Redis) is not built yet: such a token is treated as unknown, so
-// the client opens a new session.
+// buffers frames for the next poll, bounded in messages and in bytes (past
+// either the session ends as a slow consumer); an answer carries at most
+// MaxAnswerBytes of them and is written within IOTimeout. The token is
+// signed with HMAC-SHA256 and names the node that owns the session; a
+// request that reaches another node is relayed to the owner
+// (longpoll_relay.go).
 package transport

@@ -3,6 +3,7 @@ package transport
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/json"
 	"testing"
 )
 
@@ -77,6 +78,30 @@ func FuzzLongPollBody(f *testing.F) {
 		}
 		if !bytes.Equal(body, orig) {
 			t.Fatal("the body was modified")
+		}
+	})
+}
+
+// FuzzLongPollJSONString: a message is written into a poll answer as
+// encoding/json writes a string (without HTML escaping), and
+// jsonStringLen, which bounds buffers and answers, is exactly its length.
+func FuzzLongPollJSONString(f *testing.F) {
+	for _, seed := range []string{"", `["a","b"]`, "\x00\x1f\"\\\b\f\n\r\t", "\u2028\u2029é€😀", "\xff\xc3(\xe2\x82", "<&>"} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, s []byte) {
+		got := appendJSONString(nil, s)
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(string(s)); err != nil {
+			t.Fatal(err)
+		}
+		if want := bytes.TrimSuffix(buf.Bytes(), []byte("\n")); !bytes.Equal(got, want) {
+			t.Fatalf("%q: got %s, encoding/json %s", s, got, want)
+		}
+		if n := jsonStringLen(s); n != len(got) {
+			t.Fatalf("%q: jsonStringLen %d, written %d", s, n, len(got))
 		}
 	})
 }

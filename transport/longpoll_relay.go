@@ -7,8 +7,12 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
+	"runtime/debug"
 	"strconv"
 	"time"
+
+	"github.com/channelsd/channelsd/pubsub"
 )
 
 // The cross-node relay (PROTOCOL.md §8.6). A long-poll session lives on
@@ -25,7 +29,10 @@ import (
 // lost as far as the client can tell, and the request gets what a dead
 // session gets on its own node: a GET opens a new session here
 // ({"status":410} with a new token: phoenix.js reconnects and rejoins), a
-// POST gets {"status":410}.
+// POST gets {"status":410}. When the relaying node cannot hand the client
+// an answer that carried messages (the client left, or did not read it
+// within IOTimeout), it tells the owner (relayUndelivered), which ends the
+// session as it does when its own write fails.
 //
 // Relayed request (the call's body):
 //
@@ -34,6 +41,44 @@ import (
 //	...     body, to the end
 //
 // Answer: uvarint HTTP status, the same header list, then the body.
+
+// maxRelayMessage bounds a relayed request and a relayed answer, each one
+// Redis message: well under the 32 MB at which Redis's default
+// client-output-buffer-limit for pub/sub drops a subscriber's connection
+// (and everything queued on it), and at its 8 MB soft limit. A POST body
+// (MaxBody) that cannot cross it is answered 413 on the relaying node;
+// poll answers are cut to fit (MaxAnswerBytes).
+const maxRelayMessage = 4 << 20
+
+// maxRelayBody leaves room in maxRelayMessage for the framing: the
+// method, URI, remote address and headers of a request (net/http bounds
+// headers to 1 MiB by default), or the status and headers of an answer.
+const maxRelayBody = maxRelayMessage - 1<<20 - 64<<10
+
+// messageBounded is implemented by a Caller that carries at most
+// MaxMessageSize bytes in one message (pubsub/redis, whose
+// --redis-max-message-size may be below maxRelayMessage): a relayed
+// request or answer above it would fail with pubsub.ErrTooLarge, and an
+// answer's messages, already taken from the session, would be lost.
+type messageBounded interface{ MaxMessageSize() int }
+
+// Bytes a Caller adds to a relayed request or answer (the node's channel
+// name, the call frame and envelope), and that an answer's framing (its
+// status and three headers) adds to its body.
+const (
+	relayCallOverhead   = 4 << 10
+	relayAnswerOverhead = 4 << 10
+)
+
+// relayBounds returns the largest relayed request or answer the Caller
+// carries, and the largest answer body that fits in it.
+func relayBounds(c pubsub.Caller) (message, answer int) {
+	message = maxRelayMessage
+	if mb, ok := c.(messageBounded); ok {
+		message = min(message, mb.MaxMessageSize()-relayCallOverhead)
+	}
+	return message, min(maxRelayBody, message-relayAnswerOverhead)
+}
 
 // relayService names the long-poll handler among a node's call handlers.
 const relayService = "longpoll"
@@ -67,10 +112,24 @@ func relayed(r *http.Request) bool { return r.Context().Value(relayKey{}) != nil
 // written nothing, when the owner could not be reached.
 func (h *LongPollHandler) relay(w http.ResponseWriter, r *http.Request, node string, body []byte) bool {
 	req := appendRelayRequest(nil, r, body)
+	if len(req) > h.relayMax {
+		// Served here, the body would pass MaxBody; it cannot cross to the
+		// owner in one message, and is refused whole, nothing processed.
+		h.stats.RelayTooLarge.Add(1)
+		h.stats.BodiesTooLarge.Add(1)
+		writeStatusJSON(w, http.StatusRequestEntityTooLarge, 413)
+		return true
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.Window+relayMargin)
 	defer cancel()
 	h.stats.Relayed.Add(1)
 	ans, err := h.cfg.Relay.Call(ctx, node, relayService, req)
+	if err != nil && r.Method == http.MethodGet && r.Context().Err() != nil {
+		// The client left while the owner held its poll, which may have
+		// handed out messages by now: they would be lost unknown to it.
+		h.notifyUndelivered(r, node)
+		return true
+	}
 	if err != nil {
 		h.stats.RelayFailures.Add(1)
 		h.log.Debug("transport: long-poll relay failed; the session counts as lost", "node", node, "method", r.Method, "err", err)
@@ -88,14 +147,64 @@ func (h *LongPollHandler) relay(w http.ResponseWriter, r *http.Request, node str
 		}
 	}
 	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
-	w.WriteHeader(status)
-	_, _ = w.Write(out)
+	if err := writeAnswer(w, status, out, h.cfg.IOTimeout); err != nil {
+		// The owner has handed these messages out; the session there
+		// does not know they were lost (README "Limits").
+		h.stats.AnswerFailures.Add(1)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			h.stats.IOTimeouts.Add(1)
+		}
+		h.log.Debug("transport: relayed long-poll answer not delivered", "node", node, "err", err)
+		if status == http.StatusOK && !bytes.Contains(out, []byte(`"messages":[]`)) {
+			h.notifyUndelivered(r, node)
+		}
+	}
 	return true
+}
+
+// relayUndelivered is the method of the notice a relaying node sends the
+// owner when an answer that carried messages did not reach the client:
+// the owner ends the session, and the client learns of the loss by
+// {"status":410} on its next request, as when the owner fails to write an
+// answer itself. Clients cannot send it: ServeHTTP answers any method but
+// GET, POST and OPTIONS 400 before relaying.
+const relayUndelivered = "CHANNELSD-UNDELIVERED"
+
+// notifyUndelivered sends the owner the notice for r's session.
+func (h *LongPollHandler) notifyUndelivered(r *http.Request, node string) {
+	n := r.Clone(context.WithoutCancel(r.Context()))
+	n.Method = relayUndelivered
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), relayMargin)
+	defer cancel()
+	if _, err := h.cfg.Relay.Call(ctx, node, relayService, appendRelayRequest(nil, n, nil)); err != nil {
+		h.log.Debug("transport: long-poll undelivered notice failed", "node", node, "err", err)
+	}
+}
+
+// undelivered is the owner's side of the notice.
+func (h *LongPollHandler) undelivered(w http.ResponseWriter, r *http.Request) {
+	if s := h.lookup(r); s != nil {
+		h.stats.AnswerFailures.Add(1)
+		s.end("relayed answer not delivered")
+	}
+	writeStatusJSON(w, http.StatusOK, 410)
 }
 
 // serveRelayed is the owner's side: the call handler registered on
 // LongPollConfig.Relay.
-func (h *LongPollHandler) serveRelayed(ctx context.Context, req []byte) []byte {
+// A panic while serving is recovered here: the call runs on a goroutine
+// of the pubsub, where nothing else would catch it and the whole node
+// would stop. It is logged with its stack and answered HTTP 500 with
+// {"status":500}, which phoenix.js takes as an error (it reconnects).
+func (h *LongPollHandler) serveRelayed(ctx context.Context, req []byte) (ans []byte) {
+	defer func() {
+		if v := recover(); v != nil {
+			h.stats.Panics.Add(1)
+			h.log.Error("transport: panic serving a relayed long-poll request", "panic", v, "stack", string(debug.Stack()))
+			hdr := http.Header{"Content-Type": {"application/json; charset=utf-8"}, "Cache-Control": {"no-store"}}
+			ans = appendRelayAnswer(nil, http.StatusInternalServerError, hdr, []byte(`{"status":500}`))
+		}
+	}()
 	r, err := decodeRelayRequest(context.WithValue(ctx, relayKey{}, true), req)
 	if err != nil {
 		h.log.Warn("transport: relayed long-poll request undecodable", "err", err)
@@ -228,7 +337,7 @@ func decodeRelayRequest(ctx context.Context, b []byte) (*http.Request, error) {
 	if rd.err != nil {
 		return nil, rd.err
 	}
-	if method != http.MethodGet && method != http.MethodPost && method != http.MethodOptions {
+	if method != http.MethodGet && method != http.MethodPost && method != http.MethodOptions && method != relayUndelivered {
 		return nil, errRelayFrame
 	}
 	r, err := http.NewRequestWithContext(ctx, method, uri, bytes.NewReader(rd.b))

@@ -3,6 +3,7 @@ package transport
 import (
 	"bytes"
 	"context"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -21,6 +22,11 @@ type memNet struct {
 	mu    sync.Mutex
 	nodes map[string]map[string]pubsub.CallHandler
 	calls int
+	// largest is the largest request or answer that crossed, in bytes.
+	largest int
+	// max, when set, is the most one message carries, as
+	// --redis-max-message-size bounds pubsub/redis.
+	max int
 }
 
 func newMemNet() *memNet { return &memNet{nodes: map[string]map[string]pubsub.CallHandler{}} }
@@ -46,6 +52,14 @@ type memCaller struct {
 
 func (c *memCaller) NodeID() string { return c.id }
 
+// MaxMessageSize is the bound pubsub/redis advertises.
+func (c *memCaller) MaxMessageSize() int {
+	if c.net.max == 0 {
+		return 1 << 30
+	}
+	return c.net.max
+}
+
 func (c *memCaller) HandleCalls(service string, h pubsub.CallHandler) {
 	c.net.mu.Lock()
 	defer c.net.mu.Unlock()
@@ -59,18 +73,27 @@ func (c *memCaller) Call(ctx context.Context, node, service string, req []byte) 
 	hs, ok := c.net.nodes[node]
 	h := hs[service]
 	c.net.calls++
+	c.net.largest = max(c.net.largest, len(req))
 	c.net.mu.Unlock()
 	switch {
 	case !ok:
 		return nil, pubsub.ErrNoNode
 	case h == nil:
 		return nil, pubsub.ErrCallRejected
+	case c.net.max > 0 && len(req) > c.net.max:
+		return nil, pubsub.ErrTooLarge
 	}
 	// The request crosses the wire: the handler gets its own copy.
 	out := make(chan []byte, 1)
 	go func() { out <- h(ctx, bytes.Clone(req)) }()
 	select {
 	case b := <-out:
+		c.net.mu.Lock()
+		c.net.largest = max(c.net.largest, len(b))
+		c.net.mu.Unlock()
+		if c.net.max > 0 && len(b) > c.net.max {
+			return nil, pubsub.ErrTooLarge
+		}
 		return b, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -80,7 +103,14 @@ func (c *memCaller) Call(ctx context.Context, node, service string, req []byte) 
 // relayPair is two long-poll handlers, nodes "a" and "b", on one memNet.
 func relayPair(t *testing.T, cfg LongPollConfig) (*memNet, *lpHarness, *lpHarness) {
 	t.Helper()
+	return relayPairWith(t, cfg, func(*memNet) {})
+}
+
+// relayPairWith is relayPair on a memNet that set adjusts first.
+func relayPairWith(t *testing.T, cfg LongPollConfig, set func(*memNet)) (*memNet, *lpHarness, *lpHarness) {
+	t.Helper()
 	mn := newMemNet()
+	set(mn)
 	ca, cb := cfg, cfg
 	ca.NodeID, ca.Relay = "a", mn.caller("a")
 	cb.NodeID, cb.Relay = "b", mn.caller("b")
@@ -290,4 +320,179 @@ func FuzzRelayFrames(f *testing.F) {
 			t.Fatalf("accepted status %d", st)
 		}
 	})
+}
+
+// Issue 16 §3: a 40 MiB relayed answer made Redis drop both nodes'
+// connections. Whatever is buffered, a relayed answer and a relayed
+// request stay within maxRelayMessage, well under Redis's limits, and
+// the messages arrive over several polls, none lost.
+func TestLongPollRelayBounded(t *testing.T) {
+	mn, a, b := relayPair(t, LongPollConfig{MaxBufferedBytes: 64 << 20, MaxBody: 16 << 20, MaxAnswerBytes: 64 << 20})
+	tok, sock := a.open(t, "vsn=2.0.0")
+	var want []string
+	for i := range 12 {
+		f := lpFrame(i, 1<<20)
+		want = append(want, string(f))
+		if err := sock.conn.Send(channels.Frame{Data: f}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	for polls := 0; len(got) < len(want); polls++ {
+		if polls > len(want) {
+			t.Fatalf("after %d polls got %d messages", polls, len(got))
+		}
+		r := b.get(t, lpTokenQuery(tok))
+		if r.Status != 200 || len(r.msgs()) == 0 {
+			t.Fatalf("relayed poll %d: %.200s", polls, r.Raw)
+		}
+		got = append(got, r.msgs()...)
+		tok = r.token(t)
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatal("messages lost or out of order across relayed answers")
+	}
+	// A body that MaxBody allows but the relay cannot carry is refused
+	// whole on the relaying node.
+	before := mn.calls
+	r := b.post(t, tok, strings.Repeat(`[null,"1","phoenix","heartbeat",{}]`+"\n", (maxRelayMessage/36)+1))
+	if r.HTTP != http.StatusRequestEntityTooLarge || r.Raw != `{"status":413}` {
+		t.Fatalf("POST above the relay's bound: HTTP %d %s", r.HTTP, r.Raw)
+	}
+	if mn.calls != before {
+		t.Fatal("a body above the relay's bound was relayed")
+	}
+	mn.mu.Lock()
+	largest := mn.largest
+	mn.mu.Unlock()
+	if largest > maxRelayMessage || maxRelayMessage > 8<<20 {
+		t.Fatalf("%d bytes crossed the relay in one message (bound %d)", largest, maxRelayMessage)
+	}
+	t.Logf("largest relay message: %d bytes", largest)
+}
+
+// A Caller that carries less than maxRelayMessage in one message (a
+// --redis-max-message-size below it) bounds the answers too: relayed
+// polls still deliver every message, over more answers, and none fails
+// as too large with its messages already taken from the session.
+func TestLongPollRelayFollowsTheCallersBound(t *testing.T) {
+	const bound = 256 << 10
+	mn, a, b := relayPairWith(t, LongPollConfig{MaxBufferedBytes: 64 << 20}, func(n *memNet) { n.max = bound })
+	tok, sock := a.open(t, "vsn=2.0.0")
+	var want []string
+	for i := range 12 {
+		f := lpFrame(i, 60<<10)
+		want = append(want, string(f))
+		if err := sock.conn.Send(channels.Frame{Data: f}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	for polls := 0; len(got) < len(want); polls++ {
+		if polls > len(want) {
+			t.Fatalf("after %d polls got %d messages", polls, len(got))
+		}
+		r := b.get(t, lpTokenQuery(tok))
+		if r.Status != 200 || len(r.msgs()) == 0 {
+			t.Fatalf("relayed poll %d: %.200s", polls, r.Raw)
+		}
+		got = append(got, r.msgs()...)
+		tok = r.token(t)
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatal("messages lost or out of order across relayed answers")
+	}
+	mn.mu.Lock()
+	defer mn.mu.Unlock()
+	if mn.largest > bound {
+		t.Fatalf("%d bytes crossed a relay that carries %d", mn.largest, bound)
+	}
+}
+
+// A message that cannot cross the relay even alone ends the session: the
+// client learns it by {"status":410} instead of never seeing it.
+func TestLongPollRelayMessageTooLarge(t *testing.T) {
+	_, a, b := relayPair(t, LongPollConfig{MaxBufferedBytes: 64 << 20})
+	tok, sock := a.open(t, "vsn=2.0.0")
+	if err := sock.conn.Send(channels.Frame{Data: lpFrame(0, maxRelayMessage+1)}); err != nil {
+		t.Fatal(err)
+	}
+	if r := b.get(t, lpTokenQuery(tok)); r.Status != 410 {
+		t.Fatalf("relayed poll of a message too large to relay: %.200s", r.Raw)
+	}
+	sock.awaitClose(t)
+	if n := a.h.Stats().RelayTooLarge.Load(); n != 1 {
+		t.Fatalf("RelayTooLarge = %d", n)
+	}
+}
+
+// Issue 16 §3: relayed long-poll requests ran without recover, so one
+// panic there took the owner down. It is answered 500 instead, and the
+// node carries on.
+func TestLongPollRelayedPanic(t *testing.T) {
+	_, a, b := relayPair(t, LongPollConfig{})
+	boom := true
+	a.ep.onFrame = func(*fakeSocket, []byte, bool) {
+		if boom {
+			boom = false
+			panic("injected")
+		}
+	}
+	tok, _ := a.open(t, "vsn=2.0.0")
+	// The call handler runs as the pubsub runs it: on a goroutine of its
+	// own, where an unrecovered panic would end the test binary.
+	req := appendRelayRequest(nil, b.req(t, http.MethodPost, lpTokenQuery(tok), ""), []byte(`[null,"1","phoenix","heartbeat",{}]`))
+	out := make(chan []byte, 1)
+	go func() { out <- a.h.serveRelayed(context.Background(), req) }()
+	var ans []byte
+	select {
+	case ans = <-out:
+	case <-time.After(waitLimit):
+		t.Fatal("no answer")
+	}
+	status, hdr, body, err := decodeRelayAnswer(ans)
+	if err != nil || status != http.StatusInternalServerError || string(body) != `{"status":500}` || hdr.Get("Content-Type") == "" {
+		t.Fatalf("answer to a panicking request: %d %v %q %v", status, hdr, body, err)
+	}
+	if n := a.h.Stats().Panics.Load(); n != 1 {
+		t.Fatalf("Panics = %d", n)
+	}
+	// The session and the node carry on.
+	if r := b.post(t, tok, `[null,"2","phoenix","heartbeat",{}]`); r.Raw != `{"status":200}` {
+		t.Fatalf("POST after the panic: %s", r.Raw)
+	}
+}
+
+// failingWriter is a client connection that breaks when written to.
+type failingWriter struct{ h http.Header }
+
+func (f *failingWriter) Header() http.Header         { return f.h }
+func (f *failingWriter) WriteHeader(int)             {}
+func (f *failingWriter) Write(p []byte) (int, error) { return 0, io.ErrClosedPipe }
+
+// When the relaying node cannot deliver an answer that carried messages,
+// the owner is told and ends the session, as it does when its own write
+// fails: the client learns of the loss ({"status":410}) instead of never
+// seeing those messages.
+func TestLongPollRelayUndelivered(t *testing.T) {
+	_, a, b := relayPair(t, LongPollConfig{Window: waitLimit})
+	tok, sock := a.open(t, "vsn=2.0.0")
+	if err := sock.conn.Send(channels.Frame{Data: []byte(`["m"]`)}); err != nil {
+		t.Fatal(err)
+	}
+	b.h.ServeHTTP(&failingWriter{h: http.Header{}}, b.req(t, http.MethodGet, lpTokenQuery(tok), ""))
+	sock.awaitClose(t)
+	if r := b.get(t, lpTokenQuery(tok)); r.Status != 410 {
+		t.Fatalf("poll after an undelivered answer: %s", r.Raw)
+	}
+	// The notice is the relay's own: a client cannot send it.
+	tok2, sock2 := a.open(t, "vsn=2.0.0")
+	if r := b.do(t, b.req(t, relayUndelivered, lpTokenQuery(tok2), "")); r.HTTP != http.StatusBadRequest {
+		t.Fatalf("notice from a client: HTTP %d %s", r.HTTP, r.Raw)
+	}
+	select {
+	case <-sock2.closed:
+		t.Fatal("a client's notice ended its session")
+	default:
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -511,21 +512,25 @@ func TestLongPollHandlerClose(t *testing.T) {
 	}
 }
 
-// MaxBuffered: the oldest messages are dropped and counted.
+// MaxBuffered: a message beyond it ends the session as a slow consumer
+// (the client learns it by {"status":410}), rather than dropping the
+// oldest without the client knowing.
 func TestLongPollMaxBuffered(t *testing.T) {
 	hs := newLPHarness(t, LongPollConfig{MaxBuffered: 3}, nil)
 	tok, sock := hs.open(t, "vsn=2.0.0")
-	for i := range 5 {
+	for i := range 3 {
 		if err := sock.conn.Send(channels.Frame{Data: []byte(`["m` + lpItoa(i) + `"]`)}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	r := hs.get(t, lpTokenQuery(tok))
-	want := []string{`["m2"]`, `["m3"]`, `["m4"]`}
-	if r.Status != 200 || strings.Join(r.msgs(), " ") != strings.Join(want, " ") {
-		t.Fatalf("got %s", r.Raw)
+	if err := sock.conn.Send(channels.Frame{Data: []byte(`["m3"]`)}); !errors.Is(err, channels.ErrSlowConsumer) {
+		t.Fatalf("Send beyond MaxBuffered: %v, want ErrSlowConsumer", err)
 	}
-	if n := hs.h.Stats().Overflowed.Load(); n != 2 {
+	sock.awaitClose(t)
+	if r := hs.get(t, lpTokenQuery(tok)); r.Status != 410 {
+		t.Fatalf("poll after the overflow: %s", r.Raw)
+	}
+	if n := hs.h.Stats().Overflowed.Load(); n != 1 {
 		t.Fatalf("Overflowed = %d", n)
 	}
 }

@@ -101,6 +101,11 @@ type options struct {
 	presencePerTopic   int
 	presencePerJoin    int
 	redisMaxMessage    int
+	lpMaxBufferedBytes int
+	lpMaxAnswerBytes   int
+	lpIOTimeout        time.Duration
+	lpMaxPerAddr       int
+	trustedProxies     string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -123,7 +128,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.float(&o.maxMessagesPerSec, "max-messages-per-second", "CHANNELS_MAX_MESSAGES_PER_SECOND", 100, "messages per second each socket may send on average (token bucket of --burst); one over gets the error reply {\"reason\":\"rate limited\"}, and a socket still over its rate 10s after its first refusal is closed with 1008; 0: no limit")
 	env.int(&o.burst, "burst", "CHANNELS_BURST", 200, "messages a socket may send at once before --max-messages-per-second applies; 0: twice the rate")
 	env.int(&o.lpMaxSessions, "longpoll-max-sessions", "CHANNELS_LONGPOLL_MAX_SESSIONS", transport.DefaultLongPollMaxSessions, "long-poll sessions this node serves (they count toward --max-sockets too); one more is answered HTTP 503 with Retry-After; -1: no limit")
-	env.int(&o.lpMaxBuffered, "longpoll-max-buffered", "CHANNELS_LONGPOLL_MAX_BUFFERED", transport.DefaultLongPollMaxBuffered, "messages a long-poll session buffers for its next poll; beyond, the oldest is dropped")
+	env.int(&o.lpMaxBuffered, "longpoll-max-buffered", "CHANNELS_LONGPOLL_MAX_BUFFERED", transport.DefaultLongPollMaxBuffered, "messages a long-poll session buffers for its next poll; one more ends the session as a slow consumer (its next request gets {\"status\":410}: the client reconnects and rejoins)")
+	env.int(&o.lpMaxBufferedBytes, "longpoll-max-buffered-bytes", "CHANNELS_LONGPOLL_MAX_BUFFERED_BYTES", transport.DefaultLongPollMaxBufferedBytes, "bytes a long-poll session buffers for its next poll (as JSON in an answer); a message beyond ends the session as a slow consumer, as --longpoll-max-buffered; -1: no limit")
+	env.int(&o.lpMaxAnswerBytes, "longpoll-max-answer-bytes", "CHANNELS_LONGPOLL_MAX_ANSWER_BYTES", transport.DefaultLongPollMaxAnswerBytes, "largest long-poll answer in bytes (the default is also the most, so that relayed answers fit in one Redis message); the rest waits for the next poll, and a larger message goes alone")
+	env.int(&o.lpMaxPerAddr, "longpoll-max-sessions-per-address", "CHANNELS_LONGPOLL_MAX_SESSIONS_PER_ADDRESS", transport.DefaultLongPollMaxSessionsPerAddr, "live long-poll sessions one client address may hold (IPv6: one /64); one more is answered HTTP 503 with Retry-After; behind a proxy see --trusted-proxies; -1: no limit")
+	env.str(&o.trustedProxies, "trusted-proxies", "CHANNELS_TRUSTED_PROXIES", "", "comma-separated CIDRs (or addresses) of the proxies or load balancers in front of the node: a request from one of them is taken to come from the right-most X-Forwarded-For address that is not one of them (for per-address limits); empty: X-Forwarded-For is never trusted")
+	env.duration(&o.lpIOTimeout, "longpoll-io-timeout", "CHANNELS_LONGPOLL_IO_TIMEOUT", transport.DefaultLongPollIOTimeout, "longest time to read a long-poll POST body (slower: HTTP 400, nothing processed) or write an answer (slower: cut off, and a session whose messages were in it ends)")
 	env.int(&o.presenceKeyLength, "presence-max-key-length", "CHANNELS_PRESENCE_MAX_KEY_LENGTH", presence.DefaultMaxKeyLength, "longest presence key in bytes (the room's user name): a longer connect parameter user is refused with 403, a longer join user with {\"reason\":\"user name too long\"}, and Track with an error; -1: no limit")
 	env.int(&o.presenceMetaSize, "presence-max-meta-size", "CHANNELS_PRESENCE_MAX_META_SIZE", presence.DefaultMaxMetaSize, "largest presence meta in bytes; a larger one is refused with an error (the conformance channel replies {\"reason\":\"presence meta too large\"}); -1: no limit")
 	env.int(&o.presencePerTopic, "presence-max-per-topic", "CHANNELS_PRESENCE_MAX_PER_TOPIC", presence.DefaultMaxPerTopic, "presence entries this node tracks on one topic (every join is sent the whole room); beyond, a join stands without presence; -1: no limit")
@@ -184,6 +194,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.lpMaxBuffered <= 0 {
 		return nil, fmt.Errorf("--longpoll-max-buffered %d: must be positive", o.lpMaxBuffered)
+	}
+	if o.lpMaxAnswerBytes <= 0 || o.lpMaxAnswerBytes > transport.DefaultLongPollMaxAnswerBytes {
+		return nil, fmt.Errorf("--longpoll-max-answer-bytes %d: must be positive and at most %d", o.lpMaxAnswerBytes, transport.DefaultLongPollMaxAnswerBytes)
+	}
+	if o.lpIOTimeout <= 0 {
+		return nil, fmt.Errorf("--longpoll-io-timeout %s: must be positive", o.lpIOTimeout)
 	}
 	if o.shutdownTimeout <= 0 {
 		return nil, fmt.Errorf("--shutdown-timeout %s: must be positive", o.shutdownTimeout)
@@ -310,6 +326,12 @@ func run(args []string, stderr io.Writer) error {
 		Burst:                o.burst,
 		LongPollMaxSessions:  o.lpMaxSessions,
 		LongPollMaxBuffered:  o.lpMaxBuffered,
+
+		LongPollMaxBufferedBytes:   o.lpMaxBufferedBytes,
+		LongPollMaxAnswerBytes:     o.lpMaxAnswerBytes,
+		LongPollIOTimeout:          o.lpIOTimeout,
+		LongPollMaxSessionsPerAddr: o.lpMaxPerAddr,
+		TrustedProxies:             splitList(o.trustedProxies),
 	})
 	if err != nil {
 		return err
