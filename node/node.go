@@ -32,7 +32,13 @@ type Config struct {
 	IdleTimeout    time.Duration // default 60s
 	MaxFrameSize   int64         // default 1 MiB
 	MaxChannels    int           // per socket; default 100
-	APIKey         string        // required by the HTTP API when set
+	// APIKey, when set, is required by the operators' endpoints (/api/*,
+	// /metrics, /dashboard); when empty they serve loopback clients only
+	// (access.go).
+	APIKey string
+	// MetricsPublic serves /metrics to every client, key or not: for a
+	// Prometheus that scrapes from other hosts without the key.
+	MetricsPublic bool
 
 	// Limits (README "Limits"). Zero takes the default noted, negative
 	// means no limit.
@@ -99,6 +105,7 @@ type Node struct {
 	server   *http.Server
 	metrics  *prometheus.Registry
 	slots    *transport.Slots
+	sessions sessionKeys // dashboard sessions and join tickets
 
 	// Connections still reading their first request headers, and how many
 	// the server cut at HandshakeTimeout (handshake.go).
@@ -181,7 +188,7 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Presence == nil {
 		cfg.Presence = presence.NewLocal(cfg.PubSub)
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), started: time.Now()}
+	n := &Node{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), started: time.Now(), sessions: newSessionKeys(cfg.APIKey)}
 	// The dashboard's channel joins the application's routes on a copy.
 	router := cfg.Router.With(dashboardTopic, func(string) channels.Channel { return &dashboardChannel{n: n} })
 	ep, err := channels.NewEndpoint(channels.EndpointConfig{
@@ -267,11 +274,15 @@ func (n *Node) routes() {
 	n.mux.Handle(n.cfg.SocketPath+"/longpoll", n.lp)
 	n.mux.HandleFunc("GET /healthz", n.healthz)
 	n.mux.HandleFunc("GET /readyz", n.readyz)
-	n.mux.HandleFunc("POST /api/broadcast", n.requireKey(n.apiBroadcast))
-	n.mux.HandleFunc("POST /api/disconnect", n.requireKey(n.apiDisconnect))
-	n.mux.HandleFunc("POST /api/drain", n.requireKey(n.apiDrain))
+	n.mux.HandleFunc("POST /api/broadcast", n.requireKey(requireJSON(n.apiBroadcast)))
+	n.mux.HandleFunc("POST /api/disconnect", n.requireKey(requireJSON(n.apiDisconnect)))
+	n.mux.HandleFunc("POST /api/drain", n.requireKey(requireJSON(n.apiDrain)))
 	n.mux.HandleFunc("GET /api/drain", n.requireKey(n.apiDrain))
-	n.mux.HandleFunc("GET /metrics", n.requireKey(n.metricsHandler()))
+	if n.cfg.MetricsPublic {
+		n.mux.HandleFunc("GET /metrics", n.metricsHandler())
+	} else {
+		n.mux.HandleFunc("GET /metrics", n.requireKey(n.metricsHandler()))
+	}
 	n.dashboardRoutes()
 	if n.cfg.Home != nil {
 		n.mux.Handle("/", n.cfg.Home)
@@ -306,6 +317,7 @@ func (n *Node) Start() error {
 		}
 	}()
 	n.log.Info("node: listening", "addr", ln.Addr().String(), "socket_path", n.cfg.SocketPath)
+	n.logAccess()
 	n.startCluster()
 	return nil
 }
