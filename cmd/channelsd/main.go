@@ -65,6 +65,7 @@ type options struct {
 	maxFrameSize    int64
 	maxChannels     int
 	apiKey          string
+	metricsPublic   bool
 	tokenSecret     string
 	tokenPrevious   string
 	logLevel        string
@@ -83,6 +84,10 @@ type options struct {
 	deadAfter       time.Duration
 	coalesce        time.Duration
 	coalesceMax     time.Duration
+
+	// secretsOnCommandLine names the secret flags given as arguments,
+	// which every local user can read (ps).
+	secretsOnCommandLine []string
 
 	// Limits (README "Limits").
 	maxSockets         int
@@ -118,9 +123,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.int(&o.burst, "burst", "CHANNELS_BURST", 200, "messages a socket may send at once before --max-messages-per-second applies; 0: twice the rate")
 	env.int(&o.lpMaxSessions, "longpoll-max-sessions", "CHANNELS_LONGPOLL_MAX_SESSIONS", transport.DefaultLongPollMaxSessions, "long-poll sessions this node serves (they count toward --max-sockets too); one more is answered HTTP 503 with Retry-After; -1: no limit")
 	env.int(&o.lpMaxBuffered, "longpoll-max-buffered", "CHANNELS_LONGPOLL_MAX_BUFFERED", transport.DefaultLongPollMaxBuffered, "messages a long-poll session buffers for its next poll; beyond, the oldest is dropped")
-	env.str(&o.apiKey, "api-key", "CHANNELS_API_KEY", "", "bearer key required by the HTTP API (/api/*); empty leaves it open")
-	env.str(&o.tokenSecret, "token-secret", "CHANNELS_TOKEN_SECRET", "", "secret (at least 32 bytes) that signs and verifies socket tokens (HS256 JWTs); when set every socket needs a valid token, and private:* topics open to tokens whose topics claim names them; empty accepts anonymous sockets")
-	env.str(&o.tokenPrevious, "token-secret-previous", "CHANNELS_TOKEN_SECRET_PREVIOUS", "", "during a secret rotation: the previous secret, which still verifies tokens but signs none")
+	env.str(&o.apiKey, "api-key", "CHANNELS_API_KEY", "", "key of the operators' endpoints (/api/*, /metrics, /dashboard): callers present it as Authorization: Bearer <key>, the dashboard through its login form; empty serves them to loopback clients only. A secret: set it in the environment, not as a flag")
+	env.bool(&o.metricsPublic, "metrics-public", "CHANNELS_METRICS_PUBLIC", false, "serve /metrics to any client without the API key (for a Prometheus scraping from other hosts without it); the rest of the API stays guarded")
+	env.str(&o.tokenSecret, "token-secret", "CHANNELS_TOKEN_SECRET", "", "secret (at least 32 bytes) that signs and verifies socket tokens (HS256 JWTs); when set every socket needs a valid token, and private:* topics open to tokens whose topics claim names them; empty accepts anonymous sockets. A secret: set it in the environment, not as a flag")
+	env.str(&o.tokenPrevious, "token-secret-previous", "CHANNELS_TOKEN_SECRET_PREVIOUS", "", "during a secret rotation: the previous secret, which still verifies tokens but signs none. A secret: set it in the environment, not as a flag")
 	env.str(&o.logLevel, "log-level", "CHANNELS_LOG_LEVEL", "info", "debug, info, warn or error")
 	env.bool(&o.conformance, "conformance", "CHANNELS_CONFORMANCE", false, "serve the conformance channel (conformance:*), a tool for testing client libraries")
 	env.duration(&o.drainWindow, "drain-window", "CHANNELS_DRAIN_WINDOW", defaultDrainWindow, "when the node drains (SIGTERM, channelsd drain, POST /api/drain), close its sockets in batches spread evenly over this window, so clients reconnect to other nodes gradually; 0 closes them all at once")
@@ -133,7 +139,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.duration(&o.coalesceMax, "presence-coalesce-max", "CHANNELS_PRESENCE_COALESCE_MAX", 500*time.Millisecond, "with --redis: the widest window of a busy topic; a topic whose window gathered several changes doubles it up to this (a join storm into a big room then costs far fewer diffs), a calm one halves it back")
 	env.str(&o.nodeID, "node-id", "CHANNELS_NODE_ID", "", "this node's id in the cluster; default POD_NAME, else hostname plus a short uuid")
 	env.duration(&o.returnMemory, "return-memory-after", "CHANNELS_RETURN_MEMORY_AFTER", 10*time.Second, "after a burst (a join storm, a reconnect wave), hand the heap it freed back to the OS once the node has allocated little for this long, rather than at the runtime's pace of minutes; 0 leaves it to the runtime")
-	env.str(&o.pprofAddr, "pprof-addr", "CHANNELS_PPROF_ADDR", "", "serve net/http/pprof on this address (keep it on loopback); empty disables it")
+	env.str(&o.pprofAddr, "pprof-addr", "CHANNELS_PPROF_ADDR", "", "serve net/http/pprof on this loopback address (127.0.0.1:6060, [::1]:6060, localhost:6060; any other is refused: profiles show the process's memory); empty disables it")
 	env.duration(&o.reportInterval, "report-interval", "CHANNELS_REPORT_INTERVAL", 2*time.Second, "how often the node reports its sockets and message counts to the cluster (for rebalancing and /dashboard)")
 	env.float(&o.rebalance, "rebalance-threshold", "CHANNELS_REBALANCE_THRESHOLD", 0, "rebalancing: a node holding more than (1+this) times the cluster's mean of sockets asks some of its oldest sockets to reconnect elsewhere (close 1012) until within it, e.g. 0.2; 0 turns it off")
 	env.float(&o.rebalanceShare, "rebalance-share", "CHANNELS_REBALANCE_SHARE", 0.05, "rebalancing: the most sockets asked to move per report interval, as a fraction of the node's sockets")
@@ -141,6 +147,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		fmt.Fprintf(stderr, "Usage: channelsd [flags]\n       channelsd drain [--addr A] [--api-key K] [--drain-window W]\n"+
 			"       channelsd token --sub S [--topics P1,P2] [--ttl D] [--token-secret K]\n\n"+
 			"Runs one channelsd node. Every flag can also be set with the environment variable shown.\n"+
+			"Secrets (CHANNELS_API_KEY, CHANNELS_TOKEN_SECRET, CHANNELS_TOKEN_SECRET_PREVIOUS, a password\n"+
+			"in CHANNELS_REDIS) belong in the environment: flags show in ps and /proc/<pid>/cmdline.\n"+
 			"GOGC defaults to 50 (Go's own default is 100): less memory per idle socket for more\n"+
 			"collector CPU while connections pour in; set GOGC to choose.\n\n"+
 			"`channelsd drain` asks the node on --addr (this host) to drain, through POST /api/drain,\n"+
@@ -159,6 +167,16 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if v := f.Value.String(); secretFlags[f.Name] && v != "" && (f.Name != "redis" || strings.Contains(v, "@")) {
+			o.secretsOnCommandLine = append(o.secretsOnCommandLine, "--"+f.Name)
+		}
+	})
+	if o.pprofAddr != "" {
+		if err := loopbackAddr(o.pprofAddr); err != nil {
+			return nil, fmt.Errorf("--pprof-addr %q: %w", o.pprofAddr, err)
+		}
 	}
 	// The shutdown timeout counts after the drain window (node.Config), so
 	// any pair of values is consistent; only negative ones are not.
@@ -192,6 +210,10 @@ func run(args []string, stderr io.Writer) error {
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(logger)
 	setDefaultGCPercent()
+	if len(o.secretsOnCommandLine) > 0 {
+		logger.Warn("channelsd: secrets given as flags show in ps and /proc/<pid>/cmdline to every local user; set them in the environment (CHANNELS_*) instead",
+			"flags", strings.Join(o.secretsOnCommandLine, " "))
+	}
 
 	var tokens *auth.Verifier
 	switch {
@@ -260,6 +282,7 @@ func run(args []string, stderr io.Writer) error {
 		MaxFrameSize:    o.maxFrameSize,
 		MaxChannels:     o.maxChannels,
 		APIKey:          o.apiKey,
+		MetricsPublic:   o.metricsPublic,
 		DrainWindow:     o.drainWindow,
 		ReportInterval:  o.reportInterval,
 		Rebalance:       node.RebalanceConfig{Threshold: o.rebalance, Share: o.rebalanceShare},
@@ -346,6 +369,10 @@ func connectRedis(ctx context.Context, opts redis.Options, logger *slog.Logger) 
 		backoff = min(2*backoff, 5*time.Second)
 	}
 }
+
+// secretFlags are the flags whose values are secrets (--redis when it
+// holds a password).
+var secretFlags = map[string]bool{"api-key": true, "token-secret": true, "token-secret-previous": true, "redis": true}
 
 func splitList(s string) []string {
 	var out []string
