@@ -57,6 +57,16 @@ type Config struct {
 	LongPollMaxSessions  int           // default 10000
 	LongPollMaxBuffered  int           // messages per session; default 1000
 
+	// The HTTP server's bounds (httpserver.go). Zero takes the default
+	// noted, negative means none.
+	HTTPIdleTimeout    time.Duration // a keep-alive connection idle between requests; default 60s
+	HTTPRequestTimeout time.Duration // reading a body, writing an answer other than a socket's; default 30s
+	MaxHeaderBytes     int           // a request's line and headers; default 32 KiB (HTTP 431 beyond)
+	// MaxConnections bounds the TCP connections open at once, WebSocket
+	// ones included; default MaxSockets + 500 (no bound when MaxSockets
+	// has none).
+	MaxConnections int
+
 	// DrainWindow spreads the closing of the sockets when the node drains
 	// (Drain, Shutdown): they are closed in batches evenly over it. Zero
 	// closes them all at once.
@@ -112,6 +122,9 @@ type Node struct {
 	handshakes        sync.Map // net.Conn -> time.Time
 	handshakeTimeouts atomic.Uint64
 
+	conns        connTracker   // the server's connections (httpserver.go)
+	bodyTimeouts atomic.Uint64 // request bodies cut at HTTPRequestTimeout
+
 	mu       sync.Mutex
 	listener net.Listener
 	draining atomic.Bool
@@ -160,6 +173,16 @@ func New(cfg Config) (*Node, error) {
 		if *v < 0 {
 			*v = math.MaxInt // the transport reads zero or negative as its default
 		}
+	}
+	if cfg.HTTPIdleTimeout == 0 {
+		cfg.HTTPIdleTimeout = DefaultHTTPIdleTimeout
+	}
+	if cfg.HTTPRequestTimeout == 0 {
+		cfg.HTTPRequestTimeout = DefaultHTTPRequestTimeout
+	}
+	defaultLimit(&cfg.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	if cfg.MaxConnections == 0 && cfg.MaxSockets > 0 {
+		cfg.MaxConnections = cfg.MaxSockets + DefaultMaxConnectionsMargin
 	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = transport.DefaultHandshakeTimeout
@@ -259,12 +282,18 @@ func New(cfg Config) (*Node, error) {
 	n.messagesOut = func() uint64 { return n.ws.Stats().MessagesOut.Load() + n.lp.Stats().MessagesOut.Load() }
 	n.metrics = n.newMetricsRegistry()
 	n.routes()
+	n.conns.max = max(cfg.MaxConnections, 0)
+	n.conns.idleTimeout = max(cfg.HTTPIdleTimeout, 0)
 	n.server = &http.Server{
-		Handler:           n.requestRead(n.mux),
+		Handler:           n.requestRead(n.requestDeadlines(n.mux)),
 		ReadHeaderTimeout: cfg.HandshakeTimeout,
-		ConnState:         n.trackHandshake,
-		ConnContext:       n.connContext,
-		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+		// Negative: no bound, which net/http spells 0 (and a zero
+		// IdleTimeout would fall back to ReadTimeout, also 0).
+		IdleTimeout:    max(cfg.HTTPIdleTimeout, 0),
+		MaxHeaderBytes: max(cfg.MaxHeaderBytes, 0),
+		ConnState:      n.connState,
+		ConnContext:    n.connContext,
+		ErrorLog:       slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
 	}
 	return n, nil
 }

@@ -100,6 +100,10 @@ type options struct {
 	burst              int
 	lpMaxSessions      int
 	lpMaxBuffered      int
+	httpIdleTimeout    time.Duration
+	httpRequestTimeout time.Duration
+	maxHeaderBytes     int
+	maxConnections     int
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -123,6 +127,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.int(&o.burst, "burst", "CHANNELS_BURST", 200, "messages a socket may send at once before --max-messages-per-second applies; 0: twice the rate")
 	env.int(&o.lpMaxSessions, "longpoll-max-sessions", "CHANNELS_LONGPOLL_MAX_SESSIONS", transport.DefaultLongPollMaxSessions, "long-poll sessions this node serves (they count toward --max-sockets too); one more is answered HTTP 503 with Retry-After; -1: no limit")
 	env.int(&o.lpMaxBuffered, "longpoll-max-buffered", "CHANNELS_LONGPOLL_MAX_BUFFERED", transport.DefaultLongPollMaxBuffered, "messages a long-poll session buffers for its next poll; beyond, the oldest is dropped")
+	env.duration(&o.httpIdleTimeout, "http-idle-timeout", "CHANNELS_HTTP_IDLE_TIMEOUT", node.DefaultHTTPIdleTimeout, "close a keep-alive HTTP connection idle this long between two requests (sockets have --idle-timeout); negative: never")
+	env.duration(&o.httpRequestTimeout, "http-request-timeout", "CHANNELS_HTTP_REQUEST_TIMEOUT", node.DefaultHTTPRequestTimeout, "longest time to receive a request's body, and to write an answer other than a socket transport's; the connection is closed past it; negative: no bound")
+	env.int(&o.maxHeaderBytes, "max-header-bytes", "CHANNELS_MAX_HEADER_BYTES", node.DefaultMaxHeaderBytes, "largest request line plus headers in bytes (a socket's connect parameters travel in the request line); beyond, HTTP 431; -1: Go's default of 1 MiB")
+	env.int(&o.maxConnections, "max-connections", "CHANNELS_MAX_CONNECTIONS", 0, fmt.Sprintf("TCP connections open at once, WebSocket ones included; one more first closes a keep-alive connection idle between requests, else is closed unanswered; keep it under the open-file limit; 0: --max-sockets plus %d; -1: no limit", node.DefaultMaxConnectionsMargin))
 	env.str(&o.apiKey, "api-key", "CHANNELS_API_KEY", "", "key of the operators' endpoints (/api/*, /metrics, /dashboard): callers present it as Authorization: Bearer <key>, the dashboard through its login form; empty serves them to loopback clients only. A secret: set it in the environment, not as a flag")
 	env.bool(&o.metricsPublic, "metrics-public", "CHANNELS_METRICS_PUBLIC", false, "serve /metrics to any client without the API key (for a Prometheus scraping from other hosts without it); the rest of the API stays guarded")
 	env.str(&o.tokenSecret, "token-secret", "CHANNELS_TOKEN_SECRET", "", "secret (at least 32 bytes) that signs and verifies socket tokens (HS256 JWTs); when set every socket needs a valid token, and private:* topics open to tokens whose topics claim names them; empty accepts anonymous sockets. A secret: set it in the environment, not as a flag")
@@ -191,6 +199,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.lpMaxBuffered <= 0 {
 		return nil, fmt.Errorf("--longpoll-max-buffered %d: must be positive", o.lpMaxBuffered)
+	}
+	if o.httpIdleTimeout == 0 || o.httpRequestTimeout == 0 {
+		return nil, errors.New("--http-idle-timeout and --http-request-timeout must not be 0 (negative: no bound)")
 	}
 	if o.shutdownTimeout <= 0 {
 		return nil, fmt.Errorf("--shutdown-timeout %s: must be positive", o.shutdownTimeout)
@@ -306,6 +317,10 @@ func run(args []string, stderr io.Writer) error {
 		Burst:                o.burst,
 		LongPollMaxSessions:  o.lpMaxSessions,
 		LongPollMaxBuffered:  o.lpMaxBuffered,
+		HTTPIdleTimeout:      o.httpIdleTimeout,
+		HTTPRequestTimeout:   o.httpRequestTimeout,
+		MaxHeaderBytes:       o.maxHeaderBytes,
+		MaxConnections:       o.maxConnections,
 	})
 	if err != nil {
 		return err
