@@ -120,13 +120,13 @@ func requireJSON(h http.HandlerFunc) http.HandlerFunc {
 
 // logAccess says at start-up who may use the operators' endpoints.
 func (n *Node) logAccess() {
-	metrics := "/metrics"
+	guarded := "/api/*, /dashboard and /metrics"
 	if n.cfg.MetricsPublic {
-		metrics = "(/metrics is public)"
+		guarded = "/api/* and /dashboard (/metrics is public)"
 	}
 	if n.cfg.APIKey != "" {
-		n.log.Info("node: /api/*, /dashboard " + metrics + " need the API key")
+		n.log.Info("node: " + guarded + " need the API key")
 		return
 	}
-	n.log.Warn("node: no API key: /api/*, /dashboard " + metrics + " serve loopback clients only; set --api-key (CHANNELS_API_KEY) to use them remotely")
+	n.log.Warn("node: no API key: " + guarded + " answer loopback clients only; set CHANNELS_API_KEY to use them from elsewhere")
 }

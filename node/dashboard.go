@@ -150,11 +150,12 @@ func (n *Node) dashboardLogin(w http.ResponseWriter, r *http.Request) {
 }
 
 // sameOrigin reports whether a form post comes from a page of this host,
-// by the headers browsers set (Fetch: Sec-Fetch-Site, Origin); a client
-// that sends neither is not a browser led by another site.
+// by the headers browsers set: Sec-Fetch-Site where they send it (it
+// holds whatever a proxy does to Host), else Origin. A client that sends
+// neither is not a browser led by another site.
 func sameOrigin(r *http.Request) bool {
-	if s := r.Header.Get("Sec-Fetch-Site"); s != "" && s != "same-origin" && s != "none" {
-		return false
+	if s := r.Header.Get("Sec-Fetch-Site"); s != "" {
+		return s == "same-origin" || s == "none"
 	}
 	o := r.Header.Get("Origin")
 	if o == "" {
