@@ -135,12 +135,20 @@ func TestMaxConnections(t *testing.T) {
 	if get(idle1) != 200 || get(idle2) != 200 {
 		t.Fatal("/healthz failed below the bound")
 	}
+	// The server marks a connection idle just after its answer.
+	idle := func() int {
+		count := 0
+		n.conns.idle.Range(func(any, any) bool { count++; return true })
+		return count
+	}
+	waitFor(t, "two idle connections", func() bool { return idle() == 2 })
 	if code := get(rawConn(t, n)); code != 200 {
 		t.Fatalf("a third connection, two idle: %d, want 200 (an idle one evicted)", code)
 	}
 	if n.conns.evicted.Load() != 1 {
 		t.Fatalf("evicted %d, want 1", n.conns.evicted.Load())
 	}
+	waitFor(t, "the third connection idle", func() bool { return idle() == 2 })
 
 	// Two connections busy sending their heads: nothing to evict.
 	for range 2 {
@@ -149,7 +157,10 @@ func TestMaxConnections(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "the idle connections evicted", func() bool { return n.conns.plain.Load() == 2 })
+	waitFor(t, "the idle connections evicted", func() bool { return n.conns.plain.Load() == 2 && idle() == 0 })
+	if n.conns.refused.Load() != 0 {
+		t.Fatal("a connection refused while idle ones could make room")
+	}
 	over := rawConn(t, n)
 	awaitClosed(t, over, 5*time.Second, "connection over the bound")
 	if n.conns.refused.Load() == 0 {
