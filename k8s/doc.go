@@ -29,5 +29,7 @@
 //   - the HorizontalPodAutoscaler targets the Deployment, which leaves
 //     replicas to it; security context, resources, POD_NAME;
 //   - the base holds no Secret; an overlay either generates the Secret or
-//     documents the command that creates it.
+//     documents the command that creates it; no kustomization commits a
+//     value for CHANNELS_API_KEY or the token secrets;
+//   - the dev overlay's Service is ClusterIP (reached by port-forward).
 package k8s

@@ -644,6 +644,8 @@ func TestManifests(t *testing.T) {
 			b := load(t, dir)
 			checkGeneric(t, b)
 			checkChannelsd(t, b, probePaths, usedVars)
+			checkNoCommittedKeys(t, b)
+			checkDevIsInternal(t, b)
 		})
 	}
 
@@ -819,6 +821,60 @@ func checkGeneric(t *testing.T, b *build) {
 			if svc == nil || !slices.ContainsFunc(svc.typed.(*corev1.Service).Spec.Ports, func(p corev1.ServicePort) bool { return fmt.Sprint(p.Port) == port }) {
 				t.Errorf("Secret %q: CHANNELS_REDIS %q: no Service %q with port %s here", sec.Name, raw, host, port)
 			}
+		}
+	}
+}
+
+// secretKeys are the variables whose values open a cluster: the API key
+// (drain, broadcast, disconnect) and the token secrets (any identity).
+var secretKeys = []string{"CHANNELS_API_KEY", "CHANNELS_TOKEN_SECRET", "CHANNELS_TOKEN_SECRET_PREVIOUS"}
+
+// checkNoCommittedKeys: no kustomization carries a value for a secret key,
+// in a generator or a Secret; not even for development, since whoever read
+// the repository could use it on every cluster made from it.
+func checkNoCommittedKeys(t *testing.T, b *build) {
+	t.Helper()
+	for _, g := range append(append([]generator(nil), b.k.SecretGenerator...), b.k.ConfigMapGenerator...) {
+		for _, lit := range g.Literals {
+			if k, _, _ := strings.Cut(lit, "="); slices.Contains(secretKeys, k) {
+				t.Errorf("%s: generator %q commits a value for %s; have it created with a random value (README.md)", b.dir, g.Name, k)
+			}
+		}
+	}
+	for _, o := range b.objects {
+		var keys []string
+		switch v := o.typed.(type) {
+		case *corev1.Secret:
+			for k := range v.Data {
+				keys = append(keys, k)
+			}
+			for k := range v.StringData {
+				keys = append(keys, k)
+			}
+		case *corev1.ConfigMap:
+			for k := range v.Data {
+				keys = append(keys, k)
+			}
+		}
+		for _, k := range keys {
+			if slices.Contains(secretKeys, k) {
+				t.Errorf("%s: %s %q (%s) commits a value for %s", b.dir, o.kind, o.name, o.from, k)
+			}
+		}
+	}
+}
+
+// checkDevIsInternal: the dev overlay's Service stays inside the cluster
+// (kubectl port-forward reaches it); a dev cluster is often on a shared or
+// cloud network.
+func checkDevIsInternal(t *testing.T, b *build) {
+	t.Helper()
+	if b.dir != "overlays/dev" {
+		return
+	}
+	for _, s := range typed[*corev1.Service](b) {
+		if s.Spec.Type != "" && s.Spec.Type != corev1.ServiceTypeClusterIP {
+			t.Errorf("%s: Service %q is of type %s, which publishes it outside the cluster; use ClusterIP", b.dir, s.Name, s.Spec.Type)
 		}
 	}
 }

@@ -2,11 +2,8 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"log/slog"
-	"net/http"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -97,71 +94,6 @@ func TestClusterViewListsEveryNodeWithItsSockets(t *testing.T) {
 		t.Fatal(err)
 	}
 	awaitView(t, a, "b gone", func(v []NodeReport) bool { return len(v) == 1 && v[0].Node == "a" })
-}
-
-func TestDashboardPageAndChannel(t *testing.T) {
-	n := startListening(t, Config{NodeID: "a", APIKey: "s3cret"})
-	base := "http://" + n.Addr().String()
-	get := func(path string, header ...string) (int, string) {
-		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
-		for i := 0; i+1 < len(header); i += 2 {
-			req.Header.Set(header[i], header[i+1])
-		}
-		res, err := http.DefaultTransport.RoundTrip(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		b, _ := io.ReadAll(res.Body)
-		return res.StatusCode, string(b)
-	}
-	if code, _ := get("/dashboard"); code != http.StatusUnauthorized {
-		t.Fatalf("/dashboard without the key: %d", code)
-	}
-	if code, _ := get("/dashboard?key=wrong"); code != http.StatusUnauthorized {
-		t.Fatalf("/dashboard with a wrong key: %d", code)
-	}
-	if code, body := get("/dashboard?key=s3cret"); code != 200 || !strings.Contains(body, "dashboard/app.js") {
-		t.Fatalf("/dashboard?key: %d %.80q", code, body)
-	}
-	if code, _ := get("/dashboard", "Authorization", "Bearer s3cret"); code != 200 {
-		t.Fatalf("/dashboard with the bearer key: %d", code)
-	}
-	if code, body := get("/dashboard/config.js"); code != 200 || !strings.Contains(body, `"topic":"channelsd:cluster"`) {
-		t.Fatalf("config.js: %d %q", code, body)
-	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c := dial(t, n)
-	if m, err := c.Join(ctx, dashboardTopic, map[string]string{"key": "wrong"}); err != nil || m.Status != "error" || !strings.Contains(string(m.Payload), "unauthorized") {
-		t.Fatalf("join with a wrong key: %s %v", m, err)
-	}
-	if m, err := c.Join(ctx, dashboardTopic, map[string]string{"key": "s3cret"}); err != nil || m.Status != "ok" {
-		t.Fatalf("join with the key: %s %v", m, err)
-	}
-	// Pushes carry the view; the dashboard's own socket is in it.
-	for {
-		m, err := c.Await(ctx, wsclient.IsEvent(dashboardTopic, "cluster"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var p clusterPush
-		if err := json.Unmarshal(m.Payload, &p); err != nil {
-			t.Fatal(err)
-		}
-		if p.Node == "a" && len(p.Nodes) == 1 && p.Nodes[0].Node == "a" && p.Nodes[0].Sockets == 1 && p.Nodes[0].Channels == 1 {
-			break
-		}
-	}
-	if _, err := c.Push(dashboardTopic, "anything", nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Await(ctx, func(m wsclient.Message) bool {
-		return m.Event == "phx_reply" && strings.Contains(string(m.Payload), "read-only")
-	}); err != nil {
-		t.Fatalf("a message to the dashboard channel: %v", err)
-	}
 }
 
 // Rebalancing: node a holds every socket, b none; each socket asked to

@@ -7,6 +7,12 @@
 // done yet) by closing sockets with close code 1012 in batches over the
 // drain window so that clients reconnect to other replicas (drain.go).
 //
-// Dependencies point one way: node uses channels, transport, pubsub and
-// presence; none of them knows about node.
+// The operators' endpoints (/api/*, /metrics, /dashboard) answer whoever
+// presents the API key, or, without one, local clients only (access.go);
+// the HTTP server bounds the connections that are not sockets
+// (httpserver.go).
+//
+// Dependencies point one way: node uses channels (and channels/auth, for
+// the dashboard's channel), transport, pubsub and presence; none of them
+// knows about node.
 package node

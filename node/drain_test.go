@@ -107,6 +107,9 @@ func httpDo(t *testing.T, n *Node, method, path, key string) (int, http.Header, 
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
+	if method == http.MethodPost {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	resp, err := client.Do(req)
 	if err != nil {

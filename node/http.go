@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"io"
@@ -48,23 +47,6 @@ func (n *Node) readyz(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.WriteString(w, "ready\n")
 }
 
-// requireKey guards the HTTP API with the API key, when one is set.
-func (n *Node) requireKey(h http.HandlerFunc) http.HandlerFunc {
-	if n.cfg.APIKey == "" {
-		return h
-	}
-	want := []byte("Bearer " + n.cfg.APIKey)
-	return func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="channelsd"`)
-			writeJSONError(w, http.StatusUnauthorized, "missing or wrong API key")
-			return
-		}
-		h(w, r)
-	}
-}
-
 type broadcastRequest struct {
 	Topic   string          `json:"topic"`
 	Event   string          `json:"event"`
@@ -86,8 +68,8 @@ func (n *Node) apiBroadcast(w http.ResponseWriter, r *http.Request) {
 	case channels.ReservedTopic(req.Topic):
 		writeJSONError(w, http.StatusBadRequest, "topic is reserved")
 		return
-	case strings.HasPrefix(req.Event, "phx_"):
-		writeJSONError(w, http.StatusBadRequest, `events starting with "phx_" are reserved for the protocol`)
+	case reservedEvent(req.Event):
+		writeJSONError(w, http.StatusBadRequest, `event is reserved for the protocol ("phx_*", "presence_state", "presence_diff")`)
 		return
 	}
 	payload := req.Payload
@@ -125,11 +107,18 @@ func (n *Node) apiDisconnect(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, map[string]string{"status": "accepted"})
 }
 
+// reservedEvent reports whether clients read event as the protocol's
+// own: replies, errors and closes of their joins, and presence, which a
+// client library merges into its presence list (fake users, or real ones
+// made to leave).
+func reservedEvent(event string) bool {
+	return strings.HasPrefix(event, "phx_") ||
+		event == channels.EventPresenceState || event == channels.EventPresenceDiff
+}
+
+// decodeBody decodes the request's JSON body into v; the route has
+// checked its Content-Type (requireJSON).
 func (n *Node) decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		writeJSONError(w, http.StatusUnsupportedMediaType, "body must be application/json")
-		return false
-	}
 	body := http.MaxBytesReader(w, r.Body, n.cfg.MaxFrameSize)
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()

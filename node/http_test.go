@@ -52,12 +52,26 @@ func newTestNode(t *testing.T, cfg Config) *Node {
 	return n
 }
 
+// do serves one request to h, from a local client (loopback peer and
+// host) with a JSON body unless header says otherwise: the pseudo-headers
+// ":remote" and ":host" set the peer and the Host, and an empty value
+// deletes a header.
 func do(t *testing.T, h http.Handler, method, path, body string, header ...string) (int, string) {
 	t.Helper()
 	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	req.RemoteAddr, req.Host = "127.0.0.1:50000", "127.0.0.1:4000"
 	req.Header.Set("Content-Type", "application/json")
 	for i := 0; i+1 < len(header); i += 2 {
-		req.Header.Set(header[i], header[i+1])
+		switch k, v := header[i], header[i+1]; {
+		case k == ":remote":
+			req.RemoteAddr = v
+		case k == ":host":
+			req.Host = v
+		case v == "":
+			req.Header.Del(k)
+		default:
+			req.Header.Set(k, v)
+		}
 	}
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
@@ -120,12 +134,8 @@ func TestBroadcastAPIRejectsBadInput(t *testing.T) {
 			}
 		})
 	}
-	req := httptest.NewRequest("POST", "/api/broadcast", strings.NewReader(`{"topic":"room:1","event":"e"}`))
-	req.Header.Set("Content-Type", "text/plain")
-	rw := httptest.NewRecorder()
-	n.Handler().ServeHTTP(rw, req)
-	if rw.Code != http.StatusUnsupportedMediaType {
-		t.Fatalf("text/plain body: status %d, want 415", rw.Code)
+	if code, _ := do(t, n.Handler(), "POST", "/api/broadcast", `{"topic":"room:1","event":"e"}`, "Content-Type", "text/plain"); code != http.StatusUnsupportedMediaType {
+		t.Fatalf("text/plain body: status %d, want 415", code)
 	}
 	if len(rec.msgs) != 0 {
 		t.Fatalf("bad requests delivered %d messages", len(rec.msgs))

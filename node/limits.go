@@ -74,19 +74,22 @@ func (n *Node) requestRead(h http.Handler) http.Handler {
 func (n *Node) limitHits() map[string]func() uint64 {
 	es, ws, lp := n.endpoint.Stats(), n.ws.Stats(), n.lp.Stats()
 	hits := map[string]func() uint64{
-		"sockets":             func() uint64 { return ws.SocketLimit.Load() + lp.SocketLimit.Load() },
-		"pending_upgrades":    ws.PendingLimit.Load,
-		"handshake_timeout":   n.handshakeTimeouts.Load,
-		"frame_size":          ws.TooBig.Load,
-		"channels":            es.LimitChannels.Load,
-		"messages_per_second": es.LimitRate.Load,
-		"rate_abuse":          es.LimitRateAbuse.Load,
-		"payload_size":        es.LimitPayloadSize.Load,
-		"topic_length":        es.LimitTopicLength.Load,
-		"event_length":        es.LimitEventLength.Load,
-		"longpoll_sessions":   lp.SessionLimit.Load,
-		"longpoll_buffered":   lp.Overflowed.Load,
-		"longpoll_body":       lp.BodiesTooLarge.Load,
+		"sockets":              func() uint64 { return ws.SocketLimit.Load() + lp.SocketLimit.Load() },
+		"pending_upgrades":     ws.PendingLimit.Load,
+		"handshake_timeout":    n.handshakeTimeouts.Load,
+		"frame_size":           ws.TooBig.Load,
+		"channels":             es.LimitChannels.Load,
+		"messages_per_second":  es.LimitRate.Load,
+		"rate_abuse":           es.LimitRateAbuse.Load,
+		"payload_size":         es.LimitPayloadSize.Load,
+		"topic_length":         es.LimitTopicLength.Load,
+		"event_length":         es.LimitEventLength.Load,
+		"longpoll_sessions":    lp.SessionLimit.Load,
+		"longpoll_buffered":    lp.Overflowed.Load,
+		"longpoll_body":        lp.BodiesTooLarge.Load,
+		"http_idle_timeout":    n.conns.idleTimeouts.Load,
+		"http_request_timeout": n.bodyTimeouts.Load,
+		"http_connections":     func() uint64 { return n.conns.refused.Load() + n.conns.evicted.Load() },
 	}
 	hits["longpoll_buffered_bytes"] = lp.OverflowedBytes.Load
 	hits["longpoll_io_timeout"] = lp.IOTimeouts.Load

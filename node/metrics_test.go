@@ -202,8 +202,20 @@ func TestMetricsRequireTheAPIKey(t *testing.T) {
 		t.Fatal("channelsd_joins_total missing with the right key")
 	}
 
-	open := newTestNode(t, Config{})
-	scrape(t, open.Handler()) // no key configured: open
+	local := newTestNode(t, Config{})
+	scrape(t, local.Handler()) // no key configured: local clients
+	if code, _ := do(t, local.Handler(), "GET", "/metrics", "", ":remote", "10.1.2.3:40000", ":host", "10.0.0.5:4000"); code != http.StatusForbidden {
+		t.Fatalf("no key, remote scrape: status %d, want 403", code)
+	}
+	// MetricsPublic opens /metrics alone, key or not, for a Prometheus
+	// scraping from other hosts.
+	for _, key := range []string{"", "s3cret"} {
+		public := newTestNode(t, Config{APIKey: key, MetricsPublic: true})
+		scrape(t, public.Handler(), ":remote", "10.1.2.3:40000", ":host", "10.0.0.5:4000")
+		if code, _ := do(t, public.Handler(), "POST", "/api/drain", "{}", ":remote", "10.1.2.3:40000", ":host", "10.0.0.5:4000"); code == http.StatusAccepted {
+			t.Fatalf("MetricsPublic (key %q) opened the API", key)
+		}
+	}
 }
 
 // fakeRedis is a local PubSub reporting Redis counters, standing in for

@@ -32,7 +32,13 @@ type Config struct {
 	IdleTimeout    time.Duration // default 60s
 	MaxFrameSize   int64         // default 1 MiB
 	MaxChannels    int           // per socket; default 100
-	APIKey         string        // required by the HTTP API when set
+	// APIKey, when set, is required by the operators' endpoints (/api/*,
+	// /metrics, /dashboard); when empty they serve loopback clients only
+	// (access.go).
+	APIKey string
+	// MetricsPublic serves /metrics to every client, key or not: for a
+	// Prometheus that scrapes from other hosts without the key.
+	MetricsPublic bool
 
 	// Limits (README "Limits"). Zero takes the default noted, negative
 	// means no limit.
@@ -62,6 +68,16 @@ type Config struct {
 	// X-Forwarded-For only behind TrustedProxies (CIDRs; empty: never).
 	LongPollMaxSessionsPerAddr int
 	TrustedProxies             []string
+
+	// The HTTP server's bounds (httpserver.go). Zero takes the default
+	// noted, negative means none.
+	HTTPIdleTimeout    time.Duration // a keep-alive connection idle between requests; default 60s
+	HTTPRequestTimeout time.Duration // reading a body, writing an answer other than a socket's; default 30s
+	MaxHeaderBytes     int           // a request's line and headers; default 32 KiB (HTTP 431 beyond)
+	// MaxConnections bounds the TCP connections open at once, WebSocket
+	// ones included; default MaxSockets + 500 (no bound when MaxSockets
+	// has none).
+	MaxConnections int
 
 	// DrainWindow spreads the closing of the sockets when the node drains
 	// (Drain, Shutdown): they are closed in batches evenly over it. Zero
@@ -111,11 +127,15 @@ type Node struct {
 	server   *http.Server
 	metrics  *prometheus.Registry
 	slots    *transport.Slots
+	sessions sessionKeys // dashboard sessions and join tickets
 
 	// Connections still reading their first request headers, and how many
 	// the server cut at HandshakeTimeout (handshake.go).
 	handshakes        sync.Map // net.Conn -> time.Time
 	handshakeTimeouts atomic.Uint64
+
+	conns        connTracker   // the server's connections (httpserver.go)
+	bodyTimeouts atomic.Uint64 // request bodies cut at HTTPRequestTimeout
 
 	mu       sync.Mutex
 	listener net.Listener
@@ -169,6 +189,16 @@ func New(cfg Config) (*Node, error) {
 			*v = math.MaxInt // the transport reads zero or negative as its default
 		}
 	}
+	if cfg.HTTPIdleTimeout == 0 {
+		cfg.HTTPIdleTimeout = DefaultHTTPIdleTimeout
+	}
+	if cfg.HTTPRequestTimeout == 0 {
+		cfg.HTTPRequestTimeout = DefaultHTTPRequestTimeout
+	}
+	defaultLimit(&cfg.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	if cfg.MaxConnections == 0 && cfg.MaxSockets > 0 {
+		cfg.MaxConnections = cfg.MaxSockets + DefaultMaxConnectionsMargin
+	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = transport.DefaultHandshakeTimeout
 	}
@@ -196,7 +226,7 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Presence == nil {
 		cfg.Presence = presence.NewLocal(cfg.PubSub)
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), started: time.Now()}
+	n := &Node{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), started: time.Now(), sessions: newSessionKeys(cfg.APIKey)}
 	// The dashboard's channel joins the application's routes on a copy.
 	router := cfg.Router.With(dashboardTopic, func(string) channels.Channel { return &dashboardChannel{n: n} })
 	ep, err := channels.NewEndpoint(channels.EndpointConfig{
@@ -273,12 +303,18 @@ func New(cfg Config) (*Node, error) {
 	n.messagesOut = func() uint64 { return n.ws.Stats().MessagesOut.Load() + n.lp.Stats().MessagesOut.Load() }
 	n.metrics = n.newMetricsRegistry()
 	n.routes()
+	n.conns.max = max(cfg.MaxConnections, 0)
+	n.conns.idleTimeout = max(cfg.HTTPIdleTimeout, 0)
 	n.server = &http.Server{
-		Handler:           n.requestRead(n.mux),
+		Handler:           n.requestRead(n.requestDeadlines(n.mux)),
 		ReadHeaderTimeout: cfg.HandshakeTimeout,
-		ConnState:         n.trackHandshake,
-		ConnContext:       n.connContext,
-		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+		// Negative: no bound, which net/http spells 0 (and a zero
+		// IdleTimeout would fall back to ReadTimeout, also 0).
+		IdleTimeout:    max(cfg.HTTPIdleTimeout, 0),
+		MaxHeaderBytes: max(cfg.MaxHeaderBytes, 0),
+		ConnState:      n.connState,
+		ConnContext:    n.connContext,
+		ErrorLog:       slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
 	}
 	return n, nil
 }
@@ -288,11 +324,15 @@ func (n *Node) routes() {
 	n.mux.Handle(n.cfg.SocketPath+"/longpoll", n.lp)
 	n.mux.HandleFunc("GET /healthz", n.healthz)
 	n.mux.HandleFunc("GET /readyz", n.readyz)
-	n.mux.HandleFunc("POST /api/broadcast", n.requireKey(n.apiBroadcast))
-	n.mux.HandleFunc("POST /api/disconnect", n.requireKey(n.apiDisconnect))
-	n.mux.HandleFunc("POST /api/drain", n.requireKey(n.apiDrain))
+	n.mux.HandleFunc("POST /api/broadcast", n.requireKey(requireJSON(n.apiBroadcast)))
+	n.mux.HandleFunc("POST /api/disconnect", n.requireKey(requireJSON(n.apiDisconnect)))
+	n.mux.HandleFunc("POST /api/drain", n.requireKey(requireJSON(n.apiDrain)))
 	n.mux.HandleFunc("GET /api/drain", n.requireKey(n.apiDrain))
-	n.mux.HandleFunc("GET /metrics", n.requireKey(n.metricsHandler()))
+	if n.cfg.MetricsPublic {
+		n.mux.HandleFunc("GET /metrics", n.metricsHandler())
+	} else {
+		n.mux.HandleFunc("GET /metrics", n.requireKey(n.metricsHandler()))
+	}
 	n.dashboardRoutes()
 	if n.cfg.Home != nil {
 		n.mux.Handle("/", n.cfg.Home)
@@ -327,6 +367,7 @@ func (n *Node) Start() error {
 		}
 	}()
 	n.log.Info("node: listening", "addr", ln.Addr().String(), "socket_path", n.cfg.SocketPath)
+	n.logAccess()
 	n.startCluster()
 	return nil
 }

@@ -43,7 +43,7 @@ func drainCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	o := drainOptions{margin: drainMargin, poll: 500 * time.Millisecond}
 	env := envDefaults{fs: fs}
 	env.str(&o.addr, "addr", "CHANNELS_ADDR", ":4000", "the node's listen address; no host, or an unspecified one, means 127.0.0.1")
-	env.str(&o.apiKey, "api-key", "CHANNELS_API_KEY", "", "the node's API key, if it has one")
+	env.str(&o.apiKey, "api-key", "CHANNELS_API_KEY", "", "the node's API key, if it has one (without one the node answers only loopback clients, which this command is)")
 	env.duration(&o.window, "drain-window", "CHANNELS_DRAIN_WINDOW", defaultDrainWindow, "the node's drain window, used only when the node does not report its own")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: channelsd drain [flags]\n\n"+
@@ -111,9 +111,18 @@ func drainNode(ctx context.Context, o drainOptions, out io.Writer) error {
 // drainCall sends one request to the drain API and decodes the answer.
 func drainCall(ctx context.Context, o drainOptions, method, url string, want int) (node.DrainStatus, error) {
 	var st node.DrainStatus
-	req, err := http.NewRequestWithContext(ctx, method, url, nil)
+	var body io.Reader
+	if method == http.MethodPost {
+		body = strings.NewReader("{}")
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, body)
 	if err != nil {
 		return st, err
+	}
+	if body != nil {
+		// The node takes state-changing calls only as JSON, which a web
+		// page cannot send it (README "Security").
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if o.apiKey != "" {
 		req.Header.Set("Authorization", "Bearer "+o.apiKey)
@@ -123,18 +132,18 @@ func drainCall(ctx context.Context, o drainOptions, method, url string, want int
 		return st, fmt.Errorf("cannot reach the node: %w", err)
 	}
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	answer, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized:
 		return st, fmt.Errorf("%s %s: HTTP 401: the node wants its API key (CHANNELS_API_KEY or --api-key)", method, url)
 	case resp.StatusCode != want:
-		return st, fmt.Errorf("%s %s: HTTP %d, want %d: %s", method, url, resp.StatusCode, want, strings.TrimSpace(string(body)))
+		return st, fmt.Errorf("%s %s: HTTP %d, want %d: %s", method, url, resp.StatusCode, want, strings.TrimSpace(string(answer)))
 	}
-	if err := json.Unmarshal(body, &st); err != nil {
-		return st, fmt.Errorf("%s %s: unexpected answer %q: %w", method, url, body, err)
+	if err := json.Unmarshal(answer, &st); err != nil {
+		return st, fmt.Errorf("%s %s: unexpected answer %q: %w", method, url, answer, err)
 	}
 	if !st.Draining {
-		return st, fmt.Errorf("%s %s: the node does not report draining: %s", method, url, strings.TrimSpace(string(body)))
+		return st, fmt.Errorf("%s %s: the node does not report draining: %s", method, url, strings.TrimSpace(string(answer)))
 	}
 	return st, nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -92,6 +93,24 @@ func TestDrainCommand(t *testing.T) {
 	out.Reset()
 	if err := drainCommand(ctx, nil, &out); err != nil || !strings.Contains(out.String(), "drained in") {
 		t.Errorf("second drain: %v %q", err, out.String())
+	}
+}
+
+// Without an API key the node serves its API to loopback clients only,
+// which the preStop hook is: the drain works with no key at all, whether
+// the node listens on every address or on loopback.
+func TestDrainCommandWithoutKey(t *testing.T) {
+	n := startNode(t, node.Config{DrainWindow: 100 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, port, _ := net.SplitHostPort(n.Addr().String())
+	for _, addr := range []string{":" + port, "localhost:" + port} {
+		t.Setenv("CHANNELS_ADDR", addr)
+		t.Setenv("CHANNELS_API_KEY", "")
+		var out bytes.Buffer
+		if err := drainCommand(ctx, nil, &out); err != nil || !strings.Contains(out.String(), "drained in") {
+			t.Fatalf("drain of %s without a key: %v %q", addr, err, out.String())
+		}
 	}
 }
 

@@ -50,3 +50,32 @@ func TestLimitFlags(t *testing.T) {
 		}
 	}
 }
+
+// The HTTP server's bounds: flags with defaults and environment variables.
+func TestHTTPServerFlags(t *testing.T) {
+	o, err := parseFlags(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.httpIdleTimeout != 60*time.Second || o.httpRequestTimeout != 30*time.Second || o.maxHeaderBytes != 32<<10 || o.maxConnections != 0 || o.metricsPublic {
+		t.Fatalf("defaults: %+v", *o)
+	}
+	for env, v := range map[string]string{
+		"CHANNELS_HTTP_IDLE_TIMEOUT":    "5s",
+		"CHANNELS_HTTP_REQUEST_TIMEOUT": "6s",
+		"CHANNELS_MAX_HEADER_BYTES":     "7",
+		"CHANNELS_MAX_CONNECTIONS":      "8",
+		"CHANNELS_METRICS_PUBLIC":       "true",
+	} {
+		t.Setenv(env, v)
+	}
+	if o, err = parseFlags(nil, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if o.httpIdleTimeout != 5*time.Second || o.httpRequestTimeout != 6*time.Second || o.maxHeaderBytes != 7 || o.maxConnections != 8 || !o.metricsPublic {
+		t.Fatalf("from the environment: %+v", *o)
+	}
+	if _, err := parseFlags([]string{"--http-idle-timeout", "0"}, io.Discard); err == nil {
+		t.Error("--http-idle-timeout 0 accepted")
+	}
+}

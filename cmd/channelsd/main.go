@@ -66,6 +66,7 @@ type options struct {
 	maxFrameSize    int64
 	maxChannels     int
 	apiKey          string
+	metricsPublic   bool
 	tokenSecret     string
 	tokenPrevious   string
 	logLevel        string
@@ -84,6 +85,10 @@ type options struct {
 	deadAfter       time.Duration
 	coalesce        time.Duration
 	coalesceMax     time.Duration
+
+	// secretsOnCommandLine names the secret flags given as arguments,
+	// which every local user can read (ps).
+	secretsOnCommandLine []string
 
 	// Limits (README "Limits").
 	maxSockets         int
@@ -106,6 +111,10 @@ type options struct {
 	lpIOTimeout        time.Duration
 	lpMaxPerAddr       int
 	trustedProxies     string
+	httpIdleTimeout    time.Duration
+	httpRequestTimeout time.Duration
+	maxHeaderBytes     int
+	maxConnections     int
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -139,9 +148,14 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.int(&o.presencePerTopic, "presence-max-per-topic", "CHANNELS_PRESENCE_MAX_PER_TOPIC", presence.DefaultMaxPerTopic, "presence entries this node tracks on one topic (every join is sent the whole room); beyond, a join stands without presence; -1: no limit")
 	env.int(&o.presencePerJoin, "presence-max-per-join", "CHANNELS_PRESENCE_MAX_PER_JOIN", presence.DefaultMaxPerOwner, "presence keys one join may track at once (the default application tracks one; the conformance channel replies {\"reason\":\"too many presence keys\"} beyond); -1: no limit")
 	env.int(&o.redisMaxMessage, "redis-max-message-size", "CHANNELS_REDIS_MAX_MESSAGE_SIZE", redis.DefaultMaxMessageSize, "with --redis: largest message in bytes one Redis PUBLISH carries (Redis cuts off a node whose pending pub/sub output passes 32 MB); a larger broadcast is refused (error reply {\"reason\":\"payload too large\"}), a larger presence diff is split; must exceed --max-frame-size by 64 KiB so a relayed long-poll POST fits")
-	env.str(&o.apiKey, "api-key", "CHANNELS_API_KEY", "", "bearer key required by the HTTP API (/api/*); empty leaves it open")
-	env.str(&o.tokenSecret, "token-secret", "CHANNELS_TOKEN_SECRET", "", "secret (at least 32 bytes) that signs and verifies socket tokens (HS256 JWTs); when set every socket needs a valid token, and private:* topics open to tokens whose topics claim names them; empty accepts anonymous sockets")
-	env.str(&o.tokenPrevious, "token-secret-previous", "CHANNELS_TOKEN_SECRET_PREVIOUS", "", "during a secret rotation: the previous secret, which still verifies tokens but signs none")
+	env.duration(&o.httpIdleTimeout, "http-idle-timeout", "CHANNELS_HTTP_IDLE_TIMEOUT", node.DefaultHTTPIdleTimeout, "close a keep-alive HTTP connection idle this long between two requests (sockets have --idle-timeout); negative: never")
+	env.duration(&o.httpRequestTimeout, "http-request-timeout", "CHANNELS_HTTP_REQUEST_TIMEOUT", node.DefaultHTTPRequestTimeout, "longest time to receive a request's body, and to write an answer other than a socket transport's; the connection is closed past it; negative: no bound")
+	env.int(&o.maxHeaderBytes, "max-header-bytes", "CHANNELS_MAX_HEADER_BYTES", node.DefaultMaxHeaderBytes, "largest request line plus headers in bytes (a socket's connect parameters travel in the request line); beyond, HTTP 431; -1: Go's default of 1 MiB")
+	env.int(&o.maxConnections, "max-connections", "CHANNELS_MAX_CONNECTIONS", 0, fmt.Sprintf("TCP connections open at once, WebSocket ones included; one more first closes a keep-alive connection idle between requests, else is closed unanswered; keep it under the open-file limit; 0: --max-sockets plus %d; -1: no limit", node.DefaultMaxConnectionsMargin))
+	env.str(&o.apiKey, "api-key", "CHANNELS_API_KEY", "", "key of the operators' endpoints (/api/*, /metrics, /dashboard): callers present it as Authorization: Bearer <key>, the dashboard through its login form; empty serves them to loopback clients only. A secret: set it in the environment, not as a flag")
+	env.bool(&o.metricsPublic, "metrics-public", "CHANNELS_METRICS_PUBLIC", false, "serve /metrics to any client without the API key (for a Prometheus scraping from other hosts without it); the rest of the API stays guarded")
+	env.str(&o.tokenSecret, "token-secret", "CHANNELS_TOKEN_SECRET", "", "secret (at least 32 bytes) that signs and verifies socket tokens (HS256 JWTs); when set every socket needs a valid token, and private:* topics open to tokens whose topics claim names them; empty accepts anonymous sockets. A secret: set it in the environment, not as a flag")
+	env.str(&o.tokenPrevious, "token-secret-previous", "CHANNELS_TOKEN_SECRET_PREVIOUS", "", "during a secret rotation: the previous secret, which still verifies tokens but signs none. A secret: set it in the environment, not as a flag")
 	env.str(&o.logLevel, "log-level", "CHANNELS_LOG_LEVEL", "info", "debug, info, warn or error")
 	env.bool(&o.conformance, "conformance", "CHANNELS_CONFORMANCE", false, "serve the conformance channel (conformance:*), a tool for testing client libraries")
 	env.duration(&o.drainWindow, "drain-window", "CHANNELS_DRAIN_WINDOW", defaultDrainWindow, "when the node drains (SIGTERM, channelsd drain, POST /api/drain), close its sockets in batches spread evenly over this window, so clients reconnect to other nodes gradually; 0 closes them all at once")
@@ -154,7 +168,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.duration(&o.coalesceMax, "presence-coalesce-max", "CHANNELS_PRESENCE_COALESCE_MAX", 500*time.Millisecond, "with --redis: the widest window of a busy topic; a topic whose window gathered several changes doubles it up to this (a join storm into a big room then costs far fewer diffs), a calm one halves it back")
 	env.str(&o.nodeID, "node-id", "CHANNELS_NODE_ID", "", "this node's id in the cluster; default POD_NAME, else hostname plus a short uuid")
 	env.duration(&o.returnMemory, "return-memory-after", "CHANNELS_RETURN_MEMORY_AFTER", 10*time.Second, "after a burst (a join storm, a reconnect wave), hand the heap it freed back to the OS once the node has allocated little for this long, rather than at the runtime's pace of minutes; 0 leaves it to the runtime")
-	env.str(&o.pprofAddr, "pprof-addr", "CHANNELS_PPROF_ADDR", "", "serve net/http/pprof on this address (keep it on loopback); empty disables it")
+	env.str(&o.pprofAddr, "pprof-addr", "CHANNELS_PPROF_ADDR", "", "serve net/http/pprof on this loopback address (127.0.0.1:6060, [::1]:6060, localhost:6060; any other is refused: profiles show the process's memory); empty disables it")
 	env.duration(&o.reportInterval, "report-interval", "CHANNELS_REPORT_INTERVAL", 2*time.Second, "how often the node reports its sockets and message counts to the cluster (for rebalancing and /dashboard)")
 	env.float(&o.rebalance, "rebalance-threshold", "CHANNELS_REBALANCE_THRESHOLD", 0, "rebalancing: a node holding more than (1+this) times the cluster's mean of sockets asks some of its oldest sockets to reconnect elsewhere (close 1012) until within it, e.g. 0.2; 0 turns it off")
 	env.float(&o.rebalanceShare, "rebalance-share", "CHANNELS_REBALANCE_SHARE", 0.05, "rebalancing: the most sockets asked to move per report interval, as a fraction of the node's sockets")
@@ -162,6 +176,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		fmt.Fprintf(stderr, "Usage: channelsd [flags]\n       channelsd drain [--addr A] [--api-key K] [--drain-window W]\n"+
 			"       channelsd token --sub S [--topics P1,P2] [--ttl D] [--token-secret K]\n\n"+
 			"Runs one channelsd node. Every flag can also be set with the environment variable shown.\n"+
+			"Secrets (CHANNELS_API_KEY, CHANNELS_TOKEN_SECRET, CHANNELS_TOKEN_SECRET_PREVIOUS, a password\n"+
+			"in CHANNELS_REDIS) belong in the environment: flags show in ps and /proc/<pid>/cmdline.\n"+
 			"GOGC defaults to 50 (Go's own default is 100): less memory per idle socket for more\n"+
 			"collector CPU while connections pour in; set GOGC to choose.\n\n"+
 			"`channelsd drain` asks the node on --addr (this host) to drain, through POST /api/drain,\n"+
@@ -180,6 +196,16 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if v := f.Value.String(); secretFlags[f.Name] && v != "" && (f.Name != "redis" || strings.Contains(v, "@")) {
+			o.secretsOnCommandLine = append(o.secretsOnCommandLine, "--"+f.Name)
+		}
+	})
+	if o.pprofAddr != "" {
+		if err := loopbackAddr(o.pprofAddr); err != nil {
+			return nil, fmt.Errorf("--pprof-addr %q: %w", o.pprofAddr, err)
+		}
 	}
 	// The shutdown timeout counts after the drain window (node.Config), so
 	// any pair of values is consistent; only negative ones are not.
@@ -200,6 +226,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.lpIOTimeout <= 0 {
 		return nil, fmt.Errorf("--longpoll-io-timeout %s: must be positive", o.lpIOTimeout)
+	}
+	if o.httpIdleTimeout == 0 || o.httpRequestTimeout == 0 {
+		return nil, errors.New("--http-idle-timeout and --http-request-timeout must not be 0 (negative: no bound)")
 	}
 	if o.shutdownTimeout <= 0 {
 		return nil, fmt.Errorf("--shutdown-timeout %s: must be positive", o.shutdownTimeout)
@@ -228,6 +257,10 @@ func run(args []string, stderr io.Writer) error {
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(logger)
 	setDefaultGCPercent()
+	if len(o.secretsOnCommandLine) > 0 {
+		logger.Warn("channelsd: secrets given as flags show in ps and /proc/<pid>/cmdline to every local user; set them in the environment (CHANNELS_*) instead",
+			"flags", strings.Join(o.secretsOnCommandLine, " "))
+	}
 
 	var tokens *auth.Verifier
 	switch {
@@ -303,6 +336,7 @@ func run(args []string, stderr io.Writer) error {
 		MaxFrameSize:    o.maxFrameSize,
 		MaxChannels:     o.maxChannels,
 		APIKey:          o.apiKey,
+		MetricsPublic:   o.metricsPublic,
 		DrainWindow:     o.drainWindow,
 		ReportInterval:  o.reportInterval,
 		Rebalance:       node.RebalanceConfig{Threshold: o.rebalance, Share: o.rebalanceShare},
@@ -332,6 +366,10 @@ func run(args []string, stderr io.Writer) error {
 		LongPollIOTimeout:          o.lpIOTimeout,
 		LongPollMaxSessionsPerAddr: o.lpMaxPerAddr,
 		TrustedProxies:             splitList(o.trustedProxies),
+		HTTPIdleTimeout:            o.httpIdleTimeout,
+		HTTPRequestTimeout:         o.httpRequestTimeout,
+		MaxHeaderBytes:             o.maxHeaderBytes,
+		MaxConnections:             o.maxConnections,
 	})
 	if err != nil {
 		return err
@@ -399,6 +437,10 @@ func connectRedis(ctx context.Context, opts redis.Options, logger *slog.Logger) 
 		backoff = min(2*backoff, 5*time.Second)
 	}
 }
+
+// secretFlags are the flags whose values are secrets (--redis when it
+// holds a password).
+var secretFlags = map[string]bool{"api-key": true, "token-secret": true, "token-secret-previous": true, "redis": true}
 
 func splitList(s string) []string {
 	var out []string

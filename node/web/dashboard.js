@@ -5,10 +5,9 @@
 
 (function () {
   const cfg = window.CHANNELSD_DASHBOARD || {};
-  const key = new URLSearchParams(location.search).get("key") || "";
   const windowMinutes = 5;
   const history = []; // {t, in, out, sockets}
-  let ws = null, ref = 0, joinRef = null, beat = null, backoff = 500;
+  let ws = null, ref = 0, joinRef = null, beat = null, backoff = 500, expired = false;
 
   document.getElementById("window").textContent = windowMinutes;
 
@@ -29,8 +28,22 @@
     ws = new WebSocket(proto + "//" + location.host + cfg.socketPath + "/websocket?vsn=2.0.0");
     ws.onopen = function () {
       backoff = 500;
-      joinRef = send(null, cfg.topic, "phx_join", { key: key });
       beat = setInterval(function () { send(null, "phoenix", "heartbeat", {}); }, 30000);
+      // The join needs a fresh ticket: the page's session (an HttpOnly
+      // cookie) or the node's loopback rule vouches for it.
+      const sock = ws;
+      fetch("dashboard/ticket", { credentials: "same-origin", cache: "no-store" }).then(function (res) {
+        if (res.status === 401 || res.status === 403) {
+          expired = true;
+          status("session expired: reload the page to log in again", "bad");
+          sock.close();
+          return;
+        }
+        if (!res.ok) throw new Error("ticket: HTTP " + res.status);
+        return res.json().then(function (t) {
+          if (sock === ws) joinRef = send(null, cfg.topic, "phx_join", { ticket: t.ticket });
+        });
+      }).catch(function () { sock.close(); });
     };
     ws.onmessage = function (ev) {
       const [jr, r, topic, event, payload] = JSON.parse(ev.data);
@@ -46,6 +59,7 @@
     };
     ws.onclose = function () {
       clearInterval(beat);
+      if (expired) return;
       status("reconnecting…", "bad");
       setTimeout(connect, backoff);
       backoff = Math.min(backoff * 2, 10000);

@@ -27,15 +27,15 @@ func TestDashboard(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
-	// The page needs the key; plain HTTP first.
+	// The page needs the key, from its login form, never from the URL;
+	// plain HTTP first.
 	base := cl.Node(1).HTTPURL() + "/dashboard"
 	for _, c := range []struct {
 		url  string
 		want int
 	}{
 		{base, http.StatusUnauthorized},
-		{base + "?key=wrong", http.StatusUnauthorized},
-		{base + "?key=" + dashboardKey, http.StatusOK},
+		{base + "?key=" + dashboardKey, http.StatusUnauthorized},
 	} {
 		if got := httpStatus(t, ctx, c.url); got != c.want {
 			t.Fatalf("GET %s: %d, want %d", c.url, got, c.want)
@@ -44,7 +44,15 @@ func TestDashboard(t *testing.T) {
 
 	b := newBrowser(t, ctx)
 	tab := b.tab(nil)
-	b.do(tab, "opening the dashboard", chromedp.Navigate(base+"?key="+dashboardKey))
+	b.do(tab, "opening the dashboard's login form", chromedp.Navigate(base), chromedp.WaitVisible("form.login"))
+	b.do(tab, "logging in with a wrong key",
+		chromedp.SendKeys("#key", "wrong"), chromedp.Submit("#key"), chromedp.WaitVisible("form.login .error"))
+	b.do(tab, "logging in with the key",
+		chromedp.SendKeys("#key", dashboardKey), chromedp.Submit("#key"), chromedp.WaitVisible("#nodes"))
+	// The session is a cookie the page's scripts cannot read.
+	if c := eval[string](b, tab, "document.cookie"); c != "" {
+		t.Fatalf("document.cookie = %q: the session cookie must be HttpOnly", c)
+	}
 	b.await(tab, "the dashboard is live and lists node1, node2 and node3", `
 		document.getElementById("status").textContent === "live" &&
 		["node1", "node2", "node3"].every(n => document.querySelector('#nodes tbody tr[data-node="' + n + '"]')) &&

@@ -3,10 +3,13 @@
 // Chromium from Debian's package driven by chromedp, against a cluster of
 // node containers started by test/harness.
 //
-// TestDashboard opens /dashboard?key=... on node 1, waits until the table
-// lists every node, connects WebSocket clients to node 2 from Go and waits
-// until node 2's sockets go up by that many, then down again when they
-// close; /dashboard without the key must answer 401. TestDemoPageTwoTabs
+// TestDashboard opens /dashboard on node 1, logs in through its form (a
+// wrong key first, which the form refuses), checks that the session cookie
+// is out of the page's reach (HttpOnly), waits until the table lists every
+// node, connects WebSocket clients to node 2 from Go and waits until node
+// 2's sockets go up by that many, then down again when they close;
+// /dashboard without a session, or with the key in its URL, must answer
+// 401. TestDemoPageTwoTabs
 // opens the demo page in two tabs of one browser, one on node 1 and one on
 // node 2, joins the same room in both through the page's form, and checks
 // that each tab sees the other's messages, typing indicator and presence.

@@ -343,6 +343,7 @@ func (l *load) publisher(ctx context.Context) {
 				body, _ := json.Marshal(map[string]any{"topic": l.topic(r), "event": "tick", "payload": map[string]any{"n": n, "pad": pad}})
 				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/api/broadcast", bytes.NewReader(body))
 				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Authorization", "Bearer "+harness.APIKey)
 				if res, err := api.Do(req); err == nil {
 					p.ok, p.code = res.StatusCode == http.StatusAccepted, res.StatusCode
 					res.Body.Close()

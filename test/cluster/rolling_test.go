@@ -126,6 +126,7 @@ func TestRollingRestart(t *testing.T) {
 					body, _ := json.Marshal(map[string]any{"topic": "room:roll-" + strconv.Itoa(r), "event": "tick", "payload": map[string]int{"n": n}})
 					req, _ := http.NewRequestWithContext(ctx, http.MethodPost, lb.HTTPURL()+"/api/broadcast", bytes.NewReader(body))
 					req.Header.Set("Content-Type", "application/json")
+					req.Header.Set("Authorization", "Bearer "+harness.APIKey)
 					if res, err := api.Do(req); err == nil {
 						p.ok = res.StatusCode == http.StatusAccepted
 						res.Body.Close()

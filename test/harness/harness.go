@@ -59,7 +59,11 @@ type Options struct {
 	LogLevel string
 	// Args are extra flags for every node, after the harness's own.
 	Args []string
-	// Env is extra environment for every node.
+	// Env is extra environment for every node. Unless it sets them, nodes
+	// get CHANNELS_API_KEY=APIKey (without a key a node serves its API to
+	// loopback clients only, and the tests reach it through Docker's
+	// network) and CHANNELS_METRICS_PUBLIC=true (tests read /metrics as
+	// Prometheus would).
 	Env map[string]string
 	// StartupTimeout bounds each container's start until it is ready; 0
 	// means 60 s.
@@ -261,7 +265,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 func (c *Cluster) runNode(ctx context.Context, id, alias string) (*testcontainers.DockerContainer, error) {
 	args := append([]string{"--addr", ":4000", "--node-id", id, "--conformance", "--log-level", c.opts.LogLevel}, c.nodeArgs...)
 	args = append(args, c.opts.Args...)
-	env := map[string]string{}
+	env := map[string]string{"CHANNELS_API_KEY": APIKey, "CHANNELS_METRICS_PUBLIC": "true"}
 	for k, v := range c.opts.Env {
 		env[k] = v
 	}
@@ -688,6 +692,17 @@ func (c *Cluster) AwaitReady(i int, want int, timeout time.Duration) time.Durati
 	}
 }
 
+// APIKey is the nodes' API key unless Options.Env sets another.
+const APIKey = "harness-api-key"
+
+// APIKey returns the nodes' API key.
+func (c *Cluster) APIKey() string {
+	if k, ok := c.opts.Env["CHANNELS_API_KEY"]; ok {
+		return k
+	}
+	return APIKey
+}
+
 // Broadcast publishes through node i's HTTP API (POST /api/broadcast) and
 // returns an error unless the node answers 202.
 func (c *Cluster) Broadcast(ctx context.Context, i int, topic, event string, payload any) error {
@@ -700,6 +715,7 @@ func (c *Cluster) Broadcast(ctx context.Context, i int, topic, event string, pay
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+c.APIKey())
 	resp, err := c.api.Do(req)
 	if err != nil {
 		return err
