@@ -3,6 +3,7 @@ package channels
 import (
 	"fmt"
 	"slices"
+	"unicode/utf8"
 
 	"github.com/channelsd/channelsd/pubsub"
 )
@@ -44,6 +45,9 @@ func (v1Serializer) Encode(dst []byte, m *Message) (Frame, error) {
 	if m.Binary {
 		return Frame{}, ErrBinaryUnsupported
 	}
+	if err := checkTextMessage(m); err != nil {
+		return Frame{}, err
+	}
 	n := len(`{"event":,"payload":,"ref":,"topic":}`) + len(m.Event) + 2 +
 		wireTextPayloadLen(m, len(m.Status)+2) + wireRefLen(m.Ref) + len(m.Topic) + 2
 	dst = slices.Grow(dst, n)
@@ -65,6 +69,9 @@ func (v1Serializer) EncodeBroadcast(m *pubsub.Message) ([]byte, bool, error) {
 	if m.Binary {
 		return nil, false, ErrBinaryUnsupported
 	}
+	if err := ValidatePayload(m.Payload); err != nil {
+		return nil, false, err
+	}
 	n := len(`{"event":,"payload":,"ref":null,"topic":}`) +
 		jsonStringLen(m.Event) + wirePayloadLen(m.Payload) + jsonStringLen(m.Topic)
 	data := make([]byte, 0, n)
@@ -81,7 +88,8 @@ func (v1Serializer) EncodeBroadcast(m *pubsub.Message) ([]byte, bool, error) {
 // Decode parses a client's JSON object. topic, event, payload and ref are
 // required and join_ref is optional, as in Phoenix (§2.2); other keys are
 // ignored. A null payload, sent by some third-party clients, is kept as
-// the JSON text null.
+// the JSON text null. Text that is not valid UTF-8 is refused
+// (validate.go).
 func (v1Serializer) Decode(data []byte, binary bool) (Message, error) {
 	if binary {
 		return Message{}, errWireV1Binary
@@ -122,6 +130,17 @@ func (v1Serializer) Decode(data []byte, binary bool) (Message, error) {
 	if !wireIsRef(data[start[v1Ref]]) || (have[v1JoinRef] && !wireIsRef(data[start[v1JoinRef]])) {
 		return Message{}, errWireBadRef
 	}
+	// wireValid, like encoding/json, lets any byte through inside
+	// strings; the keys ignored are never relayed.
+	payloadUTF8 := true
+	if !utf8.Valid(data) {
+		for _, k := range [...]int{v1Topic, v1Event, v1Ref, v1JoinRef} {
+			if have[k] && !utf8.Valid(data[start[k]:end[k]]) {
+				return Message{}, errWireHeaderUTF8
+			}
+		}
+		payloadUTF8 = utf8.Valid(data[start[v1Payload]:end[v1Payload]])
+	}
 
 	// phoenix.js puts the payload between event and ref, so the header
 	// fields are not contiguous: gather them into one buffer and make one
@@ -150,6 +169,9 @@ func (v1Serializer) Decode(data []byte, binary bool) (Message, error) {
 	}
 	m.Topic = wireString(s[:topicEnd])
 	m.Event = wireString(s[topicEnd:eventEnd])
+	if !payloadUTF8 {
+		return m, errWirePayloadUTF8
+	}
 	m.Payload = data[start[v1Payload]:end[v1Payload]]
 	wireUnwrapReply(&m)
 	return m, nil
