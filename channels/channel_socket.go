@@ -131,6 +131,10 @@ func (c *ChannelSocket) Push(event string, payload any) error {
 // Reply answers the client message with ref, now or later. status is
 // usually "ok" or "error"; any word is allowed (§2.5).
 func (c *ChannelSocket) Reply(ref Ref, status string, response any) error {
+	if !validRef(ref) {
+		// In.Ref is always valid; a Ref made up by the caller may not be.
+		return errRefNotJSON
+	}
 	data, binary, err := EncodePayload(response)
 	if err != nil {
 		return err
@@ -235,7 +239,7 @@ func (c *ChannelSocket) Deliver(m *pubsub.Message) {
 }
 
 func (c *ChannelSocket) send(m *Message) error {
-	f, err := c.sock.ser.Encode(nil, m)
+	f, err := encodeChecked(c.sock.ser, nil, m)
 	if err != nil {
 		return err
 	}

@@ -42,11 +42,19 @@ func (v1Serializer) Vsn() string { return "1.0.0" }
 // Encode writes m as {"event":..,"payload":..,"ref":..,"topic":..}, keys
 // in Phoenix's order. V1 output never carries join_ref (§2.2).
 func (v1Serializer) Encode(dst []byte, m *Message) (Frame, error) {
+	if !m.Binary {
+		if err := checkTextMessage(m); err != nil {
+			return Frame{}, err
+		}
+	}
+	return v1Encode(dst, m)
+}
+
+// v1Encode is Encode without the check of payload and refs, for the
+// Messages the runtime builds from checked parts (encodeChecked).
+func v1Encode(dst []byte, m *Message) (Frame, error) {
 	if m.Binary {
 		return Frame{}, ErrBinaryUnsupported
-	}
-	if err := checkTextMessage(m); err != nil {
-		return Frame{}, err
 	}
 	n := len(`{"event":,"payload":,"ref":,"topic":}`) + len(m.Event) + 2 +
 		wireTextPayloadLen(m, len(m.Status)+2) + wireRefLen(m.Ref) + len(m.Topic) + 2

@@ -48,15 +48,23 @@ func (v2Serializer) Vsn() string { return "2.0.0" }
 // is binary (§2.4): a reply (kind 1) when m is a reply, a broadcast (kind
 // 2) when both refs are null, a push (kind 0) otherwise.
 func (v2Serializer) Encode(dst []byte, m *Message) (Frame, error) {
+	if !m.Binary {
+		if err := checkTextMessage(m); err != nil {
+			return Frame{}, err
+		}
+	}
+	return v2Encode(dst, m)
+}
+
+// v2Encode is Encode without the check of payload and refs, for the
+// Messages the runtime builds from checked parts (encodeChecked).
+func v2Encode(dst []byte, m *Message) (Frame, error) {
 	if m.Binary {
 		data, err := v2AppendBinary(dst, m)
 		if err != nil {
 			return Frame{}, err
 		}
 		return Frame{Data: data, Binary: true}, nil
-	}
-	if err := checkTextMessage(m); err != nil {
-		return Frame{}, err
 	}
 	// An estimate: strings needing escapes grow past it, at the cost of
 	// one more copy.

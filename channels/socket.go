@@ -467,7 +467,7 @@ func (s *Socket) sendSocketReply(joinRef, ref Ref, topic, status string, respons
 }
 
 func (s *Socket) send(m *Message) {
-	f, err := s.ser.Encode(nil, m)
+	f, err := encodeChecked(s.ser, nil, m)
 	if err != nil {
 		s.ep.log.Warn("channels: message cannot be encoded for this socket", "topic", m.Topic, "event", m.Event, "vsn", s.ser.Vsn(), "err", err)
 		return

@@ -28,8 +28,11 @@ import (
 // And the encoders check once more, as the last line (Encode,
 // EncodeBroadcast): a text payload or ref that is not valid UTF-8 JSON is
 // refused with ErrInvalidPayload rather than written, whatever handed it
-// over (an envelope from another node, a presence diff, a Go channel that
-// built a Message itself). Refusing rather than replacing bytes: the
+// over (an envelope from another node, a presence diff, a client library
+// that built a Message itself). EncodeBroadcast checks every broadcast, at
+// most once per serializer however many sockets receive it; the runtime's
+// own pushes and replies, built from parts checked above, skip the
+// second check (encodeChecked). Refusing rather than replacing bytes: the
 // sender has been told at the entry points above, so what is left is a
 // bug or a hostile peer node, and a message rewritten in flight (its JSON
 // re-scanned and patched with U+FFFD) would be a second, slower, encoder
@@ -138,6 +141,22 @@ func wireScanStringIn(s string) int {
 		}
 	}
 	return -1
+}
+
+// encodeChecked encodes a Message the runtime built from parts already
+// checked: refs from Decode or validRef, payloads from Decode or
+// EncodePayload, constants. Checking them again on every push and reply
+// would cost several times the encoding itself (BENCHMARKS.md: a 100-byte
+// payload's JSON scan is most of a V2 decode). Encode, for anyone else,
+// checks.
+func encodeChecked(ser Serializer, dst []byte, m *Message) (Frame, error) {
+	switch ser.(type) {
+	case v1Serializer:
+		return v1Encode(dst, m)
+	case v2Serializer:
+		return v2Encode(dst, m)
+	}
+	return ser.Encode(dst, m)
 }
 
 // checkTextMessage is the encoders' last check of a Message bound for a

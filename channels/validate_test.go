@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -170,6 +171,14 @@ type relayChannel struct{}
 
 func (relayChannel) Join(*ChannelSocket, Payload) (any, error) { return nil, nil }
 func (relayChannel) HandleIn(s *ChannelSocket, in In) Result {
+	if in.Event == "reply_bad_ref" {
+		for _, r := range []Ref{"\"\xff\"", "x", `"1`} {
+			if err := s.Reply(r, "ok", nil); !errors.Is(err, ErrInvalidPayload) {
+				return ErrorReply(map[string]string{"reason": fmt.Sprintf("Reply(%q) = %v", r, err)})
+			}
+		}
+		return Ok(nil)
+	}
 	if err := s.Broadcast(in.Event, in.Payload); err != nil {
 		return ErrorReply(map[string]string{"reason": err.Error()})
 	}
@@ -303,6 +312,13 @@ func TestInvalidUTF8PayloadNotRelayed(t *testing.T) {
 				t.Fatalf("sender got %+v, want an error reply to ref 3", got)
 			}
 		})
+	}
+	// A Go channel replying with a ref it made up gets an error.
+	s, c := e.open(t, V2)
+	s.HandleFrame([]byte(`["1","1","room:x","phx_join",{}]`), false)
+	s.HandleFrame([]byte(`["1","2","room:x","reply_bad_ref",{}]`), false)
+	if got := checkTextFrames(t, V2, c.take()); len(got) != 2 || got[1].Status != "ok" {
+		t.Errorf("reply_bad_ref: %+v", got)
 	}
 	if n := e.ep.Stats().InvalidPayloads.Load(); n != 2 {
 		t.Errorf("InvalidPayloads = %d, want 2", n)
