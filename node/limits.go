@@ -81,6 +81,7 @@ func (n *Node) limitHits() map[string]func() uint64 {
 		"payload_size":        es.LimitPayloadSize.Load,
 		"topic_length":        es.LimitTopicLength.Load,
 		"event_length":        es.LimitEventLength.Load,
+		"ref_length":          es.LimitRefLength.Load,
 		"longpoll_sessions":   lp.SessionLimit.Load,
 		"longpoll_buffered":   lp.Overflowed.Load,
 		"longpoll_body":       lp.BodiesTooLarge.Load,

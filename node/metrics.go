@@ -138,7 +138,7 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 
 	// Limits: one counter of refusals per limit, each read from the atomic
 	// its refusal path adds to.
-	const limitHelp = "Refusals by limit (README \"Limits\"): sockets (upgrade or long-poll open answered 503), pending_upgrades (503), handshake_timeout (connection cut while its request headers were still incomplete), frame_size (WebSocket closed 1009), channels (join refused: too many channels joined), messages_per_second (message dropped: rate limited), rate_abuse (socket closed 1008 for a persistent excess of its rate), payload_size, topic_length, event_length (message dropped with an error reply), longpoll_sessions (opening GET answered 503), longpoll_buffered (oldest buffered message dropped), longpoll_body (POST answered 413)."
+	const limitHelp = "Refusals by limit (README \"Limits\"): sockets (upgrade or long-poll open answered 503), pending_upgrades (503), handshake_timeout (connection cut while its request headers were still incomplete), frame_size (WebSocket closed 1009), channels (join refused: too many channels joined), messages_per_second (message dropped: rate limited), rate_abuse (socket closed 1008 for a persistent excess of its rate), payload_size, topic_length, event_length, ref_length (message dropped with an error reply), longpoll_sessions (opening GET answered 503), longpoll_buffered (oldest buffered message dropped), longpoll_body (POST answered 413)."
 	for limit, f := range n.limitHits() {
 		counter("channelsd_limit_hits_total", limitHelp, prometheus.Labels{"limit": limit},
 			func() float64 { return float64(f()) })
