@@ -122,9 +122,14 @@ func (s *Socket) HandleFrame(data []byte, binary bool) {
 	if err != nil {
 		s.ep.stats.MalformedFrames.Add(1)
 		if err == errWirePayloadUTF8 {
-			// Decode gave the header: answer like a limit does.
+			// Decode gave the header: answer like a limit does. A
+			// heartbeat's payload goes nowhere, and heartbeats are
+			// always answered.
 			s.ep.stats.InvalidPayloads.Add(1)
-			if !msg.Ref.IsNull() {
+			switch {
+			case msg.Topic == TopicPhoenix && msg.Event == EventHeartbeat:
+				s.sendSocketReply(NullRef, msg.Ref, TopicPhoenix, "ok", nil)
+			case !msg.Ref.IsNull():
 				s.sendSocketReply(msg.JoinRef, msg.Ref, msg.Topic, "error", reasonInvalidPayload)
 			}
 			return

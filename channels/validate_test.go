@@ -313,6 +313,13 @@ func TestInvalidUTF8PayloadNotRelayed(t *testing.T) {
 			}
 		})
 	}
+	// A heartbeat is answered whatever its payload.
+	hb, hc := e.open(t, V2)
+	hb.HandleFrame([]byte("[null,\"7\",\"phoenix\",\"heartbeat\",{\"x\":\"\xff\"}]"), false)
+	if got := checkTextFrames(t, V2, hc.take()); len(got) != 1 || got[0].Status != "ok" || got[0].Ref != `"7"` {
+		t.Errorf("heartbeat with an invalid payload: %+v", got)
+	}
+
 	// A Go channel replying with a ref it made up gets an error.
 	s, c := e.open(t, V2)
 	s.HandleFrame([]byte(`["1","1","room:x","phx_join",{}]`), false)
@@ -320,8 +327,8 @@ func TestInvalidUTF8PayloadNotRelayed(t *testing.T) {
 	if got := checkTextFrames(t, V2, c.take()); len(got) != 2 || got[1].Status != "ok" {
 		t.Errorf("reply_bad_ref: %+v", got)
 	}
-	if n := e.ep.Stats().InvalidPayloads.Load(); n != 2 {
-		t.Errorf("InvalidPayloads = %d, want 2", n)
+	if n := e.ep.Stats().InvalidPayloads.Load(); n != 3 {
+		t.Errorf("InvalidPayloads = %d, want 3", n)
 	}
 }
 
