@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unicode/utf8"
 	"unique"
 
 	"github.com/channelsd/channelsd/pubsub"
@@ -167,6 +168,9 @@ func (c *ChannelSocket) publish(event string, payload any, from string) error {
 // Track makes key present on the topic with meta (a JSON object) for as
 // long as this join lives, or until Untrack.
 func (c *ChannelSocket) Track(key string, meta any) error {
+	if !utf8.ValidString(key) {
+		return errPresenceKeyUTF8
+	}
 	data, _, err := EncodePayload(meta)
 	if err != nil {
 		return err
@@ -182,6 +186,9 @@ func (c *ChannelSocket) Track(key string, meta any) error {
 
 // UpdatePresence replaces the meta of a key this join tracks.
 func (c *ChannelSocket) UpdatePresence(key string, meta any) error {
+	if !utf8.ValidString(key) {
+		return errPresenceKeyUTF8
+	}
 	data, _, err := EncodePayload(meta)
 	if err != nil {
 		return err

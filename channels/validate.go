@@ -20,8 +20,8 @@ import (
 //     is not gets the sender an error reply on its topic
 //     (ErrInvalidPayload) and goes no further;
 //   - what Go code hands to Push, Reply, Broadcast, BroadcastFrom, Track,
-//     UpdatePresence and Endpoint.Broadcast (EncodePayload): refused with
-//     an error the caller sees;
+//     UpdatePresence and Endpoint.Broadcast (EncodePayload, and the
+//     presence key): refused with an error the caller sees;
 //   - the HTTP API and other entry points outside this package call
 //     ValidatePayload.
 //
@@ -48,6 +48,9 @@ var (
 	errPayloadNotUTF8 = fmt.Errorf("%w: not valid UTF-8", ErrInvalidPayload)
 	errPayloadNotJSON = fmt.Errorf("%w: not valid JSON", ErrInvalidPayload)
 	errRefNotJSON     = fmt.Errorf("%w: a ref must be a JSON string, number or null", ErrInvalidPayload)
+	// A presence key is a key of presence_state and presence_diff
+	// objects, sent to every subscriber.
+	errPresenceKeyUTF8 = fmt.Errorf("%w: presence key is not valid UTF-8", ErrInvalidPayload)
 
 	errWireHeaderUTF8 = fmt.Errorf("%w: topic, event, join_ref and ref must be valid UTF-8", ErrMalformed)
 	// errWirePayloadUTF8 is returned by Decode with the message's header
@@ -96,51 +99,11 @@ func validRef(r Ref) bool {
 	}
 	switch c := r[0]; {
 	case c == '"':
-		return wireScanStringIn(string(r)) == len(r) && utf8.ValidString(string(r))
+		return wireScanString([]byte(r), 0) == len(r) && utf8.ValidString(string(r))
 	case c == '-' || (c >= '0' && c <= '9'):
 		return wireScanNumber([]byte(r), 0) == len(r)
 	}
 	return false
-}
-
-// wireScanStringIn is wireScanString for a string, without converting it:
-// it returns the index after the closing quote of the string literal at
-// the start of s, or -1.
-func wireScanStringIn(s string) int {
-	for i := 1; i < len(s); {
-		c := s[i]
-		if wireStringPlain[c] {
-			i++
-			continue
-		}
-		switch c {
-		case '"':
-			return i + 1
-		case '\\':
-			if i+1 >= len(s) {
-				return -1
-			}
-			switch s[i+1] {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-				i += 2
-			case 'u':
-				if i+6 > len(s) {
-					return -1
-				}
-				for _, h := range []byte(s[i+2 : i+6]) {
-					if !('0' <= h && h <= '9' || 'a' <= h && h <= 'f' || 'A' <= h && h <= 'F') {
-						return -1
-					}
-				}
-				i += 6
-			default:
-				return -1
-			}
-		default:
-			return -1
-		}
-	}
-	return -1
 }
 
 // encodeChecked encodes a Message the runtime built from parts already

@@ -177,6 +177,12 @@ func (relayChannel) HandleIn(s *ChannelSocket, in In) Result {
 				return ErrorReply(map[string]string{"reason": fmt.Sprintf("Reply(%q) = %v", r, err)})
 			}
 		}
+		if err := s.Track("\xff", nil); !errors.Is(err, ErrInvalidPayload) {
+			return ErrorReply(map[string]string{"reason": fmt.Sprintf("Track = %v", err)})
+		}
+		if err := s.Track("ok", json.RawMessage("{\"a\":\"\xff\"}")); !errors.Is(err, ErrInvalidPayload) {
+			return ErrorReply(map[string]string{"reason": fmt.Sprintf("Track with a bad meta = %v", err)})
+		}
 		return Ok(nil)
 	}
 	if err := s.Broadcast(in.Event, in.Payload); err != nil {
@@ -320,7 +326,8 @@ func TestInvalidUTF8PayloadNotRelayed(t *testing.T) {
 		t.Errorf("heartbeat with an invalid payload: %+v", got)
 	}
 
-	// A Go channel replying with a ref it made up gets an error.
+	// A Go channel replying with a ref it made up, or tracking a key or
+	// meta that is not UTF-8, gets an error.
 	s, c := e.open(t, V2)
 	s.HandleFrame([]byte(`["1","1","room:x","phx_join",{}]`), false)
 	s.HandleFrame([]byte(`["1","2","room:x","reply_bad_ref",{}]`), false)
