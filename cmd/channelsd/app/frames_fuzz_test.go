@@ -28,24 +28,24 @@ import (
 // presence_diff). The long-poll transport hands its lines to the same
 // HandleFrame.
 
-var discardLogger = slog.New(slog.DiscardHandler)
+var propLogger = slog.New(slog.DiscardHandler)
 
-// recConn records every frame a socket is sent.
-type recConn struct {
+// propConn records every frame a socket is sent.
+type propConn struct {
 	mu     sync.Mutex
 	frames []channels.Frame
 }
 
-func (c *recConn) Send(f channels.Frame) error {
+func (c *propConn) Send(f channels.Frame) error {
 	c.mu.Lock()
 	c.frames = append(c.frames, f)
 	c.mu.Unlock()
 	return nil
 }
 
-func (c *recConn) Close(int, string) {}
+func (c *propConn) Close(int, string) {}
 
-func (c *recConn) take() []channels.Frame {
+func (c *propConn) take() []channels.Frame {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	f := c.frames
@@ -56,7 +56,7 @@ func (c *recConn) take() []channels.Frame {
 type propSocket struct {
 	ser  channels.Serializer
 	sock *channels.Socket
-	conn *recConn
+	conn *propConn
 }
 
 // jsonQuoteRaw writes s between quotes, escaping only quotes, backslashes
@@ -159,7 +159,7 @@ func FuzzRoomFrames(f *testing.F) {
 		}()
 		ep, err := channels.NewEndpoint(channels.EndpointConfig{
 			Router: Router(Options{}), Handler: SocketHandler(Options{}),
-			PubSub: ps, Presence: tracker, Logger: discardLogger,
+			PubSub: ps, Presence: tracker, Logger: propLogger,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -169,7 +169,7 @@ func FuzzRoomFrames(f *testing.F) {
 			if err != nil {
 				t.Fatalf("connect: %v", err)
 			}
-			conn := &recConn{}
+			conn := &propConn{}
 			return &propSocket{ser: ser, sock: ep.Open(conn, ser, id), conn: conn}
 		}
 		const topic = "room:lobby"
