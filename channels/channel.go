@@ -3,6 +3,7 @@ package channels
 import (
 	"encoding/json"
 	"errors"
+	"unicode/utf8"
 )
 
 // Channel is the behaviour of one topic on one socket, Phoenix's Channel
@@ -158,6 +159,12 @@ func Refuse(reason string) error {
 // empty RawMessage is {}), a Payload keeps its form, nil is {}, anything
 // else is marshalled as JSON. Clients built on this package (the test
 // client, the load generator) use the same rules.
+//
+// A JSON payload must be one JSON value in valid UTF-8 (ValidatePayload),
+// else the error wraps ErrInvalidPayload: json.RawMessage is not checked
+// by encoding/json, even inside a marshalled value, and neither is UTF-8
+// inside one, so a payload relayed from elsewhere could otherwise carry
+// bytes that make every browser subscriber drop its connection.
 func EncodePayload(v any) ([]byte, bool, error) {
 	switch p := v.(type) {
 	case nil:
@@ -166,12 +173,25 @@ func EncodePayload(v any) ([]byte, bool, error) {
 		if len(p) == 0 {
 			return []byte("{}"), false, nil
 		}
+		if err := ValidatePayload(p); err != nil {
+			return nil, false, err
+		}
 		return p, false, nil
 	case Binary:
 		return p, true, nil
 	case Payload:
-		return p.Data, p.Binary, nil
+		if p.Binary {
+			return p.Data, true, nil
+		}
+		if err := ValidatePayload(p.Data); err != nil {
+			return nil, false, err
+		}
+		return p.Data, false, nil
 	}
 	b, err := json.Marshal(v)
+	if err == nil && !utf8.Valid(b) {
+		// Marshal checks the syntax of embedded RawMessages, not UTF-8.
+		return nil, false, errPayloadNotUTF8
+	}
 	return b, false, err
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unicode/utf8"
 	"unique"
 
 	"github.com/channelsd/channelsd/pubsub"
@@ -131,6 +132,10 @@ func (c *ChannelSocket) Push(event string, payload any) error {
 // Reply answers the client message with ref, now or later. status is
 // usually "ok" or "error"; any word is allowed (§2.5).
 func (c *ChannelSocket) Reply(ref Ref, status string, response any) error {
+	if !validRef(ref) {
+		// In.Ref is always valid; a Ref made up by the caller may not be.
+		return errRefNotJSON
+	}
 	data, binary, err := EncodePayload(response)
 	if err != nil {
 		return err
@@ -163,6 +168,9 @@ func (c *ChannelSocket) publish(event string, payload any, from string) error {
 // Track makes key present on the topic with meta (a JSON object) for as
 // long as this join lives, or until Untrack.
 func (c *ChannelSocket) Track(key string, meta any) error {
+	if !utf8.ValidString(key) {
+		return errPresenceKeyUTF8
+	}
 	data, _, err := EncodePayload(meta)
 	if err != nil {
 		return err
@@ -178,6 +186,9 @@ func (c *ChannelSocket) Track(key string, meta any) error {
 
 // UpdatePresence replaces the meta of a key this join tracks.
 func (c *ChannelSocket) UpdatePresence(key string, meta any) error {
+	if !utf8.ValidString(key) {
+		return errPresenceKeyUTF8
+	}
 	data, _, err := EncodePayload(meta)
 	if err != nil {
 		return err
@@ -235,7 +246,7 @@ func (c *ChannelSocket) Deliver(m *pubsub.Message) {
 }
 
 func (c *ChannelSocket) send(m *Message) error {
-	f, err := c.sock.ser.Encode(nil, m)
+	f, err := encodeChecked(c.sock.ser, nil, m)
 	if err != nil {
 		return err
 	}

@@ -5,7 +5,9 @@
 // and the serializers: a Message is [join_ref, ref, topic, event,
 // payload]; V1 writes it as a JSON object, V2 as a JSON array or, for raw
 // bytes, a binary frame. Payloads stay raw JSON (or raw bytes) all the way
-// through, so a broadcast is never decoded and encoded again.
+// through, so a broadcast is never decoded and encoded again. They are
+// checked once where they enter (validate.go): every text frame a client
+// is sent is valid UTF-8 and valid JSON, whoever sent the bytes.
 //
 // An application is a Router of topic patterns to Channel factories and a
 // SocketHandler that authenticates connections:

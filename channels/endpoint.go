@@ -14,6 +14,11 @@ import (
 	"github.com/channelsd/channelsd/pubsub"
 )
 
+// DefaultMaxRefLength is EndpointConfig.MaxRefLength's default: ample
+// for the refs clients send (small integers, UUIDs), and it keeps what a
+// message's decoded header holds small.
+const DefaultMaxRefLength = 64
+
 // EndpointConfig wires an Endpoint.
 type EndpointConfig struct {
 	Router *Router
@@ -38,6 +43,13 @@ type EndpointConfig struct {
 	MaxPayloadSize int // bytes of the payload (JSON text or binary)
 	MaxTopicLength int // bytes of the topic
 	MaxEventLength int // bytes of the event name
+	// MaxRefLength bounds the join_ref and the ref of a client message,
+	// as the JSON text they travel as (phoenix.js sends integer strings
+	// such as "12"); a message with a longer one is dropped with the
+	// error reply "ref too long". Unlike the three above, zero means
+	// DefaultMaxRefLength, so that no endpoint is without it; negative
+	// means no limit.
+	MaxRefLength int
 
 	// MaxMessagesPerSecond and Burst rate-limit each socket's messages
 	// (see rateLimit in socket.go): Burst at once, then
@@ -95,6 +107,10 @@ type Stats struct {
 	LimitPayloadSize atomic.Uint64 // messages dropped: payload above MaxPayloadSize
 	LimitTopicLength atomic.Uint64 // messages dropped: topic above MaxTopicLength
 	LimitEventLength atomic.Uint64 // messages dropped: event above MaxEventLength
+	LimitRefLength   atomic.Uint64 // messages dropped: join_ref or ref above MaxRefLength
+	// InvalidPayloads counts client messages dropped because their text
+	// payload was not valid UTF-8 (also counted in MalformedFrames).
+	InvalidPayloads atomic.Uint64
 }
 
 // NewEndpoint checks cfg and returns an Endpoint.
@@ -107,6 +123,9 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 	}
 	if cfg.MaxOutbox == 0 {
 		cfg.MaxOutbox = 1024
+	}
+	if cfg.MaxRefLength == 0 {
+		cfg.MaxRefLength = DefaultMaxRefLength
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -17,11 +17,17 @@ type Serializer interface {
 	Vsn() string
 	// Encode appends the encoding of m to dst and returns it as a Frame.
 	// It fails with ErrBinaryUnsupported for a binary payload the version
-	// cannot carry and ErrFieldTooLong for binary header fields over 255
-	// bytes (§2.4).
+	// cannot carry, ErrFieldTooLong for binary header fields over 255
+	// bytes (§2.4), and ErrInvalidPayload for a text payload or a ref
+	// that is not valid JSON in UTF-8 (nothing else can go in a text
+	// frame, RFC 6455 §8.1).
 	Encode(dst []byte, m *Message) (Frame, error)
 	// Decode parses one frame sent by a client. Errors wrap ErrMalformed.
-	// The returned Message may alias data.
+	// The returned Message may alias data. Topic, event, refs and a text
+	// payload must be valid UTF-8; when only the payload is not, the error
+	// also wraps ErrInvalidPayload and the Message holds the header
+	// (refs, topic, event) without a payload, so that the sender can be
+	// answered.
 	Decode(data []byte, binary bool) (Message, error)
 	// EncodeBroadcast encodes a broadcast once for every socket of this
 	// version on the node (pubsub.Message.Encoded caches the result).

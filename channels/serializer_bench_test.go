@@ -37,6 +37,17 @@ func benchEncode(b *testing.B, ser Serializer, m *Message) {
 func BenchmarkV1Encode(b *testing.B) { benchEncode(b, V1, &benchMsg) }
 func BenchmarkV2Encode(b *testing.B) { benchEncode(b, V2, &benchMsg) }
 
+// The runtime's own pushes and replies skip Encode's check of payload and
+// refs, which their parts have passed already (encodeChecked).
+func BenchmarkV1EncodeRuntime(b *testing.B) { benchEncode(b, runtimeSerializer{V1}, &benchMsg) }
+func BenchmarkV2EncodeRuntime(b *testing.B) { benchEncode(b, runtimeSerializer{V2}, &benchMsg) }
+
+type runtimeSerializer struct{ Serializer }
+
+func (r runtimeSerializer) Encode(dst []byte, m *Message) (Frame, error) {
+	return encodeChecked(r.Serializer, dst, m)
+}
+
 func BenchmarkV2EncodeReply(b *testing.B) {
 	m := benchMsg
 	m.Event, m.Status, m.Payload = EventReply, "ok", []byte(`{"id":1742}`)

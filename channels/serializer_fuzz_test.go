@@ -7,12 +7,15 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/channelsd/channelsd/pubsub"
 )
 
 // The fuzz targets check the hand-written decoders against reference
-// decoders built on encoding/json (same verdict, same fields), and check
-// that whatever decodes re-encodes to something that decodes to the same
-// Message.
+// decoders built on encoding/json (same verdict, same fields; text that is
+// not UTF-8 refused), that whatever decodes re-encodes to something that
+// decodes to the same Message, and that whatever decodes can be relayed:
+// every text frame it becomes is valid UTF-8 and valid JSON.
 
 func addTextSeeds(f *testing.F) {
 	for _, tt := range decodeTests {
@@ -66,11 +69,39 @@ func refString(raw json.RawMessage) (string, bool) {
 	return s, true
 }
 
+// refVerdict is what the reference decoders make of a frame.
+type refVerdict int
+
+const (
+	refRefused    refVerdict = iota // not a message
+	refOK                           // a message
+	refBadHeader                    // a message, but a header field is not UTF-8
+	refBadPayload                   // a message whose payload only is not UTF-8
+)
+
+// refUTF8 gives the verdict on a message encoding/json decoded from the
+// raw header fields and payload.
+func refUTF8(m *Message, payload []byte, header ...[]byte) refVerdict {
+	for _, h := range header {
+		if !utf8.Valid(h) {
+			*m = Message{}
+			return refBadHeader
+		}
+	}
+	if !utf8.Valid(payload) {
+		m.Payload, m.Status = nil, ""
+		return refBadPayload
+	}
+	m.Payload = payload
+	refUnwrapReply(m)
+	return refOK
+}
+
 // refDecodeV2 is the V2 text decoder written with encoding/json.
-func refDecodeV2(data []byte) (Message, bool) {
+func refDecodeV2(data []byte) (Message, refVerdict) {
 	var arr []json.RawMessage
 	if json.Unmarshal(data, &arr) != nil || len(arr) < 5 {
-		return Message{}, false
+		return Message{}, refRefused
 	}
 	var m Message
 	var err1, err2 error
@@ -80,45 +111,126 @@ func refDecodeV2(data []byte) (Message, bool) {
 	m.Topic, ok1 = refString(arr[2])
 	m.Event, ok2 = refString(arr[3])
 	if err1 != nil || err2 != nil || !ok1 || !ok2 {
-		return Message{}, false
+		return Message{}, refRefused
 	}
-	m.Payload = arr[4]
-	refUnwrapReply(&m)
-	return m, true
+	v := refUTF8(&m, arr[4], arr[0], arr[1], arr[2], arr[3])
+	return m, v
 }
 
 // refDecodeV1 is the V1 decoder written with encoding/json.
-func refDecodeV1(data []byte) (Message, bool) {
+func refDecodeV1(data []byte) (Message, refVerdict) {
 	var obj map[string]json.RawMessage
 	if json.Unmarshal(data, &obj) != nil || obj == nil {
-		return Message{}, false
+		return Message{}, refRefused
 	}
 	topic, ok1 := obj["topic"]
 	event, ok2 := obj["event"]
 	payload, ok3 := obj["payload"]
 	ref, ok4 := obj["ref"]
 	if !ok1 || !ok2 || !ok3 || !ok4 {
-		return Message{}, false
+		return Message{}, refRefused
 	}
 	var m Message
 	var err error
 	if m.Topic, ok1 = refString(topic); !ok1 {
-		return Message{}, false
+		return Message{}, refRefused
 	}
 	if m.Event, ok2 = refString(event); !ok2 {
-		return Message{}, false
+		return Message{}, refRefused
 	}
 	if m.Ref, err = refFromJSON(ref); err != nil {
-		return Message{}, false
+		return Message{}, refRefused
 	}
-	if jr, ok := obj["join_ref"]; ok {
+	jr := obj["join_ref"] // nil when absent: valid UTF-8
+	if jr != nil {
 		if m.JoinRef, err = refFromJSON(jr); err != nil {
-			return Message{}, false
+			return Message{}, refRefused
 		}
 	}
-	m.Payload = payload
-	refUnwrapReply(&m)
-	return m, true
+	v := refUTF8(&m, payload, topic, event, ref, jr)
+	return m, v
+}
+
+// checkDecodeVerdict holds a decoder's answer to the reference decoder's
+// verdict, and reports whether the message was accepted.
+func checkDecodeVerdict(t *testing.T, data []byte, m Message, err error, want Message, v refVerdict) bool {
+	t.Helper()
+	switch {
+	case v == refRefused:
+		if err == nil {
+			t.Fatalf("Decode(%q) = %+v; encoding/json refuses it", data, m)
+		}
+		checkDecodeError(t, err)
+		return false
+	case v == refBadHeader && err != errWireHeaderUTF8:
+		t.Fatalf("Decode(%q) = %+v, %v; want %v", data, m, err, errWireHeaderUTF8)
+	case v == refBadPayload && err != errWirePayloadUTF8:
+		t.Fatalf("Decode(%q) = %+v, %v; want %v", data, m, err, errWirePayloadUTF8)
+	case v == refOK && err != nil:
+		t.Fatalf("Decode(%q) = %v; encoding/json decodes %+v", data, err, want)
+	}
+	if v != refBadHeader && !msgEqual(m, want) {
+		t.Fatalf("Decode(%q) = %+v\nencoding/json: %+v", data, m, want)
+	}
+	return v == refOK
+}
+
+// checkRelayable is the invariant that keeps browser subscribers
+// connected: whatever Decode accepts encodes, as a reply, a push and a
+// broadcast, with either serializer, to text frames of valid UTF-8 and
+// valid JSON (or, with a binary payload, to V2 binary frames).
+func checkRelayable(t *testing.T, m Message) {
+	t.Helper()
+	for _, ser := range []Serializer{V1, V2} {
+		for _, out := range []Message{
+			m,
+			{JoinRef: m.JoinRef, Ref: m.Ref, Topic: m.Topic, Event: EventReply, Status: "ok", Payload: m.Payload, Binary: m.Binary},
+			{JoinRef: m.JoinRef, Topic: m.Topic, Event: m.Event, Payload: m.Payload, Binary: m.Binary},
+		} {
+			f, err := ser.Encode(nil, &out)
+			if m.Binary && ser == V1 {
+				if !errors.Is(err, ErrBinaryUnsupported) {
+					t.Fatalf("V1 Encode of a binary payload: %v", err)
+				}
+				continue
+			}
+			if errors.Is(err, ErrFieldTooLong) && m.Binary {
+				continue
+			}
+			if err != nil {
+				t.Fatalf("%s: Encode(%+v) of an accepted message: %v", ser.Vsn(), out, err)
+			}
+			checkFrameText(t, ser, f.Data, f.Binary)
+		}
+		data, binary, err := ser.EncodeBroadcast(&pubsub.Message{Topic: m.Topic, Event: m.Event, Payload: m.Payload, Binary: m.Binary})
+		switch {
+		case m.Binary && ser == V1:
+			if !errors.Is(err, ErrBinaryUnsupported) {
+				t.Fatalf("V1 EncodeBroadcast of a binary payload: %v", err)
+			}
+		case errors.Is(err, ErrFieldTooLong) && m.Binary:
+		case err != nil:
+			t.Fatalf("%s: EncodeBroadcast(%+v) of an accepted message: %v", ser.Vsn(), m, err)
+		default:
+			checkFrameText(t, ser, data, binary)
+		}
+	}
+}
+
+func checkFrameText(t *testing.T, ser Serializer, data []byte, binary bool) {
+	t.Helper()
+	if binary {
+		if ser != V2 {
+			t.Fatalf("%s: binary frame % x", ser.Vsn(), data)
+		}
+		return
+	}
+	if !utf8.Valid(data) || !json.Valid(data) {
+		t.Fatalf("%s: text frame %q: invalid UTF-8 or JSON", ser.Vsn(), data)
+	}
+	if _, err := ser.Decode(data, false); err != nil {
+		t.Fatalf("%s: text frame %q does not decode: %v", ser.Vsn(), data, err)
+	}
 }
 
 // checkTextRoundTrip encodes m with ser and decodes it again; the result
@@ -133,8 +245,7 @@ func checkTextRoundTrip(t *testing.T, ser Serializer, m Message) {
 	if f.Binary || !json.Valid(f.Data) {
 		t.Fatalf("%s: Encode(%+v) = %q: not a valid JSON text frame", ser.Vsn(), m, f.Data)
 	}
-	// Payload and refs are copied verbatim; the strings are made valid.
-	if utf8.Valid(m.Payload) && utf8.ValidString(string(m.JoinRef)+string(m.Ref)) && !utf8.Valid(f.Data) {
+	if !utf8.Valid(f.Data) {
 		t.Fatalf("%s: Encode(%+v) = %q: invalid UTF-8", ser.Vsn(), m, f.Data)
 	}
 	got, err := ser.Decode(f.Data, false)
@@ -212,20 +323,11 @@ func FuzzV1Decode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkValid(t, data)
 		m, err := V1.Decode(data, false)
-		want, ok := refDecodeV1(data)
-		if err != nil {
-			checkDecodeError(t, err)
-			if ok {
-				t.Fatalf("Decode(%q) = %v; encoding/json decodes %+v", data, err, want)
-			}
+		want, verdict := refDecodeV1(data)
+		if !checkDecodeVerdict(t, data, m, err, want, verdict) {
 			return
 		}
-		if !ok {
-			t.Fatalf("Decode(%q) = %+v; encoding/json refuses it", data, m)
-		}
-		if !msgEqual(m, want) {
-			t.Fatalf("Decode(%q) = %+v\nencoding/json: %+v", data, m, want)
-		}
+		checkRelayable(t, m)
 		checkTextRoundTrip(t, V1, m)
 		checkTextRoundTrip(t, V2, m)
 		checkBinaryRoundTrip(t, m)
@@ -237,20 +339,11 @@ func FuzzV2Decode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkValid(t, data)
 		m, err := V2.Decode(data, false)
-		want, ok := refDecodeV2(data)
-		if err != nil {
-			checkDecodeError(t, err)
-			if ok {
-				t.Fatalf("Decode(%q) = %v; encoding/json decodes %+v", data, err, want)
-			}
+		want, verdict := refDecodeV2(data)
+		if !checkDecodeVerdict(t, data, m, err, want, verdict) {
 			return
 		}
-		if !ok {
-			t.Fatalf("Decode(%q) = %+v; encoding/json refuses it", data, m)
-		}
-		if !msgEqual(m, want) {
-			t.Fatalf("Decode(%q) = %+v\nencoding/json: %+v", data, m, want)
-		}
+		checkRelayable(t, m)
 		checkTextRoundTrip(t, V2, m)
 		checkTextRoundTrip(t, V1, m)
 		checkBinaryRoundTrip(t, m)
@@ -279,6 +372,12 @@ func FuzzV2DecodeBinary(f *testing.F) {
 func fuzzClientBinary(t *testing.T, data []byte) {
 	m, err := V2.Decode(data, true)
 	ok := len(data) >= 5 && data[0] == 0 && len(data) >= 5+int(data[1])+int(data[2])+int(data[3])+int(data[4])
+	if ok && !utf8.Valid(data[5:5+int(data[1])+int(data[2])+int(data[3])+int(data[4])]) {
+		if err != errWireHeaderUTF8 {
+			t.Fatalf("Decode(% x) = %+v, %v; want %v", data, m, err, errWireHeaderUTF8)
+		}
+		return
+	}
 	if err != nil {
 		checkDecodeError(t, err)
 		if ok {
@@ -289,6 +388,7 @@ func fuzzClientBinary(t *testing.T, data []byte) {
 	if !ok {
 		t.Fatalf("Decode(% x) = %+v, want an error", data, m)
 	}
+	checkRelayable(t, m)
 	o := 5
 	field := func(n byte) []byte {
 		b := data[o : o+int(n)]

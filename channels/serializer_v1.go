@@ -3,6 +3,7 @@ package channels
 import (
 	"fmt"
 	"slices"
+	"unicode/utf8"
 
 	"github.com/channelsd/channelsd/pubsub"
 )
@@ -41,6 +42,17 @@ func (v1Serializer) Vsn() string { return "1.0.0" }
 // Encode writes m as {"event":..,"payload":..,"ref":..,"topic":..}, keys
 // in Phoenix's order. V1 output never carries join_ref (§2.2).
 func (v1Serializer) Encode(dst []byte, m *Message) (Frame, error) {
+	if !m.Binary {
+		if err := checkTextMessage(m); err != nil {
+			return Frame{}, err
+		}
+	}
+	return v1Encode(dst, m)
+}
+
+// v1Encode is Encode without the check of payload and refs, for the
+// Messages the runtime builds from checked parts (encodeChecked).
+func v1Encode(dst []byte, m *Message) (Frame, error) {
 	if m.Binary {
 		return Frame{}, ErrBinaryUnsupported
 	}
@@ -65,6 +77,9 @@ func (v1Serializer) EncodeBroadcast(m *pubsub.Message) ([]byte, bool, error) {
 	if m.Binary {
 		return nil, false, ErrBinaryUnsupported
 	}
+	if err := ValidatePayload(m.Payload); err != nil {
+		return nil, false, err
+	}
 	n := len(`{"event":,"payload":,"ref":null,"topic":}`) +
 		jsonStringLen(m.Event) + wirePayloadLen(m.Payload) + jsonStringLen(m.Topic)
 	data := make([]byte, 0, n)
@@ -81,7 +96,8 @@ func (v1Serializer) EncodeBroadcast(m *pubsub.Message) ([]byte, bool, error) {
 // Decode parses a client's JSON object. topic, event, payload and ref are
 // required and join_ref is optional, as in Phoenix (§2.2); other keys are
 // ignored. A null payload, sent by some third-party clients, is kept as
-// the JSON text null.
+// the JSON text null. Text that is not valid UTF-8 is refused
+// (validate.go).
 func (v1Serializer) Decode(data []byte, binary bool) (Message, error) {
 	if binary {
 		return Message{}, errWireV1Binary
@@ -122,6 +138,17 @@ func (v1Serializer) Decode(data []byte, binary bool) (Message, error) {
 	if !wireIsRef(data[start[v1Ref]]) || (have[v1JoinRef] && !wireIsRef(data[start[v1JoinRef]])) {
 		return Message{}, errWireBadRef
 	}
+	// wireValid, like encoding/json, lets any byte through inside
+	// strings; the keys ignored are never relayed.
+	payloadUTF8 := true
+	if !utf8.Valid(data) {
+		for _, k := range [...]int{v1Topic, v1Event, v1Ref, v1JoinRef} {
+			if have[k] && !utf8.Valid(data[start[k]:end[k]]) {
+				return Message{}, errWireHeaderUTF8
+			}
+		}
+		payloadUTF8 = utf8.Valid(data[start[v1Payload]:end[v1Payload]])
+	}
 
 	// phoenix.js puts the payload between event and ref, so the header
 	// fields are not contiguous: gather them into one buffer and make one
@@ -150,6 +177,9 @@ func (v1Serializer) Decode(data []byte, binary bool) (Message, error) {
 	}
 	m.Topic = wireString(s[:topicEnd])
 	m.Event = wireString(s[topicEnd:eventEnd])
+	if !payloadUTF8 {
+		return m, errWirePayloadUTF8
+	}
 	m.Payload = data[start[v1Payload]:end[v1Payload]]
 	wireUnwrapReply(&m)
 	return m, nil

@@ -48,6 +48,17 @@ func (v2Serializer) Vsn() string { return "2.0.0" }
 // is binary (§2.4): a reply (kind 1) when m is a reply, a broadcast (kind
 // 2) when both refs are null, a push (kind 0) otherwise.
 func (v2Serializer) Encode(dst []byte, m *Message) (Frame, error) {
+	if !m.Binary {
+		if err := checkTextMessage(m); err != nil {
+			return Frame{}, err
+		}
+	}
+	return v2Encode(dst, m)
+}
+
+// v2Encode is Encode without the check of payload and refs, for the
+// Messages the runtime builds from checked parts (encodeChecked).
+func v2Encode(dst []byte, m *Message) (Frame, error) {
 	if m.Binary {
 		data, err := v2AppendBinary(dst, m)
 		if err != nil {
@@ -90,6 +101,9 @@ func (v2Serializer) EncodeBroadcast(m *pubsub.Message) ([]byte, bool, error) {
 		copy(data[n:], m.Payload)
 		return data, true, nil
 	}
+	if err := ValidatePayload(m.Payload); err != nil {
+		return nil, false, err
+	}
 	n := len(`[null,null,,,]`) + jsonStringLen(m.Topic) + jsonStringLen(m.Event) + wirePayloadLen(m.Payload)
 	data := make([]byte, 0, n)
 	data = append(data, `[null,null,`...)
@@ -103,7 +117,8 @@ func (v2Serializer) EncodeBroadcast(m *pubsub.Message) ([]byte, bool, error) {
 }
 
 // Decode parses a client frame: a JSON array of at least five elements
-// (extra ones are ignored, as Phoenix does, §2.3) or a binary push.
+// (extra ones are ignored, as Phoenix does, §2.3) or a binary push. Text
+// that is not valid UTF-8 is refused (validate.go).
 func (v2Serializer) Decode(data []byte, binary bool) (Message, error) {
 	if binary {
 		return v2DecodeClientBinary(data)
@@ -140,6 +155,15 @@ func (v2Serializer) Decode(data []byte, binary bool) (Message, error) {
 	if data[start[3]] != '"' {
 		return Message{}, errWireBadEvent
 	}
+	// wireValid, like encoding/json, lets any byte through inside
+	// strings. Whatever bytes the extra elements hold is never relayed.
+	payloadUTF8 := true
+	if !utf8.Valid(data) {
+		if !utf8.Valid(data[:end[3]]) {
+			return Message{}, errWireHeaderUTF8
+		}
+		payloadUTF8 = utf8.Valid(data[start[4]:end[4]])
+	}
 	// One string holds the refs, topic and event; the fields are
 	// substrings of it. The payload stays in data.
 	hdr := string(data[:end[3]])
@@ -152,6 +176,9 @@ func (v2Serializer) Decode(data []byte, binary bool) (Message, error) {
 	}
 	m.Topic = wireString(hdr[start[2]:end[2]])
 	m.Event = wireString(hdr[start[3]:end[3]])
+	if !payloadUTF8 {
+		return m, errWirePayloadUTF8
+	}
 	m.Payload = data[start[4]:end[4]]
 	wireUnwrapReply(&m)
 	return m, nil
@@ -179,6 +206,11 @@ func v2DecodeClientBinary(data []byte) (Message, error) {
 	h := 5 + j + r + t + e
 	if len(data) < h {
 		return Message{}, errWireBinaryShort
+	}
+	// Refs, topic and event end up in text frames too (replies to V2
+	// text sockets, broadcasts to V1 ones); the payload stays binary.
+	if !utf8.Valid(data[5:h]) {
+		return Message{}, errWireHeaderUTF8
 	}
 	o := 5
 	jr, ref := data[o:o+j], data[o+j:o+j+r]

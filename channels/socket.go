@@ -58,6 +58,7 @@ var (
 	reasonPayloadTooLarge = reasonJSON("payload too large")
 	reasonTopicTooLong    = reasonJSON("topic too long")
 	reasonEventTooLong    = reasonJSON("event too long")
+	reasonRefTooLong      = reasonJSON("ref too long")
 	reasonTooManyChannels = reasonJSON("too many channels joined")
 )
 
@@ -120,6 +121,19 @@ func (s *Socket) HandleFrame(data []byte, binary bool) {
 	}
 	if err != nil {
 		s.ep.stats.MalformedFrames.Add(1)
+		if err == errWirePayloadUTF8 {
+			// Decode gave the header: answer like a limit does. A
+			// heartbeat's payload goes nowhere, and heartbeats are
+			// always answered.
+			s.ep.stats.InvalidPayloads.Add(1)
+			switch {
+			case msg.Topic == TopicPhoenix && msg.Event == EventHeartbeat:
+				s.sendSocketReply(NullRef, msg.Ref, TopicPhoenix, "ok", nil)
+			case !msg.Ref.IsNull():
+				s.sendSocketReply(msg.JoinRef, msg.Ref, msg.Topic, "error", reasonInvalidPayload)
+			}
+			return
+		}
 		s.ep.log.Debug("channels: malformed message", "socket", s.name, "err", err)
 		s.sendSocketReply(NullRef, NullRef, TopicPhoenix, "error", reasonJSON("malformed message: "+err.Error()))
 		return
@@ -153,6 +167,9 @@ func (s *Socket) HandleFrame(data []byte, binary bool) {
 // counts it, or nil.
 func (e *Endpoint) overLimit(msg *Message) []byte {
 	switch {
+	case e.cfg.MaxRefLength > 0 && (len(msg.Ref) > e.cfg.MaxRefLength || len(msg.JoinRef) > e.cfg.MaxRefLength):
+		e.stats.LimitRefLength.Add(1)
+		return reasonRefTooLong
 	case e.cfg.MaxTopicLength > 0 && len(msg.Topic) > e.cfg.MaxTopicLength:
 		e.stats.LimitTopicLength.Add(1)
 		return reasonTopicTooLong
@@ -282,7 +299,12 @@ func (s *Socket) join(msg *Message) {
 		id:      strconv.FormatUint(s.ep.serial.Add(1), 36),
 		state:   stateJoining,
 	}
-	ch.impl = factory(msg.Topic)
+	// From here on the topic is the interned copy (unique.Make clones):
+	// msg.Topic is a substring of the decoded header, refs included, and
+	// what keeps it (the subscription table's key, the channel's
+	// factory) would keep the whole header alive as long as the join.
+	topic := ch.Topic()
+	ch.impl = factory(topic)
 	if ic, ok := ch.impl.(Interceptor); ok {
 		ch.intercepts = ic.Intercepts()
 	}
@@ -305,11 +327,11 @@ func (s *Socket) join(msg *Message) {
 	}
 	replyData, replyBinary, err := EncodePayload(response)
 	if err != nil {
-		s.ep.log.Error("channels: join response cannot be encoded", "topic", msg.Topic, "err", err)
+		s.ep.log.Error("channels: join response cannot be encoded", "topic", topic, "err", err)
 		replyData, replyBinary = []byte("{}"), false
 	}
-	if err := s.ep.cfg.PubSub.Subscribe(msg.Topic, ch); err != nil {
-		s.ep.log.Error("channels: subscribe failed", "topic", msg.Topic, "err", err)
+	if err := s.ep.cfg.PubSub.Subscribe(topic, ch); err != nil {
+		s.ep.log.Error("channels: subscribe failed", "topic", topic, "err", err)
 		ch.state = stateClosed
 		ch.cleanup()
 		s.sendSocketReply(msg.JoinRef, msg.Ref, msg.Topic, "error", reasonJSON("subscribe failed"))
@@ -450,7 +472,7 @@ func (s *Socket) sendSocketReply(joinRef, ref Ref, topic, status string, respons
 }
 
 func (s *Socket) send(m *Message) {
-	f, err := s.ser.Encode(nil, m)
+	f, err := encodeChecked(s.ser, nil, m)
 	if err != nil {
 		s.ep.log.Warn("channels: message cannot be encoded for this socket", "topic", m.Topic, "event", m.Event, "vsn", s.ser.Vsn(), "err", err)
 		return

@@ -80,6 +80,12 @@ func (n *Node) apiBroadcast(w http.ResponseWriter, r *http.Request) {
 		writeJSONError(w, http.StatusBadRequest, `"payload" must be a JSON object`)
 		return
 	}
+	// encoding/json keeps a RawMessage's bytes, invalid UTF-8 included,
+	// which would close every browser subscriber (RFC 6455 §8.1).
+	if err := channels.ValidatePayload(payload); err != nil {
+		writeJSONError(w, http.StatusBadRequest, `"payload": `+err.Error())
+		return
+	}
 	if err := n.endpoint.Broadcast(r.Context(), req.Topic, req.Event, payload); err != nil {
 		n.log.Warn("node: api broadcast failed", "topic", req.Topic, "err", err)
 		writeJSONError(w, http.StatusServiceUnavailable, "broadcast failed: "+err.Error())

@@ -90,6 +90,7 @@ func (n *Node) limitHits() map[string]func() uint64 {
 		"http_idle_timeout":    n.conns.idleTimeouts.Load,
 		"http_request_timeout": n.bodyTimeouts.Load,
 		"http_connections":     func() uint64 { return n.conns.refused.Load() + n.conns.evicted.Load() },
+		"ref_length":           es.LimitRefLength.Load,
 	}
 	hits["longpoll_buffered_bytes"] = lp.OverflowedBytes.Load
 	hits["longpoll_io_timeout"] = lp.IOTimeouts.Load

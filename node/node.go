@@ -48,6 +48,7 @@ type Config struct {
 	MaxPayloadSize     int           // bytes of a client message's payload; default 64 KiB
 	MaxTopicLength     int           // bytes; default 256
 	MaxEventLength     int           // bytes; default 128
+	MaxRefLength       int           // bytes of a join_ref or ref as JSON text; default 64
 	// MaxMessagesPerSecond rate-limits each socket's messages, with Burst
 	// at once (zero: 2 × the rate); see channels.EndpointConfig. Zero or
 	// negative: no rate limit (channelsd's flag defaults to 100).
@@ -179,6 +180,7 @@ func New(cfg Config) (*Node, error) {
 	defaultLimit(&cfg.MaxPayloadSize, DefaultMaxPayloadSize)
 	defaultLimit(&cfg.MaxTopicLength, DefaultMaxTopicLength)
 	defaultLimit(&cfg.MaxEventLength, DefaultMaxEventLength)
+	defaultLimit(&cfg.MaxRefLength, channels.DefaultMaxRefLength)
 	defaultLimit(&cfg.LongPollMaxSessions, transport.DefaultLongPollMaxSessions)
 	defaultLimit(&cfg.LongPollMaxBuffered, transport.DefaultLongPollMaxBuffered)
 	defaultLimit(&cfg.LongPollMaxBufferedBytes, transport.DefaultLongPollMaxBufferedBytes)
@@ -240,6 +242,7 @@ func New(cfg Config) (*Node, error) {
 		MaxPayloadSize:       cfg.MaxPayloadSize,
 		MaxTopicLength:       cfg.MaxTopicLength,
 		MaxEventLength:       cfg.MaxEventLength,
+		MaxRefLength:         cfg.MaxRefLength,
 		MaxMessagesPerSecond: cfg.MaxMessagesPerSecond,
 		Burst:                cfg.Burst,
 		RateAbuseAfter:       cfg.RateAbuseAfter,

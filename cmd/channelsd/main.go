@@ -97,6 +97,7 @@ type options struct {
 	maxPayloadSize     int
 	maxTopicLength     int
 	maxEventLength     int
+	maxRefLength       int
 	maxMessagesPerSec  float64
 	burst              int
 	lpMaxSessions      int
@@ -134,6 +135,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.int(&o.maxPayloadSize, "max-payload-size", "CHANNELS_MAX_PAYLOAD_SIZE", node.DefaultMaxPayloadSize, "largest payload of a client message in bytes (within --max-frame-size); a larger one is dropped with the error reply {\"reason\":\"payload too large\"}; -1: no limit")
 	env.int(&o.maxTopicLength, "max-topic-length", "CHANNELS_MAX_TOPIC_LENGTH", node.DefaultMaxTopicLength, "longest topic of a client message in bytes; a longer one gets the error reply {\"reason\":\"topic too long\"}; -1: no limit")
 	env.int(&o.maxEventLength, "max-event-length", "CHANNELS_MAX_EVENT_LENGTH", node.DefaultMaxEventLength, "longest event name of a client message in bytes; a longer one gets the error reply {\"reason\":\"event too long\"}; -1: no limit")
+	env.int(&o.maxRefLength, "max-ref-length", "CHANNELS_MAX_REF_LENGTH", channels.DefaultMaxRefLength, "longest join_ref or ref of a client message in bytes of JSON text (phoenix.js sends small integer strings); a longer one gets the error reply {\"reason\":\"ref too long\"}; -1: no limit")
 	env.float(&o.maxMessagesPerSec, "max-messages-per-second", "CHANNELS_MAX_MESSAGES_PER_SECOND", 100, "messages per second each socket may send on average (token bucket of --burst); one over gets the error reply {\"reason\":\"rate limited\"}, and a socket still over its rate 10s after its first refusal is closed with 1008; 0: no limit")
 	env.int(&o.burst, "burst", "CHANNELS_BURST", 200, "messages a socket may send at once before --max-messages-per-second applies; 0: twice the rate")
 	env.int(&o.lpMaxSessions, "longpoll-max-sessions", "CHANNELS_LONGPOLL_MAX_SESSIONS", transport.DefaultLongPollMaxSessions, "long-poll sessions this node serves (they count toward --max-sockets too); one more is answered HTTP 503 with Retry-After; -1: no limit")
@@ -356,6 +358,7 @@ func run(args []string, stderr io.Writer) error {
 		MaxPayloadSize:       o.maxPayloadSize,
 		MaxTopicLength:       o.maxTopicLength,
 		MaxEventLength:       o.maxEventLength,
+		MaxRefLength:         o.maxRefLength,
 		MaxMessagesPerSecond: o.maxMessagesPerSec,
 		Burst:                o.burst,
 		LongPollMaxSessions:  o.lpMaxSessions,
