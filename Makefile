@@ -14,7 +14,7 @@ BENCHTIME ?= 1s
 IDLE_CONNS ?= 10000
 
 # Fuzz targets: package and target name.
-FUZZ_TARGETS = ./channels:FuzzV1Decode ./channels:FuzzV2Decode ./channels:FuzzV2DecodeBinary ./channels:FuzzAppendJSONString ./transport:FuzzLongPollToken ./pubsub/redis:FuzzDecodeEnvelope ./pubsub/redis:FuzzDecodeCallFrame ./transport:FuzzRelayFrames ./channels/auth:FuzzVerify ./transport:FuzzLongPollBody ./presence:FuzzStateJSON
+FUZZ_TARGETS = ./channels:FuzzV1Decode ./channels:FuzzV2Decode ./channels:FuzzV2DecodeBinary ./channels:FuzzAppendJSONString ./transport:FuzzLongPollToken ./pubsub/redis:FuzzDecodeEnvelope ./pubsub/redis:FuzzDecodeCallFrame ./transport:FuzzRelayFrames ./channels/auth:FuzzVerify ./transport:FuzzLongPollBody ./presence:FuzzStateJSON ./cmd/channelsd/app:FuzzRoomFrames
 
 export CGO_ENABLED ?= 0
 # testcontainers (integration tests): no reaper image can be pulled here,
@@ -110,7 +110,7 @@ test-unit:
 # Tests that measure the runtime's own memory and so cannot run under the
 # race detector (it changes stack sizes and heap layout).
 test-norace:
-	$(GO) test -count=1 -run 'Footprint' ./transport/
+	$(GO) test -count=1 -run 'Footprint' ./transport/ ./channels/
 
 # A target that fails with a bare "context deadline exceeded" and wrote no
 # failing input hit Go 1.26's fuzz coordinator race at the end of
