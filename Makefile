@@ -14,7 +14,7 @@ BENCHTIME ?= 1s
 IDLE_CONNS ?= 10000
 
 # Fuzz targets: package and target name.
-FUZZ_TARGETS = ./channels:FuzzV1Decode ./channels:FuzzV2Decode ./channels:FuzzV2DecodeBinary ./channels:FuzzAppendJSONString ./transport:FuzzLongPollToken ./pubsub/redis:FuzzDecodeEnvelope ./pubsub/redis:FuzzDecodeCallFrame ./transport:FuzzRelayFrames ./channels/auth:FuzzVerify ./transport:FuzzLongPollBody ./presence:FuzzStateJSON ./cmd/channelsd/app:FuzzRoomFrames
+FUZZ_TARGETS = ./channels:FuzzV1Decode ./channels:FuzzV2Decode ./channels:FuzzV2DecodeBinary ./channels:FuzzAppendJSONString ./transport:FuzzLongPollToken ./pubsub/redis:FuzzDecodeEnvelope ./pubsub/redis:FuzzDecodeCallFrame ./transport:FuzzRelayFrames ./channels/auth:FuzzVerify ./transport:FuzzLongPollBody ./presence:FuzzStateJSON ./cmd/channelsd/app:FuzzRoomFrames ./transport:FuzzLongPollJSONString
 
 export CGO_ENABLED ?= 0
 # testcontainers (integration tests): no reaper image can be pulled here,
