@@ -20,6 +20,20 @@ type WebSocketConfig struct {
 	// all fragments; a larger one closes the socket with 1009 (RFC 6455
 	// §7.4.1). Default 1 MiB.
 	MaxFrameSize int64
+	// MessageTimeout is how long a message that does not arrive whole in
+	// its first read may take, from its first frame to its last: a socket
+	// still short of the end of a message then is closed with 1008
+	// "message timeout". Control frames in between do not extend it, so a
+	// client cannot hold a half-sent message, and its buffer, for as long
+	// as it keeps pinging. Default 30 s: a MaxFrameSize message of 1 MiB
+	// arrives in time at 35 KB/s.
+	MessageTimeout time.Duration
+	// MaxMessageBuffers bounds the bytes that all the handler's sockets
+	// hold at once in buffers of messages in progress (fragmented, or
+	// larger than the read buffer). A socket whose message would take it
+	// past the bound is closed with 1013 "message buffers full", and the
+	// socket may try again later. Default 64 MiB; negative: no bound.
+	MaxMessageBuffers int64
 	// AllowedOrigins lists the origins (scheme://host[:port]) browsers may
 	// connect from. Empty or "*" allows every origin. A request without an
 	// Origin header is always allowed (PROTOCOL.md §5.4).
@@ -73,6 +87,8 @@ type WebSocketConfig struct {
 const (
 	DefaultIdleTimeout        = 60 * time.Second
 	DefaultMaxFrameSize       = 1 << 20
+	DefaultMessageTimeout     = 30 * time.Second
+	DefaultMaxMessageBuffers  = 64 << 20
 	DefaultMaxQueue           = 1024
 	DefaultMaxQueueBytes      = 4 << 20
 	DefaultWriteTimeout       = 10 * time.Second
@@ -95,6 +111,15 @@ type Stats struct {
 	MessagesOut   atomic.Uint64 // text and binary frames written to clients (control frames not counted)
 	PendingLimit  atomic.Uint64 // handshakes refused (503): MaxPendingUpgrades in progress
 	SocketLimit   atomic.Uint64 // handshakes refused (503): no free socket slot (Sockets)
+	// MessageTimeouts counts sockets closed (1008) for a message not
+	// whole within MessageTimeout of its first frame.
+	MessageTimeouts atomic.Uint64
+	// MessageBuffersFull counts sockets closed (1013) because their
+	// message would have taken MessageBuffers past MaxMessageBuffers.
+	MessageBuffersFull atomic.Uint64
+	// MessageBuffers is the bytes held now in buffers of messages in
+	// progress.
+	MessageBuffers atomic.Int64
 }
 
 // WebSocketHandler is the WebSocket transport: an http.Handler mounted at
@@ -126,6 +151,10 @@ func NewWebSocketHandler(ep Endpoint, cfg WebSocketConfig) (*WebSocketHandler, e
 	}
 	positiveOr(&cfg.IdleTimeout, DefaultIdleTimeout)
 	positiveOr(&cfg.MaxFrameSize, DefaultMaxFrameSize)
+	positiveOr(&cfg.MessageTimeout, DefaultMessageTimeout)
+	if cfg.MaxMessageBuffers == 0 {
+		cfg.MaxMessageBuffers = DefaultMaxMessageBuffers
+	}
 	positiveOr(&cfg.MaxQueue, DefaultMaxQueue)
 	positiveOr(&cfg.MaxQueueBytes, DefaultMaxQueueBytes)
 	positiveOr(&cfg.WriteTimeout, DefaultWriteTimeout)

@@ -47,11 +47,24 @@ var (
 	writeBufPool = sync.Pool{New: func() any {
 		return &writeBuf{bw: bufio.NewWriterSize(nil, writeBufferSize)}
 	}}
-	msgBufPool = sync.Pool{New: func() any {
-		b := make([]byte, 0, msgBufferSize)
-		return &b
+	msgPool = sync.Pool{New: func() any {
+		return &msgState{b: make([]byte, 0, msgBufferSize)}
 	}}
 )
+
+// msgState is the reassembly of a message that did not arrive whole in
+// one frame within the read buffer: fragmented, or bigger than the read
+// buffer. Only a connection with such a message in progress holds one.
+type msgState struct {
+	b []byte
+	// deadline is when the message must be whole: MessageTimeout after
+	// its first frame began, in nanoseconds since monoEpoch. Frames in
+	// between, control frames included, do not move it.
+	deadline int64
+	// charged is the capacity of b counted in the handler's
+	// Stats.MessageBuffers (MaxMessageBuffers).
+	charged int
+}
 
 // outFrame is one frame waiting in a connection's outbound queue.
 type outFrame struct {
@@ -77,8 +90,8 @@ type wsConn struct {
 	//
 	// Fields are ordered, and sized, so that the struct fits a smaller
 	// size class: it is most of an idle connection's memory.
-	pending *[]byte // bytes the client sent before our 101 answer; nil if none (most connections)
-	msgBuf  *[]byte // reassembly buffer of the fragmented message in progress (pooled)
+	pending *[]byte   // bytes the client sent before our 101 answer; nil if none (most connections)
+	msg     *msgState // reassembly of the message in progress (pooled); nil if none
 
 	mu    sync.Mutex
 	queue []outFrame // nil while nothing is queued, so it pins nothing
@@ -92,9 +105,10 @@ type wsConn struct {
 	// before the connection is shared; r becomes nil when the connection
 	// leaves the reactor (it ends, or falls back to a parked reader).
 	r *reactor
-	// idleSince is r.now() when the connection was armed, 0 while a
+	// idleUntil is the r.now() at which the sweeper closes the
+	// connection if it still waits then, set when it is armed; 0 while a
 	// goroutine owns its read side. The sweeper reads it without mu.
-	idleSince atomic.Int64
+	idleUntil atomic.Int64
 	fd        int32
 	gen       uint32 // generation of the last arming; guarded by mu
 	nFrames   int32  // frames queued or being written; guarded by mu

@@ -118,15 +118,22 @@ func (c *wsConn) burst() bool {
 	}
 }
 
-// armReadDeadline restarts the idle timer. Once a close has begun the
-// close deadline stays in force and the reader stops (false).
+// armReadDeadline restarts the idle timer, which a message in progress
+// cuts short to its own deadline. Once a close has begun the close
+// deadline stays in force and the reader stops (false).
 func (c *wsConn) armReadDeadline() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
 		return false
 	}
-	_ = c.nc.SetReadDeadline(time.Now().Add(c.h.cfg.IdleTimeout))
+	d := time.Now().Add(c.h.cfg.IdleTimeout)
+	if c.msg != nil {
+		if md := deadlineTime(c.msg.deadline); md.Before(d) {
+			d = md
+		}
+	}
+	_ = c.nc.SetReadDeadline(d)
 	return true
 }
 
@@ -162,8 +169,8 @@ func (c *wsConn) readFrame(rb *readBuf) bool {
 // data handles a text, binary or continuation frame (RFC 6455 §5.6, §5.4).
 func (c *wsConn) data(br *bufio.Reader, h ws.Header) bool {
 	var have int64
-	if c.msgBuf != nil {
-		have = int64(len(*c.msgBuf))
+	if c.msg != nil {
+		have = int64(len(c.msg.b))
 	}
 	// §10.4: an endpoint may limit message size; §7.4.1: 1009. Checked on
 	// the declared length, before reading a byte of the payload.
@@ -176,7 +183,7 @@ func (c *wsConn) data(br *bufio.Reader, h ws.Header) bool {
 		c.msgOp = h.OpCode
 	}
 
-	if h.Fin && c.msgBuf == nil && h.Length <= int64(br.Size()) {
+	if h.Fin && c.msg == nil && h.Length <= int64(br.Size()) {
 		// The common case: a whole message in one frame that fits the
 		// read buffer. Unmask it in place there (§5.3) and hand it over
 		// without copying.
@@ -192,14 +199,20 @@ func (c *wsConn) data(br *bufio.Reader, h ws.Header) bool {
 		return ok
 	}
 
-	if c.msgBuf == nil {
-		c.msgBuf = msgBufPool.Get().(*[]byte)
+	if c.msg == nil && !c.beginMsg() {
+		return false
 	}
-	b := *c.msgBuf
-	start := len(b)
-	b, err := readPayload(br, b, h.Length)
-	*c.msgBuf = b
+	m := c.msg
+	start := len(m.b)
+	b, err := readPayload(br, m.b, h.Length, c.chargeMsg)
+	m.b = b
 	if err != nil {
+		if errors.Is(err, errMessageBuffersFull) {
+			c.h.stats.MessageBuffersFull.Add(1)
+			c.h.log.Debug("transport: message buffers full", "remote", c.nc.RemoteAddr().String(), "held", c.h.stats.MessageBuffers.Load())
+			c.Close(channels.CloseTryAgainLater, "message buffers full")
+			return false
+		}
 		c.readError(err)
 		return false
 	}
@@ -212,14 +225,53 @@ func (c *wsConn) data(br *bufio.Reader, h ws.Header) bool {
 	return ok
 }
 
+// beginMsg starts the reassembly of a message: a buffer (counted against
+// MaxMessageBuffers), and the deadline by which the message must be
+// whole, which from here bounds every read until it is. It reports
+// whether to go on.
+func (c *wsConn) beginMsg() bool {
+	m := msgPool.Get().(*msgState)
+	m.deadline = int64(time.Since(monoEpoch) + c.h.cfg.MessageTimeout)
+	c.msg = m
+	if !c.chargeMsg(cap(m.b)) {
+		c.h.stats.MessageBuffersFull.Add(1)
+		c.Close(channels.CloseTryAgainLater, "message buffers full")
+		return false
+	}
+	return c.armReadDeadline()
+}
+
+// errMessageBuffersFull stops a read whose buffer would take the handler
+// past MaxMessageBuffers.
+var errMessageBuffersFull = errors.New("transport: message buffers full")
+
+// chargeMsg counts n more bytes of c.msg's buffer in the handler's
+// MessageBuffers, and reports whether they fit MaxMessageBuffers. Bytes
+// that do not fit are not counted (nor kept: the connection closes).
+func (c *wsConn) chargeMsg(n int) bool {
+	held := &c.h.stats.MessageBuffers
+	if max := c.h.cfg.MaxMessageBuffers; held.Add(int64(n)) > max && max > 0 {
+		held.Add(-int64(n))
+		return false
+	}
+	c.msg.charged += n
+	return true
+}
+
 // readPayload appends n bytes from r to b. It grows b as the bytes arrive,
 // at most doubling what has arrived, never on the peer's declared length
 // alone: a thousand peers that each declare a 1 MiB frame and send nothing
-// must not cost a GiB.
-func readPayload(r io.Reader, b []byte, n int64) ([]byte, error) {
+// must not cost a GiB. Each growth is first offered to charge (if not
+// nil), with the bytes it adds; a refusal ends the read with
+// errMessageBuffersFull, b not grown.
+func readPayload(r io.Reader, b []byte, n int64, charge func(int) bool) ([]byte, error) {
 	for n > 0 {
 		if len(b) == cap(b) {
-			b = slices.Grow(b, int(min(n, int64(max(cap(b), msgBufferSize)))))
+			grown := slices.Grow(b, int(min(n, int64(max(cap(b), msgBufferSize)))))
+			if charge != nil && !charge(cap(grown)-cap(b)) {
+				return b, errMessageBuffersFull
+			}
+			b = grown
 		}
 		chunk := int(min(int64(cap(b)-len(b)), n))
 		k, err := io.ReadFull(r, b[len(b):len(b)+chunk])
@@ -232,15 +284,25 @@ func readPayload(r io.Reader, b []byte, n int64) ([]byte, error) {
 	return b, nil
 }
 
+// releaseMsg ends the message in progress, if any: its bytes leave
+// MessageBuffers, and its buffer goes back to the pool unless it grew too
+// big to keep there, so that a socket that once sent a big message does
+// not keep its buffer.
 func (c *wsConn) releaseMsg() {
-	if c.msgBuf != nil {
-		if cap(*c.msgBuf) <= maxPooledMsgBuffer {
-			*c.msgBuf = (*c.msgBuf)[:0]
-			msgBufPool.Put(c.msgBuf)
+	if m := c.msg; m != nil {
+		c.h.stats.MessageBuffers.Add(-int64(m.charged))
+		c.msg = nil
+		if cap(m.b) <= maxPooledMsgBuffer {
+			*m = msgState{b: m.b[:0]}
+			msgPool.Put(m)
 		}
-		c.msgBuf = nil
 	}
 	c.msgOp = 0
+}
+
+// msgLate reports whether the message in progress is past its deadline.
+func (c *wsConn) msgLate() bool {
+	return int64(time.Since(monoEpoch)) >= c.msg.deadline
 }
 
 // deliver hands a complete message to the socket. It reports whether to
@@ -344,6 +406,11 @@ func (c *wsConn) readError(err error) {
 		c.mu.Lock()
 		closing := c.closing
 		c.mu.Unlock()
+		if !closing && c.msg != nil && c.msgLate() {
+			c.h.stats.MessageTimeouts.Add(1)
+			c.Close(channels.ClosePolicy, "message timeout")
+			return
+		}
 		if !closing {
 			c.h.stats.IdleTimeouts.Add(1)
 			c.Close(channels.CloseGoingAway, "idle timeout")

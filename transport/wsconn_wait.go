@@ -58,7 +58,8 @@ const (
 // arm makes the connection wait for its next frame in the poller, giving
 // up its read side: from here the poll loop, a closer or Close may claim
 // it. The read deadline is cleared (no timer per idle connection); the
-// sweeper measures idleness from idleSince instead.
+// sweeper closes it at idleUntil instead: IdleTimeout from now, or the
+// deadline of a message in progress if that comes first.
 func (c *wsConn) arm() armResult {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -70,7 +71,12 @@ func (c *wsConn) arm() armResult {
 		return armParked
 	}
 	_ = c.nc.SetReadDeadline(time.Time{})
-	c.idleSince.Store(r.now())
+	now := r.now()
+	until := now + int64(c.h.cfg.IdleTimeout)
+	if c.msg != nil {
+		until = min(until, now+c.msg.deadline-int64(time.Since(monoEpoch)))
+	}
+	c.idleUntil.Store(max(until, 1))
 	c.armed = true // before the poller is told: it may report at once
 	c.gen = r.nextGen()
 	var err error
@@ -81,7 +87,7 @@ func (c *wsConn) arm() armResult {
 	}
 	if err != nil {
 		c.armed = false
-		c.idleSince.Store(0)
+		c.idleUntil.Store(0)
 		if !errors.Is(err, errReactorStopped) {
 			c.h.log.Error("transport: poller refused a connection; it falls back to a parked reader", "err", err)
 		}
@@ -98,7 +104,7 @@ func (c *wsConn) claimLocked() bool {
 		return false
 	}
 	c.armed = false
-	c.idleSince.Store(0)
+	c.idleUntil.Store(0)
 	return true
 }
 
@@ -136,16 +142,25 @@ func (c *wsConn) closeNC() {
 	}
 }
 
-// idleExpired closes a connection that the sweeper found waiting since
-// before now-idle, if it still is.
-func (c *wsConn) idleExpired(r *reactor, now, idle int64) {
+// idleExpired closes a connection that the sweeper found waiting past
+// its idleUntil, if it still is: for a message not whole by its deadline
+// (the connection is armed, so the reader's msg is not changing), or else
+// for idleness.
+func (c *wsConn) idleExpired(r *reactor, now int64) {
 	c.mu.Lock()
 	if c.r != r || !c.armed || c.closing {
 		c.mu.Unlock()
 		return
 	}
-	if t := c.idleSince.Load(); t == 0 || now-t < idle {
+	if t := c.idleUntil.Load(); t == 0 || now < t {
 		c.mu.Unlock()
+		return
+	}
+	if c.msg != nil && c.msgLate() {
+		flush, read := c.closeLocked(closeBody(channels.ClosePolicy, "message timeout"), false)
+		c.mu.Unlock()
+		c.h.stats.MessageTimeouts.Add(1)
+		c.startClose(flush, read)
 		return
 	}
 	flush, read := c.closeLocked(closeBody(channels.CloseGoingAway, "idle timeout"), false)
