@@ -2,10 +2,12 @@ package transport
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"runtime"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -267,5 +269,49 @@ func testBigMessageLeavesNoBuffer(t *testing.T, m readMode) {
 	}
 	if v := hs.h.Stats().MessageBuffers.Load(); v != 0 {
 		t.Errorf("Stats.MessageBuffers = %d with no message in progress, want 0", v)
+	}
+}
+
+// TestConnectParamsDoNotPinTheRequest: an application that keeps a short
+// query parameter for the socket's life (a user name in the assigns)
+// keeps that parameter, not the request line it came in.
+func TestConnectParamsDoNotPinTheRequest(t *testing.T) {
+	if testing.Short() {
+		t.Skip("sends 12 MiB of request lines")
+	}
+	const n = 50
+	ep := newFakeEndpoint()
+	ep.frameBuf = 1
+	ep.connect = func(_ context.Context, info *channels.ConnectInfo) (channels.Identity, error) {
+		return channels.Identity{Assigns: map[string]any{"user": info.Params["user"]}}, nil
+	}
+	hs := newHarness(t, parkedMode, WebSocketConfig{}, ep)
+	pad := strings.Repeat("p", 256<<10)
+	warm := hs.dial(t, "user=warm", ws.Dialer{})
+	<-ep.opened
+	warm.send("warm")
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := range n {
+		hs.dial(t, "user=u"+strconv.Itoa(i)+"&pad="+pad, ws.Dialer{})
+		<-ep.opened
+	}
+	// The fake endpoint keeps every ConnectInfo; an application keeps only
+	// what it chose.
+	ep.mu.Lock()
+	ep.infos = nil
+	ep.mu.Unlock()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	grown := int64(after.HeapInuse) - int64(before.HeapInuse)
+	t.Logf("%d sockets keeping a short parameter of a 256 KiB request line: heap %+d KiB", n, grown>>10)
+	if grown > n*32<<10 {
+		t.Errorf("heap grew by %d KiB for %d sockets, want at most 32 KiB each: a kept parameter pins its request line", grown>>10, n)
+	}
+	for _, s := range ep.allSockets()[1:] {
+		if u, _ := s.id.Assigns["user"].(string); !strings.HasPrefix(u, "u") {
+			t.Fatalf("assigns %v, want the user parameter", s.id.Assigns)
+		}
 	}
 }
