@@ -75,6 +75,8 @@ func (n *Node) limitHits() map[string]func() uint64 {
 		"pending_upgrades":    ws.PendingLimit.Load,
 		"handshake_timeout":   n.handshakeTimeouts.Load,
 		"frame_size":          ws.TooBig.Load,
+		"message_timeout":     ws.MessageTimeouts.Load,
+		"message_buffers":     ws.MessageBuffersFull.Load,
 		"channels":            es.LimitChannels.Load,
 		"messages_per_second": es.LimitRate.Load,
 		"rate_abuse":          es.LimitRateAbuse.Load,

@@ -50,6 +50,13 @@ type Config struct {
 	RateAbuseAfter       time.Duration // a socket over its rate this long is closed (1008); default 10s
 	LongPollMaxSessions  int           // default 10000
 	LongPollMaxBuffered  int           // messages per session; default 1000
+	// MessageTimeout bounds a WebSocket message that does not arrive whole
+	// at once, from its first frame to its last; default 30s (see
+	// transport.WebSocketConfig).
+	MessageTimeout time.Duration
+	// MaxMessageBuffers bounds the bytes of WebSocket messages in progress
+	// on the node; default 64 MiB.
+	MaxMessageBuffers int64
 
 	// DrainWindow spreads the closing of the sockets when the node drains
 	// (Drain, Shutdown): they are closed in batches evenly over it. Zero
@@ -207,6 +214,8 @@ func New(cfg Config) (*Node, error) {
 	n.ws, err = transport.NewWebSocketHandler(transport.FromEndpoint(ep), transport.WebSocketConfig{
 		IdleTimeout:        cfg.IdleTimeout,
 		MaxFrameSize:       cfg.MaxFrameSize,
+		MessageTimeout:     cfg.MessageTimeout,
+		MaxMessageBuffers:  cfg.MaxMessageBuffers,
 		AllowedOrigins:     cfg.AllowedOrigins,
 		AuthToken:          true,
 		Logger:             cfg.Logger,
