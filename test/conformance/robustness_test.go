@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/channelsd/channelsd/node"
+	"github.com/channelsd/channelsd/transport"
 	"github.com/channelsd/channelsd/transport/wsclient"
 )
 
@@ -236,5 +237,27 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	if _, err := wsclient.Dial(testCtx(t), tn.wsURL, wsclient.Options{}); err == nil {
 		t.Fatal("dial after Shutdown succeeded")
+	}
+}
+
+// A long-poll line that does not decode ends the session, as the same
+// message closes a WebSocket with 1007: the next request gets 410, and
+// it is counted.
+func TestMalformedLongPollLine(t *testing.T) {
+	t.Parallel()
+	n := startLPNode(t, transport.LongPollConfig{})
+	c := n.lpOpen(t, v2)
+	c.send(`["1","1","conformance:lobby","phx_join",{}]`)
+	c.await(`["1","1","conformance:lobby","phx_reply",{"status":"ok","response":{"topic":"conformance:lobby"}}]`)
+	es := n.Endpoint().Stats()
+	before := es.MalformedFrames.Load()
+	if a := n.request(t, http.MethodPost, c.query(), `["1","2","conformance:lobby","ping"]`, nil); a.Status != 200 && a.Status != 410 {
+		t.Fatalf("POST of a malformed line: %s", a.Raw)
+	}
+	if a := c.poll(); a.Status != 410 {
+		t.Fatalf("poll after a malformed line: %s, want status 410", a.Raw)
+	}
+	if n := es.MalformedFrames.Load(); n != before+1 {
+		t.Errorf("MalformedFrames %d, want %d", n, before+1)
 	}
 }
