@@ -137,3 +137,43 @@ func FuzzReadFrames(f *testing.F) {
 		problems = nil
 	})
 }
+
+// TestInvalidUTF8Shapes: RFC 6455 §8.1, a text message that is not UTF-8
+// fails the connection with 1007 whatever its shape: fragmented, cut in
+// the middle of a character at its end, or bigger than the read buffer.
+// None of it reaches the socket.
+func TestInvalidUTF8Shapes(t *testing.T) { inReadModes(t, testInvalidUTF8Shapes) }
+
+func testInvalidUTF8Shapes(t *testing.T, m readMode) {
+	big := bytes.Repeat([]byte("é"), 5000)
+	for _, tc := range []struct {
+		name  string
+		parts [][]byte
+	}{
+		{"one frame", [][]byte{[]byte("ok\xc3\x28")}},
+		{"fragments", [][]byte{[]byte("ok"), []byte("\xed\xa0\x80"), []byte("ok")}}, // a surrogate
+		{"cut at the end", [][]byte{[]byte("caf"), []byte("\xc3")}},
+		{"big", [][]byte{append(append([]byte(nil), big...), 0xff)}},
+		{"big, fragmented", [][]byte{big, {0xf8, 0x88, 0x80, 0x80, 0x80}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hs, c, s := echoHarness(t, m, WebSocketConfig{})
+			for i, p := range tc.parts {
+				op := ws.OpContinuation
+				if i == 0 {
+					op = ws.OpText
+				}
+				c.writeFrame(op, i == len(tc.parts)-1, true, p)
+			}
+			c.expectClose(1007)
+			c.conn.Close()
+			s.awaitClose(t)
+			if n := hs.h.Stats().InvalidUTF8.Load(); n != 1 {
+				t.Errorf("InvalidUTF8 = %d, want 1", n)
+			}
+			if len(s.frames) != 0 {
+				t.Errorf("the invalid message reached HandleFrame")
+			}
+		})
+	}
+}
