@@ -77,6 +77,7 @@ func (n *Node) limitHits() map[string]func() uint64 {
 		"frame_size":          ws.TooBig.Load,
 		"message_timeout":     ws.MessageTimeouts.Load,
 		"message_buffers":     ws.MessageBuffersFull.Load,
+		"url_length":          ws.URLTooLong.Load,
 		"channels":            es.LimitChannels.Load,
 		"messages_per_second": es.LimitRate.Load,
 		"rate_abuse":          es.LimitRateAbuse.Load,

@@ -57,6 +57,9 @@ type Config struct {
 	// MaxMessageBuffers bounds the bytes of WebSocket messages in progress
 	// on the node; default 64 MiB.
 	MaxMessageBuffers int64
+	// MaxURLLength bounds a WebSocket upgrade's request target; default
+	// 16 KiB.
+	MaxURLLength int
 
 	// DrainWindow spreads the closing of the sockets when the node drains
 	// (Drain, Shutdown): they are closed in batches evenly over it. Zero
@@ -216,6 +219,7 @@ func New(cfg Config) (*Node, error) {
 		MaxFrameSize:       cfg.MaxFrameSize,
 		MessageTimeout:     cfg.MessageTimeout,
 		MaxMessageBuffers:  cfg.MaxMessageBuffers,
+		MaxURLLength:       cfg.MaxURLLength,
 		AllowedOrigins:     cfg.AllowedOrigins,
 		AuthToken:          true,
 		Logger:             cfg.Logger,

@@ -64,6 +64,13 @@ type WebSocketConfig struct {
 	// http.Server's: its ReadHeaderTimeout, which node sets to the same
 	// value.)
 	HandshakeTimeout time.Duration
+	// MaxURLLength bounds the request target (path and query) of an
+	// upgrade: a longer one is answered HTTP 414 with the body "request
+	// target too long", before the connect callback sees its parameters
+	// (a user name of a megabyte would become a presence key). Default
+	// 16 KiB, room for a token of 8 KiB in the query; negative: no bound
+	// but the HTTP server's header limit.
+	MaxURLLength int
 	// Sockets, if set, bounds the sockets of the node (shared with the
 	// long-poll handler): an upgrade beyond it is answered HTTP 503 with
 	// Retry-After and the body "too many sockets".
@@ -89,6 +96,7 @@ const (
 	DefaultMaxFrameSize       = 1 << 20
 	DefaultMessageTimeout     = 30 * time.Second
 	DefaultMaxMessageBuffers  = 64 << 20
+	DefaultMaxURLLength       = 16 << 10
 	DefaultMaxQueue           = 1024
 	DefaultMaxQueueBytes      = 4 << 20
 	DefaultWriteTimeout       = 10 * time.Second
@@ -120,6 +128,9 @@ type Stats struct {
 	// MessageBuffers is the bytes held now in buffers of messages in
 	// progress.
 	MessageBuffers atomic.Int64
+	// URLTooLong counts handshakes refused (414) for a request target
+	// above MaxURLLength.
+	URLTooLong atomic.Uint64
 }
 
 // WebSocketHandler is the WebSocket transport: an http.Handler mounted at
@@ -152,6 +163,9 @@ func NewWebSocketHandler(ep Endpoint, cfg WebSocketConfig) (*WebSocketHandler, e
 	positiveOr(&cfg.IdleTimeout, DefaultIdleTimeout)
 	positiveOr(&cfg.MaxFrameSize, DefaultMaxFrameSize)
 	positiveOr(&cfg.MessageTimeout, DefaultMessageTimeout)
+	if cfg.MaxURLLength == 0 {
+		cfg.MaxURLLength = DefaultMaxURLLength
+	}
 	if cfg.MaxMessageBuffers == 0 {
 		cfg.MaxMessageBuffers = DefaultMaxMessageBuffers
 	}

@@ -3,6 +3,7 @@ package transport
 import (
 	"bytes"
 	"context"
+	"net/http"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -285,7 +286,10 @@ func TestConnectParamsDoNotPinTheRequest(t *testing.T) {
 	ep.connect = func(_ context.Context, info *channels.ConnectInfo) (channels.Identity, error) {
 		return channels.Identity{Assigns: map[string]any{"user": info.Params["user"]}}, nil
 	}
-	hs := newHarness(t, parkedMode, WebSocketConfig{}, ep)
+	// The request targets are above MaxURLLength's default, which
+	// refuses them before connect: what is measured is what the HTTP
+	// server's header limit alone lets through.
+	hs := newHarness(t, parkedMode, WebSocketConfig{MaxURLLength: -1}, ep)
 	pad := strings.Repeat("p", 256<<10)
 	warm := hs.dial(t, "user=warm", ws.Dialer{})
 	<-ep.opened
@@ -313,5 +317,29 @@ func TestConnectParamsDoNotPinTheRequest(t *testing.T) {
 		if u, _ := s.id.Assigns["user"].(string); !strings.HasPrefix(u, "u") {
 			t.Fatalf("assigns %v, want the user parameter", s.id.Assigns)
 		}
+	}
+}
+
+// TestURLTooLong: a request target above MaxURLLength is refused with 414
+// before the connect callback runs; one within it is upgraded.
+func TestURLTooLong(t *testing.T) {
+	const max = 1 << 10
+	ep := newFakeEndpoint()
+	hs := newHarness(t, parkedMode, WebSocketConfig{MaxURLLength: max}, ep)
+	path := len("/socket/websocket?")
+	ok := "vsn=2.0.0&user=" + strings.Repeat("u", max-path-len("vsn=2.0.0&user="))
+	resp, _ := hs.rawRequest(t, http.MethodGet, ok, upgradeHeader())
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("a target of exactly %d bytes: HTTP %d, want 101", max, resp.StatusCode)
+	}
+	resp, body := hs.rawRequest(t, http.MethodGet, ok+"u", upgradeHeader())
+	if resp.StatusCode != http.StatusRequestURITooLong || body != "request target too long" {
+		t.Fatalf("a target of %d bytes: HTTP %d %q, want 414 \"request target too long\"", max+1, resp.StatusCode, body)
+	}
+	if n := ep.connects(); n != 1 {
+		t.Errorf("%d connects, want 1: the refused target reached the connect callback", n)
+	}
+	if n := hs.h.Stats().URLTooLong.Load(); n != 1 {
+		t.Errorf("Stats.URLTooLong = %d, want 1", n)
 	}
 }

@@ -27,6 +27,15 @@ func (h *WebSocketHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, r, http.StatusBadRequest, "", "method")
 		return
 	}
+	// RFC 9110 §15.5.15: a server may refuse a target longer than it is
+	// willing to interpret. The HTTP server has read it already (within
+	// its header limit); refusing it here keeps it from the connect
+	// callback, which could keep parameters for the socket's life.
+	if max := h.cfg.MaxURLLength; max > 0 && len(r.RequestURI) > max {
+		h.stats.URLTooLong.Add(1)
+		h.refuse(w, r, http.StatusRequestURITooLong, "request target too long", "url length")
+		return
+	}
 	// Capacity first: a node at a limit sheds the handshake before any
 	// work on it (README "Limits").
 	if max := h.cfg.MaxPendingUpgrades; max > 0 {

@@ -1,9 +1,13 @@
 package conformance
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"io"
 	"net"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -113,4 +117,31 @@ func TestLimitMessageBuffers(t *testing.T) {
 	tn.expectHits(t, "message_buffers", 1)
 	// Everyone else is served.
 	tn.dial(t, v2).join(lobby, `{}`)
+}
+
+// A WebSocket upgrade with a request target above --max-url-length (a
+// connect parameter of 100 KiB) is answered 414 and counted.
+func TestLimitURLLength(t *testing.T) {
+	t.Parallel()
+	tn := startNode(t)
+	nc, err := net.Dial("tcp", strings.TrimPrefix(tn.httpURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(testTimeout))
+	req := "GET /socket/websocket?vsn=2.0.0&user=" + strings.Repeat("u", 100<<10) + " HTTP/1.1\r\nHost: x\r\n" +
+		"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	if _, err := io.WriteString(nc, req); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(nc), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusRequestURITooLong {
+		t.Fatalf("HTTP %d, want 414", res.StatusCode)
+	}
+	tn.expectHits(t, "url_length", 1)
 }
