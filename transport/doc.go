@@ -81,10 +81,11 @@
 // deadline enforces it, restarted with every frame; so a frame must also
 // arrive whole within IdleTimeout, and a client that trickles a frame out
 // a byte at a time does not pin a goroutine. A connection waiting in epoll
-// has no read in progress for a deadline to end: it records when it began
-// to wait (monotonic clock) and clears its read deadline, and the
-// reactor's sweeper, ticking every IdleTimeout/4 or every second, whichever
-// is shorter, closes those that have waited longer than IdleTimeout (so up
+// has no read in progress for a deadline to end: it records when its wait
+// expires (monotonic clock: IdleTimeout from when it began to wait) and
+// clears its read deadline, and the reactor's sweeper, ticking every
+// quarter of IdleTimeout (or of MessageTimeout, if shorter) or every
+// second, whichever is shorter, closes those whose wait has expired (so up
 // to one tick late), at most a few thousand per tick.
 //
 // A message that is not whole in the read buffer (fragmented, or bigger
