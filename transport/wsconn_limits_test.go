@@ -216,10 +216,12 @@ func TestUnfinishedMessagesRetainedHeap(t *testing.T) {
 		if held == 0 || refused == 0 {
 			t.Errorf("%d held and %d refused, want some of each", held, refused)
 		}
-		// The budget plus a few KiB per socket of both ends' connection
-		// state (pooled buffers, the fakes, the test's clients).
-		if limit := budget + n*16<<10; grown > limit {
-			t.Errorf("heap grew by %d bytes, want at most %d (the budget and 16 KiB per socket)", grown, limit)
+		// The budget plus some KiB per socket of both ends' connection
+		// state (pooled buffers, the fakes, the test's clients): about 10
+		// KiB measured, under the race detector too. Without the budget
+		// the fragments alone would take 25 MiB.
+		if limit := budget + n*32<<10; grown > limit {
+			t.Errorf("heap grew by %d bytes, want at most %d (the budget and 32 KiB per socket)", grown, limit)
 		}
 	}
 }
