@@ -105,9 +105,7 @@ func FuzzReadFrames(f *testing.F) {
 
 	var bad sync.Mutex
 	var problems []string
-	ep := newFakeEndpoint()
-	ep.frameBuf = 1
-	ep.onFrame = func(_ *fakeSocket, data []byte, binary bool) {
+	check := func(_ *fakeSocket, data []byte, binary bool) {
 		var p string
 		switch {
 		case len(data) > maxFrame:
@@ -121,14 +119,26 @@ func FuzzReadFrames(f *testing.F) {
 			bad.Unlock()
 		}
 	}
-	hs := newHarness(f, parkedMode, WebSocketConfig{MaxFrameSize: maxFrame, CloseTimeout: 200 * time.Millisecond}, ep)
+	// Both read paths, each with its own endpoint (the fakes' channels
+	// tell their sockets apart).
+	var harnesses []*harness
+	for _, m := range readModes {
+		if !m.parked && !pollerSupported {
+			continue
+		}
+		e := newFakeEndpoint()
+		e.frameBuf, e.onFrame = 1, check
+		harnesses = append(harnesses, newHarness(f, m, WebSocketConfig{MaxFrameSize: maxFrame, CloseTimeout: 200 * time.Millisecond}, e))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c := hs.dial(t, "", ws.Dialer{})
-		s := <-ep.opened
-		_ = c.conn.SetWriteDeadline(time.Now().Add(waitLimit))
-		_, _ = c.conn.Write(data)
-		c.conn.Close()
-		s.awaitClose(t)
+		for _, hs := range harnesses {
+			c := hs.dial(t, "", ws.Dialer{})
+			s := <-hs.ep.opened
+			_ = c.conn.SetWriteDeadline(time.Now().Add(waitLimit))
+			_, _ = c.conn.Write(data)
+			c.conn.Close()
+			s.awaitClose(t)
+		}
 		bad.Lock()
 		defer bad.Unlock()
 		for _, p := range problems {
