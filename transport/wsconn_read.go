@@ -399,8 +399,9 @@ func (c *wsConn) protocolError(err error) bool {
 	return false
 }
 
-// readError handles a failed read: the idle timeout starts a close
-// (1001, PROTOCOL.md §5.3); anything else means the connection is gone.
+// readError handles a failed read: a deadline starts a close, 1008 if the
+// message in progress is past its own, else 1001 for the idle timeout
+// (PROTOCOL.md §5.3); anything else means the connection is gone.
 func (c *wsConn) readError(err error) {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		c.mu.Lock()
