@@ -105,10 +105,12 @@ func (s *Socket) Close(code int, reason string) { s.conn.Close(code, reason) }
 // HandleFrame handles one frame from the client. data is only read during
 // the call; the transport may reuse it afterwards.
 //
-// Malformed messages get an error reply on the "phoenix" topic and the
-// socket carries on: one bad frame from a buggy client must not cost it
-// every channel it has joined. The transport decides about frames that are
-// broken below this level (invalid UTF-8, oversized).
+// A message that does not decode closes the socket with 1007, counted in
+// MalformedFrames: Phoenix's connection process crashes on one, and the
+// connection drops. Not 1000, after which phoenix.js would not reconnect;
+// a long-poll session ends (its next request gets 410). The transport
+// decides about frames that are broken below this level (invalid UTF-8,
+// oversized).
 //
 // Every message, heartbeats included, passes the rate limit first (when
 // one is configured), then the size limits (README "Limits").
@@ -134,8 +136,8 @@ func (s *Socket) HandleFrame(data []byte, binary bool) {
 			}
 			return
 		}
-		s.ep.log.Debug("channels: malformed message", "socket", s.name, "err", err)
-		s.sendSocketReply(NullRef, NullRef, TopicPhoenix, "error", reasonJSON("malformed message: "+err.Error()))
+		s.ep.log.Debug("channels: malformed message, closing the socket", "socket", s.name, "err", err)
+		s.conn.Close(CloseInvalidData, "malformed message")
 		return
 	}
 	if msg.Topic == TopicPhoenix && msg.Event == EventHeartbeat {

@@ -91,6 +91,9 @@ func (n *Node) limitHits() map[string]func() uint64 {
 		"http_request_timeout": n.bodyTimeouts.Load,
 		"http_connections":     func() uint64 { return n.conns.refused.Load() + n.conns.evicted.Load() },
 		"ref_length":           es.LimitRefLength.Load,
+		"message_timeout":      ws.MessageTimeouts.Load,
+		"message_buffers":      ws.MessageBuffersFull.Load,
+		"url_length":           ws.URLTooLong.Load,
 	}
 	hits["longpoll_buffered_bytes"] = lp.OverflowedBytes.Load
 	hits["longpoll_io_timeout"] = lp.IOTimeouts.Load

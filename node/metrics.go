@@ -92,7 +92,7 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 		func() float64 { return float64(es.Joins.Load()) })
 	counter("channelsd_messages_in_total", "Messages received from clients, malformed ones included.", nil,
 		func() float64 { return float64(es.MessagesIn.Load()) })
-	counter("channelsd_malformed_frames_total", "Client messages that could not be decoded (answered with an error reply).", nil,
+	counter("channelsd_malformed_frames_total", "Client messages that could not be decoded (the socket is closed with 1007).", nil,
 		func() float64 { return float64(es.MalformedFrames.Load()) })
 	counter("channelsd_channel_crashes_total", "Channel callbacks that panicked (the channel is terminated).", nil,
 		func() float64 { return float64(es.Crashes.Load()) })
@@ -104,14 +104,16 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 		func() float64 { return float64(ws.Accepted.Load()) })
 	counter("channelsd_websocket_refused_total", "WebSocket handshakes answered without an upgrade (bad origin, vsn, refused connect, draining...).", nil,
 		func() float64 { return float64(ws.Refused.Load()) })
-	const wsClosesHelp = "WebSocket connections closed by the server, by reason: slow_consumer (1008, outbound queue full), too_big (1009, message above the maximum frame size), invalid_utf8 (1007), protocol_error (1002), idle_timeout (1001, no frame within the idle timeout), write_error (a write failed or timed out)."
+	const wsClosesHelp = "WebSocket connections closed by the server, by reason: slow_consumer (1008, outbound queue full), too_big (1009, message above the maximum frame size), invalid_utf8 (1007), protocol_error (1002), idle_timeout (1001, no frame within the idle timeout), message_timeout (1008, a message not whole within the message timeout), message_buffers_full (1013, the node's budget of message buffers was spent), write_error (a write failed or timed out)."
 	for reason, c := range map[string]interface{ Load() uint64 }{
-		"slow_consumer":  &ws.SlowConsumers,
-		"too_big":        &ws.TooBig,
-		"invalid_utf8":   &ws.InvalidUTF8,
-		"protocol_error": &ws.ProtocolError,
-		"idle_timeout":   &ws.IdleTimeouts,
-		"write_error":    &ws.WriteErrors,
+		"slow_consumer":        &ws.SlowConsumers,
+		"too_big":              &ws.TooBig,
+		"invalid_utf8":         &ws.InvalidUTF8,
+		"protocol_error":       &ws.ProtocolError,
+		"idle_timeout":         &ws.IdleTimeouts,
+		"write_error":          &ws.WriteErrors,
+		"message_timeout":      &ws.MessageTimeouts,
+		"message_buffers_full": &ws.MessageBuffersFull,
 	} {
 		counter("channelsd_websocket_closes_total", wsClosesHelp, prometheus.Labels{"reason": reason},
 			func() float64 { return float64(c.Load()) })
@@ -140,11 +142,13 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 
 	// Limits: one counter of refusals per limit, each read from the atomic
 	// its refusal path adds to.
-	const limitHelp = "Refusals by limit (README \"Limits\"): sockets (upgrade or long-poll open answered 503), pending_upgrades (503), handshake_timeout (connection cut while its request headers were still incomplete), frame_size (WebSocket closed 1009), channels (join refused: too many channels joined), messages_per_second (message dropped: rate limited), rate_abuse (socket closed 1008 for a persistent excess of its rate), payload_size, topic_length, event_length, ref_length (message dropped with an error reply), longpoll_sessions, longpoll_sessions_per_address (opening GET answered 503), longpoll_buffered, longpoll_buffered_bytes (session ended as a slow consumer), longpoll_body (POST answered 413), longpoll_io_timeout (POST body or answer cut off), longpoll_relay_size (relayed POST answered 413, or session ended: a message too large to relay), presence_key_length, presence_meta_size, presence_topic_entries, presence_join_entries (presence track refused), redis_message_size (a message over --redis-max-message-size refused), http_idle_timeout (keep-alive connection closed, idle between requests), http_request_timeout (request body not received in time: connection closed), http_connections (over --max-connections: an idle keep-alive connection closed to make room, or the new one closed unanswered)."
+	const limitHelp = "Refusals by limit (README \"Limits\"): sockets (upgrade or long-poll open answered 503), pending_upgrades (503), handshake_timeout (connection cut while its request headers were still incomplete), frame_size (WebSocket closed 1009), message_timeout (WebSocket closed 1008: a message not whole in time), message_buffers (WebSocket closed 1013: the node's message buffers full), url_length (WebSocket upgrade answered 414), channels (join refused: too many channels joined), messages_per_second (message dropped: rate limited), rate_abuse (socket closed 1008 for a persistent excess of its rate), payload_size, topic_length, event_length, ref_length (message dropped with an error reply), longpoll_sessions, longpoll_sessions_per_address (opening GET answered 503), longpoll_buffered, longpoll_buffered_bytes (session ended as a slow consumer), longpoll_body (POST answered 413), longpoll_io_timeout (POST body or answer cut off), longpoll_relay_size (relayed POST answered 413, or session ended: a message too large to relay), presence_key_length, presence_meta_size, presence_topic_entries, presence_join_entries (presence track refused), redis_message_size (a message over --redis-max-message-size refused), http_idle_timeout (keep-alive connection closed, idle between requests), http_request_timeout (request body not received in time: connection closed), http_connections (over --max-connections: an idle keep-alive connection closed to make room, or the new one closed unanswered)."
 	for limit, f := range n.limitHits() {
 		counter("channelsd_limit_hits_total", limitHelp, prometheus.Labels{"limit": limit},
 			func() float64 { return float64(f()) })
 	}
+	gauge("channelsd_websocket_message_buffer_bytes", "Bytes held in buffers of WebSocket messages in progress (fragmented, or larger than the read buffer), bounded by --max-message-buffers.", nil,
+		func() float64 { return float64(ws.MessageBuffers.Load()) })
 	gauge("channelsd_socket_slots_used", "Sockets counted against --max-sockets: open WebSocket connections and long-poll sessions, plus handshakes in progress.", nil,
 		func() float64 { return float64(n.slots.InUse()) })
 

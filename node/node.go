@@ -80,6 +80,17 @@ type Config struct {
 	// has none).
 	MaxConnections int
 
+	// MessageTimeout bounds a WebSocket message that does not arrive whole
+	// at once, from its first frame to its last; default 30s (see
+	// transport.WebSocketConfig).
+	MessageTimeout time.Duration
+	// MaxMessageBuffers bounds the bytes of WebSocket messages in progress
+	// on the node; default 64 MiB.
+	MaxMessageBuffers int64
+	// MaxURLLength bounds a WebSocket upgrade's request target; default
+	// 16 KiB.
+	MaxURLLength int
+
 	// DrainWindow spreads the closing of the sockets when the node drains
 	// (Drain, Shutdown): they are closed in batches evenly over it. Zero
 	// closes them all at once.
@@ -255,6 +266,9 @@ func New(cfg Config) (*Node, error) {
 	n.ws, err = transport.NewWebSocketHandler(transport.FromEndpoint(ep), transport.WebSocketConfig{
 		IdleTimeout:        cfg.IdleTimeout,
 		MaxFrameSize:       cfg.MaxFrameSize,
+		MessageTimeout:     cfg.MessageTimeout,
+		MaxMessageBuffers:  cfg.MaxMessageBuffers,
+		MaxURLLength:       cfg.MaxURLLength,
 		AllowedOrigins:     cfg.AllowedOrigins,
 		AuthToken:          true,
 		Logger:             cfg.Logger,

@@ -81,11 +81,23 @@
 // deadline enforces it, restarted with every frame; so a frame must also
 // arrive whole within IdleTimeout, and a client that trickles a frame out
 // a byte at a time does not pin a goroutine. A connection waiting in epoll
-// has no read in progress for a deadline to end: it records when it began
-// to wait (monotonic clock) and clears its read deadline, and the
-// reactor's sweeper, ticking every IdleTimeout/4 or every second, whichever
-// is shorter, closes those that have waited longer than IdleTimeout (so up
+// has no read in progress for a deadline to end: it records when its wait
+// expires (monotonic clock: IdleTimeout from when it began to wait) and
+// clears its read deadline, and the reactor's sweeper, ticking every
+// quarter of IdleTimeout (or of MessageTimeout, if shorter) or every
+// second, whichever is shorter, closes those whose wait has expired (so up
 // to one tick late), at most a few thousand per tick.
+//
+// A message that is not whole in the read buffer (fragmented, or bigger
+// than it) must be whole within MessageTimeout of its first frame; frames
+// in between, pings included, do not extend it, so a client cannot keep a
+// half-sent message, and its buffer, for as long as it keeps the socket
+// alive (1008 "message timeout"; the read deadline, or the sweeper's
+// deadline, becomes the earlier of the two). Those buffers count against
+// one budget of the handler, MaxMessageBuffers: a socket whose buffer
+// would take it past the budget is closed with 1013. A finished message's
+// buffer returns to the pool, or to the garbage collector when it grew
+// past 64 KiB, so a socket that once sent a big message keeps none of it.
 //
 // Over TLS served by this process the budget does not hold: a crypto/tls
 // connection keeps record buffers of its own between reads. Terminate TLS

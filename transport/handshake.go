@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/channelsd/channelsd/channels"
@@ -36,11 +37,16 @@ type refusal struct {
 // connect negotiates the serializer from vsn (§1.2) and runs the
 // application's connect (§5.1) with the query parameters, of which the
 // last value of a repeated name wins, as in Plug.
+//
+// The parameters are copies: a value without escapes would otherwise be a
+// substring of the request line, and an application that keeps one for
+// the socket's life (a user name in the assigns) would keep the whole
+// request line with it, up to the server's header limit per socket.
 func connect(ctx context.Context, ep Endpoint, r *http.Request, transport, authToken string, timeout time.Duration) (channels.Serializer, channels.Identity, *refusal) {
 	query := r.URL.Query()
 	params := make(map[string]string, len(query))
 	for k, vs := range query {
-		params[k] = vs[len(vs)-1]
+		params[strings.Clone(k)] = strings.Clone(vs[len(vs)-1])
 	}
 	ser, err := channels.Negotiate(params["vsn"])
 	if err != nil {

@@ -118,7 +118,7 @@ const (
 	// hundreds of thousands of closes at once.
 	maxIdleClosesPerTick = 4096
 	// maxSweepTick is the longest interval between sweeps; shorter idle
-	// timeouts sweep every IdleTimeout/4.
+	// or message timeouts sweep every quarter of the shorter one.
 	maxSweepTick = time.Second
 )
 
@@ -176,7 +176,7 @@ func (h *WebSocketHandler) acquireReactor() *reactor {
 		}
 		r = &reactor{h: h, p: p, done: make(chan struct{})}
 		h.reactor = r
-		tick := max(min(h.cfg.IdleTimeout/4, maxSweepTick), time.Millisecond)
+		tick := max(min(min(h.cfg.IdleTimeout, h.cfg.MessageTimeout)/4, maxSweepTick), time.Millisecond)
 		h.bg.Add(2)
 		go r.pollLoop()
 		go r.sweeper(tick)
@@ -397,7 +397,8 @@ func (r *reactor) migrate() {
 }
 
 // sweeper closes connections that have waited longer than IdleTimeout
-// for a frame (1001, as the read deadline does in the parked mode). A
+// for a frame (1001, as the read deadline does in the parked mode), or
+// past the deadline of a message in progress (1008). A
 // connection whose burst is in progress is left to its read deadline.
 func (r *reactor) sweeper(tick time.Duration) {
 	defer r.h.bg.Done()
@@ -418,7 +419,6 @@ func (r *reactor) sweeper(tick time.Duration) {
 // outside it, at most maxIdleClosesPerTick per pass. A pass that reaches
 // that bound resumes at the same shard next time.
 func (r *reactor) sweep() {
-	idle := int64(r.h.cfg.IdleTimeout)
 	now := r.now()
 	var expired []*wsConn
 	for k := 0; k < tableShards && len(expired) < maxIdleClosesPerTick; k++ {
@@ -428,7 +428,7 @@ func (r *reactor) sweep() {
 			if c == nil {
 				continue
 			}
-			if t := c.idleSince.Load(); t != 0 && now-t >= idle {
+			if t := c.idleUntil.Load(); t != 0 && now >= t {
 				expired = append(expired, c)
 				if len(expired) == maxIdleClosesPerTick {
 					break
@@ -441,6 +441,6 @@ func (r *reactor) sweep() {
 		}
 	}
 	for _, c := range expired {
-		c.idleExpired(r, now, idle)
+		c.idleExpired(r, now)
 	}
 }

@@ -790,7 +790,7 @@ func testFramesSentWithTheHandshake(t *testing.T, m readMode) {
 func TestReadPayloadGrowsWithData(t *testing.T) {
 	// A peer that declares a big frame and sends little gets a buffer
 	// sized by what it sent, not by what it declared.
-	b, err := readPayload(strings.NewReader("short"), nil, 1<<20)
+	b, err := readPayload(strings.NewReader("short"), nil, 1<<20, nil)
 	if !errors.Is(err, io.ErrUnexpectedEOF) || string(b) != "short" || cap(b) > msgBufferSize {
 		t.Fatalf(
 			"readPayload: %q cap %d err %v",
@@ -798,7 +798,7 @@ func TestReadPayloadGrowsWithData(t *testing.T) {
 		)
 	}
 	data := strings.Repeat("z", 100_000)
-	b, err = readPayload(strings.NewReader(data), make([]byte, 0, 16), int64(len(data)))
+	b, err = readPayload(strings.NewReader(data), make([]byte, 0, 16), int64(len(data)), nil)
 	if err != nil || string(b) != data {
 		t.Fatalf(
 			"readPayload: %d bytes, err %v",

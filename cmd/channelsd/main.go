@@ -116,6 +116,9 @@ type options struct {
 	httpRequestTimeout time.Duration
 	maxHeaderBytes     int
 	maxConnections     int
+	messageTimeout     time.Duration
+	maxMessageBuffers  int64
+	maxURLLength       int
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -128,6 +131,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.str(&o.allowedOrigins, "allowed-origins", "CHANNELS_ALLOWED_ORIGINS", "", "comma-separated origins allowed to open sockets, as scheme://host[:port]; empty allows any origin")
 	env.duration(&o.idleTimeout, "idle-timeout", "CHANNELS_IDLE_TIMEOUT", 60*time.Second, "close a socket that sent nothing for this long (clients heartbeat every 30s)")
 	env.int64(&o.maxFrameSize, "max-frame-size", "CHANNELS_MAX_FRAME_SIZE", 1<<20, "largest client message in bytes; larger ones close the socket with 1009")
+	env.duration(&o.messageTimeout, "message-timeout", "CHANNELS_MESSAGE_TIMEOUT", transport.DefaultMessageTimeout, "longest time a WebSocket message that does not arrive whole at once (fragmented, or above 4 KiB) may take from its first frame to its last, pings between them included; a socket still short of its end is closed with 1008")
+	env.int64(&o.maxMessageBuffers, "max-message-buffers", "CHANNELS_MAX_MESSAGE_BUFFERS", transport.DefaultMaxMessageBuffers, "bytes all WebSocket sockets may hold at once in buffers of messages in progress (within --max-frame-size each); a socket whose message would exceed it is closed with 1013; -1: no limit")
+	env.int(&o.maxURLLength, "max-url-length", "CHANNELS_MAX_URL_LENGTH", transport.DefaultMaxURLLength, "longest request target (path and query) of a WebSocket upgrade in bytes; a longer one is answered HTTP 414 before the connect callback; -1: no limit")
 	env.int(&o.maxChannels, "max-channels", "CHANNELS_MAX_CHANNELS", 100, "channels one socket may join")
 	env.int(&o.maxSockets, "max-sockets", "CHANNELS_MAX_SOCKETS", node.DefaultMaxSockets, "sockets (WebSocket connections plus long-poll sessions) this node serves; one more is answered HTTP 503 with Retry-After; keep it under the open-file limit; -1: no limit")
 	env.int(&o.maxPendingUpgrades, "max-pending-upgrades", "CHANNELS_MAX_PENDING_UPGRADES", transport.DefaultMaxPendingUpgrades, "WebSocket handshakes in progress at once; one more is answered HTTP 503 with Retry-After; -1: no limit")
@@ -231,6 +237,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.httpIdleTimeout == 0 || o.httpRequestTimeout == 0 {
 		return nil, errors.New("--http-idle-timeout and --http-request-timeout must not be 0 (negative: no bound)")
+	}
+	if o.messageTimeout <= 0 {
+		return nil, fmt.Errorf("--message-timeout %s: must be positive", o.messageTimeout)
 	}
 	if o.shutdownTimeout <= 0 {
 		return nil, fmt.Errorf("--shutdown-timeout %s: must be positive", o.shutdownTimeout)
@@ -373,6 +382,9 @@ func run(args []string, stderr io.Writer) error {
 		HTTPRequestTimeout:         o.httpRequestTimeout,
 		MaxHeaderBytes:             o.maxHeaderBytes,
 		MaxConnections:             o.maxConnections,
+		MessageTimeout:             o.messageTimeout,
+		MaxMessageBuffers:          o.maxMessageBuffers,
+		MaxURLLength:               o.maxURLLength,
 	})
 	if err != nil {
 		return err

@@ -28,36 +28,41 @@ func expectRefused(t *testing.T, err error, status int) *wsclient.HandshakeError
 	return herr
 }
 
-// heartbeatVersion tells which serializer the server picked from the
-// heartbeat reply's shape: a V2 array or a V1 object.
-func heartbeatVersion(t *testing.T, c *wsclient.Client, ctx context.Context) string {
+// heartbeatVersion tells which serializer the server picked for
+// connections that dial makes: it sends a V1 heartbeat on one connection
+// and a V2 heartbeat on another. Exactly one is answered, in its own
+// shape; the other does not decode in the server's version, which closes
+// that connection with 1007.
+func heartbeatVersion(t *testing.T, ctx context.Context, dial func() *wsclient.Client) string {
 	t.Helper()
-	if err := c.SendRaw([]byte(`{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"1"}`), false); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.SendRaw([]byte(`[null,"2","phoenix","heartbeat",{}]`), false); err != nil {
-		t.Fatal(err)
-	}
-	// Exactly one of the two parses in the server's version; the other
-	// gets a malformed-message error on the phoenix topic.
-	m, err := c.Next(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	switch {
-	case sameJSON(m.Raw, []byte(`{"topic":"phoenix","event":"phx_reply","payload":{"status":"ok","response":{}},"ref":"1"}`)):
-		return "V1"
-	case m.Raw[0] == '[':
-		m2, err := c.Next(ctx)
-		if err != nil {
+	try := func(hb, want string) bool {
+		c := dial()
+		defer c.Close()
+		if err := c.SendRaw([]byte(hb), false); err != nil {
 			t.Fatal(err)
 		}
-		if sameJSON(m2.Raw, []byte(`[null,"2","phoenix","phx_reply",{"status":"ok","response":{}}]`)) {
-			return "V2"
+		m, err := c.Next(ctx)
+		if err == nil {
+			if !sameJSON(m.Raw, []byte(want)) {
+				t.Fatalf("after %s: got %s, want %s", hb, m, want)
+			}
+			return true
 		}
-		t.Fatalf("unexpected frames %s then %s", m, m2)
+		if st, _ := c.AwaitClose(ctx); !st.Received || st.Code != 1007 {
+			t.Fatalf("after %s: no answer, connection ended with %v, want close code 1007", hb, st)
+		}
+		return false
 	}
-	t.Fatalf("unexpected frame %s", m)
+	v1 := try(`{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"1"}`,
+		`{"topic":"phoenix","event":"phx_reply","payload":{"status":"ok","response":{}},"ref":"1"}`)
+	v2 := try(`[null,"2","phoenix","heartbeat",{}]`, `[null,"2","phoenix","phx_reply",{"status":"ok","response":{}}]`)
+	switch {
+	case v1 && !v2:
+		return "V1"
+	case v2 && !v1:
+		return "V2"
+	}
+	t.Fatalf("V1 heartbeat answered: %v, V2 heartbeat answered: %v; want exactly one", v1, v2)
 	return ""
 }
 
@@ -77,12 +82,14 @@ func TestItem01_VsnNegotiation(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := testCtx(t)
-			c, err := wsclient.Dial(ctx, tn.wsURL, tc.opts)
-			if err != nil {
-				t.Fatalf("dial: %v", err)
+			dial := func() *wsclient.Client {
+				c, err := wsclient.Dial(ctx, tn.wsURL, tc.opts)
+				if err != nil {
+					t.Fatalf("dial: %v", err)
+				}
+				return c
 			}
-			defer c.Close()
-			if got := heartbeatVersion(t, c, ctx); got != tc.want {
+			if got := heartbeatVersion(t, ctx, dial); got != tc.want {
 				t.Fatalf("server spoke %s, want %s", got, tc.want)
 			}
 		})

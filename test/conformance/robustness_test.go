@@ -2,7 +2,6 @@ package conformance
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -10,46 +9,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/channelsd/channelsd/channels"
 	"github.com/channelsd/channelsd/node"
+	"github.com/channelsd/channelsd/transport"
 	"github.com/channelsd/channelsd/transport/wsclient"
 )
 
-// expectMalformed asserts that the next frame is the runtime's answer to a
-// malformed message: [null,null,"phoenix","phx_reply",{"status":"error",
-// "response":{"reason":"malformed message: …"}}].
-func (c *conn) expectMalformed(sent string) {
-	c.t.Helper()
-	m := c.next()
-	var frame any
-	if err := json.Unmarshal(m.Raw, &frame); err != nil || m.Binary {
-		c.t.Fatalf("%s: after %s: unexpected frame %s", c.v.name, sent, m)
-	}
-	var resp struct {
-		Reason string `json:"reason"`
-	}
-	ok := m.Err == nil && m.JoinRef.IsNull() && m.Ref.IsNull() && m.Topic == channels.TopicPhoenix &&
-		m.Event == channels.EventReply && m.Status == "error" &&
-		json.Unmarshal(m.Payload, &resp) == nil && strings.HasPrefix(resp.Reason, "malformed message: ")
-	// The frame's own shape: a 5-array with null refs, or a V1 object
-	// with ref null and no join_ref.
-	switch f := frame.(type) {
-	case []any:
-		ok = ok && c.v == v2 && len(f) == 5 && f[0] == nil && f[1] == nil
-	case map[string]any:
-		_, hasJR := f["join_ref"]
-		ref, hasRef := f["ref"]
-		ok = ok && c.v == v1 && !hasJR && hasRef && ref == nil
-	default:
-		ok = false
-	}
-	if !ok {
-		c.t.Fatalf("%s: after %s: got %s, want the malformed-message error reply", c.v.name, sent, m)
-	}
-}
-
-// Malformed or wrong-shape frames are answered with an error reply on the
-// phoenix topic; the socket and its channels carry on.
+// Malformed or wrong-shape frames close the socket with 1007, as
+// Phoenix's connection process crashes on them (never 1000, after which
+// phoenix.js would not reconnect), and are counted; other sockets carry
+// on.
 func TestMalformedFrames(t *testing.T) {
 	t.Parallel()
 	tn := startNode(t)
@@ -88,18 +56,27 @@ func TestMalformedFrames(t *testing.T) {
 			{data: "\x00\x01\x01\x01\x01" + "12te", binary: true}, // no binary in V1
 		},
 	}
+	es := tn.Endpoint().Stats()
 	for _, v := range bothVersions {
 		t.Run(v.name, func(t *testing.T) {
-			c := tn.dial(t, v)
-			jr := c.join(lobby, `{}`)
+			other := tn.dial(t, v)
+			jr := other.join(lobby, `{}`)
 			for _, b := range cases[v] {
+				before := es.MalformedFrames.Load()
+				c := tn.dial(t, v)
+				c.join(lobby, `{}`)
 				c.sendRaw([]byte(b.data), b.binary)
-				c.expectMalformed(fmt.Sprintf("%q (binary %v)", b.data, b.binary))
+				if st := c.expectClose(1007); st.Reason != "malformed message" {
+					t.Errorf("%q (binary %v): close reason %q, want \"malformed message\"", b.data, b.binary, st.Reason)
+				}
+				if n := es.MalformedFrames.Load(); n <= before {
+					t.Errorf("%q (binary %v): MalformedFrames did not grow", b.data, b.binary)
+				}
 			}
-			// The channel is still joined and answers.
-			c.send(jr, "p1", lobby, "ping", `{"alive":true}`)
-			c.expectFrame(jr, "p1", lobby, "phx_reply", reply("ok", `{"alive":true}`))
-			c.quiet()
+			// The other socket's channel is still joined and answers.
+			other.send(jr, "p1", lobby, "ping", `{"alive":true}`)
+			other.expectFrame(jr, "p1", lobby, "phx_reply", reply("ok", `{"alive":true}`))
+			other.quiet()
 		})
 	}
 }
@@ -260,5 +237,27 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	if _, err := wsclient.Dial(testCtx(t), tn.wsURL, wsclient.Options{}); err == nil {
 		t.Fatal("dial after Shutdown succeeded")
+	}
+}
+
+// A long-poll line that does not decode ends the session, as the same
+// message closes a WebSocket with 1007: the next request gets 410, and
+// it is counted.
+func TestMalformedLongPollLine(t *testing.T) {
+	t.Parallel()
+	n := startLPNode(t, transport.LongPollConfig{})
+	c := n.lpOpen(t, v2)
+	c.send(`["1","1","conformance:lobby","phx_join",{}]`)
+	c.await(`["1","1","conformance:lobby","phx_reply",{"status":"ok","response":{"topic":"conformance:lobby"}}]`)
+	es := n.Endpoint().Stats()
+	before := es.MalformedFrames.Load()
+	if a := n.request(t, http.MethodPost, c.query(), `["1","2","conformance:lobby","ping"]`, nil); a.Status != 200 && a.Status != 410 {
+		t.Fatalf("POST of a malformed line: %s", a.Raw)
+	}
+	if a := c.poll(); a.Status != 410 {
+		t.Fatalf("poll after a malformed line: %s, want status 410", a.Raw)
+	}
+	if n := es.MalformedFrames.Load(); n != before+1 {
+		t.Errorf("MalformedFrames %d, want %d", n, before+1)
 	}
 }
