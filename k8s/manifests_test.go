@@ -646,6 +646,7 @@ func TestManifests(t *testing.T) {
 			checkChannelsd(t, b, probePaths, usedVars)
 			checkNoCommittedKeys(t, b)
 			checkDevIsInternal(t, b)
+			checkClientAddresses(t, b)
 		})
 	}
 
@@ -875,6 +876,23 @@ func checkDevIsInternal(t *testing.T, b *build) {
 	for _, s := range typed[*corev1.Service](b) {
 		if s.Spec.Type != "" && s.Spec.Type != corev1.ServiceTypeClusterIP {
 			t.Errorf("%s: Service %q is of type %s, which publishes it outside the cluster; use ClusterIP", b.dir, s.Name, s.Spec.Type)
+		}
+	}
+}
+
+// checkClientAddresses: a Service that reaches clients outside the
+// cluster keeps their addresses (externalTrafficPolicy: Local), or every
+// client behind one Kubernetes node would share that node's address in
+// the per-address limits; the API refuses the policy on other types.
+func checkClientAddresses(t *testing.T, b *build) {
+	t.Helper()
+	for _, s := range typed[*corev1.Service](b) {
+		external := s.Spec.Type == corev1.ServiceTypeLoadBalancer || s.Spec.Type == corev1.ServiceTypeNodePort
+		switch {
+		case external && s.Spec.ExternalTrafficPolicy != corev1.ServiceExternalTrafficPolicyLocal:
+			t.Errorf("%s: Service %q of type %s: externalTrafficPolicy %q, want Local so that clients keep their addresses", b.dir, s.Name, s.Spec.Type, s.Spec.ExternalTrafficPolicy)
+		case !external && s.Spec.ExternalTrafficPolicy != "":
+			t.Errorf("%s: Service %q of type %q sets externalTrafficPolicy, which the API refuses", b.dir, s.Name, s.Spec.Type)
 		}
 	}
 }
