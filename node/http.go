@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/channelsd/channelsd/channels"
+	"github.com/channelsd/channelsd/pubsub"
 )
 
 // Pinger is implemented by a PubSub or Tracker that depends on a server
@@ -87,6 +88,11 @@ func (n *Node) apiBroadcast(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := n.endpoint.Broadcast(r.Context(), req.Topic, req.Event, payload); err != nil {
+		if errors.Is(err, pubsub.ErrTooLarge) {
+			// Above --redis-max-message-size: retrying will not help.
+			writeJSONError(w, http.StatusRequestEntityTooLarge, "broadcast refused: "+err.Error())
+			return
+		}
 		n.log.Warn("node: api broadcast failed", "topic", req.Topic, "err", err)
 		writeJSONError(w, http.StatusServiceUnavailable, "broadcast failed: "+err.Error())
 		return

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -102,6 +103,24 @@ func TestBroadcastAPIDeliversAndChecksTheKey(t *testing.T) {
 	}
 	if len(rec.msgs) != 1 || rec.msgs[0].Event != "new_msg" || string(rec.msgs[0].Payload) != `{"body":"hi"}` {
 		t.Fatalf("delivered %+v", rec.msgs)
+	}
+}
+
+// tooLargePubSub refuses every publish as pubsub/redis refuses one above
+// --redis-max-message-size.
+type tooLargePubSub struct{ pubsub.PubSub }
+
+func (tooLargePubSub) Publish(context.Context, *pubsub.Message) error {
+	return fmt.Errorf("redis: %w", pubsub.ErrTooLarge)
+}
+
+// A broadcast its PubSub refuses as too large is the caller's error (413),
+// not an outage (503) worth retrying.
+func TestBroadcastAPITooLargeFor(t *testing.T) {
+	n := newTestNode(t, Config{PubSub: tooLargePubSub{local.New()}})
+	code, body := do(t, n.Handler(), "POST", "/api/broadcast", `{"topic":"room:1","event":"e","payload":{}}`)
+	if code != http.StatusRequestEntityTooLarge || !strings.Contains(body, "too large") {
+		t.Fatalf("status %d body %s; want 413", code, body)
 	}
 }
 
