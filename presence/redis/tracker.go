@@ -39,7 +39,7 @@ type Tracker struct {
 	// clients (presence.ValidEntry) and were skipped; invalidLog rate-
 	// limits their warnings.
 	invalid    atomic.Uint64
-	invalidLog rateLog
+	invalidLog pubsub.RateLog
 
 	// Keys.
 	nodesKey  string // hash: node -> last heartbeat (Redis server time, ms)
@@ -160,7 +160,7 @@ func (t *Tracker) Invalid() uint64 { return t.invalid.Load() }
 
 // decodeStored decodes a hash value read from Redis and checks that its
 // key and meta may reach clients; a value that may not is counted and
-// logged (at most once per logEvery), and ok is false.
+// logged (at most once per pubsub.LogEvery), and ok is false.
 func (t *Tracker) decodeStored(topic, field, v string) (s stored, ok bool) {
 	err := json.Unmarshal([]byte(v), &s)
 	if err == nil {
@@ -170,7 +170,7 @@ func (t *Tracker) decodeStored(topic, field, v string) (s stored, ok bool) {
 		return s, true
 	}
 	t.invalid.Add(1)
-	if ok, n := t.invalidLog.allow(); ok {
+	if ok, n := t.invalidLog.Allow(); ok {
 		t.log.Warn("presence/redis: skipping an entry in Redis that clients cannot be sent", "topic", topic, "field", field, "err", err, "suppressed", n)
 	}
 	return s, false

@@ -142,7 +142,7 @@ type calls struct {
 	running sync.WaitGroup
 
 	sent, served, rejected, failed atomic.Uint64
-	log                            rateLog
+	log                            pubsub.RateLog
 }
 
 var _ pubsub.Caller = (*PubSub)(nil)
@@ -229,7 +229,7 @@ func (p *PubSub) reply(c *callFrame, status byte, body []byte) {
 		if p.closed.Load() {
 			return // stopping: the caller learns from its deadline
 		}
-		if ok, n := p.calls.log.allow(); ok {
+		if ok, n := p.calls.log.Allow(); ok {
 			p.log.Warn("redis: reply to a node call failed", "node", c.replyTo, "service", c.service, "err", err, "suppressed", n)
 		}
 	}

@@ -92,7 +92,7 @@ type PubSub struct {
 	reconnects    atomic.Uint64
 	tooLarge      atomic.Uint64 // messages refused above MaxMessageSize
 
-	publishLog, decodeLog rateLog
+	publishLog, decodeLog pubsub.RateLog
 
 	crossNode atomic.Pointer[func(time.Duration)] // ObserveCrossNode
 
@@ -332,7 +332,7 @@ func (p *PubSub) Publish(ctx context.Context, m *pubsub.Message) error {
 	case p.queue <- req:
 	default:
 		p.dropped.Add(1)
-		if ok, n := p.publishLog.allow(); ok {
+		if ok, n := p.publishLog.Allow(); ok {
 			p.log.Warn("redis: publish queue full; broadcast not relayed to other nodes",
 				"topic", m.Topic, "queue", cap(p.queue), "suppressed", n)
 		}
@@ -376,7 +376,7 @@ func (p *PubSub) messageSize(topic, from, event string, payload []byte) int {
 func (p *PubSub) checkSize(topic, from, event string, payload []byte) error {
 	if n := p.messageSize(topic, from, event, payload); n > p.opt.MaxMessageSize {
 		p.tooLarge.Add(1)
-		if ok, sup := p.publishLog.allow(); ok {
+		if ok, sup := p.publishLog.Allow(); ok {
 			p.log.Warn("redis: message above --redis-max-message-size refused", "topic", topic, "event", event, "size", n, "max", p.opt.MaxMessageSize, "suppressed", sup)
 		}
 		return fmt.Errorf("%w: %d bytes for Redis, above the maximum of %d", pubsub.ErrTooLarge, n, p.opt.MaxMessageSize)
@@ -403,7 +403,7 @@ var _ pubsub.LimitCounter = (*PubSub)(nil)
 
 func (p *PubSub) publishFailed(topic string, err error) error {
 	p.publishErrors.Add(1)
-	if ok, n := p.publishLog.allow(); ok {
+	if ok, n := p.publishLog.Allow(); ok {
 		p.log.Warn("redis: publish failed; broadcast not relayed to other nodes",
 			"topic", topic, "err", err, "suppressed", n)
 	}
@@ -545,29 +545,4 @@ func (p *PubSub) Close() error {
 		return fmt.Errorf("redis: close: %w", err)
 	}
 	return nil
-}
-
-// rateLog lets one message through per logEvery and counts the rest, so
-// an outage with thousands of failing publishes a second logs a line
-// every few seconds, not thousands.
-type rateLog struct {
-	mu         sync.Mutex
-	next       time.Time
-	suppressed int
-}
-
-const logEvery = 10 * time.Second
-
-func (l *rateLog) allow() (ok bool, suppressed int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now()
-	if now.Before(l.next) {
-		l.suppressed++
-		return false, 0
-	}
-	n := l.suppressed
-	l.suppressed = 0
-	l.next = now.Add(logEvery)
-	return true, n
 }

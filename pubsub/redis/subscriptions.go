@@ -300,7 +300,7 @@ func (p *PubSub) handle(msg *goredis.Message) {
 
 func (p *PubSub) decodeFailed(channel string, err error) {
 	p.decodeErrors.Add(1)
-	if ok, n := p.decodeLog.allow(); ok {
+	if ok, n := p.decodeLog.Allow(); ok {
 		p.log.Warn("redis: dropping undecodable message", "channel", channel, "err", err, "suppressed", n)
 	}
 }
