@@ -96,24 +96,11 @@ func TestLongPollMaxAnswerBytes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var got []string
-	for polls := 0; len(got) < len(want); polls++ {
-		if polls > len(want) {
-			t.Fatalf("after %d polls got %d messages", polls, len(got))
-		}
-		r := hs.get(t, lpTokenQuery(tok))
-		if r.Status != 200 || len(r.msgs()) == 0 {
-			t.Fatalf("poll %d: %.200s", polls, r.Raw)
-		}
+	pollAll(t, hs, tok, want, func(r lpResp) {
 		if len(r.Raw) > 2000 && len(r.msgs()) > 1 {
 			t.Fatalf("answer of %d bytes, %d messages, above MaxAnswerBytes", len(r.Raw), len(r.msgs()))
 		}
-		got = append(got, r.msgs()...)
-		tok = r.token(t)
-	}
-	if strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Fatal("messages lost or out of order across answers")
-	}
+	})
 }
 
 // Issue 16 §3: a client that polls and does not read the answer pinned it

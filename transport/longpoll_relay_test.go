@@ -337,21 +337,7 @@ func TestLongPollRelayBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var got []string
-	for polls := 0; len(got) < len(want); polls++ {
-		if polls > len(want) {
-			t.Fatalf("after %d polls got %d messages", polls, len(got))
-		}
-		r := b.get(t, lpTokenQuery(tok))
-		if r.Status != 200 || len(r.msgs()) == 0 {
-			t.Fatalf("relayed poll %d: %.200s", polls, r.Raw)
-		}
-		got = append(got, r.msgs()...)
-		tok = r.token(t)
-	}
-	if strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Fatal("messages lost or out of order across relayed answers")
-	}
+	pollAll(t, b, tok, want, nil)
 	// A body that MaxBody allows but the relay cannot carry is refused
 	// whole on the relaying node.
 	before := mn.calls
@@ -387,21 +373,7 @@ func TestLongPollRelayFollowsTheCallersBound(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var got []string
-	for polls := 0; len(got) < len(want); polls++ {
-		if polls > len(want) {
-			t.Fatalf("after %d polls got %d messages", polls, len(got))
-		}
-		r := b.get(t, lpTokenQuery(tok))
-		if r.Status != 200 || len(r.msgs()) == 0 {
-			t.Fatalf("relayed poll %d: %.200s", polls, r.Raw)
-		}
-		got = append(got, r.msgs()...)
-		tok = r.token(t)
-	}
-	if strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Fatal("messages lost or out of order across relayed answers")
-	}
+	pollAll(t, b, tok, want, nil)
 	mn.mu.Lock()
 	defer mn.mu.Unlock()
 	if mn.largest > bound {

@@ -124,6 +124,31 @@ func (hs *lpHarness) req(t testing.TB, method, query string, body string) *http.
 	return req
 }
 
+// pollAll polls through hs from tok until it has as many messages as
+// want, at most one poll per message, and fails unless they are want in
+// order. each, when set, checks every answer.
+func pollAll(t *testing.T, hs *lpHarness, tok string, want []string, each func(lpResp)) {
+	t.Helper()
+	var got []string
+	for polls := 0; len(got) < len(want); polls++ {
+		if polls > len(want) {
+			t.Fatalf("after %d polls got %d messages", polls, len(got))
+		}
+		r := hs.get(t, lpTokenQuery(tok))
+		if r.Status != 200 || len(r.msgs()) == 0 {
+			t.Fatalf("poll %d: %.200s", polls, r.Raw)
+		}
+		if each != nil {
+			each(r)
+		}
+		got = append(got, r.msgs()...)
+		tok = r.token(t)
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatal("messages lost or out of order across answers")
+	}
+}
+
 func (hs *lpHarness) get(t testing.TB, query string) lpResp {
 	t.Helper()
 	return hs.do(t, hs.req(t, http.MethodGet, query, ""))
