@@ -1,0 +1,738 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/channelsd/channelsd/channels"
+	"github.com/channelsd/channelsd/test/harness"
+	"github.com/channelsd/channelsd/transport/lpclient"
+	"github.com/channelsd/channelsd/transport/wsclient"
+)
+
+// upgradeFrom is the release TestRollingUpgrade upgrades from (any commit
+// git rev-parse takes; UPGRADE_FROM overrides it): the first release whose
+// successors promise to read what they write and to be read by it. When a
+// cross-node form changes, the release before the change is the one to
+// test from as well.
+const upgradeFrom = "b847059"
+
+// A rolling update from an earlier release to this one, as Kubernetes
+// does it: three nodes of the earlier release (built from git by
+// harness.BuildNodeImageAt) behind the round-robin load balancer, with
+// Redis and an API key; in each of three rooms, WebSocket clients that
+// reconnect and rejoin as phoenix.js does, one WebSocket client pushing
+// numbered new_msg, and one long-poll client (its requests spread over
+// every node, relayed to the node that holds its session) pushing
+// numbered new_msg too; numbered broadcasts through POST /api/broadcast
+// all along. Each node in turn is drained and replaced by a node of this
+// release, so that for most of the test both releases write broadcasts,
+// presence and long-poll relays that the other must read.
+//
+// Afterwards, and at every step for presence: every broadcast published
+// while a client was joined (joined before the publish began, still
+// connected rollSlack after it was acknowledged; a socket a draining node
+// closed counts as closed at its drain's start, as in TestRollingRestart)
+// reached it, and none reached any client twice; each node's presence
+// list of each room is exactly the room's clients; every long-poll
+// session lost was lost to its own node's drain, never to a request
+// relayed to a node of the other release, and requests were relayed
+// across releases both ways.
+func TestRollingUpgrade(t *testing.T) {
+	const (
+		nodes       = 3
+		rooms       = 3
+		perRoom     = 8 // WebSocket clients that only listen
+		drainWindow = 2 * time.Second
+		tick        = 300 * time.Millisecond
+		rollSlack   = time.Second
+		apiKey      = "upgrade-test-key"
+	)
+	from := upgradeFrom
+	if v := os.Getenv("UPGRADE_FROM"); v != "" {
+		from = v
+	}
+	bctx, bcancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	began := time.Now()
+	oldImage, err := harness.BuildNodeImageAt(bctx, from)
+	bcancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	newImage := harness.NodeImage()
+	t.Logf("upgrading from %s (%s, ready in %v) to %s", from, oldImage, time.Since(began).Round(time.Millisecond), newImage)
+
+	cl := harness.Start(t, harness.Options{Nodes: nodes, Image: oldImage, LogLevel: "info",
+		Env: map[string]string{
+			"CHANNELS_DRAIN_WINDOW": drainWindow.String(),
+			"CHANNELS_API_KEY":      apiKey,
+		},
+		Args: []string{"--presence-heartbeat=500ms", "--report-interval=500ms"},
+	})
+	lb := cl.StartLoadBalancer(harness.LBOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	topicOf := func(r int) string { return "room:upgrade-" + strconv.Itoa(r) }
+
+	pubs := newUpgradePubs()
+	var receivers []*upgradeReceiver
+	var wsClients []*wsclient.Reconnecting
+	defer func() {
+		for _, rc := range wsClients {
+			_ = rc.Close()
+		}
+	}()
+	// drains are when each node was told to drain; up, when its
+	// replacement was ready. Written by this goroutine only, read after
+	// the publishers have stopped.
+	var drains []time.Time
+	drainAt, upAt := map[string]time.Time{}, map[string]time.Time{}
+
+	// The WebSocket clients: listeners, and one pusher per room.
+	type wsPusher struct {
+		rc   *wsclient.Reconnecting
+		room int
+		recv *upgradeReceiver
+	}
+	var pushers []*wsPusher
+	var wg sync.WaitGroup
+	var rmu sync.Mutex
+	errs := make(chan error, rooms*(perRoom+1))
+	sem := make(chan struct{}, 10)
+	for r := range rooms {
+		for i := range perRoom + 1 {
+			user := fmt.Sprintf("ws-%d-%d", r, i)
+			pusher := i == perRoom
+			if pusher {
+				user = fmt.Sprintf("wsp-%d", r)
+			}
+			recv := newUpgradeReceiver(user, r, topicOf(r))
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				onMessage := recv.onMessage
+				if pusher {
+					onMessage = func(m wsclient.Message) {
+						recv.onMessage(m)
+						if m.Event == channels.EventReply && m.Topic == topicOf(r) {
+							pubs.replied("ws:"+user, m)
+						}
+					}
+				}
+				rc, err := wsclient.DialReconnecting(ctx, lb.WSURL(), wsclient.ReconnectOptions{
+					Options:   wsclient.Options{Params: map[string]string{"user": user}, Buffer: 64},
+					OnMessage: onMessage,
+				}, topicOf(r), map[string]string{"user": user})
+				if err != nil {
+					errs <- fmt.Errorf("%s: %w", user, err)
+					return
+				}
+				recv.conns = func() []wsclient.Conn { return serverSideEnd(rc.Conns(), drains) }
+				recv.connected = rc.Connected
+				rmu.Lock()
+				defer rmu.Unlock()
+				wsClients = append(wsClients, rc)
+				receivers = append(receivers, recv)
+				if pusher {
+					pushers = append(pushers, &wsPusher{rc: rc, room: r, recv: recv})
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+
+	// The long-poll clients, one per room, through the load balancer.
+	// addLP opens one, with its session on a node of image unless that is
+	// "" (the load balancer picks the node: up to 12 sessions are opened
+	// and all but the right one closed).
+	addLP := func(user string, room int, image string) *upgradeLP {
+		t.Helper()
+		var c *lpclient.Client
+		for try := 1; c == nil; try++ {
+			nc, err := lpclient.Open(ctx, lb.LongPollURL(), lpclient.Options{Params: map[string]string{"user": user}, Reconnect: true, Buffer: 256})
+			if err != nil {
+				t.Fatalf("%s: %v", user, err)
+			}
+			if image == "" || cl.Node(ownerOf(t, nc)).Image == image {
+				c = nc
+				continue
+			}
+			_ = nc.Close()
+			if try == 12 {
+				t.Fatalf("%s: no session on a node of %s in %d tries", user, image, try)
+			}
+		}
+		jr, err := c.Join(ctx, topicOf(room), map[string]string{"user": user})
+		if err != nil || jr.Status != "ok" {
+			t.Fatalf("%s: join: %v %v", user, jr, err)
+		}
+		lp := &upgradeLP{c: c, room: room, recv: newUpgradeReceiver(user, room, topicOf(room)), joins: []time.Time{time.Now()}}
+		lp.recv.conns = func() []wsclient.Conn { return lp.conns(drains) }
+		lp.recv.connected = lp.connected
+		receivers = append(receivers, lp.recv)
+		done := make(chan struct{})
+		go lp.run(ctx, pubs, done)
+		t.Cleanup(func() { _ = c.Close(); <-done })
+		return lp
+	}
+	lps := make([]*upgradeLP, rooms)
+	for r := range rooms {
+		lps[r] = addLP(fmt.Sprintf("lp-%d", r), r, "")
+	}
+	lpAll := slices.Clone(lps)
+
+	// Presence, the truth: every client in its room once.
+	want := model{}
+	for _, rc := range receivers {
+		if want[rc.topic] == nil {
+			want[rc.topic] = map[string]int{}
+		}
+		want[rc.topic][rc.user] = 1
+	}
+	allNodes := []int{1, 2, 3}
+	logRedisPresenceOnFailure(t, cl, topicOf(0))
+	settle(t, "presence on the old release", settleTimeout, func(ctx context.Context) (string, error) {
+		return checkLists(ctx, cl, allNodes, want)
+	})
+
+	// The publishers, each on its own ticker until stop.
+	stop := make(chan struct{})
+	var pubWG sync.WaitGroup
+	every := func(f func(n int)) {
+		pubWG.Add(1)
+		go func() {
+			defer pubWG.Done()
+			tk := time.NewTicker(tick)
+			defer tk.Stop()
+			for n := 1; ; n++ {
+				select {
+				case <-stop:
+					return
+				case <-tk.C:
+				}
+				f(n)
+			}
+		}()
+	}
+	api := &http.Client{Timeout: 5 * time.Second}
+	every(func(n int) {
+		var round sync.WaitGroup
+		for r := range rooms {
+			round.Add(1)
+			go func() {
+				defer round.Done()
+				key := upgradePubKey{"tick", r, n}
+				pubs.begin(key)
+				body, _ := json.Marshal(map[string]any{"topic": topicOf(r), "event": "tick", "payload": map[string]int{"n": n}})
+				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, lb.HTTPURL()+"/api/broadcast", bytes.NewReader(body))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Authorization", "Bearer "+apiKey)
+				ok, by := false, ""
+				if res, err := api.Do(req); err == nil {
+					ok, by = res.StatusCode == http.StatusAccepted, res.Header.Get(harness.ServedByHeader)
+					res.Body.Close()
+				}
+				pubs.end(key, ok, by)
+			}()
+		}
+		round.Wait()
+	})
+	for _, p := range pushers {
+		stream := "ws:" + p.recv.user
+		every(func(n int) {
+			key := upgradePubKey{stream, p.room, n}
+			pubs.begin(key)
+			ref, err := p.rc.Push(topicOf(p.room), "new_msg", map[string]any{"body": map[string]int{"n": n}})
+			if err != nil {
+				pubs.end(key, false, "")
+				return
+			}
+			pubs.awaitReply(stream, ref, key)
+		})
+	}
+	for _, lp := range lps {
+		stream := "lp:" + lp.recv.user
+		every(func(n int) {
+			key := upgradePubKey{stream, lp.room, n}
+			pubs.begin(key)
+			if !lp.connected() {
+				pubs.end(key, false, "")
+				return
+			}
+			ref, err := lp.c.Push(topicOf(lp.room), "new_msg", map[string]any{"body": map[string]int{"n": n}})
+			if err != nil {
+				pubs.end(key, false, "")
+				return
+			}
+			pubs.awaitReply(stream, ref, key)
+		})
+	}
+	stopped := false
+	stopPublishers := func() {
+		if !stopped {
+			stopped = true
+			close(stop)
+			pubWG.Wait()
+		}
+	}
+	defer stopPublishers()
+
+	allConnected := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			var down []string
+			for _, rc := range receivers {
+				if !rc.connected() {
+					down = append(down, rc.user)
+				}
+			}
+			if len(down) == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d clients still not joined: %v", what, len(down), down)
+			}
+			time.Sleep(100 * time.Millisecond) // polling the clients' state
+		}
+	}
+
+	// Let both kinds of publishers run on the old release for a while.
+	time.Sleep(2 * time.Second) // a phase of the test, not a synchronisation
+	rollBegan := time.Now()
+	for i := 1; i <= nodes; i++ {
+		alias := cl.Node(i).Alias
+		now := time.Now()
+		drains = append(drains, now)
+		drainAt[alias] = now
+		r := cl.ReplaceNodeWith(i, 30*time.Second, newImage)
+		upAt[alias] = time.Now()
+		t.Logf("%s (%s) stopped in %v, exit code %d; replaced by %s (%s)", r.ID, oldImage, r.Stopping.Round(time.Millisecond), r.ExitCode, cl.Node(i).ID, newImage)
+		if r.ExitCode != 0 {
+			t.Errorf("%s exited with code %d (SIGKILL after the grace period?)", r.ID, r.ExitCode)
+		}
+		lb.AwaitServer(i, "UP", 30*time.Second)
+		allConnected(fmt.Sprintf("after upgrading node %d", i))
+		if i < nodes {
+			// A long-poll session on a new node, whose requests the old
+			// nodes relay to it.
+			user, room := fmt.Sprintf("lpn-%d", i), i%rooms
+			lpAll = append(lpAll, addLP(user, room, newImage))
+			want[topicOf(room)][user] = 1
+		}
+		settle(t, fmt.Sprintf("presence with %d of %d nodes upgraded", i, nodes), settleTimeout, func(ctx context.Context) (string, error) {
+			return checkLists(ctx, cl, allNodes, want)
+		})
+		if i < nodes {
+			// Both releases serve side by side for a while.
+			time.Sleep(2 * time.Second) // a phase of the test, not a synchronisation
+		}
+	}
+	t.Logf("rolled %d nodes in %v", nodes, time.Since(rollBegan).Round(time.Millisecond))
+	stopPublishers()
+
+	// Let the last broadcasts arrive: every client, joined now, receives
+	// the last acknowledged broadcast of every stream of its room.
+	last := pubs.lastOK()
+	deadline := time.Now().Add(30 * time.Second)
+	for _, rc := range receivers {
+		for stream, n := range last[rc.room] {
+			for rc.times(stream, n) == 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("%s never received %s %d, the last of its room", rc.user, stream, n)
+				}
+				time.Sleep(20 * time.Millisecond) // polling a map the client's goroutine fills
+			}
+		}
+	}
+
+	// Broadcasts: once at most, and every one owed, whichever release
+	// published it and whichever the client was on.
+	releaseAt := func(alias string, at time.Time) string {
+		switch d, ok := drainAt[alias]; {
+		case !ok || at.Before(d):
+			return "old"
+		case at.After(upAt[alias]):
+			return "new"
+		}
+		return "?"
+	}
+	all := pubs.snapshot()
+	missing, dups, expected := 0, 0, 0
+	owedBy := map[string]int{}
+	var examples []string
+	for _, rc := range receivers {
+		conns := rc.conns()
+		got := rc.received()
+		for key, p := range all {
+			if key.room != rc.room {
+				continue
+			}
+			if got[key.stream][key.n] > 1 {
+				dups++
+				if len(examples) < 8 {
+					examples = append(examples, fmt.Sprintf("%s got %s %d %d times", rc.user, key.stream, key.n, got[key.stream][key.n]))
+				}
+			}
+			if !p.ok || !wsclient.Covered(conns, p.start, p.end, rollSlack) {
+				continue
+			}
+			expected++
+			if p.by != "" {
+				owedBy[releaseAt(p.by, p.start)]++
+			}
+			if got[key.stream][key.n] == 0 {
+				missing++
+				if len(examples) < 8 {
+					examples = append(examples, fmt.Sprintf("%s lost %s %d (published %s..%s via %s, connections %+v)",
+						rc.user, key.stream, key.n, p.start.Format("15:04:05.000"), p.end.Format("15:04:05.000"), p.by, conns))
+				}
+			}
+		}
+	}
+	okPubs := 0
+	for _, p := range all {
+		if p.ok {
+			okPubs++
+		}
+	}
+	t.Logf("%d publishes (%d acknowledged); %d deliveries owed (of API broadcasts: %d published on old nodes, %d on new ones), %d missing, %d duplicated",
+		len(all), okPubs, expected, owedBy["old"], owedBy["new"], missing, dups)
+	if missing > 0 || dups > 0 {
+		t.Errorf("%d broadcasts lost by joined clients, %d received twice; e.g.\n%s", missing, dups, strings.Join(examples, "\n"))
+	}
+	if owedBy["old"] == 0 || owedBy["new"] == 0 {
+		t.Errorf("deliveries owed of broadcasts published on old nodes: %d, on new ones: %d; want both", owedBy["old"], owedBy["new"])
+	}
+
+	// Long-poll: requests crossed releases both ways, and a session was
+	// only ever lost to its own node's drain.
+	cross := map[string]int{}
+	for _, lp := range lpAll {
+		owner := ""
+		var reqFailures []string
+		reqs := lp.c.Requests()
+		losses := lp.c.Losses()
+		sessions := 0
+		for _, rq := range reqs {
+			if rq.Open && rq.Status == 410 && rq.ServedBy != "" {
+				owner = rq.ServedBy
+				sessions++
+				continue
+			}
+			if rq.End.IsZero() || owner == "" || rq.ServedBy == "" {
+				if rq.Err != nil && !rq.End.IsZero() && len(reqFailures) < 5 {
+					reqFailures = append(reqFailures, fmt.Sprintf("%s at %s: %v", rq.Method, rq.Start.Format("15:04:05.000"), rq.Err))
+				}
+				continue
+			}
+			from, to := releaseAt(owner, rq.Start), releaseAt(rq.ServedBy, rq.Start)
+			if rq.HTTPStatus == http.StatusOK && (rq.Status == 200 || rq.Status == 204) && from != to && from != "?" && to != "?" {
+				cross[from+"->"+to]++
+			}
+		}
+		for k, loss := range losses {
+			// The k-th session's owner was the k-th opening GET's server.
+			opens := 0
+			owner := ""
+			for _, rq := range reqs {
+				if rq.Open && rq.Status == 410 && rq.ServedBy != "" {
+					if opens == k {
+						owner = rq.ServedBy
+						break
+					}
+					opens++
+				}
+			}
+			d, ok := drainAt[owner]
+			if !ok || loss.At.Before(d) || loss.At.After(upAt[owner].Add(10*time.Second)) {
+				t.Errorf("%s: session %d on %s lost at %s, not during that node's replacement (drain %s, up %s): %v",
+					lp.recv.user, k+1, owner, loss.At.Format("15:04:05.000"), d.Format("15:04:05.000"), upAt[owner].Format("15:04:05.000"), loss.Err)
+			}
+		}
+		st := lp.c.Stats()
+		t.Logf("%s: %d sessions, %d requests (%d GET, %d POST), %d lines dropped; failed requests: %v",
+			lp.recv.user, sessions, len(reqs), st.Gets, st.Posts, st.Dropped, reqFailures)
+	}
+	t.Logf("long-poll requests answered across releases (session's node's release -> serving node's release): %v", cross)
+	if cross["old->new"] == 0 || cross["new->old"] == 0 {
+		t.Errorf("long-poll requests relayed across releases: %v; want both old->new and new->old", cross)
+	}
+}
+
+// ---- the ledger of TestRollingUpgrade ----
+
+// upgradePubKey names one numbered broadcast: its stream ("tick" for the
+// API's, "ws:<user>" or "lp:<user>" for a client's new_msg), room and
+// number.
+type upgradePubKey struct {
+	stream string
+	room   int
+	n      int
+}
+
+type upgradePub struct {
+	start, end time.Time
+	ok         bool   // acknowledged: 202, or the push's ok reply
+	by         string // the node that served the API call ("" for pushes)
+}
+
+// upgradePubs records every publish and matches push replies to them.
+type upgradePubs struct {
+	mu      sync.Mutex
+	pubs    map[upgradePubKey]upgradePub // guarded by mu
+	pending map[string]upgradePubKey     // stream + " " + ref -> push awaiting its reply; guarded by mu
+	// early are replies that arrived before their push was registered
+	// (the reply can beat Push's return); guarded by mu.
+	early map[string]earlyReply
+}
+
+type earlyReply struct {
+	at time.Time
+	ok bool
+}
+
+func newUpgradePubs() *upgradePubs {
+	return &upgradePubs{pubs: map[upgradePubKey]upgradePub{}, pending: map[string]upgradePubKey{}, early: map[string]earlyReply{}}
+}
+
+func (p *upgradePubs) begin(k upgradePubKey) {
+	p.mu.Lock()
+	p.pubs[k] = upgradePub{start: time.Now()}
+	p.mu.Unlock()
+}
+
+func (p *upgradePubs) end(k upgradePubKey, ok bool, by string) {
+	p.mu.Lock()
+	pb := p.pubs[k]
+	pb.end, pb.ok, pb.by = time.Now(), ok, by
+	p.pubs[k] = pb
+	p.mu.Unlock()
+}
+
+// awaitReply leaves k unacknowledged until the reply to ref arrives
+// (replied); a push whose connection ends first is never acknowledged.
+func (p *upgradePubs) awaitReply(stream, ref string, k upgradePubKey) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	id := stream + " " + string(channels.StringRef(ref))
+	if r, ok := p.early[id]; ok {
+		delete(p.early, id)
+		pb := p.pubs[k]
+		pb.end, pb.ok = r.at, r.ok
+		p.pubs[k] = pb
+		return
+	}
+	p.pending[id] = k
+}
+
+func (p *upgradePubs) replied(stream string, m wsclient.Message) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	id := stream + " " + string(m.Ref)
+	k, ok := p.pending[id]
+	if !ok {
+		p.early[id] = earlyReply{time.Now(), m.Status == "ok"}
+		return
+	}
+	delete(p.pending, id)
+	pb := p.pubs[k]
+	pb.end, pb.ok = time.Now(), m.Status == "ok"
+	p.pubs[k] = pb
+}
+
+func (p *upgradePubs) snapshot() map[upgradePubKey]upgradePub {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[upgradePubKey]upgradePub, len(p.pubs))
+	for k, v := range p.pubs {
+		out[k] = v
+	}
+	return out
+}
+
+// lastOK is, per room and stream, the last acknowledged number.
+func (p *upgradePubs) lastOK() map[int]map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[int]map[string]int{}
+	for k, v := range p.pubs {
+		if !v.ok {
+			continue
+		}
+		if out[k.room] == nil {
+			out[k.room] = map[string]int{}
+		}
+		out[k.room][k.stream] = max(out[k.room][k.stream], k.n)
+	}
+	return out
+}
+
+// upgradeReceiver counts the numbered broadcasts one client receives.
+type upgradeReceiver struct {
+	user, topic string
+	room        int
+	// conns are the client's connections (sessions), their ends moved
+	// back to the drain that closed them; connected tells whether it is
+	// joined now. Set once, before the publishers start.
+	conns     func() []wsclient.Conn
+	connected func() bool
+
+	mu  sync.Mutex
+	got map[string]map[int]int // stream -> number -> times; guarded by mu
+}
+
+func newUpgradeReceiver(user string, room int, topic string) *upgradeReceiver {
+	return &upgradeReceiver{user: user, room: room, topic: topic, got: map[string]map[int]int{}}
+}
+
+func (r *upgradeReceiver) onMessage(m wsclient.Message) {
+	if m.Err != nil || m.Topic != r.topic {
+		return
+	}
+	var stream string
+	var n int
+	switch m.Event {
+	case "tick":
+		var p struct{ N int }
+		if json.Unmarshal(m.Payload, &p) != nil {
+			return
+		}
+		stream, n = "tick", p.N
+	case "new_msg":
+		var p struct {
+			Body struct{ N int }
+			User string
+		}
+		if json.Unmarshal(m.Payload, &p) != nil {
+			return
+		}
+		kind := "ws:"
+		if strings.HasPrefix(p.User, "lp-") {
+			kind = "lp:"
+		}
+		stream, n = kind+p.User, p.Body.N
+	default:
+		return
+	}
+	r.mu.Lock()
+	if r.got[stream] == nil {
+		r.got[stream] = map[int]int{}
+	}
+	r.got[stream][n]++
+	r.mu.Unlock()
+}
+
+func (r *upgradeReceiver) times(stream string, n int) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.got[stream][n]
+}
+
+func (r *upgradeReceiver) received() map[string]map[int]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string]map[int]int, len(r.got))
+	for s, m := range r.got {
+		out[s] = make(map[int]int, len(m))
+		for n, c := range m {
+			out[s][n] = c
+		}
+	}
+	return out
+}
+
+// upgradeLP is a long-poll client of TestRollingUpgrade: it receives like
+// the WebSocket clients and pushes its own numbered new_msg.
+type upgradeLP struct {
+	c    *lpclient.Client
+	room int
+	recv *upgradeReceiver
+
+	mu    sync.Mutex
+	joins []time.Time // when each session had joined the room; guarded by mu
+}
+
+// run hands every message to the receiver and the push replies to pubs,
+// and notes each rejoin, until ctx ends or the client closes.
+func (lp *upgradeLP) run(ctx context.Context, pubs *upgradePubs, done chan struct{}) {
+	defer close(done)
+	stream := "lp:" + lp.recv.user
+	for {
+		m, err := lp.c.Next(ctx)
+		if err != nil {
+			return
+		}
+		lp.recv.onMessage(m)
+		if m.Err != nil || m.Event != channels.EventReply || m.Topic != lp.recv.topic {
+			continue
+		}
+		if m.Ref == channels.StringRef(lp.c.JoinRef(lp.recv.topic)) {
+			if m.Status == "ok" {
+				lp.mu.Lock()
+				lp.joins = append(lp.joins, time.Now())
+				lp.mu.Unlock()
+			}
+			continue
+		}
+		pubs.replied(stream, m)
+	}
+}
+
+// connected: the last session has joined and is not lost.
+func (lp *upgradeLP) connected() bool {
+	lp.mu.Lock()
+	last := lp.joins[len(lp.joins)-1]
+	lp.mu.Unlock()
+	for _, l := range lp.c.Losses() {
+		if l.At.After(last) {
+			return false
+		}
+	}
+	return lp.c.Token() != ""
+}
+
+// conns are the sessions as connections: each from its join to its
+// loss, the loss moved back to the latest drain between them (the
+// client learns of a drained session at its next poll).
+func (lp *upgradeLP) conns(drains []time.Time) []wsclient.Conn {
+	lp.mu.Lock()
+	joins := slices.Clone(lp.joins)
+	lp.mu.Unlock()
+	losses := lp.c.Losses()
+	out := make([]wsclient.Conn, 0, len(joins))
+	for _, j := range joins {
+		cn := wsclient.Conn{Opened: j, Joined: j}
+		for _, l := range losses {
+			if l.At.After(j) {
+				cn.Ended = l.At
+				break
+			}
+		}
+		if !cn.Ended.IsZero() {
+			for _, d := range drains {
+				if d.After(j) && d.Before(cn.Ended) {
+					cn.Ended = d
+				}
+			}
+		}
+		out = append(out, cn)
+	}
+	return out
+}
