@@ -51,6 +51,44 @@ const upgradeFrom = "b847059"
 // relayed to a node of the other release, and requests were relayed
 // across releases both ways.
 func TestRollingUpgrade(t *testing.T) {
+	oldImage := earlierRelease(t)
+	t.Logf("upgrading from %s to %s", oldImage, harness.NodeImage())
+	rollRelease(t, oldImage, harness.NodeImage())
+}
+
+// TestRollingRollback is TestRollingUpgrade backwards: three nodes of this
+// build rolled, one at a time, back to the earlier release, as an operator
+// undoes a bad deploy. Whatever this build writes once every node reads
+// it, it must stop writing when a node of the earlier release joins.
+func TestRollingRollback(t *testing.T) {
+	oldImage := earlierRelease(t)
+	t.Logf("rolling back from %s to %s", harness.NodeImage(), oldImage)
+	rollRelease(t, harness.NodeImage(), oldImage)
+}
+
+// earlierRelease builds (or finds) the image of upgradeFrom, or of
+// UPGRADE_FROM when set.
+func earlierRelease(t *testing.T) string {
+	t.Helper()
+	from := upgradeFrom
+	if v := os.Getenv("UPGRADE_FROM"); v != "" {
+		from = v
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	began := time.Now()
+	image, err := harness.BuildNodeImageAt(ctx, from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s is %s, ready in %v", from, image, time.Since(began).Round(time.Millisecond))
+	return image
+}
+
+// rollRelease runs the scenario of TestRollingUpgrade from the nodes of
+// oldImage to those of newImage ("old" and "new" in its messages are the
+// release rolled from and to).
+func rollRelease(t *testing.T, oldImage, newImage string) {
 	const (
 		nodes       = 3
 		rooms       = 3
@@ -60,20 +98,6 @@ func TestRollingUpgrade(t *testing.T) {
 		rollSlack   = time.Second
 		apiKey      = "upgrade-test-key"
 	)
-	from := upgradeFrom
-	if v := os.Getenv("UPGRADE_FROM"); v != "" {
-		from = v
-	}
-	bctx, bcancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	began := time.Now()
-	oldImage, err := harness.BuildNodeImageAt(bctx, from)
-	bcancel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	newImage := harness.NodeImage()
-	t.Logf("upgrading from %s (%s, ready in %v) to %s", from, oldImage, time.Since(began).Round(time.Millisecond), newImage)
-
 	cl := harness.Start(t, harness.Options{Nodes: nodes, Image: oldImage, LogLevel: "info",
 		Env: map[string]string{
 			"CHANNELS_DRAIN_WINDOW": drainWindow.String(),
@@ -219,7 +243,7 @@ func TestRollingUpgrade(t *testing.T) {
 	}
 	allNodes := []int{1, 2, 3}
 	logRedisPresenceOnFailure(t, cl, topicOf(0))
-	settle(t, "presence on the old release", settleTimeout, func(ctx context.Context) (string, error) {
+	settle(t, "presence before the roll", settleTimeout, func(ctx context.Context) (string, error) {
 		return checkLists(ctx, cl, allNodes, want)
 	})
 
@@ -341,7 +365,7 @@ func TestRollingUpgrade(t *testing.T) {
 			t.Errorf("%s exited with code %d (SIGKILL after the grace period?)", r.ID, r.ExitCode)
 		}
 		lb.AwaitServer(i, "UP", 30*time.Second)
-		allConnected(fmt.Sprintf("after upgrading node %d", i))
+		allConnected(fmt.Sprintf("after rolling node %d to the new release", i))
 		if i < nodes {
 			// A long-poll session on a new node, whose requests the old
 			// nodes relay to it.
@@ -351,7 +375,7 @@ func TestRollingUpgrade(t *testing.T) {
 				want[topicOf(room)][user] = 1
 			}
 		}
-		settleOrError(t, fmt.Sprintf("presence with %d of %d nodes upgraded", i, nodes), func(ctx context.Context) (string, error) {
+		settleOrError(t, fmt.Sprintf("presence with %d of %d nodes on the new release", i, nodes), func(ctx context.Context) (string, error) {
 			return checkLists(ctx, cl, allNodes, want)
 		})
 		if i < nodes {
