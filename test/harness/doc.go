@@ -8,6 +8,11 @@
 // Docker engine cannot be reached. Image names come from NODE_IMAGE
 // (default channelsd:test) and REDIS_IMAGE (default channelsd-redis:test).
 //
+// An earlier release runs from its own image: BuildNodeImageAt builds
+// it from git (the commit's tree, this host's Go toolchain, nothing
+// pulled) once, Options.Image starts nodes on it and ReplaceNodeWith rolls
+// a node to another image, as a rolling update does.
+//
 // Everything Start creates is removed in t.Cleanup, whether the test
 // passes or not. When the test has failed (or CLUSTER_LOGS=1) the tail of
 // every container's log is written to the test log first; with

@@ -68,6 +68,10 @@ type Options struct {
 	// StartupTimeout bounds each container's start until it is ready; 0
 	// means 60 s.
 	StartupTimeout time.Duration
+	// Image is the nodes' image; "" means NodeImage(). An earlier
+	// release's comes from BuildNodeImageAt; ReplaceNodeWith moves a node
+	// to another.
+	Image string
 }
 
 // Cluster is a running set of containers. Its methods fail the test (with
@@ -97,6 +101,8 @@ type Node struct {
 	// by its replacements, as a Kubernetes Service keeps finding the pods
 	// of a Deployment.
 	Alias string
+	// Image is the image the node runs.
+	Image string
 
 	c  *testcontainers.DockerContainer
 	mu sync.Mutex
@@ -164,6 +170,9 @@ func Start(t testing.TB, opts Options) *Cluster {
 	if opts.StartupTimeout <= 0 {
 		opts.StartupTimeout = 60 * time.Second
 	}
+	if opts.Image == "" {
+		opts.Image = NodeImage()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*opts.StartupTimeout)
 	defer cancel()
 
@@ -179,7 +188,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 		tr.CloseIdleConnections()
 		_ = docker.Close()
 	})
-	images := []string{NodeImage()}
+	images := []string{opts.Image}
 	if !opts.NoRedis {
 		images = append(images, RedisImage())
 	}
@@ -234,8 +243,8 @@ func Start(t testing.TB, opts Options) *Cluster {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctr, err := c.runNode(ctx, id, id)
-			c.nodes[i] = &Node{ID: id, Alias: id, c: ctr}
+			ctr, err := c.runNode(ctx, id, id, opts.Image)
+			c.nodes[i] = &Node{ID: id, Alias: id, Image: opts.Image, c: ctr}
 			errs[i] = err
 		}()
 	}
@@ -245,7 +254,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 	}
 	for i, n := range c.nodes {
 		if errs[i] != nil {
-			t.Fatalf("harness: starting %s (%s): %v", n.ID, NodeImage(), errs[i])
+			t.Fatalf("harness: starting %s (%s): %v", n.ID, opts.Image, errs[i])
 		}
 		if err := c.refreshAddr(ctx, n); err != nil {
 			t.Fatalf("harness: %s: %v", n.ID, err)
@@ -260,16 +269,16 @@ func Start(t testing.TB, opts Options) *Cluster {
 	return c
 }
 
-// runNode starts a node container with node id id under alias on the
-// cluster's network and waits for its /readyz.
-func (c *Cluster) runNode(ctx context.Context, id, alias string) (*testcontainers.DockerContainer, error) {
+// runNode starts a node container of image with node id id under alias
+// on the cluster's network and waits for its /readyz.
+func (c *Cluster) runNode(ctx context.Context, id, alias, image string) (*testcontainers.DockerContainer, error) {
 	args := append([]string{"--addr", ":4000", "--node-id", id, "--conformance", "--log-level", c.opts.LogLevel}, c.nodeArgs...)
 	args = append(args, c.opts.Args...)
 	env := map[string]string{"CHANNELS_API_KEY": APIKey, "CHANNELS_METRICS_PUBLIC": "true"}
 	for k, v := range c.opts.Env {
 		env[k] = v
 	}
-	return testcontainers.Run(ctx, NodeImage(),
+	return testcontainers.Run(ctx, image,
 		testcontainers.WithLogger(tclog.TestLogger(c.t)),
 		network.WithNetwork([]string{alias}, c.network),
 		testcontainers.WithCmd(args...),
@@ -299,7 +308,20 @@ type Replaced struct {
 // (its log is dumped with the others on failure).
 func (c *Cluster) ReplaceNode(i int, grace time.Duration) Replaced {
 	c.t.Helper()
+	return c.ReplaceNodeWith(i, grace, c.Node(i).Image)
+}
+
+// ReplaceNodeWith is ReplaceNode with a new container of image: one step
+// of a rolling update from one release to another.
+func (c *Cluster) ReplaceNodeWith(i int, grace time.Duration, image string) Replaced {
+	c.t.Helper()
 	n := c.Node(i)
+	ictx, icancel := context.WithTimeout(context.Background(), 30*time.Second)
+	_, err := c.docker.ImageInspect(ictx, image)
+	icancel()
+	if err != nil {
+		c.t.Fatalf("harness: image %s is not available (%v)", image, err)
+	}
 	old := n.c
 	r := Replaced{ID: n.ID}
 	ctx, cancel := context.WithTimeout(context.Background(), grace+c.opts.StartupTimeout+30*time.Second)
@@ -328,13 +350,13 @@ func (c *Cluster) ReplaceNode(i int, grace time.Duration) Replaced {
 	}
 	c.generation[i]++
 	id := fmt.Sprintf("%s-%d", n.Alias, c.generation[i]+1)
-	ctr, err := c.runNode(ctx, id, n.Alias)
+	ctr, err := c.runNode(ctx, id, n.Alias, image)
 	c.track(id, ctr)
 	if err != nil {
-		c.t.Fatalf("harness: starting %s in place of %s: %v", id, n.ID, err)
+		c.t.Fatalf("harness: starting %s (%s) in place of %s: %v", id, image, n.ID, err)
 	}
 	n.mu.Lock()
-	n.ID, n.c = id, ctr
+	n.ID, n.c, n.Image = id, ctr, image
 	n.mu.Unlock()
 	if err := c.refreshAddr(ctx, n); err != nil {
 		c.t.Fatalf("harness: %s: %v", id, err)
