@@ -186,26 +186,12 @@ func TestLocalURL(t *testing.T) {
 	}
 }
 
-func TestDrainWindowFlag(t *testing.T) {
-	t.Setenv("CHANNELS_DRAIN_WINDOW", "7s")
-	o, err := parseFlags(nil, io.Discard)
-	if err != nil || o.drainWindow != 7*time.Second {
-		t.Fatalf("env CHANNELS_DRAIN_WINDOW=7s: %v %v", o, err)
-	}
-	if o, err := parseFlags([]string{"--drain-window", "0"}, io.Discard); err != nil || o.drainWindow != 0 {
-		t.Fatalf("--drain-window 0: %v %v", o, err)
-	}
-	if _, err := parseFlags([]string{"--drain-window", "-1s"}, io.Discard); err == nil {
-		t.Error("negative --drain-window accepted")
-	}
-	if _, err := parseFlags([]string{"--shutdown-timeout", "0"}, io.Discard); err == nil {
-		t.Error("--shutdown-timeout 0 accepted")
-	}
+// --help names the drain command (the drain window's flag is checked
+// with the others in flags_test.go).
+func TestHelpShowsDrainCommand(t *testing.T) {
 	var help bytes.Buffer
 	_, _ = parseFlags([]string{"--help"}, &help)
-	for _, want := range []string{"channelsd drain", "-drain-window", "CHANNELS_DRAIN_WINDOW"} {
-		if !strings.Contains(help.String(), want) {
-			t.Errorf("--help lacks %q", want)
-		}
+	if !strings.Contains(help.String(), "channelsd drain") {
+		t.Errorf("--help lacks %q", "channelsd drain")
 	}
 }
