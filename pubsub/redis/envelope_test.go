@@ -127,3 +127,66 @@ func FuzzDecodeEnvelope(f *testing.F) {
 		}
 	})
 }
+
+// TestEnvelopeReadsNextReleaseExtensionArea is "release N reads what
+// N+1 writes": an envelope carrying an extension area (flag bit 1, with
+// records of tags this release does not know) decodes to the same
+// message, payload untouched, binary or text.
+func TestEnvelopeReadsNextReleaseExtensionArea(t *testing.T) {
+	var ext []byte
+	ext = appendExtRecord(ext, 1, []byte("trace-4bf92f3577b34da6"))
+	ext = appendExtRecord(ext, 300, nil)
+	ext = appendExtRecord(ext, 7, bytes.Repeat([]byte{0xff}, 200))
+	sent := time.Now().UnixNano()
+	for _, bin := range []bool{false, true} {
+		for _, x := range [][]byte{nil, ext} {
+			payload := []byte(`{"body":"hi"}`)
+			data := appendEnvelopeExt(nil, "node-9", sent, 42, "sock-1", "new_msg", bin, x, payload)
+			e, err := decodeEnvelope(string(data))
+			if err != nil {
+				t.Fatalf("binary=%v ext=%d bytes: %v", bin, len(x), err)
+			}
+			if e.origin != "node-9" || e.seq != 42 || e.from != "sock-1" || e.event != "new_msg" || e.binary != bin || e.sent != sent || e.payload != string(payload) || e.ext != string(x) {
+				t.Fatalf("binary=%v: decoded %+v", bin, e)
+			}
+		}
+	}
+}
+
+// TestEnvelopeDefaultFormIsTheFloors pins what goes on the wire by
+// default: version 2, no flag but the binary one, exactly the bytes the
+// release of b847059 reads. Setting the extension flag without the Gate
+// would make every node of that release drop the message.
+func TestEnvelopeDefaultFormIsTheFloors(t *testing.T) {
+	data := appendEnvelope(nil, "n", 1, 2, "", "e", true, []byte{1})
+	want := []byte{2, flagBinary, 0, 0, 0, 0, 0, 0, 0, 1, 1, 'n', 2, 0, 1, 'e', 1}
+	if !bytes.Equal(data, want) {
+		t.Fatalf("default envelope % x, want % x", data, want)
+	}
+}
+
+func TestEnvelopeMalformedExtensionAreaIsRefused(t *testing.T) {
+	for name, ext := range map[string][]byte{
+		"record length past the area": {1, 5, 'a'},
+		"tag without length":          {1},
+		"overlong tag varint":         bytes.Repeat([]byte{0xff}, 11),
+	} {
+		data := appendEnvelopeExt(nil, "n", 0, 1, "", "e", false, ext, []byte(`{}`))
+		if _, err := decodeEnvelope(string(data)); err != errEnvelopeExt {
+			t.Errorf("%s: err %v, want errEnvelopeExt", name, err)
+		}
+	}
+	// An area longer than what follows the event is a truncation.
+	data := appendEnvelope(nil, "n", 0, 1, "", "e", false, nil)
+	data[1] |= flagExt
+	data = append(data, 9)
+	if _, err := decodeEnvelope(string(data)); err != errEnvelopeShort {
+		t.Errorf("area past the end: err %v, want errEnvelopeShort", err)
+	}
+	// Flag bits this release does not know stay refused.
+	data = appendEnvelope(nil, "n", 0, 1, "", "e", false, nil)
+	data[1] |= 1 << 2
+	if _, err := decodeEnvelope(string(data)); err != errEnvelopeFlags {
+		t.Errorf("flag bit 2: err %v, want errEnvelopeFlags", err)
+	}
+}
