@@ -103,6 +103,7 @@ func FuzzDecodeEnvelope(f *testing.F) {
 	f.Add(string(appendEnvelope(nil, "", 0, 0, "", "", false, nil)))
 	f.Add(string(appendEnvelopeV1(nil, "node", 7, "from", "event", true, []byte{0, 1})))
 	f.Add("\x01\x00\x80")
+	f.Add(string(appendEnvelopeExt(nil, "node", 1, 7, "", "event", false, appendExtRecord(nil, 5, []byte("x")), []byte(`{}`))))
 	f.Add("\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x80")
 	f.Fuzz(func(t *testing.T, data string) {
 		e, err := decodeEnvelope(data)
@@ -113,15 +114,21 @@ func FuzzDecodeEnvelope(f *testing.F) {
 			t.Fatalf("version 1 envelope decoded with a send time %d", e.sent)
 		}
 		// Re-encoding writes version 2, which must give back the same
-		// envelope (a version 1 one with sent = 0, unknown).
+		// envelope (a version 1 one with sent = 0, unknown), its
+		// extension area too when written with one.
 		again := appendEnvelope(nil, e.origin, e.sent, e.seq, e.from, e.event, e.binary, []byte(e.payload))
-		e2, err := decodeEnvelope(string(again))
-		if err != nil || e2 != e {
+		base := e
+		base.ext = ""
+		if e2, err := decodeEnvelope(string(again)); err != nil || e2 != base {
 			t.Fatalf("re-encoding %+v gave %+v, %v", e, e2, err)
+		}
+		again = appendEnvelopeExt(nil, e.origin, e.sent, e.seq, e.from, e.event, e.binary, []byte(e.ext), []byte(e.payload))
+		if e4, err := decodeEnvelope(string(again)); err != nil || e4 != e {
+			t.Fatalf("re-encoding %+v with its extension area gave %+v, %v", e, e4, err)
 		}
 		if data[0] == envelopeVersionV1 {
 			v1 := appendEnvelopeV1(nil, e.origin, e.seq, e.from, e.event, e.binary, []byte(e.payload))
-			if e3, err := decodeEnvelope(string(v1)); err != nil || e3 != e {
+			if e3, err := decodeEnvelope(string(v1)); err != nil || e3 != base {
 				t.Fatalf("re-encoding %+v as version 1 gave %+v, %v", e, e3, err)
 			}
 		}

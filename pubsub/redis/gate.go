@@ -68,6 +68,16 @@ func BuildReads() map[string]int { return maps.Clone(buildReads) }
 // before each use of a newer form and writes the floor's form when the
 // answer is no, so the moment a node that cannot read the newer form
 // appears (its first report or sign of life), writers fall back.
+//
+// Where it is asked today: the answer to a call whose answer was too
+// large (call.go, tooLargeStatus) asks NodeReads of the caller. The hook
+// for the next change to the envelope (history offsets, Redis Cluster
+// hash tags): the publisher writes appendEnvelopeExt, with its records,
+// only while p.Gate().MayWrite(FormEnvelope, 3, now), and appendEnvelope
+// otherwise; a new channel naming publishes on both names until
+// MayWrite says every node reads the new one. A form that needs more
+// than this release reads raises buildReads in the release that learns
+// to read it, and is written from the release after.
 type Gate struct {
 	self    string
 	ttl     time.Duration
