@@ -31,8 +31,9 @@ const (
 	FormRelay = "relay"
 	// FormToken is the long-poll session token (transport/longpoll_token.go).
 	// 1: version 1 (b847059).
-	// 2: also version 2 and above for routing: the node id is
-	// length-prefixed, and what follows it is skipped.
+	// 2: also version 2: the node id is length-prefixed, and what
+	// follows it is skipped (by the routing node; the issuing node reads
+	// its own tokens). Any other version is refused.
 	FormToken = "token"
 	// FormPresence is the presence hash value and diff (presence/redis).
 	// 1: b847059. JSON: unknown fields are ignored by every release.
