@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"math"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/channelsd/channelsd/channels"
 	"github.com/channelsd/channelsd/pubsub"
+	"github.com/channelsd/channelsd/pubsub/redis"
 )
 
 // The cluster view. Every ReportInterval each node broadcasts a report of
@@ -23,6 +25,16 @@ import (
 //
 // Reports are broadcasts like any other: at most once, so a lost report
 // only ages a node's entry by one interval.
+//
+// Reports also carry the announcement of the cross-node compatibility
+// rule (pubsub/redis/doc.go): "reads", the level of each cross-node form
+// this build reads. Every report heard feeds the node's Gate, which the
+// writers ask before they use a form newer than the floor's. The report
+// itself is the one form that cannot be gated (it carries the
+// announcement): its fields are only ever added, never retyped or
+// removed, and it travels in the floor's envelope. Releases that predate
+// the announcement (b847059) send no "reads" and ignore it, as they
+// ignore every JSON field they do not know.
 
 const clusterTopic = "phx:nodes"
 
@@ -38,6 +50,11 @@ type NodeReport struct {
 	Draining    bool   `json:"draining"`
 	Started     int64  `json:"started"` // Unix ms: tells a restarted node from its predecessor
 	Sent        int64  `json:"sent"`    // Unix ms, the sender's clock
+	// Reads is what the node's build reads, per cross-node form
+	// (redis.BuildReads); nil or a missing form: the floor's level.
+	Reads map[string]int `json:"reads,omitempty"`
+	// Release names the node's build, for operators; nothing decides on it.
+	Release string `json:"release,omitempty"`
 
 	// Filled by the receiver from its previous report of the same node.
 	InRate  float64 `json:"in_rate"`  // messages in per second
@@ -51,12 +68,20 @@ type clusterView struct {
 	self     string
 	interval time.Duration
 
+	// gate learns from every report recorded what its node reads.
+	gate *redis.Gate
+
 	mu      sync.Mutex
 	reports map[string]*NodeReport // guarded by mu
 }
 
+// newClusterView returns the view of node self. Its Gate forgets a node
+// silent for three intervals, as the view does.
 func newClusterView(self string, interval time.Duration) *clusterView {
-	return &clusterView{self: self, interval: interval, reports: make(map[string]*NodeReport)}
+	return &clusterView{
+		self: self, interval: interval, reports: make(map[string]*NodeReport),
+		gate: redis.NewGate(self, 3*interval, time.Now()),
+	}
 }
 
 // SubscriberID and Deliver make the view a pubsub.Subscriber of
@@ -69,10 +94,15 @@ func (v *clusterView) Deliver(m *pubsub.Message) {
 	if m.Binary || json.Unmarshal(m.Payload, &r) != nil || r.Node == "" {
 		return
 	}
-	v.record(&r, time.Now())
+	now := time.Now()
+	if v.record(&r, now) {
+		v.gate.Announce(r.Node, r.Reads, now)
+	}
 }
 
-func (v *clusterView) record(r *NodeReport, now time.Time) {
+// record keeps r as its node's latest report, and reports whether it
+// did (not for a reordered or repeated report).
+func (v *clusterView) record(r *NodeReport, now time.Time) bool {
 	r.seen = now
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -81,10 +111,11 @@ func (v *clusterView) record(r *NodeReport, now time.Time) {
 			r.InRate = rate(prev.MessagesIn, r.MessagesIn, dt)
 			r.OutRate = rate(prev.MessagesOut, r.MessagesOut, dt)
 		} else {
-			return // a reordered or repeated report
+			return false // a reordered or repeated report
 		}
 	}
 	v.reports[r.Node] = r
+	return true
 }
 
 func rate(before, after uint64, dt float64) float64 {
@@ -127,6 +158,8 @@ func (n *Node) report() NodeReport {
 		Draining:   n.draining.Load(),
 		Started:    n.started.UnixMilli(),
 		Sent:       time.Now().UnixMilli(),
+		Reads:      redis.BuildReads(),
+		Release:    release,
 	}
 	if n.messagesOut != nil {
 		r.MessagesOut = n.messagesOut()
@@ -134,9 +167,48 @@ func (n *Node) report() NodeReport {
 	return r
 }
 
+// release names this build in reports: the module version, or the VCS
+// revision it was built from ("" when the build recorded neither).
+var release = func() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return ""
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	rev, dirty := "", false
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if rev != "" && dirty {
+		rev += "+dirty"
+	}
+	return rev
+}()
+
+// Gate is the node's view of what every live node reads (pubsub/redis
+// gate.go), fed by the cluster reports: writers of a form newer than the
+// floor's ask it first. A Redis PubSub is given it when the node starts
+// reporting.
+func (n *Node) Gate() *redis.Gate { return n.cluster.gate }
+
 // clusterLoop broadcasts this node's report every interval and runs the
 // rebalancer on the view, until ctx ends.
 func (n *Node) clusterLoop(ctx context.Context) {
+	// Until here a Redis PubSub writes every form at the floor, which
+	// every release reads.
+	if g, ok := n.cfg.PubSub.(interface{ SetGate(*redis.Gate) }); ok {
+		g.SetGate(n.cluster.gate)
+	}
 	tick := time.NewTicker(n.cfg.ReportInterval)
 	defer tick.Stop()
 	reb := rebalancer{cfg: n.cfg.Rebalance, mark: n.endpoint.Generation()}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/channelsd/channelsd/pubsub"
@@ -41,6 +42,17 @@ import (
 //	...     body, to the end
 //
 // Answer: uvarint HTTP status, the same header list, then the body.
+//
+// Neither frame has room for a new positional field: the release of
+// b847059 would read it as the start of the body. Their extension point
+// is the header list: an entry whose name starts with ':' (no HTTP
+// request or answer has one) is a pseudo-header, carrying what a later
+// release adds to the relay. b847059 passes pseudo-headers on unread (in
+// the rebuilt request's headers, which the handler does not look at; an
+// answer's are not passed on), so they need no gate (pubsub/redis
+// gate.go, form "relay"); this release drops them before serving. A new
+// method, an absolute URI or a status outside 100-599 is refused by
+// every release: those are gated changes.
 
 // maxRelayMessage bounds a relayed request and a relayed answer, each one
 // Redis message: well under the 32 MB at which Redis's default
@@ -323,6 +335,9 @@ func (rd *relayReader) header() http.Header {
 		k, v := rd.string(), rd.string()
 		if rd.err != nil {
 			return nil
+		}
+		if strings.HasPrefix(k, ":") {
+			continue // a pseudo-header of a later release
 		}
 		h[k] = append(h[k], v)
 	}

@@ -20,7 +20,17 @@ import (
 //	session id (16 bytes) | node id (the rest, at most 255 bytes)
 //
 // The node id names the node that owns the session, for the cross-node
-// relay; the session id is random. Verification recomputes the MAC and
+// relay; the session id is random.
+//
+// Version 2 is the form a later release may issue once every live node
+// reads it (form "token" at level 2, pubsub/redis gate.go; the release of
+// b847059 refuses any version but 1 and would lose the session):
+//
+//	version (1 byte, 2) | issued | session id | uvarint len, node id |
+//	extension (the rest: read by the issuing node only, skipped here)
+//
+// This release reads it, routing by the length-prefixed node id and
+// verifying the MAC over the whole payload, but issues version 1 only. Verification recomputes the MAC and
 // compares in constant time (hmac.Equal), then checks the age. Only the
 // canonical encoding verifies: characters outside the URL-safe alphabet
 // (including the CR and LF that encoding/base64 would skip) and
@@ -29,6 +39,7 @@ import (
 
 const (
 	lpTokenVersion    = 1
+	lpTokenVersionExt = 2
 	lpSessionIDLen    = 16
 	lpMaxNodeIDLen    = 255
 	lpTokenHeaderLen  = 1 + 8 + lpSessionIDLen
@@ -89,7 +100,7 @@ func parseLongPollToken(key []byte, s string) (lpToken, bool) {
 	}
 	t.Issued = time.UnixMilli(int64(ms))
 	copy(t.Session[:], payload[9:lpTokenHeaderLen])
-	t.NodeID = string(payload[lpTokenHeaderLen:])
+	t.NodeID = tokenNode(payload)
 	return t, true
 }
 
@@ -102,11 +113,20 @@ func longPollTokenNode(s string) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	return string(payload[lpTokenHeaderLen:]), true
+	return tokenNode(payload), true
 }
 
-// splitLongPollToken decodes the two parts of a well-formed token of the
-// current version.
+// tokenNode returns the node id of a payload splitLongPollToken accepted.
+func tokenNode(payload []byte) string {
+	if payload[0] == lpTokenVersion {
+		return string(payload[lpTokenHeaderLen:])
+	}
+	n, k := binary.Uvarint(payload[lpTokenHeaderLen:])
+	return string(payload[lpTokenHeaderLen+k : lpTokenHeaderLen+k+int(n)])
+}
+
+// splitLongPollToken decodes the two parts of a well-formed token of a
+// version this release reads.
 func splitLongPollToken(s string) (payload, mac []byte, ok bool) {
 	if len(s) > lpMaxTokenLen {
 		return nil, nil, false
@@ -120,7 +140,21 @@ func splitLongPollToken(s string) (payload, mac []byte, ok bool) {
 		return nil, nil, false
 	}
 	payload, err := lpB64.DecodeString(p64)
-	if err != nil || len(payload) < lpTokenHeaderLen || len(payload) > lpTokenHeaderLen+lpMaxNodeIDLen || payload[0] != lpTokenVersion {
+	if err != nil || len(payload) < lpTokenHeaderLen {
+		return nil, nil, false
+	}
+	switch payload[0] {
+	case lpTokenVersion:
+		if len(payload) > lpTokenHeaderLen+lpMaxNodeIDLen {
+			return nil, nil, false
+		}
+	case lpTokenVersionExt:
+		// The token's length bounds the extension (lpMaxTokenLen).
+		n, k := binary.Uvarint(payload[lpTokenHeaderLen:])
+		if k <= 0 || n > lpMaxNodeIDLen || n > uint64(len(payload)-lpTokenHeaderLen-k) {
+			return nil, nil, false
+		}
+	default:
 		return nil, nil, false
 	}
 	mac, err = lpB64.DecodeString(m64)

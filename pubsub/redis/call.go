@@ -23,27 +23,43 @@ import (
 //
 // Call frame (the envelope's payload, binary):
 //
-//	byte     'c'
+//	byte     'c' ('C': with an extension area)
 //	uvarint  call id, per caller node
 //	uvarint  len(reply node), reply node id
 //	uvarint  len(service), service
 //	uvarint  milliseconds the caller will wait (0: no bound given)
+//	         only with 'C': uvarint len(ext), ext
 //	...      request, to the end
 //
 // Reply frame:
 //
-//	byte     'r'
+//	byte     'r' ('R': with an extension area)
 //	uvarint  call id
 //	byte     0 answered, 1 rejected (no handler, or too many calls),
 //	         2 the answer was above MaxMessageSize (not sent)
+//	         only with 'R': uvarint len(ext), ext
 //	...      answer, to the end
+//
+// The extension area is the envelope's (envelope.go): records a reader
+// skips when it does not know their tag. The release of b847059 reads
+// 'c' and 'r' with statuses 0 and 1 only, and drops anything else
+// (its caller then waits for its deadline): 'C', 'R' and status 2 are
+// form "call" at level 2, written only to a node that announced it
+// (Gate.NodeReads). This release reads them, and takes any other status
+// as an error answer at once, so that a later release can add one.
 const (
 	nodeTopicPrefix = "phx:node:"
 	callKind        = 'c'
 	replyKind       = 'r'
+	callKindExt     = 'C'
+	replyKindExt    = 'R'
 	replyOK         = 0
 	replyRejected   = 1
 	replyTooLarge   = 2
+
+	// callReadsTooLarge is the level of form "call" that reads
+	// replyTooLarge.
+	callReadsTooLarge = 2
 
 	// DefaultMaxCalls bounds the handlers running at once on one node.
 	// A long-poll GET relayed to its session's node holds one for up to
@@ -53,7 +69,10 @@ const (
 	replyTimeout = 5 * time.Second
 )
 
-var errCallFrame = errors.New("redis: call frame: malformed")
+var (
+	errCallFrame   = errors.New("redis: call frame: malformed")
+	errReplyStatus = errors.New("redis: call: answered with an unknown status")
+)
 
 type callFrame struct {
 	id      uint64
@@ -68,6 +87,10 @@ type replyFrame struct {
 	status byte
 	body   []byte
 }
+
+// A frame's extension area is skipped: this release knows no record.
+// The writers below never set one; tests write one, as a later release
+// would.
 
 func appendCall(dst []byte, c callFrame) []byte {
 	dst = append(dst, callKind)
@@ -93,7 +116,7 @@ func decodeCallFrame(p []byte) (*callFrame, *replyFrame, error) {
 	}
 	s := string(p[1:]) // one copy; the bodies below are copied out of it
 	switch p[0] {
-	case callKind:
+	case callKind, callKindExt:
 		var c callFrame
 		var ok bool
 		var ms uint64
@@ -110,22 +133,41 @@ func decodeCallFrame(p []byte) (*callFrame, *replyFrame, error) {
 			return nil, nil, errCallFrame
 		}
 		c.wait = time.Duration(ms) * time.Millisecond
+		if p[0] == callKindExt {
+			if s, ok = skipExt(s); !ok {
+				return nil, nil, errCallFrame
+			}
+		}
 		c.body = []byte(s)
 		return &c, nil, nil
-	case replyKind:
+	case replyKind, replyKindExt:
 		var r replyFrame
 		var ok bool
 		if r.id, s, ok = readUvarint(s); !ok || len(s) == 0 {
 			return nil, nil, errCallFrame
 		}
+		// Any status is passed to the waiting caller: one it does not
+		// know is an error answer (Call), not a reason to let it wait.
 		r.status, s = s[0], s[1:]
-		if r.status != replyOK && r.status != replyRejected && r.status != replyTooLarge {
-			return nil, nil, errCallFrame
+		if p[0] == replyKindExt {
+			if s, ok = skipExt(s); !ok {
+				return nil, nil, errCallFrame
+			}
 		}
 		r.body = []byte(s)
 		return nil, &r, nil
 	}
 	return nil, nil, errCallFrame
+}
+
+// skipExt skips a frame's extension area, checking that it holds whole
+// records.
+func skipExt(s string) (string, bool) {
+	ext, r, ok := readString(s)
+	if !ok || !validExt(ext) {
+		return s, false
+	}
+	return r, true
 }
 
 // calls is the Caller half of a PubSub.
@@ -174,6 +216,9 @@ func (s nodeSubscriber) Deliver(m *pubsub.Message) {
 		}
 		return
 	}
+	// A caller is a live node: if it predates the announcement, the
+	// Gate learns it reads the floor before its first report.
+	p.Gate().Alive(c.replyTo, time.Now())
 	p.calls.mu.Lock()
 	h := p.calls.handlers[c.service]
 	p.calls.mu.Unlock()
@@ -222,7 +267,7 @@ func (p *PubSub) reply(c *callFrame, status byte, body []byte) {
 	if err := p.checkSize(topic, "", "reply", frame); err != nil {
 		// The caller is told at once, not at its deadline.
 		p.log.Warn("redis: answer to a node call above the maximum message size; the caller gets an error", "node", c.replyTo, "service", c.service, "err", err)
-		frame = appendReply(nil, replyFrame{id: c.id, status: replyTooLarge})
+		frame = appendReply(nil, replyFrame{id: c.id, status: p.tooLargeStatus(c.replyTo)})
 	}
 	if _, err := p.publishNow(ctx, topic, "reply", frame); err != nil {
 		p.calls.failed.Add(1)
@@ -233,6 +278,17 @@ func (p *PubSub) reply(c *callFrame, status byte, body []byte) {
 			p.log.Warn("redis: reply to a node call failed", "node", c.replyTo, "service", c.service, "err", err, "suppressed", n)
 		}
 	}
+}
+
+// tooLargeStatus is the status that tells node its answer was too large:
+// replyTooLarge when it announced it reads it, else replyRejected, which
+// every release reads as an error answer at once (the release of b847059
+// would drop replyTooLarge and wait for its deadline).
+func (p *PubSub) tooLargeStatus(node string) byte {
+	if p.Gate().NodeReads(node, FormCall, time.Now()) >= callReadsTooLarge {
+		return replyTooLarge
+	}
+	return replyRejected
 }
 
 // publishNow PUBLISHes one envelope on a pooled connection, outside the
@@ -333,12 +389,14 @@ func (p *PubSub) Call(ctx context.Context, node, service string, req []byte) ([]
 	select {
 	case r := <-ch:
 		switch r.status {
+		case replyOK:
+			return r.body, nil
 		case replyRejected:
 			return nil, fmt.Errorf("redis: call %s on %s: %w", service, node, pubsub.ErrCallRejected)
 		case replyTooLarge:
 			return nil, fmt.Errorf("redis: call %s on %s: answer: %w", service, node, pubsub.ErrTooLarge)
 		}
-		return r.body, nil
+		return nil, fmt.Errorf("redis: call %s on %s: %w %d", service, node, errReplyStatus, r.status)
 	case <-ctx.Done():
 		forget()
 		return nil, fmt.Errorf("redis: call %s on %s: %w", service, node, ctx.Err())

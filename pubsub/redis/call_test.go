@@ -181,7 +181,7 @@ func TestDecodeCallFrameRoundTrip(t *testing.T) {
 	if err != nil || gc != nil || gr.id != 7 || gr.status != replyRejected || string(gr.body) != "x" {
 		t.Fatalf("reply round trip = %+v %+v %v", gc, gr, err)
 	}
-	for _, bad := range [][]byte{nil, {'x'}, {'c'}, {'c', 1, 0}, {'r', 1}, {'r', 1, 9}} {
+	for _, bad := range [][]byte{nil, {'x'}, {'c'}, {'c', 1, 0}, {'r', 1}, {'C', 1, 1, 'a', 0, 0, 1}} {
 		if _, _, err := decodeCallFrame(bad); err == nil {
 			t.Errorf("decodeCallFrame(%q) accepted", bad)
 		}

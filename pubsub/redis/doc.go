@@ -64,6 +64,57 @@
 // not UTF-8, or a text payload that is not valid JSON in UTF-8 is dropped
 // and counted (Stats.DecodeErrors), never dispatched.
 //
+// # Cross-node compatibility
+//
+// Every form one node writes for another is read by the previous
+// release, from b847059 on, so that a rolling update (one pod at a time,
+// either way) loses no broadcast, presence change or long-poll request.
+// The forms: the envelope and its channel names (envelope.go), node call
+// and reply frames (call.go), long-poll relay frames and session tokens
+// (transport/longpoll_relay.go, transport/longpoll_token.go), presence
+// hash values and diffs (presence/redis), and the cluster reports on
+// "phx:nodes" (node/cluster.go). Three rules keep it so:
+//
+//  1. Readers ignore what they do not know. Unknown JSON fields, unknown
+//     events on internal topics, unknown call services (answered
+//     "rejected" at once), relay pseudo-headers, the records of an
+//     extension area (the envelope's, behind flag bit 1; a call frame's,
+//     kinds 'C' and 'R'; a version 2 token's), and unknown reply statuses
+//     (an error answer at once, never a wait for the deadline) are not
+//     decode errors. A later release extends a form there.
+//  2. A version only gates what an old node truly cannot read. A change
+//     that rule 1 absorbs needs no new level. A new level is for what an
+//     older reader would drop or misparse: a new envelope version or flag
+//     bit, a new call kind or reply status, a positional field, a new
+//     token version, a retyped JSON field, new channel names.
+//  3. A writer uses a new form only after every live node has announced
+//     it reads it. Each node's cluster report announces "reads", the
+//     level of each form its build reads (gate.go: BuildReads, with the
+//     levels of each form documented there); a report without it, or
+//     without a form, means the floor (b847059's readers, FloorReads).
+//     The node's Gate answers MayWrite(form, level) from the reports
+//     heard within three report intervals and any other sign of life
+//     (a call received), never during the first three intervals, and
+//     falls back to the floor's form as soon as a node that reads less
+//     reports. An answer to one node (a call's reply) asks NodeReads for
+//     that node alone. Readers keep reading every older level down to
+//     the floor.
+//
+// What must not change while b847059 is the floor, gated or not: the
+// heartbeat value in "<prefix>:nodes" (Redis time in milliseconds: a
+// b847059 node takes anything else for a dead node and reaps its
+// presences), the Redis key names the reaper and healing rely on
+// ("<prefix>:p:<topic>", "<prefix>:n:<node>:topics", "<prefix>:n:<node>:alive",
+// "<prefix>:reap:<node>") and the presence field name "<node>/<ref>",
+// the existing fields of the cluster report (it carries the announcement,
+// so it cannot wait for one: fields are added, never retyped or removed,
+// and it travels in the floor's envelope), and the envelope, call and
+// token forms this release writes by default. Moving the floor is a
+// release note ("rolling updates from release X on") and a change of
+// FloorReads; test/cluster's TestRollingUpgrade and TestRollingRollback
+// run the update from the floor (UPGRADE_FROM names the commit) and
+// must pass for every change to a form.
+//
 // # Addresses
 //
 // ParseAddress maps a --redis flag value to Options:

@@ -103,6 +103,7 @@ func FuzzDecodeEnvelope(f *testing.F) {
 	f.Add(string(appendEnvelope(nil, "", 0, 0, "", "", false, nil)))
 	f.Add(string(appendEnvelopeV1(nil, "node", 7, "from", "event", true, []byte{0, 1})))
 	f.Add("\x01\x00\x80")
+	f.Add(string(appendEnvelopeExt(nil, "node", 1, 7, "", "event", false, appendExtRecord(nil, 5, []byte("x")), []byte(`{}`))))
 	f.Add("\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x80")
 	f.Fuzz(func(t *testing.T, data string) {
 		e, err := decodeEnvelope(data)
@@ -113,17 +114,86 @@ func FuzzDecodeEnvelope(f *testing.F) {
 			t.Fatalf("version 1 envelope decoded with a send time %d", e.sent)
 		}
 		// Re-encoding writes version 2, which must give back the same
-		// envelope (a version 1 one with sent = 0, unknown).
+		// envelope (a version 1 one with sent = 0, unknown), its
+		// extension area too when written with one.
 		again := appendEnvelope(nil, e.origin, e.sent, e.seq, e.from, e.event, e.binary, []byte(e.payload))
-		e2, err := decodeEnvelope(string(again))
-		if err != nil || e2 != e {
+		base := e
+		base.ext = ""
+		if e2, err := decodeEnvelope(string(again)); err != nil || e2 != base {
 			t.Fatalf("re-encoding %+v gave %+v, %v", e, e2, err)
+		}
+		again = appendEnvelopeExt(nil, e.origin, e.sent, e.seq, e.from, e.event, e.binary, []byte(e.ext), []byte(e.payload))
+		if e4, err := decodeEnvelope(string(again)); err != nil || e4 != e {
+			t.Fatalf("re-encoding %+v with its extension area gave %+v, %v", e, e4, err)
 		}
 		if data[0] == envelopeVersionV1 {
 			v1 := appendEnvelopeV1(nil, e.origin, e.seq, e.from, e.event, e.binary, []byte(e.payload))
-			if e3, err := decodeEnvelope(string(v1)); err != nil || e3 != e {
+			if e3, err := decodeEnvelope(string(v1)); err != nil || e3 != base {
 				t.Fatalf("re-encoding %+v as version 1 gave %+v, %v", e, e3, err)
 			}
 		}
 	})
+}
+
+// TestEnvelopeReadsNextReleaseExtensionArea is "release N reads what
+// N+1 writes": an envelope carrying an extension area (flag bit 1, with
+// records of tags this release does not know) decodes to the same
+// message, payload untouched, binary or text.
+func TestEnvelopeReadsNextReleaseExtensionArea(t *testing.T) {
+	var ext []byte
+	ext = appendExtRecord(ext, 1, []byte("trace-4bf92f3577b34da6"))
+	ext = appendExtRecord(ext, 300, nil)
+	ext = appendExtRecord(ext, 7, bytes.Repeat([]byte{0xff}, 200))
+	sent := time.Now().UnixNano()
+	for _, bin := range []bool{false, true} {
+		for _, x := range [][]byte{nil, ext} {
+			payload := []byte(`{"body":"hi"}`)
+			data := appendEnvelopeExt(nil, "node-9", sent, 42, "sock-1", "new_msg", bin, x, payload)
+			e, err := decodeEnvelope(string(data))
+			if err != nil {
+				t.Fatalf("binary=%v ext=%d bytes: %v", bin, len(x), err)
+			}
+			if e.origin != "node-9" || e.seq != 42 || e.from != "sock-1" || e.event != "new_msg" || e.binary != bin || e.sent != sent || e.payload != string(payload) || e.ext != string(x) {
+				t.Fatalf("binary=%v: decoded %+v", bin, e)
+			}
+		}
+	}
+}
+
+// TestEnvelopeDefaultFormIsTheFloors pins what goes on the wire by
+// default: version 2, no flag but the binary one, exactly the bytes the
+// release of b847059 reads. Setting the extension flag without the Gate
+// would make every node of that release drop the message.
+func TestEnvelopeDefaultFormIsTheFloors(t *testing.T) {
+	data := appendEnvelope(nil, "n", 1, 2, "", "e", true, []byte{1})
+	want := []byte{2, flagBinary, 0, 0, 0, 0, 0, 0, 0, 1, 1, 'n', 2, 0, 1, 'e', 1}
+	if !bytes.Equal(data, want) {
+		t.Fatalf("default envelope % x, want % x", data, want)
+	}
+}
+
+func TestEnvelopeMalformedExtensionAreaIsRefused(t *testing.T) {
+	for name, ext := range map[string][]byte{
+		"record length past the area": {1, 5, 'a'},
+		"tag without length":          {1},
+		"overlong tag varint":         bytes.Repeat([]byte{0xff}, 11),
+	} {
+		data := appendEnvelopeExt(nil, "n", 0, 1, "", "e", false, ext, []byte(`{}`))
+		if _, err := decodeEnvelope(string(data)); err != errEnvelopeExt {
+			t.Errorf("%s: err %v, want errEnvelopeExt", name, err)
+		}
+	}
+	// An area longer than what follows the event is a truncation.
+	data := appendEnvelope(nil, "n", 0, 1, "", "e", false, nil)
+	data[1] |= flagExt
+	data = append(data, 9)
+	if _, err := decodeEnvelope(string(data)); err != errEnvelopeShort {
+		t.Errorf("area past the end: err %v, want errEnvelopeShort", err)
+	}
+	// Flag bits this release does not know stay refused.
+	data = appendEnvelope(nil, "n", 0, 1, "", "e", false, nil)
+	data[1] |= 1 << 2
+	if _, err := decodeEnvelope(string(data)); err != errEnvelopeFlags {
+		t.Errorf("flag bit 2: err %v, want errEnvelopeFlags", err)
+	}
 }

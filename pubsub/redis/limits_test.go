@@ -81,12 +81,20 @@ func TestCallsAboveMaxMessageSizeFailClearly(t *testing.T) {
 	if _, err := a.Call(ctx, "b", "grow", make([]byte, DefaultMaxMessageSize)); !errors.Is(err, pubsub.ErrTooLarge) {
 		t.Fatalf("call with a request of %d bytes = %v, want pubsub.ErrTooLarge", DefaultMaxMessageSize, err)
 	}
+	// Until a announces that it reads replyTooLarge, b answers with a
+	// rejection, which the release of b847059 reads too.
 	start := time.Now()
+	if _, err := a.Call(ctx, "b", "grow", make([]byte, 4096)); !errors.Is(err, pubsub.ErrCallRejected) {
+		t.Fatalf("call answered with 4 MiB, to a caller that announced nothing = %v, want pubsub.ErrCallRejected", err)
+	}
+	gate := NewGate("b", time.Minute, time.Now())
+	gate.Announce("a", BuildReads(), time.Now())
+	b.SetGate(gate)
 	if _, err := a.Call(ctx, "b", "grow", make([]byte, 4096)); !errors.Is(err, pubsub.ErrTooLarge) {
 		t.Fatalf("call answered with 4 MiB = %v, want pubsub.ErrTooLarge", err)
 	}
 	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("the too large answer was reported after %s, the caller's deadline", d)
+		t.Fatalf("the too large answers were reported after %s, the caller's deadline", d)
 	}
 	if got, err := a.Call(ctx, "b", "grow", []byte("ok")); err != nil || len(got) != 2048 {
 		t.Fatalf("small call = %d bytes, %v", len(got), err)
@@ -94,8 +102,8 @@ func TestCallsAboveMaxMessageSizeFailClearly(t *testing.T) {
 	if s := a.Stats(); s.TooLarge != 1 {
 		t.Errorf("caller TooLarge = %d, want 1 (its request)", s.TooLarge)
 	}
-	if s := b.Stats(); s.TooLarge != 1 {
-		t.Errorf("callee TooLarge = %d, want 1 (its answer)", s.TooLarge)
+	if s := b.Stats(); s.TooLarge != 2 {
+		t.Errorf("callee TooLarge = %d, want 2 (its answers)", s.TooLarge)
 	}
 }
 

@@ -97,7 +97,18 @@ type PubSub struct {
 	crossNode atomic.Pointer[func(time.Duration)] // ObserveCrossNode
 
 	calls calls // node-to-node calls, call.go
+
+	gate atomic.Pointer[Gate] // SetGate; nil: every form at the floor
 }
+
+// SetGate gives the PubSub the Gate its writers consult (gate.go); the
+// node that reads the cluster reports feeds it. Without one, everything
+// is written in the floor's form.
+func (p *PubSub) SetGate(g *Gate) { p.gate.Store(g) }
+
+// Gate returns the Gate set by SetGate, or nil (whose answers are the
+// floor's).
+func (p *PubSub) Gate() *Gate { return p.gate.Load() }
 
 var _ pubsub.PubSub = (*PubSub)(nil)
 

@@ -1,0 +1,199 @@
+package redis
+
+import (
+	"maps"
+	"sync"
+	"time"
+)
+
+// The cross-node forms, by the names nodes announce them under in their
+// cluster reports ("reads" on phx:nodes, see node/cluster.go). A form's
+// level says which of its encodings a node reads: every level from the
+// floor up to the announced one. A level is not a byte on the wire; it
+// names what the reader understands (the envelope's version byte is
+// still 2 at level 3).
+const (
+	// FormEnvelope is the broadcast envelope (envelope.go).
+	// 2: versions 1 and 2, flag bit 0 (b847059).
+	// 3: also flag bit 1, the extension area (skipped).
+	FormEnvelope = "envelope"
+	// FormCall is the node call and reply frames (call.go).
+	// 1: kinds 'c' and 'r', reply statuses 0 and 1 (b847059).
+	// 2: also status 2 (answer too large), any other status read as an
+	// error answer at once, kinds 'C' and 'R' (an extension area after
+	// the fixed fields, skipped).
+	FormCall = "call"
+	// FormRelay is the long-poll relay request and answer
+	// (transport/longpoll_relay.go).
+	// 1: b847059. Pseudo-headers (names starting with ':') are the
+	// extension point: b847059 passes them on unread; this release drops
+	// them before serving. No gated change yet.
+	FormRelay = "relay"
+	// FormToken is the long-poll session token (transport/longpoll_token.go).
+	// 1: version 1 (b847059).
+	// 2: also version 2: the node id is length-prefixed, and what
+	// follows it is skipped (by the routing node; the issuing node reads
+	// its own tokens). Any other version is refused.
+	FormToken = "token"
+	// FormPresence is the presence hash value and diff (presence/redis).
+	// 1: b847059. JSON: unknown fields are ignored by every release.
+	FormPresence = "presence"
+)
+
+// floorReads is what the release of b847059, the oldest release a
+// rolling update starts from, reads: what a node that announces nothing
+// (it predates the announcement) is taken to read.
+var floorReads = map[string]int{FormEnvelope: 2, FormCall: 1, FormRelay: 1, FormToken: 1, FormPresence: 1}
+
+// buildReads is what this build reads. A reader that learns a new level
+// raises its form here, in the same change; writers never look at it.
+var buildReads = map[string]int{FormEnvelope: 3, FormCall: 2, FormRelay: 1, FormToken: 2, FormPresence: 1}
+
+// FloorReads returns the levels every live node is assumed to read.
+func FloorReads() map[string]int { return maps.Clone(floorReads) }
+
+// BuildReads returns the levels this build reads, for its cluster report.
+func BuildReads() map[string]int { return maps.Clone(buildReads) }
+
+// Gate answers one question for the writers of cross-node forms: may this
+// node write form F at level v, that is, does every live node read it?
+// It learns the live nodes and what they read from the cluster reports
+// (Announce) and from any other sign of life (Alive: a heartbeat, a call
+// received). A node heard from without an announcement reads the floor;
+// a node not heard from for TTL is forgotten. Until TTL has passed since
+// the Gate started, it has not yet heard from every live node and answers
+// no to anything above the floor: a node starting next to nodes of an
+// older release must not take their silence for absence.
+//
+// A Gate never raises what goes on the wire by itself: a writer asks it
+// before each use of a newer form and writes the floor's form when the
+// answer is no, so the moment a node that cannot read the newer form
+// appears (its first report or sign of life), writers fall back.
+//
+// Where it is asked today: the answer to a call whose answer was too
+// large (call.go, tooLargeStatus) asks NodeReads of the caller. The hook
+// for the next change to the envelope (history offsets, Redis Cluster
+// hash tags): the publisher writes appendEnvelopeExt, with its records,
+// only while p.Gate().MayWrite(FormEnvelope, 3, now), and appendEnvelope
+// otherwise; a new channel naming publishes on both names until
+// MayWrite says every node reads the new one. A form that needs more
+// than this release reads raises buildReads in the release that learns
+// to read it, and is written from the release after.
+type Gate struct {
+	self    string
+	ttl     time.Duration
+	started time.Time
+
+	mu    sync.Mutex
+	nodes map[string]*gateNode // guarded by mu
+}
+
+type gateNode struct {
+	reads map[string]int // nil: not announced (the floor)
+	seen  time.Time
+}
+
+// NewGate returns the Gate of node self, counting from now. ttl is how
+// long a node stays live after it was last heard from: three report
+// intervals, as for the cluster view.
+func NewGate(self string, ttl time.Duration, now time.Time) *Gate {
+	return &Gate{self: self, ttl: ttl, started: now, nodes: make(map[string]*gateNode)}
+}
+
+// Announce records a node's cluster report: it is live at now and reads
+// reads (nil or missing forms: the floor). A later report replaces an
+// earlier one, so a node rolled back to an older release is taken at its
+// word at once.
+func (g *Gate) Announce(node string, reads map[string]int, now time.Time) {
+	if g == nil || node == "" || node == g.self {
+		return
+	}
+	var r map[string]int
+	if len(reads) > 0 {
+		r = maps.Clone(reads)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if n := g.nodes[node]; n != nil && now.Before(n.seen) {
+		return // a reordered report
+	}
+	g.nodes[node] = &gateNode{reads: r, seen: now}
+}
+
+// Alive records a sign of life from node without an announcement: a new
+// node counts as the floor until its report arrives; a known one keeps
+// what it announced.
+func (g *Gate) Alive(node string, now time.Time) {
+	if g == nil || node == "" || node == g.self {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if n := g.nodes[node]; n != nil {
+		if now.After(n.seen) {
+			n.seen = now
+		}
+		return
+	}
+	g.nodes[node] = &gateNode{seen: now}
+}
+
+// Forget drops a node known to be gone (a clean shutdown), before its
+// TTL runs out.
+func (g *Gate) Forget(node string) {
+	if g == nil {
+		return
+	}
+	g.mu.Lock()
+	delete(g.nodes, node)
+	g.mu.Unlock()
+}
+
+// MayWrite reports whether every live node reads form at level v. At or
+// below the floor it is always true; above what this build reads, never.
+func (g *Gate) MayWrite(form string, v int, now time.Time) bool {
+	if v <= floorReads[form] {
+		return true
+	}
+	if g == nil || v > buildReads[form] || now.Sub(g.started) < g.ttl {
+		return false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for id, n := range g.nodes {
+		if now.Sub(n.seen) > g.ttl {
+			delete(g.nodes, id)
+			continue
+		}
+		if readsOf(n.reads, form) < v {
+			return false
+		}
+	}
+	return true
+}
+
+// NodeReads returns the level of form that one node reads, for an answer
+// addressed to that node alone (a call's reply): what it announced, or
+// the floor when it announced nothing or is not known.
+func (g *Gate) NodeReads(node, form string, now time.Time) int {
+	if g == nil {
+		return floorReads[form]
+	}
+	if node == g.self {
+		return buildReads[form]
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := g.nodes[node]
+	if n == nil || now.Sub(n.seen) > g.ttl {
+		return floorReads[form]
+	}
+	return readsOf(n.reads, form)
+}
+
+func readsOf(reads map[string]int, form string) int {
+	if v, ok := reads[form]; ok && v > floorReads[form] {
+		return v
+	}
+	return floorReads[form]
+}

@@ -1,0 +1,114 @@
+package redis
+
+import (
+	"testing"
+	"time"
+)
+
+func TestGateWaitsOneTTLBeforeAnyNewerForm(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	g := NewGate("me", 15*time.Second, t0)
+	g.Announce("b", BuildReads(), t0)
+	if g.MayWrite(FormEnvelope, 3, t0.Add(5*time.Second)) {
+		t.Fatal("newer form allowed before the Gate could hear every live node")
+	}
+	g.Announce("b", BuildReads(), t0.Add(10*time.Second))
+	if !g.MayWrite(FormEnvelope, 3, t0.Add(16*time.Second)) {
+		t.Fatal("newer form refused though every live node announced it")
+	}
+}
+
+func TestGateFloorAlwaysAndBeyondTheBuildNever(t *testing.T) {
+	var nilGate *Gate
+	now := time.Now()
+	for form, v := range floorReads {
+		if !nilGate.MayWrite(form, v, now) || !nilGate.MayWrite(form, v-1, now) {
+			t.Errorf("%s at the floor %d refused", form, v)
+		}
+		if nilGate.MayWrite(form, v+1, now) {
+			t.Errorf("%s above the floor allowed without a Gate", form)
+		}
+		if got := nilGate.NodeReads("x", form, now); got != v {
+			t.Errorf("nil Gate NodeReads(%s) = %d, want the floor %d", form, got, v)
+		}
+	}
+	g := NewGate("me", time.Second, now.Add(-time.Hour))
+	if g.MayWrite(FormEnvelope, buildReads[FormEnvelope]+1, now) {
+		t.Fatal("a level this build does not read allowed")
+	}
+}
+
+// The scenario of a rolling update, as the Gate sees it.
+func TestGateFollowsLiveNodesAnnouncements(t *testing.T) {
+	ttl := 15 * time.Second
+	t0 := time.Unix(1000, 0)
+	g := NewGate("new-1", ttl, t0.Add(-ttl))
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+
+	// Alone: every form this build reads.
+	if !g.MayWrite(FormEnvelope, 3, at(0)) {
+		t.Fatal("alone, the newer form refused")
+	}
+	// An old node's report: no "reads", so the floor.
+	g.Announce("old-1", nil, at(1))
+	g.Announce("new-2", BuildReads(), at(1))
+	if g.MayWrite(FormEnvelope, 3, at(2)) {
+		t.Fatal("newer form allowed next to a node that announced nothing")
+	}
+	if g.NodeReads("old-1", FormCall, at(2)) != 1 || g.NodeReads("new-2", FormCall, at(2)) != 2 {
+		t.Fatal("per-node levels wrong")
+	}
+	// A node announcing only some forms reads the floor of the others.
+	g.Announce("old-1", map[string]int{FormCall: 2}, at(3))
+	if g.MayWrite(FormEnvelope, 3, at(4)) || !g.MayWrite(FormCall, 2, at(4)) {
+		t.Fatal("a missing form is not taken as the floor")
+	}
+	// A level below the floor announced is still the floor.
+	g.Announce("old-1", map[string]int{FormEnvelope: 0}, at(5))
+	if g.NodeReads("old-1", FormEnvelope, at(5)) != 2 {
+		t.Fatal("an announcement below the floor lowered it")
+	}
+	// The old node goes away: after the TTL it no longer holds writers back.
+	g.Announce("new-2", BuildReads(), at(15))
+	if g.MayWrite(FormEnvelope, 3, at(19)) {
+		t.Fatal("old node forgotten before its TTL")
+	}
+	if !g.MayWrite(FormEnvelope, 3, at(21)) {
+		t.Fatal("newer form still refused once the old node's TTL passed")
+	}
+	if g.NodeReads("old-1", FormEnvelope, at(21)) != 2 {
+		t.Fatal("an expired node is not read at the floor")
+	}
+	// A sign of life from an unknown node (a heartbeat, a call) holds
+	// writers back at once, before its first report.
+	g.Alive("old-2", at(22))
+	if g.MayWrite(FormEnvelope, 3, at(22)) {
+		t.Fatal("newer form allowed next to a node known only alive")
+	}
+	// Its report upgrades it; a later sign of life keeps the announcement.
+	g.Announce("old-2", BuildReads(), at(23))
+	g.Alive("old-2", at(24))
+	if !g.MayWrite(FormEnvelope, 3, at(25)) {
+		t.Fatal("Alive forgot an announcement")
+	}
+	// A rollback: the same node id reports without "reads".
+	g.Announce("old-2", nil, at(26))
+	if g.MayWrite(FormEnvelope, 3, at(26)) {
+		t.Fatal("newer form still allowed after a node rolled back")
+	}
+	// A reordered, older report does not undo a newer one.
+	g.Announce("old-2", BuildReads(), at(25))
+	if g.MayWrite(FormEnvelope, 3, at(27)) {
+		t.Fatal("a reordered report overrode a newer one")
+	}
+	// Forget: a clean shutdown.
+	g.Forget("old-2")
+	if !g.MayWrite(FormEnvelope, 3, at(27)) {
+		t.Fatal("a forgotten node still holds writers back")
+	}
+	// Its own reports do not count.
+	g.Announce("new-1", nil, at(28))
+	if !g.MayWrite(FormEnvelope, 3, at(28)) {
+		t.Fatal("the Gate's own node counted")
+	}
+}
