@@ -1,0 +1,52 @@
+package hostile
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// nodeBin is the channelsd binary TestMain built.
+var nodeBin string
+
+// figures is the table the soak prints, kept for TestMain.
+var figures struct {
+	sync.Mutex
+	text string
+}
+
+// TestMain builds ./cmd/channelsd as `make build` would (no race
+// detector: the heap figures are a production binary's), runs the tests,
+// then prints the figures: to stdout (shown with -v, or when the package
+// fails) and, with HOSTILE_TABLE=<file>, to that file, which `make
+// test-hostile` prints.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "hostile-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "hostile:", err)
+		os.Exit(2)
+	}
+	nodeBin = filepath.Join(dir, "channelsd")
+	build := exec.Command("go", "build", "-trimpath", "-o", nodeBin, "github.com/channelsd/channelsd/cmd/channelsd")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "hostile: building channelsd: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(2)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	figures.Lock()
+	text := figures.text
+	figures.Unlock()
+	fmt.Print(text)
+	if f := os.Getenv("HOSTILE_TABLE"); f != "" {
+		if err := os.WriteFile(f, []byte(text), 0o644); err != nil {
+			fmt.Fprintf(os.Stderr, "hostile: writing %s: %v\n", f, err)
+		}
+	}
+	os.Exit(code)
+}
