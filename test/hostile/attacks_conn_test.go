@@ -185,17 +185,17 @@ func sessionFlood(ctx context.Context, e *env, r *report) {
 		probe(ctx, e, r)
 	}()
 	hc := e.cs.httpClient("127.0.1.8", 10*time.Second)
-	hc.Transport.(*http.Transport).MaxIdleConnsPerHost = 16
+	hc.Transport.(*http.Transport).MaxIdleConnsPerHost = 32
 	defer hc.CloseIdleConnections()
 	for round := 0; ctx.Err() == nil && round < 5; round++ {
 		var opened, refused atomic.Int64
 		var rw sync.WaitGroup
 		start := time.Now()
-		for range 16 {
+		for range 32 {
 			rw.Add(1)
 			go func() {
 				defer rw.Done()
-				for k := 0; k < 750 && ctx.Err() == nil; k++ {
+				for k := 0; k < 375 && ctx.Err() == nil; k++ {
 					req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+e.addr+"/socket/longpoll?vsn=2.0.0", nil)
 					resp, err := hc.Do(req)
 					if err != nil {

@@ -21,12 +21,12 @@
 // one, RFC 6455 §8.1).
 //
 // The attacks that pin memory run in slots of 10 s, one after the other,
-// and keep what they pinned until the end, so that the heap's rise in a
-// slot is that attack's cost: long-poll sessions filled with 60 KB ping
-// answers and polls never read; long-poll sessions with 500 KB user names
-// joining and leaving; 200 KB join_refs on 100 channels a socket;
-// unfinished fragmented messages just under the frame size, kept alive
-// with pings. The others run all along: 300 KB user names joining and
+// and keep what they pinned (until the end, or until their long-poll
+// sessions expire), so that the heap's largest rise in a slot is that
+// attack's cost: unfinished fragmented messages just under the frame size,
+// kept alive with pings; 200 KB join_refs on 100 channels a socket;
+// long-poll sessions filled with 60 KB ping answers, and polls never read;
+// long-poll sessions with 500 KB user names joining and leaving. The others run all along: 300 KB user names joining and
 // leaving well-behaved rooms, bytes that are not UTF-8 through every entry
 // point, the HTTP API (forged presence_diff, bodies without
 // application/json, long-poll CORS), idle keep-alive connections and slow
@@ -40,6 +40,7 @@
 // descriptors (heapBound, fdBound) and the well-behaved clients' verdict.
 // The figures are printed at the end (with -v, when the test fails, and
 // to $HOSTILE_TABLE, which `make test-hostile` prints). The whole package
-// takes about 80 s; a heap past a safety ceiling (3 GiB) stops the
-// attacks early.
+// takes about 75 s; a heap past a safety ceiling (3 GiB) stops the
+// attacks early. HOSTILE_ONLY=<name>,<name> runs only the attacks named
+// (the first column of the figures), to look at a few alone.
 package hostile

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"go.uber.org/goleak"
 )
 
 // nodeBin is the channelsd binary TestMain built.
@@ -38,6 +40,12 @@ func TestMain(m *testing.M) {
 		os.Exit(2)
 	}
 	code := m.Run()
+	// Every attacker and client goroutine ends with the test: a leftover
+	// would be a loop the soak does not bound.
+	if err := goleak.Find(); err != nil {
+		fmt.Fprintf(os.Stderr, "hostile: goroutines left: %v\n", err)
+		code = 1
+	}
 	os.RemoveAll(dir)
 	figures.Lock()
 	text := figures.text

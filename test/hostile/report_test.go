@@ -47,7 +47,7 @@ type report struct {
 	vals     map[string]int64 // guarded by mu
 	notes    []string         // guarded by mu
 	fails    []string         // guarded by mu
-	heapRise float64          // slot attacks: peak heap in the slot minus the heap when it began
+	heapRise float64          // slot attacks: the heap's largest rise in the slot (maxRise)
 	heapFrom float64
 }
 
@@ -108,7 +108,7 @@ func (r *report) figures() string {
 	defer r.mu.Unlock()
 	var parts []string
 	if r.slot {
-		parts = append(parts, fmt.Sprintf("heap +%.0f MiB in its slot (from %.0f)", mib(r.heapRise), mib(r.heapFrom)))
+		parts = append(parts, fmt.Sprintf("heap +%.0f MiB in its slot (from %.0f MiB)", mib(r.heapRise), mib(r.heapFrom)))
 	}
 	for _, k := range r.order {
 		parts = append(parts, fmt.Sprintf("%s %d", k, r.vals[k]))
