@@ -21,7 +21,8 @@ var figures struct {
 }
 
 // TestMain builds ./cmd/channelsd as `make build` would (no race
-// detector: the heap figures are a production binary's), runs the tests,
+// detector: the heap figures are a production binary's), or takes the
+// binary $HOSTILE_NODE_BIN names (another build to compare), runs the tests,
 // then prints the figures: to stdout (shown with -v, or when the package
 // fails) and, with HOSTILE_TABLE=<file>, to that file, which `make
 // test-hostile` prints.
@@ -31,13 +32,17 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "hostile:", err)
 		os.Exit(2)
 	}
-	nodeBin = filepath.Join(dir, "channelsd")
-	build := exec.Command("go", "build", "-trimpath", "-o", nodeBin, "github.com/channelsd/channelsd/cmd/channelsd")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "hostile: building channelsd: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(2)
+	nodeBin = os.Getenv("HOSTILE_NODE_BIN")
+	if nodeBin == "" {
+		nodeBin = filepath.Join(dir, "channelsd")
+		build := exec.Command("go", "build", "-trimpath", "-o", nodeBin, "github.com/channelsd/channelsd/cmd/channelsd")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		out, err := build.CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "hostile: building channelsd: %v\n%s", err, out)
+			os.RemoveAll(dir)
+			os.Exit(2)
+		}
 	}
 	code := m.Run()
 	// Every attacker and client goroutine ends with the test: a leftover
