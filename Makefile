@@ -118,6 +118,7 @@ test-norace:
 # clients exchange messages; its figures are printed at the end (through a
 # file, as the chaos suite's; on failure go test prints them too).
 test-hostile:
+	@$(PREREQS) -q go
 	@mkdir -p $(BIN)
 	HOSTILE_TABLE=$(CURDIR)/$(BIN)/hostile-table.txt $(GO) test -count=1 -timeout 5m ./test/hostile
 	@cat $(BIN)/hostile-table.txt
