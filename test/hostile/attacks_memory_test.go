@@ -231,21 +231,21 @@ func presenceChurn(ctx context.Context, e *env, r *report) {
 					continue
 				}
 				go c.readLoop(func(_ ws.OpCode, p []byte) {
-					if _, st := replyStatus(p); st == "ok" {
+					// Joins have refs "j<n>", leaves "l<n>".
+					switch ref, st := replyStatus(p); {
+					case !strings.HasPrefix(ref, "j"):
+					case st == "ok":
 						r.inc("huge-name joins answered ok")
-					} else if st != "" {
-						r.inc("joins refused")
+					default:
+						r.inc("huge-name joins refused")
 					}
 				})
-				ref := 0
-				for ctx.Err() == nil && !c.isClosed() {
-					ref++
-					jr := strconv.Itoa(ref)
+				for k := 1; ctx.Err() == nil && !c.isClosed(); k++ {
+					jr := "j" + strconv.Itoa(k)
 					if c.text(v2Frame(jr, jr, room, "phx_join", join)) != nil {
 						break
 					}
-					ref++
-					if c.text(v2Frame(jr, strconv.Itoa(ref), room, "phx_leave", []byte("{}"))) != nil {
+					if c.text(v2Frame(jr, "l"+strconv.Itoa(k), room, "phx_leave", []byte("{}"))) != nil {
 						break
 					}
 					r.inc("join/leave pairs")

@@ -30,8 +30,9 @@
 // leaving well-behaved rooms, bytes that are not UTF-8 through every entry
 // point, the HTTP API (forged presence_diff, bodies without
 // application/json, long-poll CORS), idle keep-alive connections and slow
-// request bodies, a long-poll session flood from one address with a
-// newcomer probe from others, 1 MiB request lines, malformed V2 frames,
+// request bodies, a long-poll session flood from one address (once the
+// slots are over: on a node without a bound per address it would take the
+// slot attackers' sessions too) with a newcomer probe from others, 1 MiB request lines, malformed V2 frames,
 // ping and heartbeat floods. Last, a cross-site form POST to /api/drain,
 // after which the node must still be ready and accept sockets.
 //

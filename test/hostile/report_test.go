@@ -21,6 +21,8 @@ type env struct {
 	mon  *monitor
 	wb   *wellBehaved
 	t0   time.Time // when the attacks started
+	// slotsDone is closed when the last slot has ended.
+	slotsDone chan struct{}
 }
 
 // attack is one kind of hostile client. run goes on until ctx ends (the
