@@ -25,8 +25,9 @@ const (
 	idleConns = 300
 	slowConns = 300
 	// connGrace is how long an idle or slow connection may stay open: a
-	// minute, as Cowboy does for idle ones, and a second of slack.
-	connGrace = 61 * time.Second
+	// minute, as Cowboy does for idle ones, and two seconds of slack (the
+	// node's clock starts before the client has read the answer).
+	connGrace = 62 * time.Second
 )
 
 // heldConn is one idle or slow connection and when the node ended it.

@@ -130,6 +130,8 @@ func lpPings(ctx context.Context, e *env, r *report) {
 				r.add("pings posted", int64(len(lines)))
 				if code != http.StatusOK {
 					r.inc("POSTs answered " + strconv.Itoa(code))
+				} else {
+					r.engaged.Add(1)
 				}
 				awaitCtx(pctx, 100*time.Millisecond)
 			}
@@ -305,6 +307,7 @@ func presencePin(ctx context.Context, e *env, r *report) {
 				jr := strconv.Itoa(k/2 + 1)
 				if code, err := s.post(ctx, [][]byte{v2Frame(jr, strconv.Itoa(k+1), room, event, []byte("{}"))}); err == nil && code == http.StatusOK {
 					r.inc(event + " posted")
+					r.engaged.Add(1)
 				}
 			}()
 		}
@@ -330,6 +333,7 @@ func joinRefs(ctx context.Context, e *env, r *report) {
 				if len(p) > 1<<10 && bytes.Contains(p[:min(len(p), 64)], []byte(`"jr-`)) {
 					if _, st := replyStatus(p); st == "ok" {
 						r.inc("long join_refs answered ok")
+						r.engaged.Add(1)
 					}
 				}
 			})
@@ -389,6 +393,7 @@ func fragments(ctx context.Context, e *env, r *report) {
 				}
 			}
 			r.inc("sockets holding 960 KiB of fragments")
+			r.engaged.Add(1)
 			fragSockets.Lock()
 			fragSockets.all = append(fragSockets.all, c)
 			fragSockets.Unlock()

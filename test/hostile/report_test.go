@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -51,6 +52,10 @@ type report struct {
 	fails    []string         // guarded by mu
 	heapRise float64          // slot attacks: the heap's largest rise in the slot (maxRise)
 	heapFrom float64
+	// engaged counts what the node took of a slot attack (a socket
+	// holding fragments, a session buffering pings...): with none, the
+	// node turned it away at the door and its slot's rise is others'.
+	engaged atomic.Int64
 }
 
 func newReport(a *attack) *report {
