@@ -24,7 +24,7 @@ import (
 // Bounds of one attack's cost, stated for the fixed node with its
 // defaults.
 const (
-	slotHeapBound  = 64 << 20 // heap an attack in a slot may add
+	slotHeapBound  = 64 << 20 // live heap an attack in a slot may add
 	maxPollAnswer  = 8 << 20  // bytes of one long-poll answer
 	lpPingSessions = 4
 	lpPingSize     = 60 << 10

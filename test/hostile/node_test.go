@@ -137,10 +137,14 @@ func (b *headTail) String() string {
 // node counts, /proc for descriptors and RSS (which need no answer from a
 // node that may be struggling).
 type sample struct {
-	at        time.Duration // since the monitor started
-	heap      float64       // go_memstats_heap_inuse_bytes; 0 when /metrics did not answer
-	rss       float64       // VmRSS
-	fds       int           // entries of /proc/<pid>/fd
+	at   time.Duration // since the monitor started
+	heap float64       // go_memstats_heap_inuse_bytes; 0 when /metrics did not answer
+	// live is the heap that survived the last GC, as the GC's goal says
+	// (next_gc = live × (1 + GOGC/100)): unlike heap, it holds no garbage,
+	// which at the node's GOGC=50 may add half the live heap.
+	live      float64
+	rss       float64 // VmRSS
+	fds       int     // entries of /proc/<pid>/fd
 	scrapeErr error
 	metrics   map[string]float64
 }
@@ -209,6 +213,9 @@ func (m *monitor) read(hc *http.Client) sample {
 	s.rss = float64(rssBytes(pid))
 	s.metrics, s.scrapeErr = scrape(hc, "http://"+m.n.addr+"/metrics")
 	s.heap = s.metrics["go_memstats_heap_inuse_bytes"]
+	if gogc := s.metrics["go_gc_gogc_percent"]; gogc > 0 {
+		s.live = s.metrics["go_memstats_next_gc_bytes"] / (1 + gogc/100)
+	}
 	return s
 }
 
@@ -247,6 +254,7 @@ func peak(ss []sample, f func(sample) float64) float64 {
 }
 
 func heapOf(s sample) float64 { return s.heap }
+func liveOf(s sample) float64 { return s.live }
 func rssOf(s sample) float64  { return s.rss }
 func fdsOf(s sample) float64  { return float64(s.fds) }
 

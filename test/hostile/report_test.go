@@ -50,7 +50,7 @@ type report struct {
 	vals     map[string]int64 // guarded by mu
 	notes    []string         // guarded by mu
 	fails    []string         // guarded by mu
-	heapRise float64          // slot attacks: the heap's largest rise in the slot (maxRise)
+	heapRise float64          // slot attacks: the live heap's largest rise in the slot (maxRise)
 	heapFrom float64
 	// engaged counts what the node took of a slot attack (a socket
 	// holding fragments, a session buffering pings...): with none, the
@@ -115,7 +115,7 @@ func (r *report) figures() string {
 	defer r.mu.Unlock()
 	var parts []string
 	if r.slot {
-		parts = append(parts, fmt.Sprintf("heap +%.0f MiB in its slot (from %.0f MiB)", mib(r.heapRise), mib(r.heapFrom)))
+		parts = append(parts, fmt.Sprintf("live heap +%.0f MiB in its slot (from %.0f MiB)", mib(r.heapRise), mib(r.heapFrom)))
 	}
 	for _, k := range r.order {
 		parts = append(parts, fmt.Sprintf("%s %d", k, r.vals[k]))

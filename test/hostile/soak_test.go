@@ -108,7 +108,7 @@ func TestSoak(t *testing.T) {
 			continue
 		}
 		r := reports[a]
-		from, at := mon.last().heap, mon.elapsed()
+		from, at := mon.last().live, mon.elapsed()
 		slot, endSlot := context.WithTimeout(soak, slotFor)
 		a.run(slot, e, r)
 		<-slot.Done()
@@ -119,7 +119,7 @@ func TestSoak(t *testing.T) {
 		case r.engaged.Load() == 0:
 			r.note("the node took nothing of it: the rise in its slot is other attacks'")
 		case r.heapRise > slotHeapBound:
-			r.fail("the heap rose %.0f MiB in its slot (bound %.0f MiB)", mib(r.heapRise), mib(slotHeapBound))
+			r.fail("the live heap rose %.0f MiB in its slot (bound %.0f MiB)", mib(r.heapRise), mib(slotHeapBound))
 		}
 	}
 	close(e.slotsDone)
@@ -157,6 +157,12 @@ func TestSoak(t *testing.T) {
 			return "?"
 		}
 		return fmt.Sprintf("%.0f", mib(s.heap))
+	}))
+	fmt.Fprintf(&b, "node live heap at the last GC (MiB) every 5 s: %s\n", series(all, 5, func(s sample) string {
+		if s.live == 0 {
+			return "?"
+		}
+		return fmt.Sprintf("%.0f", mib(s.live))
 	}))
 	fmt.Fprintf(&b, "node descriptors every 5 s: %s\n", series(all, 5, func(s sample) string { return fmt.Sprint(s.fds) }))
 	if last := lastScrape(all); last != nil {
@@ -264,17 +270,17 @@ func lastScrape(ss []sample) map[string]float64 {
 	return nil
 }
 
-// maxRise is the largest rise of the heap in a slot: the highest reading
-// minus the lowest one before it (from the slot's start on), so that
-// memory an earlier attack releases meanwhile does not hide it.
+// maxRise is the largest rise of the live heap in a slot: the highest
+// reading minus the lowest one before it (from the slot's start on), so
+// that memory an earlier attack releases meanwhile does not hide it.
 func maxRise(from float64, ss []sample) float64 {
 	low, rise := from, 0.0
 	for _, s := range ss {
-		if s.heap == 0 {
+		if s.live == 0 {
 			continue // /metrics did not answer
 		}
-		low = min(low, s.heap)
-		rise = max(rise, s.heap-low)
+		low = min(low, s.live)
+		rise = max(rise, s.live-low)
 	}
 	return rise
 }
