@@ -227,47 +227,61 @@ func sessionFlood(ctx context.Context, e *env, r *report) {
 	wg.Wait()
 }
 
-// probe is a newcomer every second, from an address of its own.
+// probe sends newcomers, each from an address of its own: a long-poll
+// client every 250 ms (the flood's rounds leave gaps of a second), a
+// WebSocket every second.
 func probe(ctx context.Context, e *env, r *report) {
-	for i := 0; awaitCtx(ctx, time.Second); i++ {
-		src := net.IPv4(127, 0, 4, byte(1+i%250))
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.DialContext = (&net.Dialer{LocalAddr: &net.TCPAddr{IP: src}, Timeout: 5 * time.Second}).DialContext
-		hc := &http.Client{Transport: tr}
+	for i := 0; awaitCtx(ctx, 250*time.Millisecond); i++ {
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		lp, err := lpclient.Open(pctx, "http://"+e.addr+"/socket/longpoll", lpclient.Options{HTTPClient: hc, RequestLog: -1})
-		if err == nil {
-			var reply wsclient.Message
-			reply, err = lp.Join(pctx, "room:hostile-probe", map[string]string{"user": "probe-lp-" + strconv.Itoa(i)})
-			if err == nil && reply.Status != "ok" {
-				err = fmt.Errorf("join answered %s", reply.Raw)
-			}
-			lp.Close()
-		}
-		hc.CloseIdleConnections()
+		err := probeLongPoll(pctx, e, i)
 		if err != nil && ctx.Err() == nil {
 			r.inc("long-poll newcomers refused")
 			r.note("long-poll newcomer: %.120v", err)
 		} else if err == nil {
 			r.inc("long-poll newcomers served")
 		}
-		c, err := wsclient.Dial(pctx, "ws://"+e.addr+"/socket/websocket", wsclient.Options{Params: map[string]string{"user": "probe-ws-" + strconv.Itoa(i)}})
-		if err == nil {
-			var reply wsclient.Message
-			reply, err = c.Join(pctx, "room:hostile-probe", nil)
-			if err == nil && reply.Status != "ok" {
-				err = fmt.Errorf("join answered %s", reply.Raw)
+		if i%4 == 0 {
+			err = probeWebSocket(pctx, e, i)
+			if err != nil && ctx.Err() == nil {
+				r.inc("WebSocket newcomers refused")
+				r.note("WebSocket newcomer: %.120v", err)
+			} else if err == nil {
+				r.inc("WebSocket newcomers served")
 			}
-			c.Close()
 		}
 		cancel()
-		if err != nil && ctx.Err() == nil {
-			r.inc("WebSocket newcomers refused")
-			r.note("WebSocket newcomer: %.120v", err)
-		} else if err == nil {
-			r.inc("WebSocket newcomers served")
-		}
 	}
+}
+
+func probeLongPoll(ctx context.Context, e *env, i int) error {
+	src := net.IPv4(127, 0, byte(4+i/250%4), byte(1+i%250))
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = (&net.Dialer{LocalAddr: &net.TCPAddr{IP: src}, Timeout: 5 * time.Second}).DialContext
+	hc := &http.Client{Transport: tr}
+	defer hc.CloseIdleConnections()
+	lp, err := lpclient.Open(ctx, "http://"+e.addr+"/socket/longpoll", lpclient.Options{HTTPClient: hc, RequestLog: -1})
+	if err != nil {
+		return err
+	}
+	defer lp.Close()
+	reply, err := lp.Join(ctx, "room:hostile-probe", map[string]string{"user": "probe-lp-" + strconv.Itoa(i)})
+	if err == nil && reply.Status != "ok" {
+		err = fmt.Errorf("join answered %s", reply.Raw)
+	}
+	return err
+}
+
+func probeWebSocket(ctx context.Context, e *env, i int) error {
+	c, err := wsclient.Dial(ctx, "ws://"+e.addr+"/socket/websocket", wsclient.Options{Params: map[string]string{"user": "probe-ws-" + strconv.Itoa(i)}})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	reply, err := c.Join(ctx, "room:hostile-probe", nil)
+	if err == nil && reply.Status != "ok" {
+		err = fmt.Errorf("join answered %s", reply.Raw)
+	}
+	return err
 }
 
 func sessionFloodCheck(e *env, r *report) {

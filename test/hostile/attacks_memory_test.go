@@ -24,8 +24,12 @@ import (
 // Bounds of one attack's cost, stated for the fixed node with its
 // defaults.
 const (
-	slotHeapBound  = 64 << 20 // live heap an attack in a slot may add
-	maxPollAnswer  = 8 << 20  // bytes of one long-poll answer
+	// The live heap an attack in a slot may add: the largest budget a
+	// default sets for one kind of client state (--max-message-buffers,
+	// 64 MiB of WebSocket messages in progress) and a half for what is in
+	// flight meanwhile.
+	slotHeapBound  = 96 << 20
+	maxPollAnswer  = 8 << 20 // bytes of one long-poll answer
 	lpPingSessions = 4
 	lpPingSize     = 60 << 10
 	lpPingPosting  = 7 * time.Second

@@ -5,12 +5,13 @@
 //
 // TestMain builds ./cmd/channelsd (without the race detector, so that the
 // memory figures are a real binary's); TestSoak starts it on a free
-// loopback port and reads its /metrics (go_memstats_heap_inuse_bytes) and
-// /proc (descriptors, RSS) every second. Every address is on loopback:
-// each attack sends from a 127.0.1.x address of its own, the well-behaved
-// long-poll clients from 127.0.0.x and the newcomers of the session-flood
-// probe from 127.0.4.x, so that a bound per client address meets only the
-// client that earns it.
+// loopback port and reads its /metrics (go_memstats_heap_inuse_bytes, and
+// the live heap the GC's goal implies) and /proc (descriptors, RSS) every
+// second. Every address is on loopback: each attack sends from a
+// 127.0.1.x address of its own, the well-behaved long-poll clients from
+// 127.0.0.x and the newcomers of the session-flood probe from 127.0.4.x
+// to 127.0.7.x, so that a bound per client address meets only the client
+// that earns it.
 //
 // Well-behaved: 20 WebSocket clients (V2 and V1) and 5 long-poll clients
 // in 4 rooms push numbered new_msg four times a second and heartbeat. At
@@ -22,8 +23,8 @@
 //
 // The attacks that pin memory run in slots of 10 s, one after the other,
 // and keep what they pinned (until the end, or until their long-poll
-// sessions expire), so that the heap's largest rise in a slot is that
-// attack's cost: unfinished fragmented messages just under the frame size,
+// sessions expire), so that the live heap's largest rise in a slot is
+// that attack's cost: unfinished fragmented messages just under the frame size,
 // kept alive with pings; 200 KB join_refs on 100 channels a socket;
 // long-poll sessions filled with 60 KB ping answers, and polls never read;
 // long-poll sessions with 500 KB user names joining and leaving. The others run all along: 300 KB user names joining and

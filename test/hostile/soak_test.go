@@ -40,7 +40,7 @@ func attacks() []*attack {
 		{name: "invalid-utf8", what: "non-UTF-8 bytes into well-behaved rooms: WS V1/V2 text and binary pushes, typing, join and connect user names, long-poll lines, /api/broadcast", run: invalidUTF8, check: invalidUTF8Check},
 		{name: "api", what: "forged presence_diff via /api/broadcast, API bodies without or with text/plain Content-Type, long-poll CORS to a foreign origin", run: apiAbuse, check: apiAbuseCheck},
 		{name: "idle-slow", what: "300 idle keep-alive connections and 300 requests sending their body a byte every 2 s", run: idleAndSlow, check: idleAndSlowCheck},
-		{name: "session-flood", what: "once the slots are over, one address opens up to 12,000 long-poll sessions per 16 s (32 at a time); a newcomer (long-poll and WebSocket) from another address every second", run: sessionFlood, check: sessionFloodCheck},
+		{name: "session-flood", what: "once the slots are over, one address opens up to 12,000 long-poll sessions per 16 s (32 at a time); a newcomer from another address (long-poll every 250 ms, WebSocket every second)", run: sessionFlood, check: sessionFloodCheck},
 		{name: "request-lines", what: "WebSocket upgrades and long-poll opens with a 1 MiB request line, one a second", run: hugeRequestLines, check: hugeRequestLinesCheck},
 		{name: "malformed-v2", what: "a new V2 socket a second sends an array with too few elements", run: malformedV2, check: malformedV2Check},
 		{name: "ping-floods", what: "2 sockets send WebSocket pings (2,000/s) never reading pongs; 2 send heartbeats at 500/s", run: pingFloods, check: pingFloodsCheck},
