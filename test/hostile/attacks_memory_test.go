@@ -364,6 +364,9 @@ func joinRefs(ctx context.Context, e *env, r *report) {
 				r.inc("joins sent")
 				awaitCtx(ctx, 12*time.Millisecond) // under the default rate
 			}
+			if c.isClosed() {
+				r.inc("sockets closed by the node: " + c.closeKind())
+			}
 		}()
 	}
 	wg.Wait()
