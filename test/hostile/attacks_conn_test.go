@@ -173,14 +173,14 @@ func idleAndSlowCheck(e *env, r *report) {
 	}
 }
 
-// sessionFlood (once the slots are over): one address opens long-poll
-// sessions as fast as it can, in rounds of 12,000 opening GETs every 16 s
-// (a session lives 15 s without polls). Meanwhile, from the start, a
-// probe from other addresses opens a long-poll session and a WebSocket
-// and joins, every second: those must never be refused because of the
-// flood. The flood waits for the slots because on a node without a bound
-// per address it takes every session, the slot attackers' too, and their
-// costs would go unseen.
+// sessionFlood (once the long-poll slots are over): one address opens
+// long-poll sessions as fast as it can, in rounds of 12,000 opening GETs
+// every 16 s (a session lives 15 s without polls). Meanwhile, from the
+// start, newcomers from other addresses open long-poll sessions and
+// WebSockets and join: those must never be refused because of the flood.
+// The flood waits for the long-poll slots because on a node without a
+// bound per address it takes every session, the slot attackers' too, and
+// their costs would go unseen.
 func sessionFlood(ctx context.Context, e *env, r *report) {
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -189,7 +189,7 @@ func sessionFlood(ctx context.Context, e *env, r *report) {
 		probe(ctx, e, r)
 	}()
 	select {
-	case <-e.slotsDone:
+	case <-e.lpSlotsDone:
 	case <-ctx.Done():
 	}
 	hc := e.cs.httpClient("127.0.1.8", 10*time.Second)

@@ -288,11 +288,11 @@ func presenceCheck(e *env, r *report) {
 	}
 }
 
-// presencePin (slot): long-poll sessions with 500 KB user names join and
-// leave one room a few times each and never poll: every presence_state
+// presencePin (slot): 20 long-poll sessions with 500 KB user names join
+// and leave one room 4 times each and never poll: every presence_state
 // (all the names) and diff is buffered for them.
 func presencePin(ctx context.Context, e *env, r *report) {
-	const sessions, pairs = 10, 4
+	const sessions, pairs = 20, 4
 	room := "room:hostile-presence"
 	hc := e.cs.httpClient("127.0.1.2", 30*time.Second)
 	defer hc.CloseIdleConnections()

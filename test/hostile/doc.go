@@ -24,18 +24,20 @@
 // The attacks that pin memory run in slots of 10 s, one after the other,
 // and keep what they pinned (until the end, or until their long-poll
 // sessions expire), so that the live heap's largest rise in a slot is
-// that attack's cost: unfinished fragmented messages just under the frame size,
-// kept alive with pings; 200 KB join_refs on 100 channels a socket;
-// long-poll sessions filled with 60 KB ping answers, and polls never read;
-// long-poll sessions with 500 KB user names joining and leaving. The others run all along: 300 KB user names joining and
-// leaving well-behaved rooms, bytes that are not UTF-8 through every entry
-// point, the HTTP API (forged presence_diff, bodies without
-// application/json, long-poll CORS), idle keep-alive connections and slow
-// request bodies, a long-poll session flood from one address (once the
-// slots are over: on a node without a bound per address it would take the
-// slot attackers' sessions too) with a newcomer probe from others, 1 MiB request lines, malformed V2 frames,
-// ping and heartbeat floods. Last, a cross-site form POST to /api/drain,
-// after which the node must still be ready and accept sockets.
+// that attack's cost: long-poll sessions filled with 60 KB ping answers,
+// and polls never read; long-poll sessions with 500 KB user names joining
+// and leaving; unfinished fragmented messages just under the frame size,
+// kept alive with pings; 200 KB join_refs on 100 channels a socket. The
+// others run all along: 300 KB user names joining and leaving
+// well-behaved rooms, bytes that are not UTF-8 through every entry point,
+// the HTTP API (forged presence_diff, bodies without application/json,
+// long-poll CORS), idle keep-alive connections and slow request bodies, a
+// long-poll session flood from one address (once the long-poll slots are
+// over: on a node without a bound per address it would take the slot
+// attackers' sessions too) with newcomers from other addresses, 1 MiB
+// request lines, malformed V2 frames, ping and heartbeat floods. Last, a
+// cross-site form POST to /api/drain, after which the node must still be
+// ready and accept sockets.
 //
 // Each attack has its own expectation and row in the figures (the rows
 // say which fixes hold), besides the bounds on the node's heap and

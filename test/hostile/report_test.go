@@ -22,8 +22,9 @@ type env struct {
 	mon  *monitor
 	wb   *wellBehaved
 	t0   time.Time // when the attacks started
-	// slotsDone is closed when the last slot has ended.
-	slotsDone chan struct{}
+	// lpSlotsDone is closed when the last slot attack that opens long-poll
+	// sessions has ended.
+	lpSlotsDone chan struct{}
 }
 
 // attack is one kind of hostile client. run goes on until ctx ends (the
@@ -32,12 +33,15 @@ type env struct {
 // connections stay open until the end). check, if set, runs after the
 // soak, for verdicts that need the end state.
 type attack struct {
-	name  string
-	what  string
-	src   string // its own loopback address
-	slot  bool
-	run   func(ctx context.Context, e *env, r *report)
-	check func(e *env, r *report)
+	name string
+	what string
+	src  string // its own loopback address
+	slot bool
+	// longPoll marks a slot attack that opens long-poll sessions: the
+	// session flood waits for it.
+	longPoll bool
+	run      func(ctx context.Context, e *env, r *report)
+	check    func(e *env, r *report)
 }
 
 // report is an attack's figures and verdict.

@@ -28,19 +28,18 @@ const (
 
 func attacks() []*attack {
 	return []*attack{
-		// In slots, in this order: those whose memory stays pinned to
-		// the end first, the one whose sessions expire after 15 s last,
-		// so that no slot's rise is hidden by an earlier attack's release.
+		// In slots, in this order: the long-poll ones first, since the
+		// session flood waits for them (see sessionFlood).
+		{name: "lp-pings", what: "long-poll: 4 sessions post 60 KB pings at the allowed rate, never poll; then 2 read a poll, 2 never read theirs", slot: true, longPoll: true, run: lpPings, check: lpPingsCheck},
+		{name: "presence-pin", what: "long-poll: 20 sessions with 500 KB user names join and leave a room, never poll", slot: true, longPoll: true, run: presencePin},
 		{name: "fragments", what: "WebSocket: 200 sockets hold an unfinished 960 KiB fragmented message, pinging", slot: true, run: fragments, check: fragmentsCheck},
 		{name: "join-refs", what: "WebSocket: 3 sockets join 100 topics each with 200 KB join_refs", slot: true, run: joinRefs},
-		{name: "lp-pings", what: "long-poll: 4 sessions post 60 KB pings at the allowed rate, never poll; then 2 read a poll, 2 never read theirs", slot: true, run: lpPings, check: lpPingsCheck},
-		{name: "presence-pin", what: "long-poll: 10 sessions with 500 KB user names join and leave a room, never poll", slot: true, run: presencePin},
 		// All the time.
 		{name: "presence-churn", what: "WebSocket: 300 KB user names (connect and join params) join/leave two well-behaved rooms at 25/s", run: presenceChurn, check: presenceCheck},
 		{name: "invalid-utf8", what: "non-UTF-8 bytes into well-behaved rooms: WS V1/V2 text and binary pushes, typing, join and connect user names, long-poll lines, /api/broadcast", run: invalidUTF8, check: invalidUTF8Check},
 		{name: "api", what: "forged presence_diff via /api/broadcast, API bodies without or with text/plain Content-Type, long-poll CORS to a foreign origin", run: apiAbuse, check: apiAbuseCheck},
 		{name: "idle-slow", what: "300 idle keep-alive connections and 300 requests sending their body a byte every 2 s", run: idleAndSlow, check: idleAndSlowCheck},
-		{name: "session-flood", what: "once the slots are over, one address opens up to 12,000 long-poll sessions per 16 s (32 at a time); a newcomer from another address (long-poll every 250 ms, WebSocket every second)", run: sessionFlood, check: sessionFloodCheck},
+		{name: "session-flood", what: "once the long-poll slots are over, one address opens up to 12,000 long-poll sessions per 16 s (32 at a time); a newcomer from another address (long-poll every 250 ms, WebSocket every second)", run: sessionFlood, check: sessionFloodCheck},
 		{name: "request-lines", what: "WebSocket upgrades and long-poll opens with a 1 MiB request line, one a second", run: hugeRequestLines, check: hugeRequestLinesCheck},
 		{name: "malformed-v2", what: "a new V2 socket a second sends an array with too few elements", run: malformedV2, check: malformedV2Check},
 		{name: "ping-floods", what: "2 sockets send WebSocket pings (2,000/s) never reading pongs; 2 send heartbeats at 500/s", run: pingFloods, check: pingFloodsCheck},
@@ -77,7 +76,7 @@ func TestSoak(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(wb.close)
-	e := &env{addr: n.addr, cs: cs, mon: mon, wb: wb, t0: time.Now(), slotsDone: make(chan struct{})}
+	e := &env{addr: n.addr, cs: cs, mon: mon, wb: wb, t0: time.Now(), lpSlotsDone: make(chan struct{})}
 	phase("set-up", &mark)
 
 	as := selected(t, attacks())
@@ -103,7 +102,16 @@ func TestSoak(t *testing.T) {
 		defer running.Done()
 		fragmentsKeepAlive(soak)
 	}()
-	for _, a := range as {
+	lastLP := -1
+	for i, a := range as {
+		if a.slot && a.longPoll {
+			lastLP = i
+		}
+	}
+	if lastLP < 0 {
+		close(e.lpSlotsDone)
+	}
+	for i, a := range as {
 		if !a.slot || soak.Err() != nil {
 			continue
 		}
@@ -121,8 +129,17 @@ func TestSoak(t *testing.T) {
 		case r.heapRise > slotHeapBound:
 			r.fail("the live heap rose %.0f MiB in its slot (bound %.0f MiB)", mib(r.heapRise), mib(slotHeapBound))
 		}
+		if i == lastLP {
+			close(e.lpSlotsDone)
+		}
 	}
-	close(e.slotsDone)
+	if soak.Err() != nil && lastLP >= 0 {
+		select {
+		case <-e.lpSlotsDone:
+		default:
+			close(e.lpSlotsDone)
+		}
+	}
 	<-soak.Done()
 	phase("soak", &mark)
 	if !waitTimeout(&running, 20*time.Second) {
