@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -93,12 +94,13 @@ func (r *report) get(key string) int64 {
 	return r.vals[key]
 }
 
-// note keeps a line for the table (the first few of each kind).
+// note keeps a line for the table (the first few distinct ones).
 func (r *report) note(format string, args ...any) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.notes) < 6 {
-		r.notes = append(r.notes, fmt.Sprintf(format, args...))
+	n := fmt.Sprintf(format, args...)
+	if len(r.notes) < 6 && !slices.Contains(r.notes, n) {
+		r.notes = append(r.notes, n)
 	}
 }
 
