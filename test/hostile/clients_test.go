@@ -30,6 +30,12 @@ const (
 	wbLongPolls  = 5
 	wbInterval   = 250 * time.Millisecond
 	wbHeartbeat  = 10 * time.Second
+	// Every 4th message of the first WebSocket client of each version
+	// carries 8 KiB of padding: a chat message with a paste in it, far
+	// under --max-payload-size, and over the 4 KiB a WebSocket server may
+	// read in one go.
+	wbPadEvery = 4
+	wbPadSize  = 8 << 10
 	// hugeKey is the size from which a presence key seen by a client
 	// counts as an attacker's name that got through.
 	hugeKey = 16 << 10
@@ -52,6 +58,7 @@ type member struct {
 	user, room, kind string
 	c                wbConn
 	hc               *http.Client // long-poll only
+	padded           bool         // sends a large message now and then
 	why              func() string
 
 	mu         sync.Mutex
@@ -98,6 +105,7 @@ func startWellBehaved(ctx context.Context, addr string) (*wellBehaved, error) {
 			m.kind = "longpoll"
 		}
 		m.user = fmt.Sprintf("wb-%s-%d", m.kind, i)
+		m.padded = i == 0 || i == wbWebSockets/2
 		if err := m.connect(ctx, addr, i); err != nil {
 			wb.close()
 			return nil, fmt.Errorf("well-behaved %s: %w", m.user, err)
@@ -177,7 +185,11 @@ func (m *member) send(ctx context.Context) {
 			n := m.sent
 			m.pending[ref] = n
 			m.mu.Unlock()
-			msg, err := wsclient.PushMessage(m.room, "new_msg", m.c.JoinRef(m.room), ref, map[string]int{"body": n})
+			var payload any = map[string]int{"body": n}
+			if m.padded && n%wbPadEvery == 0 {
+				payload = map[string]any{"body": n, "pad": padding}
+			}
+			msg, err := wsclient.PushMessage(m.room, "new_msg", m.c.JoinRef(m.room), ref, payload)
 			if err == nil {
 				err = m.c.Send(msg)
 			}
@@ -207,7 +219,10 @@ func (m *member) read(wb *wellBehaved) {
 	}
 }
 
-var replacementChar = []byte("\uFFFD")
+var (
+	replacementChar = []byte("\uFFFD")
+	padding         = strings.Repeat("p", wbPadSize)
+)
 
 func (m *member) handle(msg wsclient.Message) {
 	m.mu.Lock()

@@ -14,7 +14,9 @@
 // that earns it.
 //
 // Well-behaved: 20 WebSocket clients (V2 and V1) and 5 long-poll clients
-// in 4 rooms push numbered new_msg four times a second and heartbeat. At
+// in 4 rooms push numbered new_msg four times a second (two of them pad
+// every fourth with 8 KiB, over what a WebSocket server reads in one go)
+// and heartbeat. At
 // the end each must still be connected, hold every message of its room
 // exactly once in each sender's order, have every push acknowledged, list
 // the room's members in its presence exactly once each, and never have
