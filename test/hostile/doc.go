@@ -16,12 +16,11 @@
 // Well-behaved: 20 WebSocket clients (V2 and V1) and 5 long-poll clients
 // in 4 rooms push numbered new_msg four times a second (two of them pad
 // every fourth with 8 KiB, over what a WebSocket server reads in one go)
-// and heartbeat. At
-// the end each must still be connected, hold every message of its room
-// exactly once in each sender's order, have every push acknowledged, list
-// the room's members in its presence exactly once each, and never have
-// received a text frame that is not UTF-8 (a browser closes its socket on
-// one, RFC 6455 §8.1).
+// and heartbeat. At the end each must still be connected, hold every
+// message of its room exactly once in each sender's order, have every
+// push acknowledged, list the room's members in its presence exactly once
+// each, and never have received a text frame that is not UTF-8 (a browser
+// closes its socket on one, RFC 6455 §8.1).
 //
 // The attacks that pin memory run in slots of 10 s, one after the other,
 // and keep what they pinned (until the end, or until their long-poll
