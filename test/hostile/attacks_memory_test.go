@@ -374,12 +374,15 @@ func joinRefs(ctx context.Context, e *env, r *report) {
 
 var fragSockets struct {
 	sync.Mutex
-	all []*rawWS
+	all, fillers []*rawWS
 }
 
 // fragments (slot): WebSockets each send an unfinished fragmented text
 // message just under --max-frame-size, then keep the connection alive
-// with pings.
+// with pings. Then (fragmentsHold) more sockets each begin a 6 KiB
+// message, one every 100 ms: a node that bounds the bytes of all
+// unfinished messages together is kept at its bound, and must still take
+// the well-behaved clients' larger messages.
 func fragments(ctx context.Context, e *env, r *report) {
 	const sockets, chunk, chunks = 200, 64 << 10, 15 // 960 KiB, under 1 MiB
 	part := bytes.Repeat([]byte("f"), chunk)
@@ -420,24 +423,69 @@ func fragments(ctx context.Context, e *env, r *report) {
 	wg.Wait()
 }
 
-// fragmentsKeepAlive pings every holder every 5 s until ctx ends: the
-// fragments are kept alive, as the issue describes.
-func fragmentsKeepAlive(ctx context.Context) {
-	for awaitCtx(ctx, 5*time.Second) {
+// fragmentsHold pings every holder every 5 s until ctx ends (the
+// fragments are kept alive, as the issue describes) and, once the holders
+// are in place, opens a filler every 100 ms (at most maxFillers): a socket
+// that begins a 6 KiB message and never ends it.
+func fragmentsHold(ctx context.Context, e *env) {
+	const maxFillers = 400
+	part := bytes.Repeat([]byte("g"), 6<<10)
+	fillers := 0
+	for tick := 1; awaitCtx(ctx, 100*time.Millisecond); tick++ {
 		fragSockets.Lock()
 		all := append([]*rawWS(nil), fragSockets.all...)
 		fragSockets.Unlock()
-		for _, c := range all {
-			if !c.isClosed() {
-				_ = c.write(true, ws.OpPing, []byte("alive"))
+		if tick%50 == 0 {
+			for _, c := range all {
+				if !c.isClosed() {
+					_ = c.write(true, ws.OpPing, []byte("alive"))
+				}
 			}
 		}
+		if len(all) == 0 || fillers >= maxFillers {
+			continue
+		}
+		c, err := e.cs.dialWS(ctx, "127.0.1.4", e.addr, query("vsn", "2.0.0"))
+		if err != nil {
+			continue
+		}
+		fillers++
+		go c.readLoop(nil)
+		_ = c.write(false, ws.OpText, part)
+		fragSockets.Lock()
+		fragSockets.fillers = append(fragSockets.fillers, c)
+		fragSockets.Unlock()
 	}
 }
 
 func fragmentsCheck(e *env, r *report) {
+	// A well-behaved client closed with 1013 lost its message to the
+	// node's budget for unfinished ones, which the attack keeps full.
+	var victims []string
+	for _, m := range e.wb.members {
+		m.mu.Lock()
+		if strings.Contains(m.lost, "1013") {
+			victims = append(victims, m.user+": "+m.lost)
+		}
+		m.mu.Unlock()
+	}
+	r.add("well-behaved clients closed with 1013", int64(len(victims)))
+	if len(victims) > 0 {
+		r.fail("well-behaved clients were closed while the attack kept the node's budget for unfinished messages full: %s", strings.Join(victims, "; "))
+	}
 	fragSockets.Lock()
 	defer fragSockets.Unlock()
+	fills := map[string]int{}
+	for _, c := range fragSockets.fillers {
+		if c.isClosed() {
+			fills["fillers closed by the node: "+c.closeKind()]++
+		} else {
+			fills["fillers open"]++
+		}
+	}
+	for _, k := range sortedKeys(fills) {
+		r.add(k, int64(fills[k]))
+	}
 	codes := map[string]int{}
 	for _, c := range fragSockets.all {
 		if c.isClosed() {

@@ -27,8 +27,11 @@
 // sessions expire), so that the live heap's largest rise in a slot is
 // that attack's cost: long-poll sessions filled with 60 KB ping answers,
 // and polls never read; long-poll sessions with 500 KB user names joining
-// and leaving; unfinished fragmented messages just under the frame size,
-// kept alive with pings; 200 KB join_refs on 100 channels a socket. The
+// and leaving; 200 KB join_refs on 100 channels a socket; unfinished
+// fragmented messages just under the frame size, kept alive with pings,
+// then sockets beginning 6 KiB messages one after the other, which keep a
+// node-wide budget for unfinished messages full (well-behaved clients'
+// 8 KiB messages must still be taken). The
 // others run all along: 300 KB user names joining and leaving
 // well-behaved rooms, bytes that are not UTF-8 through every entry point,
 // the HTTP API (forged presence_diff, bodies without application/json,
