@@ -335,16 +335,16 @@ func (wb *wellBehaved) complete() bool {
 
 // wbVerdict is what the well-behaved clients lived through.
 type wbVerdict struct {
-	clients, lost                     int
-	lostWhy                           []string
-	sent, acked, refused              int
-	expected, delivered, missing      int
-	orderErrs                         int
-	invalid, replaced, badFrames      int
-	foreign, hugeKeys, fakeKeys       int
-	presenceWrong                     int
-	presenceWhy                       []string
-	firstRefusal, firstOrder, whyShow string
+	clients, lost                int
+	lostWhy                      []string
+	sent, acked, refused         int
+	expected, delivered, missing int
+	orderErrs                    int
+	invalid, replaced, badFrames int
+	foreign, hugeKeys, fakeKeys  int
+	presenceWrong                int
+	presenceWhy                  []string
+	firstRefusal, firstOrder     string
 }
 
 func (wb *wellBehaved) verdict() wbVerdict {

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
 // env is what every attack gets: the node, the attackers' connections, the
@@ -22,7 +21,6 @@ type env struct {
 	cs   *conns
 	mon  *monitor
 	wb   *wellBehaved
-	t0   time.Time // when the attacks started
 	// lpSlotsDone is closed when the last slot attack that opens long-poll
 	// sessions has ended.
 	lpSlotsDone chan struct{}

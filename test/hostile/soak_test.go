@@ -78,7 +78,7 @@ func TestSoak(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(wb.close)
-	e := &env{addr: n.addr, cs: cs, mon: mon, wb: wb, t0: time.Now(), lpSlotsDone: make(chan struct{})}
+	e := &env{addr: n.addr, cs: cs, mon: mon, wb: wb, lpSlotsDone: make(chan struct{})}
 	phase("set-up", &mark)
 
 	as := selected(t, attacks())
