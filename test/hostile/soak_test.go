@@ -236,11 +236,17 @@ func TestSoak(t *testing.T) {
 	if v.lost > 0 {
 		t.Errorf("%d well-behaved clients were disconnected: %s", v.lost, strings.Join(v.lostWhy, "; "))
 	}
-	if v.missing > 0 || v.orderErrs > 0 {
-		t.Errorf("well-behaved clients: %d messages missing, %d out of order (first: %s)", v.missing, v.orderErrs, v.firstOrder)
+	if v.missing > 0 {
+		t.Errorf("well-behaved clients: %d messages missing (a client the node closed misses what its room sent afterwards)", v.missing)
 	}
-	if v.refused > 0 || v.acked != v.sent {
-		t.Errorf("well-behaved pushes: %d sent, %d acked, %d refused (first: %s)", v.sent, v.acked, v.refused, v.firstRefusal)
+	if v.orderErrs > 0 {
+		t.Errorf("well-behaved clients: %d messages out of order (first: %s)", v.orderErrs, v.firstOrder)
+	}
+	if v.refused > 0 {
+		t.Errorf("well-behaved pushes: %d refused (first: %s)", v.refused, v.firstRefusal)
+	}
+	if v.acked+v.refused != v.sent {
+		t.Errorf("well-behaved pushes: %d sent, %d answered", v.sent, v.acked+v.refused)
 	}
 	if v.presenceWrong > 0 {
 		t.Errorf("%d well-behaved clients' presence lists are wrong: %s", v.presenceWrong, strings.Join(v.presenceWhy, "; "))
