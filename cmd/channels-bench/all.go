@@ -58,7 +58,7 @@ func runAll(ctx context.Context, args []string) error {
 		if err != nil {
 			return "", 0, nil, err
 		}
-		c := exec.Command(*nodeBin, append([]string{"--addr", addr, "--conformance", "--log-level", "warn", "--idle-timeout", "10m", "--max-messages-per-second", "0"}, extra...)...)
+		c := exec.Command(*nodeBin, append([]string{"--addr", addr, "--conformance", "--log-level", "warn", "--idle-timeout", "10m", "--max-messages-per-second", "0", "--longpoll-max-sessions-per-address", "-1"}, extra...)...)
 		c.Stderr = os.Stderr
 		if err := c.Start(); err != nil {
 			return "", 0, nil, err
