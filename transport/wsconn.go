@@ -61,12 +61,13 @@ type msgState struct {
 	// its first frame began, in nanoseconds since monoEpoch. Frames in
 	// between, control frames included, do not move it.
 	deadline int64
+	// From here on guarded by the handler's msgBudget.mu
+	// (wsconn_budget.go): what the message holds of the budget, and its
+	// place among the messages in progress, oldest first, which a newer
+	// message's reader reads and unlinks when it evicts it.
+	//
 	// charged is the capacity of b counted in the handler's
 	// Stats.MessageBuffers (MaxMessageBuffers).
-	//
-	// From here on guarded by the handler's msgBudget.mu, as is charged:
-	// the message's place among those in progress, oldest first, which
-	// an evicting socket reads and unlinks.
 	charged int
 	// c is the connection whose message this is.
 	c          *wsConn

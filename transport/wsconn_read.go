@@ -397,13 +397,13 @@ func (c *wsConn) protocolError(err error) bool {
 
 // readError handles a failed read: a deadline starts a close, 1008 if the
 // message in progress is past its own, else 1001 for the idle timeout
-// (PROTOCOL.md §5.3); anything else means the connection is gone.
+// (PROTOCOL.md §5.3); anything else means the connection is gone. A
+// deadline before the close deadline on a closing connection is an
+// eviction's wake-up: the connection still works.
 func (c *wsConn) readError(err error) {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		c.mu.Lock()
 		closing := c.closing
-		// Before the close deadline: an eviction woke the reader
-		// (wsconn_budget.go), and the connection still works.
 		woken := closing && int64(time.Since(monoEpoch)) < c.closeDeadline
 		c.mu.Unlock()
 		if woken {
