@@ -94,8 +94,15 @@
 // half-sent message, and its buffer, for as long as it keeps the socket
 // alive (1008 "message timeout"; the read deadline, or the sweeper's
 // deadline, becomes the earlier of the two). Those buffers count against
-// one budget of the handler, MaxMessageBuffers: a socket whose buffer
-// would take it past the budget is closed with 1013. A finished message's
+// one budget of the handler, MaxMessageBuffers (wsconn_budget.go). A
+// socket whose buffer would take it past the budget takes the room back
+// from the sockets with the oldest messages in progress, which are closed
+// with 1013, and is closed itself (1013) only when the messages older
+// than its own do not hold enough: sockets that keep the budget full with
+// messages they never finish lose their buffers to any newer message, and
+// cannot make other clients' messages fail. An evicted socket's reader is
+// woken at once, so its buffer is freed without waiting for its client,
+// and its bytes leave the count as it is evicted. A finished message's
 // buffer returns to the pool, or to the garbage collector when it grew
 // past 64 KiB, so a socket that once sent a big message keeps none of it.
 //

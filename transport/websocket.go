@@ -30,9 +30,12 @@ type WebSocketConfig struct {
 	MessageTimeout time.Duration
 	// MaxMessageBuffers bounds the bytes that all the handler's sockets
 	// hold at once in buffers of messages in progress (fragmented, or
-	// larger than the read buffer). A socket whose message would take it
-	// past the bound is closed with 1013 "message buffers full", and the
-	// socket may try again later. Default 64 MiB; negative: no bound.
+	// larger than the read buffer). A socket whose message needs more
+	// when the bound is reached takes it back from the sockets with the
+	// oldest messages in progress, which are closed with 1013 "message
+	// buffers full" (they may try again later); it is closed so itself
+	// only when the messages older than its own do not hold enough.
+	// Default 64 MiB; negative: no bound.
 	MaxMessageBuffers int64
 	// AllowedOrigins lists the origins (scheme://host[:port]) browsers may
 	// connect from. Empty or "*" allows every origin. A request without an
@@ -122,8 +125,10 @@ type Stats struct {
 	// MessageTimeouts counts sockets closed (1008) for a message not
 	// whole within MessageTimeout of its first frame.
 	MessageTimeouts atomic.Uint64
-	// MessageBuffersFull counts sockets closed (1013) because their
-	// message would have taken MessageBuffers past MaxMessageBuffers.
+	// MessageBuffersFull counts sockets closed (1013) for the budget of
+	// MaxMessageBuffers: those whose message would have taken
+	// MessageBuffers past it with no older message to take back from,
+	// and those holding the oldest messages, closed to make room.
 	MessageBuffersFull atomic.Uint64
 	// MessageBuffers is the bytes held now in buffers of messages in
 	// progress.
@@ -144,6 +149,7 @@ type WebSocketHandler struct {
 	writers *writerPool
 	epoch   time.Time    // origin of the reactor's clock
 	pending atomic.Int64 // handshakes in ServeHTTP
+	budget  msgBudget    // messages in progress against MaxMessageBuffers
 
 	// The reactor for event-driven reads (reactor.go), started with the
 	// first connection and stopped after the last one or by Close.

@@ -61,9 +61,20 @@ type msgState struct {
 	// its first frame began, in nanoseconds since monoEpoch. Frames in
 	// between, control frames included, do not move it.
 	deadline int64
+	// From here on guarded by the handler's msgBudget.mu
+	// (wsconn_budget.go): what the message holds of the budget, and its
+	// place among the messages in progress, oldest first, which a newer
+	// message's reader reads and unlinks when it evicts it.
+	//
 	// charged is the capacity of b counted in the handler's
 	// Stats.MessageBuffers (MaxMessageBuffers).
 	charged int
+	// c is the connection whose message this is.
+	c          *wsConn
+	prev, next *msgState
+	// linked: the message is in the budget's list. An eviction unlinks
+	// it, taking its bytes out of the budget at once.
+	linked bool
 }
 
 // outFrame is one frame waiting in a connection's outbound queue.
@@ -125,6 +136,7 @@ type wsConn struct {
 	ended      bool // the reader has finished
 	registered bool // in r's table and poller
 	armed      bool // registered and waiting: no goroutine reads; the first to claim it does
+	draining   bool // the reader waits for the client's side of the close: evict must not wake it
 }
 
 // monoEpoch anchors closeDeadline to the monotonic clock: a deadline kept
@@ -153,6 +165,10 @@ func (c *wsConn) end() {
 				go c.flush()
 			}
 		}
+		c.draining = true
+		// An eviction (wsconn_budget.go) may have cut the read deadline
+		// short to wake the reader.
+		_ = c.nc.SetReadDeadline(deadlineTime(c.closeDeadline))
 		c.mu.Unlock()
 		// RFC 6455 §7.1.1: after our close frame the server should close
 		// the TCP connection first; the flush half-closes it (FIN) after

@@ -102,6 +102,14 @@ func testMessageTimeoutMidFrame(t *testing.T, m readMode) {
 	}
 }
 
+// setBudget changes h's MaxMessageBuffers, for a test that needs the
+// budget just above what sockets hold.
+func setBudget(h *WebSocketHandler, n int64) {
+	h.budget.mu.Lock()
+	h.cfg.MaxMessageBuffers = n
+	h.budget.mu.Unlock()
+}
+
 func checkCloseBody(t *testing.T, p []byte, code int, reason string) {
 	t.Helper()
 	if len(p) < 2 || int(p[0])<<8|int(p[1]) != code || string(p[2:]) != reason {
@@ -114,11 +122,12 @@ func TestMessageBuffersBudget(t *testing.T) { inReadModes(t, testMessageBuffersB
 func testMessageBuffersBudget(t *testing.T, m readMode) {
 	ep := newFakeEndpoint()
 	ep.echo = true
-	hs := newHarness(t, m, WebSocketConfig{MaxMessageBuffers: 100 << 10}, ep)
+	hs := newHarness(t, m, WebSocketConfig{MaxMessageBuffers: 1 << 20}, ep)
 	st := hs.h.Stats()
 
-	// a holds a message in progress, and most of the budget (its buffer
-	// has doubled up to 64 KiB).
+	// a holds a message in progress, and most of the budget: its
+	// buffer's size depends on what the pool hands out, so the budget is
+	// set to it and 8 KiB.
 	a := hs.dial(t, "", ws.Dialer{})
 	sa := <-ep.opened
 	part := bytes.Repeat([]byte("a"), 40<<10)
@@ -128,31 +137,121 @@ func testMessageBuffersBudget(t *testing.T, m readMode) {
 	if n := st.MessageBuffers.Load(); n < 40<<10 || n > 100<<10 {
 		t.Fatalf("Stats.MessageBuffers = %d with one 40 KiB fragment held, want 40..100 KiB", n)
 	}
+	setBudget(hs.h, st.MessageBuffers.Load()+8<<10)
 
-	// b's message would take the node past the budget: closed, 1013.
+	// b's message, newer, does not fit beside a's: b takes a's buffer,
+	// and a, the oldest message in progress, is closed with 1013.
 	b := hs.dial(t, "", ws.Dialer{})
 	sb := <-ep.opened
-	_ = b.tryWriteFrame(ws.OpBinary, false, true, 0, part)
-	if reason := b.expectClose(channels.CloseTryAgainLater); reason != "message buffers full" {
-		t.Errorf("close reason %q, want \"message buffers full\"", reason)
+	b.writeFrame(ws.OpBinary, false, true, part)
+	if reason := a.expectClose(channels.CloseTryAgainLater); reason != "message buffers full" {
+		t.Errorf("a: close reason %q, want \"message buffers full\"", reason)
 	}
-	sb.awaitClose(t)
+	sa.awaitClose(t)
 	if n := st.MessageBuffersFull.Load(); n != 1 {
 		t.Errorf("Stats.MessageBuffersFull = %d, want 1", n)
 	}
+	b.writeFrame(ws.OpPing, true, true, nil)
+	b.expectFrame(ws.OpPong, "")
 
-	// a is unaffected, and a's finished message gives its bytes back.
-	a.writeFrame(ws.OpContinuation, true, true, []byte("!"))
-	whole := append(append([]byte(nil), part...), '!')
-	expectMessage(t, sa, whole, true)
-	a.expectFrame(ws.OpBinary, string(whole))
+	// c begins a message after b's; when b's then needs more than c's
+	// leaves, b is refused: nothing older than b holds anything. c is
+	// unaffected.
+	setBudget(hs.h, st.MessageBuffers.Load()+32<<10)
+	c := hs.dial(t, "", ws.Dialer{})
+	sc := <-ep.opened
+	c.writeFrame(ws.OpBinary, false, true, part[:10<<10])
+	c.writeFrame(ws.OpPing, true, true, nil)
+	c.expectFrame(ws.OpPong, "")
+	// 100 KiB in all would not fit beside c's, whatever size classes
+	// the buffers grow by.
+	_ = b.tryWriteFrame(ws.OpContinuation, false, true, 0, bytes.Repeat([]byte("b"), 60<<10))
+	if reason := b.expectClose(channels.CloseTryAgainLater); reason != "message buffers full" {
+		t.Errorf("b: close reason %q, want \"message buffers full\"", reason)
+	}
+	sb.awaitClose(t)
+	if n := st.MessageBuffersFull.Load(); n != 2 {
+		t.Errorf("Stats.MessageBuffersFull = %d, want 2", n)
+	}
+
+	// c's finished message gives its bytes back.
+	c.writeFrame(ws.OpContinuation, true, true, []byte("!"))
+	whole := append(append([]byte(nil), part[:10<<10]...), '!')
+	expectMessage(t, sc, whole, true)
+	c.expectFrame(ws.OpBinary, string(whole))
+	// Small messages, which never leave the read buffer, take nothing
+	// from the budget: they go on whatever it holds.
+	c.send("small")
+	c.expectFrame(ws.OpText, "small")
 	if n := st.MessageBuffers.Load(); n != 0 {
 		t.Errorf("Stats.MessageBuffers = %d with no message in progress, want 0", n)
 	}
-	// Small messages, which never leave the read buffer, take nothing
-	// from the budget: they go on whatever it holds.
-	a.send("small")
-	a.expectFrame(ws.OpText, "small")
+}
+
+// TestMessageBuffersHeldFullByOldMessages: sockets that keep the budget
+// full with messages they never finish cannot make a newer client's
+// message fail. The newcomer's 8 KiB message (over the read buffer)
+// arrives whole and its socket stays open; the socket with the oldest
+// unfinished message is closed (1013) to make room, the others go on.
+func TestMessageBuffersHeldFullByOldMessages(t *testing.T) {
+	inReadModes(t, testMessageBuffersHeldFullByOldMessages)
+}
+
+func testMessageBuffersHeldFullByOldMessages(t *testing.T, m readMode) {
+	ep := newFakeEndpoint()
+	ep.echo = true
+	hs := newHarness(t, m, WebSocketConfig{MaxMessageBuffers: 1 << 20}, ep)
+	st := hs.h.Stats()
+	// Each holder's buffer is at least 64 KiB, which no buffer from the
+	// pool exceeds: the newcomer's needs take one holder's, however they
+	// were sized.
+	held := bytes.Repeat([]byte("h"), 64<<10)
+	var holders []*client
+	var holderSocks []*fakeSocket
+	for range 3 {
+		h := hs.dial(t, "", ws.Dialer{})
+		holderSocks = append(holderSocks, <-ep.opened)
+		h.writeFrame(ws.OpText, false, true, held)
+		h.writeFrame(ws.OpPing, true, true, nil)
+		h.expectFrame(ws.OpPong, "")
+		holders = append(holders, h)
+	}
+	// The buffers' sizes depend on what the pool hands out; the budget
+	// is set to what the holders hold and 6 KiB: the newcomer's message
+	// needs 8 KiB of buffer, in two steps of 4, and the second does not
+	// fit.
+	setBudget(hs.h, st.MessageBuffers.Load()+6<<10)
+
+	c := hs.dial(t, "", ws.Dialer{})
+	sc := <-ep.opened
+	msg := bytes.Repeat([]byte("m"), 8<<10)
+	c.writeFrame(ws.OpText, true, true, msg)
+	expectMessage(t, sc, msg, false)
+	c.expectFrame(ws.OpText, string(msg))
+	c.send("still here")
+	c.expectFrame(ws.OpText, "still here")
+
+	if reason := holders[0].expectClose(channels.CloseTryAgainLater); reason != "message buffers full" {
+		t.Errorf("oldest holder: close reason %q, want \"message buffers full\"", reason)
+	}
+	holderSocks[0].awaitClose(t)
+	for i, h := range holders[1:] {
+		h.writeFrame(ws.OpPing, true, true, nil)
+		h.expectFrame(ws.OpPong, "")
+		h.writeFrame(ws.OpContinuation, true, true, []byte("!"))
+		whole := append(append([]byte(nil), held...), '!')
+		expectMessage(t, holderSocks[i+1], whole, false)
+		h.expectFrame(ws.OpText, string(whole))
+		// The pong comes after the reader has let the buffer go.
+		h.writeFrame(ws.OpPing, true, true, nil)
+		h.expectFrame(ws.OpPong, "")
+	}
+	if n := st.MessageBuffersFull.Load(); n != 1 {
+		t.Errorf("Stats.MessageBuffersFull = %d, want 1 (the oldest holder)", n)
+	}
+	if n := st.MessageBuffers.Load(); n != 0 {
+		t.Errorf("Stats.MessageBuffers = %d with no message in progress, want 0", n)
+	}
 }
 
 // TestUnfinishedMessagesRetainedHeap measures what sockets holding
@@ -210,11 +309,13 @@ func TestUnfinishedMessagesRetainedHeap(t *testing.T) {
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	grown := int64(after.HeapInuse) - int64(before.HeapInuse)
-	t.Logf("%d sockets, %d KiB unfinished each, budget %d KiB: %d held, %d closed 1013; heap +%.1f MiB (%.0f KiB per socket); Stats.MessageBuffers %.1f MiB",
-		n, fragment>>10, budget>>10, held, refused, float64(grown)/(1<<20), float64(grown)/n/1024, float64(hs.h.Stats().MessageBuffers.Load())/(1<<20))
+	t.Logf("%d sockets, %d KiB unfinished each, budget %d KiB: %d answered, %d refused, %d closed 1013 in all; heap +%.1f MiB (%.0f KiB per socket); Stats.MessageBuffers %.1f MiB",
+		n, fragment>>10, budget>>10, held, refused, hs.h.Stats().MessageBuffersFull.Load(), float64(grown)/(1<<20), float64(grown)/n/1024, float64(hs.h.Stats().MessageBuffers.Load())/(1<<20))
 	if budget > 0 {
-		if held == 0 || refused == 0 {
-			t.Errorf("%d held and %d refused, want some of each", held, refused)
+		// Each newcomer takes the buffers of the oldest holders, which
+		// are closed (1013): all are answered, some are closed later.
+		if held == 0 || hs.h.Stats().MessageBuffersFull.Load() == 0 {
+			t.Errorf("%d held and %d closed 1013, want some of each", held, hs.h.Stats().MessageBuffersFull.Load())
 		}
 		// The budget plus some KiB per socket of both ends' connection
 		// state (pooled buffers, the fakes, the test's clients): about 10

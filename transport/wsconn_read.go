@@ -208,9 +208,7 @@ func (c *wsConn) data(br *bufio.Reader, h ws.Header) bool {
 	m.b = b
 	if err != nil {
 		if errors.Is(err, errMessageBuffersFull) {
-			c.h.stats.MessageBuffersFull.Add(1)
-			c.h.log.Debug("transport: message buffers full", "remote", c.nc.RemoteAddr().String(), "held", c.h.stats.MessageBuffers.Load())
-			c.Close(channels.CloseTryAgainLater, "message buffers full")
+			c.budgetRefused()
 			return false
 		}
 		c.readError(err)
@@ -226,37 +224,35 @@ func (c *wsConn) data(br *bufio.Reader, h ws.Header) bool {
 }
 
 // beginMsg starts the reassembly of a message: a buffer (counted against
-// MaxMessageBuffers), and the deadline by which the message must be
-// whole, which from here bounds every read until it is. It reports
-// whether to go on.
+// MaxMessageBuffers, see wsconn_budget.go), and the deadline by which the
+// message must be whole, which from here bounds every read until it is.
+// It reports whether to go on.
 func (c *wsConn) beginMsg() bool {
 	m := msgPool.Get().(*msgState)
-	m.deadline = int64(time.Since(monoEpoch) + c.h.cfg.MessageTimeout)
+	c.h.budget.begin(c, m, c.h.cfg.MessageTimeout)
 	c.msg = m
 	if !c.chargeMsg(cap(m.b)) {
-		c.h.stats.MessageBuffersFull.Add(1)
-		c.Close(channels.CloseTryAgainLater, "message buffers full")
+		c.budgetRefused()
 		return false
 	}
 	return c.armReadDeadline()
+}
+
+// budgetRefused closes the socket whose message did not fit the budget,
+// or was evicted from it.
+func (c *wsConn) budgetRefused() {
+	c.h.log.Debug("transport: message buffers full", "remote", c.nc.RemoteAddr().String(), "held", c.h.stats.MessageBuffers.Load())
+	c.Close(channels.CloseTryAgainLater, "message buffers full")
 }
 
 // errMessageBuffersFull stops a read whose buffer would take the handler
 // past MaxMessageBuffers.
 var errMessageBuffersFull = errors.New("transport: message buffers full")
 
-// chargeMsg counts n more bytes of c.msg's buffer in the handler's
-// MessageBuffers, and reports whether they fit MaxMessageBuffers. Bytes
+// chargeMsg counts n more bytes of c.msg's buffer against the handler's
+// budget, and reports whether they fit it (WebSocketHandler.charge). Bytes
 // that do not fit are not counted (nor kept: the connection closes).
-func (c *wsConn) chargeMsg(n int) bool {
-	held := &c.h.stats.MessageBuffers
-	if max := c.h.cfg.MaxMessageBuffers; held.Add(int64(n)) > max && max > 0 {
-		held.Add(-int64(n))
-		return false
-	}
-	c.msg.charged += n
-	return true
-}
+func (c *wsConn) chargeMsg(n int) bool { return c.h.charge(c.msg, n) }
 
 // readPayload appends n bytes from r to b. It grows b as the bytes arrive,
 // at most doubling what has arrived, never on the peer's declared length
@@ -290,7 +286,7 @@ func readPayload(r io.Reader, b []byte, n int64, charge func(int) bool) ([]byte,
 // not keep its buffer.
 func (c *wsConn) releaseMsg() {
 	if m := c.msg; m != nil {
-		c.h.stats.MessageBuffers.Add(-int64(m.charged))
+		c.h.uncharge(m)
 		c.msg = nil
 		if cap(m.b) <= maxPooledMsgBuffer {
 			*m = msgState{b: m.b[:0]}
@@ -401,12 +397,18 @@ func (c *wsConn) protocolError(err error) bool {
 
 // readError handles a failed read: a deadline starts a close, 1008 if the
 // message in progress is past its own, else 1001 for the idle timeout
-// (PROTOCOL.md §5.3); anything else means the connection is gone.
+// (PROTOCOL.md §5.3); anything else means the connection is gone. A
+// deadline before the close deadline on a closing connection is an
+// eviction's wake-up: the connection still works.
 func (c *wsConn) readError(err error) {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		c.mu.Lock()
 		closing := c.closing
+		woken := closing && int64(time.Since(monoEpoch)) < c.closeDeadline
 		c.mu.Unlock()
+		if woken {
+			return
+		}
 		if !closing && c.msg != nil && c.msgLate() {
 			c.h.stats.MessageTimeouts.Add(1)
 			c.Close(channels.ClosePolicy, "message timeout")

@@ -109,10 +109,14 @@ func TestLimitMessageBuffers(t *testing.T) {
 	if f, err := ws.ReadFrame(holder.nc); err != nil || f.Header.OpCode != ws.OpPong {
 		t.Fatalf("got %v %v, want a pong", f.Header.OpCode, err)
 	}
+	// A newer message that does not fit beside the holder's takes its
+	// buffer: the holder, with the oldest message in progress, is closed.
 	c := tn.dialRaw(t)
-	_ = c.write(ws.OpText, false, part)
-	if code := c.closeCode(); code != 1013 {
-		t.Fatalf("closed with %d, want 1013", code)
+	if err := c.write(ws.OpText, false, bytes.Repeat([]byte(" "), 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	if code := holder.closeCode(); code != 1013 {
+		t.Fatalf("holder closed with %d, want 1013", code)
 	}
 	tn.expectHits(t, "message_buffers", 1)
 	// Everyone else is served.
