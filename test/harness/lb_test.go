@@ -126,6 +126,27 @@ func TestLoadBalancerRoundRobin(t *testing.T) {
 		time.Sleep(50 * time.Millisecond) // polling interval
 	}
 	t.Logf("node2 back in the rotation %v after its restart", time.Since(started).Round(time.Millisecond))
+	// HAProxy may take node2 back on its DNS answer alone, while a health
+	// check begun when node2 was down is still in flight: that check then
+	// fails and takes node2 out again for one check interval. Alternation
+	// is checked once the checks themselves have kept node2 up for longer
+	// than an interval (500 ms).
+	var upSince time.Time
+	for {
+		if time.Now().After(deadline) {
+			st, _ := lb.ServerStatus(context.Background())
+			t.Fatalf("node2 not steadily up within 15s of its restart (servers %v)", st)
+		}
+		st, err := lb.ServerStatus(context.Background())
+		if err != nil || st["node2"] != "UP" {
+			upSince = time.Time{}
+		} else if upSince.IsZero() {
+			upSince = time.Now()
+		} else if time.Since(upSince) > time.Second {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // polling interval
+	}
 	seq = alternating(10)
 	t.Logf("10 more requests: %s (%d connection(s) in all)", strings.Join(seq, ","), dials.Load())
 }
