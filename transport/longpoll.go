@@ -54,6 +54,19 @@ type LongPollConfig struct {
 	// phoenix.js treats as an error: it reconnects); the session stays.
 	// Default 1 MiB.
 	MaxBody int64
+	// MaxBodyBuffers bounds the bytes of POST bodies the handler holds at
+	// once, read or being read, from the moment they are reserved until
+	// the POST is answered (concurrent POSTs to one session each hold
+	// theirs while they wait their turn). A body is reserved whole before
+	// a byte of it is read when it has a Content-Length, else as it is
+	// read. A POST that does not fit is answered HTTP 503 with
+	// Retry-After and {"status":503} before its body is read (mid-body
+	// for one without Content-Length) and before its session is touched:
+	// phoenix.js treats it as an error and reconnects, and nothing the
+	// session held is lost. The forwarding node of a relayed POST holds
+	// the body too, and charges it here as well. A body alone may exceed
+	// the bound. Default 64 MiB; negative: no limit.
+	MaxBodyBuffers int64
 	// MaxSessions bounds the sessions of this handler. A GET that would
 	// open one more is answered HTTP 503 with Retry-After and an empty
 	// body (phoenix.js reads a body without JSON as an error, closes and
@@ -110,6 +123,7 @@ const (
 	DefaultLongPollMaxSessionsPerAddr = 100
 	DefaultLongPollIOTimeout          = 10 * time.Second
 	DefaultLongPollMaxBody            = 1 << 20
+	DefaultLongPollMaxBodyBuffers     = 64 << 20
 	DefaultLongPollMaxSessions        = 10000
 	DefaultLongPollTokenMaxAge        = 14 * 24 * time.Hour
 )
@@ -138,6 +152,8 @@ type LongPollStats struct {
 	SessionLimit    atomic.Uint64 // opening GETs refused (503): MaxSessions reached
 	SocketLimit     atomic.Uint64 // opening GETs refused (503): no free socket slot (Sockets)
 	AddrLimit       atomic.Uint64 // opening GETs refused (503): MaxSessionsPerAddr reached
+	BodyBuffers     atomic.Int64  // bytes of POST bodies held now (MaxBodyBuffers)
+	BodyBuffersFull atomic.Uint64 // POSTs refused (503): MaxBodyBuffers reached
 }
 
 // LongPollHandler is the long-poll transport (PROTOCOL.md §8), an
@@ -168,7 +184,8 @@ type LongPollStats struct {
 //
 // Every JSON answer is HTTP 200 with the logical status in the body, as
 // Phoenix does; exceptions: a body above MaxBody (HTTP 413 with
-// {"status":413}), MaxSessions reached or the handler closed (HTTP 503,
+// {"status":413}), MaxBodyBuffers reached (HTTP 503 with {"status":503}),
+// MaxSessions reached or the handler closed (HTTP 503,
 // empty body). Phoenix's {"status":408} (a POST line not acknowledged
 // within the window) does not occur: lines are handled synchronously.
 //
@@ -225,6 +242,9 @@ func NewLongPollHandler(ep Endpoint, cfg LongPollConfig) (*LongPollHandler, erro
 	cfg.MaxAnswerBytes = min(cfg.MaxAnswerBytes, relayAnswer)
 	positiveOr(&cfg.IOTimeout, DefaultLongPollIOTimeout)
 	positiveOr(&cfg.MaxBody, DefaultLongPollMaxBody)
+	if cfg.MaxBodyBuffers == 0 {
+		cfg.MaxBodyBuffers = DefaultLongPollMaxBodyBuffers
+	}
 	positiveOr(&cfg.MaxSessionsPerAddr, DefaultLongPollMaxSessionsPerAddr)
 	positiveOr(&cfg.MaxSessions, DefaultLongPollMaxSessions)
 	positiveOr(&cfg.TokenMaxAge, DefaultLongPollTokenMaxAge)

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
-	"io"
 	"mime"
 	"net/http"
 	"net/netip"
@@ -49,9 +48,12 @@ func (h *LongPollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if node, ok := h.owner(r); ok {
 		var body []byte
 		if r.Method == http.MethodPost {
-			if body, ok = h.readBody(w, r); !ok {
+			var held int64
+			if body, held, ok = h.readBody(w, r); !ok {
 				return
 			}
+			// Held until the owner's answer is relayed back.
+			defer h.releaseBody(held)
 		}
 		if h.relay(w, r, node, body) {
 			return
@@ -93,38 +95,6 @@ func (h *LongPollHandler) owner(r *http.Request) (string, bool) {
 		return "", false
 	}
 	return node, true
-}
-
-// readBody reads a POST body of at most MaxBody bytes; on failure it has
-// answered (413 above the bound, 400 for a body cut short).
-func (h *LongPollHandler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
-	// A body trickled in must not hold the request (and what was read of
-	// it) for longer than IOTimeout. A relayed body is already here.
-	rc := http.NewResponseController(w)
-	_ = rc.SetReadDeadline(time.Now().Add(h.cfg.IOTimeout))
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.cfg.MaxBody))
-	if err == nil {
-		// The server's read of the next request has its own deadline.
-		// (After a failure the deadline stays: the server then gives up
-		// on the rest of the body at once.)
-		_ = rc.SetReadDeadline(time.Time{})
-	}
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			h.stats.BodiesTooLarge.Add(1)
-			writeStatusJSON(w, http.StatusRequestEntityTooLarge, 413)
-			return nil, false
-		}
-		// The client went away or was too slow mid-body; nothing was
-		// processed.
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			h.stats.IOTimeouts.Add(1)
-		}
-		writeStatusJSON(w, http.StatusBadRequest, 400)
-		return nil, false
-	}
-	return body, true
 }
 
 // requestToken returns the session token: the X-Phoenix-LongPoll-Token
@@ -372,10 +342,12 @@ func (h *LongPollHandler) answerBuffered(w http.ResponseWriter, r *http.Request,
 // post hands each line of the body to the socket, in order (§8.3), and
 // answers {"status":200}; replies come back on GET polls.
 func (h *LongPollHandler) post(w http.ResponseWriter, r *http.Request, s *lpSession) {
-	body, ok := h.readBody(w, r)
+	body, held, ok := h.readBody(w, r)
 	if !ok {
 		return
 	}
+	// Held through the wait for frameMu and the frames' handling.
+	defer h.releaseBody(held)
 	h.stats.Posts.Add(1)
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	ndjson := mt == "application/x-ndjson"
