@@ -97,6 +97,7 @@ func (n *Node) limitHits() map[string]func() uint64 {
 	}
 	hits["longpoll_buffered_bytes"] = lp.OverflowedBytes.Load
 	hits["longpoll_io_timeout"] = lp.IOTimeouts.Load
+	hits["longpoll_body_buffers"] = lp.BodyBuffersFull.Load
 	hits["longpoll_relay_size"] = lp.RelayTooLarge.Load
 	hits["longpoll_sessions_per_address"] = lp.AddrLimit.Load
 	// The Redis PubSub and the presence trackers count their own refusals.

@@ -64,6 +64,9 @@ type Config struct {
 	LongPollMaxBufferedBytes int
 	LongPollMaxAnswerBytes   int
 	LongPollIOTimeout        time.Duration
+	// LongPollMaxBodyBuffers bounds the bytes of long-poll POST bodies
+	// held on the node; default 64 MiB, negative: no limit.
+	LongPollMaxBodyBuffers int64
 	// LongPollMaxSessionsPerAddr bounds the live long-poll sessions of
 	// one client address (default 100; IPv6 by /64), which is read from
 	// X-Forwarded-For only behind TrustedProxies (CIDRs; empty: never).
@@ -311,6 +314,7 @@ func New(cfg Config) (*Node, error) {
 		MaxBufferedBytes:   cfg.LongPollMaxBufferedBytes,
 		MaxAnswerBytes:     cfg.LongPollMaxAnswerBytes,
 		IOTimeout:          cfg.LongPollIOTimeout,
+		MaxBodyBuffers:     cfg.LongPollMaxBodyBuffers,
 		MaxSessionsPerAddr: cfg.LongPollMaxSessionsPerAddr,
 		TrustedProxies:     cfg.TrustedProxies,
 	})

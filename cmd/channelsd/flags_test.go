@@ -49,6 +49,7 @@ var flagCases = []flagCase{
 	{"longpoll-max-answer-bytes", "CHANNELS_LONGPOLL_MAX_ANSWER_BYTES", "3080192", "1000", func(o *options) any { return o.lpMaxAnswerBytes }},
 	{"longpoll-max-sessions-per-address", "CHANNELS_LONGPOLL_MAX_SESSIONS_PER_ADDRESS", "100", "7", func(o *options) any { return o.lpMaxPerAddr }},
 	{"trusted-proxies", "CHANNELS_TRUSTED_PROXIES", "", "10.0.0.0/8, 192.0.2.1", func(o *options) any { return o.trustedProxies }},
+	{"longpoll-max-body-buffers", "CHANNELS_LONGPOLL_MAX_BODY_BUFFERS", "67108864", "-1", func(o *options) any { return o.lpMaxBodyBuffers }},
 	{"longpoll-io-timeout", "CHANNELS_LONGPOLL_IO_TIMEOUT", "10s", "3s", func(o *options) any { return o.lpIOTimeout }},
 	{"presence-max-key-length", "CHANNELS_PRESENCE_MAX_KEY_LENGTH", "256", "64", func(o *options) any { return o.presenceKeyLength }},
 	{"presence-max-meta-size", "CHANNELS_PRESENCE_MAX_META_SIZE", "2048", "512", func(o *options) any { return o.presenceMetaSize }},

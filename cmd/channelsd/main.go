@@ -109,6 +109,7 @@ type options struct {
 	redisMaxMessage    int
 	lpMaxBufferedBytes int
 	lpMaxAnswerBytes   int
+	lpMaxBodyBuffers   int64
 	lpIOTimeout        time.Duration
 	lpMaxPerAddr       int
 	trustedProxies     string
@@ -150,6 +151,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.int(&o.lpMaxAnswerBytes, "longpoll-max-answer-bytes", "CHANNELS_LONGPOLL_MAX_ANSWER_BYTES", transport.DefaultLongPollMaxAnswerBytes, "largest long-poll answer in bytes (the default is also the most, so that relayed answers fit in one Redis message); the rest waits for the next poll, and a larger message goes alone")
 	env.int(&o.lpMaxPerAddr, "longpoll-max-sessions-per-address", "CHANNELS_LONGPOLL_MAX_SESSIONS_PER_ADDRESS", transport.DefaultLongPollMaxSessionsPerAddr, "live long-poll sessions one client address may hold (IPv6: one /64); one more is answered HTTP 503 with Retry-After; behind a proxy see --trusted-proxies; -1: no limit")
 	env.str(&o.trustedProxies, "trusted-proxies", "CHANNELS_TRUSTED_PROXIES", "", "comma-separated CIDRs (or addresses) of the proxies or load balancers in front of the node: a request from one of them is taken to come from the right-most X-Forwarded-For address that is not one of them (for per-address limits); empty: X-Forwarded-For is never trusted")
+	env.int64(&o.lpMaxBodyBuffers, "longpoll-max-body-buffers", "CHANNELS_LONGPOLL_MAX_BODY_BUFFERS", transport.DefaultLongPollMaxBodyBuffers, "bytes of long-poll POST bodies the node holds at once (within --max-frame-size each), from before they are read until answered; a POST that does not fit gets HTTP 503 {\"status\":503} unread; -1: no limit")
 	env.duration(&o.lpIOTimeout, "longpoll-io-timeout", "CHANNELS_LONGPOLL_IO_TIMEOUT", transport.DefaultLongPollIOTimeout, "longest time to read a long-poll POST body (slower: HTTP 400, nothing processed) or write an answer (slower: cut off, and a session whose messages were in it ends)")
 	env.int(&o.presenceKeyLength, "presence-max-key-length", "CHANNELS_PRESENCE_MAX_KEY_LENGTH", presence.DefaultMaxKeyLength, "longest presence key in bytes (the room's user name): a longer connect parameter user is refused with 403, a longer join user with {\"reason\":\"user name too long\"}, and Track with an error; -1: no limit")
 	env.int(&o.presenceMetaSize, "presence-max-meta-size", "CHANNELS_PRESENCE_MAX_META_SIZE", presence.DefaultMaxMetaSize, "largest presence meta in bytes; a larger one is refused with an error (the conformance channel replies {\"reason\":\"presence meta too large\"}); -1: no limit")
@@ -376,6 +378,7 @@ func run(args []string, stderr io.Writer) error {
 		LongPollMaxBufferedBytes:   o.lpMaxBufferedBytes,
 		LongPollMaxAnswerBytes:     o.lpMaxAnswerBytes,
 		LongPollIOTimeout:          o.lpIOTimeout,
+		LongPollMaxBodyBuffers:     o.lpMaxBodyBuffers,
 		LongPollMaxSessionsPerAddr: o.lpMaxPerAddr,
 		TrustedProxies:             splitList(o.trustedProxies),
 		HTTPIdleTimeout:            o.httpIdleTimeout,
