@@ -22,6 +22,9 @@ type Message struct {
 	// for an ordinary broadcast. It only matters on the origin node:
 	// subscriber names are unique per node.
 	From string
+	// Pos is the message's place in its topic's history (History); zero
+	// for a topic without history.
+	Pos Position
 
 	encodings encodingCache
 }

@@ -135,11 +135,15 @@ func (r *Registry) Dispatch(m *Message) int {
 	return n
 }
 
-// deliver hands m to subs, skipping the one named by m.From.
+// deliver hands m to subs, skipping the one named by m.From (which is
+// told, when m has a position and it follows positions).
 func deliver(subs []Subscriber, m *Message) int {
 	n := 0
 	for _, s := range subs {
 		if m.From != "" && s.SubscriberID() == m.From {
+			if o, ok := s.(ExcludedObserver); ok && !m.Pos.IsZero() {
+				o.Excluded(m)
+			}
 			continue
 		}
 		s.Deliver(m)

@@ -1,0 +1,78 @@
+package pubsub
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// HistoryRule gives the topics that match Pattern their history. A pattern
+// is an exact topic ("lobby") or a prefix ending in '*' ("room:*"), as
+// channel routes are.
+type HistoryRule struct {
+	Pattern string
+	HistoryOptions
+}
+
+// Matches reports whether topic matches the rule's pattern.
+func (r HistoryRule) Matches(topic string) bool {
+	if p, ok := strings.CutSuffix(r.Pattern, "*"); ok {
+		return strings.HasPrefix(topic, p)
+	}
+	return topic == r.Pattern
+}
+
+// ParseHistoryRules parses the --history flag's syntax: rules separated by
+// ';' or whitespace, each "pattern=size[,ttl]", e.g. "room:*=100,5m;lobby=20".
+// The TTL is a Go duration; without one it is DefaultHistoryTTL. The
+// empty string is no rules.
+func ParseHistoryRules(s string) ([]HistoryRule, error) {
+	var rules []HistoryRule
+	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ';' || r == ' ' || r == '\t' || r == '\n' }) {
+		pattern, spec, ok := strings.Cut(f, "=")
+		if !ok || pattern == "" {
+			return nil, fmt.Errorf("pubsub: history rule %q: want pattern=size[,ttl]", f)
+		}
+		if i := strings.IndexByte(pattern, '*'); i >= 0 && i != len(pattern)-1 {
+			return nil, fmt.Errorf("pubsub: history rule %q: '*' is only allowed at the end of the pattern", f)
+		}
+		sizeS, ttlS, hasTTL := strings.Cut(spec, ",")
+		size, err := strconv.Atoi(sizeS)
+		if err != nil || size < 1 || size > MaxHistorySize {
+			return nil, fmt.Errorf("pubsub: history rule %q: size must be 1..%d", f, MaxHistorySize)
+		}
+		r := HistoryRule{Pattern: pattern, HistoryOptions: HistoryOptions{Size: size}}
+		if hasTTL {
+			ttl, err := time.ParseDuration(ttlS)
+			if err != nil || ttl < time.Second {
+				return nil, fmt.Errorf("pubsub: history rule %q: ttl must be a duration of at least 1s", f)
+			}
+			r.TTL = ttl
+		}
+		rules = append(rules, r)
+	}
+	return rules, nil
+}
+
+// MaxHistorySize bounds HistoryOptions.Size in rules: a recovery replays
+// up to Size messages to one client in one go.
+const MaxHistorySize = 100_000
+
+// RulesPolicy returns the policy that gives a topic the options of the
+// first rule that matches it, and none when no rule does (nil for no
+// rules, so a PubSub without history rules pays nothing per publish).
+func RulesPolicy(rules []HistoryRule) HistoryPolicy {
+	if len(rules) == 0 {
+		return nil
+	}
+	rules = append([]HistoryRule(nil), rules...)
+	return func(topic string) HistoryOptions {
+		for _, r := range rules {
+			if r.Matches(topic) {
+				return r.HistoryOptions
+			}
+		}
+		return HistoryOptions{}
+	}
+}
