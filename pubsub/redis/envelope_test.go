@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/channelsd/channelsd/pubsub"
 )
 
 // appendEnvelopeV1 is the version 1 writer (releases before the send
@@ -105,6 +107,10 @@ func FuzzDecodeEnvelope(f *testing.F) {
 	f.Add("\x01\x00\x80")
 	f.Add(string(appendEnvelopeExt(nil, "node", 1, 7, "", "event", false, appendExtRecord(nil, 5, []byte("x")), []byte(`{}`))))
 	f.Add("\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x80")
+	pos := pubsub.Position{Epoch: "e1", Offset: 42}
+	f.Add(string(appendEnvelopeExt(nil, "node", 1, 7, "s", "event", false, positionExt(pos), []byte(`{}`))))
+	f.Add(string(appendEnvelopeExt(nil, "node", 1, 7, "", "event", true, appendExtRecord(positionExt(pos), 9, nil), []byte{1})))
+	f.Add(string(appendEnvelopeExt(nil, "node", 1, 7, "", "event", false, appendExtRecord(nil, 1, []byte("bad")), nil)))
 	f.Fuzz(func(t *testing.T, data string) {
 		e, err := decodeEnvelope(data)
 		if err != nil {
@@ -119,6 +125,7 @@ func FuzzDecodeEnvelope(f *testing.F) {
 		again := appendEnvelope(nil, e.origin, e.sent, e.seq, e.from, e.event, e.binary, []byte(e.payload))
 		base := e
 		base.ext = ""
+		base.pos = pubsub.Position{}
 		if e2, err := decodeEnvelope(string(again)); err != nil || e2 != base {
 			t.Fatalf("re-encoding %+v gave %+v, %v", e, e2, err)
 		}
@@ -141,7 +148,7 @@ func FuzzDecodeEnvelope(f *testing.F) {
 // message, payload untouched, binary or text.
 func TestEnvelopeReadsNextReleaseExtensionArea(t *testing.T) {
 	var ext []byte
-	ext = appendExtRecord(ext, 1, []byte("trace-4bf92f3577b34da6"))
+	ext = appendExtRecord(ext, 2, []byte("trace-4bf92f3577b34da6"))
 	ext = appendExtRecord(ext, 300, nil)
 	ext = appendExtRecord(ext, 7, bytes.Repeat([]byte{0xff}, 200))
 	sent := time.Now().UnixNano()
