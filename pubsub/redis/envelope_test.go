@@ -204,3 +204,41 @@ func TestEnvelopeMalformedExtensionAreaIsRefused(t *testing.T) {
 		t.Errorf("flag bit 2: err %v, want errEnvelopeFlags", err)
 	}
 }
+
+// TestEnvelopePositionRecord: record tag 1 is read into the envelope's
+// position, next to records of unknown tags; a tag 1 that is not a
+// broadcast's position makes the area malformed.
+func TestEnvelopePositionRecord(t *testing.T) {
+	pos := pubsub.Position{Epoch: strings.Repeat("e", 32), Offset: 1<<64 - 1}
+	if ext := positionExt(pos); len(ext) != maxPositionExt-1 {
+		t.Fatalf("longest position record is %d bytes, want %d", len(ext), maxPositionExt-1)
+	}
+	for _, ext := range [][]byte{
+		positionExt(pos),
+		appendExtRecord(appendExtRecord(nil, 9, []byte("x")), 1, []byte(pos.String())),
+		appendExtRecord(positionExt(pos), 300, nil),
+	} {
+		data := appendEnvelopeExt(nil, "n", 1, 2, "", "e", false, ext, []byte(`{}`))
+		e, err := decodeEnvelope(string(data))
+		if err != nil || e.pos != pos || e.payload != `{}` {
+			t.Fatalf("area % x: %+v, %v", ext, e, err)
+		}
+	}
+	for _, bad := range []string{"", "e", "e:0", ":1", "e:01", "e:x"} {
+		data := appendEnvelopeExt(nil, "n", 1, 2, "", "e", false, appendExtRecord(nil, 1, []byte(bad)), nil)
+		if _, err := decodeEnvelope(string(data)); err != errEnvelopeExt {
+			t.Errorf("position %q: err %v, want errEnvelopeExt", bad, err)
+		}
+	}
+	twice := appendExtRecord(positionExt(pos), 1, []byte("e:2"))
+	if _, err := decodeEnvelope(string(appendEnvelopeExt(nil, "n", 1, 2, "", "e", false, twice, nil))); err != errEnvelopeExt {
+		t.Errorf("two positions: err %v, want errEnvelopeExt", err)
+	}
+	// The head the script completes is the envelope up to the event, with
+	// flag bit 1 set.
+	head := appendEnvelopeHead(nil, "n", 1, 2, "f", "e", true)
+	full := appendEnvelopeExt(nil, "n", 1, 2, "f", "e", true, positionExt(pos), []byte{7})
+	if !bytes.HasPrefix(full, head) || full[len(head)] != byte(maxPositionExt-1) {
+		t.Fatalf("head % x is not the prefix of % x", head, full)
+	}
+}
