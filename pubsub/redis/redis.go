@@ -46,6 +46,11 @@ var (
 //     and dispatches them to local subscribers, and owns the connection
 //     state (lost, reconnected);
 //   - the writer drains the bounded publish queue in pipelined batches.
+//
+// It is a pubsub.History too (history.go): a topic the history policy
+// gives history is published by a Redis script that also numbers and
+// retains the broadcast, and is delivered to every node's subscribers,
+// this node's included, from Redis, after Publish returns.
 type PubSub struct {
 	opt        Options
 	log        *slog.Logger
@@ -313,6 +318,15 @@ func (p *PubSub) Subscribers(topic string) int { return p.reg.Count(topic) }
 //
 // A message above Options.MaxMessageSize is refused with
 // pubsub.ErrTooLarge before any delivery, local subscribers included.
+//
+// A topic with history (SetHistoryPolicy) differs: Publish delivers
+// nothing itself. The writer runs the history script (history_script.go)
+// in its batch, in queue order with the PUBLISHes, and Publish waits for
+// the script's answer as it waits for a PUBLISH's (same timeout,
+// ErrDisconnected, ErrQueueFull). Every node, this one included, delivers
+// the broadcast when Redis sends it back, so all of them see the topic's
+// offsets in one order; local subscribers get it after Publish returns,
+// and not at all when Publish fails before Redis ran the script.
 func (p *PubSub) Publish(ctx context.Context, m *pubsub.Message) error {
 	if p.closed.Load() {
 		return pubsub.ErrClosed
