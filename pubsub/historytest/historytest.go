@@ -558,37 +558,36 @@ func (s *suite) broadcastFrom(t *testing.T) {
 }
 
 func (s *suite) recoverySeam(t *testing.T) {
-	const total = 400
+	// The client saw position last, then went away while broadcasts went
+	// on; it subscribes again and reads what it missed since last, while a
+	// publisher goes on broadcasting. Broadcasts made after the read are
+	// certain to come live, so the test ends whatever the interleaving.
+	const before, racing, after = 10, 300, 10
+	const final = before + racing + after
 	h := s.open(t)
 	tp := topic(bigPrefix)
-	// The client saw position `last`, then went away while broadcasts went
-	// on; it subscribes again and reads what it missed since last, while
-	// broadcasts still go on.
-	const before = 10
 	var last pubsub.Position
 	for range before {
 		last = publishAt(t, h, &pubsub.Message{Topic: tp, Event: "before"})
 	}
-	published := make(chan uint64, total)
+	started := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		for range total {
-			pos, err := h.PublishAt(context.Background(), &pubsub.Message{Topic: tp, Event: "e"})
-			if err != nil {
+		for i := range racing {
+			if _, err := h.PublishAt(context.Background(), &pubsub.Message{Topic: tp, Event: "racing"}); err != nil {
 				done <- err
 				return
 			}
-			published <- pos.Offset
+			if i == racing/4 {
+				close(started)
+			}
 		}
 		done <- nil
 	}()
-	// Rejoin while the publisher is under way.
-	for range total / 4 {
-		select {
-		case <-published:
-		case <-time.After(s.opt.Timeout):
-			t.Fatal("publisher stalled")
-		}
+	select {
+	case <-started:
+	case err := <-done:
+		t.Fatalf("PublishAt: %v", err)
 	}
 	sb := newSub("rejoin")
 	subscribe(t, h, tp, sb)
@@ -599,6 +598,9 @@ func (s *suite) recoverySeam(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("PublishAt: %v", err)
 	}
+	for range after {
+		publishAt(t, h, &pubsub.Message{Topic: tp, Event: "after"})
+	}
 	seen := make(map[uint64]int)
 	for _, m := range res.Messages {
 		if m.Pos.Epoch != last.Epoch {
@@ -607,21 +609,24 @@ func (s *suite) recoverySeam(t *testing.T) {
 		seen[m.Pos.Offset]++
 	}
 	var prev uint64
-	for prev < before+total {
+	for prev < final {
 		m := sb.next(t, s.opt.Timeout)
 		if m.Pos.Epoch != last.Epoch || (prev != 0 && m.Pos.Offset != prev+1) {
 			t.Fatalf("live delivery at %s after offset %d: live deliveries must be consecutive", m.Pos, prev)
 		}
+		if prev == 0 && m.Pos.Offset > res.Top.Offset+1 {
+			t.Fatalf("first live delivery at %s, but the read stopped at Top %s: a hole at the seam", m.Pos, res.Top)
+		}
 		prev = m.Pos.Offset
 		seen[m.Pos.Offset]++
 	}
-	for o := last.Offset + 1; o <= before+total; o++ {
+	for o := last.Offset + 1; o <= final; o++ {
 		if seen[o] == 0 {
 			t.Fatalf("offset %d reached the client neither by ReadHistory (up to Top %s) nor live: a hole at the seam", o, res.Top)
 		}
 	}
-	if len(seen) != total {
-		t.Fatalf("client saw %d distinct offsets, want %d", len(seen), total)
+	if want := final - before; len(seen) != want {
+		t.Fatalf("client saw %d distinct offsets after %s, want %d", len(seen), last, want)
 	}
 }
 
