@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,6 +27,20 @@ type historyState struct {
 	reads     atomic.Uint64 // ReadHistory calls that reached Redis
 	read      atomic.Uint64 // messages they returned
 	reloads   atomic.Uint64 // NOSCRIPT answers: the script sent again in full
+
+	// known is what HistoryStats reports: the histories this node
+	// published to within their TTL, and their newest offset. Guarded
+	// by mu.
+	mu        sync.Mutex
+	known     map[string]knownHistory
+	sweptSize int // len(known) after the last sweep
+}
+
+type knownHistory struct {
+	epoch   string
+	top     uint64 // newest offset this node was given
+	size    int
+	expires time.Time
 }
 
 // historyArgs are the keys and arguments of one historyPublish run.
@@ -133,7 +148,58 @@ func (p *PubSub) publishHistory(ctx context.Context, m *pubsub.Message, o pubsub
 		return pubsub.Position{}, err
 	}
 	p.hist.published.Add(1)
+	p.hist.note(m.Topic, req.pos, o, now)
 	return req.pos, nil
+}
+
+// note records that topic's history lives until now+TTL with pos as its
+// newest broadcast, for HistoryStats. The map is swept when it has
+// doubled since the last sweep, so it stays proportional to the
+// histories alive.
+func (h *historyState) note(topic string, pos pubsub.Position, o pubsub.HistoryOptions, now time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.known == nil {
+		h.known = make(map[string]knownHistory)
+	}
+	k, ok := h.known[topic]
+	if !ok && len(h.known) >= 2*h.sweptSize+64 {
+		h.sweepLocked(now)
+	}
+	if ok && k.epoch == pos.Epoch && pos.Offset < k.top {
+		pos.Offset = k.top // concurrent publishers note in any order
+	}
+	h.known[topic] = knownHistory{epoch: pos.Epoch, top: pos.Offset, size: o.Size, expires: now.Add(o.EffectiveTTL())}
+}
+
+func (h *historyState) sweepLocked(now time.Time) {
+	for t, k := range h.known {
+		if !now.Before(k.expires) {
+			delete(h.known, t)
+		}
+	}
+	h.sweptSize = len(h.known)
+}
+
+var _ pubsub.HistoryCounter = (*PubSub)(nil)
+
+// HistoryStats implements pubsub.HistoryCounter without asking Redis
+// (counting the histories there would scan its keyspace at every
+// scrape): Topics is the histories this node published to within their
+// TTL, Retained the broadcasts they retain by their Size (Redis keeps a
+// few more). Nodes that publish to one topic each count it; a history
+// kept alive only by other nodes is not counted here.
+func (p *PubSub) HistoryStats() pubsub.HistoryStats {
+	h := &p.hist
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.sweepLocked(time.Now())
+	var st pubsub.HistoryStats
+	for _, k := range h.known {
+		st.Topics++
+		st.Retained += int(min(k.top, uint64(k.size)))
+	}
+	return st
 }
 
 // historyReply reads historyPublish's {epoch, offset}.
@@ -208,7 +274,10 @@ func (p *PubSub) ReadHistory(ctx context.Context, topic string, q pubsub.History
 	case !q.Since.IsZero():
 		mode, sinceEpoch, sinceOff, count = "since", q.Since.Epoch, strconv.FormatUint(q.Since.Offset, 10), max(q.Limit, 0)
 	case q.Last > 0:
-		mode, count = "last", min(q.Last, o.Size)
+		// Not capped at Size: what Last shows retained must be what a
+		// read since a position finds (the stream, trimmed
+		// approximately, keeps some more).
+		mode, count = "last", q.Last
 	}
 	ctx, cancel := context.WithTimeout(ctx, p.opt.PublishTimeout)
 	defer cancel()

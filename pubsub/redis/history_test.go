@@ -15,7 +15,21 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/channelsd/channelsd/pubsub"
+	"github.com/channelsd/channelsd/pubsub/historytest"
 )
+
+// TestHistoryContract runs pubsub.History's contract suite, each subtest
+// on its own node of one Redis.
+func TestHistoryContract(t *testing.T) {
+	srv := startRedis(t)
+	var n atomic.Int64
+	historytest.Run(t, func(t *testing.T) pubsub.History {
+		id := "contract-" + strconv.FormatInt(n.Add(1), 10)
+		p := node(t, srv, id)
+		p.SetGate(openGate(id))
+		return p
+	}, historytest.Options{MinTTL: time.Second, Timeout: 10 * time.Second})
+}
 
 // roomHistory keeps history for "room:" topics only.
 func roomHistory(size int, ttl time.Duration) pubsub.HistoryPolicy {
@@ -154,6 +168,9 @@ func TestHistoryPositionsAgreeAcrossNodes(t *testing.T) {
 	sa, sb := a.Stats(), b.Stats()
 	if sa.HistoryPublished != n/2 || sb.HistoryPublished != n/2+1 || sb.HistoryReads != 2 || sb.HistoryMessagesRead != 2*n {
 		t.Fatalf("stats: a=%+v b=%+v", sa, sb)
+	}
+	if st := b.HistoryStats(); st != (pubsub.HistoryStats{Topics: 1, Retained: n + 1}) {
+		t.Fatalf("b's HistoryStats: %+v", st)
 	}
 	if sa.Received != n/2+1 || sa.Published != n/2 {
 		t.Fatalf("a's Received %d, Published %d: own echoes are not received from other nodes", sa.Received, sa.Published)
@@ -329,12 +346,19 @@ func TestHistoryReadErrors(t *testing.T) {
 	if ms[1].Pos.Offset != 297 {
 		t.Fatalf("since 295 limit 2: %v", posEvents(ms))
 	}
-	// Last is capped at Size, oldest first.
-	ms = check(pubsub.HistoryQuery{Last: 50}, nil, 5)
-	if ms[0].Pos.Offset != 296 || ms[4].Pos != last {
-		t.Fatalf("last 50 of size 5: %v", posEvents(ms))
+	ms = check(pubsub.HistoryQuery{Last: 2}, nil, 2)
+	if ms[0].Pos.Offset != 299 || ms[1].Pos != last {
+		t.Fatalf("last 2: %v", posEvents(ms))
 	}
-	check(pubsub.HistoryQuery{Last: 2}, nil, 2)
+	// Last shows what is retained, as a read since finds it: Size or a
+	// few more (trimmed approximately), oldest first, without a hole.
+	ms = readHistory(t, a, "room:1", pubsub.HistoryQuery{Last: 1000}).Messages
+	first := ms[0].Pos.Offset
+	if len(ms) < 5 || ms[len(ms)-1].Pos != last || uint64(len(ms)) != last.Offset-first+1 {
+		t.Fatalf("last 1000 of size 5: %d messages from %d", len(ms), first)
+	}
+	check(pubsub.HistoryQuery{Since: pubsub.Position{Epoch: e, Offset: first - 1}}, nil, len(ms))
+	check(pubsub.HistoryQuery{Since: pubsub.Position{Epoch: e, Offset: first - 2}}, pubsub.ErrPositionTooOld, 0)
 
 	if _, err := a.ReadHistory(ctx, "lobby", pubsub.HistoryQuery{Last: 1}); !errors.Is(err, pubsub.ErrNoHistory) {
 		t.Fatalf("topic without history: %v", err)
@@ -382,8 +406,14 @@ func TestHistoryExpiresAfterTTL(t *testing.T) {
 	eventually(t, 10*time.Second, "the history to expire", func() bool {
 		return rc.Exists(ctx, "test:h:{room:1}:s", "test:h:{room:1}:m").Val() == 0
 	})
+	if st := a.HistoryStats(); st != (pubsub.HistoryStats{}) {
+		t.Fatalf("HistoryStats after the TTL: %+v", st)
+	}
 	if pos := publishAt(t, a, "room:1", "y"); pos.Epoch == first.Epoch || pos.Offset != 1 {
 		t.Fatalf("after expiry: %v (before: %v)", pos, first)
+	}
+	if st := a.HistoryStats(); st != (pubsub.HistoryStats{Topics: 1, Retained: 1}) {
+		t.Fatalf("HistoryStats: %+v", st)
 	}
 }
 
@@ -561,5 +591,29 @@ func TestHistoryPublishWhileDisconnected(t *testing.T) {
 	}
 	if r.count() != 0 {
 		t.Fatal("a failed history publish was delivered locally")
+	}
+}
+
+// TestHistoryStatsForgetsExpiredTopics: the topics HistoryStats knows are
+// swept as they are noted, so a node publishing to ever new topics keeps
+// only the live ones, scraped or not.
+func TestHistoryStatsForgetsExpiredTopics(t *testing.T) {
+	var h historyState
+	o := pubsub.HistoryOptions{Size: 3, TTL: time.Second}
+	t0 := time.Now()
+	for i := range 10000 {
+		now := t0.Add(time.Duration(i) * time.Millisecond) // 1000 live at a time
+		h.note("room:"+strconv.Itoa(i), pubsub.Position{Epoch: "e", Offset: 5}, o, now)
+	}
+	h.mu.Lock()
+	n := len(h.known)
+	h.mu.Unlock()
+	if n > 2*1000+64 {
+		t.Fatalf("%d topics known, with 1000 live", n)
+	}
+	h.note("room:0", pubsub.Position{Epoch: "e", Offset: 9}, o, t0)
+	h.note("room:0", pubsub.Position{Epoch: "e", Offset: 7}, o, t0) // noted late
+	if k := h.known["room:0"]; k.top != 9 {
+		t.Fatalf("top %d after offsets 9 then 7 of one epoch", k.top)
 	}
 }
