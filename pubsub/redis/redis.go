@@ -352,55 +352,6 @@ func (p *PubSub) Publish(ctx context.Context, m *pubsub.Message) error {
 	})
 }
 
-// roundTrip queues req for the writer and waits for Redis's answer, for
-// at most Options.PublishTimeout (or ctx) from now.
-func (p *PubSub) roundTrip(ctx context.Context, topic string, now time.Time, req *publishReq) error {
-	if p.lost.Load() {
-		return p.publishFailed(topic, p.lostError())
-	}
-	if err := ctx.Err(); err != nil {
-		return p.publishFailed(topic, fmt.Errorf("redis: publish: %w", err))
-	}
-	deadline := now.Add(p.opt.PublishTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	req.deadline = deadline
-	select {
-	case p.queue <- req:
-	default:
-		p.dropped.Add(1)
-		if ok, n := p.publishLog.Allow(); ok {
-			p.log.Warn("redis: publish queue full; broadcast not relayed to other nodes",
-				"topic", topic, "queue", cap(p.queue), "suppressed", n)
-		}
-		return ErrQueueFull
-	}
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
-	var err error
-	select {
-	case err = <-req.done:
-	case <-timer.C:
-		req.abandoned.Store(true)
-		err = ErrTimeout
-	case <-ctx.Done():
-		req.abandoned.Store(true)
-		err = fmt.Errorf("redis: publish: %w", ctx.Err())
-	case <-p.done:
-		select {
-		case err = <-req.done:
-		default:
-			return pubsub.ErrClosed
-		}
-	}
-	if err != nil {
-		return p.publishFailed(topic, err)
-	}
-	p.published.Add(1)
-	return nil
-}
-
 // messageSize is the size that MaxMessageSize bounds: the channel name
 // plus the envelope, counting its varints at their longest so that the
 // bound does not depend on a sequence number.
