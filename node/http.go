@@ -56,7 +56,9 @@ type broadcastRequest struct {
 
 // apiBroadcast publishes {"topic","event","payload"} to every subscriber
 // of the topic on every node. 202: accepted for delivery, which is
-// at-most-once like every broadcast.
+// at-most-once like every broadcast; 200 with the broadcast's "position"
+// when the topic keeps history, from which clients recover what they
+// missed.
 func (n *Node) apiBroadcast(w http.ResponseWriter, r *http.Request) {
 	var req broadcastRequest
 	if !n.decodeBody(w, r, &req) {
@@ -87,7 +89,8 @@ func (n *Node) apiBroadcast(w http.ResponseWriter, r *http.Request) {
 		writeJSONError(w, http.StatusBadRequest, `"payload": `+err.Error())
 		return
 	}
-	if err := n.endpoint.Broadcast(r.Context(), req.Topic, req.Event, payload); err != nil {
+	pos, err := n.broadcast(r, req.Topic, req.Event, payload)
+	if err != nil {
 		if errors.Is(err, pubsub.ErrTooLarge) {
 			// Above --redis-max-message-size: retrying will not help.
 			writeJSONError(w, http.StatusRequestEntityTooLarge, "broadcast refused: "+err.Error())
@@ -95,6 +98,11 @@ func (n *Node) apiBroadcast(w http.ResponseWriter, r *http.Request) {
 		}
 		n.log.Warn("node: api broadcast failed", "topic", req.Topic, "err", err)
 		writeJSONError(w, http.StatusServiceUnavailable, "broadcast failed: "+err.Error())
+		return
+	}
+	if !pos.IsZero() {
+		// Published and given its place in the topic's history.
+		writeJSON(w, http.StatusOK, map[string]string{"status": "accepted", "position": pos.String()})
 		return
 	}
 	writeJSON(w, http.StatusAccepted, map[string]string{"status": "accepted"})
