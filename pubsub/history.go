@@ -200,3 +200,18 @@ type History interface {
 type ExcludedObserver interface {
 	Excluded(m *Message)
 }
+
+// HistoryCounter is implemented by the Histories that can tell the node how
+// much history they hold, for its metrics; the node reads it at scrape
+// time, so it must not wait on the store for long.
+type HistoryCounter interface {
+	HistoryStats() HistoryStats
+}
+
+// HistoryStats is a HistoryCounter's answer.
+type HistoryStats struct {
+	// Topics is the number of live histories this node holds or knows of.
+	Topics int
+	// Retained is the number of broadcasts those histories retain.
+	Retained int
+}
