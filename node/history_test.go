@@ -292,3 +292,26 @@ func TestHistoryAPI(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// The in-memory PubSub's history, end to end through the API: what POST
+// /api/broadcast placed, GET /api/history finds at that position.
+func TestHistoryAPIWithLocalPubSub(t *testing.T) {
+	n := newTestNode(t, Config{PubSub: local.New(), History: historyRules})
+	var positions []string
+	for _, p := range []string{`{"n":1}`, `{"n":2}`} {
+		code, body := do(t, n.Handler(), "POST", "/api/broadcast", `{"topic":"room:a","event":"new_msg","payload":`+p+`}`)
+		var ans map[string]string
+		if err := json.Unmarshal([]byte(body), &ans); err != nil || code != http.StatusOK || ans["position"] == "" {
+			t.Fatalf("broadcast: status %d body %s; want 200 with a position", code, body)
+		}
+		positions = append(positions, ans["position"])
+	}
+	code, r, body := getHistory(t, n, "topic=room:a&since="+positions[0])
+	if code != http.StatusOK || r.positions() != positions[1] || r.Position != positions[1] || string(r.Messages[0].Payload) != `{"n":2}` {
+		t.Fatalf("since %s: %d %s; want the second broadcast, at %s", positions[0], code, body, positions[1])
+	}
+	code, r, body = getHistory(t, n, "topic=room:a")
+	if code != http.StatusOK || r.positions() != strings.Join(positions, " ") || r.Recovered != nil {
+		t.Fatalf("last: %d %s; want both broadcasts", code, body)
+	}
+}
