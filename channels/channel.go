@@ -89,6 +89,9 @@ const (
 	ReasonStop          Reason = "stop"           // a callback returned Stop
 	ReasonError         Reason = "error"          // a callback returned StopWithError
 	ReasonCrash         Reason = "crash"          // a callback panicked
+	// ReasonHistoryGap: the topic's broadcasts had a hole (PROTOCOL.md
+	// §12); the client was sent phx_error and rejoins to recover.
+	ReasonHistoryGap Reason = "history_gap"
 )
 
 // Binary marks a payload as raw bytes: pushed, replied or broadcast as a

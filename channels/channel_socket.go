@@ -43,9 +43,12 @@ type ChannelSocket struct {
 // joinRare is the part of a ChannelSocket that most joins never touch.
 // Guarded by ChannelSocket.mu.
 type joinRare struct {
-	pending []Frame // frames produced before the join reply went out
+	pending []heldFrame // frames produced before the join reply went out
 	ctx     context.Context
 	cancel  context.CancelFunc
+	// last is the position of the last broadcast of a topic with history
+	// delivered to this join (recovery.go); zero until the first one.
+	last pubsub.Position
 }
 
 // rareLocked returns c.rare, allocating it. Called with c.mu held.
@@ -61,6 +64,9 @@ type joinState uint8
 const (
 	stateJoining joinState = iota
 	stateJoined
+	// stateBroken: a hole in the topic's broadcasts failed the channel
+	// (recovery.go); nothing more goes out, and it is about to end.
+	stateBroken
 	stateClosed
 )
 
@@ -232,6 +238,10 @@ func (c *ChannelSocket) SubscriberID() string { return c.id }
 // for this socket's serializer goes to the connection, or the message goes
 // to HandleOut when the channel intercepts its event.
 func (c *ChannelSocket) Deliver(m *pubsub.Message) {
+	if !m.Pos.IsZero() {
+		c.deliverAt(m, false) // a topic with history (recovery.go)
+		return
+	}
 	if len(c.intercepts) > 0 && slices.Contains(c.intercepts, m.Event) {
 		c.sock.deliverOut(c, m)
 		return
@@ -262,7 +272,7 @@ func (c *ChannelSocket) sendFrame(f Frame) {
 	switch c.state {
 	case stateJoining:
 		r := c.rareLocked()
-		r.pending = append(r.pending, f)
+		r.pending = append(r.pending, heldFrame{f: f})
 	case stateJoined:
 		c.sock.sendFrame(f)
 	}

@@ -1,7 +1,7 @@
 // Package channels is the Phoenix Channels programming model in Go and the
 // runtime that speaks it to clients.
 //
-// The wire protocol (PROTOCOL.md, the shared reference) is in message.go
+// The wire protocol (PROTOCOL.md at the repository root) is in message.go
 // and the serializers: a Message is [join_ref, ref, topic, event,
 // payload]; V1 writes it as a JSON object, V2 as a JSON array or, for raw
 // bytes, a binary frame. Payloads stay raw JSON (or raw bytes) all the way

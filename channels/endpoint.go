@@ -111,6 +111,14 @@ type Stats struct {
 	// InvalidPayloads counts client messages dropped because their text
 	// payload was not valid UTF-8 (also counted in MalformedFrames).
 	InvalidPayloads atomic.Uint64
+
+	// History and recovery (recovery.go, PROTOCOL.md §12).
+	RecoveriesComplete atomic.Uint64 // joins with "since" whose whole gap was replayed
+	Replayed           atomic.Uint64 // broadcasts replayed to joining clients
+	HistoryGaps        atomic.Uint64 // channels ended by a hole in their live broadcasts
+	// recoveriesIncomplete counts the joins answered "recovered": false
+	// with a reason, per reason (recoveryReasons); RecoveriesIncomplete.
+	recoveriesIncomplete [len(recoveryReasons)]atomic.Uint64
 }
 
 // NewEndpoint checks cfg and returns an Endpoint.

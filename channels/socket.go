@@ -342,18 +342,21 @@ func (s *Socket) join(msg *Message) {
 	s.chans = append(s.chans, ch)
 	s.ep.stats.Channels.Add(1)
 	s.ep.stats.Joins.Add(1)
+	// After Subscribe: what the history read misses arrives live (recovery.go).
+	rec := s.readRecovery(ch, Payload{Data: msg.Payload, Binary: msg.Binary})
+	if rec != nil {
+		replyData = rec.amendReply(replyData, replyBinary)
+	}
 
 	// §3.3: the reply goes out before anything else of this join.
 	ch.mu.Lock()
 	s.send(&Message{JoinRef: msg.JoinRef, Ref: msg.Ref, Topic: msg.Topic, Event: EventReply, Status: "ok", Payload: replyData, Binary: replyBinary})
-	var pending []Frame
+	var pending []heldFrame
 	if ch.rare != nil {
 		pending, ch.rare.pending = ch.rare.pending, nil
 	}
 	ch.state = stateJoined
-	for _, f := range pending {
-		s.sendFrame(f)
-	}
+	ch.flushJoinLocked(rec, pending)
 	ch.mu.Unlock()
 
 	if aj, ok := ch.impl.(AfterJoiner); ok {

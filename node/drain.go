@@ -9,7 +9,7 @@ import (
 	"github.com/channelsd/channelsd/channels"
 )
 
-// The drain (DESIGN.md, "Lifecycle and operations"). It starts with
+// The drain (PROTOCOL.md §5.3, README "Draining"). It starts with
 // Drain (POST /api/drain, `channelsd drain` in a Kubernetes preStop hook)
 // or with Shutdown, and goes one way:
 //

@@ -30,9 +30,9 @@ const maxEpochLen = 32
 // IsZero reports whether p is "no position".
 func (p Position) IsZero() bool { return p.Epoch == "" }
 
-// String is the wire form, "<epoch>:<offset>" (the project's PROTOCOL.md,
-// "History positions"). It always contains a ':', so it is never mistaken
-// for the integer strings clients use as refs of their own messages.
+// String is the wire form, "<epoch>:<offset>" (PROTOCOL.md §12.1). It
+// always contains a ':', so it is never mistaken for the integer strings
+// clients use as refs of their own messages.
 func (p Position) String() string {
 	if p.IsZero() {
 		return ""

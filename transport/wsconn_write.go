@@ -34,9 +34,8 @@ func (c *wsConn) enqueue(op ws.OpCode, data []byte) error {
 	cfg := &c.h.cfg
 	if c.nFrames > 0 && (int(c.nFrames) >= cfg.MaxQueue || c.nBytes+len(data) > cfg.MaxQueueBytes) {
 		// A client that does not read as fast as it is sent to must
-		// neither grow our memory nor hold back the broadcaster
-		// (DESIGN.md, "A broadcast's path" step 7): drop what is queued
-		// and close with 1008 (PROTOCOL.md §5.3).
+		// neither grow our memory nor hold back the broadcaster: drop
+		// what is queued and close with 1008 (PROTOCOL.md §5.3).
 		flush, read := c.closeLocked(closeBody(channels.ClosePolicy, "slow consumer"), true)
 		c.mu.Unlock()
 		c.startClose(flush, read)
