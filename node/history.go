@@ -14,11 +14,12 @@ import (
 // from a PubSub that cannot keep any.
 var errNoHistoryPubSub = errors.New("node: history needs a PubSub that keeps history (pubsub.History); the routes or the History rules name topics with history")
 
-// setHistoryPolicy hands the PubSub the topics that keep history. A
-// configuration without any leaves the PubSub as it is, so that topics
-// cost what they cost without history.
+// setHistoryPolicy hands the PubSub the topics that keep history: the
+// Router's History routes first, then Config.History. A configuration
+// without any leaves the PubSub as it is, so that topics cost what they
+// cost without history.
 func setHistoryPolicy(cfg Config) error {
-	policy := historyPolicy(cfg)
+	policy := cfg.Router.HistoryPolicy(pubsub.RulesPolicy(cfg.History))
 	if policy == nil {
 		return nil
 	}
@@ -77,7 +78,7 @@ type historyMessage struct {
 
 type historyAnswer struct {
 	Topic     string           `json:"topic"`
-	Position  string           `json:"position"`
+	Position  *string          `json:"position"` // null: the history could not tell
 	Recovered *bool            `json:"recovered,omitempty"`
 	Reason    string           `json:"reason,omitempty"`
 	Messages  []historyMessage `json:"messages"`
@@ -144,7 +145,10 @@ func (n *Node) apiHistory(w http.ResponseWriter, r *http.Request) {
 		hq.Last = min(hq.Last, size)
 	}
 	res, err := h.ReadHistory(r.Context(), topic, hq)
-	ans := historyAnswer{Topic: topic, Position: res.Top.String(), Messages: []historyMessage{}}
+	ans := historyAnswer{Topic: topic, Messages: []historyMessage{}}
+	if top := res.Top.String(); top != "" {
+		ans.Position = &top
+	}
 	switch reason := recoveryReason(err); {
 	case errors.Is(err, pubsub.ErrNoHistory):
 		writeJSONError(w, http.StatusNotFound, "topic has no history")

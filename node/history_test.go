@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -114,8 +116,31 @@ func TestHistoryNeedsAHistoryPubSub(t *testing.T) {
 	if !strings.Contains(err.Error(), "node: history needs a PubSub that keeps history") {
 		t.Fatalf("error %q does not say what is missing", err)
 	}
+	// A route's history wants one as much.
 	cfg.History = nil
+	cfg.Router = (&channels.Router{}).History("room:*", pubsub.HistoryOptions{Size: 5})
+	if n, err = New(cfg); err == nil {
+		_ = n.Shutdown(context.Background())
+		t.Fatal("New took a route with history and a PubSub that keeps no history")
+	}
+	cfg.Router = &channels.Router{}
 	newTestNode(t, cfg) // without history any PubSub will do
+}
+
+// The application's History routes come before the History rules.
+func TestHistoryRoutesBeforeRules(t *testing.T) {
+	h := newMemHistory()
+	r := (&channels.Router{}).History("room:vip", pubsub.HistoryOptions{Size: 7}).History("room:quiet", pubsub.HistoryOptions{})
+	n, err := New(Config{Router: r, PubSub: h, History: historyRules, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Shutdown(context.Background()) })
+	for topic, want := range map[string]int{"room:vip": 7, "room:quiet": 0, "room:1": 3, "lobby": 100, "other": 0} {
+		if got := h.HistoryOptions(topic).Size; got != want {
+			t.Errorf("%s keeps %d, want %d", topic, got, want)
+		}
+	}
 }
 
 func TestHistoryPolicyFromRules(t *testing.T) {
