@@ -348,7 +348,8 @@ func run(args []string, stderr io.Writer) error {
 	}
 
 	var ep *channels.Endpoint
-	appOpts := app.Options{Conformance: o.conformance, Endpoint: func() *channels.Endpoint { return ep }, Tokens: tokens, MaxUserLength: o.presenceKeyLength}
+	appOpts := app.Options{Conformance: o.conformance, Endpoint: func() *channels.Endpoint { return ep }, Tokens: tokens, MaxUserLength: o.presenceKeyLength,
+		RoomHistory: app.DefaultRoomHistory}
 	n, err := node.New(node.Config{
 		Addr:            o.addr,
 		SocketPath:      o.socketPath,

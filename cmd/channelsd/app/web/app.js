@@ -145,11 +145,14 @@ function Session(user, room) {
     if (!payload || typeof payload !== "object") return;
     // A broadcast of a room with history carries its position as the ref.
     const pos = jr === null && typeof r === "string" ? parsePos(r) : null;
-    if (pos && (event === "new_msg" || event === "typing")) {
+    if (pos) {
       if (seen && pos.epoch === seen.epoch && pos.offset <= seen.offset) return; // shown already
       seen = pos; last = r;
+      // Of the broadcasts replayed from before the join only the messages
+      // matter: old typing signals are stale, and presence_state already
+      // holds what old presence diffs said.
       const replayed = replayTop && pos.epoch === replayTop.epoch && pos.offset <= replayTop.offset;
-      if (replayed && event === "typing") return; // old news
+      if (replayed && event !== "new_msg") return;
     }
     switch (event) {
       case "phx_error": status("room crashed, rejoining…", "bad"); rejoin(); break;
