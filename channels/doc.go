@@ -35,4 +35,43 @@
 // ends it. Broadcasts reach a socket through its ChannelSockets, which are
 // pubsub subscribers: the shared encoding of a broadcast for the socket's
 // serializer goes straight to Conn.Send.
+//
+// # History and recovery
+//
+// When the endpoint's PubSub is a pubsub.History, topics its policy
+// selects keep their recent broadcasts, each with a position
+// "<epoch>:<offset>" (PROTOCOL.md §12). The policy comes from the node's
+// rules and from the application's Router:
+//
+//	router.History("room:*", pubsub.HistoryOptions{Size: 100, TTL: 5 * time.Minute})
+//	ps.SetHistoryPolicy(router.HistoryPolicy(pubsub.RulesPolicy(rules)))
+//
+// A broadcast of such a topic reaches the client with its position as the
+// frame's ref (V1 and V2 text frames; a V2 binary broadcast has no ref and
+// carries none). phoenix.js hands the ref to on() callbacks as their
+// second argument, so a client keeps the last one it saw and passes it
+// when it (re)joins, through the params function that phoenix.js calls
+// at every join:
+//
+//	let last = null
+//	const ch = socket.channel("room:lobby", () => (last ? {since: last} : {}))
+//	ch.on("new_msg", (msg, ref) => { if (ref) last = ref })
+//
+// The join then replays what the client missed, in order, before any live
+// broadcast, and its ok reply says where it stands: "position", and
+// "recovered" with a "reason" when the gap could not be filled
+// ({"history": N} asks for the last N broadcasts instead). The reply
+// gains these keys only when the channel's Join response is a JSON object
+// ({} by default); any other response is sent unchanged. A joined channel
+// that sees a hole in its topic's positions (a broadcast lost between
+// nodes) fails as a crashed channel does, phx_error, so that the client
+// rejoins and recovers. Topics outside the policy carry no positions and
+// behave exactly as without history. recovery.go has the mechanics; the
+// long-poll transport needs nothing of its own, as it runs the same
+// Socket.
+//
+// Intercepted events reach HandleOut in position order, replayed ones
+// included, but what HandleOut pushes is a push, without a position
+// (PROTOCOL.md §12.2): a client tracks positions from the events the
+// channel does not intercept.
 package channels

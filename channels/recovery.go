@@ -232,9 +232,19 @@ func (c *ChannelSocket) flushJoinLocked(rec *recovery, held []heldFrame) {
 type recovery struct {
 	replay    []heldFrame     // the broadcasts to replay, oldest first
 	last      pubsub.Position // where live delivery goes on from; zero: unknown
+	asked     joinAsk
 	recovered bool
 	reason    int // index in recoveryReasons, or reasonNone
 }
+
+// joinAsk is what a join's params asked of the history.
+type joinAsk uint8
+
+const (
+	askNothing joinAsk = iota // neither since nor history: only the position
+	askSince                  // since, well-formed or not
+	askHistory                // history, well-formed or not
+)
 
 // readRecovery reads the history for a join of ch's topic, after its
 // Subscribe: nil when the topic keeps no history, so that such a join is
@@ -250,12 +260,14 @@ func (s *Socket) readRecovery(ch *ChannelSocket, params Payload) *recovery {
 		return nil
 	}
 	rec := &recovery{reason: reasonNone}
-	q, since, bad := recoveryQuery(params, opts.Size)
+	q, asked, bad := recoveryQuery(params, opts.Size)
+	rec.asked = asked
+	since := asked == askSince && !bad
 	if bad {
 		// Refusing the join would make the client retry the same params
 		// forever; it joins, told why nothing was replayed, and the read
 		// learns only the newest position.
-		rec.reason, since = reasonInvalid, false
+		rec.reason = reasonInvalid
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), historyReadTimeout)
 	res, err := h.ReadHistory(ctx, topic, q)
@@ -295,6 +307,11 @@ func (s *Socket) readRecovery(ch *ChannelSocket, params Payload) *recovery {
 			rec.reason = reasonTooOld
 		}
 	}
+	if asked == askNothing {
+		// A plain join is told its position, nothing else: it asked for
+		// nothing that could fail (a store error is logged above).
+		rec.reason = reasonNone
+	}
 	rec.replay = make([]heldFrame, 0, len(res.Messages))
 	for _, m := range res.Messages {
 		rec.replay = append(rec.replay, ch.held(m, false))
@@ -310,49 +327,50 @@ func (s *Socket) readRecovery(ch *ChannelSocket, params Payload) *recovery {
 	return rec
 }
 
-// recoveryQuery reads a join's params: {"since": "<position>"} asks for
-// what followed a position, {"history": N} for the last N broadcasts (at
-// most size); a null one counts as absent, and "since" wins over
-// "history". Without either the query learns only the newest position.
-// since reports a "since" join; bad, params that name since or history
-// with a value that is not one.
-func recoveryQuery(params Payload, size int) (q pubsub.HistoryQuery, since, bad bool) {
+// recoveryQuery reads a join's params (PROTOCOL.md §12.3): {"since":
+// "<position>"} asks for what followed a position, {"history": N} for the
+// last N broadcasts (at most size); a null one counts as absent, and
+// "since" wins over "history". Without either the query learns only the
+// newest position. bad reports a since or history whose value is not one.
+func recoveryQuery(params Payload, size int) (q pubsub.HistoryQuery, asked joinAsk, bad bool) {
 	if params.Binary || len(params.Data) == 0 || params.Data[0] != '{' {
-		return q, false, false
+		return q, askNothing, false
 	}
 	var p map[string]json.RawMessage
 	if json.Unmarshal(params.Data, &p) != nil {
-		return q, false, false
+		return q, askNothing, false
 	}
 	if raw := p["since"]; raw != nil && string(raw) != "null" {
 		var s string
 		if json.Unmarshal(raw, &s) != nil {
-			return q, true, true
+			return q, askSince, true
 		}
 		pos, err := pubsub.ParsePosition(s)
 		if err != nil {
-			return q, true, true
+			return q, askSince, true
 		}
 		q.Since = pos
-		return q, true, false
+		return q, askSince, false
 	}
 	if raw := p["history"]; raw != nil && string(raw) != "null" {
-		// Integers only: 5, not "5", 5.0 or 5e0.
+		// Non-negative integers only: 5, not "5", -1, 5.0 or 5e0.
 		n, err := strconv.ParseUint(string(raw), 10, 64)
 		switch {
 		case errors.Is(err, strconv.ErrRange):
 			n = uint64(size)
-		case err != nil || n == 0:
-			return q, false, true
+		case err != nil:
+			return q, askHistory, true
 		}
 		q.Last = int(min(n, uint64(size)))
+		return q, askHistory, false
 	}
-	return q, false, false
+	return q, askNothing, false
 }
 
 // consistent checks a successful read against its query before anything
 // is replayed or "recovered" said: broadcasts of Top's epoch, in sequence,
-// none past Top, and, for a since join, starting right after since.
+// none past Top; for a since join, starting right after since; for the
+// last N, at most N, ending at Top.
 func consistent(q pubsub.HistoryQuery, since bool, res pubsub.HistoryResult) bool {
 	prev := pubsub.Position{}
 	if since {
@@ -360,6 +378,8 @@ func consistent(q pubsub.HistoryQuery, since bool, res pubsub.HistoryResult) boo
 			return false
 		}
 		prev = q.Since
+	} else if n := len(res.Messages); n > q.Last || n > 0 && res.Messages[n-1].Pos != res.Top {
+		return false
 	}
 	for i, m := range res.Messages {
 		p := m.Pos
@@ -371,10 +391,11 @@ func consistent(q pubsub.HistoryQuery, since bool, res pubsub.HistoryResult) boo
 	return true
 }
 
-// amendReply adds the recovery's keys to a join's ok response:
-// "position" (the position everything after which follows, null when the
-// history could not tell), "recovered", and "reason" when the client's
-// request was not served. A response that is not a JSON object (binary,
+// amendReply adds the recovery's keys to a join's ok response
+// (PROTOCOL.md §12.4): "position", the position everything after which
+// follows, null when the history could not tell; "recovered" for a since
+// join, and for a history join that could not be served; "reason" with
+// "recovered": false. A response that is not a JSON object (binary,
 // an array, a string) is left as it is: there is nowhere to put them.
 // A key of the application's with the same name comes first in the
 // object, so clients, which keep the last of duplicate keys, see ours.
@@ -398,8 +419,10 @@ func (rec *recovery) amendReply(data []byte, binary bool) []byte {
 	} else {
 		out = appendJSONString(out, rec.last.String())
 	}
-	out = append(out, `,"recovered":`...)
-	out = strconv.AppendBool(out, rec.recovered)
+	if rec.asked == askSince || rec.reason != reasonNone {
+		out = append(out, `,"recovered":`...)
+		out = strconv.AppendBool(out, rec.recovered)
+	}
 	if rec.reason != reasonNone {
 		out = append(out, `,"reason":`...)
 		out = appendJSONString(out, recoveryReasons[rec.reason])

@@ -88,9 +88,13 @@ func (v1Serializer) EncodeBroadcast(m *pubsub.Message) ([]byte, bool, error) {
 	data = appendJSONString(data, m.Event)
 	data = append(data, `,"payload":`...)
 	data = wireAppendPayload(data, m.Payload)
-	data = append(data, `,"ref":`...)
-	data = wireAppendPosRef(data, m.Pos)
-	data = append(data, `,"topic":`...)
+	if m.Pos.IsZero() {
+		data = append(data, `,"ref":null,"topic":`...)
+	} else {
+		data = append(data, `,"ref":`...)
+		data = wireAppendPosRef(data, m.Pos)
+		data = append(data, `,"topic":`...)
+	}
 	data = appendJSONString(data, m.Topic)
 	data = append(data, '}')
 	return data, false, nil

@@ -110,9 +110,13 @@ func (v2Serializer) EncodeBroadcast(m *pubsub.Message) ([]byte, bool, error) {
 	}
 	n := len(`[null,,,,]`) + wirePosRefLen(m.Pos) + jsonStringLen(m.Topic) + jsonStringLen(m.Event) + wirePayloadLen(m.Payload)
 	data := make([]byte, 0, n)
-	data = append(data, `[null,`...)
-	data = wireAppendPosRef(data, m.Pos)
-	data = append(data, ',')
+	if m.Pos.IsZero() {
+		data = append(data, `[null,null,`...)
+	} else {
+		data = append(data, `[null,`...)
+		data = wireAppendPosRef(data, m.Pos)
+		data = append(data, ',')
+	}
 	data = appendJSONString(data, m.Topic)
 	data = append(data, ',')
 	data = appendJSONString(data, m.Event)

@@ -52,6 +52,12 @@ type topicHistory struct {
 	ttl   time.Duration // guarded by mu
 	last  time.Time     // guarded by mu; the last broadcast, or creation
 	dead  bool          // guarded by mu; dropped from the table
+
+	// out is the broadcasts waiting for dispatch, in offset order; spare
+	// is the previous batch's slice, reused. dispatching is set while a
+	// publisher drains out. All guarded by mu.
+	out, spare  []*pubsub.Message
+	dispatching bool
 }
 
 // entry is what a history keeps of a broadcast: the message's fields, not
@@ -94,11 +100,15 @@ func (p *PubSub) PublishAt(_ context.Context, m *pubsub.Message) (pubsub.Positio
 	return pubsub.Position{}, nil
 }
 
-// publishHistory gives m the next position of its topic, retains it and
-// dispatches it, all under the topic's lock: Deliver never blocks, so the
-// lock is held briefly, and concurrent publishers' broadcasts reach every
-// subscriber in offset order. It follows that a Deliver must not publish
-// to its own topic synchronously.
+// publishHistory gives m the next position of its topic and retains it
+// under the topic's lock, and queues it for dispatch in offset order. The
+// first publisher to find the queue idle dispatches it, outside the lock,
+// until it is empty; concurrent publishers only queue. So every subscriber
+// sees the topic's broadcasts in offset order, and a Deliver that
+// publishes to its own topic (a HandleOut that broadcasts, presence
+// leaving on a channel error) queues behind the current broadcast instead
+// of deadlocking. The price, allowed by pubsub.History: a publisher that
+// found another dispatching returns before its broadcast is delivered.
 func (p *PubSub) publishHistory(m *pubsub.Message, o pubsub.HistoryOptions) pubsub.Position {
 	for {
 		h := p.hist.get(m.Topic)
@@ -116,9 +126,29 @@ func (p *PubSub) publishHistory(m *pubsub.Message, o pubsub.HistoryOptions) pubs
 		}
 		h.last = now
 		m.Pos = pubsub.Position{Epoch: h.epoch, Offset: h.top}
-		p.reg.Dispatch(m)
+		pos := m.Pos
+		h.out = append(h.out, m)
+		if h.dispatching {
+			// The goroutine dispatching this topic delivers m after the
+			// broadcasts before it.
+			h.mu.Unlock()
+			return pos
+		}
+		h.dispatching = true
+		for len(h.out) > 0 {
+			batch := h.out
+			h.out = h.spare[:0]
+			h.mu.Unlock()
+			for i, x := range batch {
+				p.reg.Dispatch(x)
+				batch[i] = nil
+			}
+			h.mu.Lock()
+			h.spare = batch[:0]
+		}
+		h.dispatching = false
 		h.mu.Unlock()
-		return m.Pos
+		return pos
 	}
 }
 

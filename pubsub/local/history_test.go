@@ -96,3 +96,49 @@ func TestHistoryClosedRefuses(t *testing.T) {
 		t.Fatalf("ReadHistory after Close = %v, want ErrClosed", err)
 	}
 }
+
+// echoSub publishes a reply to its own topic from inside Deliver, as a
+// HandleOut that broadcasts or presence leaving on a channel error does,
+// and records every offset it is handed.
+type echoSub struct {
+	ps      *local.PubSub
+	offsets chan uint64
+}
+
+func (s *echoSub) SubscriberID() string { return "echo" }
+
+func (s *echoSub) Deliver(m *pubsub.Message) {
+	s.offsets <- m.Pos.Offset
+	if m.Event == "ping" {
+		s.ps.Publish(context.Background(), &pubsub.Message{Topic: m.Topic, Event: "pong", Payload: []byte(`{}`)})
+	}
+}
+
+// A Deliver that publishes to its own history topic must neither deadlock
+// nor break offset order: its broadcast is queued behind the one being
+// delivered.
+func TestHistoryDeliverMayPublishToItsTopic(t *testing.T) {
+	ps := local.New()
+	ps.SetHistoryPolicy(func(string) pubsub.HistoryOptions { return pubsub.HistoryOptions{Size: 10} })
+	s := &echoSub{ps: ps, offsets: make(chan uint64, 10)}
+	if err := ps.Subscribe("room:echo", s); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 3 {
+			ps.Publish(context.Background(), &pubsub.Message{Topic: "room:echo", Event: "ping", Payload: []byte(`{}`)})
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Publish from inside Deliver deadlocked")
+	}
+	for want := uint64(1); want <= 6; want++ {
+		if got := <-s.offsets; got != want {
+			t.Fatalf("offset %d delivered where %d was due", got, want)
+		}
+	}
+}

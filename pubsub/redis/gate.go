@@ -15,7 +15,8 @@ import (
 const (
 	// FormEnvelope is the broadcast envelope (envelope.go).
 	// 2: versions 1 and 2, flag bit 0 (b847059).
-	// 3: also flag bit 1, the extension area (skipped).
+	// 3: also flag bit 1, the extension area (unknown records skipped;
+	// record tag 1, a history position, read since history).
 	FormEnvelope = "envelope"
 	// FormCall is the node call and reply frames (call.go).
 	// 1: kinds 'c' and 'r', reply statuses 0 and 1 (b847059).
@@ -71,14 +72,14 @@ func BuildReads() map[string]int { return maps.Clone(buildReads) }
 // appears (its first report or sign of life), writers fall back.
 //
 // Where it is asked today: the answer to a call whose answer was too
-// large (call.go, tooLargeStatus) asks NodeReads of the caller. The hook
-// for the next change to the envelope (history offsets, Redis Cluster
-// hash tags): the publisher writes appendEnvelopeExt, with its records,
-// only while p.Gate().MayWrite(FormEnvelope, 3, now), and appendEnvelope
-// otherwise; a new channel naming publishes on both names until
-// MayWrite says every node reads the new one. A form that needs more
-// than this release reads raises buildReads in the release that learns
-// to read it, and is written from the release after.
+// large (call.go, tooLargeStatus) asks NodeReads of the caller; a
+// broadcast of a topic with history (history.go) carries its position in
+// the envelope's extension area only while MayWrite(FormEnvelope, 3, now),
+// and the floor's form otherwise. The hook for a next change (Redis
+// Cluster hash tags in channel names): a new channel naming publishes on
+// both names until MayWrite says every node reads the new one. A form
+// that needs more than this release reads raises buildReads in the
+// release that learns to read it, and is written from the release after.
 type Gate struct {
 	self    string
 	ttl     time.Duration
