@@ -171,8 +171,8 @@ func TestBroadcastAPIAnswersPositions(t *testing.T) {
 	for i, want := range []string{"e1:1", "e1:2"} {
 		code, body := do(t, n.Handler(), "POST", "/api/broadcast", `{"topic":"room:1","event":"new_msg","payload":{"n":1}}`)
 		var ans map[string]string
-		if err := json.Unmarshal([]byte(body), &ans); err != nil || code != http.StatusOK || ans["position"] != want {
-			t.Fatalf("broadcast %d: status %d body %s; want 200 with position %s", i, code, body, want)
+		if err := json.Unmarshal([]byte(body), &ans); err != nil || code != http.StatusAccepted || ans["position"] != want {
+			t.Fatalf("broadcast %d: status %d body %s; want 202 with position %s", i, code, body, want)
 		}
 	}
 	rec.mu.Lock()
@@ -180,7 +180,7 @@ func TestBroadcastAPIAnswersPositions(t *testing.T) {
 		t.Errorf("subscriber got %d messages, last at %v", len(rec.msgs), rec.msgs[len(rec.msgs)-1].Pos)
 	}
 	rec.mu.Unlock()
-	// A topic without history answers as before.
+	// A topic without history answers as before: no position.
 	code, body := do(t, n.Handler(), "POST", "/api/broadcast", `{"topic":"other","event":"e"}`)
 	if code != http.StatusAccepted || strings.Contains(body, "position") {
 		t.Fatalf("topic without history: status %d body %s; want 202 without position", code, body)
@@ -228,7 +228,7 @@ func TestHistoryAPI(t *testing.T) {
 	n := newTestNode(t, Config{PubSub: h, History: historyRules, APIKey: "k"})
 	key := []string{"Authorization", "Bearer k"}
 	for _, p := range []string{`{"n":1}`, `{"n":2}`, `{"n":3}`, `{"n":4}`} {
-		if code, body := do(t, n.Handler(), "POST", "/api/broadcast", `{"topic":"room:1","event":"new_msg","payload":`+p+`}`, key...); code != 200 {
+		if code, body := do(t, n.Handler(), "POST", "/api/broadcast", `{"topic":"room:1","event":"new_msg","payload":`+p+`}`, key...); code != 202 {
 			t.Fatalf("broadcast: %d %s", code, body)
 		}
 	}
@@ -326,8 +326,8 @@ func TestHistoryAPIWithLocalPubSub(t *testing.T) {
 	for _, p := range []string{`{"n":1}`, `{"n":2}`} {
 		code, body := do(t, n.Handler(), "POST", "/api/broadcast", `{"topic":"room:a","event":"new_msg","payload":`+p+`}`)
 		var ans map[string]string
-		if err := json.Unmarshal([]byte(body), &ans); err != nil || code != http.StatusOK || ans["position"] == "" {
-			t.Fatalf("broadcast: status %d body %s; want 200 with a position", code, body)
+		if err := json.Unmarshal([]byte(body), &ans); err != nil || code != http.StatusAccepted || ans["position"] == "" {
+			t.Fatalf("broadcast: status %d body %s; want 202 with a position", code, body)
 		}
 		positions = append(positions, ans["position"])
 	}

@@ -56,9 +56,8 @@ type broadcastRequest struct {
 
 // apiBroadcast publishes {"topic","event","payload"} to every subscriber
 // of the topic on every node. 202: accepted for delivery, which is
-// at-most-once like every broadcast; 200 with the broadcast's "position"
-// when the topic keeps history, from which clients recover what they
-// missed.
+// at-most-once like every broadcast; with the broadcast's "position" when
+// the topic keeps history, from which clients recover what they missed.
 func (n *Node) apiBroadcast(w http.ResponseWriter, r *http.Request) {
 	var req broadcastRequest
 	if !n.decodeBody(w, r, &req) {
@@ -100,12 +99,13 @@ func (n *Node) apiBroadcast(w http.ResponseWriter, r *http.Request) {
 		writeJSONError(w, http.StatusServiceUnavailable, "broadcast failed: "+err.Error())
 		return
 	}
+	ans := map[string]string{"status": "accepted"}
 	if !pos.IsZero() {
-		// Published and given its place in the topic's history.
-		writeJSON(w, http.StatusOK, map[string]string{"status": "accepted", "position": pos.String()})
-		return
+		// Its place in the topic's history (PROTOCOL.md §12.9); still 202:
+		// live delivery is as before, and callers that check for 202 go on.
+		ans["position"] = pos.String()
 	}
-	writeJSON(w, http.StatusAccepted, map[string]string{"status": "accepted"})
+	writeJSON(w, http.StatusAccepted, ans)
 }
 
 // apiDisconnect closes every socket with the given id.

@@ -105,7 +105,7 @@ function Session(user, room) {
           // The replay, if any, follows the reply and moves last on as
           // it arrives; taking the reply's position before it would skip
           // what the replay had yet to bring, should the socket drop.
-          if (!last || resp.recovered === false) last = resp.position;
+          if (resp.recovered !== true) last = resp.position;
         }
         if (since && resp.recovered === false) {
           note("Some messages may be missing: the server could not replay what was sent while you were away (" +
