@@ -127,6 +127,12 @@ type Config struct {
 	PubSub   pubsub.PubSub
 	Presence presence.Tracker
 
+	// History gives the topics its rules match a history of their
+	// broadcasts (README "Guarantees and their limits"), after the
+	// Router's own (channels.Router.History), which come first. Any
+	// history needs a PubSub that implements pubsub.History.
+	History []pubsub.HistoryRule
+
 	Logger *slog.Logger
 }
 
@@ -242,6 +248,9 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Presence == nil {
 		cfg.Presence = presence.NewLocal(cfg.PubSub)
 	}
+	if err := setHistoryPolicy(cfg); err != nil {
+		return nil, err
+	}
 	n := &Node{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), started: time.Now(), sessions: newSessionKeys(cfg.APIKey)}
 	// The dashboard's channel joins the application's routes on a copy.
 	router := cfg.Router.With(dashboardTopic, func(string) channels.Channel { return &dashboardChannel{n: n} })
@@ -346,6 +355,7 @@ func (n *Node) routes() {
 	n.mux.HandleFunc("GET /healthz", n.healthz)
 	n.mux.HandleFunc("GET /readyz", n.readyz)
 	n.mux.HandleFunc("POST /api/broadcast", n.requireKey(requireJSON(n.apiBroadcast)))
+	n.mux.HandleFunc("GET /api/history", n.requireKey(n.apiHistory))
 	n.mux.HandleFunc("POST /api/disconnect", n.requireKey(requireJSON(n.apiDisconnect)))
 	n.mux.HandleFunc("POST /api/drain", n.requireKey(requireJSON(n.apiDrain)))
 	n.mux.HandleFunc("GET /api/drain", n.requireKey(n.apiDrain))

@@ -85,6 +85,8 @@ type options struct {
 	deadAfter       time.Duration
 	coalesce        time.Duration
 	coalesceMax     time.Duration
+	history         string
+	historyRules    []pubsub.HistoryRule // parsed from history
 
 	// secretsOnCommandLine names the secret flags given as arguments,
 	// which every local user can read (ps).
@@ -176,6 +178,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.duration(&o.deadAfter, "presence-dead-after", "CHANNELS_PRESENCE_DEAD_AFTER", 0, "with --redis: a node silent this long is dead and its users leave; 0 means 3 heartbeats")
 	env.duration(&o.coalesce, "presence-coalesce", "CHANNELS_PRESENCE_COALESCE", 30*time.Millisecond, "with --redis: presence changes of a topic within this window go out as one presence_diff")
 	env.duration(&o.coalesceMax, "presence-coalesce-max", "CHANNELS_PRESENCE_COALESCE_MAX", 500*time.Millisecond, "with --redis: the widest window of a busy topic; a topic whose window gathered several changes doubles it up to this (a join storm into a big room then costs far fewer diffs), a calm one halves it back")
+	env.str(&o.history, "history", "CHANNELS_HISTORY", "", "topics that keep a history of their broadcasts, which clients that rejoin with since recover: rules \"pattern=size[,ttl]\" separated by ';', the pattern exact or ending in '*', e.g. \"room:*=100,5m;lobby=20\" (ttl: how long an idle topic keeps it, default 5m); the application's own routes (room:* keeps 100 for 5m) come first; empty: none beyond those")
 	env.str(&o.nodeID, "node-id", "CHANNELS_NODE_ID", "", "this node's id in the cluster; default POD_NAME, else hostname plus a short uuid")
 	env.duration(&o.returnMemory, "return-memory-after", "CHANNELS_RETURN_MEMORY_AFTER", 10*time.Second, "after a burst (a join storm, a reconnect wave), hand the heap it freed back to the OS once the node has allocated little for this long, rather than at the runtime's pace of minutes; 0 leaves it to the runtime")
 	env.str(&o.pprofAddr, "pprof-addr", "CHANNELS_PPROF_ADDR", "", "serve net/http/pprof on this loopback address (127.0.0.1:6060, [::1]:6060, localhost:6060; any other is refused: profiles show the process's memory); empty disables it")
@@ -212,6 +215,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			o.secretsOnCommandLine = append(o.secretsOnCommandLine, "--"+f.Name)
 		}
 	})
+	rules, err := pubsub.ParseHistoryRules(o.history)
+	if err != nil {
+		return nil, fmt.Errorf("--history: %w", err)
+	}
+	o.historyRules = rules
 	if o.pprofAddr != "" {
 		if err := loopbackAddr(o.pprofAddr); err != nil {
 			return nil, fmt.Errorf("--pprof-addr %q: %w", o.pprofAddr, err)
@@ -340,7 +348,8 @@ func run(args []string, stderr io.Writer) error {
 	}
 
 	var ep *channels.Endpoint
-	appOpts := app.Options{Conformance: o.conformance, Endpoint: func() *channels.Endpoint { return ep }, Tokens: tokens, MaxUserLength: o.presenceKeyLength}
+	appOpts := app.Options{Conformance: o.conformance, Endpoint: func() *channels.Endpoint { return ep }, Tokens: tokens, MaxUserLength: o.presenceKeyLength,
+		RoomHistory: app.DefaultRoomHistory}
 	n, err := node.New(node.Config{
 		Addr:            o.addr,
 		SocketPath:      o.socketPath,
@@ -359,6 +368,7 @@ func run(args []string, stderr io.Writer) error {
 		Home:            app.DemoHandler(o.socketPath),
 		PubSub:          ps,
 		Presence:        tracker,
+		History:         o.historyRules,
 		NodeID:          nodeID,
 		Logger:          logger,
 
