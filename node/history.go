@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/channelsd/channelsd/channels"
 	"github.com/channelsd/channelsd/pubsub"
@@ -14,12 +16,11 @@ import (
 // from a PubSub that cannot keep any.
 var errNoHistoryPubSub = errors.New("node: history needs a PubSub that keeps history (pubsub.History); the routes or the History rules name topics with history")
 
-// setHistoryPolicy hands the PubSub the topics that keep history: the
-// Router's History routes first, then Config.History. A configuration
-// without any leaves the PubSub as it is, so that topics cost what they
-// cost without history.
+// setHistoryPolicy hands the PubSub the topics that keep history
+// (historyPolicy). A configuration without any leaves the PubSub as it
+// is, so that topics cost what they cost without history.
 func setHistoryPolicy(cfg Config) error {
-	policy := cfg.Router.HistoryPolicy(pubsub.RulesPolicy(cfg.History))
+	policy := historyPolicy(cfg.History, cfg.Router.HistoryPolicy(nil))
 	if policy == nil {
 		return nil
 	}
@@ -29,6 +30,32 @@ func setHistoryPolicy(cfg Config) error {
 	}
 	h.SetHistoryPolicy(policy)
 	return nil
+}
+
+// historyPolicy decides a topic's history: the operator's rules first (a
+// rule of size 0 turns off what a channel asked for), then the routes'
+// History, and never for the node's own topics ("phx:..." and the
+// dashboard's), whose messages are control traffic, not broadcasts to
+// recover.
+func historyPolicy(rules []pubsub.HistoryRule, routes pubsub.HistoryPolicy) pubsub.HistoryPolicy {
+	if len(rules) == 0 && routes == nil {
+		return nil
+	}
+	rules = slices.Clone(rules)
+	return func(topic string) pubsub.HistoryOptions {
+		if strings.HasPrefix(topic, "phx:") || topic == dashboardTopic {
+			return pubsub.HistoryOptions{}
+		}
+		for _, r := range rules {
+			if r.Matches(topic) {
+				return r.HistoryOptions
+			}
+		}
+		if routes != nil {
+			return routes(topic)
+		}
+		return pubsub.HistoryOptions{}
+	}
 }
 
 // history returns the node's PubSub as a History when topic keeps one.

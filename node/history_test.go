@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/channelsd/channelsd/channels"
 	"github.com/channelsd/channelsd/pubsub"
@@ -127,16 +128,17 @@ func TestHistoryNeedsAHistoryPubSub(t *testing.T) {
 	newTestNode(t, cfg) // without history any PubSub will do
 }
 
-// The application's History routes come before the History rules.
-func TestHistoryRoutesBeforeRules(t *testing.T) {
+// The History rules come before the application's History routes, which
+// give history to the topics no rule matches.
+func TestHistoryRulesBeforeRoutes(t *testing.T) {
 	h := newMemHistory()
-	r := (&channels.Router{}).History("room:vip", pubsub.HistoryOptions{Size: 7}).History("room:quiet", pubsub.HistoryOptions{})
+	r := (&channels.Router{}).History("room:*", pubsub.HistoryOptions{Size: 7}).History("vip:*", pubsub.HistoryOptions{Size: 9})
 	n, err := New(Config{Router: r, PubSub: h, History: historyRules, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = n.Shutdown(context.Background()) })
-	for topic, want := range map[string]int{"room:vip": 7, "room:quiet": 0, "room:1": 3, "lobby": 100, "other": 0} {
+	for topic, want := range map[string]int{"room:1": 3, "vip:1": 9, "lobby": 100, "other": 0, "phx:nodes": 0} {
 		if got := h.HistoryOptions(topic).Size; got != want {
 			t.Errorf("%s keeps %d, want %d", topic, got, want)
 		}
@@ -338,5 +340,32 @@ func TestHistoryAPIWithLocalPubSub(t *testing.T) {
 	code, r, body = getHistory(t, n, "topic=room:a")
 	if code != http.StatusOK || r.positions() != strings.Join(positions, " ") || r.Recovered != nil {
 		t.Fatalf("last: %d %s; want both broadcasts", code, body)
+	}
+}
+
+func TestHistoryPolicyRulesBeforeRoutesNeverInternal(t *testing.T) {
+	rules, err := pubsub.ParseHistoryRules("room:quiet=0;room:big=500,1m;*=7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes := (&channels.Router{}).History("room:*", pubsub.HistoryOptions{Size: 100}).HistoryPolicy(nil)
+	policy := historyPolicy(rules, routes)
+	for topic, want := range map[string]pubsub.HistoryOptions{
+		"room:quiet":     {},                            // a rule of size 0 turns the route off
+		"room:big":       {Size: 500, TTL: time.Minute}, // a rule overrides the route
+		"room:lobby":     {Size: 7},                     // the first matching rule wins, before routes
+		"phx:nodes":      {},                            // the node's own topics never keep history
+		"phx:socket:abc": {},
+		dashboardTopic:   {},
+	} {
+		if got := policy(topic); got != want {
+			t.Errorf("policy(%q) = %+v, want %+v", topic, got, want)
+		}
+	}
+	if historyPolicy(nil, nil) != nil {
+		t.Error("no rules and no routes must leave the PubSub without a policy")
+	}
+	if got := historyPolicy(nil, routes)("room:x"); got != (pubsub.HistoryOptions{Size: 100}) {
+		t.Errorf("routes alone: %+v", got)
 	}
 }

@@ -128,9 +128,10 @@ type Config struct {
 	Presence presence.Tracker
 
 	// History gives the topics its rules match a history of their
-	// broadcasts (README "Guarantees and their limits"), after the
-	// Router's own (channels.Router.History), which come first. Any
-	// history needs a PubSub that implements pubsub.History.
+	// broadcasts (README "Guarantees and their limits"). The rules come
+	// before the Router's (channels.Router.History), so an operator can
+	// change or turn off (size 0) what a channel asks for. Any history
+	// needs a PubSub that implements pubsub.History.
 	History []pubsub.HistoryRule
 
 	Logger *slog.Logger
