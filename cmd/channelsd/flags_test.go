@@ -131,7 +131,7 @@ var refusedCases = []struct {
 	{args: []string{"stray"}, want: "unexpected argument"},
 	// A rule the syntax refuses stops the start with its reason.
 	{args: []string{"--history=room:*"}, want: "--history: pubsub: history rule \"room:*\""},
-	{args: []string{"--history=room:*=0"}, want: "--history: pubsub: history rule \"room:*=0\": size"},
+	{args: []string{"--history=room:*=100001"}, want: "--history: pubsub: history rule \"room:*=100001\": size"},
 	{args: []string{"--history=room:*=10,soon"}, want: "ttl"},
 	{args: []string{"--history=ro*m=10"}, want: "'*'"},
 	{env: map[string]string{"CHANNELS_HISTORY": "lobby=-3"}, want: "--history"},
@@ -152,6 +152,7 @@ var acceptedCases = [][]string{
 	{"--http-idle-timeout=-1s", "--http-request-timeout=-1s"},
 	{"--max-messages-per-second=0", "--burst=0"},
 	{"--history=lobby=1"},
+	{"--history=room:*=0"},
 	{"--history=room:*=100000,1s private:*=5"},
 }
 
