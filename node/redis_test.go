@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"strings"
@@ -37,7 +38,15 @@ func (c *roomChannel) AfterJoin(s *channels.ChannelSocket) {
 	_ = s.Track(c.user, map[string]any{"device": "test"})
 }
 
-func (c *roomChannel) HandleIn(*channels.ChannelSocket, channels.In) channels.Result {
+// HandleIn answers "who" with the room's presences.
+func (c *roomChannel) HandleIn(s *channels.ChannelSocket, in channels.In) channels.Result {
+	if in.Event == "who" {
+		state, err := s.ListPresence()
+		if err != nil {
+			return channels.ErrorReply(map[string]string{"reason": err.Error()})
+		}
+		return channels.Ok(state)
+	}
 	return channels.Ok(nil)
 }
 
@@ -110,6 +119,20 @@ func TestRedisWiresTheClusterInOneSetting(t *testing.T) {
 		if len(state["alice"].Metas) != 1 || len(state["bob"].Metas) != 1 {
 			t.Fatalf("%s lists %v, want alice and bob once each", n.cfg.NodeID, state)
 		}
+	}
+
+	// A channel on b lists the same, for its client.
+	ref, err := bob.Push("room:1", "who", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply, err := bob.AwaitReply(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var who presence.State
+	if err := json.Unmarshal(reply.Payload, &who); err != nil || reply.Status != "ok" || len(who["alice"].Metas) != 1 || len(who["bob"].Metas) != 1 {
+		t.Fatalf("who: %s (%v), want alice and bob once each", reply.Raw, err)
 	}
 
 	if err := b.Endpoint().Broadcast(ctx, "room:1", "news", map[string]int{"n": 1}); err != nil {
