@@ -19,7 +19,8 @@
 // (§1.4), subprotocol (403), protocol version through channels.Negotiate
 // (403), then the application's connect through Endpoint.Connect, whose
 // refusal is a plain HTTP answer with the status of a *channels.ConnectError
-// and its reason as the body. Only then does ws.HTTPUpgrader hijack and
+// and its reason as the body; any other error is logged and answered 403
+// with an empty body, never with its text (§5.1). Only then does ws.HTTPUpgrader hijack and
 // upgrade the connection (RFC 6455 §4.2.2). net/http's hijacked bufio
 // buffers are dropped at once; bytes a client sent ahead of the 101 answer
 // are copied out first. The handler then calls Endpoint.Open, hands the

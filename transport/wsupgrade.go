@@ -93,7 +93,7 @@ func (h *WebSocketHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	// Steps 5 and 6: serializer (§1.2) and the application's connect,
 	// before the upgrade, so that a refusal is an ordinary HTTP answer.
-	ser, id, ref := connect(r.Context(), h.ep, r, "websocket", token, h.cfg.HandshakeTimeout)
+	ser, id, ref := connect(r.Context(), h.log, h.ep, r, "websocket", token, h.cfg.HandshakeTimeout)
 	if ref != nil {
 		h.refuse(w, r, ref.status, ref.reason, ref.check)
 		return
