@@ -69,9 +69,9 @@
 // the read buffer in one frame is handed to Socket.HandleFrame straight out
 // of that buffer; fragments are reassembled in a pooled buffer, with
 // control frames allowed between them; pings are answered with pongs,
-// close frames are echoed (§5.5). Text must be UTF-8 (1007), messages
+// close frames are echoed (RFC 6455 §5.5). Text must be UTF-8 (1007), messages
 // above MaxFrameSize are refused before their payload is read (1009),
-// other violations close with 1002 (§7.4.1). When nothing more is
+// other violations close with 1002 (RFC 6455 §7.4.1). When nothing more is
 // buffered, the bufio.Reader goes back to the pool, the connection waits
 // again (re-armed in epoll, or a fresh goroutine parks in the next
 // one-byte read), and the goroutine that handled the frames exits and
