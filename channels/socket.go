@@ -307,6 +307,7 @@ func (s *Socket) join(msg *Message) {
 	// factory) would keep the whole header alive as long as the join.
 	topic := ch.Topic()
 	ch.impl = factory(topic)
+	s.ep.checkOptional(ch.impl)
 	if ic, ok := ch.impl.(Interceptor); ok {
 		ch.intercepts = ic.Intercepts()
 	}
@@ -518,8 +519,8 @@ func joinErrorResponse(err error) []byte {
 }
 
 // deliverOut queues an intercepted broadcast for HandleOut, which runs on
-// its own short-lived goroutine so that the broadcaster never waits for a
-// channel callback.
+// its own short-lived goroutine, under s.cb, so that the broadcaster never
+// waits for a channel callback.
 func (s *Socket) deliverOut(ch *ChannelSocket, m *pubsub.Message) {
 	s.outMu.Lock()
 	if s.outbox == nil {
