@@ -133,7 +133,7 @@ type Stats struct {
 	// payload was not valid UTF-8 (also counted in MalformedFrames).
 	InvalidPayloads atomic.Uint64
 
-	// History and recovery (recovery.go, PROTOCOL.md §12).
+	// History and recovery (PROTOCOL.md §12).
 	RecoveriesComplete atomic.Uint64 // joins with "since" whose whole gap was replayed
 	Replayed           atomic.Uint64 // broadcasts replayed to joining clients
 	HistoryGaps        atomic.Uint64 // channels ended by a hole in their live broadcasts
