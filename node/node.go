@@ -23,7 +23,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Config is everything a node needs. Zero values take the defaults noted.
+// Config is everything a node needs. Zero values take the defaults noted,
+// which are channelsd's flag defaults; for the limits, README "Limits"
+// lists them all, and a negative value turns one off.
 type Config struct {
 	Addr       string // listen address; default ":4000"
 	SocketPath string // base path of the socket transports; default "/socket"
@@ -97,7 +99,7 @@ type Config struct {
 
 	// DrainWindow spreads the closing of the sockets when the node drains
 	// (Drain, Shutdown): they are closed in batches evenly over it. Zero
-	// closes them all at once.
+	// closes them all at once (channelsd's --drain-window is 20s).
 	DrainWindow time.Duration
 	// ShutdownTimeout bounds what Shutdown does after the drain window:
 	// waiting for the last sockets to end, stopping the HTTP server,
