@@ -112,8 +112,8 @@ func (s *Socket) Close(code int, reason string) { s.conn.Close(code, reason) }
 // decides about frames that are broken below this level (invalid UTF-8,
 // oversized).
 //
-// Every message, heartbeats included, passes the rate limit first (when
-// one is configured), then the size limits (README "Limits").
+// Every message, heartbeats included, passes the rate limit first (unless
+// it is turned off), then the size limits (README "Limits").
 func (s *Socket) HandleFrame(data []byte, binary bool) {
 	msg, err := s.ser.Decode(data, binary)
 	s.ep.stats.MessagesIn.Add(1)
