@@ -8,12 +8,19 @@ import (
 
 // Channel is the behaviour of one topic on one socket, Phoenix's Channel
 // in Go. The runtime calls a Channel's methods one at a time per socket
-// (never two callbacks of the same socket at once), so a Channel needs no
-// locks for state it keeps in its own fields.
+// (never two callbacks of the same socket at once, HandleOut included),
+// so a Channel needs no locks for state it keeps in its own fields.
 //
 // Callbacks run on the socket's read path: a slow callback delays the
 // socket's next message. Do slow work on a goroutine and answer with
 // ChannelSocket.Reply when it is done.
+//
+// The optional behaviours, AfterJoiner and Interceptor, are found by a
+// type assertion when the channel is created: a method whose name or
+// signature is off compiles and silently never runs. Let the compiler
+// check it:
+//
+//	var _ channels.Interceptor = (*Room)(nil)
 type Channel interface {
 	// Join accepts or refuses a join. Its contract:
 	//   - a nil error accepts: the ok reply carries the response (nil
@@ -37,8 +44,11 @@ type Channel interface {
 
 // AfterJoiner is implemented by a Channel that wants to act once the join
 // reply is queued, Phoenix's send(self(), :after_join) idiom: pushing
-// presence_state, tracking presence.
+// presence_state, tracking presence. Check the method with
+// var _ channels.AfterJoiner = (*Room)(nil).
 type AfterJoiner interface {
+	// AfterJoin runs right after a successful Join, under the same
+	// callback lock, before the socket's next message is handled.
 	AfterJoin(s *ChannelSocket)
 }
 
@@ -47,8 +57,29 @@ type AfterJoiner interface {
 // events reach the socket only through HandleOut, which may Push them as
 // they are, changed, or not at all. Interception costs one callback per
 // subscriber per message instead of one shared encoding: use it sparingly.
+// Check the methods with var _ channels.Interceptor = (*Room)(nil).
+//
+// Order: an intercepted broadcast is queued for HandleOut while the other
+// events go straight to the connection, so what HandleOut pushes can
+// reach the client after broadcasts of the topic published later. Events
+// that must stay in order with each other should be all intercepted or
+// all not.
 type Interceptor interface {
+	// Intercepts lists the events that go through HandleOut. It is read
+	// once per join, when the channel value is created and before Join
+	// runs; the list holds for the whole join.
 	Intercepts() []string
+	// HandleOut runs once per intercepted broadcast, in the order the
+	// socket received them. It runs on a goroutine of its own, not the
+	// broadcaster's, so that no publisher ever waits for a channel, but
+	// under the socket's callback lock: never at the same time as
+	// another callback of the socket (Join, HandleIn, Terminate, other
+	// HandleOuts), so it may use the channel's fields as they do. A
+	// slow HandleOut holds up the socket's incoming messages too, and
+	// the socket is closed as a slow consumer when the broadcasts
+	// waiting for it pass EndpointConfig.MaxOutbox. After the channel has
+	// ended, waiting broadcasts are dropped. A panic ends the channel as
+	// a crash (phx_error).
 	HandleOut(s *ChannelSocket, out Out)
 }
 

@@ -25,6 +25,10 @@ func (c *Chat) Join(s *channels.ChannelSocket, params channels.Payload) (any, er
 	return map[string]string{"welcome": c.user}, nil
 }
 
+// AfterJoiner is found by type assertion: this line makes a misspelled
+// AfterJoin a compile error instead of a method that never runs.
+var _ channels.AfterJoiner = (*Chat)(nil)
+
 // AfterJoin runs once the ok reply is queued: the place for presence.
 func (c *Chat) AfterJoin(s *channels.ChannelSocket) {
 	_ = s.Track(c.user, map[string]any{"device": "web"})
@@ -68,7 +72,7 @@ func Example() {
 		// Sockets sharing an id are disconnected together (Endpoint.Disconnect).
 		return channels.Identity{ID: "user:" + info.Params["token"]}, nil
 	})
-	_ = auth // pass both to node.New(node.Config{Router: router, SocketHandler: auth})
+	_ = auth // pass both to node.New(node.Config{Router: router, SocketHandler: auth}); see node's Example
 
 	_, ok := router.Match("chat:lobby")
 	fmt.Println(ok)

@@ -112,8 +112,8 @@ func (s *Socket) Close(code int, reason string) { s.conn.Close(code, reason) }
 // decides about frames that are broken below this level (invalid UTF-8,
 // oversized).
 //
-// Every message, heartbeats included, passes the rate limit first (when
-// one is configured), then the size limits (README "Limits").
+// Every message, heartbeats included, passes the rate limit first (unless
+// it is turned off), then the size limits (README "Limits").
 func (s *Socket) HandleFrame(data []byte, binary bool) {
 	msg, err := s.ser.Decode(data, binary)
 	s.ep.stats.MessagesIn.Add(1)
@@ -307,6 +307,7 @@ func (s *Socket) join(msg *Message) {
 	// factory) would keep the whole header alive as long as the join.
 	topic := ch.Topic()
 	ch.impl = factory(topic)
+	s.ep.checkOptional(ch.impl)
 	if ic, ok := ch.impl.(Interceptor); ok {
 		ch.intercepts = ic.Intercepts()
 	}
@@ -525,8 +526,8 @@ func (s *Socket) joinErrorResponse(topic string, err error) []byte {
 }
 
 // deliverOut queues an intercepted broadcast for HandleOut, which runs on
-// its own short-lived goroutine so that the broadcaster never waits for a
-// channel callback.
+// its own short-lived goroutine, under s.cb, so that the broadcaster never
+// waits for a channel callback.
 func (s *Socket) deliverOut(ch *ChannelSocket, m *pubsub.Message) {
 	s.outMu.Lock()
 	if s.outbox == nil {

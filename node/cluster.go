@@ -195,10 +195,11 @@ var release = func() string {
 	return rev
 }()
 
-// Gate is the node's view of what every live node reads (pubsub/redis
-// gate.go), fed by the cluster reports: writers of a form newer than the
-// floor's ask it first. A Redis PubSub is given it when the node starts
-// reporting.
+// Gate is the node's view of which versions of the cross-node message
+// forms every live node can read (see redis.Gate), fed by the "reads"
+// each node announces in its cluster reports: a writer asks it before it
+// sends a form that nodes of an older release might not read. A Redis
+// PubSub is given it when the node starts reporting.
 func (n *Node) Gate() *redis.Gate { return n.cluster.gate }
 
 // clusterLoop broadcasts this node's report every interval and runs the

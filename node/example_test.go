@@ -2,14 +2,9 @@ package node_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"log"
-	"maps"
-	"os"
-	"os/signal"
-	"slices"
-	"syscall"
+	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/channelsd/channelsd/channels"
@@ -17,102 +12,82 @@ import (
 	"github.com/channelsd/channelsd/transport/wsclient"
 )
 
-// Room tracks each joining user on the room's presence once the join is
-// acknowledged, as a Phoenix channel does in after_join.
-type Room struct{ user string }
+// Room is one join of a "room:*" topic.
+type Room struct{}
 
-func (r *Room) Join(_ *channels.ChannelSocket, params channels.Payload) (any, error) {
-	var p struct{ User string }
-	if err := params.Decode(&p); err != nil || p.User == "" {
-		return nil, fmt.Errorf("a user is required")
-	}
-	r.user = p.User
-	return nil, nil
+// The compiler checks the optional behaviours: without these lines a
+// misspelled AfterJoin would compile and never run.
+var _ channels.AfterJoiner = (*Room)(nil)
+
+func (r *Room) Join(s *channels.ChannelSocket, params channels.Payload) (any, error) {
+	return map[string]string{"joined": s.Topic()}, nil
 }
 
+// AfterJoin pushes to this client alone.
 func (r *Room) AfterJoin(s *channels.ChannelSocket) {
-	if err := s.Track(r.user, map[string]any{"device": "phone"}); err != nil {
-		log.Print(err)
+	_ = s.Push("welcome", map[string]string{"motd": "be nice"})
+}
+
+func (r *Room) HandleIn(s *channels.ChannelSocket, in channels.In) channels.Result {
+	var m struct {
+		Body string `json:"body"`
 	}
+	if err := in.Payload.Decode(&m); err != nil {
+		return channels.ErrorReply(map[string]string{"reason": "bad payload"})
+	}
+	switch in.Event {
+	case "shout": // to every subscriber of the topic, on every node
+		_ = s.Broadcast("shout", map[string]string{"body": strings.ToUpper(m.Body)})
+		return channels.Ok(nil)
+	case "ping": // a reply to this push
+		return channels.Ok(map[string]string{"pong": m.Body})
+	}
+	return channels.ErrorReply(map[string]string{"reason": "unknown event"})
 }
 
-func (r *Room) HandleIn(*channels.ChannelSocket, channels.In) channels.Result {
-	return channels.Ok(nil)
-}
+func (r *Room) Terminate(s *channels.ChannelSocket, reason channels.Reason) {}
 
-func (r *Room) Terminate(*channels.ChannelSocket, channels.Reason) {}
-
-// A node lists a topic's presences from Go, as Phoenix's Presence.list/1:
-// here after a client joined the room and was tracked.
-func ExampleNode_Presence() {
+// A node serving one channel, and a client speaking the Phoenix protocol
+// to it: a push from the server, a reply, and a broadcast.
+func Example() {
 	router := &channels.Router{}
-	router.Handle("room:*", func(string) channels.Channel { return &Room{} })
-	n, err := node.New(node.Config{Addr: "127.0.0.1:0", Router: router})
+	router.Handle("room:*", func(topic string) channels.Channel { return &Room{} })
+	n, err := node.New(node.Config{
+		Addr:   "127.0.0.1:0", // a free port; Addr() tells which
+		Router: router,
+		Logger: slog.New(slog.DiscardHandler),
+	})
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
-	if err := n.Start(); err != nil {
-		log.Fatal(err)
+	if err := n.Start(); err != nil { // serves in the background
+		panic(err)
 	}
 	defer n.Shutdown(context.Background())
 
-	// A client joins room:lobby as alice, and waits to see itself tracked.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	client, err := wsclient.Dial(ctx, "ws://"+n.Addr().String()+"/socket/websocket", wsclient.Options{})
+	c, err := wsclient.Dial(ctx, "ws://"+n.Addr().String()+"/socket/websocket", wsclient.Options{})
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
-	defer client.Close()
-	if _, err := client.Join(ctx, "room:lobby", map[string]string{"user": "alice"}); err != nil {
-		log.Fatal(err)
-	}
-	if _, err := client.Await(ctx, wsclient.IsEvent("room:lobby", "presence_diff")); err != nil {
-		log.Fatal(err)
-	}
+	defer c.Close()
 
-	state, err := n.Presence().List(ctx, "room:lobby")
-	if err != nil {
-		log.Fatal(err)
-	}
-	for _, user := range slices.Sorted(maps.Keys(state)) {
-		for _, meta := range state[user].Metas {
-			var m struct{ Device string }
-			_ = json.Unmarshal(meta, &m)
-			fmt.Printf("%s on %s\n", user, m.Device)
-		}
-	}
+	reply, _ := c.Join(ctx, "room:lobby", nil)
+	fmt.Println("join:", reply.Status, string(reply.Payload))
+	push, _ := c.Await(ctx, wsclient.IsEvent("room:lobby", "welcome"))
+	fmt.Println("push:", string(push.Payload))
+
+	ref, _ := c.Push("room:lobby", "ping", map[string]string{"body": "hi"})
+	reply, _ = c.AwaitReply(ctx, ref)
+	fmt.Println("reply:", reply.Status, string(reply.Payload))
+
+	_, _ = c.Push("room:lobby", "shout", map[string]string{"body": "hello"})
+	bc, _ := c.Await(ctx, wsclient.IsEvent("room:lobby", "shout"))
+	fmt.Println("broadcast:", string(bc.Payload))
 	// Output:
-	// alice on phone
-}
-
-// A node joins a cluster through Redis with one setting: every node given
-// the same URL shares broadcasts, presence, histories and disconnects by
-// socket id. New waits up to RedisOptions.ConnectTimeout (30s) for a Redis
-// that is not up yet; NewWithContext can stop that wait early. (Not run:
-// it needs a Redis; TestRedisExampleConfig runs this configuration
-// against one.)
-func Example_redis() {
-	router := &channels.Router{}
-	router.Handle("room:*", func(string) channels.Channel { return &Room{} })
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	n, err := node.NewWithContext(ctx, node.Config{
-		Addr:   ":4000",
-		Router: router,
-		// redis://, rediss:// (TLS), unix://, or
-		// redis-sentinel://host1:26379,host2:26379/mymaster
-		Redis: "redis://localhost:6379/0",
-		// Optional, as channelsd's --redis-* and --presence-* flags.
-		RedisOptions: node.RedisOptions{Prefix: "myapp"},
-	})
-	if err != nil {
-		log.Fatal(err)
-	}
-	if err := n.Start(); err != nil {
-		log.Fatal(err)
-	}
-	<-ctx.Done()
-	_ = n.Shutdown(context.Background())
+	// join: ok {"joined":"room:lobby"}
+	// push: {"motd":"be nice"}
+	// reply: ok {"pong":"hi"}
+	// broadcast: {"body":"HELLO"}
 }

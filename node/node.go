@@ -23,7 +23,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Config is everything a node needs. Zero values take the defaults noted.
+// Config is everything a node needs. Zero values take the defaults noted,
+// which are channelsd's flag defaults; for the limits, README "Limits"
+// lists them all, and a negative value turns one off.
 type Config struct {
 	Addr       string // listen address; default ":4000"
 	SocketPath string // base path of the socket transports; default "/socket"
@@ -33,8 +35,8 @@ type Config struct {
 	MaxFrameSize   int64         // default 1 MiB
 	MaxChannels    int           // per socket; default 100
 	// APIKey, when set, is required by the operators' endpoints (/api/*,
-	// /metrics, /dashboard); when empty they serve loopback clients only
-	// (access.go).
+	// /metrics, /dashboard) as "Authorization: Bearer <key>"; when empty
+	// they serve loopback clients only.
 	APIKey string
 	// MetricsPublic serves /metrics to every client, key or not: for a
 	// Prometheus that scrapes from other hosts without the key.
@@ -50,8 +52,8 @@ type Config struct {
 	MaxEventLength     int           // bytes; default 128
 	MaxRefLength       int           // bytes of a join_ref or ref as JSON text; default 64
 	// MaxMessagesPerSecond rate-limits each socket's messages, with Burst
-	// at once (zero: 2 × the rate); see channels.EndpointConfig. Zero or
-	// negative: no rate limit (channelsd's flag defaults to 100).
+	// at once (zero: 2 × the rate); see channels.EndpointConfig. Default
+	// 100; negative: no rate limit.
 	MaxMessagesPerSecond float64
 	Burst                int
 	RateAbuseAfter       time.Duration // a socket over its rate this long is closed (1008); default 10s
@@ -73,8 +75,9 @@ type Config struct {
 	LongPollMaxSessionsPerAddr int
 	TrustedProxies             []string
 
-	// The HTTP server's bounds (httpserver.go). Zero takes the default
-	// noted, negative means none.
+	// The HTTP server's bounds on connections that are not sockets
+	// (API calls, probes, the home page). Zero takes the default noted,
+	// negative means none.
 	HTTPIdleTimeout    time.Duration // a keep-alive connection idle between requests; default 60s
 	HTTPRequestTimeout time.Duration // reading a body, writing an answer other than a socket's; default 30s
 	MaxHeaderBytes     int           // a request's line and headers; default 32 KiB (HTTP 431 beyond)
@@ -96,7 +99,7 @@ type Config struct {
 
 	// DrainWindow spreads the closing of the sockets when the node drains
 	// (Drain, Shutdown): they are closed in batches evenly over it. Zero
-	// closes them all at once.
+	// closes them all at once (channelsd's --drain-window is 20s).
 	DrainWindow time.Duration
 	// ShutdownTimeout bounds what Shutdown does after the drain window:
 	// waiting for the last sockets to end, stopping the HTTP server,
@@ -110,9 +113,10 @@ type Config struct {
 	// else the host name.
 	NodeID string
 
-	// ReportInterval is how often the node broadcasts its figures to the
-	// cluster view (cluster.go), which the rebalancer and the dashboard
-	// read. Default 2s.
+	// ReportInterval is how often the node broadcasts its figures
+	// (sockets, message rates) on the topic "phx:nodes", where every node
+	// keeps the latest report of every other: the cluster view that the
+	// rebalancer and the dashboard read. Default 2s.
 	ReportInterval time.Duration
 	// Rebalance moves sockets off a node far above the cluster's mean;
 	// off by default.

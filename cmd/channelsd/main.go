@@ -352,7 +352,7 @@ func run(args []string, stderr io.Writer) error {
 		MaxTopicLength:       o.maxTopicLength,
 		MaxEventLength:       o.maxEventLength,
 		MaxRefLength:         o.maxRefLength,
-		MaxMessagesPerSecond: o.maxMessagesPerSec,
+		MaxMessagesPerSecond: rateLimitFlag(o.maxMessagesPerSec),
 		Burst:                o.burst,
 		LongPollMaxSessions:  o.lpMaxSessions,
 		LongPollMaxBuffered:  o.lpMaxBuffered,

@@ -2,7 +2,7 @@
 // default when no Redis is configured. It is also the reference the
 // clustered implementations are tested against.
 //
-// It implements pubsub.History in memory (history.go): each topic the
+// It implements pubsub.History in memory: each topic the
 // policy gives history keeps a ring of its newest broadcasts in this
 // process only. Nothing survives a restart: the restarted process starts
 // every history in a new epoch, so a client recovering from a position of

@@ -36,7 +36,7 @@ func (p *PubSub) Subscribe(topic string, s pubsub.Subscriber) error {
 // Unsubscribe implements pubsub.PubSub.
 func (p *PubSub) Unsubscribe(topic string, s pubsub.Subscriber) { p.reg.Remove(topic, s) }
 
-// Publish implements pubsub.PubSub: PublishAt (history.go) without the
+// Publish implements pubsub.PubSub: PublishAt without the
 // position. A topic without history costs one atomic load more than a
 // bare Dispatch while no policy is set.
 func (p *PubSub) Publish(ctx context.Context, m *pubsub.Message) error {

@@ -71,9 +71,9 @@ func BuildReads() map[string]int { return maps.Clone(buildReads) }
 // answer is no, so the moment a node that cannot read the newer form
 // appears (its first report or sign of life), writers fall back.
 //
-// Where it is asked today: the answer to a call whose answer was too
-// large (call.go, tooLargeStatus) asks NodeReads of the caller; a
-// broadcast of a topic with history (history.go) carries its position in
+// Where it is asked today: a node whose answer to a node call is too
+// large to send asks NodeReads whether the caller understands the status
+// that says so; a broadcast of a topic with history carries its position in
 // the envelope's extension area only while MayWrite(FormEnvelope, 3, now),
 // and the floor's form otherwise. The hook for a next change (Redis
 // Cluster hash tags in channel names): a new channel naming publishes on
