@@ -24,7 +24,7 @@ type Lobby struct{ user string }
 func (r *Lobby) Join(_ *channels.ChannelSocket, params channels.Payload) (any, error) {
 	var p struct{ User string }
 	if err := params.Decode(&p); err != nil || p.User == "" {
-		return nil, fmt.Errorf("a user is required")
+		return nil, channels.Refuse("a user is required")
 	}
 	r.user = p.User
 	return nil, nil
