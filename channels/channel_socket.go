@@ -50,6 +50,17 @@ type joinRare struct {
 	// last is the position of the last broadcast of a topic with history
 	// delivered to this join (recovery.go); zero until the first one.
 	last pubsub.Position
+	// While a replay runs (replay.go), the frames held meanwhile are
+	// bounded: heldBytes counts pending's frame bytes against heldMax and
+	// heldMaxBytes; each time the bound is hit the broadcasts with a
+	// position are dropped (the history keeps them) and dropped counts
+	// it; overflow: the other frames alone hit half the bound.
+	replaying    bool
+	overflow     bool
+	dropped      uint32
+	heldBytes    int
+	heldMax      int
+	heldMaxBytes int
 }
 
 // rareLocked returns c.rare, allocating it. Called with c.mu held.
@@ -281,8 +292,7 @@ func (c *ChannelSocket) sendFrame(f Frame) {
 	defer c.mu.Unlock()
 	switch c.state {
 	case stateJoining:
-		r := c.rareLocked()
-		r.pending = append(r.pending, heldFrame{f: f})
+		c.holdLocked(heldFrame{f: f})
 	case stateJoined:
 		c.sock.sendFrame(f)
 	}

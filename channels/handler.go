@@ -87,6 +87,33 @@ type Conn interface {
 	Close(code int, reason string)
 }
 
+// BacklogConn is implemented by the Conns whose outbound queue the
+// runtime can watch, so that it can pace what it sends in bulk (a join's
+// replay of history, recovery.go) by what the client actually takes,
+// instead of overflowing the queue and having the connection closed as a
+// slow consumer. The WebSocket and long-poll transports implement it; a
+// Conn that does not is sent to unpaced.
+//
+// Contract:
+//   - Backlog returns the frames Send has queued that the transport has
+//     not yet handed on (WebSocket: written to the kernel; long-poll:
+//     taken by a poll answer), their bytes as the transport counts them
+//     against its limit, and those limits: Send fails once a frame would
+//     take the backlog past maxFrames or maxBytes, except into an empty
+//     queue, which takes any one frame. A limit of 0 means none.
+//   - WaitBacklog returns nil as soon as the backlog is at most frames and
+//     at most bytes, at once if it already is; ErrConnClosed once the
+//     connection is closing, at once if it already is; ctx's error if ctx
+//     ends first.
+//   - WaitBacklog is woken by the transport when it drains the queue or
+//     closes, not by polling, and never holds up Send or the transport's
+//     writer. Any number of goroutines may wait at once.
+type BacklogConn interface {
+	Conn
+	Backlog() (frames, bytes, maxFrames, maxBytes int)
+	WaitBacklog(ctx context.Context, frames, bytes int) error
+}
+
 // Close codes the runtime uses (RFC 6455 §7.4.1). None of them is 1000:
 // phoenix.js up to 1.8.12 does not reconnect after a 1000 close
 // (PROTOCOL.md §4.3), and every server-initiated close here expects the

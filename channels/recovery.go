@@ -25,8 +25,9 @@ import (
 //  3. replies ok with the application's response plus "position",
 //     "recovered" and, when the client's request could not be served,
 //     "reason";
-//  4. sends the replayed broadcasts, then the held frames, dropping
-//     those the replay already covered (flushJoinLocked).
+//  4. sends the replayed broadcasts, paced by what the client takes
+//     (replay.go), then the held frames, dropping those the replay
+//     already covered (flushJoinLocked).
 //
 // Subscribing before reading is what makes the seam exact: a broadcast
 // published before the read is in the history, one published after it
@@ -131,8 +132,7 @@ func (c *ChannelSocket) deliverAt(m *pubsub.Message, excluded bool) {
 	defer c.mu.Unlock()
 	switch c.state {
 	case stateJoining:
-		r := c.rareLocked()
-		r.pending = append(r.pending, h)
+		c.holdLocked(h)
 	case stateJoined:
 		c.advanceLocked(h)
 	}
@@ -204,17 +204,15 @@ func (s *Socket) endBroken(ch *ChannelSocket) {
 	s.terminate(ch, ReasonHistoryGap)
 }
 
-// flushJoinLocked sends, right after the join reply, the replayed
-// broadcasts and then the frames held during the join, dropping those the
-// replay covered. Called with c.mu held and c.state just set to joined;
-// rec is nil for a topic without history, and then every held frame
-// passes as it always did.
-func (c *ChannelSocket) flushJoinLocked(rec *recovery, held []heldFrame) {
-	if rec != nil {
-		for _, h := range rec.replay {
-			c.emitLocked(h)
-		}
-		c.rareLocked().last = rec.last
+// flushJoinLocked sends, right after the join reply of a join with
+// nothing to replay, or at the end of a replay (replay.go), the frames
+// held during the join, dropping those already delivered. Called with
+// c.mu held and c.state just set to joined; last is where the channel's
+// positions stand (zero: unknown, and for a topic without history, whose
+// held frames all pass as they always did).
+func (c *ChannelSocket) flushJoinLocked(last pubsub.Position, held []heldFrame) {
+	if !last.IsZero() {
+		c.rareLocked().last = last
 	}
 	for _, h := range held {
 		if c.state != stateJoined {
@@ -230,8 +228,8 @@ func (c *ChannelSocket) flushJoinLocked(rec *recovery, held []heldFrame) {
 
 // recovery is what a join of a topic with history found in the history.
 type recovery struct {
-	replay    []heldFrame     // the broadcasts to replay, oldest first
-	last      pubsub.Position // where live delivery goes on from; zero: unknown
+	replay    []heldFrame     // the broadcasts to replay, oldest first: the first page of them
+	last      pubsub.Position // the reply's position: replayed up to it, live after it; zero: unknown
 	asked     joinAsk
 	recovered bool
 	reason    int // index in recoveryReasons, or reasonNone
@@ -263,6 +261,11 @@ func (s *Socket) readRecovery(ch *ChannelSocket, params Payload) *recovery {
 	q, asked, bad := recoveryQuery(params, opts.Size)
 	rec.asked = asked
 	since := asked == askSince && !bad
+	if since {
+		// The first page; the replay reads the rest as the client takes
+		// it (replay.go).
+		q.Limit = replayPage
+	}
 	if bad {
 		// Refusing the join would make the client retry the same params
 		// forever; it joins, told why nothing was replayed, and the read
@@ -296,28 +299,24 @@ func (s *Socket) readRecovery(ch *ChannelSocket, params Payload) *recovery {
 		res.Messages = nil // never a replay from the wrong place
 	}
 	rec.last = res.Top
-	if n := len(res.Messages); n > 0 {
+	if n := len(res.Messages); n > 0 && res.Messages[n-1].Pos.Offset < res.Top.Offset && (!since || n < q.Limit) {
+		// The read stopped short of the top, and not for its limit:
+		// trimmed meanwhile. (consistent saw the messages in sequence.)
 		rec.last = res.Messages[n-1].Pos
-	}
-	if since && rec.reason == reasonNone {
-		if rec.last == res.Top {
-			rec.recovered = true
-		} else {
-			// The read stopped short of the top: trimmed meanwhile.
+		if since && rec.reason == reasonNone {
 			rec.reason = reasonTooOld
 		}
+	}
+	if since && rec.reason == reasonNone {
+		rec.recovered = true
 	}
 	if asked == askNothing {
 		// A plain join is told its position, nothing else: it asked for
 		// nothing that could fail (a store error is logged above).
 		rec.reason = reasonNone
 	}
-	rec.replay = make([]heldFrame, 0, len(res.Messages))
-	for _, m := range res.Messages {
-		rec.replay = append(rec.replay, ch.held(m, false))
-	}
+	rec.replay = ch.heldAll(res.Messages)
 	st := &s.ep.stats
-	st.Replayed.Add(uint64(len(rec.replay)))
 	if rec.recovered {
 		st.RecoveriesComplete.Add(1)
 	}

@@ -352,13 +352,25 @@ func (s *Socket) join(msg *Message) {
 	// §3.3: the reply goes out before anything else of this join.
 	ch.mu.Lock()
 	s.send(&Message{JoinRef: msg.JoinRef, Ref: msg.Ref, Topic: msg.Topic, Event: EventReply, Status: "ok", Payload: replyData, Binary: replyBinary})
-	var pending []heldFrame
-	if ch.rare != nil {
-		pending, ch.rare.pending = ch.rare.pending, nil
+	if rec != nil && len(rec.replay) > 0 {
+		// Frames stay held (stateJoining) until the replay is out.
+		ch.mu.Unlock()
+		if !s.replay(ch, rec) {
+			return
+		}
+	} else {
+		var pending []heldFrame
+		if ch.rare != nil {
+			pending, ch.rare.pending = ch.rare.pending, nil
+		}
+		ch.state = stateJoined
+		var last pubsub.Position
+		if rec != nil {
+			last = rec.last
+		}
+		ch.flushJoinLocked(last, pending)
+		ch.mu.Unlock()
 	}
-	ch.state = stateJoined
-	ch.flushJoinLocked(rec, pending)
-	ch.mu.Unlock()
 
 	if aj, ok := ch.impl.(AfterJoiner); ok {
 		if s.guard(ch, "after_join", func() { aj.AfterJoin(ch) }) {

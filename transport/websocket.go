@@ -150,6 +150,9 @@ type WebSocketHandler struct {
 	epoch   time.Time    // origin of the reactor's clock
 	pending atomic.Int64 // handshakes in ServeHTTP
 	budget  msgBudget    // messages in progress against MaxMessageBuffers
+	// backlogs are the connections' waits for their queue to drain
+	// (backlog.go).
+	backlogs backlogWaits
 
 	// The reactor for event-driven reads (reactor.go), started with the
 	// first connection and stopped after the last one or by Close.

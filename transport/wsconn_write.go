@@ -99,6 +99,9 @@ func (c *wsConn) closeLocked(body []byte, drop bool) (startFlush, startReader bo
 	c.nFrames++
 	c.nBytes += len(body)
 	c.closeDeadline = int64(time.Since(monoEpoch) + c.h.cfg.CloseTimeout)
+	if c.backlogWatched {
+		c.wakeBacklogLocked()
+	}
 	// Applies to a write in progress too: a flush stuck on a client that
 	// does not read gives up by the close deadline.
 	_ = c.nc.SetWriteDeadline(deadlineTime(c.closeDeadline))
@@ -219,6 +222,9 @@ func (c *wsConn) writeFailed(err error) {
 	c.closing = true
 	c.flushing = false
 	c.dropQueueLocked()
+	if c.backlogWatched {
+		c.wakeBacklogLocked()
+	}
 	c.mu.Unlock()
 	c.closeNC()
 	if !ended && !wasClosing {
