@@ -23,7 +23,7 @@ func TestRedisExampleConfig(t *testing.T) {
 	defer cancel()
 	start := func() *node.Node {
 		router := &channels.Router{}
-		router.Handle("room:*", func(string) channels.Channel { return &Room{} })
+		router.Handle("room:*", func(string) channels.Channel { return &Lobby{} })
 		n, err := node.NewWithContext(ctx, node.Config{
 			Addr:         "127.0.0.1:0", // Example_redis: ":4000"
 			Router:       router,
