@@ -264,6 +264,7 @@ func (c *ChannelSocket) Deliver(m *pubsub.Message) {
 		return
 	}
 	if len(c.intercepts) > 0 && slices.Contains(c.intercepts, m.Event) {
+		c.forgetPosition()
 		c.sock.deliverOut(c, m)
 		return
 	}
@@ -271,9 +272,18 @@ func (c *ChannelSocket) Deliver(m *pubsub.Message) {
 	if err != nil {
 		// A binary broadcast cannot reach a V1 socket; the others get it.
 		c.sock.ep.log.Debug("channels: broadcast not deliverable to this socket", "topic", m.Topic, "event", m.Event, "vsn", c.sock.ser.Vsn(), "err", err)
+		c.forgetPosition()
 		return
 	}
-	c.sendFrame(Frame{Data: data, Binary: binary})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch c.state {
+	case stateJoining:
+		c.holdLocked(heldFrame{f: Frame{Data: data, Binary: binary}, unpositioned: true})
+	case stateJoined:
+		c.forgetPositionLocked()
+		c.sock.sendFrame(Frame{Data: data, Binary: binary})
+	}
 }
 
 func (c *ChannelSocket) send(m *Message) error {

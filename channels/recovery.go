@@ -90,6 +90,9 @@ type heldFrame struct {
 	f   Frame
 	m   *pubsub.Message
 	how deliverHow
+	// unpositioned marks a broadcast without a position (m is nil): when it
+	// goes out, the join forgets its last position (forgetPositionLocked).
+	unpositioned bool
 }
 
 // deliverHow is what delivering a broadcast with a position to a channel
@@ -219,10 +222,36 @@ func (c *ChannelSocket) flushJoinLocked(last pubsub.Position, held []heldFrame) 
 			return // failed by a hole: nothing more goes out
 		}
 		if h.m == nil {
+			if h.unpositioned {
+				c.forgetPositionLocked()
+			}
 			c.sock.sendFrame(h.f)
 			continue
 		}
 		c.advanceLocked(h)
+	}
+}
+
+// forgetPosition is forgetPositionLocked for a caller without c.mu.
+func (c *ChannelSocket) forgetPosition() {
+	c.mu.Lock()
+	c.forgetPositionLocked()
+	c.mu.Unlock()
+}
+
+// forgetPositionLocked is what a broadcast without a position does to a
+// join that follows its topic's positions. Such a broadcast was published
+// by a node that could not carry its position (one whose Gate had not yet
+// heard that every node reads positions, or a node of an older release)
+// and may have taken an offset in the history all the same: the next
+// position can then be past last+1 without any broadcast having been
+// lost. The join forgets its last position and takes the next one as it
+// comes (advanceLocked), rather than fail on a hole that is none; what it
+// gives up is the detection of a real hole across that one step.
+// Called with c.mu held.
+func (c *ChannelSocket) forgetPositionLocked() {
+	if c.rare != nil {
+		c.rare.last = pubsub.Position{}
 	}
 }
 

@@ -798,3 +798,29 @@ func TestRouterHistoryPolicy(t *testing.T) {
 	}()
 	r.History("a*b", pubsub.HistoryOptions{Size: 1})
 }
+
+// A broadcast without a position on a topic with history (a node whose
+// Gate was still closed wrote it, yet it took an offset) makes the join
+// forget its last position: the next positioned broadcast, past last+1, is
+// delivered rather than taken for a hole.
+func TestUnpositionedBroadcastForgetsPosition(t *testing.T) {
+	ch := &histChannel{joined: make(chan *channels.ChannelSocket, 1), terminated: make(chan channels.Reason, 1)}
+	e := newHistEnv(t, 10, func(string) channels.Channel { return ch }, nil)
+	_, c, cs := joinCaptured(t, e, ch, "1", `{}`)
+	last := e.publish(t, "room:a", 1, 2)
+	c.take()
+	cs.Deliver(&pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":3}`)})
+	cs.Deliver(&pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":4}`), Pos: pubsub.Position{Epoch: last.Epoch, Offset: last.Offset + 2}})
+	// Following positions again: a real hole after that one still fails.
+	ms := decode(t, channels.V2, c.take())
+	if len(ms) != 2 || ms[0].Event != "new_msg" || ms[0].Ref.Text() != "" || ms[1].Event != "new_msg" || ms[1].Ref.Text() != (pubsub.Position{Epoch: last.Epoch, Offset: last.Offset + 2}).String() {
+		t.Fatalf("delivered %v, want the unpositioned broadcast, then the next one, and no phx_error", ms)
+	}
+	if n := e.ep.Stats().HistoryGaps.Load(); n != 0 {
+		t.Fatalf("HistoryGaps = %d after an unpositioned broadcast", n)
+	}
+	cs.Deliver(&pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":9}`), Pos: pubsub.Position{Epoch: last.Epoch, Offset: last.Offset + 9}})
+	if ms := decode(t, channels.V2, c.take()); len(ms) != 1 || ms[0].Event != channels.EventError {
+		t.Fatalf("a hole after the position was taken again: %v, want phx_error", ms)
+	}
+}
