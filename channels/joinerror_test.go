@@ -7,27 +7,13 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
+
+	"github.com/channelsd/channelsd/test/logtest"
 )
 
-// logBuffer is a slog destination tests read while sockets write to it.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// logBuffer is the shared readable log destination (test/logtest).
+type logBuffer = logtest.Buffer
 
 // failingJoin refuses every join with err.
 type failingJoin struct{ err error }

@@ -245,7 +245,7 @@ func TestLongPollRefused(t *testing.T) {
 		return channels.Identity{}, nil
 	}
 	var log logBuffer
-	hs := newLPHarness(t, LongPollConfig{AllowedOrigins: []string{"https://app.example"}, Logger: log.logger()}, ep)
+	hs := newLPHarness(t, LongPollConfig{AllowedOrigins: []string{"https://app.example"}, Logger: log.Logger()}, ep)
 	for _, c := range []struct {
 		query  string
 		origin string

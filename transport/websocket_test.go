@@ -229,7 +229,7 @@ func testHandshakeConnectRefused(t *testing.T, m readMode) {
 		}
 	}
 	var log logBuffer
-	hs := newHarness(t, m, WebSocketConfig{Logger: log.logger()}, ep)
+	hs := newHarness(t, m, WebSocketConfig{Logger: log.Logger()}, ep)
 	for _, tc := range []struct {
 		query  string
 		status int

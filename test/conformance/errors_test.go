@@ -5,15 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/channelsd/channelsd/channels"
 	"github.com/channelsd/channelsd/node"
+	"github.com/channelsd/channelsd/test/logtest"
 	"github.com/channelsd/channelsd/transport"
 	"github.com/channelsd/channelsd/transport/wsclient"
 )
@@ -59,29 +58,12 @@ var leakyConnect = channels.SocketHandlerFunc(func(_ context.Context, info *chan
 	return channels.Identity{}, nil
 })
 
-// logBuffer collects a node's log lines while its goroutines write.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
+// logBuffer is the shared readable log destination (test/logtest).
+type logBuffer = logtest.Buffer
 
 func withLeaks(log *logBuffer) func(*node.Config) {
 	return func(c *node.Config) {
-		c.Logger = log.logger()
+		c.Logger = log.Logger()
 		c.SocketHandler = leakyConnect
 		c.Router.Handle("leak:*", func(string) channels.Channel { return leakyChannel{} })
 	}
@@ -145,7 +127,7 @@ func TestItem09_JoinErrorNotForClient(t *testing.T) {
 func TestLongPoll_Item09_JoinErrorNotForClient(t *testing.T) {
 	t.Parallel()
 	var log logBuffer
-	n := startLPNode(t, transport.LongPollConfig{Logger: log.logger()}, withLeaks(&log))
+	n := startLPNode(t, transport.LongPollConfig{Logger: log.Logger()}, withLeaks(&log))
 	for _, v := range bothVersions {
 		t.Run(v.name, func(t *testing.T) {
 			c := n.lpOpen(t, v)
@@ -203,7 +185,7 @@ func TestItem02_ConnectErrorNotForClient(t *testing.T) {
 func TestLongPoll_Item36_ConnectErrorNotForClient(t *testing.T) {
 	t.Parallel()
 	var log logBuffer
-	n := startLPNode(t, transport.LongPollConfig{Logger: log.logger()}, withLeaks(&log))
+	n := startLPNode(t, transport.LongPollConfig{Logger: log.Logger()}, withLeaks(&log))
 	for _, v := range bothVersions {
 		for _, token := range []string{"db", "wrapped"} {
 			q := url.Values{"vsn": {v.vsn}, "token": {token}}
