@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -77,4 +78,31 @@ func RulesPolicy(rules []HistoryRule) HistoryPolicy {
 		}
 		return HistoryOptions{}
 	}
+}
+
+// PolicyHolder keeps a History's policy for the implementations: set at any
+// time, read on every publish. Without a policy a read costs one atomic
+// load, which is what keeps topics without history at their old cost. The
+// zero value holds no policy.
+type PolicyHolder struct {
+	f atomic.Pointer[HistoryPolicy]
+}
+
+// Set replaces the policy; nil removes it.
+func (h *PolicyHolder) Set(f HistoryPolicy) {
+	if f == nil {
+		h.f.Store(nil)
+		return
+	}
+	h.f.Store(&f)
+}
+
+// Options is the policy's answer for topic, and whether it keeps history.
+func (h *PolicyHolder) Options(topic string) (HistoryOptions, bool) {
+	f := h.f.Load()
+	if f == nil {
+		return HistoryOptions{}, false
+	}
+	o := (*f)(topic)
+	return o, o.Enabled()
 }

@@ -29,7 +29,7 @@ const sweepEvery = time.Second
 // under mu and releases mu before it locks the topicHistory, so a slow
 // dispatch under one topic's lock never holds up another topic.
 type histories struct {
-	policy atomic.Pointer[pubsub.HistoryPolicy]
+	policy pubsub.PolicyHolder
 
 	mu sync.RWMutex
 	m  map[string]*topicHistory // guarded by mu
@@ -71,19 +71,13 @@ type entry struct {
 
 // SetHistoryPolicy implements pubsub.History.
 func (p *PubSub) SetHistoryPolicy(f pubsub.HistoryPolicy) {
-	if f == nil {
-		p.hist.policy.Store(nil)
-		return
-	}
-	p.hist.policy.Store(&f)
+	p.hist.policy.Set(f)
 }
 
 // HistoryOptions implements pubsub.History.
 func (p *PubSub) HistoryOptions(topic string) pubsub.HistoryOptions {
-	if f := p.hist.policy.Load(); f != nil {
-		return (*f)(topic)
-	}
-	return pubsub.HistoryOptions{}
+	o, _ := p.hist.policy.Options(topic)
+	return o
 }
 
 // PublishAt implements pubsub.History.
@@ -91,10 +85,8 @@ func (p *PubSub) PublishAt(_ context.Context, m *pubsub.Message) (pubsub.Positio
 	if p.closed.Load() {
 		return pubsub.Position{}, pubsub.ErrClosed
 	}
-	if f := p.hist.policy.Load(); f != nil {
-		if o := (*f)(m.Topic); o.Enabled() {
-			return p.publishHistory(m, o), nil
-		}
+	if o, ok := p.hist.policy.Options(m.Topic); ok {
+		return p.publishHistory(m, o), nil
 	}
 	p.reg.Dispatch(m)
 	return pubsub.Position{}, nil

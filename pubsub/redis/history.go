@@ -21,7 +21,7 @@ import (
 // lives in Redis (history_script.go); a node keeps only the policy and
 // counters.
 type historyState struct {
-	policy atomic.Pointer[pubsub.HistoryPolicy]
+	policy pubsub.PolicyHolder
 
 	published atomic.Uint64 // broadcasts that got a position
 	reads     atomic.Uint64 // ReadHistory calls that reached Redis
@@ -57,11 +57,7 @@ var _ pubsub.History = (*PubSub)(nil)
 // topic with history from Redis's echo and not at once, and tells the two
 // kinds of topics apart by the policy.
 func (p *PubSub) SetHistoryPolicy(f pubsub.HistoryPolicy) {
-	if f == nil {
-		p.hist.policy.Store(nil)
-		return
-	}
-	p.hist.policy.Store(&f)
+	p.hist.policy.Set(f)
 }
 
 // HistoryOptions implements pubsub.History.
@@ -73,12 +69,7 @@ func (p *PubSub) HistoryOptions(topic string) pubsub.HistoryOptions {
 // historyOptions is the policy's answer for topic, and whether it keeps
 // history. Without a policy it costs one atomic load.
 func (p *PubSub) historyOptions(topic string) (pubsub.HistoryOptions, bool) {
-	f := p.hist.policy.Load()
-	if f == nil {
-		return pubsub.HistoryOptions{}, false
-	}
-	o := (*f)(topic)
-	return o, o.Enabled()
+	return p.hist.policy.Options(topic)
 }
 
 // historyKeys returns the stream and meta keys of topic's history.

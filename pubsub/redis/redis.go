@@ -331,11 +331,9 @@ func (p *PubSub) Publish(ctx context.Context, m *pubsub.Message) error {
 	if p.closed.Load() {
 		return pubsub.ErrClosed
 	}
-	if f := p.hist.policy.Load(); f != nil {
-		if o := (*f)(m.Topic); o.Enabled() {
-			_, err := p.publishHistory(ctx, m, o)
-			return err
-		}
+	if o, ok := p.hist.policy.Options(m.Topic); ok {
+		_, err := p.publishHistory(ctx, m, o)
+		return err
 	}
 	// Checked before the local delivery: a message that cannot reach the
 	// other nodes reaches nobody, and its sender learns why.
