@@ -15,13 +15,20 @@ import (
 // socket's next message. Do slow work on a goroutine and answer with
 // ChannelSocket.Reply when it is done.
 type Channel interface {
-	// Join accepts or refuses a join. The returned response (nil means {})
-	// is sent in the ok reply. A non-nil error refuses the join; the reply
-	// carries the error's Response() if it has one (see JoinError), else
-	// {"reason": err.Error()}. Pushes made during Join are sent after the
-	// reply, as are broadcasts that arrive meanwhile.
+	// Join accepts or refuses a join. Its contract:
+	//   - a nil error accepts: the ok reply carries the response (nil
+	//     means {});
+	//   - an error that is, or wraps (errors.As), a *JoinError (Refuse)
+	//     refuses with an error reply carrying its Response();
+	//   - any other error is never shown to the client: it is logged with
+	//     the topic and the socket, and the error reply is
+	//     {"reason":"join crashed"}, as for a panic (PROTOCOL.md §6.1);
+	//   - pushes made during Join are sent after the reply, as are
+	//     broadcasts that arrive meanwhile.
 	Join(s *ChannelSocket, params Payload) (response any, err error)
-	// HandleIn handles an event pushed by the client.
+	// HandleIn handles an event pushed by the client. Only the Result's
+	// reply reaches the client; the error of StopWithError is logged, and
+	// the client's phx_error says {"reason":"channel_crash"}.
 	HandleIn(s *ChannelSocket, in In) Result
 	// Terminate is called once when the channel ends, for any Reason. The
 	// channel's subscriptions and presences are removed right after it.
@@ -142,7 +149,10 @@ func (r Result) AndStop() Result {
 	return r
 }
 
-// JoinError refuses a join with a specific response object.
+// JoinError refuses a join with a specific response object. It is the
+// only error whose content reaches the client from Join (Channel); wrap
+// it freely, fmt.Errorf("room: %w", channels.Refuse("banned")) still
+// refuses with {"reason":"banned"}.
 type JoinError struct {
 	Reply any
 }

@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 	"unique"
 
+	"github.com/channelsd/channelsd/presence"
 	"github.com/channelsd/channelsd/pubsub"
 )
 
@@ -226,6 +227,15 @@ func (c *ChannelSocket) PushPresenceState() error {
 		return err
 	}
 	return c.Push(EventPresenceState, json.RawMessage(data))
+}
+
+// ListPresence returns the topic's presences grouped by key, on every node
+// of the cluster: Phoenix's Presence.list(socket), for a channel that
+// answers with them (node.Node.Presence lists any topic from outside).
+func (c *ChannelSocket) ListPresence() (presence.State, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), presenceTimeout)
+	defer cancel()
+	return c.sock.ep.cfg.Presence.List(ctx, c.Topic())
 }
 
 // CloseSocket closes the whole connection this channel belongs to.

@@ -21,7 +21,9 @@
 // "phoenix", phx_join and its replies, duplicate joins closing the older
 // instance, phx_leave, stale join_refs dropped, unmatched topics answered
 // with an error, and a panicking callback turned into phx_error for that
-// channel alone.
+// channel alone. An error's text reaches the client only from the
+// constructors made for it (Refuse, JoinError, ConnectError); any other
+// error is logged and answered with a fixed reason (Channel, SocketHandler).
 //
 // Concurrency: all callbacks of one socket run one at a time (the socket's
 // callback lock), on the goroutine that reads the connection, except

@@ -2,7 +2,6 @@ package channels_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/channelsd/channelsd/channels"
@@ -18,7 +17,9 @@ func (c *Chat) Join(s *channels.ChannelSocket, params channels.Payload) (any, er
 		User string `json:"user"`
 	}
 	if err := params.Decode(&p); err != nil || p.User == "" {
-		return nil, errors.New("unauthorized") // reply {"reason":"unauthorized"}
+		// Refuse: the only join error whose text reaches the client;
+		// any other error is logged and answered "join crashed".
+		return nil, channels.Refuse("unauthorized")
 	}
 	c.user = p.User
 	return map[string]string{"welcome": c.user}, nil

@@ -35,8 +35,14 @@ type Identity struct {
 // SocketHandler authenticates connections, Phoenix's connect/3 and id/1.
 type SocketHandler interface {
 	// Connect accepts the connection with an identity or refuses it with an
-	// error. A *ConnectError chooses the HTTP status and the reason sent in
-	// the body; any other error refuses with 403 and the error's text.
+	// error. Its contract:
+	//   - a nil error accepts the connection with the Identity;
+	//   - an error that is, or wraps (errors.As), a *ConnectError refuses
+	//     with its HTTP status, and over WebSocket its Reason as the body
+	//     (long-poll answers {"status":N} only);
+	//   - any other error is never shown to the client: the transport
+	//     logs it and refuses with 403 and an empty body (PROTOCOL.md
+	//     §5.1), so a database error cannot reach a browser.
 	Connect(ctx context.Context, info *ConnectInfo) (Identity, error)
 }
 
@@ -48,7 +54,9 @@ func (f SocketHandlerFunc) Connect(ctx context.Context, info *ConnectInfo) (Iden
 	return f(ctx, info)
 }
 
-// ConnectError refuses a connection with a specific HTTP status.
+// ConnectError refuses a connection with a specific HTTP status. It is
+// the only error whose content reaches the client from Connect
+// (SocketHandler), wrapped or not.
 type ConnectError struct {
 	Status int    // HTTP status; 0 means 403
 	Reason string // sent as the response body

@@ -320,7 +320,7 @@ func (s *Socket) join(msg *Message) {
 	if crashed || joinErr != nil {
 		reply := reasonJSON("join crashed")
 		if !crashed {
-			reply = joinErrorResponse(joinErr)
+			reply = s.joinErrorResponse(topic, joinErr)
 		}
 		ch.state = stateClosed
 		ch.cleanup()
@@ -504,14 +504,21 @@ func reasonJSON(reason string) []byte {
 	return b
 }
 
-func joinErrorResponse(err error) []byte {
-	var resp any = map[string]string{"reason": err.Error()}
-	var r interface{ Response() any }
-	if errors.As(err, &r) {
-		resp = r.Response()
+// joinErrorResponse is the reply to a join the channel refused. Only a
+// *JoinError (Refuse), however wrapped, was made for the client; any
+// other error may carry what the client must not see (a database
+// address, a password in a DSN), so it is logged and the client gets
+// Phoenix's answer to a join that failed, {"reason":"join crashed"}.
+func (s *Socket) joinErrorResponse(topic string, err error) []byte {
+	var je *JoinError
+	if !errors.As(err, &je) {
+		s.ep.log.Warn("channels: join failed with an error not made for the client; replied \"join crashed\"",
+			"topic", topic, "socket", s.name, "id", s.ident.ID, "err", err)
+		return reasonJSON("join crashed")
 	}
-	b, _, encErr := EncodePayload(resp)
+	b, _, encErr := EncodePayload(je.Response())
 	if encErr != nil {
+		s.ep.log.Error("channels: join refusal cannot be encoded", "topic", topic, "socket", s.name, "err", encErr)
 		return reasonJSON("join refused")
 	}
 	return b

@@ -12,7 +12,24 @@
 // the HTTP server bounds the connections that are not sockets
 // (httpserver.go).
 //
+// # Clustering
+//
+// Config.Redis, a URL, is the one setting that clusters a node (redis.go),
+// as a Phoenix application names its PubSub adapter once and Presence
+// follows: New connects (retrying within RedisOptions.ConnectTimeout, or
+// until NewWithContext's context ends) and wires the Redis PubSub and the
+// Redis presence tracker together, with the settings channelsd's --redis
+// uses; RedisOptions and PresenceLimits reach the rest of its flags. An
+// application then imports neither Redis package. One that builds them
+// itself (pubsub/redis.New, presence/redis.New, for options not named
+// here) passes them as PubSub and Presence; both packages are named redis,
+// and this repository imports them as pubsubredis and presenceredis.
+//
+// Presence returns the node's tracker, whose List is Phoenix's
+// Presence.list/1 from Go; a channel lists its own topic with
+// channels.ChannelSocket.ListPresence.
+//
 // Dependencies point one way: node uses channels (and channels/auth, for
-// the dashboard's channel), transport, pubsub and presence; none of them
-// knows about node.
+// the dashboard's channel), transport, pubsub and presence (with their
+// Redis packages); none of them knows about node.
 package node

@@ -123,9 +123,25 @@ type Config struct {
 	// Home is served at "/" (the demo page); nil serves nothing there.
 	Home http.Handler
 
-	// PubSub and Presence default to the in-memory implementations.
+	// Redis clusters the node through Redis (redis.go): New connects,
+	// retrying a Redis that does not answer yet, and builds both the Redis
+	// PubSub and the Redis presence tracker on it. The value is what
+	// channelsd's --redis takes: redis://[user:pass@]host:6379[/db],
+	// rediss://... (TLS), unix:///path, redis-sentinel://host1,host2/master
+	// or host:port. Empty: one node in memory. Set either Redis or
+	// PubSub and Presence, not both.
+	Redis string
+	// RedisOptions tunes what Redis builds; zero fields take defaults.
+	RedisOptions RedisOptions
+
+	// PubSub and Presence default to the in-memory implementations (or
+	// the Redis ones, with Redis). Presence() returns the tracker in use.
 	PubSub   pubsub.PubSub
 	Presence presence.Tracker
+	// PresenceLimits bounds the keys, metas and entries of the tracker
+	// the node builds (in memory or Redis); zero fields take the
+	// presence.Limits defaults. A Presence passed in carries its own.
+	PresenceLimits presence.Limits
 
 	// History gives the topics its rules match a history of their
 	// broadcasts (README "Guarantees and their limits"). The rules come
@@ -178,8 +194,39 @@ type Node struct {
 	messagesOut func() uint64
 }
 
-// New builds a node from cfg without listening yet.
-func New(cfg Config) (*Node, error) {
+// New builds a node from cfg without listening yet. With Config.Redis it
+// connects to Redis first, waiting up to RedisOptions.ConnectTimeout;
+// NewWithContext can cut that wait short.
+func New(cfg Config) (*Node, error) { return NewWithContext(context.Background(), cfg) }
+
+// NewWithContext is New with a context that bounds what New waits for:
+// connecting to Redis (Config.Redis). Canceling ctx stops the retries;
+// it has no effect once NewWithContext has returned.
+func NewWithContext(ctx context.Context, cfg Config) (n *Node, err error) {
+	cfg, err = cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Redis != "" {
+		ps, tracker, rerr := connectRedis(ctx, cfg)
+		if rerr != nil {
+			return nil, rerr
+		}
+		cfg.PubSub, cfg.Presence, cfg.NodeID = ps, tracker, ps.NodeID()
+		// What the node built, it closes when it cannot start.
+		defer func() {
+			if err != nil {
+				_ = tracker.Close()
+				_ = ps.Close()
+			}
+		}()
+	}
+	return build(cfg)
+}
+
+// withDefaults fills cfg's zero fields and checks what needs no
+// connection, so that a wrong setting shows before New waits for Redis.
+func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Addr == "" {
 		cfg.Addr = ":4000"
 	}
@@ -226,28 +273,41 @@ func New(cfg Config) (*Node, error) {
 		cfg.HandshakeTimeout = transport.DefaultHandshakeTimeout
 	}
 	if cfg.DrainWindow < 0 || cfg.ShutdownTimeout < 0 {
-		return nil, errors.New("node: DrainWindow and ShutdownTimeout must not be negative")
+		return cfg, errors.New("node: DrainWindow and ShutdownTimeout must not be negative")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Router == nil {
-		return nil, errors.New("node: a Router is required")
-	}
-	if cfg.PubSub == nil {
-		cfg.PubSub = local.New()
+		return cfg, errors.New("node: a Router is required")
 	}
 	if cfg.ReportInterval <= 0 {
 		cfg.ReportInterval = 2 * time.Second
 	}
 	if cfg.Rebalance.Threshold < 0 || cfg.Rebalance.Share < 0 || cfg.Rebalance.Share > 1 {
-		return nil, errors.New("node: Rebalance.Threshold must be >= 0 and Share within [0, 1]")
+		return cfg, errors.New("node: Rebalance.Threshold must be >= 0 and Share within [0, 1]")
 	}
 	if cfg.Rebalance.Share == 0 {
 		cfg.Rebalance.Share = 0.05
 	}
+	if cfg.Presence != nil && cfg.PresenceLimits != (presence.Limits{}) {
+		return cfg, errors.New("node: PresenceLimits applies to the tracker the node builds; set the limits on the Presence passed in")
+	}
+	if cfg.Redis != "" {
+		if err := cfg.checkRedis(); err != nil {
+			return cfg, err
+		}
+	}
+	return cfg, nil
+}
+
+// build makes the node from a cfg past withDefaults.
+func build(cfg Config) (*Node, error) {
+	if cfg.PubSub == nil {
+		cfg.PubSub = local.New()
+	}
 	if cfg.Presence == nil {
-		cfg.Presence = presence.NewLocal(cfg.PubSub)
+		cfg.Presence = presence.NewLocalLimited(cfg.PubSub, cfg.PresenceLimits)
 	}
 	if err := setHistoryPolicy(cfg); err != nil {
 		return nil, err
@@ -374,6 +434,14 @@ func (n *Node) routes() {
 // Endpoint returns the node's channel endpoint, for applications that
 // broadcast or disconnect from Go.
 func (n *Node) Endpoint() *channels.Endpoint { return n.endpoint }
+
+// Presence returns the node's presence tracker: Config.Presence, or the
+// one the node built (in memory, or Redis with Config.Redis). Its List is
+// Phoenix's Presence.list/1: the topic's presences grouped by key, on
+// every node of the cluster. It is for reading: channels track through
+// ChannelSocket.Track, whose entries leave with their join, while an
+// entry tracked here directly stays until untracked here.
+func (n *Node) Presence() presence.Tracker { return n.cfg.Presence }
 
 // Handler returns the node's HTTP handler, for embedding in another server.
 func (n *Node) Handler() http.Handler { return n.mux }

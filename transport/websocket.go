@@ -45,7 +45,7 @@ type WebSocketConfig struct {
 	// Sec-WebSocket-Protocol header (PROTOCOL.md §1.4).
 	AuthToken bool
 	// Subprotocols, if set, are the subprotocols the server speaks, in
-	// order of preference (PROTOCOL.md §1.3 step 4). A client that offers
+	// order of preference (PROTOCOL.md §1.3 step 6). A client that offers
 	// subprotocols but none of these is refused with 403.
 	Subprotocols []string
 	// MaxQueue is how many outbound frames may wait for the wire before

@@ -199,7 +199,7 @@ func (c *wsConn) halfClose() {
 
 // writeFrame writes one whole message as one frame: FIN set, no
 // fragmentation (RFC 6455 §5.4), and no mask, which a server must not use
-// (§5.1). hdr is room for the header (ws.WriteHeaderBuffer).
+// (RFC 6455 §5.1). hdr is room for the header (ws.WriteHeaderBuffer).
 func writeFrame(dst io.Writer, hdr []byte, f *outFrame) error {
 	h := ws.Header{Fin: true, OpCode: f.op, Length: int64(len(f.data))}
 	if err := ws.WriteHeaderBuffer(dst, h, hdr); err != nil {
@@ -229,7 +229,7 @@ func (c *wsConn) writeFailed(err error) {
 
 // closeBody encodes a close frame body (RFC 6455 §5.5.1). The reason is cut
 // to 123 bytes, on a rune boundary, so the body fits a control frame's 125
-// (§5.5).
+// (RFC 6455 §5.5).
 func closeBody(code int, reason string) []byte {
 	if !validCloseCode(code) {
 		code = channels.CloseInternalError
@@ -247,8 +247,8 @@ func closeBody(code int, reason string) []byte {
 
 // validCloseCode reports whether code may travel in a close frame: RFC 6455
 // §7.4.1 and the IANA registry (1012-1014 were registered after the RFC),
-// minus 1004 (reserved) and 1005, 1006, 1015 (never sent, §7.4.1), plus the
-// application and private ranges of §7.4.2.
+// minus 1004 (reserved) and 1005, 1006, 1015 (never sent, RFC 6455 §7.4.1), plus
+// the application and private ranges of RFC 6455 §7.4.2.
 func validCloseCode(code int) bool {
 	switch {
 	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1014:

@@ -1,6 +1,12 @@
 // Package redis is the clustered pubsub.PubSub: it relays broadcasts
 // between channelsd nodes through Redis pub/sub (github.com/redis/go-redis/v9).
 //
+// An application clusters a node with node.Config.Redis, which builds this
+// PubSub and presence/redis's Tracker on it, wired as they must be; New
+// is for callers who need options the node does not name. This package
+// and presence/redis are both named redis: import them as pubsubredis and
+// presenceredis.
+//
 // # A broadcast's path
 //
 // Publish delivers to this node's subscribers at once, through the shared

@@ -26,7 +26,7 @@ function Session(user, room) {
   const topic = "room:" + room;
   let ws = null, stopped = false, joined = false;
   let ref = 0, joinRef = null, replies = {};
-  let reconnects = 0, rejoins = 0;
+  let reconnects = 0, rejoins = 0, joins = 0;
   let reconnectTimer = null, rejoinTimer = null, heartbeatTimer = null, heartbeatRef = null;
   let presences = Object.create(null), stateJoinRef = null, pendingDiffs = [];
   const typers = new Map(); // user -> timer hiding their indicator
@@ -100,6 +100,13 @@ function Session(user, room) {
         joined = true; rejoins = 0;
         status("online as " + user, "good");
         const resp = reply.response || {};
+        // How the latest join went, for test/browser to read: the joins so
+        // far, the since sent, the reply's position and recovered flag.
+        Object.assign(document.body.dataset, {
+          joins: String(++joins), since: since || "",
+          position: typeof resp.position === "string" ? resp.position : "",
+          recovered: has(resp, "recovered") ? String(resp.recovered) : "",
+        });
         if (typeof resp.position === "string") {
           replayTop = parsePos(resp.position);
           // The replay, if any, follows the reply and moves last on as
