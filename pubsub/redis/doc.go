@@ -120,11 +120,20 @@
 //     without a form, means the floor (b847059's readers, FloorReads).
 //     The node's Gate answers MayWrite(form, level) from the reports
 //     heard within three report intervals and any other sign of life
-//     (a call received), never during the first three intervals, and
-//     falls back to the floor's form as soon as a node that reads less
-//     reports. An answer to one node (a call's reply) asks NodeReads for
-//     that node alone. Readers keep reading every older level down to
-//     the floor.
+//     (a call received), and falls back to the floor's form as soon as a
+//     node that reads less reports. During its first three intervals it
+//     says yes only when it knows whom to wait for: the roster of nodes
+//     live at its start, the fresh heartbeats of the presence nodes hash
+//     ("<prefix>:nodes", written by every release since b847059 under
+//     the PubSub's node id), each of which has announced the level. A
+//     node answers a report from a node it had not heard (or a restart
+//     of it) with its own at once, so a starting node hears every node
+//     of this release within a round trip; a roster node that stays
+//     silent (an older release between reports, a node that died) or a
+//     roster that cannot be read keeps the Gate at the floor for the
+//     three intervals. An answer to one node (a call's reply) asks
+//     NodeReads for that node alone. Readers keep reading every older
+//     level down to the floor.
 //
 // What must not change while b847059 is the floor, gated or not: the
 // heartbeat value in "<prefix>:nodes" (Redis time in milliseconds: a
@@ -146,7 +155,10 @@
 // history reads and skips, and b847059 refuses. While the Gate does not
 // allow level 3 the script PUBLISHes the floor's form, without the
 // position: subscribers then get no Message.Pos, though the stream keeps
-// every position and ReadHistory returns them. A node that predates
+// every position and ReadHistory returns them, so a client that recovers
+// later gets those broadcasts again. Next to nodes that all read level 3
+// that lasts a round trip after a node starts (the roster, above), not
+// three report intervals. A node that predates
 // history drops its own echoes and delivers its broadcasts locally at
 // once; a history topic's broadcasts from such a node carry no offset
 // and are not retained. The stream and meta keys are new and read by
