@@ -37,4 +37,6 @@ func (n *Node) registerHistoryMetrics(reg *prometheus.Registry, gauge func(name,
 		func() float64 { return float64(es.Replayed.Load()) })
 	counter("channelsd_history_gaps_total", "Channels ended (phx_error, reason history_gap) because their live broadcasts skipped a position; the client rejoins and recovers.", nil,
 		func() float64 { return float64(es.HistoryGaps.Load()) })
+	counter("channelsd_history_replays_cut_total", "Replays ended before they were whole (the client took too long, or too much was held while it ran); the channel fails with phx_error history_gap and the client rejoins from the last position it got.", nil,
+		func() float64 { return float64(es.ReplaysCut.Load()) })
 }

@@ -99,6 +99,7 @@ func TestMetricsHistoryRecoveries(t *testing.T) {
 		{"channelsd_history_recoveries_total", []string{"result", "incomplete", "reason", "position too old"}, 0},
 		{"channelsd_history_replayed_messages_total", nil, 4},
 		{"channelsd_history_gaps_total", nil, 0},
+		{"channelsd_history_replays_cut_total", nil, 0},
 		{"channelsd_history_topics", nil, 1},
 		{"channelsd_history_retained_messages", nil, 3},
 	} {
