@@ -112,7 +112,7 @@ type histEnv struct {
 // newHistEnv serves "room:*" (history of size, unless size is 0) and
 // "plain:*" (no history) with channels made by factory, over ps (a fresh
 // pubsub/local when nil) or a wrapper of it.
-func newHistEnv(t *testing.T, size int, factory channels.ChannelFactory, wrap func(*local.PubSub) pubsub.PubSub) *histEnv {
+func newHistEnv(t testing.TB, size int, factory channels.ChannelFactory, wrap func(*local.PubSub) pubsub.PubSub) *histEnv {
 	t.Helper()
 	ps := local.New()
 	r := &channels.Router{}
@@ -152,7 +152,7 @@ func (e *histEnv) open(t *testing.T, ser channels.Serializer) (*channels.Socket,
 
 // publish broadcasts n messages {"n": from..} on topic and returns the
 // position of the last.
-func (e *histEnv) publish(t *testing.T, topic string, from, n int) pubsub.Position {
+func (e *histEnv) publish(t testing.TB, topic string, from, n int) pubsub.Position {
 	t.Helper()
 	var pos pubsub.Position
 	for i := from; i < from+n; i++ {
