@@ -111,13 +111,24 @@ func TestRedisWiresTheClusterInOneSetting(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// Each node writes its entries to Redis after a short coalescing
+	// delay of its own, so b's write of bob may still be on its way when
+	// a's diff of alice arrives: the lists converge, and are polled until
+	// they have (bounded by ctx).
 	for _, n := range []*Node{a, b} {
-		state, err := n.Presence().List(ctx, "room:1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(state["alice"].Metas) != 1 || len(state["bob"].Metas) != 1 {
-			t.Fatalf("%s lists %v, want alice and bob once each", n.cfg.NodeID, state)
+		for {
+			state, err := n.Presence().List(ctx, "room:1")
+			if err != nil {
+				t.Fatalf("%s lists: %v", n.cfg.NodeID, err)
+			}
+			if len(state["alice"].Metas) == 1 && len(state["bob"].Metas) == 1 {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				t.Fatalf("%s lists %v, want alice and bob once each", n.cfg.NodeID, state)
+			case <-time.After(20 * time.Millisecond): // polling a converging list
+			}
 		}
 	}
 

@@ -207,7 +207,8 @@ func (g *gate) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 func TestBatching(t *testing.T) {
-	tn := startNode(t)
+	// 203 pushes in one go: above the default rate limit (README "Limits").
+	tn := startNode(t, func(c *node.Config) { c.MaxMessagesPerSecond = -1 })
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
 	g := &gate{next: tr}
