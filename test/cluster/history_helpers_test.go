@@ -126,40 +126,43 @@ func (r *recoverer) onJoinReply(conn int, m wsclient.Message) {
 	}
 }
 
-// onMessage records a numbered broadcast of the topic (and checks that
-// its position follows the last one seen: a hole must never reach a
-// client, the server ends the channel with phx_error instead) and counts
-// phx_error.
+// onMessage records a numbered broadcast of the topic, follows the
+// positions of every broadcast of the topic (presence_diff included, when
+// the server gives it one) and checks that each follows the last one seen
+// (a hole must never reach a client: the server ends the channel with
+// phx_error instead), and counts phx_error.
 func (r *recoverer) onMessage(m wsclient.Message) {
 	if m.Err != nil || m.Topic != r.topic {
 		return
 	}
-	if m.Event == channels.EventError {
+	switch m.Event {
+	case channels.EventError:
 		r.mu.Lock()
 		r.errs++
 		r.mu.Unlock()
 		return
-	}
-	if m.Event != tickEvent {
-		return
-	}
-	var p tick
-	if json.Unmarshal(m.Payload, &p) != nil {
+	case channels.EventReply:
 		return
 	}
 	ref := ""
 	if !m.Ref.IsNull() {
 		ref = m.Ref.Text()
 	}
+	var p tick
+	isTick := m.Event == tickEvent && json.Unmarshal(m.Payload, &p) == nil
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.got = append(r.got, arrival{From: p.From, N: p.N, Pos: ref, At: time.Now()})
-	if ref == "" {
-		r.others++
+	if isTick {
+		r.got = append(r.got, arrival{From: p.From, N: p.N, Pos: ref, At: time.Now()})
+		if ref == "" {
+			r.others++
+		}
+	}
+	if _, err := pubsub.ParsePosition(ref); err != nil {
 		return
 	}
 	if r.last != "" && !follows(r.last, ref) && len(r.jumps) < 1000 {
-		r.jumps = append(r.jumps, r.last+" -> "+ref)
+		r.jumps = append(r.jumps, m.Event+" "+r.last+" -> "+ref)
 	}
 	r.last = ref
 }
