@@ -106,7 +106,8 @@ func (r *recoverer) params() any {
 
 // onJoinReply records an ok join reply of the topic. A reply that
 // recovered leaves the last position alone (the missed broadcasts follow
-// and move it); any other one is where the client goes on from.
+// and move it up to the reply's position); any other one is where the
+// client goes on from.
 func (r *recoverer) onJoinReply(conn int, m wsclient.Message) {
 	if m.Topic != r.topic || m.Status != "ok" {
 		return
@@ -121,7 +122,9 @@ func (r *recoverer) onJoinReply(conn int, m wsclient.Message) {
 	defer r.mu.Unlock()
 	j := joinReply{At: time.Now(), Conn: conn, Since: r.since, Position: p.Position, Recovered: p.Recovered, Reason: p.Reason}
 	r.joins = append(r.joins, j)
-	if j.baseline() && p.Position != "" {
+	if j.baseline() {
+		// A null position (the history could not tell) resets too: the
+		// server takes the next position as it comes.
 		r.last = p.Position
 	}
 }

@@ -30,7 +30,10 @@ func TestHistoryRecovery(t *testing.T) {
 	const drainWindow = 2 * time.Second
 	cl := harness.Start(t, harness.Options{Nodes: 2, LogLevel: "info",
 		Env:  map[string]string{"CHANNELS_DRAIN_WINDOW": drainWindow.String()},
-		Args: []string{historyRule},
+		// The slow consumer's topic is a conformance one, whose history
+		// no route of the application's sizes: its replay is hundreds of
+		// broadcasts.
+		Args: []string{historyRule + ";conformance:hist-*=2000,5m"},
 	})
 	lb := cl.StartLoadBalancer(harness.LBOptions{})
 
@@ -186,7 +189,7 @@ func testNetworkCut(t *testing.T, cl *harness.Cluster) {
 // rejoins with since and gets everything, once.
 func testSlowConsumerRecovers(t *testing.T, cl *harness.Cluster) {
 	ctx := timeout(t, 2*time.Minute)
-	const topic = "room:slow"
+	const topic = "conformance:hist-slow"
 	side := cl.AttachSideNetwork(1)
 	rec := newRecoverer(topic, "slow")
 	// While stalled is set the client's goroutine waits on it after each
