@@ -78,9 +78,12 @@ type arrival struct {
 type recoverer struct {
 	topic, user string
 
-	mu     sync.Mutex
-	last   string // guarded by mu
-	since  string // the since of the join in flight; guarded by mu
+	mu    sync.Mutex
+	last  string // guarded by mu
+	since string // the since of the join in flight; guarded by mu
+	// loose: the last join did not recover and named no position, so the
+	// next position is taken as it comes (the server does the same).
+	loose  bool
 	joins  []joinReply
 	got    []arrival
 	errs   int // phx_error received
@@ -122,10 +125,14 @@ func (r *recoverer) onJoinReply(conn int, m wsclient.Message) {
 	defer r.mu.Unlock()
 	j := joinReply{At: time.Now(), Conn: conn, Since: r.since, Position: p.Position, Recovered: p.Recovered, Reason: p.Reason}
 	r.joins = append(r.joins, j)
-	if j.baseline() {
-		// A null position (the history could not tell) resets too: the
-		// server takes the next position as it comes.
-		r.last = p.Position
+	switch {
+	case j.baseline() && p.Position != "":
+		r.last, r.loose = p.Position, false
+	case j.baseline():
+		// The history could not tell (unavailable): the client keeps its
+		// position for a later rejoin, and takes the next one as it
+		// comes, as the server does.
+		r.loose = true
 	}
 }
 
@@ -164,10 +171,10 @@ func (r *recoverer) onMessage(m wsclient.Message) {
 	if _, err := pubsub.ParsePosition(ref); err != nil {
 		return
 	}
-	if r.last != "" && !follows(r.last, ref) && len(r.jumps) < 1000 {
+	if r.last != "" && !r.loose && !follows(r.last, ref) && len(r.jumps) < 1000 {
 		r.jumps = append(r.jumps, m.Event+" "+r.last+" -> "+ref)
 	}
-	r.last = ref
+	r.last, r.loose = ref, false
 }
 
 // observe is lpclient's Observe: join replies are the replies whose ref
@@ -227,7 +234,7 @@ type ack struct {
 
 // publisher posts numbered broadcasts (tick{From: name, N: n}) to its
 // topics in turn through one node's HTTP API. A number the API did not
-// acknowledge (202) is posted again, the same number, until it is: the
+// acknowledge (200, or 202) is posted again, the same number, until it is: the
 // ledger's promise is about delivery, so only acknowledged broadcasts are
 // owed, each exactly once. A number with an attempt whose outcome is
 // unknown (no answer, or a 5xx) may have been published twice, under two
@@ -243,7 +250,7 @@ type publisher struct {
 	mu        sync.Mutex
 	acks      map[int]ack // guarded by mu
 	ambiguous map[int]bool
-	refused   int // attempts answered otherwise than 202, or failed
+	refused   int // attempts answered otherwise than 200 or 202, or failed
 	last      int // the highest number acknowledged
 
 	stop chan struct{}
@@ -320,7 +327,8 @@ func (p *publisher) post(ctx context.Context, topic string, n int) (a ack, ok, u
 	data, _ := io.ReadAll(io.LimitReader(res.Body, 4096))
 	res.Body.Close()
 	a.End = time.Now()
-	if res.StatusCode != http.StatusAccepted {
+	// 200 with the position for a topic with history, 202 without.
+	if res.StatusCode != http.StatusOK && res.StatusCode != http.StatusAccepted {
 		return a, false, res.StatusCode >= 500
 	}
 	var r struct {
@@ -469,6 +477,9 @@ func account(rs []*recoverer, pubs []*publisher) tally {
 		seen := map[key][]string{}
 		highest := map[string]int{}
 		for _, a := range got {
+			if a.Pos == "" {
+				t.example("%s received %s %d without a position at %s", r.user, a.From, a.N, a.At.Format("15:04:05.000"))
+			}
 			k := key{a.From, a.N}
 			seen[k] = append(seen[k], a.Pos)
 			if len(seen[k]) > 1 {

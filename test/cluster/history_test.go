@@ -29,7 +29,7 @@ import (
 func TestHistoryRecovery(t *testing.T) {
 	const drainWindow = 2 * time.Second
 	cl := harness.Start(t, harness.Options{Nodes: 2, LogLevel: "info",
-		Env:  map[string]string{"CHANNELS_DRAIN_WINDOW": drainWindow.String()},
+		Env: map[string]string{"CHANNELS_DRAIN_WINDOW": drainWindow.String()},
 		// The slow consumer's topic is a conformance one, whose history
 		// no route of the application's sizes: its replay is hundreds of
 		// broadcasts.
@@ -234,7 +234,15 @@ func testSlowConsumerRecovers(t *testing.T, cl *harness.Cluster) {
 	gate.Unlock()
 	defer resume()
 	stalledAt := time.Now()
+	// Its queue full, node 1 closes it as a slow consumer; a flush stuck
+	// past the write timeout drops it uncounted. Either way node 1 ends up
+	// without WebSockets (the other subtests' clients are closed).
+	how := "slow consumer"
 	for nodeMetric(ctx, t, cl, 1, "channelsd_slow_consumer_disconnects_total") <= before {
+		if socketsPerNode(ctx, t, cl, 1)[1] == 0 {
+			how = "dropped (write timeout)"
+			break
+		}
 		if time.Since(stalledAt) > 45*time.Second {
 			t.Fatal("node 1 did not close the client that stopped reading within 45 s")
 		}
@@ -247,8 +255,8 @@ func testSlowConsumerRecovers(t *testing.T, cl *harness.Cluster) {
 	last := p.finish()
 	awaitCaughtUp(t, []*recoverer{rec}, []*publisher{p}, 45*time.Second)
 	tl := account([]*recoverer{rec}, []*publisher{p})
-	t.Logf("TestHistoryRecovery/SlowConsumer: node 1 closed the stalled client after %v (first connection: %s), %d reconnects; %d published (16 KiB each); %s",
-		gaveUp.Round(100*time.Millisecond), rc.Conns()[0].Status, rc.Reconnects(), last, tl)
+	t.Logf("TestHistoryRecovery/SlowConsumer: node 1 closed the stalled client (%s) after %v (first connection: %s), %d reconnects; %d published (16 KiB each); %s",
+		how, gaveUp.Round(100*time.Millisecond), rc.Conns()[0].Status, rc.Reconnects(), last, tl)
 	checkRecovered(t, tl)
 }
 
@@ -296,11 +304,14 @@ func testLongPollAcrossDrain(t *testing.T, cl *harness.Cluster, lb *harness.Load
 }
 
 // (d) Redis restarted empty while clients on both nodes follow a room:
-// the history and its epoch are gone. Every client must learn it (a
-// rejoin answered recovered false, "epoch changed"), never see a hole in
-// positions, and get every broadcast acknowledged after its new
-// starting point; what was acknowledged before and not received must be
-// covered by that answer.
+// the history and its epoch are gone. Every client must learn it: a
+// rejoin answered recovered false, "history unavailable" while Redis was
+// away or "epoch changed" once it was back; never see a hole in
+// positions; and get every broadcast acknowledged after its new starting
+// point. Whatever was acknowledged before and not received must be
+// covered by such an answer. A join after the restart with a position
+// from before it is answered "epoch changed", with a position in the new
+// epoch.
 func testRedisRestartedEmpty(t *testing.T, cl *harness.Cluster) {
 	ctx := timeout(t, 2*time.Minute)
 	const topic = "room:redis"
@@ -316,31 +327,61 @@ func testRedisRestartedEmpty(t *testing.T, cl *harness.Cluster) {
 	for _, rec := range recs {
 		awaitReceived(t, rec, 5, 20*time.Second)
 	}
-	before, _ := pubsub.ParsePosition(p.ackFor(p.lastAcked()).Pos)
+	beforeAck := p.ackFor(p.lastAcked())
+	before := mustPosition(t, beforeAck.Pos)
 
+	stopped := time.Now()
 	cl.StopRedis()
 	time.Sleep(2 * time.Second) // the outage
 	cl.StartRedis()
 	restarted := time.Now()
-	// Every client learns that the epoch changed.
+	// Every client learns that its history is gone.
 	deadline := time.Now().Add(30 * time.Second)
+	reasons := map[string]int{}
 	for _, rec := range recs {
 		for {
-			j, ok := rec.lastJoin()
-			if ok && j.At.After(restarted) && j.Recovered != nil && !*j.Recovered && j.Reason == "epoch changed" {
+			joins, _, errs, _, _ := rec.snapshot()
+			learned := ""
+			for _, j := range joins {
+				if j.At.After(stopped) && j.Recovered != nil && !*j.Recovered && (j.Reason == "epoch changed" || j.Reason == "history unavailable") {
+					learned = j.Reason
+				}
+			}
+			if learned != "" {
+				reasons[learned]++
 				break
 			}
 			if time.Now().After(deadline) {
-				joins, _, errs, _, _ := rec.snapshot()
-				t.Fatalf("%s was never told the epoch changed (phx_error %d; joins %s)", rec.user, errs, describeJoins(joins))
+				t.Fatalf("%s was never told its history was lost (phx_error %d; joins %s)", rec.user, errs, describeJoins(joins))
 			}
 			time.Sleep(50 * time.Millisecond) // polling what the client's goroutine records
 		}
 	}
-	learnedIn := time.Since(restarted)
+	learnedIn := time.Since(stopped)
+	// The new epoch is live again: a broadcast acknowledged after the
+	// restart.
+	for p.ackFor(p.lastAcked()).Start.Before(restarted) {
+		if time.Now().After(deadline) {
+			t.Fatal("no broadcast acknowledged after Redis came back")
+		}
+		time.Sleep(50 * time.Millisecond) // polling the publisher's ledger
+	}
 	time.Sleep(time.Second) // publishing in the new epoch, not a synchronisation
+	// A join with a position from before the restart.
+	ws := cl.Dial(ctx, 2, nil)
+	r, err := ws.Join(ctx, topic, map[string]string{"since": beforeAck.Pos})
+	if err != nil || r.Status != "ok" {
+		t.Fatalf("join with since %q: %v %v", beforeAck.Pos, r, err)
+	}
+	o := outcomeOf(t, r)
+	if o.Recovered == nil || *o.Recovered || o.Reason != "epoch changed" {
+		t.Errorf("join with the old epoch's %q after the restart: %s, want recovered false, \"epoch changed\"", beforeAck.Pos, r.Payload)
+	}
+	if pos, err := pubsub.ParsePosition(o.Position); err != nil || pos.Epoch == before.Epoch {
+		t.Errorf("join with the old epoch's %q after the restart: position %q, want one of the new epoch", beforeAck.Pos, o.Position)
+	}
 	last := p.finish()
-	after, _ := pubsub.ParsePosition(p.ackFor(last).Pos)
+	after := mustPosition(t, p.ackFor(last).Pos)
 	if after.Epoch == before.Epoch {
 		t.Errorf("the epoch is still %q after Redis restarted empty", after.Epoch)
 	}
@@ -350,13 +391,10 @@ func testRedisRestartedEmpty(t *testing.T, cl *harness.Cluster) {
 	for _, rc := range rcs {
 		reconnects += rc.Reconnects()
 	}
-	t.Logf("TestHistoryRecovery/RedisRestartedEmpty: epoch %s -> %s; every client told \"epoch changed\" within %v of the restart (%d reconnects); %d published; %s",
-		before.Epoch, after.Epoch, learnedIn.Round(100*time.Millisecond), reconnects, last, tl)
+	t.Logf("TestHistoryRecovery/RedisRestartedEmpty: epoch %s -> %s; every client told within %v of the stop (%s; %d reconnects); a join with the old epoch's position: %s; %d published; %s",
+		before.Epoch, after.Epoch, learnedIn.Round(100*time.Millisecond), histogram(reasons), reconnects, r.Payload, last, tl)
 	if !tl.ok() {
 		t.Errorf("a broadcast was silently skipped, doubled, reordered or misplaced: %s; e.g. %v", tl, tl.examples)
-	}
-	if tl.notRecovered["epoch changed"] < len(recs) {
-		t.Errorf("%d rejoins answered \"epoch changed\", want at least one per client (%d)", tl.notRecovered["epoch changed"], len(recs))
 	}
 }
 
