@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"strconv"
@@ -33,9 +34,10 @@ func TestHistoryRecovery(t *testing.T) {
 		// The slow consumer's topic is a conformance one, whose history
 		// no route of the application's sizes: its replay is hundreds of
 		// broadcasts.
-		Args: []string{historyRule + ";conformance:hist-*=2000,5m"},
+		Args: []string{historyRule + ";conformance:hist-*=2000,5m", "--report-interval=500ms"},
 	})
 	lb := cl.StartLoadBalancer(harness.LBOptions{})
+	awaitPositions(t, cl, 1, 2)
 
 	t.Run("PositionsThatCannotBeServed", func(t *testing.T) { testUnservablePositions(t, cl.For(t)) })
 	t.Run("NetworkCut", func(t *testing.T) { testNetworkCut(t, cl.For(t)) })
@@ -250,7 +252,15 @@ func testSlowConsumerRecovers(t *testing.T, cl *harness.Cluster) {
 	}
 	gaveUp := time.Since(stalledAt)
 	resume()
-	awaitReconnected(t, rc, 1, 30*time.Second)
+	closedAt := nodeMetric(ctx, t, cl, 1, "channelsd_slow_consumer_disconnects_total")
+	deadline := time.Now().Add(30 * time.Second)
+	for rc.Reconnects() < 1 || !rc.Connected() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the client did not rejoin within 30 s of its close (%s): node 1 closed %v more slow consumers meanwhile; connections %+v",
+				how, nodeMetric(ctx, t, cl, 1, "channelsd_slow_consumer_disconnects_total")-closedAt, rc.Conns())
+		}
+		time.Sleep(20 * time.Millisecond) // polling the client's state
+	}
 	time.Sleep(time.Second) // publishing after the recovery, not a synchronisation
 	last := p.finish()
 	awaitCaughtUp(t, []*recoverer{rec}, []*publisher{p}, 45*time.Second)
@@ -396,6 +406,55 @@ func testRedisRestartedEmpty(t *testing.T, cl *harness.Cluster) {
 	if !tl.ok() {
 		t.Errorf("a broadcast was silently skipped, doubled, reordered or misplaced: %s; e.g. %v", tl, tl.examples)
 	}
+}
+
+// awaitPositions returns once broadcasts published through each of nodes
+// reach a client on each of them with a position. A node starts
+// publishing positions only once its Gate has heard every node announce
+// that it reads them (pubsub/redis, doc.go: a few report intervals after
+// its start); before, its broadcasts reach subscribers without one.
+func awaitPositions(t *testing.T, cl *harness.Cluster, nodes ...int) {
+	t.Helper()
+	ctx := timeout(t, time.Minute)
+	const topic = "room:gate"
+	began := time.Now()
+	var clients []*wsclient.Client
+	for _, i := range nodes {
+		ws := cl.Dial(ctx, i, nil)
+		join(ctx, t, ws, topic)
+		clients = append(clients, ws)
+	}
+	for _, from := range nodes {
+		p := newPublisher(fmt.Sprintf("gate%d", from), func() string { return cl.Node(from).HTTPURL() }, []string{topic}, 0)
+		for n := 1; ; n++ {
+			publishOne(ctx, t, p, topic, n)
+			positioned := 0
+			for _, ws := range clients {
+				m, err := ws.Await(ctx, func(m wsclient.Message) bool {
+					var tk tick
+					return wsclient.IsEvent(topic, tickEvent)(m) && json.Unmarshal(m.Payload, &tk) == nil && tk.From == p.name && tk.N == n
+				})
+				if err != nil {
+					t.Fatalf("probe %s %d: %v", p.name, n, err)
+				}
+				if !m.Ref.IsNull() {
+					positioned++
+				}
+			}
+			if positioned == len(clients) {
+				break
+			}
+			if time.Since(began) > 30*time.Second {
+				t.Fatalf("broadcasts through node %d still reach clients without a position after %v", from, time.Since(began).Round(time.Millisecond))
+			}
+			time.Sleep(100 * time.Millisecond) // probing pace
+		}
+		p.hc.CloseIdleConnections()
+	}
+	for _, ws := range clients {
+		_ = ws.Close()
+	}
+	t.Logf("broadcasts carry positions on every node %v after the start", time.Since(began).Round(100*time.Millisecond))
 }
 
 // checkRecovered fails the test unless the tally is exactly once with
