@@ -8,20 +8,34 @@ import (
 
 // Channel is the behaviour of one topic on one socket, Phoenix's Channel
 // in Go. The runtime calls a Channel's methods one at a time per socket
-// (never two callbacks of the same socket at once), so a Channel needs no
-// locks for state it keeps in its own fields.
+// (never two callbacks of the same socket at once, HandleOut included),
+// so a Channel needs no locks for state it keeps in its own fields.
 //
 // Callbacks run on the socket's read path: a slow callback delays the
 // socket's next message. Do slow work on a goroutine and answer with
 // ChannelSocket.Reply when it is done.
+//
+// The optional behaviours, AfterJoiner and Interceptor, are found by a
+// type assertion when the channel is created: a method whose name or
+// signature is off compiles and silently never runs. Let the compiler
+// check it:
+//
+//	var _ channels.Interceptor = (*Room)(nil)
 type Channel interface {
-	// Join accepts or refuses a join. The returned response (nil means {})
-	// is sent in the ok reply. A non-nil error refuses the join; the reply
-	// carries the error's Response() if it has one (see JoinError), else
-	// {"reason": err.Error()}. Pushes made during Join are sent after the
-	// reply, as are broadcasts that arrive meanwhile.
+	// Join accepts or refuses a join. Its contract:
+	//   - a nil error accepts: the ok reply carries the response (nil
+	//     means {});
+	//   - an error that is, or wraps (errors.As), a *JoinError (Refuse)
+	//     refuses with an error reply carrying its Response();
+	//   - any other error is never shown to the client: it is logged with
+	//     the topic and the socket, and the error reply is
+	//     {"reason":"join crashed"}, as for a panic (PROTOCOL.md §6.1);
+	//   - pushes made during Join are sent after the reply, as are
+	//     broadcasts that arrive meanwhile.
 	Join(s *ChannelSocket, params Payload) (response any, err error)
-	// HandleIn handles an event pushed by the client.
+	// HandleIn handles an event pushed by the client. Only the Result's
+	// reply reaches the client; the error of StopWithError is logged, and
+	// the client's phx_error says {"reason":"channel_crash"}.
 	HandleIn(s *ChannelSocket, in In) Result
 	// Terminate is called once when the channel ends, for any Reason. The
 	// channel's subscriptions and presences are removed right after it.
@@ -30,8 +44,11 @@ type Channel interface {
 
 // AfterJoiner is implemented by a Channel that wants to act once the join
 // reply is queued, Phoenix's send(self(), :after_join) idiom: pushing
-// presence_state, tracking presence.
+// presence_state, tracking presence. Check the method with
+// var _ channels.AfterJoiner = (*Room)(nil).
 type AfterJoiner interface {
+	// AfterJoin runs right after a successful Join, under the same
+	// callback lock, before the socket's next message is handled.
 	AfterJoin(s *ChannelSocket)
 }
 
@@ -40,8 +57,29 @@ type AfterJoiner interface {
 // events reach the socket only through HandleOut, which may Push them as
 // they are, changed, or not at all. Interception costs one callback per
 // subscriber per message instead of one shared encoding: use it sparingly.
+// Check the methods with var _ channels.Interceptor = (*Room)(nil).
+//
+// Order: an intercepted broadcast is queued for HandleOut while the other
+// events go straight to the connection, so what HandleOut pushes can
+// reach the client after broadcasts of the topic published later. Events
+// that must stay in order with each other should be all intercepted or
+// all not.
 type Interceptor interface {
+	// Intercepts lists the events that go through HandleOut. It is read
+	// once per join, when the channel value is created and before Join
+	// runs; the list holds for the whole join.
 	Intercepts() []string
+	// HandleOut runs once per intercepted broadcast, in the order the
+	// socket received them. It runs on a goroutine of its own, not the
+	// broadcaster's, so that no publisher ever waits for a channel, but
+	// under the socket's callback lock: never at the same time as
+	// another callback of the socket (Join, HandleIn, Terminate, other
+	// HandleOuts), so it may use the channel's fields as they do. A
+	// slow HandleOut holds up the socket's incoming messages too, and
+	// the socket is closed as a slow consumer when the broadcasts
+	// waiting for it pass EndpointConfig.MaxOutbox. After the channel has
+	// ended, waiting broadcasts are dropped. A panic ends the channel as
+	// a crash (phx_error).
 	HandleOut(s *ChannelSocket, out Out)
 }
 
@@ -89,6 +127,9 @@ const (
 	ReasonStop          Reason = "stop"           // a callback returned Stop
 	ReasonError         Reason = "error"          // a callback returned StopWithError
 	ReasonCrash         Reason = "crash"          // a callback panicked
+	// ReasonHistoryGap: the topic's broadcasts had a hole (PROTOCOL.md
+	// §12); the client was sent phx_error and rejoins to recover.
+	ReasonHistoryGap Reason = "history_gap"
 )
 
 // Binary marks a payload as raw bytes: pushed, replied or broadcast as a
@@ -139,7 +180,10 @@ func (r Result) AndStop() Result {
 	return r
 }
 
-// JoinError refuses a join with a specific response object.
+// JoinError refuses a join with a specific response object. It is the
+// only error whose content reaches the client from Join (Channel); wrap
+// it freely, fmt.Errorf("room: %w", channels.Refuse("banned")) still
+// refuses with {"reason":"banned"}.
 type JoinError struct {
 	Reply any
 }

@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 	"unique"
 
+	"github.com/channelsd/channelsd/presence"
 	"github.com/channelsd/channelsd/pubsub"
 )
 
@@ -43,9 +44,23 @@ type ChannelSocket struct {
 // joinRare is the part of a ChannelSocket that most joins never touch.
 // Guarded by ChannelSocket.mu.
 type joinRare struct {
-	pending []Frame // frames produced before the join reply went out
+	pending []heldFrame // frames produced before the join reply went out
 	ctx     context.Context
 	cancel  context.CancelFunc
+	// last is the position of the last broadcast of a topic with history
+	// delivered to this join (recovery.go); zero until the first one.
+	last pubsub.Position
+	// While a replay runs (replay.go), the frames held meanwhile are
+	// bounded: heldBytes counts pending's frame bytes against heldMax and
+	// heldMaxBytes; each time the bound is hit the broadcasts with a
+	// position are dropped (the history keeps them) and dropped counts
+	// it; overflow: the other frames alone hit half the bound.
+	replaying    bool
+	overflow     bool
+	dropped      uint32
+	heldBytes    int
+	heldMax      int
+	heldMaxBytes int
 }
 
 // rareLocked returns c.rare, allocating it. Called with c.mu held.
@@ -61,6 +76,9 @@ type joinState uint8
 const (
 	stateJoining joinState = iota
 	stateJoined
+	// stateBroken: a hole in the topic's broadcasts failed the channel
+	// (recovery.go); nothing more goes out, and it is about to end.
+	stateBroken
 	stateClosed
 )
 
@@ -222,6 +240,15 @@ func (c *ChannelSocket) PushPresenceState() error {
 	return c.Push(EventPresenceState, json.RawMessage(data))
 }
 
+// ListPresence returns the topic's presences grouped by key, on every node
+// of the cluster: Phoenix's Presence.list(socket), for a channel that
+// answers with them (node.Node.Presence lists any topic from outside).
+func (c *ChannelSocket) ListPresence() (presence.State, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), presenceTimeout)
+	defer cancel()
+	return c.sock.ep.cfg.Presence.List(ctx, c.Topic())
+}
+
 // CloseSocket closes the whole connection this channel belongs to.
 func (c *ChannelSocket) CloseSocket(code int, reason string) { c.sock.Close(code, reason) }
 
@@ -232,7 +259,12 @@ func (c *ChannelSocket) SubscriberID() string { return c.id }
 // for this socket's serializer goes to the connection, or the message goes
 // to HandleOut when the channel intercepts its event.
 func (c *ChannelSocket) Deliver(m *pubsub.Message) {
+	if !m.Pos.IsZero() {
+		c.deliverAt(m, false) // a topic with history (recovery.go)
+		return
+	}
 	if len(c.intercepts) > 0 && slices.Contains(c.intercepts, m.Event) {
+		c.forgetPosition()
 		c.sock.deliverOut(c, m)
 		return
 	}
@@ -240,9 +272,18 @@ func (c *ChannelSocket) Deliver(m *pubsub.Message) {
 	if err != nil {
 		// A binary broadcast cannot reach a V1 socket; the others get it.
 		c.sock.ep.log.Debug("channels: broadcast not deliverable to this socket", "topic", m.Topic, "event", m.Event, "vsn", c.sock.ser.Vsn(), "err", err)
+		c.forgetPosition()
 		return
 	}
-	c.sendFrame(Frame{Data: data, Binary: binary})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch c.state {
+	case stateJoining:
+		c.holdLocked(heldFrame{f: Frame{Data: data, Binary: binary}, unpositioned: true})
+	case stateJoined:
+		c.forgetPositionLocked()
+		c.sock.sendFrame(Frame{Data: data, Binary: binary})
+	}
 }
 
 func (c *ChannelSocket) send(m *Message) error {
@@ -261,8 +302,7 @@ func (c *ChannelSocket) sendFrame(f Frame) {
 	defer c.mu.Unlock()
 	switch c.state {
 	case stateJoining:
-		r := c.rareLocked()
-		r.pending = append(r.pending, f)
+		c.holdLocked(heldFrame{f: f})
 	case stateJoined:
 		c.sock.sendFrame(f)
 	}

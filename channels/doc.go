@@ -1,33 +1,103 @@
 // Package channels is the Phoenix Channels programming model in Go and the
-// runtime that speaks it to clients.
+// runtime that speaks it to clients (phoenix.js and compatible ones).
 //
-// The wire protocol (PROTOCOL.md, the shared reference) is in message.go
-// and the serializers: a Message is [join_ref, ref, topic, event,
-// payload]; V1 writes it as a JSON object, V2 as a JSON array or, for raw
-// bytes, a binary frame. Payloads stay raw JSON (or raw bytes) all the way
-// through, so a broadcast is never decoded and encoded again. They are
-// checked once where they enter (validate.go): every text frame a client
-// is sent is valid UTF-8 and valid JSON, whoever sent the bytes.
+// # A first channel
 //
-// An application is a Router of topic patterns to Channel factories and a
-// SocketHandler that authenticates connections:
+// A Channel is one client's presence on one topic. It answers the join,
+// handles what the client pushes, and can push, reply and broadcast:
+//
+//	type Room struct{}
+//
+//	func (r *Room) Join(s *channels.ChannelSocket, params channels.Payload) (any, error) {
+//		return nil, nil // ok, reply {}
+//	}
+//
+//	func (r *Room) HandleIn(s *channels.ChannelSocket, in channels.In) channels.Result {
+//		_ = s.Broadcast(in.Event, in.Payload) // to everyone on the topic
+//		return channels.Ok(nil)               // and reply to the sender
+//	}
+//
+//	func (r *Room) Terminate(s *channels.ChannelSocket, reason channels.Reason) {}
+//
+// A Router maps topic patterns to a factory that makes one Channel value
+// per join; package node serves it (its Example runs a whole node with a
+// client):
 //
 //	router := &channels.Router{}
 //	router.Handle("room:*", func(topic string) channels.Channel { return &Room{} })
+//	n, err := node.New(node.Config{Router: router})
 //
-// Each join gets a fresh Channel value and a *ChannelSocket through which
-// it pushes, replies, broadcasts and tracks presence. The runtime (Socket)
-// implements the reserved events exactly as Phoenix does: heartbeats on
-// "phoenix", phx_join and its replies, duplicate joins closing the older
-// instance, phx_leave, stale join_refs dropped, unmatched topics answered
-// with an error, and a panicking callback turned into phx_error for that
-// channel alone.
+// # Concepts
 //
-// Concurrency: all callbacks of one socket run one at a time (the socket's
-// callback lock), on the goroutine that reads the connection, except
-// HandleOut, which runs on a short-lived goroutine so that a broadcaster
-// never waits for a channel. Push, Reply and Broadcast are safe from any
-// goroutine. Lock order: see locksordering.txt at the repository root.
+// Topic and join: a client joins a topic ("room:lobby"); the Router picks
+// the factory, the factory makes a fresh Channel, and Join accepts (its
+// response is sent in the ok reply) or refuses (an error; Refuse and
+// JoinError choose the reply). Each join gets its own Channel value and
+// its own *ChannelSocket, so the Channel's fields are that join's state.
+//
+// Messages out: ChannelSocket.Push sends to this client alone; Reply
+// answers one of its pushes, now or later (HandleIn's Result answers at
+// once); Broadcast reaches every subscriber of the topic, on every node
+// the PubSub connects; BroadcastFrom every one but this join.
+//
+// Errors: an error's text reaches the client only from the constructors
+// made for it (Refuse, JoinError, ConnectError, found with errors.As so
+// that wrapping keeps them); any other error is logged and answered with a
+// fixed reason ("join crashed", an empty 403).
+//
+// Sockets: a SocketHandler authenticates each connection before any join
+// (Phoenix's connect/3) and names it with an Identity; every socket with
+// the same id is closed by one Endpoint.Disconnect.
+//
+// Optional behaviours: a Channel that also implements AfterJoiner acts
+// once the join reply is queued (track presence, push the room's state);
+// one that implements Interceptor rewrites chosen broadcasts per
+// subscriber in HandleOut. They are found by type assertion, so a
+// misspelled method compiles and never runs; check them at compile time:
+//
+//	var _ channels.Interceptor = (*Room)(nil)
+//
+// (the endpoint also logs a warning, once per type, for a method that
+// looks meant for one of them but does not match it).
+//
+// Presence: ChannelSocket.Track makes a key (a user id) present on the
+// topic for as long as the join lives; subscribers receive presence_diff
+// events and PushPresenceState sends the whole room (package presence).
+//
+// # Concurrency
+//
+// All callbacks of one socket run one at a time, under the socket's
+// callback lock: Join, AfterJoin, HandleIn and Terminate on the goroutine
+// that reads the connection, HandleOut on a goroutine of its own so that
+// a broadcaster never waits for a channel. A Channel therefore needs no
+// lock for its own fields, and a slow callback delays the socket's next
+// message: do slow work on a goroutine and answer with Reply. Push, Reply,
+// Broadcast and BroadcastFrom are safe from any goroutine. Lock order:
+// locksordering.txt at the repository root.
+//
+// Order: the broadcasts one node publishes on a topic reach each
+// subscriber in that order (the pubsub contract), with one exception:
+// intercepted broadcasts wait in a queue for HandleOut, so what HandleOut
+// pushes can arrive after broadcasts of events that are not intercepted
+// and were published later.
+//
+// # Protocol and limits
+//
+// The runtime (Socket) implements the reserved events as Phoenix does
+// (PROTOCOL.md at the repository root): heartbeats on "phoenix", phx_join
+// and its replies, a duplicate join closing the older instance,
+// phx_leave, stale join_refs dropped, unmatched topics answered with an
+// error, and a panicking callback turned into phx_error for that channel
+// alone. A Message is [join_ref, ref, topic, event, payload]; V1 writes it
+// as a JSON object, V2 as a JSON array or, for raw bytes (Binary), a
+// binary frame. Payloads stay raw JSON all the way through, so a
+// broadcast is encoded once per wire format, never decoded; they are
+// checked once where they enter, so every text frame a client is sent is
+// valid UTF-8 and valid JSON (ValidatePayload).
+//
+// Every client message passes a per-socket rate limit and size limits
+// (EndpointConfig). Their zero values are channelsd's defaults, listed
+// once in the README, section "Limits"; a negative value turns one off.
 //
 // Transports (package transport) bring connections to an Endpoint:
 // Endpoint.Connect authenticates, Endpoint.Open starts a Socket over a
@@ -35,4 +105,42 @@
 // ends it. Broadcasts reach a socket through its ChannelSockets, which are
 // pubsub subscribers: the shared encoding of a broadcast for the socket's
 // serializer goes straight to Conn.Send.
+//
+// # History and recovery
+//
+// When the endpoint's PubSub is a pubsub.History, topics its policy
+// selects keep their recent broadcasts, each with a position
+// "<epoch>:<offset>" (PROTOCOL.md §12). The policy comes from the node's
+// rules and from the application's Router:
+//
+//	router.History("room:*", pubsub.HistoryOptions{Size: 100, TTL: 5 * time.Minute})
+//	ps.SetHistoryPolicy(router.HistoryPolicy(pubsub.RulesPolicy(rules)))
+//
+// A broadcast of such a topic reaches the client with its position as the
+// frame's ref (V1 and V2 text frames; a V2 binary broadcast has no ref and
+// carries none). phoenix.js hands the ref to on() callbacks as their
+// second argument, so a client keeps the last one it saw and passes it
+// when it (re)joins, through the params function that phoenix.js calls
+// at every join:
+//
+//	let last = null
+//	const ch = socket.channel("room:lobby", () => (last ? {since: last} : {}))
+//	ch.on("new_msg", (msg, ref) => { if (ref) last = ref })
+//
+// The join then replays what the client missed, in order, before any live
+// broadcast, and its ok reply says where it stands: "position", and
+// "recovered" with a "reason" when the gap could not be filled
+// ({"history": N} asks for the last N broadcasts instead). The reply
+// gains these keys only when the channel's Join response is a JSON object
+// ({} by default); any other response is sent unchanged. A joined channel
+// that sees a hole in its topic's positions (a broadcast lost between
+// nodes) fails as a crashed channel does, phx_error, so that the client
+// rejoins and recovers. Topics outside the policy carry no positions and
+// behave exactly as without history. Both transports run the same
+// Socket, so long-poll clients recover as WebSocket ones do.
+//
+// Intercepted events reach HandleOut in position order, replayed ones
+// included, but what HandleOut pushes is a push, without a position
+// (PROTOCOL.md §12.2): a client tracks positions from the events the
+// channel does not intercept.
 package channels

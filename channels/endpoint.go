@@ -14,12 +14,33 @@ import (
 	"github.com/channelsd/channelsd/pubsub"
 )
 
-// DefaultMaxRefLength is EndpointConfig.MaxRefLength's default: ample
-// for the refs clients send (small integers, UUIDs), and it keeps what a
-// message's decoded header holds small.
-const DefaultMaxRefLength = 64
+// Defaults of the per-message limits of EndpointConfig, which
+// node.Config and channelsd's flags share (README "Limits").
+const (
+	// DefaultMaxRefLength is ample for the refs clients send (small
+	// integers, UUIDs), and it keeps what a message's decoded header
+	// holds small.
+	DefaultMaxRefLength   = 64
+	DefaultMaxPayloadSize = 64 << 10
+	DefaultMaxTopicLength = 256
+	DefaultMaxEventLength = 128
+	// DefaultMaxMessagesPerSecond is far above what an interactive
+	// client sends (phoenix.js heartbeats every 30 s) and far below what
+	// one socket could make a node spend.
+	DefaultMaxMessagesPerSecond = 100
+	// DefaultMaxChannels is Phoenix's own limit (1.8.9+).
+	DefaultMaxChannels = 100
+	// DefaultRateAbuseAfter is how long a socket may stay over its rate
+	// before it is closed.
+	DefaultRateAbuseAfter = 10 * time.Second
+)
 
 // EndpointConfig wires an Endpoint.
+//
+// Every limit's zero value is its default, the same as channelsd's flag
+// (README "Limits" lists them once), and a negative value turns it off:
+// an endpoint built from EndpointConfig{Router, PubSub, Presence} is as
+// guarded as the binary.
 type EndpointConfig struct {
 	Router *Router
 	// Handler authenticates connections; nil accepts every connection
@@ -28,41 +49,39 @@ type EndpointConfig struct {
 	PubSub   pubsub.PubSub
 	Presence presence.Tracker
 	Logger   *slog.Logger
-	// MaxChannels caps the channels one socket may join (Phoenix 1.8.9+:
-	// 100). Zero means 100; negative means no limit.
+	// MaxChannels caps the channels one socket may join; a join beyond
+	// gets the error reply "too many channels joined". Default
+	// DefaultMaxChannels.
 	MaxChannels int
 	// MaxOutbox caps the intercepted broadcasts waiting for HandleOut on
 	// one socket before it is closed as a slow consumer. Zero means 1024.
 	MaxOutbox int
 
-	// Limits on each client message (README "Limits"). A message above
-	// one is dropped (phx_join and phx_leave are exempt from the event
-	// limit, heartbeats from all three); if it carries a ref, the client gets an error reply
-	// on the message's topic, {"reason":"payload too large"}, "topic too
-	// long" or "event too long". Zero or negative means no limit.
-	MaxPayloadSize int // bytes of the payload (JSON text or binary)
-	MaxTopicLength int // bytes of the topic
-	MaxEventLength int // bytes of the event name
+	// Limits on each client message. A message above one is dropped
+	// (phx_join and phx_leave are exempt from the event limit,
+	// heartbeats from all of them); if it carries a ref, the client gets
+	// an error reply on the message's topic: {"reason":"payload too
+	// large"}, "topic too long", "event too long" or "ref too long".
+	MaxPayloadSize int // bytes of the payload (JSON text or binary); default DefaultMaxPayloadSize
+	MaxTopicLength int // bytes of the topic; default DefaultMaxTopicLength
+	MaxEventLength int // bytes of the event name; default DefaultMaxEventLength
 	// MaxRefLength bounds the join_ref and the ref of a client message,
 	// as the JSON text they travel as (phoenix.js sends integer strings
-	// such as "12"); a message with a longer one is dropped with the
-	// error reply "ref too long". Unlike the three above, zero means
-	// DefaultMaxRefLength, so that no endpoint is without it; negative
-	// means no limit.
+	// such as "12"). Default DefaultMaxRefLength.
 	MaxRefLength int
 
 	// MaxMessagesPerSecond and Burst rate-limit each socket's messages
-	// (see rateLimit in socket.go): Burst at once, then
-	// MaxMessagesPerSecond on average. A message over the rate is dropped,
-	// with an error reply {"reason":"rate limited"} if it carries a ref.
-	// A socket still over the rate RateAbuseAfter after its first refusal
-	// (without having let its bucket fill up in between) is closed with
-	// 1008 "rate limited". Heartbeats take a token when there is one and
-	// are always answered. Zero or negative MaxMessagesPerSecond: no
-	// limit. Burst zero: 2 × MaxMessagesPerSecond (at least 1).
+	// with a token bucket: Burst at once, then MaxMessagesPerSecond on
+	// average (default DefaultMaxMessagesPerSecond; negative: no rate
+	// limit). A message over the rate is dropped, with an error reply
+	// {"reason":"rate limited"} if it carries a ref. A socket still over
+	// the rate RateAbuseAfter after its first refusal (without having
+	// let its bucket fill up in between) is closed with 1008 "rate
+	// limited". Heartbeats take a token when there is one and are always
+	// answered. Burst zero: 2 × MaxMessagesPerSecond (at least 1).
 	MaxMessagesPerSecond float64
 	Burst                int
-	// RateAbuseAfter defaults to 10 s.
+	// RateAbuseAfter defaults to DefaultRateAbuseAfter.
 	RateAbuseAfter time.Duration
 }
 
@@ -74,8 +93,10 @@ type Endpoint struct {
 	log *slog.Logger
 
 	serial atomic.Uint64
+	// optionalChecked holds the channel types checkOptional has seen.
+	optionalChecked sync.Map // reflect.Type -> struct{}
 
-	// Rate limit, precomputed from the config (socket.go, rateLimit).
+	// Rate limit, precomputed from the config (Socket.rateLimit).
 	epoch     time.Time
 	rlEvery   int64 // ns between messages at the sustained rate; 0: off
 	rlTol     int64 // how far ahead of now a socket's TAT may run: (burst-1) × rlEvery
@@ -111,6 +132,19 @@ type Stats struct {
 	// InvalidPayloads counts client messages dropped because their text
 	// payload was not valid UTF-8 (also counted in MalformedFrames).
 	InvalidPayloads atomic.Uint64
+
+	// History and recovery (PROTOCOL.md §12).
+	RecoveriesComplete atomic.Uint64 // joins with "since" whose whole gap was replayed
+	Replayed           atomic.Uint64 // broadcasts replayed to joining clients
+	HistoryGaps        atomic.Uint64 // channels ended by a hole in their live broadcasts
+	// ReplaysCut counts joins whose replay ended before it was whole
+	// (replay.go: its deadline, the history trimmed or lost under it,
+	// too many frames held meanwhile): phx_error, and the client rejoins
+	// from where it got to.
+	ReplaysCut atomic.Uint64
+	// recoveriesIncomplete counts the joins answered "recovered": false
+	// with a reason, per reason (recoveryReasons); RecoveriesIncomplete.
+	recoveriesIncomplete [len(recoveryReasons)]atomic.Uint64
 }
 
 // NewEndpoint checks cfg and returns an Endpoint.
@@ -118,20 +152,33 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 	if cfg.Router == nil || cfg.PubSub == nil || cfg.Presence == nil {
 		return nil, errors.New("channels: endpoint needs a Router, a PubSub and a presence Tracker")
 	}
-	if cfg.MaxChannels == 0 {
-		cfg.MaxChannels = 100
+	// Zero takes the default; negative, which every check reads as
+	// off, stays.
+	for _, l := range []struct {
+		v   *int
+		def int
+	}{
+		{&cfg.MaxChannels, DefaultMaxChannels},
+		{&cfg.MaxPayloadSize, DefaultMaxPayloadSize},
+		{&cfg.MaxTopicLength, DefaultMaxTopicLength},
+		{&cfg.MaxEventLength, DefaultMaxEventLength},
+		{&cfg.MaxRefLength, DefaultMaxRefLength},
+	} {
+		if *l.v == 0 {
+			*l.v = l.def
+		}
+	}
+	if cfg.MaxMessagesPerSecond == 0 {
+		cfg.MaxMessagesPerSecond = DefaultMaxMessagesPerSecond
 	}
 	if cfg.MaxOutbox == 0 {
 		cfg.MaxOutbox = 1024
-	}
-	if cfg.MaxRefLength == 0 {
-		cfg.MaxRefLength = DefaultMaxRefLength
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.RateAbuseAfter <= 0 {
-		cfg.RateAbuseAfter = 10 * time.Second
+		cfg.RateAbuseAfter = DefaultRateAbuseAfter
 	}
 	e := &Endpoint{cfg: cfg, log: cfg.Logger, sockets: make(map[*Socket]struct{}), drained: make(chan struct{}), epoch: time.Now()}
 	if r := cfg.MaxMessagesPerSecond; r > 0 {

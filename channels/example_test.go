@@ -2,7 +2,6 @@ package channels_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/channelsd/channelsd/channels"
@@ -18,11 +17,17 @@ func (c *Chat) Join(s *channels.ChannelSocket, params channels.Payload) (any, er
 		User string `json:"user"`
 	}
 	if err := params.Decode(&p); err != nil || p.User == "" {
-		return nil, errors.New("unauthorized") // reply {"reason":"unauthorized"}
+		// Refuse: the only join error whose text reaches the client;
+		// any other error is logged and answered "join crashed".
+		return nil, channels.Refuse("unauthorized")
 	}
 	c.user = p.User
 	return map[string]string{"welcome": c.user}, nil
 }
+
+// AfterJoiner is found by type assertion: this line makes a misspelled
+// AfterJoin a compile error instead of a method that never runs.
+var _ channels.AfterJoiner = (*Chat)(nil)
 
 // AfterJoin runs once the ok reply is queued: the place for presence.
 func (c *Chat) AfterJoin(s *channels.ChannelSocket) {
@@ -67,7 +72,7 @@ func Example() {
 		// Sockets sharing an id are disconnected together (Endpoint.Disconnect).
 		return channels.Identity{ID: "user:" + info.Params["token"]}, nil
 	})
-	_ = auth // pass both to node.New(node.Config{Router: router, SocketHandler: auth})
+	_ = auth // pass both to node.New(node.Config{Router: router, SocketHandler: auth}); see node's Example
 
 	_, ok := router.Match("chat:lobby")
 	fmt.Println(ok)

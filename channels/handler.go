@@ -35,8 +35,14 @@ type Identity struct {
 // SocketHandler authenticates connections, Phoenix's connect/3 and id/1.
 type SocketHandler interface {
 	// Connect accepts the connection with an identity or refuses it with an
-	// error. A *ConnectError chooses the HTTP status and the reason sent in
-	// the body; any other error refuses with 403 and the error's text.
+	// error. Its contract:
+	//   - a nil error accepts the connection with the Identity;
+	//   - an error that is, or wraps (errors.As), a *ConnectError refuses
+	//     with its HTTP status, and over WebSocket its Reason as the body
+	//     (long-poll answers {"status":N} only);
+	//   - any other error is never shown to the client: the transport
+	//     logs it and refuses with 403 and an empty body (PROTOCOL.md
+	//     §5.1), so a database error cannot reach a browser.
 	Connect(ctx context.Context, info *ConnectInfo) (Identity, error)
 }
 
@@ -48,7 +54,9 @@ func (f SocketHandlerFunc) Connect(ctx context.Context, info *ConnectInfo) (Iden
 	return f(ctx, info)
 }
 
-// ConnectError refuses a connection with a specific HTTP status.
+// ConnectError refuses a connection with a specific HTTP status. It is
+// the only error whose content reaches the client from Connect
+// (SocketHandler), wrapped or not.
 type ConnectError struct {
 	Status int    // HTTP status; 0 means 403
 	Reason string // sent as the response body
@@ -77,6 +85,33 @@ type Conn interface {
 	// Close ends the connection with a WebSocket close code (RFC 6455
 	// §7.4) and a reason; transports without close frames map them.
 	Close(code int, reason string)
+}
+
+// BacklogConn is implemented by the Conns whose outbound queue the
+// runtime can watch, so that it can pace what it sends in bulk (a join's
+// replay of history, recovery.go) by what the client actually takes,
+// instead of overflowing the queue and having the connection closed as a
+// slow consumer. The WebSocket and long-poll transports implement it; a
+// Conn that does not is sent to unpaced.
+//
+// Contract:
+//   - Backlog returns the frames Send has queued that the transport has
+//     not yet handed on (WebSocket: written to the kernel; long-poll:
+//     taken by a poll answer), their bytes as the transport counts them
+//     against its limit, and those limits: Send fails once a frame would
+//     take the backlog past maxFrames or maxBytes, except into an empty
+//     queue, which takes any one frame. A limit of 0 means none.
+//   - WaitBacklog returns nil as soon as the backlog is at most frames and
+//     at most bytes, at once if it already is; ErrConnClosed once the
+//     connection is closing, at once if it already is; ctx's error if ctx
+//     ends first.
+//   - WaitBacklog is woken by the transport when it drains the queue or
+//     closes, not by polling, and never holds up Send or the transport's
+//     writer. Any number of goroutines may wait at once.
+type BacklogConn interface {
+	Conn
+	Backlog() (frames, bytes, maxFrames, maxBytes int)
+	WaitBacklog(ctx context.Context, frames, bytes int) error
 }
 
 // Close codes the runtime uses (RFC 6455 §7.4.1). None of them is 1000:

@@ -89,19 +89,27 @@ func BenchmarkV2DecodeBinary(b *testing.B) {
 	benchDecode(b, V2, f.Data, true)
 }
 
+// benchPos is a position as pubsub/local makes them: a 12-character
+// epoch, a six-digit offset.
+var benchPos = pubsub.Position{Epoch: "k3Vq9aZx_2-w", Offset: 123456}
+
 func BenchmarkEncodeBroadcast(b *testing.B) {
 	for _, tc := range []struct {
 		name   string
 		ser    Serializer
 		binary bool
+		pos    pubsub.Position
 	}{
-		{"V1", V1, false},
-		{"V2", V2, false},
-		{"V2Binary", V2, true},
+		{"V1", V1, false, pubsub.Position{}},
+		{"V2", V2, false, pubsub.Position{}},
+		{"V2Binary", V2, true, pubsub.Position{}},
+		// A topic with history: the position is the ref (PROTOCOL.md §12).
+		{"V1Pos", V1, false, benchPos},
+		{"V2Pos", V2, false, benchPos},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			enc := tc.ser.(pubsub.Encoder)
-			m := &pubsub.Message{Topic: "room:lobby", Event: "new_msg", Payload: benchPayload, Binary: tc.binary}
+			m := &pubsub.Message{Topic: "room:lobby", Event: "new_msg", Payload: benchPayload, Binary: tc.binary, Pos: tc.pos}
 			b.ReportAllocs()
 			for b.Loop() {
 				if _, _, err := enc.EncodeBroadcast(m); err != nil {

@@ -32,6 +32,10 @@ func addTextSeeds(f *testing.F) {
 	for _, s := range protocolFrames {
 		f.Add([]byte(s))
 	}
+	// Broadcasts of topics with history (PROTOCOL.md §12).
+	f.Add([]byte(`{"event":"new_msg","payload":{"body":"hi"},"ref":"e-1_Z:42","topic":"room:lobby"}`))
+	f.Add([]byte(`[null,"e-1_Z:42","room:lobby","new_msg",{"body":"hi"}]`))
+	f.Add([]byte(`[null,"x:18446744073709551615","room:lobby","\"é:","{}"]`))
 	for _, s := range wireValidInputs {
 		if len(s) < 1000 {
 			f.Add([]byte(s))
@@ -213,6 +217,31 @@ func checkRelayable(t *testing.T, m Message) {
 			t.Fatalf("%s: EncodeBroadcast(%+v) of an accepted message: %v", ser.Vsn(), m, err)
 		default:
 			checkFrameText(t, ser, data, binary)
+		}
+		// The same broadcast with a history position: the position is
+		// the ref of a text frame (PROTOCOL.md §12), whatever its epoch
+		// holds (a foreign store's), and a binary frame is unchanged.
+		pos := pubsub.Position{Epoch: m.Event, Offset: uint64(len(m.Payload)) << 40}
+		if pos.IsZero() {
+			continue
+		}
+		pdata, pbinary, perr := ser.EncodeBroadcast(&pubsub.Message{Topic: m.Topic, Event: m.Event, Payload: m.Payload, Binary: m.Binary, Pos: pos})
+		if (perr == nil) != (err == nil) {
+			t.Fatalf("%s: EncodeBroadcast with a position: %v, without: %v", ser.Vsn(), perr, err)
+		}
+		if perr != nil {
+			continue
+		}
+		if pbinary {
+			if !bytes.Equal(pdata, data) {
+				t.Fatalf("binary broadcast with a position = % x, without % x", pdata, data)
+			}
+			continue
+		}
+		checkFrameText(t, ser, pdata, pbinary)
+		got, err := ser.Decode(pdata, false)
+		if err != nil || got.Ref.Text() != pos.String() || got.Topic != m.Topic || got.Event != m.Event {
+			t.Fatalf("%s: broadcast at %q encoded as %q, decoded to %+v, %v", ser.Vsn(), pos, pdata, got, err)
 		}
 	}
 }

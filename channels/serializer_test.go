@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"math"
 	"reflect"
 	"runtime/debug"
 	"strings"
@@ -829,6 +830,10 @@ func TestEncodeBroadcast(t *testing.T) {
 	text := pubsub.Message{Topic: "room:lobby", Event: "new_msg", Payload: []byte(`{"body":"hi","from":"ann"}`)}
 	empty := pubsub.Message{Topic: "room:\"x\"\n", Event: "é"}
 	bin := pubsub.Message{Topic: "room:1", Event: "frame", Payload: []byte{0xff}, Binary: true}
+	at := func(m *pubsub.Message, epoch string, offset uint64) pubsub.Message {
+		return pubsub.Message{Topic: m.Topic, Event: m.Event, Payload: m.Payload, Binary: m.Binary, Pos: pubsub.Position{Epoch: epoch, Offset: offset}}
+	}
+	posText, posMax, posZero, posBin := at(&text, "e-1_Z", 42), at(&empty, "x", math.MaxUint64), at(&text, "e", 0), at(&bin, "e", 7)
 	tests := []struct {
 		ser        Serializer
 		m          *pubsub.Message
@@ -840,6 +845,14 @@ func TestEncodeBroadcast(t *testing.T) {
 		{V1, &empty, `{"event":"é","payload":{},"ref":null,"topic":"room:\"x\"\n"}`, false},
 		{V2, &empty, `[null,null,"room:\"x\"\n","é",{}]`, false},
 		{V2, &bin, string(unhex(t, hexBroadcast)), true},
+		// A broadcast of a topic with history carries its position as
+		// the ref (PROTOCOL.md §12); a binary one has no ref to carry it.
+		{V1, &posText, `{"event":"new_msg","payload":{"body":"hi","from":"ann"},"ref":"e-1_Z:42","topic":"room:lobby"}`, false},
+		{V2, &posText, `[null,"e-1_Z:42","room:lobby","new_msg",{"body":"hi","from":"ann"}]`, false},
+		{V1, &posMax, `{"event":"é","payload":{},"ref":"x:18446744073709551615","topic":"room:\"x\"\n"}`, false},
+		{V2, &posMax, `[null,"x:18446744073709551615","room:\"x\"\n","é",{}]`, false},
+		{V2, &posZero, `[null,"e:0","room:lobby","new_msg",{"body":"hi","from":"ann"}]`, false},
+		{V2, &posBin, string(unhex(t, hexBroadcast)), true},
 	}
 	for _, tt := range tests {
 		enc, ok := tt.ser.(pubsub.Encoder)
@@ -858,6 +871,9 @@ func TestEncodeBroadcast(t *testing.T) {
 		}
 		// It agrees with Encode of the same broadcast.
 		m := Message{Topic: tt.m.Topic, Event: tt.m.Event, Payload: tt.m.Payload, Binary: tt.m.Binary}
+		if !tt.m.Binary && !tt.m.Pos.IsZero() {
+			m.Ref = StringRef(tt.m.Pos.String())
+		}
 		f, err := tt.ser.Encode(nil, &m)
 		if err != nil || !bytes.Equal(f.Data, data) || f.Binary != binary {
 			t.Errorf("%s: Encode = %q, %v; EncodeBroadcast = %q", tt.ser.Vsn(), f.Data, err, data)

@@ -72,7 +72,8 @@ func v1Encode(dst []byte, m *Message) (Frame, error) {
 }
 
 // EncodeBroadcast implements pubsub.Encoder with one exactly sized
-// allocation. Binary broadcasts cannot reach a V1 socket.
+// allocation. Binary broadcasts cannot reach a V1 socket. The ref is null,
+// or the broadcast's history position (PROTOCOL.md §12).
 func (v1Serializer) EncodeBroadcast(m *pubsub.Message) ([]byte, bool, error) {
 	if m.Binary {
 		return nil, false, ErrBinaryUnsupported
@@ -80,14 +81,20 @@ func (v1Serializer) EncodeBroadcast(m *pubsub.Message) ([]byte, bool, error) {
 	if err := ValidatePayload(m.Payload); err != nil {
 		return nil, false, err
 	}
-	n := len(`{"event":,"payload":,"ref":null,"topic":}`) +
-		jsonStringLen(m.Event) + wirePayloadLen(m.Payload) + jsonStringLen(m.Topic)
+	n := len(`{"event":,"payload":,"ref":,"topic":}`) + jsonStringLen(m.Event) +
+		wirePayloadLen(m.Payload) + wirePosRefLen(m.Pos) + jsonStringLen(m.Topic)
 	data := make([]byte, 0, n)
 	data = append(data, `{"event":`...)
 	data = appendJSONString(data, m.Event)
 	data = append(data, `,"payload":`...)
 	data = wireAppendPayload(data, m.Payload)
-	data = append(data, `,"ref":null,"topic":`...)
+	if m.Pos.IsZero() {
+		data = append(data, `,"ref":null,"topic":`...)
+	} else {
+		data = append(data, `,"ref":`...)
+		data = wireAppendPosRef(data, m.Pos)
+		data = append(data, `,"topic":`...)
+	}
 	data = appendJSONString(data, m.Topic)
 	data = append(data, '}')
 	return data, false, nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -86,7 +87,10 @@ func v2Encode(dst []byte, m *Message) (Frame, error) {
 }
 
 // EncodeBroadcast implements pubsub.Encoder: one exactly sized allocation
-// per broadcast, shared by every V2 socket on the topic.
+// per broadcast, shared by every V2 socket on the topic. A text frame's
+// ref is null, or the broadcast's history position (PROTOCOL.md §12). A
+// binary broadcast (kind 2, §2.4) has no ref field, so it cannot carry
+// the position: a client that needs positions uses JSON payloads.
 func (v2Serializer) EncodeBroadcast(m *pubsub.Message) ([]byte, bool, error) {
 	if m.Binary {
 		if len(m.Topic) > 255 || len(m.Event) > 255 {
@@ -104,9 +108,15 @@ func (v2Serializer) EncodeBroadcast(m *pubsub.Message) ([]byte, bool, error) {
 	if err := ValidatePayload(m.Payload); err != nil {
 		return nil, false, err
 	}
-	n := len(`[null,null,,,]`) + jsonStringLen(m.Topic) + jsonStringLen(m.Event) + wirePayloadLen(m.Payload)
+	n := len(`[null,,,,]`) + wirePosRefLen(m.Pos) + jsonStringLen(m.Topic) + jsonStringLen(m.Event) + wirePayloadLen(m.Payload)
 	data := make([]byte, 0, n)
-	data = append(data, `[null,null,`...)
+	if m.Pos.IsZero() {
+		data = append(data, `[null,null,`...)
+	} else {
+		data = append(data, `[null,`...)
+		data = wireAppendPosRef(data, m.Pos)
+		data = append(data, ',')
+	}
 	data = appendJSONString(data, m.Topic)
 	data = append(data, ',')
 	data = appendJSONString(data, m.Event)
@@ -382,6 +392,37 @@ func wireStatus(s string) string {
 		return "ok"
 	}
 	return s
+}
+
+// wirePosRefLen and wireAppendPosRef write a broadcast's ref: null, or
+// its history position as a JSON string, "<epoch>:<offset>". The epoch
+// goes through the JSON string writer although valid epochs never need
+// escaping: a position from a foreign store must not break the frame.
+func wirePosRefLen(p pubsub.Position) int {
+	if p.IsZero() {
+		return len("null")
+	}
+	return jsonStringLen(p.Epoch) + 1 + uintLen(p.Offset)
+}
+
+func wireAppendPosRef(dst []byte, p pubsub.Position) []byte {
+	if p.IsZero() {
+		return append(dst, "null"...)
+	}
+	dst = appendJSONString(dst, p.Epoch)
+	dst[len(dst)-1] = ':' // the epoch's closing quote
+	dst = strconv.AppendUint(dst, p.Offset, 10)
+	return append(dst, '"')
+}
+
+// uintLen is the number of decimal digits of n.
+func uintLen(n uint64) int {
+	l := 1
+	for n >= 10 {
+		n /= 10
+		l++
+	}
+	return l
 }
 
 func wireRefLen(r Ref) int {

@@ -112,8 +112,8 @@ func (s *Socket) Close(code int, reason string) { s.conn.Close(code, reason) }
 // decides about frames that are broken below this level (invalid UTF-8,
 // oversized).
 //
-// Every message, heartbeats included, passes the rate limit first (when
-// one is configured), then the size limits (README "Limits").
+// Every message, heartbeats included, passes the rate limit first (unless
+// it is turned off), then the size limits (README "Limits").
 func (s *Socket) HandleFrame(data []byte, binary bool) {
 	msg, err := s.ser.Decode(data, binary)
 	s.ep.stats.MessagesIn.Add(1)
@@ -307,6 +307,7 @@ func (s *Socket) join(msg *Message) {
 	// factory) would keep the whole header alive as long as the join.
 	topic := ch.Topic()
 	ch.impl = factory(topic)
+	s.ep.checkOptional(ch.impl)
 	if ic, ok := ch.impl.(Interceptor); ok {
 		ch.intercepts = ic.Intercepts()
 	}
@@ -320,7 +321,7 @@ func (s *Socket) join(msg *Message) {
 	if crashed || joinErr != nil {
 		reply := reasonJSON("join crashed")
 		if !crashed {
-			reply = joinErrorResponse(joinErr)
+			reply = s.joinErrorResponse(topic, joinErr)
 		}
 		ch.state = stateClosed
 		ch.cleanup()
@@ -342,19 +343,34 @@ func (s *Socket) join(msg *Message) {
 	s.chans = append(s.chans, ch)
 	s.ep.stats.Channels.Add(1)
 	s.ep.stats.Joins.Add(1)
+	// After Subscribe: what the history read misses arrives live (recovery.go).
+	rec := s.readRecovery(ch, Payload{Data: msg.Payload, Binary: msg.Binary})
+	if rec != nil {
+		replyData = rec.amendReply(replyData, replyBinary)
+	}
 
 	// §3.3: the reply goes out before anything else of this join.
 	ch.mu.Lock()
 	s.send(&Message{JoinRef: msg.JoinRef, Ref: msg.Ref, Topic: msg.Topic, Event: EventReply, Status: "ok", Payload: replyData, Binary: replyBinary})
-	var pending []Frame
-	if ch.rare != nil {
-		pending, ch.rare.pending = ch.rare.pending, nil
+	if rec != nil && len(rec.replay) > 0 {
+		// Frames stay held (stateJoining) until the replay is out.
+		ch.mu.Unlock()
+		if !s.replay(ch, rec) {
+			return
+		}
+	} else {
+		var pending []heldFrame
+		if ch.rare != nil {
+			pending, ch.rare.pending = ch.rare.pending, nil
+		}
+		ch.state = stateJoined
+		var last pubsub.Position
+		if rec != nil {
+			last = rec.last
+		}
+		ch.flushJoinLocked(last, pending)
+		ch.mu.Unlock()
 	}
-	ch.state = stateJoined
-	for _, f := range pending {
-		s.sendFrame(f)
-	}
-	ch.mu.Unlock()
 
 	if aj, ok := ch.impl.(AfterJoiner); ok {
 		if s.guard(ch, "after_join", func() { aj.AfterJoin(ch) }) {
@@ -501,22 +517,29 @@ func reasonJSON(reason string) []byte {
 	return b
 }
 
-func joinErrorResponse(err error) []byte {
-	var resp any = map[string]string{"reason": err.Error()}
-	var r interface{ Response() any }
-	if errors.As(err, &r) {
-		resp = r.Response()
+// joinErrorResponse is the reply to a join the channel refused. Only a
+// *JoinError (Refuse), however wrapped, was made for the client; any
+// other error may carry what the client must not see (a database
+// address, a password in a DSN), so it is logged and the client gets
+// Phoenix's answer to a join that failed, {"reason":"join crashed"}.
+func (s *Socket) joinErrorResponse(topic string, err error) []byte {
+	var je *JoinError
+	if !errors.As(err, &je) {
+		s.ep.log.Warn("channels: join failed with an error not made for the client; replied \"join crashed\"",
+			"topic", topic, "socket", s.name, "id", s.ident.ID, "err", err)
+		return reasonJSON("join crashed")
 	}
-	b, _, encErr := EncodePayload(resp)
+	b, _, encErr := EncodePayload(je.Response())
 	if encErr != nil {
+		s.ep.log.Error("channels: join refusal cannot be encoded", "topic", topic, "socket", s.name, "err", encErr)
 		return reasonJSON("join refused")
 	}
 	return b
 }
 
 // deliverOut queues an intercepted broadcast for HandleOut, which runs on
-// its own short-lived goroutine so that the broadcaster never waits for a
-// channel callback.
+// its own short-lived goroutine, under s.cb, so that the broadcaster never
+// waits for a channel callback.
 func (s *Socket) deliverOut(ch *ChannelSocket, m *pubsub.Message) {
 	s.outMu.Lock()
 	if s.outbox == nil {

@@ -234,7 +234,9 @@ func newTestEnv(t testing.TB, cfg EndpointConfig) *testEnv {
 		cfg.Router.Handle("room:*", func(string) Channel { return relayChannel{} })
 	}
 	cfg.PubSub, cfg.Presence = ps, tracker
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
 	ep, err := NewEndpoint(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -26,6 +26,12 @@ import (
 // Reports are broadcasts like any other: at most once, so a lost report
 // only ages a node's entry by one interval.
 //
+// A node that hears a node it had not heard before (a new id, or the same
+// id with a new Started: a restart) reports at once besides, at most once
+// per promptGap: a starting node then hears every live node of this
+// release within a round trip of its first report instead of within an
+// interval, which is what its Gate waits for (gate.go: seedGate).
+//
 // Reports also carry the announcement of the cross-node compatibility
 // rule (pubsub/redis/doc.go): "reads", the level of each cross-node form
 // this build reads. Every report heard feeds the node's Gate, which the
@@ -70,6 +76,8 @@ type clusterView struct {
 
 	// gate learns from every report recorded what its node reads.
 	gate *redis.Gate
+	// prompt asks clusterLoop for a report now: a new node was heard.
+	prompt chan struct{}
 
 	mu      sync.Mutex
 	reports map[string]*NodeReport // guarded by mu
@@ -80,7 +88,8 @@ type clusterView struct {
 func newClusterView(self string, interval time.Duration) *clusterView {
 	return &clusterView{
 		self: self, interval: interval, reports: make(map[string]*NodeReport),
-		gate: redis.NewGate(self, 3*interval, time.Now()),
+		gate:   redis.NewGate(self, 3*interval, time.Now()),
+		prompt: make(chan struct{}, 1),
 	}
 }
 
@@ -95,27 +104,36 @@ func (v *clusterView) Deliver(m *pubsub.Message) {
 		return
 	}
 	now := time.Now()
-	if v.record(&r, now) {
+	kept, fresh := v.record(&r, now)
+	if kept {
 		v.gate.Announce(r.Node, r.Reads, now)
+	}
+	if fresh && r.Node != v.self {
+		select {
+		case v.prompt <- struct{}{}:
+		default: // one is pending already
+		}
 	}
 }
 
 // record keeps r as its node's latest report, and reports whether it
-// did (not for a reordered or repeated report).
-func (v *clusterView) record(r *NodeReport, now time.Time) bool {
+// did (not for a reordered or repeated report) and whether r's node is
+// one not heard before (unknown, or known with another Started).
+func (v *clusterView) record(r *NodeReport, now time.Time) (kept, fresh bool) {
 	r.seen = now
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if prev := v.reports[r.Node]; prev != nil && prev.Started == r.Started {
+	prev := v.reports[r.Node]
+	if prev != nil && prev.Started == r.Started {
 		if dt := float64(r.Sent-prev.Sent) / 1000; dt > 0 {
 			r.InRate = rate(prev.MessagesIn, r.MessagesIn, dt)
 			r.OutRate = rate(prev.MessagesOut, r.MessagesOut, dt)
 		} else {
-			return false // a reordered or repeated report
+			return false, false // a reordered or repeated report
 		}
 	}
 	v.reports[r.Node] = r
-	return true
+	return true, prev == nil || prev.Started != r.Started
 }
 
 func rate(before, after uint64, dt float64) float64 {
@@ -195,15 +213,17 @@ var release = func() string {
 	return rev
 }()
 
-// Gate is the node's view of what every live node reads (pubsub/redis
-// gate.go), fed by the cluster reports: writers of a form newer than the
-// floor's ask it first. A Redis PubSub is given it when the node starts
-// reporting.
+// Gate is the node's view of which versions of the cross-node message
+// forms every live node can read (see redis.Gate), fed by the "reads"
+// each node announces in its cluster reports: a writer asks it before it
+// sends a form that nodes of an older release might not read. A Redis
+// PubSub is given it when the node starts reporting.
 func (n *Node) Gate() *redis.Gate { return n.cluster.gate }
 
 // clusterLoop broadcasts this node's report every interval and runs the
 // rebalancer on the view, until ctx ends.
 func (n *Node) clusterLoop(ctx context.Context) {
+	n.seedGate(ctx)
 	// Until here a Redis PubSub writes every form at the floor, which
 	// every release reads.
 	if g, ok := n.cfg.PubSub.(interface{ SetGate(*redis.Gate) }); ok {
@@ -212,18 +232,42 @@ func (n *Node) clusterLoop(ctx context.Context) {
 	tick := time.NewTicker(n.cfg.ReportInterval)
 	defer tick.Stop()
 	reb := rebalancer{cfg: n.cfg.Rebalance, mark: n.endpoint.Generation()}
-	for {
+	var last time.Time       // the latest report sent
+	var due <-chan time.Time // a prompt report held back by promptGap
+	publish := func() {
 		n.publishReport(ctx)
+		last, due = time.Now(), nil // a report held back is sent now
+	}
+	publish()
+	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-n.cluster.prompt:
+			if wait := promptGap - time.Since(last); wait > 0 {
+				if due == nil {
+					due = time.After(wait)
+				}
+			} else {
+				publish()
+			}
+			continue
+		case <-due:
+			publish()
+			continue
 		case <-tick.C:
 		}
 		if n.cfg.Rebalance.Threshold > 0 && !n.draining.Load() {
 			reb.round(n, n.cluster.live(time.Now()))
 		}
+		publish()
 	}
 }
+
+// promptGap is the least time between a report and a prompt one (sent on
+// hearing a new node): the nodes of a cluster starting together hear many
+// new nodes at once, and answer them all with one report, or two.
+const promptGap = 200 * time.Millisecond
 
 func (n *Node) publishReport(ctx context.Context) {
 	data, err := json.Marshal(n.report())

@@ -9,7 +9,7 @@ import (
 	"github.com/channelsd/channelsd/channels"
 )
 
-// The drain (DESIGN.md, "Lifecycle and operations"). It starts with
+// The drain (PROTOCOL.md §5.3, README "Draining"). It starts with
 // Drain (POST /api/drain, `channelsd drain` in a Kubernetes preStop hook)
 // or with Shutdown, and goes one way:
 //
@@ -70,10 +70,14 @@ type DrainStatus struct {
 }
 
 // Drain starts draining the node, if it has not begun yet, and returns
-// at once; see the comment at the top of drain.go. The node keeps serving
-// its open sockets until their batch comes, and its HTTP API and probes
-// until Shutdown. A drain cannot be undone: the process is meant to exit
-// (Shutdown) after it.
+// at once (POST /api/drain calls it; PROTOCOL.md §5.3). From then on
+// /readyz answers 503, new sockets are refused with HTTP 503 and
+// Retry-After, and the sockets open now are closed with 1012 (service
+// restart) in batches spread evenly over Config.DrainWindow, so that
+// their clients reconnect to other nodes without a thundering herd. The
+// node keeps serving its open sockets until their batch comes, and its
+// HTTP API and probes until Shutdown. A drain cannot be undone: the
+// process is meant to exit (Shutdown) after it.
 func (n *Node) Drain() DrainStatus {
 	n.startDrain()
 	return n.DrainStatus()

@@ -56,7 +56,8 @@ type broadcastRequest struct {
 
 // apiBroadcast publishes {"topic","event","payload"} to every subscriber
 // of the topic on every node. 202: accepted for delivery, which is
-// at-most-once like every broadcast.
+// at-most-once like every broadcast; with the broadcast's "position" when
+// the topic keeps history, from which clients recover what they missed.
 func (n *Node) apiBroadcast(w http.ResponseWriter, r *http.Request) {
 	var req broadcastRequest
 	if !n.decodeBody(w, r, &req) {
@@ -87,7 +88,8 @@ func (n *Node) apiBroadcast(w http.ResponseWriter, r *http.Request) {
 		writeJSONError(w, http.StatusBadRequest, `"payload": `+err.Error())
 		return
 	}
-	if err := n.endpoint.Broadcast(r.Context(), req.Topic, req.Event, payload); err != nil {
+	pos, err := n.broadcast(r, req.Topic, req.Event, payload)
+	if err != nil {
 		if errors.Is(err, pubsub.ErrTooLarge) {
 			// Above --redis-max-message-size: retrying will not help.
 			writeJSONError(w, http.StatusRequestEntityTooLarge, "broadcast refused: "+err.Error())
@@ -97,7 +99,13 @@ func (n *Node) apiBroadcast(w http.ResponseWriter, r *http.Request) {
 		writeJSONError(w, http.StatusServiceUnavailable, "broadcast failed: "+err.Error())
 		return
 	}
-	writeJSON(w, http.StatusAccepted, map[string]string{"status": "accepted"})
+	ans := map[string]string{"status": "accepted"}
+	if !pos.IsZero() {
+		// Its place in the topic's history (PROTOCOL.md §12.9); still 202:
+		// live delivery is as before, and callers that check for 202 go on.
+		ans["position"] = pos.String()
+	}
+	writeJSON(w, http.StatusAccepted, ans)
 }
 
 // apiDisconnect closes every socket with the given id.

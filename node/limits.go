@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/channelsd/channelsd/channels"
 	"github.com/channelsd/channelsd/pubsub"
 )
 
@@ -15,10 +16,11 @@ const (
 	// DefaultMaxSockets stays under the container engine's open-file
 	// limit of 20,000 (BENCHMARKS.md), leaving room for Redis, probes and
 	// the API: past the limit, accept fails and nobody gets an answer.
-	DefaultMaxSockets     = 19000
-	DefaultMaxPayloadSize = 64 << 10
-	DefaultMaxTopicLength = 256
-	DefaultMaxEventLength = 128
+	DefaultMaxSockets = 19000
+	// The per-message limits are the channel endpoint's.
+	DefaultMaxPayloadSize = channels.DefaultMaxPayloadSize
+	DefaultMaxTopicLength = channels.DefaultMaxTopicLength
+	DefaultMaxEventLength = channels.DefaultMaxEventLength
 )
 
 // defaultLimit sets a zero limit to def and a negative one to 0, which

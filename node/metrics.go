@@ -166,6 +166,9 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 			func() float64 { return float64(rc.Repairs()) })
 	}
 
+	// History and recovery (metrics_history.go).
+	n.registerHistoryMetrics(reg, gauge)
+
 	// Latency histograms, fed by the PubSub's observer hooks.
 	if o, ok := n.cfg.PubSub.(pubsub.DispatchObservable); ok {
 		h := prometheus.NewHistogram(prometheus.HistogramOpts{

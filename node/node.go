@@ -23,7 +23,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Config is everything a node needs. Zero values take the defaults noted.
+// Config is everything a node needs. Zero values take the defaults noted,
+// which are channelsd's flag defaults; for the limits, README "Limits"
+// lists them all, and a negative value turns one off.
 type Config struct {
 	Addr       string // listen address; default ":4000"
 	SocketPath string // base path of the socket transports; default "/socket"
@@ -33,8 +35,8 @@ type Config struct {
 	MaxFrameSize   int64         // default 1 MiB
 	MaxChannels    int           // per socket; default 100
 	// APIKey, when set, is required by the operators' endpoints (/api/*,
-	// /metrics, /dashboard); when empty they serve loopback clients only
-	// (access.go).
+	// /metrics, /dashboard) as "Authorization: Bearer <key>"; when empty
+	// they serve loopback clients only.
 	APIKey string
 	// MetricsPublic serves /metrics to every client, key or not: for a
 	// Prometheus that scrapes from other hosts without the key.
@@ -50,8 +52,8 @@ type Config struct {
 	MaxEventLength     int           // bytes; default 128
 	MaxRefLength       int           // bytes of a join_ref or ref as JSON text; default 64
 	// MaxMessagesPerSecond rate-limits each socket's messages, with Burst
-	// at once (zero: 2 × the rate); see channels.EndpointConfig. Zero or
-	// negative: no rate limit (channelsd's flag defaults to 100).
+	// at once (zero: 2 × the rate); see channels.EndpointConfig. Default
+	// 100; negative: no rate limit.
 	MaxMessagesPerSecond float64
 	Burst                int
 	RateAbuseAfter       time.Duration // a socket over its rate this long is closed (1008); default 10s
@@ -73,8 +75,9 @@ type Config struct {
 	LongPollMaxSessionsPerAddr int
 	TrustedProxies             []string
 
-	// The HTTP server's bounds (httpserver.go). Zero takes the default
-	// noted, negative means none.
+	// The HTTP server's bounds on connections that are not sockets
+	// (API calls, probes, the home page). Zero takes the default noted,
+	// negative means none.
 	HTTPIdleTimeout    time.Duration // a keep-alive connection idle between requests; default 60s
 	HTTPRequestTimeout time.Duration // reading a body, writing an answer other than a socket's; default 30s
 	MaxHeaderBytes     int           // a request's line and headers; default 32 KiB (HTTP 431 beyond)
@@ -96,7 +99,7 @@ type Config struct {
 
 	// DrainWindow spreads the closing of the sockets when the node drains
 	// (Drain, Shutdown): they are closed in batches evenly over it. Zero
-	// closes them all at once.
+	// closes them all at once (channelsd's --drain-window is 20s).
 	DrainWindow time.Duration
 	// ShutdownTimeout bounds what Shutdown does after the drain window:
 	// waiting for the last sockets to end, stopping the HTTP server,
@@ -110,9 +113,10 @@ type Config struct {
 	// else the host name.
 	NodeID string
 
-	// ReportInterval is how often the node broadcasts its figures to the
-	// cluster view (cluster.go), which the rebalancer and the dashboard
-	// read. Default 2s.
+	// ReportInterval is how often the node broadcasts its figures
+	// (sockets, message rates) on the topic "phx:nodes", where every node
+	// keeps the latest report of every other: the cluster view that the
+	// rebalancer and the dashboard read. Default 2s.
 	ReportInterval time.Duration
 	// Rebalance moves sockets off a node far above the cluster's mean;
 	// off by default.
@@ -123,9 +127,32 @@ type Config struct {
 	// Home is served at "/" (the demo page); nil serves nothing there.
 	Home http.Handler
 
-	// PubSub and Presence default to the in-memory implementations.
+	// Redis clusters the node through Redis (redis.go): New connects,
+	// retrying a Redis that does not answer yet, and builds both the Redis
+	// PubSub and the Redis presence tracker on it. The value is what
+	// channelsd's --redis takes: redis://[user:pass@]host:6379[/db],
+	// rediss://... (TLS), unix:///path, redis-sentinel://host1,host2/master
+	// or host:port. Empty: one node in memory. Set either Redis or
+	// PubSub and Presence, not both.
+	Redis string
+	// RedisOptions tunes what Redis builds; zero fields take defaults.
+	RedisOptions RedisOptions
+
+	// PubSub and Presence default to the in-memory implementations (or
+	// the Redis ones, with Redis). Presence() returns the tracker in use.
 	PubSub   pubsub.PubSub
 	Presence presence.Tracker
+	// PresenceLimits bounds the keys, metas and entries of the tracker
+	// the node builds (in memory or Redis); zero fields take the
+	// presence.Limits defaults. A Presence passed in carries its own.
+	PresenceLimits presence.Limits
+
+	// History gives the topics its rules match a history of their
+	// broadcasts (README "Guarantees and their limits"). The rules come
+	// before the Router's (channels.Router.History), so an operator can
+	// change or turn off (size 0) what a channel asks for. Any history
+	// needs a PubSub that implements pubsub.History.
+	History []pubsub.HistoryRule
 
 	Logger *slog.Logger
 }
@@ -171,8 +198,39 @@ type Node struct {
 	messagesOut func() uint64
 }
 
-// New builds a node from cfg without listening yet.
-func New(cfg Config) (*Node, error) {
+// New builds a node from cfg without listening yet. With Config.Redis it
+// connects to Redis first, waiting up to RedisOptions.ConnectTimeout;
+// NewWithContext can cut that wait short.
+func New(cfg Config) (*Node, error) { return NewWithContext(context.Background(), cfg) }
+
+// NewWithContext is New with a context that bounds what New waits for:
+// connecting to Redis (Config.Redis). Canceling ctx stops the retries;
+// it has no effect once NewWithContext has returned.
+func NewWithContext(ctx context.Context, cfg Config) (n *Node, err error) {
+	cfg, err = cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Redis != "" {
+		ps, tracker, rerr := connectRedis(ctx, cfg)
+		if rerr != nil {
+			return nil, rerr
+		}
+		cfg.PubSub, cfg.Presence, cfg.NodeID = ps, tracker, ps.NodeID()
+		// What the node built, it closes when it cannot start.
+		defer func() {
+			if err != nil {
+				_ = tracker.Close()
+				_ = ps.Close()
+			}
+		}()
+	}
+	return build(cfg)
+}
+
+// withDefaults fills cfg's zero fields and checks what needs no
+// connection, so that a wrong setting shows before New waits for Redis.
+func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Addr == "" {
 		cfg.Addr = ":4000"
 	}
@@ -219,28 +277,44 @@ func New(cfg Config) (*Node, error) {
 		cfg.HandshakeTimeout = transport.DefaultHandshakeTimeout
 	}
 	if cfg.DrainWindow < 0 || cfg.ShutdownTimeout < 0 {
-		return nil, errors.New("node: DrainWindow and ShutdownTimeout must not be negative")
+		return cfg, errors.New("node: DrainWindow and ShutdownTimeout must not be negative")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Router == nil {
-		return nil, errors.New("node: a Router is required")
-	}
-	if cfg.PubSub == nil {
-		cfg.PubSub = local.New()
+		return cfg, errors.New("node: a Router is required")
 	}
 	if cfg.ReportInterval <= 0 {
 		cfg.ReportInterval = 2 * time.Second
 	}
 	if cfg.Rebalance.Threshold < 0 || cfg.Rebalance.Share < 0 || cfg.Rebalance.Share > 1 {
-		return nil, errors.New("node: Rebalance.Threshold must be >= 0 and Share within [0, 1]")
+		return cfg, errors.New("node: Rebalance.Threshold must be >= 0 and Share within [0, 1]")
 	}
 	if cfg.Rebalance.Share == 0 {
 		cfg.Rebalance.Share = 0.05
 	}
+	if cfg.Presence != nil && cfg.PresenceLimits != (presence.Limits{}) {
+		return cfg, errors.New("node: PresenceLimits applies to the tracker the node builds; set the limits on the Presence passed in")
+	}
+	if cfg.Redis != "" {
+		if err := cfg.checkRedis(); err != nil {
+			return cfg, err
+		}
+	}
+	return cfg, nil
+}
+
+// build makes the node from a cfg past withDefaults.
+func build(cfg Config) (*Node, error) {
+	if cfg.PubSub == nil {
+		cfg.PubSub = local.New()
+	}
 	if cfg.Presence == nil {
-		cfg.Presence = presence.NewLocal(cfg.PubSub)
+		cfg.Presence = presence.NewLocalLimited(cfg.PubSub, cfg.PresenceLimits)
+	}
+	if err := setHistoryPolicy(cfg); err != nil {
+		return nil, err
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), started: time.Now(), sessions: newSessionKeys(cfg.APIKey)}
 	// The dashboard's channel joins the application's routes on a copy.
@@ -346,6 +420,7 @@ func (n *Node) routes() {
 	n.mux.HandleFunc("GET /healthz", n.healthz)
 	n.mux.HandleFunc("GET /readyz", n.readyz)
 	n.mux.HandleFunc("POST /api/broadcast", n.requireKey(requireJSON(n.apiBroadcast)))
+	n.mux.HandleFunc("GET /api/history", n.requireKey(n.apiHistory))
 	n.mux.HandleFunc("POST /api/disconnect", n.requireKey(requireJSON(n.apiDisconnect)))
 	n.mux.HandleFunc("POST /api/drain", n.requireKey(requireJSON(n.apiDrain)))
 	n.mux.HandleFunc("GET /api/drain", n.requireKey(n.apiDrain))
@@ -363,6 +438,14 @@ func (n *Node) routes() {
 // Endpoint returns the node's channel endpoint, for applications that
 // broadcast or disconnect from Go.
 func (n *Node) Endpoint() *channels.Endpoint { return n.endpoint }
+
+// Presence returns the node's presence tracker: Config.Presence, or the
+// one the node built (in memory, or Redis with Config.Redis). Its List is
+// Phoenix's Presence.list/1: the topic's presences grouped by key, on
+// every node of the cluster. It is for reading: channels track through
+// ChannelSocket.Track, whose entries leave with their join, while an
+// entry tracked here directly stays until untracked here.
+func (n *Node) Presence() presence.Tracker { return n.cfg.Presence }
 
 // Handler returns the node's HTTP handler, for embedding in another server.
 func (n *Node) Handler() http.Handler { return n.mux }

@@ -2,7 +2,31 @@
 // channels publish to and subscribe through, and the Registry of local
 // subscribers that every implementation shares.
 //
-// A broadcast's path, top to bottom:
+// # Where it fits
+//
+// Most applications never call it: a channel broadcasts with
+// channels.ChannelSocket.Broadcast, and package node builds the PubSub.
+// What an application chooses is the implementation, in node.Config:
+//
+//   - pubsub/local (the default): in this process only, for a single node;
+//   - pubsub/redis: relayed through Redis pub/sub to every node sharing it.
+//
+// Used directly, a PubSub is a topic-based fan-out:
+//
+//	ps := local.New()
+//	defer ps.Close()
+//	_ = ps.Subscribe("room:1", sub) // sub implements Subscriber
+//	_ = ps.Publish(ctx, &pubsub.Message{Topic: "room:1", Event: "msg", Payload: []byte(`{"body":"hi"}`)})
+//	// sub.Deliver has run before Publish returned
+//
+// # Contract
+//
+// Delivery is at most once, in publish order per origin node and topic;
+// the full list is on PubSub. A Subscriber's Deliver must never block: a
+// slow subscriber queues or drops, it never holds up the publisher or the
+// other subscribers.
+//
+// # A broadcast's path
 //
 //  1. A channel (or the HTTP publish API) calls PubSub.Publish.
 //  2. The implementation hands the message to Registry.Dispatch, which walks
@@ -13,8 +37,11 @@
 //  4. A clustered implementation also sends the message to the other nodes,
 //     which run step 2 and 3 for their own subscribers.
 //
-// Implementations live side by side in subpackages: pubsub/local keeps
-// everything in this process (a single node, the default), pubsub/redis
-// relays through Redis pub/sub. The contract (at-most-once, per-origin
-// order) is stated on PubSub.
+// # History
+//
+// An implementation may also be a History: topics its HistoryPolicy
+// selects keep their newest broadcasts, each with a Position, so that a
+// client that rejoins recovers what it missed (PROTOCOL.md §12, and
+// package channels). Topics without history behave and cost as if the
+// feature did not exist.
 package pubsub

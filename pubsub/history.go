@@ -30,9 +30,9 @@ const maxEpochLen = 32
 // IsZero reports whether p is "no position".
 func (p Position) IsZero() bool { return p.Epoch == "" }
 
-// String is the wire form, "<epoch>:<offset>" (the project's PROTOCOL.md,
-// "History positions"). It always contains a ':', so it is never mistaken
-// for the integer strings clients use as refs of their own messages.
+// String is the wire form, "<epoch>:<offset>" (PROTOCOL.md §12.1). It
+// always contains a ':', so it is never mistaken for the integer strings
+// clients use as refs of their own messages.
 func (p Position) String() string {
 	if p.IsZero() {
 		return ""
@@ -199,4 +199,19 @@ type History interface {
 // moves past the message and the next one is not taken for a hole.
 type ExcludedObserver interface {
 	Excluded(m *Message)
+}
+
+// HistoryCounter is implemented by the Histories that can tell the node how
+// much history they hold, for its metrics; the node reads it at scrape
+// time, so it must not wait on the store for long.
+type HistoryCounter interface {
+	HistoryStats() HistoryStats
+}
+
+// HistoryStats is a HistoryCounter's answer.
+type HistoryStats struct {
+	// Topics is the number of live histories this node holds or knows of.
+	Topics int
+	// Retained is the number of broadcasts those histories retain.
+	Retained int
 }

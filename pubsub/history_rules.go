@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,8 +26,10 @@ func (r HistoryRule) Matches(topic string) bool {
 
 // ParseHistoryRules parses the --history flag's syntax: rules separated by
 // ';' or whitespace, each "pattern=size[,ttl]", e.g. "room:*=100,5m;lobby=20".
-// The TTL is a Go duration; without one it is DefaultHistoryTTL. The
-// empty string is no rules.
+// The TTL is a Go duration; without one it is DefaultHistoryTTL. Size 0
+// keeps no history for the matching topics (a rule that turns off what a
+// broader rule, or a channel, would give them). The empty string is no
+// rules.
 func ParseHistoryRules(s string) ([]HistoryRule, error) {
 	var rules []HistoryRule
 	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ';' || r == ' ' || r == '\t' || r == '\n' }) {
@@ -39,8 +42,8 @@ func ParseHistoryRules(s string) ([]HistoryRule, error) {
 		}
 		sizeS, ttlS, hasTTL := strings.Cut(spec, ",")
 		size, err := strconv.Atoi(sizeS)
-		if err != nil || size < 1 || size > MaxHistorySize {
-			return nil, fmt.Errorf("pubsub: history rule %q: size must be 1..%d", f, MaxHistorySize)
+		if err != nil || size < 0 || size > MaxHistorySize {
+			return nil, fmt.Errorf("pubsub: history rule %q: size must be 0..%d", f, MaxHistorySize)
 		}
 		r := HistoryRule{Pattern: pattern, HistoryOptions: HistoryOptions{Size: size}}
 		if hasTTL {
@@ -75,4 +78,31 @@ func RulesPolicy(rules []HistoryRule) HistoryPolicy {
 		}
 		return HistoryOptions{}
 	}
+}
+
+// PolicyHolder keeps a History's policy for the implementations: set at any
+// time, read on every publish. Without a policy a read costs one atomic
+// load, which is what keeps topics without history at their old cost. The
+// zero value holds no policy.
+type PolicyHolder struct {
+	f atomic.Pointer[HistoryPolicy]
+}
+
+// Set replaces the policy; nil removes it.
+func (h *PolicyHolder) Set(f HistoryPolicy) {
+	if f == nil {
+		h.f.Store(nil)
+		return
+	}
+	h.f.Store(&f)
+}
+
+// Options is the policy's answer for topic, and whether it keeps history.
+func (h *PolicyHolder) Options(topic string) (HistoryOptions, bool) {
+	f := h.f.Load()
+	if f == nil {
+		return HistoryOptions{}, false
+	}
+	o := (*f)(topic)
+	return o, o.Enabled()
 }

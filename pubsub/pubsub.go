@@ -51,6 +51,8 @@ type Subscriber interface {
 //     in publish order. There is no order across origin nodes or topics.
 //   - Publish delivers to this node's subscribers before it returns, so a
 //     publisher sees its own broadcasts in order with its other output.
+//     (Topics with history, History, may be delivered after: in their
+//     offset order instead.)
 //   - Subscribe and Unsubscribe are idempotent per (topic, subscriber) and
 //     safe under any concurrency.
 type PubSub interface {

@@ -19,7 +19,8 @@
 // (§1.4), subprotocol (403), protocol version through channels.Negotiate
 // (403), then the application's connect through Endpoint.Connect, whose
 // refusal is a plain HTTP answer with the status of a *channels.ConnectError
-// and its reason as the body. Only then does ws.HTTPUpgrader hijack and
+// and its reason as the body; any other error is logged and answered 403
+// with an empty body, never with its text (§5.1). Only then does ws.HTTPUpgrader hijack and
 // upgrade the connection (RFC 6455 §4.2.2). net/http's hijacked bufio
 // buffers are dropped at once; bytes a client sent ahead of the 101 answer
 // are copied out first. The handler then calls Endpoint.Open, hands the
@@ -68,9 +69,9 @@
 // the read buffer in one frame is handed to Socket.HandleFrame straight out
 // of that buffer; fragments are reassembled in a pooled buffer, with
 // control frames allowed between them; pings are answered with pongs,
-// close frames are echoed (§5.5). Text must be UTF-8 (1007), messages
+// close frames are echoed (RFC 6455 §5.5). Text must be UTF-8 (1007), messages
 // above MaxFrameSize are refused before their payload is read (1009),
-// other violations close with 1002 (§7.4.1). When nothing more is
+// other violations close with 1002 (RFC 6455 §7.4.1). When nothing more is
 // buffered, the bufio.Reader goes back to the pool, the connection waits
 // again (re-armed in epoll, or a fresh goroutine parks in the next
 // one-byte read), and the goroutine that handled the frames exits and

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -29,7 +30,7 @@ func originOf(r *http.Request) (string, bool) {
 // refusal is why a handshake did not produce a socket.
 type refusal struct {
 	status int    // HTTP status the application chose (403 by default)
-	reason string // the application's reason, or ""
+	reason string // a *channels.ConnectError's reason, or ""
 	check  string // which step refused, for logs
 	err    error
 }
@@ -42,7 +43,7 @@ type refusal struct {
 // substring of the request line, and an application that keeps one for
 // the socket's life (a user name in the assigns) would keep the whole
 // request line with it, up to the server's header limit per socket.
-func connect(ctx context.Context, ep Endpoint, r *http.Request, transport, authToken string, timeout time.Duration) (channels.Serializer, channels.Identity, *refusal) {
+func connect(ctx context.Context, log *slog.Logger, ep Endpoint, r *http.Request, transport, authToken string, timeout time.Duration) (channels.Serializer, channels.Identity, *refusal) {
 	query := r.URL.Query()
 	params := make(map[string]string, len(query))
 	for k, vs := range query {
@@ -62,10 +63,17 @@ func connect(ctx context.Context, ep Endpoint, r *http.Request, transport, authT
 		AuthToken:  authToken,
 	})
 	if err != nil {
-		ref := &refusal{status: http.StatusForbidden, reason: err.Error(), check: "connect", err: err}
+		// Only a *channels.ConnectError was made for the client (§5.1);
+		// any other error may hold what the client must not see (a
+		// database address, a DSN's password): logged here, the client
+		// gets a 403 with an empty body, as for ConnectError{}.
+		ref := &refusal{status: http.StatusForbidden, check: "connect", err: err}
 		var ce *channels.ConnectError
 		if errors.As(err, &ce) {
 			ref.status, ref.reason = ce.HTTPStatus(), ce.Reason
+		} else {
+			log.Warn("transport: connect failed with an error not made for the client; refused with 403",
+				"transport", transport, "remote", r.RemoteAddr, "err", err)
 		}
 		return nil, channels.Identity{}, ref
 	}

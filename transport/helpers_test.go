@@ -22,6 +22,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/channelsd/channelsd/channels"
+	"github.com/channelsd/channelsd/test/logtest"
 )
 
 func TestMain(m *testing.M) {
@@ -223,6 +224,9 @@ func testLogger() *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
+
+// logBuffer is the shared readable log destination (test/logtest).
+type logBuffer = logtest.Buffer
 
 // newHarness starts a WebSocketHandler in read mode m on 127.0.0.1 with a
 // fake endpoint. Cleanup, in order: clients close (registered by dial),

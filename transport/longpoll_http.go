@@ -155,7 +155,7 @@ func (h *LongPollHandler) open(w http.ResponseWriter, r *http.Request) {
 			h.cfg.Sockets.release()
 		}
 	}()
-	ser, id, ref := connect(r.Context(), h.ep, r, "longpoll", r.Header.Get("X-Phoenix-Authtoken"), h.cfg.HandshakeTimeout)
+	ser, id, ref := connect(r.Context(), h.log, h.ep, r, "longpoll", r.Header.Get("X-Phoenix-Authtoken"), h.cfg.HandshakeTimeout)
 	if ref != nil {
 		// Phoenix answers a refused long-poll connect with 403 in the
 		// body; a *ConnectError may choose another status (e.g. 429).

@@ -28,6 +28,7 @@ type lpSession struct {
 	buf      []lpMsg // guarded by mu
 	bufBytes int     // what buf takes in a poll answer; guarded by mu
 	waiter   *lpWaiter
+	drain    *backlogWait // WaitBacklog's (backlog.go); guarded by mu
 	lastGet  time.Time
 	timer    *time.Timer
 	ended    bool
@@ -130,6 +131,7 @@ func (s *lpSession) takeLocked(max int) []lpMsg {
 	}
 	s.bufBytes -= size
 	s.h.stats.MessagesOut.Add(uint64(n))
+	s.wakeBacklogLocked()
 	return msgs
 }
 
@@ -177,6 +179,7 @@ func (s *lpSession) end(why string) {
 	}
 	s.ended = true
 	s.buf, s.bufBytes = nil, 0
+	s.wakeBacklogLocked()
 	if s.timer != nil {
 		s.timer.Stop()
 	}

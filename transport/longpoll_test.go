@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -236,18 +237,22 @@ func TestLongPollRefused(t *testing.T) {
 		switch info.Params["who"] {
 		case "bad":
 			return channels.Identity{}, context.Canceled
+		case "secret":
+			return channels.Identity{}, fmt.Errorf("db: password=hunter2: %w", context.DeadlineExceeded)
 		case "slow":
 			return channels.Identity{}, &channels.ConnectError{Status: 429, Reason: "slow down"}
 		}
 		return channels.Identity{}, nil
 	}
-	hs := newLPHarness(t, LongPollConfig{AllowedOrigins: []string{"https://app.example"}}, ep)
+	var log logBuffer
+	hs := newLPHarness(t, LongPollConfig{AllowedOrigins: []string{"https://app.example"}, Logger: log.Logger()}, ep)
 	for _, c := range []struct {
 		query  string
 		origin string
 		want   int
 	}{
 		{"vsn=2.0.0&who=bad", "", 403},
+		{"vsn=2.0.0&who=secret", "", 403},
 		{"vsn=2.0.0&who=slow", "", 429},
 		{"vsn=3.0.0", "", 403},
 		{"vsn=2.0.0", "https://evil.example", 403},
@@ -263,6 +268,10 @@ func TestLongPollRefused(t *testing.T) {
 	}
 	if n := len(hs.ep.allSockets()); n != 0 {
 		t.Fatalf("%d sockets opened", n)
+	}
+	// The errors not made for the client are logged, the secret with them.
+	if got := log.String(); strings.Count(got, "transport=longpoll") != 2 || !strings.Contains(got, "hunter2") {
+		t.Errorf("log, want both connect errors:\n%s", got)
 	}
 	// The allowed origin is reflected.
 	req := hs.req(t, http.MethodGet, "vsn=2.0.0", "")

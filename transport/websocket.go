@@ -45,7 +45,7 @@ type WebSocketConfig struct {
 	// Sec-WebSocket-Protocol header (PROTOCOL.md §1.4).
 	AuthToken bool
 	// Subprotocols, if set, are the subprotocols the server speaks, in
-	// order of preference (PROTOCOL.md §1.3 step 4). A client that offers
+	// order of preference (PROTOCOL.md §1.3 step 6). A client that offers
 	// subprotocols but none of these is refused with 403.
 	Subprotocols []string
 	// MaxQueue is how many outbound frames may wait for the wire before
@@ -150,6 +150,9 @@ type WebSocketHandler struct {
 	epoch   time.Time    // origin of the reactor's clock
 	pending atomic.Int64 // handshakes in ServeHTTP
 	budget  msgBudget    // messages in progress against MaxMessageBuffers
+	// backlogs are the connections' waits for their queue to drain
+	// (backlog.go).
+	backlogs backlogWaits
 
 	// The reactor for event-driven reads (reactor.go), started with the
 	// first connection and stopped after the last one or by Close.

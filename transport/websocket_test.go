@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/gobwas/ws"
@@ -219,11 +221,15 @@ func testHandshakeConnectRefused(t *testing.T, m readMode) {
 			return channels.Identity{}, errWrap{&channels.ConnectError{Status: http.StatusUnauthorized, Reason: "who are you"}}
 		case "plain":
 			return channels.Identity{}, &channels.ConnectError{}
+		case "wrapped-by-app":
+			return channels.Identity{}, fmt.Errorf("lookup password=hunter2: %w", &channels.ConnectError{Reason: "who are you"})
 		default:
-			return channels.Identity{}, errors.New("nope")
+			// Not made for the client: its text must not reach it.
+			return channels.Identity{}, errWrap{errors.New("db: password=hunter2 host=10.0.0.5")}
 		}
 	}
-	hs := newHarness(t, m, WebSocketConfig{}, ep)
+	var log logBuffer
+	hs := newHarness(t, m, WebSocketConfig{Logger: log.Logger()}, ep)
 	for _, tc := range []struct {
 		query  string
 		status int
@@ -245,9 +251,14 @@ func testHandshakeConnectRefused(t *testing.T, m readMode) {
 			body:   "",
 		},
 		{
+			query:  "case=wrapped-by-app",
+			status: http.StatusForbidden,
+			body:   "who are you",
+		},
+		{
 			query:  "case=other",
 			status: http.StatusForbidden,
-			body:   "nope",
+			body:   "",
 		},
 	} {
 		resp, body := hs.rawRequest(t, "GET", tc.query+"&vsn=2.0.0", upgradeHeader())
@@ -269,6 +280,10 @@ func testHandshakeConnectRefused(t *testing.T, m readMode) {
 				tc.query,
 			)
 		}
+	}
+	// Only the error not made for the client is logged, with its text.
+	if got := log.String(); strings.Count(got, "hunter2") != 1 || !strings.Contains(got, "level=WARN") || !strings.Contains(got, "transport=websocket") {
+		t.Errorf("log, want the db error once at WARN:\n%s", got)
 	}
 	if n := hs.h.Stats().Accepted.Load(); n != 0 {
 		t.Errorf(

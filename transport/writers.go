@@ -240,6 +240,9 @@ func (c *wsConn) wrote(w *written, pooled bool) {
 	c.mu.Lock()
 	c.nFrames -= int32(w.frames)
 	c.nBytes -= w.bytes
+	if c.backlogWatched {
+		c.wakeBacklogLocked()
+	}
 	if c.queue == nil {
 		// The batch's capacity ends where it did: a batch that was
 		// the head of a longer queue shares no element with its rest.

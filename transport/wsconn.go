@@ -137,6 +137,9 @@ type wsConn struct {
 	registered bool // in r's table and poller
 	armed      bool // registered and waiting: no goroutine reads; the first to claim it does
 	draining   bool // the reader waits for the client's side of the close: evict must not wake it
+	// backlogWatched: a WaitBacklog waits on this connection (backlog.go),
+	// so draining or closing must look for it in h.backlogs.
+	backlogWatched bool
 }
 
 // monoEpoch anchors closeDeadline to the monotonic clock: a deadline kept
@@ -183,6 +186,9 @@ func (c *wsConn) end() {
 	c.closing = true
 	c.ended = true
 	c.dropQueueLocked()
+	if c.backlogWatched {
+		c.wakeBacklogLocked()
+	}
 	c.mu.Unlock()
 	c.closeNC()
 	c.h.stats.Open.Add(-1)

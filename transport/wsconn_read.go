@@ -153,10 +153,11 @@ func (c *wsConn) readFrame(rb *readBuf) bool {
 		state = state.Set(ws.StateFragmented)
 	}
 	// RFC 6455 §5.2: reserved bits without a negotiated extension and
-	// reserved opcodes fail the connection; §5.1: a client frame must be
-	// masked; §5.4: continuation frames only inside a fragmented message
-	// and data frames only outside one; §5.5: control frames are final
-	// and carry at most 125 bytes. §7.4.1: all of that is 1002.
+	// reserved opcodes fail the connection; RFC 6455 §5.1: a client frame
+	// must be masked; RFC 6455 §5.4: continuation frames only inside a
+	// fragmented message and data frames only outside one; RFC 6455 §5.5:
+	// control frames are final and carry at most 125 bytes. RFC 6455
+	// §7.4.1: all of that is 1002.
 	if err := ws.CheckHeader(h, state); err != nil {
 		return c.protocolError(err)
 	}
@@ -172,7 +173,8 @@ func (c *wsConn) data(br *bufio.Reader, h ws.Header) bool {
 	if c.msg != nil {
 		have = int64(len(c.msg.b))
 	}
-	// §10.4: an endpoint may limit message size; §7.4.1: 1009. Checked on
+	// RFC 6455 §10.4: an endpoint may limit message size; RFC 6455
+	// §7.4.1: 1009. Checked on
 	// the declared length, before reading a byte of the payload.
 	if h.Length > c.h.cfg.MaxFrameSize-have {
 		c.h.stats.TooBig.Add(1)
@@ -185,7 +187,7 @@ func (c *wsConn) data(br *bufio.Reader, h ws.Header) bool {
 
 	if h.Fin && c.msg == nil && h.Length <= int64(br.Size()) {
 		// The common case: a whole message in one frame that fits the
-		// read buffer. Unmask it in place there (§5.3) and hand it over
+		// read buffer. Unmask it in place there (RFC 6455 §5.3) and hand it over
 		// without copying.
 		p, err := br.Peek(int(h.Length))
 		if err != nil {
@@ -216,7 +218,7 @@ func (c *wsConn) data(br *bufio.Reader, h ws.Header) bool {
 	}
 	ws.Cipher(b[start:], h.Mask, 0)
 	if !h.Fin {
-		return true // §5.4: more fragments follow; control frames may come between
+		return true // RFC 6455 §5.4: more fragments follow; control frames may come between
 	}
 	ok := c.deliver(c.msgOp, b)
 	c.releaseMsg()
@@ -304,7 +306,8 @@ func (c *wsConn) msgLate() bool {
 // deliver hands a complete message to the socket. It reports whether to
 // go on.
 func (c *wsConn) deliver(op ws.OpCode, p []byte) (ok bool) {
-	// §5.6 and §8.1: a text message must be UTF-8; §7.4.1: else 1007.
+	// RFC 6455 §5.6 and §8.1: a text message must be UTF-8; RFC 6455
+	// §7.4.1: else 1007.
 	if op == ws.OpText && !utf8.Valid(p) {
 		c.h.stats.InvalidUTF8.Add(1)
 		c.Close(channels.CloseInvalidData, "invalid UTF-8")
@@ -329,7 +332,7 @@ func (c *wsConn) deliver(op ws.OpCode, p []byte) (ok bool) {
 }
 
 // control handles a ping, pong or close frame (RFC 6455 §5.5). Control
-// frames may arrive between the fragments of a message (§5.4).
+// frames may arrive between the fragments of a message (RFC 6455 §5.4).
 func (c *wsConn) control(br *bufio.Reader, h ws.Header) bool {
 	// At most 125 bytes (checked by ws.CheckHeader): within the buffer.
 	p, err := br.Peek(int(h.Length))
@@ -342,9 +345,9 @@ func (c *wsConn) control(br *bufio.Reader, h ws.Header) bool {
 
 	switch h.OpCode {
 	case ws.OpPing:
-		// §5.5.2: answer with a pong carrying the same application data.
+		// RFC 6455 §5.5.2: answer with a pong carrying the same application data.
 		// It is queued behind frames already queued, "as soon as
-		// practical" (§5.5.3). The payload is copied: p is the read
+		// practical" (RFC 6455 §5.5.3). The payload is copied: p is the read
 		// buffer's.
 		var data []byte
 		if len(p) > 0 {
@@ -353,12 +356,12 @@ func (c *wsConn) control(br *bufio.Reader, h ws.Header) bool {
 		return c.enqueue(ws.OpPong, data) == nil
 
 	case ws.OpPong:
-		// §5.5.3: an unsolicited pong is a unidirectional heartbeat; it
+		// RFC 6455 §5.5.3: an unsolicited pong is a unidirectional heartbeat; it
 		// has already restarted the idle timer.
 		return true
 
 	case ws.OpClose:
-		// §5.5.1: a close frame's body is empty or a 2-byte code plus a
+		// RFC 6455 §5.5.1: a close frame's body is empty or a 2-byte code plus a
 		// UTF-8 reason.
 		var body []byte
 		switch {
@@ -374,7 +377,7 @@ func (c *wsConn) control(br *bufio.Reader, h ws.Header) bool {
 				c.Close(channels.CloseInvalidData, "invalid UTF-8 in close reason")
 				return false
 			}
-			// §5.5.1: the answering close frame typically echoes the
+			// RFC 6455 §5.5.1: the answering close frame typically echoes the
 			// status code it received.
 			body = ws.NewCloseFrameBody(ws.StatusCode(code), "")
 		}

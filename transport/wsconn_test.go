@@ -125,7 +125,7 @@ func testPingPong(t *testing.T, m readMode) {
 		c.writeFrame(ws.OpPing, true, true, []byte(p))
 		c.expectFrame(ws.OpPong, p)
 	}
-	// A pong needs no answer (§5.5.3) and reaches no socket.
+	// A pong needs no answer (RFC 6455 §5.5.3) and reaches no socket.
 	c.writeFrame(ws.OpPong, true, true, []byte("hb"))
 	c.send("after")
 	expectMessage(t, s, []byte("after"), false)
@@ -190,7 +190,7 @@ func testCloseFromClient(t *testing.T, m readMode) {
 			hs, c, s := echoHarness(t, m, WebSocketConfig{})
 			c.writeFrame(ws.OpClose, true, true, tc.body)
 			c.expectClose(tc.code)
-			// §7.1.1: the server closes the TCP connection after the
+			// RFC 6455 §7.1.1: the server closes the TCP connection after the
 			// close handshake.
 			c.expectEOF()
 			c.conn.Close()

@@ -34,9 +34,8 @@ func (c *wsConn) enqueue(op ws.OpCode, data []byte) error {
 	cfg := &c.h.cfg
 	if c.nFrames > 0 && (int(c.nFrames) >= cfg.MaxQueue || c.nBytes+len(data) > cfg.MaxQueueBytes) {
 		// A client that does not read as fast as it is sent to must
-		// neither grow our memory nor hold back the broadcaster
-		// (DESIGN.md, "A broadcast's path" step 7): drop what is queued
-		// and close with 1008 (PROTOCOL.md §5.3).
+		// neither grow our memory nor hold back the broadcaster: drop
+		// what is queued and close with 1008 (PROTOCOL.md §5.3).
 		flush, read := c.closeLocked(closeBody(channels.ClosePolicy, "slow consumer"), true)
 		c.mu.Unlock()
 		c.startClose(flush, read)
@@ -100,6 +99,9 @@ func (c *wsConn) closeLocked(body []byte, drop bool) (startFlush, startReader bo
 	c.nFrames++
 	c.nBytes += len(body)
 	c.closeDeadline = int64(time.Since(monoEpoch) + c.h.cfg.CloseTimeout)
+	if c.backlogWatched {
+		c.wakeBacklogLocked()
+	}
 	// Applies to a write in progress too: a flush stuck on a client that
 	// does not read gives up by the close deadline.
 	_ = c.nc.SetWriteDeadline(deadlineTime(c.closeDeadline))
@@ -200,7 +202,7 @@ func (c *wsConn) halfClose() {
 
 // writeFrame writes one whole message as one frame: FIN set, no
 // fragmentation (RFC 6455 §5.4), and no mask, which a server must not use
-// (§5.1). hdr is room for the header (ws.WriteHeaderBuffer).
+// (RFC 6455 §5.1). hdr is room for the header (ws.WriteHeaderBuffer).
 func writeFrame(dst io.Writer, hdr []byte, f *outFrame) error {
 	h := ws.Header{Fin: true, OpCode: f.op, Length: int64(len(f.data))}
 	if err := ws.WriteHeaderBuffer(dst, h, hdr); err != nil {
@@ -220,6 +222,9 @@ func (c *wsConn) writeFailed(err error) {
 	c.closing = true
 	c.flushing = false
 	c.dropQueueLocked()
+	if c.backlogWatched {
+		c.wakeBacklogLocked()
+	}
 	c.mu.Unlock()
 	c.closeNC()
 	if !ended && !wasClosing {
@@ -230,7 +235,7 @@ func (c *wsConn) writeFailed(err error) {
 
 // closeBody encodes a close frame body (RFC 6455 §5.5.1). The reason is cut
 // to 123 bytes, on a rune boundary, so the body fits a control frame's 125
-// (§5.5).
+// (RFC 6455 §5.5).
 func closeBody(code int, reason string) []byte {
 	if !validCloseCode(code) {
 		code = channels.CloseInternalError
@@ -248,8 +253,8 @@ func closeBody(code int, reason string) []byte {
 
 // validCloseCode reports whether code may travel in a close frame: RFC 6455
 // §7.4.1 and the IANA registry (1012-1014 were registered after the RFC),
-// minus 1004 (reserved) and 1005, 1006, 1015 (never sent, §7.4.1), plus the
-// application and private ranges of §7.4.2.
+// minus 1004 (reserved) and 1005, 1006, 1015 (never sent, RFC 6455 §7.4.1), plus
+// the application and private ranges of RFC 6455 §7.4.2.
 func validCloseCode(code int) bool {
 	switch {
 	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1014:

@@ -27,7 +27,7 @@ func (h *WebSocketHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, r, http.StatusBadRequest, "", "method")
 		return
 	}
-	// RFC 9110 §15.5.15: a server may refuse a target longer than it is
+	// Step 2. RFC 9110 §15.5.15: a server may refuse a target longer than it is
 	// willing to interpret. The HTTP server has read it already (within
 	// its header limit); refusing it here keeps it from the connect
 	// callback, which could keep parameters for the socket's life.
@@ -36,7 +36,7 @@ func (h *WebSocketHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, r, http.StatusRequestURITooLong, "request target too long", "url length")
 		return
 	}
-	// Capacity first: a node at a limit sheds the handshake before any
+	// Step 3, capacity first: a node at a limit sheds the handshake before any
 	// work on it (README "Limits").
 	if max := h.cfg.MaxPendingUpgrades; max > 0 {
 		if h.pending.Add(1) > int64(max) {
@@ -58,13 +58,13 @@ func (h *WebSocketHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.cfg.Sockets.release()
 		}
 	}()
-	// Step 2: origin (RFC 6455 §10.2), 403 with an empty body.
+	// Step 4: origin (RFC 6455 §10.2), 403 with an empty body.
 	if !h.origins.allow(originOf(r)) {
 		h.refuse(w, r, http.StatusForbidden, "", "origin")
 		return
 	}
 
-	// Steps 3 and 4: subprotocols (RFC 6455 §4.2.2 item 5.4 /subprotocol/).
+	// Steps 5 and 6: bearer token and subprotocols (RFC 6455 §4.2.2 item 5.4 /subprotocol/).
 	offered := splitHeaderList(r.Header.Values("Sec-Websocket-Protocol"))
 	var token string
 	var lifted bool
@@ -91,17 +91,17 @@ func (h *WebSocketHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	// Steps 5 and 6: serializer (§1.2) and the application's connect,
+	// Steps 7 and 8: serializer (§1.2) and the application's connect,
 	// before the upgrade, so that a refusal is an ordinary HTTP answer.
-	ser, id, ref := connect(r.Context(), h.ep, r, "websocket", token, h.cfg.HandshakeTimeout)
+	ser, id, ref := connect(r.Context(), h.log, h.ep, r, "websocket", token, h.cfg.HandshakeTimeout)
 	if ref != nil {
 		h.refuse(w, r, ref.status, ref.reason, ref.check)
 		return
 	}
 
-	// Step 7: the upgrade itself (RFC 6455 §4.2.2). HTTPUpgrader checks
+	// Step 9: the upgrade itself (RFC 6455 §4.2.2). HTTPUpgrader checks
 	// the remaining handshake headers and answers 400 (or 426 for a wrong
-	// Sec-WebSocket-Version, §4.4) on the hijacked connection itself. The
+	// Sec-WebSocket-Version, RFC 6455 §4.4) on the hijacked connection itself. The
 	// subprotocol is written as a plain header because the bearer entry is
 	// standard base64 whose "/" is not an RFC 7230 token character, which
 	// HTTPUpgrader.Protocol's parser would reject.
@@ -161,7 +161,7 @@ func (h *WebSocketHandler) refuse(w http.ResponseWriter, r *http.Request, status
 	}
 }
 
-// selectProtocol picks the subprotocol to answer with (§1.3 step 4). With
+// selectProtocol picks the subprotocol to answer with (§1.3 step 6). With
 // a configured list, the first configured protocol the client offered
 // wins, and an offer with none of them fails. Otherwise, and also when a
 // bearer token was lifted from the offer, "phoenix" is echoed if offered:

@@ -336,7 +336,7 @@ func (s *subscriber) feed(b []byte, now int64) {
 }
 
 // serverFrame splits the first whole frame off b: a server's frames are
-// unmasked (RFC 6455 §5.1), with a 7-bit, 16-bit or 64-bit length (§5.2).
+// unmasked (RFC 6455 §5.1), with a 7-bit, 16-bit or 64-bit length (RFC 6455 §5.2).
 // The bench's messages are never fragmented.
 func serverFrame(b []byte) (payload []byte, op ws.OpCode, rest []byte, ok bool) {
 	if len(b) < 2 {

@@ -75,3 +75,13 @@ func (e *envDefaults) duration(p *time.Duration, name, env string, def time.Dura
 }
 
 func (e *envDefaults) err() error { return errors.Join(e.errs...) }
+
+// rateLimitFlag turns --max-messages-per-second into node.Config's
+// spelling: the flag's 0 has always turned the rate limit off, where the
+// library's zero value is the default rate and negative turns it off.
+func rateLimitFlag(perSecond float64) float64 {
+	if perSecond == 0 {
+		return -1
+	}
+	return perSecond
+}

@@ -8,6 +8,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/channelsd/channelsd/pubsub"
 )
 
 // flagCase is one flag of channelsd and the options field it sets. A new
@@ -75,6 +78,7 @@ var flagCases = []flagCase{
 	{"presence-dead-after", "CHANNELS_PRESENCE_DEAD_AFTER", "0s", "15s", func(o *options) any { return o.deadAfter }},
 	{"presence-coalesce", "CHANNELS_PRESENCE_COALESCE", "30ms", "10ms", func(o *options) any { return o.coalesce }},
 	{"presence-coalesce-max", "CHANNELS_PRESENCE_COALESCE_MAX", "500ms", "2s", func(o *options) any { return o.coalesceMax }},
+	{"history", "CHANNELS_HISTORY", "", "room:*=100,5m;lobby=20", func(o *options) any { return o.history }},
 	{"node-id", "CHANNELS_NODE_ID", "", "n1", func(o *options) any { return o.nodeID }},
 	{"return-memory-after", "CHANNELS_RETURN_MEMORY_AFTER", "10s", "0s", func(o *options) any { return o.returnMemory }},
 	{"pprof-addr", "CHANNELS_PPROF_ADDR", "", "127.0.0.1:6060", func(o *options) any { return o.pprofAddr }},
@@ -125,6 +129,12 @@ var refusedCases = []struct {
 	{env: map[string]string{"CHANNELS_MAX_SOCKETS": "many"}, want: "CHANNELS_MAX_SOCKETS"},
 	{args: []string{"--max-sockets=many"}, want: "-max-sockets"},
 	{args: []string{"stray"}, want: "unexpected argument"},
+	// A rule the syntax refuses stops the start with its reason.
+	{args: []string{"--history=room:*"}, want: "--history: pubsub: history rule \"room:*\""},
+	{args: []string{"--history=room:*=100001"}, want: "--history: pubsub: history rule \"room:*=100001\": size"},
+	{args: []string{"--history=room:*=10,soon"}, want: "ttl"},
+	{args: []string{"--history=ro*m=10"}, want: "'*'"},
+	{env: map[string]string{"CHANNELS_HISTORY": "lobby=-3"}, want: "--history"},
 }
 
 // acceptedCases are combinations, and edges, parseFlags must take; every
@@ -141,6 +151,9 @@ var acceptedCases = [][]string{
 	{"--pprof-addr=127.0.0.2:0"},
 	{"--http-idle-timeout=-1s", "--http-request-timeout=-1s"},
 	{"--max-messages-per-second=0", "--burst=0"},
+	{"--history=lobby=1"},
+	{"--history=room:*=0"},
+	{"--history=room:*=100000,1s private:*=5"},
 }
 
 // cleanEnv unsets (an empty value counts as unset) every CHANNELS_*
@@ -275,5 +288,25 @@ func TestSplitList(t *testing.T) {
 		if got := splitList(in); !slices.Equal(got, want) {
 			t.Errorf("splitList(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// --history reaches the node as the rules pubsub.ParseHistoryRules reads
+// from it, in order.
+func TestHistoryRules(t *testing.T) {
+	cleanEnv(t)
+	o, err := parseFlags([]string{"--history=room:*=100,5m;lobby=20"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []pubsub.HistoryRule{
+		{Pattern: "room:*", HistoryOptions: pubsub.HistoryOptions{Size: 100, TTL: 5 * time.Minute}},
+		{Pattern: "lobby", HistoryOptions: pubsub.HistoryOptions{Size: 20}},
+	}
+	if !slices.Equal(o.historyRules, want) {
+		t.Errorf("rules %+v, want %+v", o.historyRules, want)
+	}
+	if o, err = parseFlags(nil, io.Discard); err != nil || o.historyRules != nil {
+		t.Errorf("no --history: rules %+v, err %v; want none", o.historyRules, err)
 	}
 }

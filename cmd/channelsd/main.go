@@ -19,10 +19,8 @@ import (
 	"github.com/channelsd/channelsd/cmd/channelsd/app"
 	"github.com/channelsd/channelsd/node"
 	"github.com/channelsd/channelsd/presence"
-	presenceredis "github.com/channelsd/channelsd/presence/redis"
 	"github.com/channelsd/channelsd/pubsub"
-	"github.com/channelsd/channelsd/pubsub/local"
-	"github.com/channelsd/channelsd/pubsub/redis"
+	pubsubredis "github.com/channelsd/channelsd/pubsub/redis"
 	"github.com/channelsd/channelsd/transport"
 )
 
@@ -85,6 +83,8 @@ type options struct {
 	deadAfter       time.Duration
 	coalesce        time.Duration
 	coalesceMax     time.Duration
+	history         string
+	historyRules    []pubsub.HistoryRule // parsed from history
 
 	// secretsOnCommandLine names the secret flags given as arguments,
 	// which every local user can read (ps).
@@ -157,7 +157,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.int(&o.presenceMetaSize, "presence-max-meta-size", "CHANNELS_PRESENCE_MAX_META_SIZE", presence.DefaultMaxMetaSize, "largest presence meta in bytes; a larger one is refused with an error (the conformance channel replies {\"reason\":\"presence meta too large\"}); -1: no limit")
 	env.int(&o.presencePerTopic, "presence-max-per-topic", "CHANNELS_PRESENCE_MAX_PER_TOPIC", presence.DefaultMaxPerTopic, "presence entries this node tracks on one topic (every join is sent the whole room); beyond, a join stands without presence; -1: no limit")
 	env.int(&o.presencePerJoin, "presence-max-per-join", "CHANNELS_PRESENCE_MAX_PER_JOIN", presence.DefaultMaxPerOwner, "presence keys one join may track at once (the default application tracks one; the conformance channel replies {\"reason\":\"too many presence keys\"} beyond); -1: no limit")
-	env.int(&o.redisMaxMessage, "redis-max-message-size", "CHANNELS_REDIS_MAX_MESSAGE_SIZE", redis.DefaultMaxMessageSize, "with --redis: largest message in bytes one Redis PUBLISH carries (Redis cuts off a node whose pending pub/sub output passes 32 MB); a larger broadcast is refused (error reply {\"reason\":\"payload too large\"}), a larger presence diff is split; must exceed --max-frame-size by 64 KiB so a relayed long-poll POST fits")
+	env.int(&o.redisMaxMessage, "redis-max-message-size", "CHANNELS_REDIS_MAX_MESSAGE_SIZE", pubsubredis.DefaultMaxMessageSize, "with --redis: largest message in bytes one Redis PUBLISH carries (Redis cuts off a node whose pending pub/sub output passes 32 MB); a larger broadcast is refused (error reply {\"reason\":\"payload too large\"}), a larger presence diff is split; must exceed --max-frame-size by 64 KiB so a relayed long-poll POST fits")
 	env.duration(&o.httpIdleTimeout, "http-idle-timeout", "CHANNELS_HTTP_IDLE_TIMEOUT", node.DefaultHTTPIdleTimeout, "close a keep-alive HTTP connection idle this long between two requests (sockets have --idle-timeout); negative: never")
 	env.duration(&o.httpRequestTimeout, "http-request-timeout", "CHANNELS_HTTP_REQUEST_TIMEOUT", node.DefaultHTTPRequestTimeout, "longest time to receive a request's body, and to write an answer other than a socket transport's; the connection is closed past it; negative: no bound")
 	env.int(&o.maxHeaderBytes, "max-header-bytes", "CHANNELS_MAX_HEADER_BYTES", node.DefaultMaxHeaderBytes, "largest request line plus headers in bytes (a socket's connect parameters travel in the request line); beyond, HTTP 431; -1: Go's default of 1 MiB")
@@ -176,6 +176,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.duration(&o.deadAfter, "presence-dead-after", "CHANNELS_PRESENCE_DEAD_AFTER", 0, "with --redis: a node silent this long is dead and its users leave; 0 means 3 heartbeats")
 	env.duration(&o.coalesce, "presence-coalesce", "CHANNELS_PRESENCE_COALESCE", 30*time.Millisecond, "with --redis: presence changes of a topic within this window go out as one presence_diff")
 	env.duration(&o.coalesceMax, "presence-coalesce-max", "CHANNELS_PRESENCE_COALESCE_MAX", 500*time.Millisecond, "with --redis: the widest window of a busy topic; a topic whose window gathered several changes doubles it up to this (a join storm into a big room then costs far fewer diffs), a calm one halves it back")
+	env.str(&o.history, "history", "CHANNELS_HISTORY", "", "topics that keep a history of their broadcasts, which clients that rejoin with since recover: rules \"pattern=size[,ttl]\" separated by ';', the pattern exact or ending in '*', e.g. \"room:*=100,5m;lobby=20\" (ttl: how long an idle topic keeps it, default 5m); the application's own routes (room:* keeps 100 for 5m) come first; empty: none beyond those")
 	env.str(&o.nodeID, "node-id", "CHANNELS_NODE_ID", "", "this node's id in the cluster; default POD_NAME, else hostname plus a short uuid")
 	env.duration(&o.returnMemory, "return-memory-after", "CHANNELS_RETURN_MEMORY_AFTER", 10*time.Second, "after a burst (a join storm, a reconnect wave), hand the heap it freed back to the OS once the node has allocated little for this long, rather than at the runtime's pace of minutes; 0 leaves it to the runtime")
 	env.str(&o.pprofAddr, "pprof-addr", "CHANNELS_PPROF_ADDR", "", "serve net/http/pprof on this loopback address (127.0.0.1:6060, [::1]:6060, localhost:6060; any other is refused: profiles show the process's memory); empty disables it")
@@ -212,6 +213,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			o.secretsOnCommandLine = append(o.secretsOnCommandLine, "--"+f.Name)
 		}
 	})
+	rules, err := pubsub.ParseHistoryRules(o.history)
+	if err != nil {
+		return nil, fmt.Errorf("--history: %w", err)
+	}
+	o.historyRules = rules
 	if o.pprofAddr != "" {
 		if err := loopbackAddr(o.pprofAddr); err != nil {
 			return nil, fmt.Errorf("--pprof-addr %q: %w", o.pprofAddr, err)
@@ -249,11 +255,16 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if o.presenceKeyLength == 0 || o.presenceMetaSize == 0 || o.presencePerTopic == 0 || o.presencePerJoin == 0 {
 		return nil, errors.New("--presence-max-key-length, --presence-max-meta-size, --presence-max-per-topic and --presence-max-per-join must not be 0 (-1: no limit)")
 	}
+	if o.redis != "" {
+		if _, err := pubsubredis.ParseAddress(o.redis); err != nil {
+			return nil, fmt.Errorf("--redis: %w", err)
+		}
+	}
 	// A long-poll request relayed to its session's node travels as one
 	// Redis message: its body (at most --max-frame-size) and headers must
 	// fit.
-	if o.redis != "" && (o.redisMaxMessage < redis.MinMaxMessageSize || int64(o.redisMaxMessage) < o.maxFrameSize+relayHeadroom) {
-		return nil, fmt.Errorf("--redis-max-message-size %d: must be at least %d and exceed --max-frame-size (%d) by %d", o.redisMaxMessage, redis.MinMaxMessageSize, o.maxFrameSize, relayHeadroom)
+	if o.redis != "" && (o.redisMaxMessage < pubsubredis.MinMaxMessageSize || int64(o.redisMaxMessage) < o.maxFrameSize+node.RedisRelayHeadroom) {
+		return nil, fmt.Errorf("--redis-max-message-size %d: must be at least %d and exceed --max-frame-size (%d) by %d", o.redisMaxMessage, pubsubredis.MinMaxMessageSize, o.maxFrameSize, node.RedisRelayHeadroom)
 	}
 	return o, nil
 }
@@ -293,55 +304,17 @@ func run(args []string, stderr io.Writer) error {
 		nodeID = os.Getenv("POD_NAME")
 	}
 	if nodeID == "" {
-		nodeID = redis.DefaultNodeID()
+		nodeID = pubsubredis.DefaultNodeID()
 	}
 	logger = logger.With("node", nodeID)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 
-	limits := presence.Limits{MaxKeyLength: o.presenceKeyLength, MaxMetaSize: o.presenceMetaSize, MaxPerTopic: o.presencePerTopic, MaxPerOwner: o.presencePerJoin}
-	var ps pubsub.PubSub
-	var tracker presence.Tracker
-	if o.redis == "" {
-		// The node's defaults, built here to carry the presence limits.
-		lps := local.New()
-		ps, tracker = lps, presence.NewLocalLimited(lps, limits)
-	} else {
-		ropts, err := redis.ParseAddress(o.redis)
-		if err != nil {
-			return fmt.Errorf("--redis: %w", err)
-		}
-		ropts.Prefix, ropts.NodeID, ropts.Logger = o.redisPrefix, nodeID, logger
-		ropts.PatternTopics = channels.SocketIDTopicPrefix
-		ropts.MaxMessageSize = o.redisMaxMessage
-		rps, err := connectRedis(ctx, ropts, logger)
-		if err != nil {
-			return err
-		}
-		ps = rps
-		tracker, err = presenceredis.New(ctx, presenceredis.Options{
-			Address:       o.redis,
-			Prefix:        o.redisPrefix,
-			NodeID:        nodeID,
-			PubSub:        rps,
-			LocalDispatch: rps.DispatchLocal,
-			Heartbeat:     o.heartbeat,
-			DeadAfter:     o.deadAfter,
-			Coalesce:      o.coalesce,
-			MaxCoalesce:   o.coalesceMax,
-			Limits:        limits,
-			Logger:        logger,
-		})
-		if err != nil {
-			_ = rps.Close()
-			return fmt.Errorf("presence: %w", err)
-		}
-	}
-
 	var ep *channels.Endpoint
-	appOpts := app.Options{Conformance: o.conformance, Endpoint: func() *channels.Endpoint { return ep }, Tokens: tokens, MaxUserLength: o.presenceKeyLength}
-	n, err := node.New(node.Config{
+	appOpts := app.Options{Conformance: o.conformance, Endpoint: func() *channels.Endpoint { return ep }, Tokens: tokens, MaxUserLength: o.presenceKeyLength,
+		RoomHistory: app.DefaultRoomHistory}
+	n, err := node.NewWithContext(ctx, node.Config{
 		Addr:            o.addr,
 		SocketPath:      o.socketPath,
 		AllowedOrigins:  splitList(o.allowedOrigins),
@@ -357,10 +330,19 @@ func run(args []string, stderr io.Writer) error {
 		Router:          app.Router(appOpts),
 		SocketHandler:   app.SocketHandler(appOpts),
 		Home:            app.DemoHandler(o.socketPath),
-		PubSub:          ps,
-		Presence:        tracker,
-		NodeID:          nodeID,
-		Logger:          logger,
+		Redis:           o.redis,
+		RedisOptions: node.RedisOptions{
+			Prefix:              o.redisPrefix,
+			MaxMessageSize:      o.redisMaxMessage,
+			PresenceHeartbeat:   o.heartbeat,
+			PresenceDeadAfter:   o.deadAfter,
+			PresenceCoalesce:    o.coalesce,
+			PresenceMaxCoalesce: o.coalesceMax,
+		},
+		PresenceLimits: presence.Limits{MaxKeyLength: o.presenceKeyLength, MaxMetaSize: o.presenceMetaSize, MaxPerTopic: o.presencePerTopic, MaxPerOwner: o.presencePerJoin},
+		History:        o.historyRules,
+		NodeID:         nodeID,
+		Logger:         logger,
 
 		// Limits (README "Limits").
 		MaxSockets:           o.maxSockets,
@@ -370,7 +352,7 @@ func run(args []string, stderr io.Writer) error {
 		MaxTopicLength:       o.maxTopicLength,
 		MaxEventLength:       o.maxEventLength,
 		MaxRefLength:         o.maxRefLength,
-		MaxMessagesPerSecond: o.maxMessagesPerSec,
+		MaxMessagesPerSecond: rateLimitFlag(o.maxMessagesPerSec),
 		Burst:                o.burst,
 		LongPollMaxSessions:  o.lpMaxSessions,
 		LongPollMaxBuffered:  o.lpMaxBuffered,
@@ -412,10 +394,6 @@ func run(args []string, stderr io.Writer) error {
 	return n.Shutdown(context.Background())
 }
 
-// relayHeadroom is what a relayed long-poll request adds to its body:
-// method, URI, headers and the envelope.
-const relayHeadroom = 64 << 10
-
 // defaultGCPercent is the collector's target when GOGC is not set. An idle
 // node's memory is mostly the sockets' live heap times (1 + GOGC/100), and
 // a node exists to hold many idle sockets; the collector's extra CPU is
@@ -428,31 +406,6 @@ const defaultGCPercent = 50
 func setDefaultGCPercent() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(defaultGCPercent)
-	}
-}
-
-// connectRedis retries the first connection for a while: in a cluster
-// rollout the node and Redis often start together. Once connected, the
-// pubsub reconnects by itself.
-func connectRedis(ctx context.Context, opts redis.Options, logger *slog.Logger) (*redis.PubSub, error) {
-	const patience = 30 * time.Second
-	deadline := time.Now().Add(patience)
-	backoff := 200 * time.Millisecond
-	for {
-		ps, err := redis.New(ctx, opts)
-		if err == nil {
-			return ps, nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return nil, fmt.Errorf("redis unreachable for %s: %w", patience, err)
-		}
-		logger.Warn("channelsd: redis not reachable yet, retrying", "err", err, "in", backoff)
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 

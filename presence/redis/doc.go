@@ -4,6 +4,11 @@
 // entries, so concurrent changes on different nodes never conflict (an
 // observed-remove set with one replica per node).
 //
+// node.Config.Redis builds this Tracker with pubsub/redis's PubSub, wired
+// as Options asks (the PubSub's node id and DispatchLocal); New is for
+// callers who assemble the two themselves. Both packages are named redis:
+// import them as pubsubredis and presenceredis.
+//
 // # Keys
 //
 //	<prefix>:p:<topic>        hash: field "<node>/<phx_ref>", value {"key","meta","t"}

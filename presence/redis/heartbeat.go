@@ -3,6 +3,9 @@ package redis
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -73,6 +76,24 @@ func (t *Tracker) heartbeat() {
 			t.reap(ctx, n)
 		}
 	}
+}
+
+// LiveNodes returns the ids of the nodes whose heartbeat in the nodes
+// hash is within DeadAfter of Redis's clock, this node's among them: the
+// nodes List counts as live and the reaper leaves alone. Every release
+// since b847059 heartbeats there under its PubSub's node id, so a node
+// starting reads in it every node that may be live, whether or not it
+// has reported yet: node seeds its Gate with it (pubsub/redis gate.go,
+// SeedRoster). Sorted; one round trip.
+func (t *Tracker) LiveNodes(ctx context.Context) ([]string, error) {
+	pipe := t.client.Pipeline()
+	ncmd := pipe.HGetAll(ctx, t.nodesKey)
+	tcmd := pipe.Time(ctx)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("presence/redis: live nodes: %w", err)
+	}
+	live := t.liveNodes(ncmd.Val(), tcmd.Val().UnixMilli())
+	return slices.Sorted(maps.Keys(live)), nil
 }
 
 // refreshAfterOutage is how many heartbeats send local clients a fresh

@@ -374,9 +374,9 @@ type row struct {
 // List implements presence.Tracker: this node's entries from its own
 // table (always current), the other nodes' from the topic's hash, keeping
 // only nodes whose heartbeat is younger than DeadAfter by Redis's clock.
-// One round trip (readRemote), which Lists of the topic that arrive
-// together share (listReads), and which always starts after List was
-// called.
+// It costs one Redis round trip, which concurrent Lists of the same
+// topic share; the shared read always starts after this List was called,
+// so it never returns what was true only before the call.
 func (t *Tracker) List(ctx context.Context, topic string) (presence.State, error) {
 	t.mu.Lock()
 	closed := t.closed

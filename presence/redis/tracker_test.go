@@ -68,7 +68,7 @@ func observe(t *testing.T, n *testNode, topic string) (*observer, presence.State
 	return o, st
 }
 
-// --- the JS Presence class merge rules (PROTOCOL §7.4) ---
+// --- the JS Presence class merge rules (PROTOCOL.md §7.4) ---
 
 type jsMeta = map[string]any
 type jsState map[string][]jsMeta

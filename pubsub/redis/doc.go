@@ -1,6 +1,12 @@
 // Package redis is the clustered pubsub.PubSub: it relays broadcasts
 // between channelsd nodes through Redis pub/sub (github.com/redis/go-redis/v9).
 //
+// An application clusters a node with node.Config.Redis, which builds this
+// PubSub and presence/redis's Tracker on it, wired as they must be; New
+// is for callers who need options the node does not name. This package
+// and presence/redis are both named redis: import them as pubsubredis and
+// presenceredis.
+//
 // # A broadcast's path
 //
 // Publish delivers to this node's subscribers at once, through the shared
@@ -11,6 +17,25 @@
 // at least one local subscriber of the topic is SUBSCRIBEd to that
 // channel; it drops envelopes stamped with its own node id (Redis echoes
 // them back) and dispatches the rest to its subscribers.
+//
+// # History
+//
+// A topic the history policy (SetHistoryPolicy, pubsub.History) gives
+// history takes another path. Publish hands the writer one run of a Lua
+// script (history_script.go) that, in one step on Redis, assigns the
+// topic's next offset, appends the envelope to the topic's stream
+// "<prefix>:h:{<topic>}:s" (trimmed to about Size entries), renews the
+// TTL of the stream and of its meta hash "<prefix>:h:{<topic>}:m" (epoch
+// and newest offset), and PUBLISHes the envelope, with the position in
+// its extension area, on the topic's channel. Publish returns the
+// position once Redis answers; nothing is delivered before that. Every
+// node, the origin too, delivers the broadcast from its subscription,
+// with Message.Pos, so every subscriber sees one offset order.
+// ReadHistory is one more script: the epoch, the newest offset and the
+// entries after a position (or the last N), never the whole stream. A
+// history whose meta hash is gone (TTL, restart, FLUSHALL) starts again
+// at offset 1 in a new epoch. The script runs as EVALSHA; a Redis that
+// answers NOSCRIPT is sent it once in full (Stats.ScriptReloads).
 //
 // The envelope (see envelope.go) is a small binary header followed by the
 // payload verbatim: origin node id, a per-node sequence number (message id
@@ -78,7 +103,8 @@
 //  1. Readers ignore what they do not know. Unknown JSON fields, unknown
 //     events on internal topics, unknown call services (answered
 //     "rejected" at once), relay pseudo-headers, the records of an
-//     extension area (the envelope's, behind flag bit 1; a call frame's,
+//     extension area (the envelope's, behind flag bit 1, whose tag 1, a
+//     history position, the release of history reads; a call frame's,
 //     kinds 'C' and 'R'; a version 2 token's), and unknown reply statuses
 //     (an error answer at once, never a wait for the deadline) are not
 //     decode errors. A later release extends a form there.
@@ -94,11 +120,20 @@
 //     without a form, means the floor (b847059's readers, FloorReads).
 //     The node's Gate answers MayWrite(form, level) from the reports
 //     heard within three report intervals and any other sign of life
-//     (a call received), never during the first three intervals, and
-//     falls back to the floor's form as soon as a node that reads less
-//     reports. An answer to one node (a call's reply) asks NodeReads for
-//     that node alone. Readers keep reading every older level down to
-//     the floor.
+//     (a call received), and falls back to the floor's form as soon as a
+//     node that reads less reports. During its first three intervals it
+//     says yes only when it knows whom to wait for: the roster of nodes
+//     live at its start, the fresh heartbeats of the presence nodes hash
+//     ("<prefix>:nodes", written by every release since b847059 under
+//     the PubSub's node id), each of which has announced the level. A
+//     node answers a report from a node it had not heard (or a restart
+//     of it) with its own at once, so a starting node hears every node
+//     of this release within a round trip; a roster node that stays
+//     silent (an older release between reports, a node that died) or a
+//     roster that cannot be read keeps the Gate at the floor for the
+//     three intervals. An answer to one node (a call's reply) asks
+//     NodeReads for that node alone. Readers keep reading every older
+//     level down to the floor.
 //
 // What must not change while b847059 is the floor, gated or not: the
 // heartbeat value in "<prefix>:nodes" (Redis time in milliseconds: a
@@ -114,6 +149,20 @@
 // FloorReads; test/cluster's TestRollingUpgrade and TestRollingRollback
 // run the update from the floor (UPGRADE_FROM names the commit) and
 // must pass for every change to a form.
+//
+// History and the Gate: a history position travels in the envelope's
+// extension area, level 3 of form "envelope", which the release before
+// history reads and skips, and b847059 refuses. While the Gate does not
+// allow level 3 the script PUBLISHes the floor's form, without the
+// position: subscribers then get no Message.Pos, though the stream keeps
+// every position and ReadHistory returns them, so a client that recovers
+// later gets those broadcasts again. Next to nodes that all read level 3
+// that lasts a round trip after a node starts (the roster, above), not
+// three report intervals. A node that predates
+// history drops its own echoes and delivers its broadcasts locally at
+// once; a history topic's broadcasts from such a node carry no offset
+// and are not retained. The stream and meta keys are new and read by
+// this release only.
 //
 // # Addresses
 //

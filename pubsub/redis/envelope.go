@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"unicode/utf8"
+
+	"github.com/channelsd/channelsd/pubsub"
 )
 
 // Envelope layout (version 2), the bytes PUBLISHed on "<prefix>:t:<topic>":
@@ -31,14 +33,23 @@ import (
 // and unframed so that neither side copies or escapes it; binary
 // payloads travel as they are.
 //
-// The extension area is where a later release adds header fields. It is
-// a sequence of records, uvarint tag, uvarint len, value, and a reader
-// skips the records whose tag it does not know (this release knows none:
-// it skips the whole area). The release of b847059 refuses flag bit 1
-// (an unknown flag), so writers set it only through the Gate (gate.go):
-// the area is form "envelope" at level 3, and no writer of this release
-// uses it. Unknown versions and other unknown flag bits stay decode
-// errors: they are the envelope's gate for a layout that even this
+// The extension area is where header fields are added. It is a sequence
+// of records, uvarint tag, uvarint len, value, and a reader skips the
+// records whose tag it does not know. The tags:
+//
+//	tag  value
+//	1    history position, pubsub.Position's wire form "<epoch>:<offset>"
+//	     (offset at least 1), for a broadcast of a topic with history
+//	     (history.go); written by the Redis script that publishes it
+//
+// A record of a known tag that does not parse, or a known tag twice, is
+// a malformed area (a decode error, as a record running past the area
+// is). The release of b847059 refuses flag bit 1 (an unknown flag), so
+// writers set it only through the Gate (gate.go): the area is form
+// "envelope" at level 3, which the release before history reads (and
+// skips). A new tag that older readers may skip needs no new level
+// (doc.go, rule 2). Unknown versions and other unknown flag bits stay
+// decode errors: they are the envelope's gate for a layout that even this
 // reader would misparse. See doc.go, "Cross-node compatibility", for the
 // rule every change to a cross-node form follows.
 const (
@@ -46,6 +57,16 @@ const (
 	envelopeVersionV1 = 1
 	flagBinary        = 1 << 0
 	flagExt           = 1 << 1
+
+	// extTagPosition is the record of a history position.
+	extTagPosition = 1
+	// maxPositionLen is the longest wire form of a position: a 32-byte
+	// epoch, ':' and 20 digits. Under 128, so its length is one varint
+	// byte, and so is the length of an area holding only its record.
+	maxPositionLen = 32 + 1 + 20
+	// maxPositionExt is the most a position adds to an envelope: the
+	// area's length byte, the record's tag and length bytes, the value.
+	maxPositionExt = 3 + maxPositionLen
 )
 
 type envelope struct {
@@ -57,9 +78,10 @@ type envelope struct {
 	from   string
 	event  string
 	binary bool
-	// ext is the extension area, raw, when flag bit 1 was set: what a
-	// later release added. Nothing here reads it yet.
-	ext     string
+	// ext is the extension area, raw, when flag bit 1 was set.
+	ext string
+	// pos is the history position of record tag 1; zero without one.
+	pos     pubsub.Position
 	payload string
 }
 
@@ -95,15 +117,30 @@ func appendEnvelope(dst []byte, origin string, sent int64, seq uint64, from, eve
 }
 
 // appendEnvelopeExt is appendEnvelope with an extension area when ext is
-// not nil: the form a later release writes (gated: form "envelope" at
-// level envelopeReadsExt). No writer of this release passes one; tests
-// do, to check that this release reads it.
+// not nil (gated: form "envelope" at level 3). The history script builds
+// the same bytes from appendEnvelopeHead's; tests use this one.
 func appendEnvelopeExt(dst []byte, origin string, sent int64, seq uint64, from, event string, bin bool, ext, payload []byte) []byte {
+	dst = appendHead(dst, origin, sent, seq, from, event, bin, ext != nil)
+	if ext != nil {
+		dst = appendString(dst, string(ext))
+	}
+	return append(dst, payload...)
+}
+
+// appendEnvelopeHead appends the envelope up to and including the event,
+// with flag bit 1 set: the history script (history_script.go) appends the
+// extension area holding the position and the payload, or clears the
+// flag and appends the payload alone (the floor's form).
+func appendEnvelopeHead(dst []byte, origin string, sent int64, seq uint64, from, event string, bin bool) []byte {
+	return appendHead(dst, origin, sent, seq, from, event, bin, true)
+}
+
+func appendHead(dst []byte, origin string, sent int64, seq uint64, from, event string, bin, ext bool) []byte {
 	flags := byte(0)
 	if bin {
 		flags |= flagBinary
 	}
-	if ext != nil {
+	if ext {
 		flags |= flagExt
 	}
 	dst = append(dst, envelopeVersion, flags)
@@ -111,11 +148,13 @@ func appendEnvelopeExt(dst []byte, origin string, sent int64, seq uint64, from, 
 	dst = appendString(dst, origin)
 	dst = binary.AppendUvarint(dst, seq)
 	dst = appendString(dst, from)
-	dst = appendString(dst, event)
-	if ext != nil {
-		dst = appendString(dst, string(ext))
-	}
-	return append(dst, payload...)
+	return appendString(dst, event)
+}
+
+// positionExt is the extension area holding only pos's record, as the
+// history script writes it.
+func positionExt(pos pubsub.Position) []byte {
+	return appendExtRecord(nil, extTagPosition, []byte(pos.String()))
 }
 
 // appendExtRecord appends one record of an extension area.
@@ -125,9 +164,35 @@ func appendExtRecord(dst []byte, tag uint64, value []byte) []byte {
 	return append(dst, value...)
 }
 
-// validExt checks that an extension area is a sequence of whole records,
-// so that a later reader that knows some tags finds them where the
-// writer put them.
+// parseExt checks that an extension area is a sequence of whole records,
+// so that a later reader that knows some tags finds them where the writer
+// put them, and reads the records this release knows.
+func parseExt(ext string, e *envelope) bool {
+	for ext != "" {
+		var (
+			tag uint64
+			val string
+			ok  bool
+		)
+		if tag, ext, ok = readUvarint(ext); !ok {
+			return false
+		}
+		if val, ext, ok = readString(ext); !ok {
+			return false
+		}
+		if tag == extTagPosition {
+			pos, err := pubsub.ParsePosition(val)
+			if err != nil || pos.Offset == 0 || !e.pos.IsZero() {
+				return false
+			}
+			e.pos = pos
+		}
+	}
+	return true
+}
+
+// validExt checks that an extension area is a sequence of whole records
+// (call frames' areas, whose tags this release knows none of).
 func validExt(ext string) bool {
 	for ext != "" {
 		var ok bool
@@ -191,7 +256,7 @@ func decodeEnvelope(data string) (envelope, error) {
 		if e.ext, r, ok = readString(r); !ok {
 			return e, errEnvelopeShort
 		}
-		if !validExt(e.ext) {
+		if !parseExt(e.ext, &e) {
 			return e, errEnvelopeExt
 		}
 	}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/channelsd/channelsd/pubsub"
 )
 
 // appendEnvelopeV1 is the version 1 writer (releases before the send
@@ -105,6 +107,10 @@ func FuzzDecodeEnvelope(f *testing.F) {
 	f.Add("\x01\x00\x80")
 	f.Add(string(appendEnvelopeExt(nil, "node", 1, 7, "", "event", false, appendExtRecord(nil, 5, []byte("x")), []byte(`{}`))))
 	f.Add("\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x80")
+	pos := pubsub.Position{Epoch: "e1", Offset: 42}
+	f.Add(string(appendEnvelopeExt(nil, "node", 1, 7, "s", "event", false, positionExt(pos), []byte(`{}`))))
+	f.Add(string(appendEnvelopeExt(nil, "node", 1, 7, "", "event", true, appendExtRecord(positionExt(pos), 9, nil), []byte{1})))
+	f.Add(string(appendEnvelopeExt(nil, "node", 1, 7, "", "event", false, appendExtRecord(nil, 1, []byte("bad")), nil)))
 	f.Fuzz(func(t *testing.T, data string) {
 		e, err := decodeEnvelope(data)
 		if err != nil {
@@ -119,6 +125,7 @@ func FuzzDecodeEnvelope(f *testing.F) {
 		again := appendEnvelope(nil, e.origin, e.sent, e.seq, e.from, e.event, e.binary, []byte(e.payload))
 		base := e
 		base.ext = ""
+		base.pos = pubsub.Position{}
 		if e2, err := decodeEnvelope(string(again)); err != nil || e2 != base {
 			t.Fatalf("re-encoding %+v gave %+v, %v", e, e2, err)
 		}
@@ -141,7 +148,7 @@ func FuzzDecodeEnvelope(f *testing.F) {
 // message, payload untouched, binary or text.
 func TestEnvelopeReadsNextReleaseExtensionArea(t *testing.T) {
 	var ext []byte
-	ext = appendExtRecord(ext, 1, []byte("trace-4bf92f3577b34da6"))
+	ext = appendExtRecord(ext, 2, []byte("trace-4bf92f3577b34da6"))
 	ext = appendExtRecord(ext, 300, nil)
 	ext = appendExtRecord(ext, 7, bytes.Repeat([]byte{0xff}, 200))
 	sent := time.Now().UnixNano()
@@ -195,5 +202,43 @@ func TestEnvelopeMalformedExtensionAreaIsRefused(t *testing.T) {
 	data[1] |= 1 << 2
 	if _, err := decodeEnvelope(string(data)); err != errEnvelopeFlags {
 		t.Errorf("flag bit 2: err %v, want errEnvelopeFlags", err)
+	}
+}
+
+// TestEnvelopePositionRecord: record tag 1 is read into the envelope's
+// position, next to records of unknown tags; a tag 1 that is not a
+// broadcast's position makes the area malformed.
+func TestEnvelopePositionRecord(t *testing.T) {
+	pos := pubsub.Position{Epoch: strings.Repeat("e", 32), Offset: 1<<64 - 1}
+	if ext := positionExt(pos); len(ext) != maxPositionExt-1 {
+		t.Fatalf("longest position record is %d bytes, want %d", len(ext), maxPositionExt-1)
+	}
+	for _, ext := range [][]byte{
+		positionExt(pos),
+		appendExtRecord(appendExtRecord(nil, 9, []byte("x")), 1, []byte(pos.String())),
+		appendExtRecord(positionExt(pos), 300, nil),
+	} {
+		data := appendEnvelopeExt(nil, "n", 1, 2, "", "e", false, ext, []byte(`{}`))
+		e, err := decodeEnvelope(string(data))
+		if err != nil || e.pos != pos || e.payload != `{}` {
+			t.Fatalf("area % x: %+v, %v", ext, e, err)
+		}
+	}
+	for _, bad := range []string{"", "e", "e:0", ":1", "e:01", "e:x"} {
+		data := appendEnvelopeExt(nil, "n", 1, 2, "", "e", false, appendExtRecord(nil, 1, []byte(bad)), nil)
+		if _, err := decodeEnvelope(string(data)); err != errEnvelopeExt {
+			t.Errorf("position %q: err %v, want errEnvelopeExt", bad, err)
+		}
+	}
+	twice := appendExtRecord(positionExt(pos), 1, []byte("e:2"))
+	if _, err := decodeEnvelope(string(appendEnvelopeExt(nil, "n", 1, 2, "", "e", false, twice, nil))); err != errEnvelopeExt {
+		t.Errorf("two positions: err %v, want errEnvelopeExt", err)
+	}
+	// The head the script completes is the envelope up to the event, with
+	// flag bit 1 set.
+	head := appendEnvelopeHead(nil, "n", 1, 2, "f", "e", true)
+	full := appendEnvelopeExt(nil, "n", 1, 2, "f", "e", true, positionExt(pos), []byte{7})
+	if !bytes.HasPrefix(full, head) || full[len(head)] != byte(maxPositionExt-1) {
+		t.Fatalf("head % x is not the prefix of % x", head, full)
 	}
 }

@@ -15,7 +15,8 @@ import (
 const (
 	// FormEnvelope is the broadcast envelope (envelope.go).
 	// 2: versions 1 and 2, flag bit 0 (b847059).
-	// 3: also flag bit 1, the extension area (skipped).
+	// 3: also flag bit 1, the extension area (unknown records skipped;
+	// record tag 1, a history position, read since history).
 	FormEnvelope = "envelope"
 	// FormCall is the node call and reply frames (call.go).
 	// 1: kinds 'c' and 'r', reply statuses 0 and 1 (b847059).
@@ -60,25 +61,37 @@ func BuildReads() map[string]int { return maps.Clone(buildReads) }
 // It learns the live nodes and what they read from the cluster reports
 // (Announce) and from any other sign of life (Alive: a heartbeat, a call
 // received). A node heard from without an announcement reads the floor;
-// a node not heard from for TTL is forgotten. Until TTL has passed since
-// the Gate started, it has not yet heard from every live node and answers
-// no to anything above the floor: a node starting next to nodes of an
-// older release must not take their silence for absence.
+// a node not heard from for TTL is forgotten.
+//
+// Until TTL has passed since the Gate started it may not yet have heard
+// from every live node, and a node of an older release must not have its
+// silence taken for absence. Without a roster it then answers no to
+// anything above the floor. With one (SeedRoster: the nodes live when
+// this node started, from the presence heartbeats every release since
+// b847059 writes), it knows whom it is waiting for, and answers yes as
+// soon as every roster node and every other node heard from has
+// announced the level; a roster node not heard from keeps it at no until
+// TTL. Past TTL the roster no longer counts: a node silent for TTL is
+// gone whether listed or not. Without the roster a restarted node wrote
+// the floor's form for its first TTL (3 report intervals), so its history
+// broadcasts reached clients without their position and were replayed
+// again, with one, on the client's next recovery: a duplicate on every
+// rolling restart.
 //
 // A Gate never raises what goes on the wire by itself: a writer asks it
 // before each use of a newer form and writes the floor's form when the
 // answer is no, so the moment a node that cannot read the newer form
 // appears (its first report or sign of life), writers fall back.
 //
-// Where it is asked today: the answer to a call whose answer was too
-// large (call.go, tooLargeStatus) asks NodeReads of the caller. The hook
-// for the next change to the envelope (history offsets, Redis Cluster
-// hash tags): the publisher writes appendEnvelopeExt, with its records,
-// only while p.Gate().MayWrite(FormEnvelope, 3, now), and appendEnvelope
-// otherwise; a new channel naming publishes on both names until
-// MayWrite says every node reads the new one. A form that needs more
-// than this release reads raises buildReads in the release that learns
-// to read it, and is written from the release after.
+// Where it is asked today: a node whose answer to a node call is too
+// large to send asks NodeReads whether the caller understands the status
+// that says so; a broadcast of a topic with history carries its position in
+// the envelope's extension area only while MayWrite(FormEnvelope, 3, now),
+// and the floor's form otherwise. The hook for a next change (Redis
+// Cluster hash tags in channel names): a new channel naming publishes on
+// both names until MayWrite says every node reads the new one. A form
+// that needs more than this release reads raises buildReads in the
+// release that learns to read it, and is written from the release after.
 type Gate struct {
 	self    string
 	ttl     time.Duration
@@ -86,6 +99,9 @@ type Gate struct {
 
 	mu    sync.Mutex
 	nodes map[string]*gateNode // guarded by mu
+	// roster is the nodes live at start (SeedRoster), self excluded; nil
+	// while not seeded. Only read before TTL. Guarded by mu.
+	roster map[string]bool
 }
 
 type gateNode struct {
@@ -138,28 +154,62 @@ func (g *Gate) Alive(node string, now time.Time) {
 	g.nodes[node] = &gateNode{seen: now}
 }
 
+// SeedRoster tells the Gate which nodes were live when its node started
+// (self may be among them), so that it need not wait out its TTL: see
+// Gate. The list must be complete, every node that might be live and
+// silent, or the Gate could open next to one that reads only the floor;
+// nodes that start later are heard from (their first report, their first
+// call) as after TTL. A roster given once TTL has passed changes nothing.
+// A later call replaces the roster.
+func (g *Gate) SeedRoster(nodes []string, now time.Time) {
+	if g == nil || now.Sub(g.started) >= g.ttl {
+		return
+	}
+	r := make(map[string]bool, len(nodes))
+	for _, id := range nodes {
+		if id != "" && id != g.self {
+			r[id] = true
+		}
+	}
+	g.mu.Lock()
+	g.roster = r
+	g.mu.Unlock()
+}
+
 // Forget drops a node known to be gone (a clean shutdown), before its
-// TTL runs out.
+// TTL runs out; a roster node forgotten is no longer waited for.
 func (g *Gate) Forget(node string) {
 	if g == nil {
 		return
 	}
 	g.mu.Lock()
 	delete(g.nodes, node)
+	delete(g.roster, node)
 	g.mu.Unlock()
 }
 
 // MayWrite reports whether every live node reads form at level v. At or
-// below the floor it is always true; above what this build reads, never.
+// below the floor it is always true; above what this build reads, never;
+// before TTL, only when seeded and every roster node has announced v.
 func (g *Gate) MayWrite(form string, v int, now time.Time) bool {
 	if v <= floorReads[form] {
 		return true
 	}
-	if g == nil || v > buildReads[form] || now.Sub(g.started) < g.ttl {
+	if g == nil || v > buildReads[form] {
 		return false
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if now.Sub(g.started) < g.ttl {
+		if g.roster == nil {
+			return false
+		}
+		for id := range g.roster {
+			if n := g.nodes[id]; n == nil || readsOf(n.reads, form) < v {
+				return false
+			}
+		}
+	}
 	for id, n := range g.nodes {
 		if now.Sub(n.seen) > g.ttl {
 			delete(g.nodes, id)

@@ -112,3 +112,133 @@ func TestGateFollowsLiveNodesAnnouncements(t *testing.T) {
 		t.Fatal("the Gate's own node counted")
 	}
 }
+
+// A node restarted in a cluster of this release: the roster names the
+// nodes live at its start, and once each has announced, the Gate opens
+// long before its TTL.
+func TestGateSeededOpensOnceTheRosterAnnounced(t *testing.T) {
+	ttl := 6 * time.Second
+	t0 := time.Unix(1000, 0)
+	ms := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
+	g := NewGate("me", ttl, t0)
+	g.SeedRoster([]string{"me", "a", "b"}, ms(5))
+	if g.MayWrite(FormEnvelope, 3, ms(10)) {
+		t.Fatal("open before any roster node announced")
+	}
+	g.Announce("a", BuildReads(), ms(20))
+	if g.MayWrite(FormEnvelope, 3, ms(30)) {
+		t.Fatal("open with roster node b not yet heard")
+	}
+	g.Alive("b", ms(40)) // a call from b: alive, but nothing announced
+	if g.MayWrite(FormEnvelope, 3, ms(50)) {
+		t.Fatal("open with roster node b known only alive (the floor)")
+	}
+	g.Announce("b", BuildReads(), ms(60))
+	if !g.MayWrite(FormEnvelope, 3, ms(70)) {
+		t.Fatal("closed though every roster node announced the level")
+	}
+	// The level asked must be announced, not only some level.
+	g.Announce("b", map[string]int{FormEnvelope: 3}, ms(80))
+	if g.MayWrite(FormCall, 2, ms(90)) || !g.MayWrite(FormEnvelope, 3, ms(90)) {
+		t.Fatal("a roster node's missing form is not taken as the floor")
+	}
+}
+
+// The first node of a cluster: nobody else in the roster, nobody heard
+// from, so nothing to wait for.
+func TestGateSeededAloneOpensAtOnce(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	g := NewGate("me", 6*time.Second, t0)
+	if g.MayWrite(FormEnvelope, 3, t0) {
+		t.Fatal("unseeded Gate open before its TTL")
+	}
+	g.SeedRoster([]string{"me"}, t0)
+	if !g.MayWrite(FormEnvelope, 3, t0.Add(time.Millisecond)) {
+		t.Fatal("alone in the roster, still closed")
+	}
+	// A node that starts later holds it back from its first sign of life.
+	g.Alive("late", t0.Add(2*time.Millisecond))
+	if g.MayWrite(FormEnvelope, 3, t0.Add(3*time.Millisecond)) {
+		t.Fatal("open next to a node heard from without an announcement")
+	}
+}
+
+// A roster node that never announces (an older release whose report has
+// not come yet, or a node that died within the presence window) keeps the
+// Gate closed until TTL; then the usual rule: never heard from, so gone.
+func TestGateSeededRosterNodeSilentClosesUntilTTL(t *testing.T) {
+	ttl := 6 * time.Second
+	t0 := time.Unix(1000, 0)
+	g := NewGate("me", ttl, t0)
+	g.SeedRoster([]string{"a", "silent"}, t0)
+	g.Announce("a", BuildReads(), t0.Add(time.Second))
+	for _, d := range []time.Duration{time.Second, 3 * time.Second, ttl - time.Millisecond} {
+		if g.MayWrite(FormEnvelope, 3, t0.Add(d)) {
+			t.Fatalf("open at %v with a roster node silent", d)
+		}
+	}
+	g.Announce("a", BuildReads(), t0.Add(5*time.Second))
+	if !g.MayWrite(FormEnvelope, 3, t0.Add(ttl)) {
+		t.Fatal("still closed at TTL though the silent node was never heard from")
+	}
+	// The same silent node, but one that reports at the floor after all
+	// (a release before the announcement): closed while it is heard.
+	g.Announce("silent", nil, t0.Add(ttl+time.Second))
+	if g.MayWrite(FormEnvelope, 3, t0.Add(ttl+time.Second)) {
+		t.Fatal("open next to a node of the floor past TTL")
+	}
+}
+
+// A node outside the roster (it started after the roster was read)
+// announcing the floor keeps the Gate closed though the roster announced.
+func TestGateSeededNodeOutsideTheRosterAtTheFloorCloses(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	g := NewGate("me", 6*time.Second, t0)
+	g.SeedRoster([]string{"a"}, t0)
+	g.Announce("a", BuildReads(), t0.Add(10*time.Millisecond))
+	g.Announce("old", nil, t0.Add(20*time.Millisecond))
+	if g.MayWrite(FormEnvelope, 3, t0.Add(30*time.Millisecond)) {
+		t.Fatal("open next to a node outside the roster that reads the floor")
+	}
+	g.Announce("old", BuildReads(), t0.Add(40*time.Millisecond))
+	if !g.MayWrite(FormEnvelope, 3, t0.Add(50*time.Millisecond)) {
+		t.Fatal("closed once every node heard from announced")
+	}
+}
+
+// A rollback: a roster node that announced, then is replaced by an older
+// release under the same id, closes the Gate at its first report.
+func TestGateSeededRosterNodeRolledBackClosesAtOnce(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	g := NewGate("me", 6*time.Second, t0)
+	g.SeedRoster([]string{"a", "b"}, t0)
+	g.Announce("a", BuildReads(), t0.Add(10*time.Millisecond))
+	g.Announce("b", BuildReads(), t0.Add(10*time.Millisecond))
+	if !g.MayWrite(FormEnvelope, 3, t0.Add(20*time.Millisecond)) {
+		t.Fatal("closed though the roster announced")
+	}
+	g.Announce("b", nil, t0.Add(30*time.Millisecond))
+	if g.MayWrite(FormEnvelope, 3, t0.Add(30*time.Millisecond)) {
+		t.Fatal("open after a roster node re-announced the floor")
+	}
+	// Past TTL too, while it is heard.
+	g.Announce("b", nil, t0.Add(6*time.Second))
+	if g.MayWrite(FormEnvelope, 3, t0.Add(7*time.Second)) {
+		t.Fatal("open past TTL next to the rolled-back node")
+	}
+}
+
+// A roster node that shuts down cleanly (Forget) is no longer waited for.
+func TestGateSeededForgetsARosterNode(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	g := NewGate("me", 6*time.Second, t0)
+	g.SeedRoster([]string{"a", "gone"}, t0)
+	g.Announce("a", BuildReads(), t0.Add(10*time.Millisecond))
+	if g.MayWrite(FormEnvelope, 3, t0.Add(20*time.Millisecond)) {
+		t.Fatal("open with roster node gone not heard")
+	}
+	g.Forget("gone")
+	if !g.MayWrite(FormEnvelope, 3, t0.Add(30*time.Millisecond)) {
+		t.Fatal("a forgotten roster node still waited for")
+	}
+}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/channelsd/channelsd/pubsub"
 )
 
 // Batch limits of the writer. A batch is whatever queued up while the
@@ -20,14 +22,27 @@ const (
 	maxBatchBytes = 1 << 20
 )
 
-// publishReq is one queued PUBLISH. done has room for the one result, so
-// the writer never blocks on a caller that gave up.
+// publishReq is one queued PUBLISH, or one run of the history script
+// when hist is set. done has room for the one result, so the writer never
+// blocks on a caller that gave up.
 type publishReq struct {
 	channel   string
 	data      []byte
+	hist      *historyArgs
 	deadline  time.Time
 	abandoned atomic.Bool // the caller returned (timeout or ctx): do not send
 	done      chan error
+	// pos is the position the history script gave, written by the writer
+	// before it sends on done.
+	pos pubsub.Position
+}
+
+// size is what the request adds to a batch.
+func (r *publishReq) size() int {
+	if r.hist != nil {
+		return r.hist.size
+	}
+	return len(r.data)
 }
 
 // writeLoop is the only goroutine that PUBLISHes. It sends one pipelined
@@ -46,13 +61,13 @@ func (p *PubSub) writeLoop() {
 		case r := <-p.queue:
 			batch = append(batch[:0], r)
 		}
-		size := len(batch[0].data)
+		size := batch[0].size()
 	fill:
 		for len(batch) < maxBatch && size < maxBatchBytes {
 			select {
 			case r := <-p.queue:
 				batch = append(batch, r)
-				size += len(r.data)
+				size += r.size()
 			default:
 				break fill
 			}
@@ -87,14 +102,22 @@ func (p *PubSub) flush(batch []*publishReq) {
 	defer cancel()
 	cmds, err := p.client.Pipelined(ctx, func(pipe goredis.Pipeliner) error {
 		for _, r := range live {
-			pipe.Publish(ctx, r.channel, r.data)
+			if r.hist != nil {
+				historyPublish.EvalSha(ctx, pipe, r.hist.keys, r.hist.args...)
+			} else {
+				pipe.Publish(ctx, r.channel, r.data)
+			}
 		}
 		return nil
 	})
+	p.rerunNoScript(ctx, live, cmds)
 	for i, r := range live {
 		e := err
 		if i < len(cmds) {
 			e = cmds[i].Err()
+			if e == nil && r.hist != nil {
+				r.pos, e = historyReply(cmds[i])
+			}
 		}
 		if e != nil {
 			// The socket deadline can fire a hair before the context's
@@ -108,4 +131,53 @@ func (p *PubSub) flush(batch []*publishReq) {
 		}
 		r.done <- e
 	}
+}
+
+// roundTrip queues req for the writer and waits for Redis's answer, for
+// at most Options.PublishTimeout (or ctx) from now.
+func (p *PubSub) roundTrip(ctx context.Context, topic string, now time.Time, req *publishReq) error {
+	if p.lost.Load() {
+		return p.publishFailed(topic, p.lostError())
+	}
+	if err := ctx.Err(); err != nil {
+		return p.publishFailed(topic, fmt.Errorf("redis: publish: %w", err))
+	}
+	deadline := now.Add(p.opt.PublishTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	req.deadline = deadline
+	select {
+	case p.queue <- req:
+	default:
+		p.dropped.Add(1)
+		if ok, n := p.publishLog.Allow(); ok {
+			p.log.Warn("redis: publish queue full; broadcast not relayed to other nodes",
+				"topic", topic, "queue", cap(p.queue), "suppressed", n)
+		}
+		return ErrQueueFull
+	}
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	var err error
+	select {
+	case err = <-req.done:
+	case <-timer.C:
+		req.abandoned.Store(true)
+		err = ErrTimeout
+	case <-ctx.Done():
+		req.abandoned.Store(true)
+		err = fmt.Errorf("redis: publish: %w", ctx.Err())
+	case <-p.done:
+		select {
+		case err = <-req.done:
+		default:
+			return pubsub.ErrClosed
+		}
+	}
+	if err != nil {
+		return p.publishFailed(topic, err)
+	}
+	p.published.Add(1)
+	return nil
 }

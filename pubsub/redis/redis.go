@@ -46,6 +46,11 @@ var (
 //     and dispatches them to local subscribers, and owns the connection
 //     state (lost, reconnected);
 //   - the writer drains the bounded publish queue in pipelined batches.
+//
+// It is a pubsub.History too (history.go): a topic the history policy
+// gives history is published by a Redis script that also numbers and
+// retains the broadcast, and is delivered to every node's subscribers,
+// this node's included, from Redis, after Publish returns.
 type PubSub struct {
 	opt        Options
 	log        *slog.Logger
@@ -99,6 +104,8 @@ type PubSub struct {
 	calls calls // node-to-node calls, call.go
 
 	gate atomic.Pointer[Gate] // SetGate; nil: every form at the floor
+
+	hist historyState // history.go
 }
 
 // SetGate gives the PubSub the Gate its writers consult (gate.go); the
@@ -311,9 +318,22 @@ func (p *PubSub) Subscribers(topic string) int { return p.reg.Count(topic) }
 //
 // A message above Options.MaxMessageSize is refused with
 // pubsub.ErrTooLarge before any delivery, local subscribers included.
+//
+// A topic with history (SetHistoryPolicy) differs: Publish delivers
+// nothing itself. The writer runs the history script (history_script.go)
+// in its batch, in queue order with the PUBLISHes, and Publish waits for
+// the script's answer as it waits for a PUBLISH's (same timeout,
+// ErrDisconnected, ErrQueueFull). Every node, this one included, delivers
+// the broadcast when Redis sends it back, so all of them see the topic's
+// offsets in one order; local subscribers get it after Publish returns,
+// and not at all when Publish fails before Redis ran the script.
 func (p *PubSub) Publish(ctx context.Context, m *pubsub.Message) error {
 	if p.closed.Load() {
 		return pubsub.ErrClosed
+	}
+	if o, ok := p.hist.policy.Options(m.Topic); ok {
+		_, err := p.publishHistory(ctx, m, o)
+		return err
 	}
 	// Checked before the local delivery: a message that cannot reach the
 	// other nodes reaches nobody, and its sender learns why.
@@ -321,57 +341,13 @@ func (p *PubSub) Publish(ctx context.Context, m *pubsub.Message) error {
 		return err
 	}
 	p.reg.Dispatch(m)
-	if p.lost.Load() {
-		return p.publishFailed(m.Topic, p.lostError())
-	}
-	if err := ctx.Err(); err != nil {
-		return p.publishFailed(m.Topic, fmt.Errorf("redis: publish: %w", err))
-	}
 	now := time.Now()
-	deadline := now.Add(p.opt.PublishTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
 	data := make([]byte, 0, envelopeSize(p.opt.NodeID, m.From, m.Event, m.Payload))
-	req := &publishReq{
-		channel:  p.chanPrefix + m.Topic,
-		data:     appendEnvelope(data, p.opt.NodeID, now.UnixNano(), p.seq.Add(1), m.From, m.Event, m.Binary, m.Payload),
-		deadline: deadline,
-		done:     make(chan error, 1),
-	}
-	select {
-	case p.queue <- req:
-	default:
-		p.dropped.Add(1)
-		if ok, n := p.publishLog.Allow(); ok {
-			p.log.Warn("redis: publish queue full; broadcast not relayed to other nodes",
-				"topic", m.Topic, "queue", cap(p.queue), "suppressed", n)
-		}
-		return ErrQueueFull
-	}
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
-	var err error
-	select {
-	case err = <-req.done:
-	case <-timer.C:
-		req.abandoned.Store(true)
-		err = ErrTimeout
-	case <-ctx.Done():
-		req.abandoned.Store(true)
-		err = fmt.Errorf("redis: publish: %w", ctx.Err())
-	case <-p.done:
-		select {
-		case err = <-req.done:
-		default:
-			return pubsub.ErrClosed
-		}
-	}
-	if err != nil {
-		return p.publishFailed(m.Topic, err)
-	}
-	p.published.Add(1)
-	return nil
+	return p.roundTrip(ctx, m.Topic, now, &publishReq{
+		channel: p.chanPrefix + m.Topic,
+		data:    appendEnvelope(data, p.opt.NodeID, now.UnixNano(), p.seq.Add(1), m.From, m.Event, m.Binary, m.Payload),
+		done:    make(chan error, 1),
+	})
 }
 
 // messageSize is the size that MaxMessageSize bounds: the channel name
@@ -385,7 +361,13 @@ func (p *PubSub) messageSize(topic, from, event string, payload []byte) int {
 // PUBLISH that large risks Redis closing every subscriber's connection
 // it is sent to (its output buffer limit), losing all they had queued.
 func (p *PubSub) checkSize(topic, from, event string, payload []byte) error {
-	if n := p.messageSize(topic, from, event, payload); n > p.opt.MaxMessageSize {
+	return p.checkSizeExt(topic, from, event, payload, 0)
+}
+
+// checkSizeExt is checkSize for an envelope that carries up to ext bytes
+// of extension area.
+func (p *PubSub) checkSizeExt(topic, from, event string, payload []byte, ext int) error {
+	if n := p.messageSize(topic, from, event, payload) + ext; n > p.opt.MaxMessageSize {
 		p.tooLarge.Add(1)
 		if ok, sup := p.publishLog.Allow(); ok {
 			p.log.Warn("redis: message above --redis-max-message-size refused", "topic", topic, "event", event, "size", n, "max", p.opt.MaxMessageSize, "suppressed", sup)
@@ -400,9 +382,10 @@ func (p *PubSub) checkSize(topic, from, event string, payload []byte) error {
 func (p *PubSub) MaxMessageSize() int { return p.opt.MaxMessageSize }
 
 // MessageOverhead returns how many bytes a message on topic with event
-// adds to its payload in the Redis message MaxMessageSize bounds.
+// adds to its payload in the Redis message MaxMessageSize bounds (the
+// position too, for a topic with history).
 func (p *PubSub) MessageOverhead(topic, event string) int {
-	return p.messageSize(topic, "", event, nil)
+	return p.messageSize(topic, "", event, nil) + p.historyExt(topic)
 }
 
 // LimitHits implements pubsub.LimitCounter.
@@ -496,6 +479,12 @@ type Stats struct {
 	// the calls it answered; CallsRejected those it refused (no handler,
 	// or MaxCalls running); ReplyErrors the answers it could not send.
 	CallsSent, CallsServed, CallsRejected, ReplyErrors uint64
+	// HistoryPublished counts broadcasts that got a history position
+	// (also counted in Published); HistoryReads the ReadHistory calls
+	// Redis answered, HistoryMessagesRead the messages they returned;
+	// ScriptReloads the times Redis had lost the history scripts
+	// (NOSCRIPT) and was sent them in full.
+	HistoryPublished, HistoryReads, HistoryMessagesRead, ScriptReloads uint64
 }
 
 // Stats returns the current counters.
@@ -514,6 +503,11 @@ func (p *PubSub) Stats() Stats {
 		CallsServed:   p.calls.served.Load(),
 		CallsRejected: p.calls.rejected.Load(),
 		ReplyErrors:   p.calls.failed.Load(),
+
+		HistoryPublished:    p.hist.published.Load(),
+		HistoryReads:        p.hist.reads.Load(),
+		HistoryMessagesRead: p.hist.read.Load(),
+		ScriptReloads:       p.hist.reloads.Load(),
 	}
 }
 

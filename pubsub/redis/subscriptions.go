@@ -270,8 +270,12 @@ func (p *PubSub) handle(msg *goredis.Message) {
 		p.decodeFailed(msg.Channel, err)
 		return
 	}
-	if env.origin == p.opt.NodeID {
-		return // our own broadcast, echoed by Redis; delivered locally already
+	// Our own broadcast, echoed by Redis, was delivered locally already,
+	// except on a topic with history: then the echo is the delivery, so
+	// that this node sees the topic's offsets in Redis's order.
+	own := env.origin == p.opt.NodeID
+	if own && !p.historyEcho(topic) {
+		return
 	}
 	// Another node (or anything that can PUBLISH to this Redis) may send
 	// what the client entry points refuse; one text frame that is not
@@ -281,6 +285,20 @@ func (p *PubSub) handle(msg *goredis.Message) {
 		p.decodeFailed(msg.Channel, err)
 		return
 	}
+	m := &pubsub.Message{
+		Topic:   topic,
+		Event:   env.event,
+		Payload: payload,
+		Binary:  env.binary,
+		Pos:     env.pos,
+	}
+	if own {
+		// broadcast_from excludes the sender on its origin node only:
+		// subscriber ids are only unique per node.
+		m.From = env.from
+		p.reg.Dispatch(m)
+		return
+	}
 	p.received.Add(1)
 	if env.sent != 0 {
 		if observe := p.crossNode.Load(); observe != nil {
@@ -288,14 +306,7 @@ func (p *PubSub) handle(msg *goredis.Message) {
 			(*observe)(max(0, time.Duration(time.Now().UnixNano()-env.sent)))
 		}
 	}
-	// From is dropped: subscriber ids are only unique per node, so
-	// broadcast_from excludes the sender on its origin node only.
-	p.reg.Dispatch(&pubsub.Message{
-		Topic:   topic,
-		Event:   env.event,
-		Payload: payload,
-		Binary:  env.binary,
-	})
+	p.reg.Dispatch(m)
 }
 
 func (p *PubSub) decodeFailed(channel string, err error) {

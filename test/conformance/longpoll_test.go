@@ -17,11 +17,12 @@ import (
 	"github.com/channelsd/channelsd/transport"
 )
 
-// Long-poll (PROTOCOL.md §8, items 36 to 42) against the real node. Most
-// tests need a LongPollConfig of their own (a short window...), so they
-// serve a test-only mux: <socket path>/longpoll → a LongPollHandler on the
-// node's endpoint, everything else → n.Handler(). Item 40 uses the nodes'
-// own long-poll transport (longpoll_cluster_test.go).
+// Long-poll (PROTOCOL.md §8; checklist items 36 to 42 of §11) against
+// the real node. Most tests need a LongPollConfig of their own (a short
+// window...), so they serve a test-only mux: <socket path>/longpoll → a
+// LongPollHandler on the node's endpoint, everything else → n.Handler().
+// Item 40 uses the nodes' own long-poll transport
+// (longpoll_cluster_test.go).
 
 type lpNode struct {
 	*testNode

@@ -37,6 +37,10 @@ type Options struct {
 	// --presence-max-key-length flag sets both). 0 means
 	// presence.DefaultMaxKeyLength, -1 no limit.
 	MaxUserLength int
+	// RoomHistory is the history room:* topics keep (channelsd gives them
+	// DefaultRoomHistory); the zero value keeps none, and room broadcasts
+	// then carry no position, as Phoenix's do.
+	RoomHistory pubsub.HistoryOptions
 }
 
 // maxUser returns MaxUserLength with its default applied.
@@ -74,12 +78,21 @@ func checkUser(user string, limit int) (reason string, ok bool) {
 // (never without tokens); a token's topics claim bounds every join.
 var Policy = &auth.Policy{Private: []string{"private:*"}}
 
+// DefaultRoomHistory is the rooms' history in channelsd (Options.
+// RoomHistory): enough for the demo page to show a room's recent messages
+// when it is opened, and to recover what a reconnecting page missed.
+var DefaultRoomHistory = pubsub.HistoryOptions{Size: 100, TTL: 5 * time.Minute}
+
 // Router returns the application's routes: room:* and private:* always,
 // conformance:* when opts.Conformance is set. Every route is guarded by
-// Policy.
+// Policy. room:* topics keep opts.RoomHistory, and then the node needs a
+// PubSub that keeps history (both of channelsd's do).
 func Router(opts Options) *channels.Router {
 	r := &channels.Router{}
 	maxUser := opts.maxUser()
+	if opts.RoomHistory.Enabled() {
+		r.History("room:*", opts.RoomHistory)
+	}
 	r.Handle("room:*", Policy.Guard(func(string) channels.Channel { return &roomChannel{maxUser: maxUser} }))
 	r.Handle("private:*", Policy.Guard(func(string) channels.Channel { return &roomChannel{maxUser: maxUser} }))
 	if opts.Conformance {

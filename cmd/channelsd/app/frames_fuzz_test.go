@@ -160,6 +160,8 @@ func FuzzRoomFrames(f *testing.F) {
 		ep, err := channels.NewEndpoint(channels.EndpointConfig{
 			Router: Router(Options{}), Handler: SocketHandler(Options{}),
 			PubSub: ps, Presence: tracker, Logger: propLogger,
+			// As in newEnv: the application is under test.
+			MaxPayloadSize: -1, MaxTopicLength: -1, MaxEventLength: -1, MaxMessagesPerSecond: -1,
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -36,6 +36,12 @@ func newEnv(t *testing.T, opts Options) *env {
 		PubSub:   ps,
 		Presence: tracker,
 		Logger:   slog.New(slog.DiscardHandler),
+		// The application's own checks are under test, not the
+		// endpoint's limits (a zero value would be the default).
+		MaxPayloadSize:       -1,
+		MaxTopicLength:       -1,
+		MaxEventLength:       -1,
+		MaxMessagesPerSecond: -1,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,9 @@ const RECONNECT_MS = [100, 500, 1000, 2000, 5000];
 const REJOIN_MS = [1000, 2000, 5000, 10000];
 const TYPING_SEND_MS = 2000;
 const TYPING_SHOW_MS = 4000;
+// HISTORY is how many of a room's last broadcasts a first join asks for
+// (the server keeps room:* history: 100 broadcasts for 5 minutes).
+const HISTORY = 50;
 
 const $ = (id) => document.getElementById(id);
 const has = (obj, key) => Object.prototype.hasOwnProperty.call(obj, key);
@@ -15,16 +18,24 @@ const has = (obj, key) => Object.prototype.hasOwnProperty.call(obj, key);
 let session = null;
 
 // Session is one user in one room: a WebSocket that reconnects with
-// backoff, and the join of room:<room> on it, rejoined when needed.
+// backoff, and the join of room:<room> on it, rejoined when needed. The
+// first join asks for the room's last HISTORY broadcasts; every rejoin
+// asks for what came after the last position seen ("since"), so nothing
+// is missed or shown twice while the history still holds it.
 function Session(user, room) {
   const topic = "room:" + room;
   let ws = null, stopped = false, joined = false;
   let ref = 0, joinRef = null, replies = {};
-  let reconnects = 0, rejoins = 0;
+  let reconnects = 0, rejoins = 0, joins = 0;
   let reconnectTimer = null, rejoinTimer = null, heartbeatTimer = null, heartbeatRef = null;
   let presences = Object.create(null), stateJoinRef = null, pendingDiffs = [];
   const typers = new Map(); // user -> timer hiding their indicator
   let lastTyping = 0;
+  // last is the position to recover from (the newest broadcast seen, or
+  // the join reply's); seen the newest one shown, so that a broadcast
+  // is never shown twice; replayTop the join reply's position: the room's
+  // broadcasts up to it are history, not news.
+  let last = null, seen = null, replayTop = null;
 
   // send writes one frame and returns its ref; onReply gets the reply.
   function send(jr, t, event, payload, onReply) {
@@ -81,17 +92,40 @@ function Session(user, room) {
     joined = false; pendingDiffs = [];
     const r = String(++ref);
     joinRef = r;
+    const since = last;
+    const params = since ? { user: user, since: since } : { user: user, history: HISTORY };
     replies[r] = (reply) => {
       if (joinRef !== r) return;
       if (reply.status === "ok") {
         joined = true; rejoins = 0;
         status("online as " + user, "good");
+        const resp = reply.response || {};
+        // How the latest join went, for test/browser to read: the joins so
+        // far, the since sent, the reply's position and recovered flag.
+        Object.assign(document.body.dataset, {
+          joins: String(++joins), since: since || "",
+          position: typeof resp.position === "string" ? resp.position : "",
+          recovered: has(resp, "recovered") ? String(resp.recovered) : "",
+        });
+        if (typeof resp.position === "string") {
+          replayTop = parsePos(resp.position);
+          // The replay, if any, follows the reply and moves last on as
+          // it arrives; taking the reply's position before it would skip
+          // what the replay had yet to bring, should the socket drop.
+          if (resp.recovered !== true) last = resp.position;
+        }
+        if (since && resp.recovered === false) {
+          note("Some messages may be missing: the server could not replay what was sent while you were away (" +
+            (resp.reason || "history unavailable") + ").");
+        } else if (since) {
+          note("");
+        }
       } else {
         status("join refused: " + describe(reply.response), "bad");
         rejoin();
       }
     };
-    ws.send(JSON.stringify([r, r, topic, "phx_join", { user: user }]));
+    ws.send(JSON.stringify([r, r, topic, "phx_join", params]));
     status("joining…", "");
   }
 
@@ -116,6 +150,17 @@ function Session(user, room) {
     }
     if (t !== topic || (jr !== null && jr !== joinRef)) return; // another join's message
     if (!payload || typeof payload !== "object") return;
+    // A broadcast of a room with history carries its position as the ref.
+    const pos = jr === null && typeof r === "string" ? parsePos(r) : null;
+    if (pos) {
+      if (seen && pos.epoch === seen.epoch && pos.offset <= seen.offset) return; // shown already
+      seen = pos; last = r;
+      // Of the broadcasts replayed from before the join only the messages
+      // matter: old typing signals are stale, and presence_state already
+      // holds what old presence diffs said.
+      const replayed = replayTop && pos.epoch === replayTop.epoch && pos.offset <= replayTop.offset;
+      if (replayed && event !== "new_msg") return;
+    }
     switch (event) {
       case "phx_error": status("room crashed, rejoining…", "bad"); rejoin(); break;
       case "phx_close": joined = false; status("the server closed the room", "bad"); break;
@@ -230,6 +275,21 @@ function Session(user, room) {
   connect();
 }
 
+// parsePos reads a history position, "<epoch>:<offset>"; null if r is
+// not one (a reply's ref, say).
+function parsePos(r) {
+  const i = r.lastIndexOf(":");
+  if (i <= 0) return null;
+  const offset = Number(r.slice(i + 1));
+  return Number.isSafeInteger(offset) ? { epoch: r.slice(0, i), offset: offset } : null;
+}
+
+// note shows text above the messages, or hides it when text is empty.
+function note(text) {
+  $("note").textContent = text;
+  $("note").hidden = text === "";
+}
+
 function refs(metas) { return new Set(metas.map((m) => m.phx_ref)); }
 
 function describe(response) {
@@ -265,6 +325,7 @@ $("login").addEventListener("submit", (e) => {
   $("people").replaceChildren();
   $("count").textContent = "0";
   $("typing").textContent = "";
+  note("");
   $("login").hidden = true;
   $("chat").hidden = false;
   session = new Session(user, room);
