@@ -88,7 +88,7 @@ type recoverer struct {
 	got    []arrival
 	errs   int // phx_error received
 	jumps  []string
-	others int // broadcasts of the topic without a position
+	others int // broadcasts of the topic (tick, presence_diff) without a position
 }
 
 func newRecoverer(topic, user string) *recoverer {
@@ -164,9 +164,15 @@ func (r *recoverer) onMessage(m wsclient.Message) {
 	defer r.mu.Unlock()
 	if isTick {
 		r.got = append(r.got, arrival{From: p.From, N: p.N, Pos: ref, At: time.Now()})
-		if ref == "" {
-			r.others++
-		}
+	}
+	if ref == "" && (isTick || m.Event == channels.EventPresenceDiff) {
+		// A broadcast without a position (PROTOCOL.md §12.6: published
+		// while some node could not yet carry positions) may have taken
+		// an offset all the same: the next position is taken as it
+		// comes, as the server does. Counted, and printed by the tests.
+		r.others++
+		r.loose = true
+		return
 	}
 	if _, err := pubsub.ParsePosition(ref); err != nil {
 		return
@@ -391,7 +397,7 @@ type tally struct {
 	pubDup         int // a number the publisher may have published twice, received under both positions
 	reordered      int // received after a later number of the same publisher
 	misplaced      int // received under another position than the API answered
-	unpositioned   int // received without a position
+	unpositioned   int // broadcasts (tick, presence_diff) received without a position (PROTOCOL.md §12.6)
 	jumps          int // received with a position that does not follow the last one seen
 	errs           int // phx_error received
 	firstJoins     int
@@ -417,7 +423,7 @@ func (t tally) String() string {
 	for _, k := range slices.Sorted(maps.Keys(t.notRecovered)) {
 		reasons = append(reasons, fmt.Sprintf("%q×%d", k, t.notRecovered[k]))
 	}
-	return fmt.Sprintf("owed %d, received %d, lost %d, dup %d, reordered %d, misplaced %d, jumps %d, unpositioned %d; "+
+	return fmt.Sprintf("owed %d, received %d, lost %d, dup %d, reordered %d, misplaced %d, jumps %d, unpositioned broadcasts %d; "+
 		"learned losses %d, publisher re-sends received twice %d; phx_error %d; joins: first %d, recovered %d, not recovered %d %v",
 		t.owed, t.received, t.lost, t.dup, t.reordered, t.misplaced, t.jumps, t.unpositioned,
 		t.learned, t.pubDup, t.errs, t.firstJoins, t.recovered, sumValues(t.notRecovered), reasons)
