@@ -66,6 +66,17 @@ type Options struct {
 	// stops polling until a message is taken (and the server may end the
 	// session after 15 s without a poll).
 	Buffer int
+	// RejoinAfter is the wait before the tries-th consecutive rejoin of a
+	// channel the server ended with phx_error (or whose rejoin it
+	// refused); nil means phoenix.js's rejoinAfterMs: 1, 2, 5 s, then 10 s.
+	RejoinAfter func(tries int) time.Duration
+	// Observe, when set, is called by the poll goroutine with every
+	// message received, in order, before it is queued for Await: a client
+	// that recovers what it missed notes the last position it saw there,
+	// so that a rejoin (which reads it, through join params given as a
+	// function) never depends on how far Await has got. It must not block
+	// for long.
+	Observe func(wsclient.Message)
 	// RequestLog bounds the requests kept for Requests and ServedBy: 0
 	// keeps every one, a negative value none (a load generator's choice),
 	// N > 0 the last N.
@@ -122,9 +133,19 @@ type Stats struct {
 
 // joined is what a rejoin needs of a channel.
 type joined struct {
-	ref     string
-	payload []byte
-	binary  bool
+	ref    string
+	params any // a value, or func() any evaluated at every (re)join
+	// tries counts the rejoins after a phx_error since the channel was
+	// last joined; 0 when it is not being rejoined that way.
+	tries int
+}
+
+// joinParams is what to send as j's join params now.
+func (j joined) joinParams() any {
+	if f, ok := j.params.(func() any); ok {
+		return f()
+	}
+	return j.params
 }
 
 // session is one server session; its ctx ends when it is lost (or the
@@ -352,17 +373,21 @@ func (c *Client) Flush(ctx context.Context) error {
 	}
 }
 
-// Join sends phx_join for topic with params (see Push for payload types)
-// and a fresh ref as both join_ref and ref, then waits for the reply. The
-// topic is rejoined with the same params after a reconnect until Leave.
+// Join sends phx_join for topic with params (see Push for payload types;
+// or a func() any returning them, called now and before every rejoin, as
+// phoenix.js's socket.channel(topic, () => params)) and a fresh ref as
+// both join_ref and ref, then waits for the reply. The topic is rejoined
+// after a reconnect until Leave, and after the server ends its channel
+// with phx_error (Options.RejoinAfter), as phoenix.js does; the replies to
+// rejoins are queued like any message.
 func (c *Client) Join(ctx context.Context, topic string, params any) (wsclient.Message, error) {
 	ref := c.NextRef()
-	m, err := wsclient.JoinMessage(topic, ref, params)
+	m, err := wsclient.JoinMessage(topic, ref, joined{params: params}.joinParams())
 	if err != nil {
 		return wsclient.Message{}, err
 	}
 	c.mu.Lock()
-	c.joins[topic] = joined{ref: ref, payload: m.Payload, binary: m.Binary}
+	c.joins[topic] = joined{ref: ref, params: params}
 	c.mu.Unlock()
 	if err := c.Send(m); err != nil {
 		return wsclient.Message{}, err
@@ -498,6 +523,10 @@ func (c *Client) poll(sess *session) error {
 		c.mu.Unlock()
 		for _, s := range ans.Messages {
 			m := wsclient.Decode(channels.V2, []byte(s), false)
+			if c.opts.Observe != nil {
+				c.opts.Observe(m)
+			}
+			c.followJoin(sess, m)
 			select {
 			case c.msgs <- m:
 			case <-c.closing:
@@ -557,6 +586,15 @@ func (c *Client) reopen() *session {
 		if err != nil {
 			continue
 		}
+		// The join params are evaluated outside c.mu: they may look at
+		// what Observe recorded.
+		c.mu.Lock()
+		joins := maps.Clone(c.joins)
+		c.mu.Unlock()
+		params := make(map[string]any, len(joins))
+		for topic, j := range joins {
+			params[topic] = j.joinParams()
+		}
 		c.mu.Lock()
 		c.sess = sess
 		c.reconnects++
@@ -564,11 +602,13 @@ func (c *Client) reopen() *session {
 		lines := make([]string, 0, len(topics))
 		for _, topic := range topics {
 			j := c.joins[topic]
-			j.ref = c.NextRef()
+			p, ok := params[topic]
+			if !ok {
+				p = j.joinParams()
+			}
+			j.ref, j.tries = c.NextRef(), 0
 			c.joins[topic] = j
-			r := channels.StringRef(j.ref)
-			line, err := encodeLine(channels.Message{JoinRef: r, Ref: r, Topic: topic, Event: channels.EventJoin, Payload: j.payload, Binary: j.binary})
-			if err == nil {
+			if line, err := joinLine(topic, j.ref, p); err == nil {
 				lines = append(lines, line)
 			}
 		}
@@ -577,6 +617,78 @@ func (c *Client) reopen() *session {
 		c.kick()
 		return sess
 	}
+}
+
+// joinLine is the POST line of a phx_join of topic with ref as its
+// join_ref and ref.
+func joinLine(topic, ref string, params any) (string, error) {
+	m, err := wsclient.JoinMessage(topic, ref, params)
+	if err != nil {
+		return "", err
+	}
+	return encodeLine(m)
+}
+
+// followJoin rejoins, after RejoinAfter, a channel of the client that the
+// server ended with phx_error (m, received on sess), or whose rejoin after
+// one it refused; an ok reply to the rejoin ends the series.
+func (c *Client) followJoin(sess *session, m wsclient.Message) {
+	if m.Err != nil || (m.Event != channels.EventError && m.Event != channels.EventReply) {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	j, ok := c.joins[m.Topic]
+	if !ok || m.JoinRef != channels.StringRef(j.ref) {
+		return
+	}
+	switch {
+	case m.Event == channels.EventReply && m.Ref == channels.StringRef(j.ref) && m.Status == "ok":
+		j.tries = 0
+	case m.Event == channels.EventError, m.Event == channels.EventReply && m.Ref == channels.StringRef(j.ref) && j.tries > 0:
+		j.tries++
+		ref := j.ref
+		time.AfterFunc(c.rejoinAfter(j.tries), func() { c.rejoin(sess, m.Topic, ref) })
+	default:
+		return
+	}
+	c.joins[m.Topic] = j
+}
+
+// rejoin queues a phx_join of topic with a fresh ref, unless the session
+// is gone or the channel was joined again since (its join_ref is no
+// longer oldRef).
+func (c *Client) rejoin(sess *session, topic, oldRef string) {
+	c.mu.Lock()
+	j, ok := c.joins[topic]
+	if !ok || j.ref != oldRef || c.sess != sess {
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	params := j.joinParams() // outside c.mu, as in reopen
+	c.mu.Lock()
+	j, ok = c.joins[topic]
+	if !ok || j.ref != oldRef || c.sess != sess {
+		c.mu.Unlock()
+		return
+	}
+	j.ref = c.NextRef()
+	c.joins[topic] = j
+	line, err := joinLine(topic, j.ref, params)
+	if err == nil {
+		c.outq = append(c.outq, line)
+	}
+	c.mu.Unlock()
+	c.kick()
+}
+
+// rejoinAfter is the wait before the tries-th rejoin of a channel.
+func (c *Client) rejoinAfter(tries int) time.Duration {
+	if c.opts.RejoinAfter != nil {
+		return c.opts.RejoinAfter(tries)
+	}
+	return wsclient.JSRejoinBackoff(tries)
 }
 
 // backoff is the wait before the tries-th reconnection attempt.

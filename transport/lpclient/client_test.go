@@ -459,3 +459,65 @@ func TestCloseLeavesNothing(t *testing.T) {
 	}
 	goleak.VerifyNone(t, ignore)
 }
+
+// A channel the server ends with phx_error (the conformance channel's
+// crash) is joined again in the same session after RejoinAfter, with its
+// params function called again; Observe sees every message, the
+// phx_error and the rejoin's reply included, before they are queued.
+func TestRejoinAfterPhxError(t *testing.T) {
+	tn := startNode(t)
+	var mu sync.Mutex
+	calls := 0
+	var observed []string
+	c := open(t, tn.lpURL, lpclient.Options{
+		RejoinAfter: func(int) time.Duration { return 10 * time.Millisecond },
+		Observe: func(m wsclient.Message) {
+			mu.Lock()
+			observed = append(observed, m.Event)
+			mu.Unlock()
+		},
+	})
+	const topic = "conformance:lprejoin"
+	join(t, c, topic, func() any {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		return map[string]int{"call": calls}
+	})
+	first := c.JoinRef(topic)
+	if _, err := c.Push(topic, "crash", nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxFor(t)
+	if _, err := c.Await(ctx, wsclient.IsEvent(topic, "phx_error")); err != nil {
+		t.Fatalf("no phx_error after the crash: %v", err)
+	}
+	r, err := c.Await(ctx, func(m wsclient.Message) bool {
+		return m.Event == channels.EventReply && m.Topic == topic && m.Ref == m.JoinRef && m.Ref != channels.StringRef(first)
+	})
+	if err != nil || r.Status != "ok" {
+		t.Fatalf("rejoin reply: %v %v", r, err)
+	}
+	mu.Lock()
+	n, seen := calls, append([]string(nil), observed...)
+	mu.Unlock()
+	if n != 2 {
+		t.Errorf("params evaluated %d times, want 2 (join, rejoin)", n)
+	}
+	if len(seen) < 3 || seen[0] != "phx_reply" || seen[1] != "phx_error" || seen[2] != "phx_reply" {
+		t.Errorf("observed %v, want the join reply, phx_error, the rejoin reply", seen)
+	}
+	ref, err := c.Push(topic, "broadcast", map[string]int{"n": 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.AwaitReply(ctx, ref); err != nil || r.Status != "ok" {
+		t.Fatalf("broadcast after the rejoin: %v %v", r, err)
+	}
+	if _, err := c.Await(ctx, wsclient.IsEvent(topic, "broadcast")); err != nil {
+		t.Fatalf("the rejoined channel does not receive its broadcast: %v", err)
+	}
+	if c.Reconnects() != 0 {
+		t.Errorf("reconnected %d times; the rejoin is in the same session", c.Reconnects())
+	}
+}

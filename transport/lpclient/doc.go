@@ -27,9 +27,12 @@
 // it, the client drops the lines not yet posted, waits phoenix.js's
 // reconnect backoff (10, 50, 100, 150, 200, 250, 500, 1000, 2000 ms, then 5
 // s), opens a new session and rejoins every channel it had joined, with the
-// same join params and a fresh join_ref (the replies to those joins are
-// queued like any message). Reconnects counts the sessions opened that way,
-// and Losses says why each session ended.
+// same join params (or, when they were given as a function, what it returns
+// then) and a fresh join_ref (the replies to those joins are queued like any
+// message). Reconnects counts the sessions opened that way, and Losses says
+// why each session ended. A channel the server ends with phx_error is
+// rejoined in the same session after Options.RejoinAfter, as phoenix.js
+// does.
 //
 // Every request (opening GET, poll, POST) is recorded in the order it was
 // started, with the X-Served-By header of its answer (the test load

@@ -56,6 +56,10 @@ type Options struct {
 	// Await; 0 means DefaultBuffer. When it is full the client stops
 	// reading from the connection until a message is taken.
 	Buffer int
+	// NetDial, when set, opens the TCP connection (e.g. with a small
+	// receive buffer, so that a client that stops reading stalls the
+	// server soon); nil means a net.Dialer's.
+	NetDial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Message is one frame received from the server, decoded.
@@ -178,6 +182,7 @@ func Dial(ctx context.Context, rawURL string, opts Options) (*Client, error) {
 
 	var refused *HandshakeError
 	d := ws.Dialer{
+		NetDial:   opts.NetDial,
 		Protocols: opts.Protocols,
 		OnStatusError: func(status int, _ []byte, resp io.Reader) {
 			refused = &HandshakeError{Status: status}
@@ -287,18 +292,26 @@ func (c *Client) SendRaw(data []byte, binary bool) error {
 // and a fresh ref as both join_ref and ref, then waits for the reply. The
 // join_ref is kept for later pushes to topic whatever the reply says.
 func (c *Client) Join(ctx context.Context, topic string, params any) (Message, error) {
+	ref, err := c.sendJoin(topic, params)
+	if err != nil {
+		return Message{}, err
+	}
+	return c.AwaitReply(ctx, ref)
+}
+
+// sendJoin sends phx_join for topic, keeps its join_ref and returns it,
+// without waiting for the reply (Reconnecting's rejoins take the reply
+// from its read loop).
+func (c *Client) sendJoin(topic string, params any) (string, error) {
 	ref := c.NextRef()
 	m, err := JoinMessage(topic, ref, params)
 	if err != nil {
-		return Message{}, err
+		return "", err
 	}
 	c.jmu.Lock()
 	c.joinRefs[topic] = ref
 	c.jmu.Unlock()
-	if err := c.Send(m); err != nil {
-		return Message{}, err
-	}
-	return c.AwaitReply(ctx, ref)
+	return ref, c.Send(m)
 }
 
 // Push sends event with payload to topic, with the topic's join_ref (null
