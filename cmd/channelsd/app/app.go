@@ -210,7 +210,8 @@ func anonymousUser() string {
 }
 
 // errorReason words an error for an error reply, with Phoenix's words for
-// the presence errors that Phoenix also has.
+// the presence errors that Phoenix also has, and a fixed reason for any
+// error not made for clients.
 func errorReason(err error) map[string]string {
 	switch {
 	case errors.Is(err, presence.ErrAlreadyTracked):
@@ -233,5 +234,8 @@ func errorReason(err error) map[string]string {
 		// A broadcast the cluster cannot carry in one message.
 		return reason("payload too large")
 	}
-	return reason(err.Error())
+	// Anything else (Redis unreachable, a timeout) is the server's business,
+	// not the client's: its text stays on the server (the pubsub logs a
+	// failed relay) and the client learns only that the call failed.
+	return reason("server error")
 }
