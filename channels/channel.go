@@ -15,8 +15,8 @@ import (
 // socket's next message. Do slow work on a goroutine and answer with
 // ChannelSocket.Reply when it is done.
 //
-// The optional behaviours, AfterJoiner and Interceptor, are found by a
-// type assertion when the channel is created: a method whose name or
+// The optional behaviours, AfterJoiner, Interceptor and Terminator, are
+// found by a type assertion when the channel is created: a method whose name or
 // signature is off compiles and silently never runs. Let the compiler
 // check it:
 //
@@ -37,8 +37,16 @@ type Channel interface {
 	// reply reaches the client; the error of StopWithError is logged, and
 	// the client's phx_error says {"reason":"channel_crash"}.
 	HandleIn(s *ChannelSocket, in In) Result
-	// Terminate is called once when the channel ends, for any Reason. The
-	// channel's subscriptions and presences are removed right after it.
+}
+
+// Terminator is implemented by a Channel that wants to act when it ends,
+// Phoenix's optional terminate/2. A channel without it is cleaned up all
+// the same. Check the method with var _ channels.Terminator = (*Room)(nil).
+type Terminator interface {
+	// Terminate is called once when the channel ends, for any Reason,
+	// under the socket's callback lock. The channel's subscriptions and
+	// presences are removed right after it, whether or not it returns
+	// normally (a panic is logged).
 	Terminate(s *ChannelSocket, reason Reason)
 }
 

@@ -11,10 +11,11 @@ import (
 var optionals = []reflect.Type{
 	reflect.TypeFor[AfterJoiner](),
 	reflect.TypeFor[Interceptor](),
+	reflect.TypeFor[Terminator](),
 }
 
 // checkOptional warns, once per channel type, about a method that looks
-// meant for AfterJoiner or Interceptor but does not make the type
+// meant for AfterJoiner, Interceptor or Terminator but does not make the type
 // implement it: a wrong signature, a different case, or a pointer
 // receiver on a channel the factory returns by value.
 func (e *Endpoint) checkOptional(impl Channel) {

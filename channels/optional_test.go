@@ -29,6 +29,12 @@ type halfOut struct{ relayChannel }
 
 func (halfOut) Intercepts() []string { return []string{"x"} }
 
+// shortTerminate means Terminate, Phoenix's terminate/2 without the
+// reason. Its own method hides relayChannel's.
+type shortTerminate struct{ relayChannel }
+
+func (shortTerminate) Terminate(s *ChannelSocket) {}
+
 // rightOut implements Interceptor and AfterJoiner as meant.
 type rightOut struct{ relayChannel }
 
@@ -67,11 +73,12 @@ func TestNearMissOptionalMethodsAreLoggedOnce(t *testing.T) {
 	r.Handle("ptr:*", func(string) Channel { return ptrAfterJoin{} })
 	r.Handle("half:*", func(string) Channel { return halfOut{} })
 	r.Handle("right:*", func(string) Channel { return rightOut{} })
+	r.Handle("term:*", func(string) Channel { return shortTerminate{} })
 	e := newTestEnv(t, EndpointConfig{Router: r})
 	var logs syncBuffer
 	e.ep.log = slog.New(slog.NewTextHandler(&logs, nil))
 	s, conn := e.open(t, V2)
-	for i, topic := range []string{"out:a", "out:b", "lower:a", "ptr:a", "half:a", "right:a"} {
+	for i, topic := range []string{"out:a", "out:b", "lower:a", "ptr:a", "half:a", "right:a", "term:a"} {
 		ref := string(rune('1' + i))
 		s.HandleFrame([]byte(`["`+ref+`","`+ref+`","`+topic+`","phx_join",{}]`), false)
 	}
@@ -86,6 +93,7 @@ func TestNearMissOptionalMethodsAreLoggedOnce(t *testing.T) {
 		"method=Afterjoin want=AfterJoin(*channels.ChannelSocket)",
 		"type=channels.ptrAfterJoin interface=channels.AfterJoiner",
 		"type=channels.halfOut has=Intercepts missing=HandleOut",
+		"method=Terminate want=\"Terminate(*channels.ChannelSocket, channels.Reason)\"",
 	} {
 		if strings.Count(out, want) != 1 {
 			t.Errorf("want %q logged once, got:\n%s", want, out)

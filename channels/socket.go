@@ -463,8 +463,8 @@ func (s *Socket) crash(ch *ChannelSocket) {
 	ch.sendFinal(EventError, []byte(`{"reason":"channel_crash"}`))
 }
 
-// terminate ends a live channel: Terminate callback, then unsubscribe and
-// untrack. Frames for the client (phx_close, phx_error) are the caller's.
+// terminate ends a live channel: Terminate callback when the channel is a
+// Terminator, then unsubscribe and untrack. Frames for the client (phx_close, phx_error) are the caller's.
 // Called with s.cb held.
 func (s *Socket) terminate(ch *ChannelSocket, reason Reason) {
 	if ch.isClosed() {
@@ -472,7 +472,9 @@ func (s *Socket) terminate(ch *ChannelSocket, reason Reason) {
 	}
 	s.chans.remove(ch)
 	s.ep.stats.Channels.Add(-1)
-	s.guard(ch, "terminate", func() { ch.impl.Terminate(ch, reason) })
+	if t, ok := ch.impl.(Terminator); ok {
+		s.guard(ch, "terminate", func() { t.Terminate(ch, reason) })
+	}
 	ch.mu.Lock()
 	ch.state = stateClosed
 	ch.mu.Unlock()
