@@ -17,8 +17,6 @@
 //		return channels.Ok(nil)               // and reply to the sender
 //	}
 //
-//	func (r *Room) Terminate(s *channels.ChannelSocket, reason channels.Reason) {}
-//
 // A Router maps topic patterns to a factory that makes one Channel value
 // per join; package node serves it (its Example runs a whole node with a
 // client):
@@ -52,7 +50,9 @@
 // Optional behaviours: a Channel that also implements AfterJoiner acts
 // once the join reply is queued (track presence, push the room's state);
 // one that implements Interceptor rewrites chosen broadcasts per
-// subscriber in HandleOut. They are found by type assertion, so a
+// subscriber in HandleOut; one that implements Terminator is told when
+// it ends and why (Phoenix's optional terminate/2; a channel without it is
+// cleaned up all the same). They are found by type assertion, so a
 // misspelled method compiles and never runs; check them at compile time:
 //
 //	var _ channels.Interceptor = (*Room)(nil)

@@ -57,8 +57,6 @@ func (c *Chat) HandleIn(s *channels.ChannelSocket, in channels.In) channels.Resu
 	return channels.ErrorReply(map[string]string{"reason": "unknown event"})
 }
 
-func (c *Chat) Terminate(s *channels.ChannelSocket, reason channels.Reason) {}
-
 // An application is a Router of topic patterns to channel factories and a
 // SocketHandler that authenticates connections.
 func Example() {

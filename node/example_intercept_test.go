@@ -42,8 +42,6 @@ func (c *Chat) HandleIn(s *channels.ChannelSocket, in channels.In) channels.Resu
 	return channels.Ok(nil)
 }
 
-func (c *Chat) Terminate(s *channels.ChannelSocket, reason channels.Reason) {}
-
 // Intercepts is read once per join, before Join.
 func (c *Chat) Intercepts() []string { return []string{"msg"} }
 

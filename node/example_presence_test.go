@@ -40,8 +40,6 @@ func (r *Lobby) HandleIn(*channels.ChannelSocket, channels.In) channels.Result {
 	return channels.Ok(nil)
 }
 
-func (r *Lobby) Terminate(*channels.ChannelSocket, channels.Reason) {}
-
 // A node lists a topic's presences from Go, as Phoenix's Presence.list/1:
 // here after a client joined the room and was tracked.
 func ExampleNode_Presence() {

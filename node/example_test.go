@@ -45,8 +45,6 @@ func (r *Room) HandleIn(s *channels.ChannelSocket, in channels.In) channels.Resu
 	return channels.ErrorReply(map[string]string{"reason": "unknown event"})
 }
 
-func (r *Room) Terminate(s *channels.ChannelSocket, reason channels.Reason) {}
-
 // A node serving one channel, and a client speaking the Phoenix protocol
 // to it: a push from the server, a reply, and a broadcast.
 func Example() {

@@ -190,8 +190,6 @@ func (c *conformanceChannel) HandleOut(s *channels.ChannelSocket, out channels.O
 	}
 }
 
-func (c *conformanceChannel) Terminate(*channels.ChannelSocket, channels.Reason) {}
-
 // okOrError replies ok {} when err is nil, else error {"reason": ...}.
 func okOrError(err error) channels.Result {
 	if err != nil {

@@ -107,5 +107,3 @@ func (c *roomChannel) HandleIn(s *channels.ChannelSocket, in channels.In) channe
 	}
 	return channels.ErrorReply(replyUnknownEvent)
 }
-
-func (c *roomChannel) Terminate(*channels.ChannelSocket, channels.Reason) {}
