@@ -169,6 +169,13 @@ func Ok(response any) Result { return Reply("ok", response) }
 // ErrorReply replies with status error.
 func ErrorReply(response any) Result { return Reply("error", response) }
 
+// ErrorReason replies with status error and {"reason": reason}, the
+// usual refusal of a push (Phoenix's {:reply, {:error, %{reason: ...}},
+// socket}); Refuse is its counterpart for Join.
+func ErrorReason(reason string) Result {
+	return ErrorReply(map[string]string{"reason": reason})
+}
+
 // Stop ends the channel normally without a reply: the client gets
 // phx_close and does not rejoin.
 func Stop() Result { return Result{stop: true} }

@@ -42,7 +42,7 @@ func (c *Chat) HandleIn(s *channels.ChannelSocket, in channels.In) channels.Resu
 			Body string `json:"body"`
 		}
 		if err := in.Payload.Decode(&m); err != nil {
-			return channels.ErrorReply(map[string]string{"reason": "invalid payload"})
+			return channels.ErrorReason("invalid payload")
 		}
 		_ = s.Broadcast("new_msg", map[string]string{"user": c.user, "body": m.Body})
 		return channels.Ok(nil)
@@ -54,7 +54,7 @@ func (c *Chat) HandleIn(s *channels.ChannelSocket, in channels.In) channels.Resu
 	case "bye":
 		return channels.Ok(nil).AndStop() // reply, then phx_close
 	}
-	return channels.ErrorReply(map[string]string{"reason": "unknown event"})
+	return channels.ErrorReason("unknown event")
 }
 
 // An application is a Router of topic patterns to channel factories and a

@@ -36,7 +36,7 @@ func (c *Chat) HandleIn(s *channels.ChannelSocket, in channels.In) channels.Resu
 		Body string `json:"body"`
 	}
 	if in.Event != "msg" || in.Payload.Decode(&m) != nil {
-		return channels.ErrorReply(map[string]string{"reason": "bad message"})
+		return channels.ErrorReason("bad message")
 	}
 	_ = s.Broadcast("msg", map[string]string{"from": c.user, "body": m.Body})
 	return channels.Ok(nil)

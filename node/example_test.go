@@ -33,7 +33,7 @@ func (r *Room) HandleIn(s *channels.ChannelSocket, in channels.In) channels.Resu
 		Body string `json:"body"`
 	}
 	if err := in.Payload.Decode(&m); err != nil {
-		return channels.ErrorReply(map[string]string{"reason": "bad payload"})
+		return channels.ErrorReason("bad payload")
 	}
 	switch in.Event {
 	case "shout": // to every subscriber of the topic, on every node
@@ -42,7 +42,7 @@ func (r *Room) HandleIn(s *channels.ChannelSocket, in channels.In) channels.Resu
 	case "ping": // a reply to this push
 		return channels.Ok(map[string]string{"pong": m.Body})
 	}
-	return channels.ErrorReply(map[string]string{"reason": "unknown event"})
+	return channels.ErrorReason("unknown event")
 }
 
 // A node serving one channel, and a client speaking the Phoenix protocol

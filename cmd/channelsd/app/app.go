@@ -148,14 +148,12 @@ func SocketHandler(opts Options) channels.SocketHandler {
 // opTimeout bounds the endpoint calls the channels make themselves.
 const opTimeout = 5 * time.Second
 
-// Replies shared by the channels.
-var (
-	replyInvalidPayload = reason("invalid payload")
-	replyUnknownEvent   = reason("unknown event")
-	replyBinaryExpected = reason("binary payload expected")
+// Reasons of the error replies shared by the channels.
+const (
+	reasonInvalidPayload = "invalid payload"
+	reasonUnknownEvent   = "unknown event"
+	reasonBinaryExpected = "binary payload expected"
 )
-
-func reason(r string) map[string]string { return map[string]string{"reason": r} }
 
 // object decodes a JSON object payload. An empty or null payload is an
 // empty object; a binary payload or any other JSON value is not an object.
@@ -212,30 +210,30 @@ func anonymousUser() string {
 // errorReason words an error for an error reply, with Phoenix's words for
 // the presence errors that Phoenix also has, and a fixed reason for any
 // error not made for clients.
-func errorReason(err error) map[string]string {
+func errorReason(err error) string {
 	switch {
 	case errors.Is(err, presence.ErrAlreadyTracked):
-		return reason("already_tracked")
+		return "already_tracked"
 	case errors.Is(err, presence.ErrNotTracked):
-		return reason("nopresence")
+		return "nopresence"
 	case errors.Is(err, presence.ErrKeyTooLong):
-		return reason("presence key too long")
+		return "presence key too long"
 	case errors.Is(err, presence.ErrMetaTooLarge):
-		return reason("presence meta too large")
+		return "presence meta too large"
 	case errors.Is(err, presence.ErrInvalidKey):
-		return reason("invalid presence key")
+		return "invalid presence key"
 	case errors.Is(err, presence.ErrNotObject):
-		return reason("presence meta must be a JSON object")
+		return "presence meta must be a JSON object"
 	case errors.Is(err, presence.ErrTopicFull):
-		return reason("too many presences on this topic")
+		return "too many presences on this topic"
 	case errors.Is(err, presence.ErrTooManyKeys):
-		return reason("too many presence keys")
+		return "too many presence keys"
 	case errors.Is(err, pubsub.ErrTooLarge):
 		// A broadcast the cluster cannot carry in one message.
-		return reason("payload too large")
+		return "payload too large"
 	}
 	// Anything else (Redis unreachable, a timeout) is the server's business,
 	// not the client's: its text stays on the server (the pubsub logs a
 	// failed relay) and the client learns only that the call failed.
-	return reason("server error")
+	return "server error"
 }

@@ -71,17 +71,17 @@ func (c *conformanceChannel) HandleIn(s *channels.ChannelSocket, in channels.In)
 		return channels.NoReply()
 	case "binary_echo":
 		if !in.Payload.Binary {
-			return channels.ErrorReply(replyBinaryExpected)
+			return channels.ErrorReason(reasonBinaryExpected)
 		}
 		return channels.Ok(channels.Binary(in.Payload.Data))
 	case "binary_push":
 		if !in.Payload.Binary {
-			return channels.ErrorReply(replyBinaryExpected)
+			return channels.ErrorReason(reasonBinaryExpected)
 		}
 		return okOrError(s.Push("binary_push", channels.Binary(in.Payload.Data)))
 	case "binary_broadcast":
 		if !in.Payload.Binary {
-			return channels.ErrorReply(replyBinaryExpected)
+			return channels.ErrorReason(reasonBinaryExpected)
 		}
 		return okOrError(s.Broadcast("binary_broadcast", channels.Binary(in.Payload.Data)))
 	case "disconnect_id":
@@ -103,25 +103,25 @@ func (c *conformanceChannel) HandleIn(s *channels.ChannelSocket, in channels.In)
 		}()
 		return channels.NoReply()
 	}
-	return channels.ErrorReply(replyUnknownEvent)
+	return channels.ErrorReason(reasonUnknownEvent)
 }
 
 // disconnect handles disconnect_id {"id": ID}.
 func (c *conformanceChannel) disconnect(p channels.Payload) channels.Result {
 	m, ok := object(p)
 	if !ok {
-		return channels.ErrorReply(replyInvalidPayload)
+		return channels.ErrorReason(reasonInvalidPayload)
 	}
 	id, ok := stringField(m, "id")
 	if !ok {
-		return channels.ErrorReply(replyInvalidPayload)
+		return channels.ErrorReason(reasonInvalidPayload)
 	}
 	var ep *channels.Endpoint
 	if c.opts.Endpoint != nil {
 		ep = c.opts.Endpoint()
 	}
 	if ep == nil {
-		return channels.ErrorReply(reason("no endpoint"))
+		return channels.ErrorReason("no endpoint")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
@@ -133,15 +133,15 @@ func (c *conformanceChannel) disconnect(p channels.Payload) channels.Result {
 func push(s *channels.ChannelSocket, p channels.Payload) channels.Result {
 	m, ok := object(p)
 	if !ok {
-		return channels.ErrorReply(replyInvalidPayload)
+		return channels.ErrorReason(reasonInvalidPayload)
 	}
 	event, ok := stringField(m, "event")
 	if !ok {
-		return channels.ErrorReply(replyInvalidPayload)
+		return channels.ErrorReason(reasonInvalidPayload)
 	}
 	payload, ok := object(channels.Payload{Data: m["payload"]})
 	if !ok {
-		return channels.ErrorReply(replyInvalidPayload)
+		return channels.ErrorReason(reasonInvalidPayload)
 	}
 	return okOrError(s.Push(event, payload))
 }
@@ -151,18 +151,18 @@ func push(s *channels.ChannelSocket, p channels.Payload) channels.Result {
 func (c *conformanceChannel) presence(s *channels.ChannelSocket, in channels.In) channels.Result {
 	m, ok := object(in.Payload)
 	if !ok {
-		return channels.ErrorReply(replyInvalidPayload)
+		return channels.ErrorReason(reasonInvalidPayload)
 	}
 	key, ok := stringField(m, "key")
 	if !ok {
-		return channels.ErrorReply(replyInvalidPayload)
+		return channels.ErrorReason(reasonInvalidPayload)
 	}
 	if in.Event == "untrack" {
 		return okOrError(s.Untrack(key))
 	}
 	meta, ok := object(channels.Payload{Data: m["meta"]})
 	if !ok {
-		return channels.ErrorReply(replyInvalidPayload)
+		return channels.ErrorReason(reasonInvalidPayload)
 	}
 	if in.Event == "track" {
 		return okOrError(s.Track(key, meta))
@@ -193,7 +193,7 @@ func (c *conformanceChannel) HandleOut(s *channels.ChannelSocket, out channels.O
 // okOrError replies ok {} when err is nil, else error {"reason": ...}.
 func okOrError(err error) channels.Result {
 	if err != nil {
-		return channels.ErrorReply(errorReason(err))
+		return channels.ErrorReason(errorReason(err))
 	}
 	return channels.Ok(nil)
 }

@@ -81,29 +81,29 @@ func (c *roomChannel) HandleIn(s *channels.ChannelSocket, in channels.In) channe
 	case "new_msg":
 		m, ok := object(in.Payload)
 		if !ok {
-			return channels.ErrorReply(replyInvalidPayload)
+			return channels.ErrorReason(reasonInvalidPayload)
 		}
 		body, ok := m["body"]
 		if !ok {
-			return channels.ErrorReply(replyInvalidPayload)
+			return channels.ErrorReason(reasonInvalidPayload)
 		}
 		if err := s.Broadcast("new_msg", map[string]any{"body": body, "user": c.user}); err != nil {
-			return channels.ErrorReply(errorReason(err))
+			return channels.ErrorReason(errorReason(err))
 		}
 		return channels.Ok(nil)
 	case "typing":
 		m, ok := object(in.Payload)
 		if !ok {
-			return channels.ErrorReply(replyInvalidPayload)
+			return channels.ErrorReason(reasonInvalidPayload)
 		}
 		user, _ := json.Marshal(c.user)
 		m["user"] = user
 		if err := s.BroadcastFrom("typing", m); err != nil {
-			return channels.ErrorReply(errorReason(err))
+			return channels.ErrorReason(errorReason(err))
 		}
 		return channels.Ok(nil)
 	case "ping":
 		return channels.Ok(echo(in.Payload))
 	}
-	return channels.ErrorReply(replyUnknownEvent)
+	return channels.ErrorReason(reasonUnknownEvent)
 }
