@@ -15,8 +15,8 @@ import (
 )
 
 // ChannelSocket is a channel's handle on its socket for one join: Phoenix's
-// socket struct inside a channel. It is also the pubsub.Subscriber through
-// which the join receives its topic's broadcasts.
+// socket struct inside a channel. The join receives its topic's
+// broadcasts through it (subscriber, below), which the channel never calls.
 //
 // Push, Reply, Broadcast and BroadcastFrom may be called from any
 // goroutine, at any time; after the channel has ended they do nothing.
@@ -252,13 +252,29 @@ func (c *ChannelSocket) ListPresence() (presence.State, error) {
 // CloseSocket closes the whole connection this channel belongs to.
 func (c *ChannelSocket) CloseSocket(code int, reason string) { c.sock.Close(code, reason) }
 
-// SubscriberID implements pubsub.Subscriber.
-func (c *ChannelSocket) SubscriberID() string { return c.id }
+// subscriber is a ChannelSocket in the role of its topic's
+// pubsub.Subscriber and pubsub.ExcludedObserver, as idSubscriber is for a
+// Socket: the methods the registry calls stay out of the API a channel
+// author reads. The conversion costs nothing, and every join subscribes
+// and unsubscribes with the same value (c.subscriber()), which is what
+// the registry compares.
+type subscriber ChannelSocket
 
-// Deliver implements pubsub.Subscriber: the broadcast's shared encoding
-// for this socket's serializer goes to the connection, or the message goes
-// to HandleOut when the channel intercepts its event.
-func (c *ChannelSocket) Deliver(m *pubsub.Message) {
+var (
+	_ pubsub.Subscriber       = (*subscriber)(nil)
+	_ pubsub.ExcludedObserver = (*subscriber)(nil) // else recovery takes every broadcast_from for a hole
+)
+
+func (c *ChannelSocket) subscriber() *subscriber { return (*subscriber)(c) }
+
+func (s *subscriber) SubscriberID() string       { return s.id }
+func (s *subscriber) Deliver(m *pubsub.Message)  { (*ChannelSocket)(s).deliver(m) }
+func (s *subscriber) Excluded(m *pubsub.Message) { (*ChannelSocket)(s).excluded(m) }
+
+// deliver hands the join a broadcast of its topic: the broadcast's shared
+// encoding for this socket's serializer goes to the connection, or the
+// message goes to HandleOut when the channel intercepts its event.
+func (c *ChannelSocket) deliver(m *pubsub.Message) {
 	if !m.Pos.IsZero() {
 		c.deliverAt(m, false) // a topic with history (recovery.go)
 		return

@@ -35,7 +35,7 @@ import (
 // tells apart.
 //
 // From then on each ChannelSocket follows its topic's positions (last, in
-// joinRare, guarded by ChannelSocket.mu, the lock Deliver already takes):
+// joinRare, guarded by ChannelSocket.mu, the lock deliver already takes):
 // a position at or before the last one is a duplicate and dropped; the
 // next one is delivered; anything else (a skipped offset, another epoch)
 // is a hole the channel cannot fill without losing messages. The channel
@@ -106,7 +106,7 @@ const (
 	howSkip                        // nothing: the socket's serializer cannot carry it
 )
 
-// held prepares the delivery of m, encoding it outside c.mu as Deliver
+// held prepares the delivery of m, encoding it outside c.mu as deliver
 // does for a broadcast without position.
 func (c *ChannelSocket) held(m *pubsub.Message, excluded bool) heldFrame {
 	h := heldFrame{m: m, how: howExcluded}
@@ -119,7 +119,7 @@ func (c *ChannelSocket) held(m *pubsub.Message, excluded bool) heldFrame {
 	}
 	data, binary, err := m.Encoded(c.sock.ser)
 	if err != nil {
-		// As in Deliver; the position moves on all the same.
+		// As in deliver; the position moves on all the same.
 		c.sock.ep.log.Debug("channels: broadcast not deliverable to this socket", "topic", m.Topic, "event", m.Event, "vsn", c.sock.ser.Vsn(), "err", err)
 		h.how = howSkip
 		return h
@@ -128,7 +128,7 @@ func (c *ChannelSocket) held(m *pubsub.Message, excluded bool) heldFrame {
 	return h
 }
 
-// deliverAt delivers a broadcast with a position (Deliver, Excluded).
+// deliverAt delivers a broadcast with a position (deliver, excluded).
 func (c *ChannelSocket) deliverAt(m *pubsub.Message, excluded bool) {
 	h := c.held(m, excluded)
 	c.mu.Lock()
@@ -141,10 +141,10 @@ func (c *ChannelSocket) deliverAt(m *pubsub.Message, excluded bool) {
 	}
 }
 
-// Excluded implements pubsub.ExcludedObserver: a broadcast_from of this
-// join was not delivered to it, but its position still moves past it, so
-// that the next broadcast is not taken for a hole.
-func (c *ChannelSocket) Excluded(m *pubsub.Message) {
+// excluded is pubsub.ExcludedObserver's Excluded (subscriber): a
+// broadcast_from of this join was not delivered to it, but its position
+// still moves past it, so that the next broadcast is not taken for a hole.
+func (c *ChannelSocket) excluded(m *pubsub.Message) {
 	if m.Pos.IsZero() {
 		return
 	}

@@ -620,7 +620,7 @@ func TestHistoryHoleFailsChannel(t *testing.T) {
 			last := e.publish(t, "room:a", 1, 2)
 			c.take()
 			// A broadcast lost between nodes shows as a hole.
-			cs.Deliver(&pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":9}`), Pos: tc.pos(last)})
+			channels.Deliver(cs, &pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":9}`), Pos: tc.pos(last)})
 			ms := decode(t, channels.V2, c.take())
 			if len(ms) != 1 || ms[0].Event != channels.EventError || ms[0].Topic != "room:a" || ms[0].JoinRef.Text() != "5" || ms[0].Ref.Text() != "5" {
 				t.Fatalf("after a hole: %v, want phx_error for join 5", ms)
@@ -664,7 +664,7 @@ func TestHistoryDuplicateDropped(t *testing.T) {
 	last := e.publish(t, "room:a", 1, 3)
 	c.take()
 	for _, off := range []uint64{last.Offset, last.Offset - 1, 1} {
-		cs.Deliver(&pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":0}`), Pos: pubsub.Position{Epoch: last.Epoch, Offset: off}})
+		channels.Deliver(cs, &pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":0}`), Pos: pubsub.Position{Epoch: last.Epoch, Offset: off}})
 	}
 	if f := c.take(); len(f) != 0 {
 		t.Errorf("duplicates delivered: %q", texts(f))
@@ -809,8 +809,8 @@ func TestUnpositionedBroadcastForgetsPosition(t *testing.T) {
 	_, c, cs := joinCaptured(t, e, ch, "1", `{}`)
 	last := e.publish(t, "room:a", 1, 2)
 	c.take()
-	cs.Deliver(&pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":3}`)})
-	cs.Deliver(&pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":4}`), Pos: pubsub.Position{Epoch: last.Epoch, Offset: last.Offset + 2}})
+	channels.Deliver(cs, &pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":3}`)})
+	channels.Deliver(cs, &pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":4}`), Pos: pubsub.Position{Epoch: last.Epoch, Offset: last.Offset + 2}})
 	// Following positions again: a real hole after that one still fails.
 	ms := decode(t, channels.V2, c.take())
 	if len(ms) != 2 || ms[0].Event != "new_msg" || ms[0].Ref.Text() != "" || ms[1].Event != "new_msg" || ms[1].Ref.Text() != (pubsub.Position{Epoch: last.Epoch, Offset: last.Offset + 2}).String() {
@@ -819,7 +819,7 @@ func TestUnpositionedBroadcastForgetsPosition(t *testing.T) {
 	if n := e.ep.Stats().HistoryGaps.Load(); n != 0 {
 		t.Fatalf("HistoryGaps = %d after an unpositioned broadcast", n)
 	}
-	cs.Deliver(&pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":9}`), Pos: pubsub.Position{Epoch: last.Epoch, Offset: last.Offset + 9}})
+	channels.Deliver(cs, &pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":9}`), Pos: pubsub.Position{Epoch: last.Epoch, Offset: last.Offset + 9}})
 	if ms := decode(t, channels.V2, c.take()); len(ms) != 1 || ms[0].Event != channels.EventError {
 		t.Fatalf("a hole after the position was taken again: %v, want phx_error", ms)
 	}

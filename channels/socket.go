@@ -333,7 +333,7 @@ func (s *Socket) join(msg *Message) {
 		s.ep.log.Error("channels: join response cannot be encoded", "topic", topic, "err", err)
 		replyData, replyBinary = []byte("{}"), false
 	}
-	if err := s.ep.cfg.PubSub.Subscribe(topic, ch); err != nil {
+	if err := s.ep.cfg.PubSub.Subscribe(topic, ch.subscriber()); err != nil {
 		s.ep.log.Error("channels: subscribe failed", "topic", topic, "err", err)
 		ch.state = stateClosed
 		ch.cleanup()
@@ -478,7 +478,7 @@ func (s *Socket) terminate(ch *ChannelSocket, reason Reason) {
 	ch.mu.Lock()
 	ch.state = stateClosed
 	ch.mu.Unlock()
-	s.ep.cfg.PubSub.Unsubscribe(ch.Topic(), ch)
+	s.ep.cfg.PubSub.Unsubscribe(ch.Topic(), ch.subscriber())
 	ch.cleanup()
 }
 
