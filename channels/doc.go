@@ -99,12 +99,15 @@
 // (EndpointConfig). Their zero values are channelsd's defaults, listed
 // once in the README, section "Limits"; a negative value turns one off.
 //
-// Transports (package transport) bring connections to an Endpoint:
-// Endpoint.Connect authenticates, Endpoint.Open starts a Socket over a
-// Conn, Socket.HandleFrame feeds it client frames and Socket.HandleClose
-// ends it. Broadcasts reach a socket through its ChannelSockets, which are
-// pubsub subscribers: the shared encoding of a broadcast for the socket's
-// serializer goes straight to Conn.Send.
+// Transports (package transport) bring connections to an Endpoint through
+// its Runtime, the side applications do not need: Runtime.Connect
+// authenticates, Runtime.Open starts a Socket over a Conn,
+// Socket.HandleFrame feeds it client frames and Socket.HandleClose ends it.
+// The node drains and sheds sockets through the Runtime too. Broadcasts
+// reach a socket through its joins, each subscribed to its topic (by an
+// adapter, so the registry's methods are not ChannelSocket's): the shared
+// encoding of a broadcast for the socket's serializer goes straight to
+// Conn.Send.
 //
 // # History and recovery
 //

@@ -85,9 +85,10 @@ type EndpointConfig struct {
 	RateAbuseAfter time.Duration
 }
 
-// Endpoint is where transports bring connections: it authenticates them,
-// runs their sockets and offers the node-wide operations (broadcast,
-// disconnect by id, close all).
+// Endpoint runs the sockets of a node and offers an application the
+// node-wide operations: Broadcast, Disconnect by socket id, Stats and
+// SocketCount. What transports and the node drive (accepting connections,
+// opening sockets, shutdown and draining) is in Runtime.
 type Endpoint struct {
 	cfg EndpointConfig
 	log *slog.Logger
@@ -201,7 +202,7 @@ var ErrShuttingDown = &ConnectError{Status: 503, Reason: "server shutting down"}
 
 // Connect runs the SocketHandler for a connection request. Transports call
 // it before they upgrade, so a refusal is an ordinary HTTP answer.
-func (e *Endpoint) Connect(ctx context.Context, info *ConnectInfo) (Identity, error) {
+func (e *Runtime) Connect(ctx context.Context, info *ConnectInfo) (Identity, error) {
 	e.mu.Lock()
 	closing := e.closing
 	e.mu.Unlock()
@@ -217,9 +218,9 @@ func (e *Endpoint) Connect(ctx context.Context, info *ConnectInfo) (Identity, er
 // Open starts the socket of an accepted connection. The transport then
 // feeds it frames with HandleFrame and calls HandleClose exactly once when
 // the connection has ended.
-func (e *Endpoint) Open(conn Conn, ser Serializer, id Identity) *Socket {
+func (e *Runtime) Open(conn Conn, ser Serializer, id Identity) *Socket {
 	s := &Socket{
-		ep:    e,
+		ep:    (*Endpoint)(e),
 		conn:  conn,
 		ser:   ser,
 		ident: id,
@@ -277,13 +278,13 @@ func (e *Endpoint) Disconnect(ctx context.Context, id string) error {
 }
 
 // BeginShutdown makes Connect and Open refuse new sockets.
-func (e *Endpoint) BeginShutdown() {
+func (e *Runtime) BeginShutdown() {
 	e.mu.Lock()
 	e.beginShutdownLocked()
 	e.mu.Unlock()
 }
 
-func (e *Endpoint) beginShutdownLocked() {
+func (e *Runtime) beginShutdownLocked() {
 	if !e.closing {
 		e.closing = true
 		if len(e.sockets) == 0 {
@@ -296,7 +297,7 @@ func (e *Endpoint) beginShutdownLocked() {
 // does, and returns the sockets open at that moment. No socket opens
 // afterwards, so once the caller has closed all of them (Socket.Close, in
 // batches if it likes) and they have ended, Drained is closed.
-func (e *Endpoint) BeginDrain() []*Socket {
+func (e *Runtime) BeginDrain() []*Socket {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.beginShutdownLocked()
@@ -308,11 +309,11 @@ func (e *Endpoint) BeginDrain() []*Socket {
 }
 
 // Drained is closed once shutdown has begun and every socket has ended.
-func (e *Endpoint) Drained() <-chan struct{} { return e.drained }
+func (e *Runtime) Drained() <-chan struct{} { return e.drained }
 
 // CloseAll refuses new sockets and closes every open one with code and
 // reason. Sockets end asynchronously; SocketCount tells when they are gone.
-func (e *Endpoint) CloseAll(code int, reason string) {
+func (e *Runtime) CloseAll(code int, reason string) {
 	for _, s := range e.BeginDrain() {
 		s.conn.Close(code, reason)
 	}

@@ -145,7 +145,7 @@ func relay(string) channels.Channel { return &histChannel{} }
 
 func (e *histEnv) open(t *testing.T, ser channels.Serializer) (*channels.Socket, *frameConn) {
 	c := &frameConn{}
-	s := e.ep.Open(c, ser, channels.Identity{})
+	s := e.ep.Runtime().Open(c, ser, channels.Identity{})
 	t.Cleanup(s.HandleClose)
 	return s, c
 }

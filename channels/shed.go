@@ -12,7 +12,7 @@ import (
 // CloseOldest, so that a client that just arrived (perhaps one it moved a
 // moment ago, which the load balancer sent straight back) is never asked
 // to move again at once.
-func (e *Endpoint) Generation() uint64 { return e.serial.Load() }
+func (e *Runtime) Generation() uint64 { return e.serial.Load() }
 
 // CloseOldest closes up to n open sockets opened before the mark
 // bornBefore (from Generation), oldest first, with code and reason, and
@@ -20,7 +20,7 @@ func (e *Endpoint) Generation() uint64 { return e.serial.Load() }
 // paid their connect cost long ago, and a reconnecting client costs the
 // same whenever it moves. It walks every socket, so it is meant for a
 // periodic task, not a message path.
-func (e *Endpoint) CloseOldest(n int, bornBefore uint64, code int, reason string) int {
+func (e *Runtime) CloseOldest(n int, bornBefore uint64, code int, reason string) int {
 	if n <= 0 {
 		return 0
 	}

@@ -250,7 +250,7 @@ func newTestEnv(t testing.TB, cfg EndpointConfig) *testEnv {
 
 func (e *testEnv) open(t testing.TB, ser Serializer) (*Socket, *recConn) {
 	conn := &recConn{}
-	s := e.ep.Open(conn, ser, Identity{})
+	s := e.ep.Runtime().Open(conn, ser, Identity{})
 	t.Cleanup(s.HandleClose)
 	return s, conn
 }

@@ -231,7 +231,7 @@ func (n *Node) clusterLoop(ctx context.Context) {
 	}
 	tick := time.NewTicker(n.cfg.ReportInterval)
 	defer tick.Stop()
-	reb := rebalancer{cfg: n.cfg.Rebalance, mark: n.endpoint.Generation()}
+	reb := rebalancer{cfg: n.cfg.Rebalance, mark: n.endpoint.Runtime().Generation()}
 	var last time.Time       // the latest report sent
 	var due <-chan time.Time // a prompt report held back by promptGap
 	publish := func() {
@@ -317,7 +317,7 @@ type rebalancer struct {
 // least connections, ...); the rounds repeat until every node is within
 // the threshold.
 func (rb *rebalancer) round(n *Node, view []NodeReport) {
-	mark := n.endpoint.Generation()
+	mark := n.endpoint.Runtime().Generation()
 	defer func() { rb.mark = mark }()
 	var total, own int64
 	live, self := 0, false
@@ -339,7 +339,7 @@ func (rb *rebalancer) round(n *Node, view []NodeReport) {
 	}
 	excess := int(math.Ceil(float64(own) - mean))
 	limit := max(1, int(float64(own)*rb.cfg.Share))
-	k := n.endpoint.CloseOldest(min(excess, limit), rb.mark, channels.CloseServiceRestart, "rebalancing")
+	k := n.endpoint.Runtime().CloseOldest(min(excess, limit), rb.mark, channels.CloseServiceRestart, "rebalancing")
 	rb.moved += uint64(k)
 	n.rebalanced.Add(uint64(k))
 	n.log.Info("node: asked sockets to reconnect elsewhere", "moved", k, "sockets", own, "mean", math.Round(mean), "nodes", live)

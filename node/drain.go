@@ -106,7 +106,7 @@ func (n *Node) startDrain() *drain {
 		return n.drain
 	}
 	n.draining.Store(true) // /readyz: 503 from now on
-	socks := n.endpoint.BeginDrain()
+	socks := n.endpoint.Runtime().BeginDrain()
 	d := &drain{
 		started: time.Now(),
 		window:  n.cfg.DrainWindow,
@@ -148,7 +148,7 @@ func (n *Node) runDrain(d *drain, socks []*channels.Socket) {
 			}
 			select {
 			case <-timer.C:
-			case <-n.endpoint.Drained():
+			case <-n.endpoint.Runtime().Drained():
 				return // every socket has ended already
 			case <-d.hurry:
 				closeRange(lo, len(socks))

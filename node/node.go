@@ -547,7 +547,7 @@ func (n *Node) doShutdown(ctx context.Context) error {
 
 	var errs []error
 	select {
-	case <-n.endpoint.Drained():
+	case <-n.endpoint.Runtime().Drained():
 	case <-ctx.Done():
 		errs = append(errs, fmt.Errorf("node: %d sockets still open at the shutdown deadline", n.endpoint.SocketCount()))
 	}

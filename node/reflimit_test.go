@@ -22,7 +22,7 @@ func TestRefLengthLimitHit(t *testing.T) {
 	}{{0, 1}, {-1, 0}} {
 		n := newTestNode(t, Config{PubSub: local.New(), MaxRefLength: tc.cfg})
 		conn := &nullConn{}
-		s := n.Endpoint().Open(conn, channels.V2, channels.Identity{})
+		s := n.Endpoint().Runtime().Open(conn, channels.V2, channels.Identity{})
 		s.HandleFrame([]byte(`[null,"`+strings.Repeat("1", 63)+`","room:1","e",{}]`), false)
 		s.HandleClose()
 		if got := n.limitHits()["ref_length"](); got != tc.hits {

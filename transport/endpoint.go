@@ -6,7 +6,7 @@ import (
 	"github.com/channelsd/channelsd/channels"
 )
 
-// Endpoint is what a transport needs of channels.Endpoint: authenticate a
+// Endpoint is what a transport needs of channels.Runtime: authenticate a
 // connection request before the upgrade, then start the socket runtime of
 // an accepted connection. It is an interface so that the transport can be
 // tested (and benchmarked) with fakes.
@@ -27,10 +27,11 @@ type Socket interface {
 	HandleClose()
 }
 
-// FromEndpoint adapts a *channels.Endpoint to Endpoint.
-func FromEndpoint(e *channels.Endpoint) Endpoint { return endpointAdapter{e} }
+// FromEndpoint adapts a *channels.Endpoint, through its Runtime, to
+// Endpoint.
+func FromEndpoint(e *channels.Endpoint) Endpoint { return endpointAdapter{e.Runtime()} }
 
-type endpointAdapter struct{ e *channels.Endpoint }
+type endpointAdapter struct{ e *channels.Runtime }
 
 func (a endpointAdapter) Connect(ctx context.Context, info *channels.ConnectInfo) (channels.Identity, error) {
 	return a.e.Connect(ctx, info)

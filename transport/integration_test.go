@@ -80,7 +80,7 @@ func testWithChannelsEndpoint(t *testing.T, m readMode) {
 	}
 
 	// Drain: every socket closes with 1012 (PROTOCOL.md §5.3), never 1000.
-	ep.CloseAll(1012, "service restart")
+	ep.Runtime().CloseAll(1012, "service restart")
 	for _, c := range []*client{v2, v1} {
 		c.expectClose(1012)
 		c.conn.Close()

@@ -201,7 +201,7 @@ func (h *WebSocketHandler) Stats() *Stats { return &h.stats }
 
 // Close stops the handler's background goroutines, the poller and the
 // idle sweeper of event-driven reads, and waits for them. It does not
-// close connections (channels.Endpoint.CloseAll does that, before): a
+// close connections (channels.Runtime.CloseAll does that, before): a
 // connection still open continues with a parked reader, and one upgraded
 // after Close gets a parked reader too. A handler whose connections have
 // all ended runs no goroutine even without Close. Further calls do

@@ -533,7 +533,7 @@ func testServerCloseBody(t *testing.T, m readMode) {
 func TestCloseOnOpen(t *testing.T) { inReadModes(t, testCloseOnOpen) }
 
 func testCloseOnOpen(t *testing.T, m readMode) {
-	// channels.Endpoint.Open closes a connection at once when the node is
+	// channels.Runtime.Open closes a connection at once when the node is
 	// shutting down, before the transport has started reading.
 	ep := newFakeEndpoint()
 	ep.onOpen = func(s *fakeSocket) { s.conn.Close(channels.CloseGoingAway, "server shutting down") }

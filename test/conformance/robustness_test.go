@@ -214,7 +214,7 @@ func TestGracefulShutdown(t *testing.T) {
 	b.awaitState(lobby)
 
 	// Draining: existing sockets work, new ones are refused.
-	tn.Endpoint().BeginShutdown()
+	tn.Endpoint().Runtime().BeginShutdown()
 	_, err := wsclient.Dial(testCtx(t), tn.wsURL, wsclient.Options{})
 	var herr *wsclient.HandshakeError
 	if !errors.As(err, &herr) || herr.Status != http.StatusServiceUnavailable {

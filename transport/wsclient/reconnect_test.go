@@ -38,7 +38,7 @@ func TestReconnectingRejoinsAfterServerClose(t *testing.T) {
 		t.Fatalf("first join on connection %d", c)
 	}
 
-	n.Endpoint().CloseOldest(1, n.Endpoint().Generation(), channels.CloseServiceRestart, "moving")
+	n.Endpoint().Runtime().CloseOldest(1, n.Endpoint().Runtime().Generation(), channels.CloseServiceRestart, "moving")
 	select {
 	case c := <-joined:
 		if c != 1 {

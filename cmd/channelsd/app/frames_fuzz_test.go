@@ -167,12 +167,12 @@ func FuzzRoomFrames(f *testing.F) {
 			t.Fatal(err)
 		}
 		tryOpen := func(ser channels.Serializer, user string) (*propSocket, error) {
-			id, err := ep.Connect(context.Background(), &channels.ConnectInfo{Params: map[string]string{"user": user}, Transport: "websocket"})
+			id, err := ep.Runtime().Connect(context.Background(), &channels.ConnectInfo{Params: map[string]string{"user": user}, Transport: "websocket"})
 			if err != nil {
 				return nil, err
 			}
 			conn := &propConn{}
-			return &propSocket{ser: ser, sock: ep.Open(conn, ser, id), conn: conn}, nil
+			return &propSocket{ser: ser, sock: ep.Runtime().Open(conn, ser, id), conn: conn}, nil
 		}
 		open := func(ser channels.Serializer, user string) *propSocket {
 			p, err := tryOpen(ser, user)

@@ -91,12 +91,12 @@ type client struct {
 // connect runs the SocketHandler with params and opens a V2 socket.
 func (e *env) connect(params map[string]string) *client {
 	e.t.Helper()
-	id, err := e.ep.Connect(context.Background(), &channels.ConnectInfo{Params: params, Transport: "websocket"})
+	id, err := e.ep.Runtime().Connect(context.Background(), &channels.ConnectInfo{Params: params, Transport: "websocket"})
 	if err != nil {
 		e.t.Fatalf("connect refused: %v", err)
 	}
 	conn := &fakeConn{frames: make(chan channels.Frame, 256), closed: make(chan closeInfo, 1)}
-	c := &client{t: e.t, sock: e.ep.Open(conn, channels.V2, id), conn: conn}
+	c := &client{t: e.t, sock: e.ep.Runtime().Open(conn, channels.V2, id), conn: conn}
 	e.t.Cleanup(c.sock.HandleClose)
 	return c
 }

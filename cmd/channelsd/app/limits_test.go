@@ -67,7 +67,7 @@ func TestConnectRefusesUserNamesOverTheLimit(t *testing.T) {
 		{map[string]string{"user": "ann\xff"}, "invalid user name"},
 		{map[string]string{"socket_id": strings.Repeat("s", 1<<20)}, "socket_id: user name too long"},
 	} {
-		_, err := e.ep.Connect(context.Background(), &channels.ConnectInfo{Params: c.params, Transport: "websocket"})
+		_, err := e.ep.Runtime().Connect(context.Background(), &channels.ConnectInfo{Params: c.params, Transport: "websocket"})
 		var ce *channels.ConnectError
 		if !errors.As(err, &ce) || ce.HTTPStatus() != 403 || ce.Reason != c.reason {
 			t.Errorf("connect with %.40q...: %v, want 403 %q", c.params, err, c.reason)
