@@ -117,7 +117,7 @@
 // rules and from the application's Router:
 //
 //	router.History("room:*", pubsub.HistoryOptions{Size: 100, TTL: 5 * time.Minute})
-//	ps.SetHistoryPolicy(router.HistoryPolicy(pubsub.RulesPolicy(rules)))
+//	ps.SetHistoryPolicy(pubsub.RulesPolicy(rules, router.HistoryPolicy(nil)))
 //
 // A broadcast of such a topic reaches the client with its position as the
 // frame's ref (V1 and V2 text frames; a V2 binary broadcast has no ref and

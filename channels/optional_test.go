@@ -1,10 +1,8 @@
 package channels
 
 import (
-	"bytes"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 )
 
@@ -47,23 +45,6 @@ var (
 	_ AfterJoiner = rightOut{}
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // A channel type whose optional methods do not match their interface is
 // logged once, at its first join; one whose methods match is not.
 func TestNearMissOptionalMethodsAreLoggedOnce(t *testing.T) {
@@ -75,7 +56,7 @@ func TestNearMissOptionalMethodsAreLoggedOnce(t *testing.T) {
 	r.Handle("right:*", func(string) Channel { return rightOut{} })
 	r.Handle("term:*", func(string) Channel { return shortTerminate{} })
 	e := newTestEnv(t, EndpointConfig{Router: r})
-	var logs syncBuffer
+	var logs logBuffer
 	e.ep.log = slog.New(slog.NewTextHandler(&logs, nil))
 	s, conn := e.open(t, V2)
 	for i, topic := range []string{"out:a", "out:b", "lower:a", "ptr:a", "half:a", "right:a", "term:a"} {

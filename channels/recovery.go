@@ -70,6 +70,33 @@ const (
 	reasonNone = -1
 )
 
+// readReason is the reason a failed history read gives the client, or
+// reasonNone for an error that is not about the position (a store that
+// could not be read).
+func readReason(err error) int {
+	switch {
+	case errors.Is(err, pubsub.ErrEpochChanged):
+		return reasonEpochChanged
+	case errors.Is(err, pubsub.ErrPositionTooOld):
+		return reasonTooOld
+	case errors.Is(err, pubsub.ErrPositionAhead):
+		return reasonAhead
+	case errors.Is(err, pubsub.ErrNoHistory):
+		return reasonNoHistory
+	}
+	return reasonNone
+}
+
+// RecoveryReason is the reason a join reply gives (PROTOCOL.md §12.4) for
+// an error of pubsub.History.ReadHistory: "epoch changed", "position too
+// old", "position ahead" or "no history"; "" for any other error.
+func RecoveryReason(err error) string {
+	if r := readReason(err); r != reasonNone {
+		return recoveryReasons[r]
+	}
+	return ""
+}
+
 // RecoveriesIncomplete returns, per reason sent to clients ("epoch
 // changed", "position too old", "position ahead", "invalid position", "no
 // history", "history unavailable"), how many joins of topics with history
@@ -311,14 +338,8 @@ func (s *Socket) readRecovery(ch *ChannelSocket, params Payload) *recovery {
 			rec.reason = reasonUnavailable
 			res = pubsub.HistoryResult{}
 		}
-	case errors.Is(err, pubsub.ErrEpochChanged):
-		rec.reason = reasonEpochChanged
-	case errors.Is(err, pubsub.ErrPositionTooOld):
-		rec.reason = reasonTooOld
-	case errors.Is(err, pubsub.ErrPositionAhead):
-		rec.reason = reasonAhead
-	case errors.Is(err, pubsub.ErrNoHistory):
-		rec.reason = reasonNoHistory
+	case readReason(err) != reasonNone:
+		rec.reason = readReason(err)
 	default:
 		s.ep.log.Warn("channels: history read failed; the join goes on without recovery", "topic", topic, "err", err)
 		rec.reason = reasonUnavailable

@@ -14,14 +14,7 @@ import (
 // before the endpoint serves; a Router is not safe for concurrent Handle.
 type Router struct {
 	routes  []route
-	history []historyRoute
-}
-
-// historyRoute gives the topics matching a pattern their history.
-type historyRoute struct {
-	pattern string
-	prefix  bool
-	opts    pubsub.HistoryOptions
+	history []pubsub.HistoryRule
 }
 
 type route struct {
@@ -67,8 +60,8 @@ func matches(p string, prefix bool, topic string) bool {
 // zero options, which keeps a topic out of a broader pattern's history.
 // It takes effect through HistoryPolicy, which the node hands its PubSub.
 func (r *Router) History(pattern string, o pubsub.HistoryOptions) *Router {
-	p, prefix := parsePattern(pattern)
-	r.history = append(r.history, historyRoute{pattern: p, prefix: prefix, opts: o})
+	parsePattern(pattern) // its panic on a misplaced '*'
+	r.history = append(r.history, pubsub.HistoryRule{Pattern: pattern, HistoryOptions: o})
 	return r
 }
 
@@ -79,21 +72,7 @@ func (r *Router) History(pattern string, o pubsub.HistoryOptions) *Router {
 // pays nothing per publish. The routes are copied: History calls made
 // afterwards do not change the policy returned.
 func (r *Router) HistoryPolicy(fallback pubsub.HistoryPolicy) pubsub.HistoryPolicy {
-	if len(r.history) == 0 {
-		return fallback
-	}
-	routes := slices.Clone(r.history)
-	return func(topic string) pubsub.HistoryOptions {
-		for _, h := range routes {
-			if matches(h.pattern, h.prefix, topic) {
-				return h.opts
-			}
-		}
-		if fallback != nil {
-			return fallback(topic)
-		}
-		return pubsub.HistoryOptions{}
-	}
+	return pubsub.RulesPolicy(r.history, fallback)
 }
 
 // With returns a copy of r with one more route, leaving r as it was: how

@@ -4,9 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"slices"
 	"strconv"
-	"strings"
 
 	"github.com/channelsd/channelsd/channels"
 	"github.com/channelsd/channelsd/pubsub"
@@ -38,23 +36,15 @@ func setHistoryPolicy(cfg Config) error {
 // dashboard's), whose messages are control traffic, not broadcasts to
 // recover.
 func historyPolicy(rules []pubsub.HistoryRule, routes pubsub.HistoryPolicy) pubsub.HistoryPolicy {
-	if len(rules) == 0 && routes == nil {
+	policy := pubsub.RulesPolicy(rules, routes)
+	if policy == nil {
 		return nil
 	}
-	rules = slices.Clone(rules)
 	return func(topic string) pubsub.HistoryOptions {
-		if strings.HasPrefix(topic, "phx:") || topic == dashboardTopic {
+		if channels.ReservedTopic(topic) || topic == dashboardTopic {
 			return pubsub.HistoryOptions{}
 		}
-		for _, r := range rules {
-			if r.Matches(topic) {
-				return r.HistoryOptions
-			}
-		}
-		if routes != nil {
-			return routes(topic)
-		}
-		return pubsub.HistoryOptions{}
+		return policy(topic)
 	}
 }
 
@@ -68,28 +58,13 @@ func (n *Node) history(topic string) (pubsub.History, bool) {
 }
 
 // broadcast publishes a validated JSON payload to topic, through
-// PublishAt when the topic keeps history, so the caller learns the
-// broadcast's position (zero otherwise).
+// PublishAt when the PubSub keeps history, so the caller learns the
+// broadcast's position (zero for a topic without history).
 func (n *Node) broadcast(r *http.Request, topic, event string, payload json.RawMessage) (pubsub.Position, error) {
-	h, ok := n.history(topic)
-	if !ok {
-		return pubsub.Position{}, n.endpoint.Broadcast(r.Context(), topic, event, payload)
+	if h, ok := n.cfg.PubSub.(pubsub.History); ok {
+		return h.PublishAt(r.Context(), &pubsub.Message{Topic: topic, Event: event, Payload: payload})
 	}
-	return h.PublishAt(r.Context(), &pubsub.Message{Topic: topic, Event: event, Payload: payload})
-}
-
-// recoveryReason is the reason a join reply and GET /api/history give
-// for a position that cannot be served, or "" for another error.
-func recoveryReason(err error) string {
-	switch {
-	case errors.Is(err, pubsub.ErrEpochChanged):
-		return "epoch changed"
-	case errors.Is(err, pubsub.ErrPositionTooOld):
-		return "position too old"
-	case errors.Is(err, pubsub.ErrPositionAhead):
-		return "position ahead"
-	}
-	return ""
+	return pubsub.Position{}, n.endpoint.Broadcast(r.Context(), topic, event, payload)
 }
 
 // defaultHistoryLast is what GET /api/history returns without since or
@@ -176,7 +151,7 @@ func (n *Node) apiHistory(w http.ResponseWriter, r *http.Request) {
 	if top := res.Top.String(); top != "" {
 		ans.Position = &top
 	}
-	switch reason := recoveryReason(err); {
+	switch reason := channels.RecoveryReason(err); {
 	case errors.Is(err, pubsub.ErrNoHistory):
 		writeJSONError(w, http.StatusNotFound, "topic has no history")
 		return

@@ -167,7 +167,7 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 	}
 
 	// History and recovery (metrics_history.go).
-	n.registerHistoryMetrics(reg, gauge)
+	n.registerHistoryMetrics(reg, gauge, counter)
 
 	// Latency histograms, fed by the PubSub's observer hooks.
 	if o, ok := n.cfg.PubSub.(pubsub.DispatchObservable); ok {

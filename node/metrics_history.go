@@ -10,7 +10,7 @@ import (
 // read at scrape time like the rest: the recoveries from the endpoint's
 // counters, the histories held from the PubSub when it can tell
 // (pubsub.HistoryCounter).
-func (n *Node) registerHistoryMetrics(reg *prometheus.Registry, gauge func(name, help string, labels prometheus.Labels, f func() float64)) {
+func (n *Node) registerHistoryMetrics(reg *prometheus.Registry, gauge, counter func(name, help string, labels prometheus.Labels, f func() float64)) {
 	if hc, ok := n.cfg.PubSub.(pubsub.HistoryCounter); ok {
 		gauge("channelsd_history_topics", "Topics whose history this node holds or knows of (pubsub/local: in its memory; pubsub/redis: the histories it has written or read lately).", nil,
 			func() float64 { return float64(hc.HistoryStats().Topics) })
@@ -19,9 +19,6 @@ func (n *Node) registerHistoryMetrics(reg *prometheus.Registry, gauge func(name,
 	}
 
 	es := n.endpoint.Stats()
-	counter := func(name, help string, labels prometheus.Labels, f func() float64) {
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels}, f))
-	}
 	const recoveriesHelp = "Joins that asked to recover from a position (since), by result: complete (everything after it was replayed), or incomplete with the reason the join reply gave (epoch changed, position too old, position ahead, invalid position, no history, history unavailable)."
 	counter("channelsd_history_recoveries_total", recoveriesHelp, prometheus.Labels{"result": "complete", "reason": ""},
 		func() float64 { return float64(es.RecoveriesComplete.Load()) })

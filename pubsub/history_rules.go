@@ -63,11 +63,13 @@ func ParseHistoryRules(s string) ([]HistoryRule, error) {
 const MaxHistorySize = 100_000
 
 // RulesPolicy returns the policy that gives a topic the options of the
-// first rule that matches it, and none when no rule does (nil for no
-// rules, so a PubSub without history rules pays nothing per publish).
-func RulesPolicy(rules []HistoryRule) HistoryPolicy {
+// first rule that matches it (size 0 included: a rule can keep a topic
+// out of what follows), else fallback's answer, else none. It is nil when
+// there are no rules and no fallback, so that a PubSub without history
+// pays nothing per publish. The rules are copied.
+func RulesPolicy(rules []HistoryRule, fallback HistoryPolicy) HistoryPolicy {
 	if len(rules) == 0 {
-		return nil
+		return fallback
 	}
 	rules = append([]HistoryRule(nil), rules...)
 	return func(topic string) HistoryOptions {
@@ -75,6 +77,9 @@ func RulesPolicy(rules []HistoryRule) HistoryPolicy {
 			if r.Matches(topic) {
 				return r.HistoryOptions
 			}
+		}
+		if fallback != nil {
+			return fallback(topic)
 		}
 		return HistoryOptions{}
 	}

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -76,19 +77,17 @@ func (s *suite) open(t *testing.T) pubsub.History {
 	ttl := s.opt.MinTTL
 	h.SetHistoryPolicy(func(topic string) pubsub.HistoryOptions {
 		switch {
-		case hasPrefix(topic, smallPrefix):
+		case strings.HasPrefix(topic, smallPrefix):
 			return pubsub.HistoryOptions{Size: smallSize, TTL: longTTL}
-		case hasPrefix(topic, bigPrefix):
+		case strings.HasPrefix(topic, bigPrefix):
 			return pubsub.HistoryOptions{Size: bigSize, TTL: longTTL}
-		case hasPrefix(topic, ttlPrefix):
+		case strings.HasPrefix(topic, ttlPrefix):
 			return pubsub.HistoryOptions{Size: smallSize, TTL: ttl}
 		}
 		return pubsub.HistoryOptions{}
 	})
 	return h
 }
-
-func hasPrefix(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
 
 // topic returns a topic name no other run uses.
 func topic(prefix string) string {

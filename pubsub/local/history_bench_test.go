@@ -44,7 +44,7 @@ func BenchmarkPublishNoHistoryWithPolicy(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	benchPublish(b, pubsub.RulesPolicy(rules))
+	benchPublish(b, pubsub.RulesPolicy(rules, nil))
 }
 
 // BenchmarkPublishHistory is a topic that keeps history: lookup, topic

@@ -2,7 +2,6 @@ package redistest
 
 import (
 	"bufio"
-	"bytes"
 	"net"
 	"os"
 	"os/exec"
@@ -10,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/channelsd/channelsd/test/logtest"
 )
 
 // Server is a redis-server process without persistence, which a test may
@@ -151,22 +152,5 @@ func Ping(addr string) bool {
 }
 
 // LockedBuffer is a bytes.Buffer safe for concurrent writers, for
-// capturing logs in tests.
-type LockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-// Write implements io.Writer.
-func (b *LockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// String returns what was written so far.
-func (b *LockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// capturing logs in tests: the one of package logtest.
+type LockedBuffer = logtest.Buffer
