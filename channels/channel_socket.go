@@ -227,9 +227,7 @@ func (c *ChannelSocket) Untrack(key string) error {
 // PushPresenceState pushes presence_state, the topic's presences grouped
 // by key. Call it after the join (AfterJoin), as Phoenix applications do.
 func (c *ChannelSocket) PushPresenceState() error {
-	ctx, cancel := context.WithTimeout(context.Background(), presenceTimeout)
-	defer cancel()
-	state, err := c.sock.ep.cfg.Presence.List(ctx, c.Topic())
+	state, err := c.ListPresence()
 	if err != nil {
 		return err
 	}

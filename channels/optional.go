@@ -20,10 +20,9 @@ var optionals = []reflect.Type{
 // receiver on a channel the factory returns by value.
 func (e *Endpoint) checkOptional(impl Channel) {
 	t := reflect.TypeOf(impl)
-	if _, seen := e.optionalChecked.Load(t); seen {
+	if _, seen := e.optionalChecked.LoadOrStore(t, struct{}{}); seen {
 		return
 	}
-	e.optionalChecked.Store(t, struct{}{})
 	for _, iface := range optionals {
 		if t.Implements(iface) {
 			continue

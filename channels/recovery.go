@@ -44,6 +44,10 @@ import (
 // ReasonHistoryGap. Topics without history carry no positions and take
 // none of these paths.
 
+// historyGapReply is the payload of the phx_error that fails a channel
+// whose broadcasts cannot go on without a hole (PROTOCOL.md §12.6).
+var historyGapReply = []byte(`{"reason":"history_gap"}`)
+
 // historyReadTimeout bounds the history read of a join, which holds up the
 // socket's read path as a Join callback does.
 const historyReadTimeout = 5 * time.Second
@@ -222,7 +226,7 @@ func (c *ChannelSocket) gapLocked(last, got pubsub.Position) {
 	c.sock.ep.stats.HistoryGaps.Add(1)
 	c.sock.ep.log.Info("channels: hole in a channel's broadcasts, failing the channel so that the client recovers",
 		"topic", c.Topic(), "socket", c.sock.name, "last", last.String(), "got", got.String())
-	c.sock.send(&Message{JoinRef: c.joinRef, Ref: c.joinRef, Topic: c.Topic(), Event: EventError, Payload: []byte(`{"reason":"history_gap"}`)})
+	c.sendFinal(EventError, historyGapReply)
 	go c.sock.endBroken(c)
 }
 
@@ -463,11 +467,7 @@ func (rec *recovery) amendReply(data []byte, binary bool) []byte {
 		out = append(out, ',')
 	}
 	out = append(out, `"position":`...)
-	if rec.last.IsZero() {
-		out = append(out, "null"...)
-	} else {
-		out = appendJSONString(out, rec.last.String())
-	}
+	out = wireAppendPosRef(out, rec.last)
 	if rec.asked == askSince || rec.reason != reasonNone {
 		out = append(out, `,"recovered":`...)
 		out = strconv.AppendBool(out, rec.recovered)

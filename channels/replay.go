@@ -275,7 +275,7 @@ func (s *Socket) replayEnded(ch *ChannelSocket, sent pubsub.Position, err error)
 	}
 	s.ep.log.Info("channels: replay cut short, failing the channel so that the client rejoins from where it got to",
 		"topic", ch.Topic(), "socket", s.name, "sent", sent.String(), "err", err)
-	ch.sendFinal(EventError, []byte(`{"reason":"history_gap"}`))
+	ch.sendFinal(EventError, historyGapReply)
 	s.terminate(ch, ReasonHistoryGap)
 	return false
 }
