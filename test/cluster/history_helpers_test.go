@@ -221,16 +221,6 @@ func (r *recoverer) has(from string, n int) bool {
 	return false
 }
 
-// lastJoin returns r's latest join reply.
-func (r *recoverer) lastJoin() (joinReply, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.joins) == 0 {
-		return joinReply{}, false
-	}
-	return r.joins[len(r.joins)-1], true
-}
-
 // ack is one broadcast an API acknowledged.
 type ack struct {
 	Topic      string
@@ -240,7 +230,7 @@ type ack struct {
 
 // publisher posts numbered broadcasts (tick{From: name, N: n}) to its
 // topics in turn through one node's HTTP API. A number the API did not
-// acknowledge (200, or 202) is posted again, the same number, until it is: the
+// acknowledge (202) is posted again, the same number, until it is: the
 // ledger's promise is about delivery, so only acknowledged broadcasts are
 // owed, each exactly once. A number with an attempt whose outcome is
 // unknown (no answer, or a 5xx) may have been published twice, under two
@@ -333,8 +323,8 @@ func (p *publisher) post(ctx context.Context, topic string, n int) (a ack, ok, u
 	data, _ := io.ReadAll(io.LimitReader(res.Body, 4096))
 	res.Body.Close()
 	a.End = time.Now()
-	// 200 with the position for a topic with history, 202 without.
-	if res.StatusCode != http.StatusOK && res.StatusCode != http.StatusAccepted {
+	// 202, with the position for a topic with history.
+	if res.StatusCode != http.StatusAccepted {
 		return a, false, res.StatusCode >= 500
 	}
 	var r struct {

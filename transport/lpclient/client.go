@@ -141,12 +141,7 @@ type joined struct {
 }
 
 // joinParams is what to send as j's join params now.
-func (j joined) joinParams() any {
-	if f, ok := j.params.(func() any); ok {
-		return f()
-	}
-	return j.params
-}
+func (j joined) joinParams() any { return wsclient.JoinParams(j.params) }
 
 // session is one server session; its ctx ends when it is lost (or the
 // client closes).
@@ -382,7 +377,7 @@ func (c *Client) Flush(ctx context.Context) error {
 // rejoins are queued like any message.
 func (c *Client) Join(ctx context.Context, topic string, params any) (wsclient.Message, error) {
 	ref := c.NextRef()
-	m, err := wsclient.JoinMessage(topic, ref, joined{params: params}.joinParams())
+	m, err := wsclient.JoinMessage(topic, ref, wsclient.JoinParams(params))
 	if err != nil {
 		return wsclient.Message{}, err
 	}

@@ -85,13 +85,18 @@ type pendingRejoin struct {
 	tries int
 }
 
-// joinParams is what to send as t's join params now.
-func (t rejoin) joinParams() any {
-	if f, ok := t.params.(func() any); ok {
+// JoinParams is what to send as join params now: params itself, or, for
+// a func() any (phoenix.js's channel(topic, () => params)), what it
+// returns at this join.
+func JoinParams(params any) any {
+	if f, ok := params.(func() any); ok {
 		return f()
 	}
-	return t.params
+	return params
 }
+
+// joinParams is what to send as t's join params now.
+func (t rejoin) joinParams() any { return JoinParams(t.params) }
 
 // JSBackoff is phoenix.js's default reconnect schedule.
 func JSBackoff(tries int) time.Duration {
