@@ -217,7 +217,7 @@ func historyReply(cmd goredis.Cmder) (pubsub.Position, error) {
 // isNoScript reports a NOSCRIPT error: Redis lost its script cache (a
 // restart, SCRIPT FLUSH, a failover to a replica that never saw it).
 func isNoScript(err error) bool {
-	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
+	return goredis.HasErrorPrefix(err, "NOSCRIPT")
 }
 
 // rerunNoScript runs again, with the script in full (EVAL, which also
@@ -371,14 +371,6 @@ func (p *PubSub) historyMessage(topic, epoch string, x any) *pubsub.Message {
 		pos = pubsub.Position{Epoch: epoch, Offset: n}
 	}
 	return &pubsub.Message{Topic: topic, Event: env.event, Payload: payload, Binary: env.binary, Pos: pos}
-}
-
-// historyEcho reports whether this node delivers its own broadcasts of
-// topic when Redis echoes them (a topic with history) rather than
-// dropping the echo.
-func (p *PubSub) historyEcho(topic string) bool {
-	_, ok := p.historyOptions(topic)
-	return ok
 }
 
 // historyExt is what a topic's history adds to its envelopes at most.

@@ -274,8 +274,10 @@ func (p *PubSub) handle(msg *goredis.Message) {
 	// except on a topic with history: then the echo is the delivery, so
 	// that this node sees the topic's offsets in Redis's order.
 	own := env.origin == p.opt.NodeID
-	if own && !p.historyEcho(topic) {
-		return
+	if own {
+		if _, history := p.historyOptions(topic); !history {
+			return
+		}
 	}
 	// Another node (or anything that can PUBLISH to this Redis) may send
 	// what the client entry points refuse; one text frame that is not
