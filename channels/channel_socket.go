@@ -50,6 +50,10 @@ type joinRare struct {
 	// last is the position of the last broadcast of a topic with history
 	// delivered to this join (recovery.go); zero until the first one.
 	last pubsub.Position
+	// loose: a broadcast without a position went out after last, so the
+	// next position of last's epoch may lie past last+1
+	// (loosenPositionLocked).
+	loose bool
 	// While a replay runs (replay.go), the frames held meanwhile are
 	// bounded: heldBytes counts pending's frame bytes against heldMax and
 	// heldMaxBytes; each time the bound is hit the broadcasts with a
@@ -278,7 +282,7 @@ func (c *ChannelSocket) deliver(m *pubsub.Message) {
 		return
 	}
 	if len(c.intercepts) > 0 && slices.Contains(c.intercepts, m.Event) {
-		c.forgetPosition()
+		c.loosenPosition()
 		c.sock.deliverOut(c, m)
 		return
 	}
@@ -286,7 +290,7 @@ func (c *ChannelSocket) deliver(m *pubsub.Message) {
 	if err != nil {
 		// A binary broadcast cannot reach a V1 socket; the others get it.
 		c.sock.ep.log.Debug("channels: broadcast not deliverable to this socket", "topic", m.Topic, "event", m.Event, "vsn", c.sock.ser.Vsn(), "err", err)
-		c.forgetPosition()
+		c.loosenPosition()
 		return
 	}
 	c.mu.Lock()
@@ -295,7 +299,7 @@ func (c *ChannelSocket) deliver(m *pubsub.Message) {
 	case stateJoining:
 		c.holdLocked(heldFrame{f: Frame{Data: data, Binary: binary}, unpositioned: true})
 	case stateJoined:
-		c.forgetPositionLocked()
+		c.loosenPositionLocked()
 		c.sock.sendFrame(Frame{Data: data, Binary: binary})
 	}
 }

@@ -122,7 +122,7 @@ type heldFrame struct {
 	m   *pubsub.Message
 	how deliverHow
 	// unpositioned marks a broadcast without a position (m is nil): when it
-	// goes out, the join forgets its last position (forgetPositionLocked).
+	// goes out, the join accepts a step forward in positions (loosenPositionLocked).
 	unpositioned bool
 }
 
@@ -194,12 +194,12 @@ func (c *ChannelSocket) advanceLocked(h heldFrame) {
 	case last.IsZero():
 	case p.Epoch == last.Epoch && p.Offset <= last.Offset:
 		return // a duplicate: delivered already, live or replayed
-	case p.Epoch == last.Epoch && p.Offset == last.Offset+1:
+	case p.Epoch == last.Epoch && (p.Offset == last.Offset+1 || r.loose):
 	default:
 		c.gapLocked(last, p)
 		return
 	}
-	r.last = p
+	r.last, r.loose = p, false
 	c.emitLocked(h)
 }
 
@@ -254,7 +254,7 @@ func (c *ChannelSocket) flushJoinLocked(last pubsub.Position, held []heldFrame) 
 		}
 		if h.m == nil {
 			if h.unpositioned {
-				c.forgetPositionLocked()
+				c.loosenPositionLocked()
 			}
 			c.sock.sendFrame(h.f)
 			continue
@@ -263,26 +263,30 @@ func (c *ChannelSocket) flushJoinLocked(last pubsub.Position, held []heldFrame) 
 	}
 }
 
-// forgetPosition is forgetPositionLocked for a caller without c.mu.
-func (c *ChannelSocket) forgetPosition() {
+// loosenPosition is loosenPositionLocked for a caller without c.mu.
+func (c *ChannelSocket) loosenPosition() {
 	c.mu.Lock()
-	c.forgetPositionLocked()
+	c.loosenPositionLocked()
 	c.mu.Unlock()
 }
 
-// forgetPositionLocked is what a broadcast without a position does to a
+// loosenPositionLocked is what a broadcast without a position does to a
 // join that follows its topic's positions. Such a broadcast was published
 // by a node that could not carry its position (one whose Gate had not yet
 // heard that every node reads positions, or a node of an older release)
 // and may have taken an offset in the history all the same: the next
-// position can then be past last+1 without any broadcast having been
-// lost. The join forgets its last position and takes the next one as it
-// comes (advanceLocked), rather than fail on a hole that is none; what it
-// gives up is the detection of a real hole across that one step.
+// position of the same epoch can then be past last+1 without any
+// broadcast having been lost. The join accepts that one step forward
+// (advanceLocked) rather than fail on a hole that is none; what it gives
+// up is the detection of a real hole across that step. It keeps last: a
+// later position at or before it is still a duplicate, and one of another
+// epoch still fails the channel, because a new epoch means the history
+// was lost (Redis restarted empty), which the client must be told even
+// when the first broadcast of the new epoch went out without a position.
 // Called with c.mu held.
-func (c *ChannelSocket) forgetPositionLocked() {
-	if c.rare != nil {
-		c.rare.last = pubsub.Position{}
+func (c *ChannelSocket) loosenPositionLocked() {
+	if c.rare != nil && !c.rare.last.IsZero() {
+		c.rare.loose = true
 	}
 }
 
