@@ -229,7 +229,11 @@ type ack struct {
 }
 
 // publisher posts numbered broadcasts (tick{From: name, N: n}) to its
-// topics in turn through one node's HTTP API. A number the API did not
+// topics in turn through one node's HTTP API, number n to topic
+// (n-1) mod len(topics), one a period on average. Each topic has its own
+// lane, which posts its numbers one after another, so a topic's numbers
+// are published in order while the topics' round trips overlap: the pace
+// holds when a round trip takes longer than the period. A number the API did not
 // acknowledge (202) is posted again, the same number, until it is: the
 // ledger's promise is about delivery, so only acknowledged broadcasts are
 // owed, each exactly once. A number with an attempt whose outcome is
@@ -255,7 +259,7 @@ type publisher struct {
 
 func newPublisher(name string, url func() string, topics []string, every time.Duration) *publisher {
 	return &publisher{name: name, url: url, topics: topics, every: every,
-		hc:   &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}},
+		hc:   &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}},
 		acks: map[int]ack{}, ambiguous: map[int]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
 }
 
@@ -267,8 +271,25 @@ func (p *publisher) start(ctx context.Context) *publisher {
 
 func (p *publisher) run(ctx context.Context) {
 	defer close(p.done)
-	next := time.Now()
-	for n := 1; ; n++ {
+	var wg sync.WaitGroup
+	lanes := len(p.topics)
+	for first := 1; first <= lanes; first++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.lane(ctx, first, lanes)
+		}()
+	}
+	wg.Wait()
+}
+
+// lane posts the numbers first, first+step, ... (one topic's), each once
+// acknowledged, one every step periods, starting first-1 periods from
+// now so that the lanes take turns.
+func (p *publisher) lane(ctx context.Context, first, step int) {
+	every := p.every * time.Duration(step)
+	next := time.Now().Add(p.every * time.Duration(first-1))
+	for n := first; ; n += step {
 		topic := p.topics[(n-1)%len(p.topics)]
 		for {
 			select {
@@ -282,7 +303,7 @@ func (p *publisher) run(ctx context.Context) {
 			p.mu.Lock()
 			if ok {
 				p.acks[n] = a
-				p.last = n
+				p.last = max(p.last, n)
 			} else {
 				p.refused++
 				p.ambiguous[n] = p.ambiguous[n] || unsure
@@ -290,7 +311,7 @@ func (p *publisher) run(ctx context.Context) {
 			p.mu.Unlock()
 			if ok {
 				// The pace restarts from now after a stall, without a burst.
-				if next = next.Add(p.every); next.Before(time.Now()) {
+				if next = next.Add(every); next.Before(time.Now()) {
 					next = time.Now()
 				}
 				break
@@ -351,6 +372,33 @@ func (p *publisher) finish() int {
 }
 
 // lastAcked is the highest number acknowledged so far.
+// latency returns the median and the slowest acknowledged publish, and
+// the acknowledged rate over the publisher's run: what the API's round
+// trip cost while the test ran, and whether the pace was held.
+func (p *publisher) latency() (median, slowest time.Duration, perSecond float64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ds := make([]time.Duration, 0, len(p.acks))
+	var first, last time.Time
+	for _, a := range p.acks {
+		ds = append(ds, a.End.Sub(a.Start))
+		if first.IsZero() || a.Start.Before(first) {
+			first = a.Start
+		}
+		if a.End.After(last) {
+			last = a.End
+		}
+	}
+	if len(ds) == 0 {
+		return 0, 0, 0
+	}
+	slices.Sort(ds)
+	if span := last.Sub(first); span > 0 {
+		perSecond = float64(len(ds)) / span.Seconds()
+	}
+	return ds[len(ds)/2], ds[len(ds)-1], perSecond
+}
+
 func (p *publisher) lastAcked() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
