@@ -177,6 +177,7 @@ func (c *ChannelSocket) deliverAt(m *pubsub.Message, excluded bool) {
 // still moves past it, so that the next broadcast is not taken for a hole.
 func (c *ChannelSocket) excluded(m *pubsub.Message) {
 	if m.Pos.IsZero() {
+		c.loosenPosition() // as deliver does for one it sends
 		return
 	}
 	c.deliverAt(m, true)

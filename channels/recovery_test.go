@@ -830,6 +830,20 @@ func TestUnpositionedBroadcastLoosensPosition(t *testing.T) {
 		t.Fatalf("a hole after the position was taken again: %v, want phx_error", ms)
 	}
 
+	// The join's own broadcast_from without a position, which it does
+	// not receive (ExcludedObserver), loosens its position all the same.
+	ch3 := &histChannel{joined: make(chan *channels.ChannelSocket, 1), terminated: make(chan channels.Reason, 1)}
+	e3 := newHistEnv(t, 10, func(string) channels.Channel { return ch3 }, nil)
+	_, c3, cs3 := joinCaptured(t, e3, ch3, "1", `{}`)
+	last3 := e3.publish(t, "room:a", 1, 2)
+	c3.take()
+	channels.Excluded(cs3, &pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":3}`), From: "self"})
+	next := pubsub.Position{Epoch: last3.Epoch, Offset: last3.Offset + 2}
+	channels.Deliver(cs3, &pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":4}`), Pos: next})
+	if ms := decode(t, channels.V2, c3.take()); len(ms) != 1 || ms[0].Ref.Text() != next.String() {
+		t.Fatalf("after its own unpositioned broadcast_from: %v, want the next broadcast and no phx_error", ms)
+	}
+
 	// A new epoch after an unpositioned broadcast fails the channel.
 	ch2 := &histChannel{joined: make(chan *channels.ChannelSocket, 1), terminated: make(chan channels.Reason, 1)}
 	e2 := newHistEnv(t, 10, func(string) channels.Channel { return ch2 }, nil)

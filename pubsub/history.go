@@ -174,7 +174,8 @@ var (
 //     connection between nodes). It sees the hole as a jump in offsets or
 //     a new epoch, and fills it with ReadHistory.
 //   - A subscriber excluded by Message.From that implements
-//     ExcludedObserver is told of the message instead of receiving it.
+//     ExcludedObserver is told of the message instead of receiving it,
+//     with its Pos, which is zero when the message went out without one.
 //   - ReadHistory is O(messages returned), not O(retained).
 type History interface {
 	PubSub
@@ -194,9 +195,13 @@ type History interface {
 }
 
 // ExcludedObserver is implemented by subscribers that follow positions. A
-// message of a topic with history that names the subscriber in From is
-// not delivered to it, but handed to Excluded, so its last seen position
-// moves past the message and the next one is not taken for a hole.
+// message that names the subscriber in From is not delivered to it, but
+// handed to Excluded, so that its last seen position moves past the
+// message and the next one is not taken for a hole. That includes a
+// message without a position (a topic without history, or one published
+// while the cluster could not carry positions): it may still have taken
+// an offset, which the subscriber must allow for as it would had the
+// message been delivered.
 type ExcludedObserver interface {
 	Excluded(m *Message)
 }

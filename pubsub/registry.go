@@ -141,7 +141,7 @@ func deliver(subs []Subscriber, m *Message) int {
 	n := 0
 	for _, s := range subs {
 		if m.From != "" && s.SubscriberID() == m.From {
-			if o, ok := s.(ExcludedObserver); ok && !m.Pos.IsZero() {
+			if o, ok := s.(ExcludedObserver); ok {
 				o.Excluded(m)
 			}
 			continue

@@ -540,8 +540,8 @@ func (s *suite) broadcastFrom(t *testing.T) {
 	expect("c", c.next(t, s.opt.Timeout), "2", p2)
 	expect("c", c.next(t, s.opt.Timeout), "4", p4)
 
-	// On a topic without history there is no position to move past, so
-	// the excluded observer is not told.
+	// On a topic without history the excluded observer is told too, of
+	// a message without a position.
 	plain := topic(plainPrefix)
 	subscribe(t, h, plain, a)
 	publishAt(t, h, &pubsub.Message{Topic: plain, Event: "x", From: "a"})
@@ -549,10 +549,8 @@ func (s *suite) broadcastFrom(t *testing.T) {
 	if m := a.next(t, s.opt.Timeout); m.Event != "y" {
 		t.Fatalf("a got %q on a topic without history, want only %q", m.Event, "y")
 	}
-	select {
-	case m := <-a.excluded:
-		t.Fatalf("a was told of %q, a broadcast without position", m.Event)
-	default:
+	if m := await(t, a.excluded, s.opt.Timeout, "a: exclusion without history"); m.Event != "x" || !m.Pos.IsZero() {
+		t.Fatalf("a was told of %q at %q on a topic without history, want %q without a position", m.Event, m.Pos, "x")
 	}
 }
 
