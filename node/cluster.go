@@ -226,8 +226,9 @@ func (n *Node) clusterLoop(ctx context.Context) {
 	n.seedGate(ctx)
 	// Until here a Redis PubSub writes every form at the floor, which
 	// every release reads.
-	if g, ok := n.cfg.PubSub.(interface{ SetGate(*redis.Gate) }); ok {
+	if g, ok := n.cfg.PubSub.(gateTaker); ok {
 		g.SetGate(n.cluster.gate)
+		n.gated.Store(true)
 	}
 	tick := time.NewTicker(n.cfg.ReportInterval)
 	defer tick.Stop()

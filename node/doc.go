@@ -51,8 +51,11 @@
 // operators' endpoints: /api/broadcast, /api/disconnect, /api/drain,
 // /api/history, /metrics and /dashboard, which answer whoever presents
 // Config.APIKey as a bearer token, or, without a key, loopback clients
-// only. The probes /healthz and /readyz (which turns 503 once a drain
-// begins), and Config.Home at "/".
+// only. The probes /healthz and /readyz (503 once a drain begins, while
+// Redis does not answer, and, on a node just started in a cluster, until
+// the live nodes have reported what they read, so that the load balancer
+// sends it nothing it would relay in an older form), and Config.Home at
+// "/".
 //
 // Connections that are not sockets (API calls, probes) are bounded by the
 // HTTP server's own limits (HTTPIdleTimeout, HTTPRequestTimeout,

@@ -3,6 +3,8 @@ package node
 import (
 	"context"
 	"time"
+
+	"github.com/channelsd/channelsd/pubsub/redis"
 )
 
 // The Gate's roster. A node's Gate (pubsub/redis gate.go) does not let
@@ -14,6 +16,10 @@ import (
 // The presence heartbeats tell which nodes are live when this node
 // starts; given them, the Gate waits only for those nodes' reports, which
 // the prompt reports (cluster.go) bring within a round trip.
+
+// gateTaker is implemented by a PubSub whose cross-node forms the Gate
+// governs (pubsub/redis).
+type gateTaker interface{ SetGate(*redis.Gate) }
 
 // liveNodeLister is implemented by a presence tracker that knows which
 // nodes are live cluster-wide (presence/redis: the nodes whose heartbeat

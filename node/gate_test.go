@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"math"
+	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -156,4 +159,56 @@ func TestPromptReportsAreRateLimited(t *testing.T) {
 	if got := count.n.Load(); got > limit {
 		t.Fatalf("a sent %d reports for %d new nodes in %v, want at most %d", got, newcomers, time.Since(began).Round(time.Millisecond), limit)
 	}
+}
+
+// gatedShared is the shared in-process PubSub taking the Gate, as a Redis
+// PubSub does: a node on it reports ready only once its Gate is settled.
+type gatedShared struct{ sharedPubSub }
+
+func (gatedShared) SetGate(*redis.Gate) {}
+
+// A node whose roster lists a node not heard from yet answers /readyz 503
+// (it would send history broadcasts without their position) until that
+// node reports; a node alone is ready at once.
+func TestNotReadyUntilTheRosterReported(t *testing.T) {
+	ps := gatedShared{newShared()}
+	ready := func(n *Node) (int, string) {
+		t.Helper()
+		res, err := http.Get("http://" + n.Addr().String() + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		body, _ := io.ReadAll(res.Body)
+		return res.StatusCode, string(body)
+	}
+	awaitReady := func(n *Node, what string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			code, _ := ready(n)
+			if code == http.StatusOK {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %s never ready", what, n.cfg.NodeID)
+			}
+			time.Sleep(5 * time.Millisecond) // polling: the probe is what a load balancer polls
+		}
+	}
+	a := startListening(t, Config{NodeID: "a", PubSub: ps, ReportInterval: slowReports,
+		Presence: rosterPresence{Tracker: presence.NewLocal(ps), nodes: []string{"a"}}})
+	awaitReady(a, "a alone")
+	b := startListening(t, Config{NodeID: "b", PubSub: ps, ReportInterval: slowReports,
+		Presence: rosterPresence{Tracker: presence.NewLocal(ps), nodes: []string{"a", "b", "c"}}})
+	awaitView(t, b, "b hears a", func(v []NodeReport) bool { return len(v) == 2 })
+	if code, body := ready(b); code != http.StatusServiceUnavailable || !strings.Contains(body, "other nodes' reports") {
+		t.Fatalf("b's /readyz with roster node c silent: %d %q, want 503 waiting for the reports", code, body)
+	}
+	err := ps.Publish(context.Background(), &pubsub.Message{Topic: clusterTopic, Event: "report",
+		Payload: []byte(`{"node":"c","started":1,"sent":` + itoa(time.Now().UnixMilli()) + `}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	awaitReady(b, "c reported")
 }

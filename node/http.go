@@ -31,6 +31,13 @@ func (n *Node) readyz(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "draining\n")
 		return
 	}
+	// A clustered node that has not yet heard what the other nodes read
+	// would send history broadcasts without their position (redis.Gate).
+	if _, ok := n.cfg.PubSub.(gateTaker); ok && (!n.gated.Load() || !n.cluster.gate.Settled(time.Now())) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, "not ready: waiting for the other nodes' reports\n")
+		return
+	}
 	for _, dep := range []any{n.cfg.PubSub, n.cfg.Presence} {
 		p, ok := dep.(Pinger)
 		if !ok {

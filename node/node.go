@@ -182,6 +182,9 @@ type Node struct {
 	mu       sync.Mutex
 	listener net.Listener
 	draining atomic.Bool
+	// gated: the PubSub writes its cross-node forms through the Gate
+	// (clusterLoop); until then it writes the floor's.
+	gated atomic.Bool
 	shutdown sync.Once
 
 	drainMu     sync.Mutex

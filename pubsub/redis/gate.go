@@ -105,8 +105,9 @@ type Gate struct {
 }
 
 type gateNode struct {
-	reads map[string]int // nil: not announced (the floor)
-	seen  time.Time
+	reads     map[string]int // nil: not announced, or announced nothing (the floor)
+	seen      time.Time
+	announced bool // a report was heard, not just a sign of life
 }
 
 // NewGate returns the Gate of node self, counting from now. ttl is how
@@ -133,7 +134,7 @@ func (g *Gate) Announce(node string, reads map[string]int, now time.Time) {
 	if n := g.nodes[node]; n != nil && now.Before(n.seen) {
 		return // a reordered report
 	}
-	g.nodes[node] = &gateNode{reads: r, seen: now}
+	g.nodes[node] = &gateNode{reads: r, seen: now, announced: true}
 }
 
 // Alive records a sign of life from node without an announcement: a new
@@ -174,6 +175,31 @@ func (g *Gate) SeedRoster(nodes []string, now time.Time) {
 	g.mu.Lock()
 	g.roster = r
 	g.mu.Unlock()
+}
+
+// Settled reports whether the Gate's answers are what the cluster reads
+// rather than the caution of a node that has just started: TTL has passed
+// since it started, or it was seeded with a roster and every roster node
+// has reported since. A node that is not settled yet writes the floor's
+// forms, so it reports itself not ready (node's /readyz) until it is:
+// the load balancer and the API's callers then reach it once it carries
+// history positions, which the prompt reports of the other nodes make a
+// matter of a round trip.
+func (g *Gate) Settled(now time.Time) bool {
+	if g == nil || now.Sub(g.started) >= g.ttl {
+		return true
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.roster == nil {
+		return false
+	}
+	for id := range g.roster {
+		if n := g.nodes[id]; n == nil || !n.announced {
+			return false
+		}
+	}
+	return true
 }
 
 // Forget drops a node known to be gone (a clean shutdown), before its

@@ -242,3 +242,37 @@ func TestGateSeededForgetsARosterNode(t *testing.T) {
 		t.Fatal("a forgotten roster node still waited for")
 	}
 }
+
+// A Gate is settled once its roster's nodes have reported (a sign of life
+// is not a report), or once its TTL has passed; without a roster, only
+// then.
+func TestGateSettlesOnceTheRosterReported(t *testing.T) {
+	t0 := time.Now()
+	var nilGate *Gate
+	if !nilGate.Settled(t0) {
+		t.Fatal("a nil Gate is not settled")
+	}
+	g := NewGate("me", 15*time.Second, t0)
+	if g.Settled(t0.Add(time.Second)) {
+		t.Fatal("settled without a roster before its TTL")
+	}
+	if !g.Settled(t0.Add(16 * time.Second)) {
+		t.Fatal("not settled past its TTL")
+	}
+	g.SeedRoster([]string{"me", "a", "b"}, t0)
+	now := t0.Add(time.Second)
+	g.Announce("a", BuildReads(), now)
+	g.Alive("b", now)
+	if g.Settled(now) {
+		t.Fatal("settled while roster node b gave only a sign of life")
+	}
+	g.Announce("b", nil, now) // a node of the floor: heard all the same
+	if !g.Settled(now) {
+		t.Fatal("not settled once every roster node reported")
+	}
+	empty := NewGate("me", 15*time.Second, t0)
+	empty.SeedRoster([]string{"me"}, t0)
+	if !empty.Settled(t0) {
+		t.Fatal("a node alone in its roster is not settled at once")
+	}
+}
