@@ -286,10 +286,8 @@ func (c *ChannelSocket) deliver(m *pubsub.Message) {
 		c.sock.deliverOut(c, m)
 		return
 	}
-	data, binary, err := m.Encoded(c.sock.ser)
-	if err != nil {
-		// A binary broadcast cannot reach a V1 socket; the others get it.
-		c.sock.ep.log.Debug("channels: broadcast not deliverable to this socket", "topic", m.Topic, "event", m.Event, "vsn", c.sock.ser.Vsn(), "err", err)
+	f, ok := c.frameFor(m)
+	if !ok {
 		c.loosenPosition()
 		return
 	}
@@ -297,11 +295,23 @@ func (c *ChannelSocket) deliver(m *pubsub.Message) {
 	defer c.mu.Unlock()
 	switch c.state {
 	case stateJoining:
-		c.holdLocked(heldFrame{f: Frame{Data: data, Binary: binary}, unpositioned: true})
+		c.holdLocked(heldFrame{f: f, unpositioned: true})
 	case stateJoined:
 		c.loosenPositionLocked()
-		c.sock.sendFrame(Frame{Data: data, Binary: binary})
+		c.sock.sendFrame(f)
 	}
+}
+
+// frameFor returns the broadcast's shared encoding for this socket's
+// serializer, or false when there is none: a binary broadcast cannot
+// reach a V1 socket (the others get it).
+func (c *ChannelSocket) frameFor(m *pubsub.Message) (Frame, bool) {
+	data, binary, err := m.Encoded(c.sock.ser)
+	if err != nil {
+		c.sock.ep.log.Debug("channels: broadcast not deliverable to this socket", "topic", m.Topic, "event", m.Event, "vsn", c.sock.ser.Vsn(), "err", err)
+		return Frame{}, false
+	}
+	return Frame{Data: data, Binary: binary}, true
 }
 
 func (c *ChannelSocket) send(m *Message) error {

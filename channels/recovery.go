@@ -148,14 +148,12 @@ func (c *ChannelSocket) held(m *pubsub.Message, excluded bool) heldFrame {
 		h.how = howIntercept
 		return h
 	}
-	data, binary, err := m.Encoded(c.sock.ser)
-	if err != nil {
-		// As in deliver; the position moves on all the same.
-		c.sock.ep.log.Debug("channels: broadcast not deliverable to this socket", "topic", m.Topic, "event", m.Event, "vsn", c.sock.ser.Vsn(), "err", err)
-		h.how = howSkip
+	f, ok := c.frameFor(m)
+	if !ok {
+		h.how = howSkip // the position moves on all the same
 		return h
 	}
-	h.f, h.how = Frame{Data: data, Binary: binary}, howFrame
+	h.f, h.how = f, howFrame
 	return h
 }
 
