@@ -1,7 +1,6 @@
 package browser
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -317,30 +316,13 @@ func socketHolder(ctx context.Context, t *testing.T, cl *harness.Cluster) int {
 }
 
 // websockets reads channelsd_sockets{transport="websocket"} from a node's
-// /metrics (public in the harness's clusters).
+// /metrics.
 func websockets(ctx context.Context, t *testing.T, nodeURL string) int {
 	t.Helper()
-	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(rctx, http.MethodGet, nodeURL+"/metrics", nil)
+	const name = `channelsd_sockets{transport="websocket"}`
+	m, err := harness.Metrics(ctx, nodeURL, name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("metrics of %s: %v", nodeURL, err)
-	}
-	defer res.Body.Close()
-	sc := bufio.NewScanner(res.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), `channelsd_sockets{transport="websocket"} `); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatalf("metrics of %s: %q", nodeURL, sc.Text())
-			}
-			return int(f)
-		}
-	}
-	t.Fatalf("metrics of %s: no channelsd_sockets for websocket", nodeURL)
-	return 0
+	return int(m[name])
 }

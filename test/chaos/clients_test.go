@@ -38,7 +38,7 @@ func TestSlowConsumer(t *testing.T) {
 		PublishURL: func() string { return cl.Node(1).HTTPURL() }, PublishNode: 1,
 		Tick: 10 * time.Millisecond, Pad: 16 << 10})
 	before := memOf(t, cl, 1, 2, 3)
-	slowBefore := metric(t, cl, 1, "channelsd_slow_consumer_disconnects_total")
+	slowBefore := cl.Metric(t, 1, "channelsd_slow_consumer_disconnects_total")
 
 	d := ws.Dialer{NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		nd := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
@@ -62,7 +62,7 @@ func TestSlowConsumer(t *testing.T) {
 	for {
 		m := memOf(t, cl, 1)[1]
 		peak = mem{heap: max(peak.heap, m.heap), rss: max(peak.rss, m.rss)}
-		if metric(t, cl, 1, "channelsd_slow_consumer_disconnects_total") > slowBefore {
+		if cl.Metric(t, 1, "channelsd_slow_consumer_disconnects_total") > slowBefore {
 			break
 		}
 		if time.Since(stalled) > 30*time.Second {
@@ -133,7 +133,7 @@ func TestHostileFrames(t *testing.T) {
 		Targets:    nodeTargets(cl, 1, 2, 3),
 		PublishURL: func() string { return cl.Node(1).HTTPURL() }, PublishNode: 1})
 	before := memOf(t, cl, 1, 2, 3)
-	malformedBefore := metric(t, cl, 1, "channelsd_malformed_frames_total")
+	malformedBefore := cl.Metric(t, 1, "channelsd_malformed_frames_total")
 
 	garbage := []struct {
 		data   string
@@ -186,7 +186,7 @@ func TestHostileFrames(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if got := metric(t, cl, 1, "channelsd_malformed_frames_total") - malformedBefore; got < float64(each*len(garbage)) {
+	if got := cl.Metric(t, 1, "channelsd_malformed_frames_total") - malformedBefore; got < float64(each*len(garbage)) {
 		t.Errorf("node 1 counted %v malformed frames, want at least %d", got, each*len(garbage))
 	}
 	if n := readyNodes(cl); n != 3 {
@@ -224,7 +224,7 @@ func TestThousandClients(t *testing.T) {
 	before := memOf(t, cl, 1, 2, 3)
 	refusedBefore := 0.0
 	for i := 1; i <= 3; i++ {
-		refusedBefore += metric(t, cl, i, "channelsd_websocket_refused_total")
+		refusedBefore += cl.Metric(t, i, "channelsd_websocket_refused_total")
 	}
 
 	clients := make([]*wsclient.Client, herd)
@@ -279,8 +279,8 @@ func TestThousandClients(t *testing.T) {
 	perNode := map[int]float64{}
 	refused := -refusedBefore
 	for i := 1; i <= 3; i++ {
-		perNode[i] = metric(t, cl, i, `channelsd_sockets{transport="websocket"}`)
-		refused += metric(t, cl, i, "channelsd_websocket_refused_total")
+		perNode[i] = cl.Metric(t, i, `channelsd_sockets{transport="websocket"}`)
+		refused += cl.Metric(t, i, "channelsd_websocket_refused_total")
 	}
 	t.Logf("sockets per node: %v; refused: %v", perNode, refused)
 	if refused > 0 {
@@ -333,7 +333,7 @@ func TestThousandClients(t *testing.T) {
 	for {
 		total := 0.0
 		for i := 1; i <= 3; i++ {
-			total += metric(t, cl, i, `channelsd_sockets{transport="websocket"}`)
+			total += cl.Metric(t, i, `channelsd_sockets{transport="websocket"}`)
 		}
 		if int(total) == len(l.cs) {
 			break

@@ -1,7 +1,6 @@
 package chaos
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -73,67 +72,13 @@ type mem struct{ heap, rss float64 }
 
 func (m mem) String() string { return fmt.Sprintf("heap %.1f MiB, RSS %.1f MiB", m.heap, m.rss) }
 
-var metricsClient = &http.Client{Timeout: 10 * time.Second}
-
-// metrics reads the samples of names (exact, label set included) from the
-// /metrics of the node at baseURL.
-func metrics(ctx context.Context, baseURL string, names ...string) (map[string]float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+"/metrics", nil)
-	if err != nil {
-		return nil, err
-	}
-	res, err := metricsClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer res.Body.Close()
-	if res.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s/metrics: HTTP %d", baseURL, res.StatusCode)
-	}
-	out := map[string]float64{}
-	sc := bufio.NewScanner(res.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		for _, n := range names {
-			if v, ok := strings.CutPrefix(sc.Text(), n+" "); ok {
-				f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-				if err != nil {
-					return nil, fmt.Errorf("%s: %q", n, sc.Text())
-				}
-				out[n] = f
-			}
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	for _, n := range names {
-		if _, ok := out[n]; !ok {
-			return nil, fmt.Errorf("%s/metrics has no %s", baseURL, n)
-		}
-	}
-	return out, nil
-}
-
-// metric is one sample of node i's /metrics.
-func metric(t testing.TB, cl *harness.Cluster, i int, name string) float64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	m, err := metrics(ctx, cl.Node(i).HTTPURL(), name)
-	if err != nil {
-		t.Fatalf("node %d: %v", i, err)
-	}
-	return m[name]
-}
-
 // memOf reads the memory of nodes.
 func memOf(t testing.TB, cl *harness.Cluster, nodes ...int) map[int]mem {
 	t.Helper()
 	out := map[int]mem{}
 	for _, i := range nodes {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		m, err := metrics(ctx, cl.Node(i).HTTPURL(), "go_memstats_heap_inuse_bytes", "process_resident_memory_bytes")
+		m, err := harness.Metrics(ctx, cl.Node(i).HTTPURL(), "go_memstats_heap_inuse_bytes", "process_resident_memory_bytes")
 		cancel()
 		if err != nil {
 			t.Fatalf("memory of node %d: %v", i, err)

@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,7 +10,6 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -232,7 +230,7 @@ func testSlowConsumerRecovers(t *testing.T, cl *harness.Cluster) {
 	defer p.finish()
 	awaitReceived(t, rec, 20, 20*time.Second)
 
-	before := nodeMetric(ctx, t, cl, 1, "channelsd_slow_consumer_disconnects_total")
+	before := cl.Metric(t, 1, "channelsd_slow_consumer_disconnects_total")
 	gate.Lock()
 	stalled = make(chan struct{})
 	gate.Unlock()
@@ -242,7 +240,7 @@ func testSlowConsumerRecovers(t *testing.T, cl *harness.Cluster) {
 	// past the write timeout drops it uncounted. Either way node 1 ends up
 	// without WebSockets (the other subtests' clients are closed).
 	how := "slow consumer"
-	for nodeMetric(ctx, t, cl, 1, "channelsd_slow_consumer_disconnects_total") <= before {
+	for cl.Metric(t, 1, "channelsd_slow_consumer_disconnects_total") <= before {
 		if socketsPerNode(ctx, t, cl, 1)[1] == 0 {
 			how = "dropped (write timeout)"
 			break
@@ -254,12 +252,12 @@ func testSlowConsumerRecovers(t *testing.T, cl *harness.Cluster) {
 	}
 	gaveUp := time.Since(stalledAt)
 	resume()
-	closedAt := nodeMetric(ctx, t, cl, 1, "channelsd_slow_consumer_disconnects_total")
+	closedAt := cl.Metric(t, 1, "channelsd_slow_consumer_disconnects_total")
 	deadline := time.Now().Add(30 * time.Second)
 	for rc.Reconnects() < 1 || !rc.Connected() {
 		if time.Now().After(deadline) {
 			t.Fatalf("the client did not rejoin within 30 s of its close (%s): node 1 closed %v more slow consumers meanwhile; connections %+v",
-				how, nodeMetric(ctx, t, cl, 1, "channelsd_slow_consumer_disconnects_total")-closedAt, rc.Conns())
+				how, cl.Metric(t, 1, "channelsd_slow_consumer_disconnects_total")-closedAt, rc.Conns())
 		}
 		time.Sleep(20 * time.Millisecond) // polling the client's state
 	}
@@ -534,32 +532,6 @@ func smallReceiveBuffer(ctx context.Context, network, addr string) (net.Conn, er
 		return errors.Join(err, serr)
 	}}
 	return d.DialContext(ctx, network, addr)
-}
-
-// nodeMetric reads one unlabelled metric from node i's /metrics.
-func nodeMetric(ctx context.Context, t testing.TB, cl *harness.Cluster, i int, name string) float64 {
-	t.Helper()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, cl.Node(i).HTTPURL()+"/metrics", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("metrics of node%d: %v", i, err)
-	}
-	defer res.Body.Close()
-	sc := bufio.NewScanner(res.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatalf("metrics of node%d: %q", i, sc.Text())
-			}
-			return f
-		}
-	}
-	t.Fatalf("metrics of node%d: no %s", i, name)
-	return 0
 }
 
 // ackFor is the acknowledgement of number n (zero if none).
