@@ -184,7 +184,7 @@ type Node struct {
 	draining atomic.Bool
 	// gated: the PubSub writes its cross-node forms through the Gate
 	// (clusterLoop); until then it writes the floor's.
-	gated atomic.Bool
+	gated    atomic.Bool
 	shutdown sync.Once
 
 	drainMu     sync.Mutex
