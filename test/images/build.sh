@@ -149,6 +149,13 @@ if [ -n "$want_redis" ]; then
 	fi
 fi
 
+# REDIS_CLUSTER_IMAGE (test/harness's Redis Cluster; default REDIS_IMAGE)
+# names an image of its own, e.g. redis:7 where the host's Redis is
+# older: pulled like REDIS_IMAGE.
+if [ -n "$want_redis" ] && [ -n "${REDIS_CLUSTER_IMAGE:-}" ] && [ "$REDIS_CLUSTER_IMAGE" != "$REDIS_IMAGE" ]; then
+	pull "$REDIS_CLUSTER_IMAGE" REDIS_CLUSTER_IMAGE
+fi
+
 if [ -n "$want_haproxy" ]; then
 	if [ "$HAPROXY_IMAGE" != "$DEFAULT_HAPROXY_IMAGE" ]; then
 		pull "$HAPROXY_IMAGE" HAPROXY_IMAGE
