@@ -143,6 +143,9 @@ func dialRedis(ctx context.Context, opts pubsubredis.Options, patience time.Dura
 		if err == nil {
 			return ps, nil
 		}
+		if errors.Is(err, pubsubredis.ErrNotCluster) {
+			return nil, fmt.Errorf("node: %w", err) // configuration: waiting cannot fix it
+		}
 		if ctx.Err() != nil {
 			return nil, giveUp(err)
 		}

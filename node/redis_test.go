@@ -341,3 +341,20 @@ func TestPresenceLimitsApplyToTheNodesTracker(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestClusterURLAtOneRedis: a redis-cluster:// URL naming a Redis without
+// cluster support fails New at once, saying so, instead of waiting out
+// ConnectTimeout for a cluster that will never answer.
+func TestClusterURLAtOneRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	start := time.Now()
+	_, err := New(Config{Router: roomRouter(), Redis: "redis-cluster://" + srv.Addr(), Logger: slog.New(slog.DiscardHandler),
+		RedisOptions: RedisOptions{ConnectTimeout: time.Minute}})
+	if !errors.Is(err, pubsubredis.ErrNotCluster) || !strings.Contains(err.Error(), "cluster support disabled") {
+		t.Fatalf("err = %v, want ErrNotCluster quoting Redis's answer", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("failed after %v: it waited for Redis", took)
+	}
+	t.Logf("error: %v", err)
+}

@@ -77,16 +77,26 @@
 // or peers reaped a node that was only paused), a failed write, or the
 // end of a Redis outage makes the node re-assert: it compares its table
 // with its fields in Redis, deletes the extra ones, writes the missing
-// ones, re-creates its heartbeat, topics set and marker in one
-// transaction, and publishes the corresponding joins and leaves, so the
-// cluster view and the clients heal within one heartbeat. The same runs
-// at New, which removes what a previous incarnation with the same NodeID
-// left behind.
+// ones, re-creates its heartbeat, topics set and marker, and publishes the
+// corresponding joins and leaves, so the cluster view and the clients
+// heal within one heartbeat. The same runs at New, which removes what a
+// previous incarnation with the same NodeID left behind.
+//
+// # Redis Cluster
+//
+// The keys above lie on many slots of a Redis Cluster (each topic's hash
+// on the slot of its name), where no transaction spans two slots. So the
+// re-assertion and the reaper write in steps of one pipeline each, in an
+// order that leaves every interrupted step to the next heartbeat: the
+// re-assertion writes marker and topics before its fields, the reaper
+// deletes fields before the marker. And every clock reading that judges
+// a heartbeat runs on the shard of the nodes hash, whose clock stamped
+// it.
 //
 // # List
 //
 // List(topic) is one round trip: a pipeline of HGETALL of the topic, of
-// the nodes hash and TIME. It keeps the fields of nodes whose heartbeat is
+// the nodes hash and of Redis's clock. It keeps the fields of nodes whose heartbeat is
 // younger than DeadAfter, takes this node's entries from its own table,
 // and groups them by key in track order (time of the track/update, then
 // field). Build presence_state once per request with it, not per socket.

@@ -395,9 +395,8 @@ func (t *Tracker) publish(ctx context.Context, out []outgoing) {
 
 // resync makes Redis hold exactly this node's table (drain: nothing, and
 // no heartbeat): for every topic we have or had entries on, it deletes
-// our fields that are not in the table and writes the missing ones, in
-// one transaction with the heartbeat, the topics set and the alive
-// marker. The pending batches are taken and published together with the
+// our fields that are not in the table and writes the missing ones, and
+// writes the heartbeat, the topics set and the alive marker. The pending batches are taken and published together with the
 // joins and leaves the repair implies (deduplicated by ref), so clients
 // converge on what Redis now holds.
 func (t *Tracker) resync(ctx context.Context, drain bool) error {
@@ -460,12 +459,20 @@ func (t *Tracker) resync(ctx context.Context, drain bool) error {
 		}
 	}
 
-	tx := t.client.TxPipeline()
-	if !drain {
-		tx.Eval(ctx, heartbeatScript, []string{t.nodesKey}, t.me)
-	}
+	// The fields, the topics set, the alive marker and the heartbeat lie
+	// on different slots of a Redis Cluster, where no transaction spans
+	// them, so they are written in steps, each a pipeline, in the order
+	// that keeps every interruption harmless. Entering: topics and marker
+	// before the fields, so that a reaper that removes the fields after
+	// they are written (it read them before) also removes the marker after
+	// this wrote it (it removes fields, then the marker), and the next
+	// heartbeat re-asserts. Leaving (drain, or topics no longer held): the
+	// fields before the topics set, which is how a later resync or reaper
+	// finds fields left by a failed step.
+	fields := t.client.Pipeline()
 	joins := make(map[string][]*change)
 	leaves := make(map[string][]*change)
+	var gone []any // topics in the set where no entry is left
 	for i, topic := range list {
 		key := t.topicKey(topic)
 		have := make(map[string]bool)
@@ -477,11 +484,11 @@ func (t *Tracker) resync(ctx context.Context, drain bool) error {
 			have[f] = true
 			if e := snapshot[topic][f]; e != nil {
 				if want, err := e.value(); err == nil && string(want) != v {
-					tx.HSet(ctx, key, f, want)
+					fields.HSet(ctx, key, f, want)
 				}
 				continue
 			}
-			tx.HDel(ctx, key, f)
+			fields.HDel(ctx, key, f)
 			if s, ok := t.decodeStored(topic, f, v); ok {
 				leaves[topic] = append(leaves[topic], &change{ref: ref, key: s.Key, meta: s.Meta})
 			}
@@ -489,28 +496,47 @@ func (t *Tracker) resync(ctx context.Context, drain bool) error {
 		for f, e := range snapshot[topic] {
 			if !have[f] {
 				if v, err := e.value(); err == nil {
-					tx.HSet(ctx, key, f, v)
+					fields.HSet(ctx, key, f, v)
 				}
 				joins[topic] = append(joins[topic], &change{ref: e.ref, key: e.key, meta: e.meta})
 			}
 		}
+		if len(snapshot[topic]) == 0 {
+			gone = append(gone, topic)
+		}
 	}
-	tx.Del(ctx, t.topicsKey)
-	if drain {
-		tx.Del(ctx, t.aliveKey)
-		tx.HDel(ctx, t.nodesKey, t.me)
-	} else {
+	if !drain {
+		enter := t.client.Pipeline()
+		enter.Eval(ctx, heartbeatScript, []string{t.nodesKey}, t.me)
 		if len(snapshot) > 0 {
 			members := make([]any, 0, len(snapshot))
 			for s := range snapshot {
 				members = append(members, s)
 			}
-			tx.SAdd(ctx, t.topicsKey, members...)
+			enter.SAdd(ctx, t.topicsKey, members...)
 		}
-		tx.Set(ctx, t.aliveKey, t.src, 0)
+		enter.Set(ctx, t.aliveKey, t.src, 0)
+		if _, err := enter.Exec(ctx); err != nil {
+			return failed(err)
+		}
 	}
-	if _, err := tx.Exec(ctx); err != nil {
-		return failed(err)
+	if fields.Len() > 0 {
+		if _, err := fields.Exec(ctx); err != nil {
+			return failed(err)
+		}
+	}
+	leave := t.client.Pipeline()
+	if drain {
+		leave.Del(ctx, t.topicsKey)
+		leave.Del(ctx, t.aliveKey)
+		leave.HDel(ctx, t.nodesKey, t.me)
+	} else if len(gone) > 0 {
+		leave.SRem(ctx, t.topicsKey, gone...)
+	}
+	if leave.Len() > 0 {
+		if _, err := leave.Exec(ctx); err != nil {
+			return failed(err)
+		}
 	}
 
 	t.mu.Lock()

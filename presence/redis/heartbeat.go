@@ -22,6 +22,14 @@ local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], ARGV[1], ms)
 return ms`
 
+// clockScript returns Redis's clock in milliseconds, run with the nodes
+// hash as its key: the heartbeats are judged by the clock that stamped
+// them, that of the shard holding the hash, and not by another shard's
+// (TIME, having no key, goes to any shard of a Redis Cluster).
+const clockScript = `
+local t = redis.call('TIME')
+return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`
+
 func (t *Tracker) heartbeatLoop() {
 	defer t.wg.Done()
 	tick := time.NewTicker(t.opt.Heartbeat)
@@ -88,11 +96,12 @@ func (t *Tracker) heartbeat() {
 func (t *Tracker) LiveNodes(ctx context.Context) ([]string, error) {
 	pipe := t.client.Pipeline()
 	ncmd := pipe.HGetAll(ctx, t.nodesKey)
-	tcmd := pipe.Time(ctx)
+	tcmd := pipe.Eval(ctx, clockScript, []string{t.nodesKey})
 	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, fmt.Errorf("presence/redis: live nodes: %w", err)
 	}
-	live := t.liveNodes(ncmd.Val(), tcmd.Val().UnixMilli())
+	now, _ := tcmd.Int64()
+	live := t.liveNodes(ncmd.Val(), now)
 	return slices.Sorted(maps.Keys(live)), nil
 }
 
@@ -198,24 +207,48 @@ func (t *Tracker) reap(ctx context.Context, dead string) {
 			return
 		}
 	}
-	tx := t.client.TxPipeline()
+	// The fields first, the bookkeeping once they are all gone: on a Redis
+	// Cluster the topics lie on different slots, where no transaction
+	// spans them. A topic's leaves go out only when its fields were
+	// removed; after a partial failure the claim runs out, and the next
+	// reaper finds the dead node's topics set still there and only the
+	// fields left to remove.
+	del := t.client.Pipeline()
 	leaves := make(map[string][]*change)
+	hdels := make(map[string]interface{ Err() error })
 	for i, topic := range topics {
+		var fields []string
 		for f, v := range cmds[i].Val() {
 			if !strings.HasPrefix(f, prefix) {
 				continue
 			}
-			tx.HDel(ctx, t.topicKey(topic), f)
+			fields = append(fields, f)
 			if s, ok := t.decodeStored(topic, f, v); ok {
 				leaves[topic] = append(leaves[topic], &change{ref: f[len(prefix):], key: s.Key, meta: s.Meta})
 			}
 		}
+		if len(fields) > 0 {
+			hdels[topic] = del.HDel(ctx, t.topicKey(topic), fields...)
+		}
 	}
-	tx.Del(ctx, deadTopics, t.opt.Prefix+":n:"+dead+":alive")
-	tx.HDel(ctx, t.nodesKey, dead)
-	if _, err := tx.Exec(ctx); err != nil {
-		t.log.Warn("presence/redis: removing a dead node's entries failed; retried later", "node", dead, "err", err)
-		return
+	var failed error
+	if del.Len() > 0 {
+		_, failed = del.Exec(ctx)
+		for topic, cmd := range hdels {
+			if cmd.Err() != nil {
+				delete(leaves, topic)
+			}
+		}
+	}
+	if failed == nil {
+		book := t.client.Pipeline()
+		book.Del(ctx, deadTopics)
+		book.Del(ctx, t.opt.Prefix+":n:"+dead+":alive")
+		book.HDel(ctx, t.nodesKey, dead)
+		_, failed = book.Exec(ctx)
+	}
+	if failed != nil {
+		t.log.Warn("presence/redis: removing a dead node's entries failed; retried later", "node", dead, "err", failed)
 	}
 	n := 0
 	t.mu.Lock()

@@ -425,16 +425,16 @@ func compareRows(a, b row) int {
 
 // readRemote reads the entries of topic that other live nodes hold, in
 // List's order: one round trip, a pipeline of HGETALL of the topic, of
-// the nodes hash and TIME. Lists share it through t.reads.
+// the nodes hash and of Redis's clock (clockScript). Lists share it through t.reads.
 func (t *Tracker) readRemote(ctx context.Context, topic string) ([]row, error) {
 	pipe := t.client.Pipeline()
 	hcmd := pipe.HGetAll(ctx, t.topicKey(topic))
 	ncmd := pipe.HGetAll(ctx, t.nodesKey)
-	tcmd := pipe.Time(ctx)
+	tcmd := pipe.Eval(ctx, clockScript, []string{t.nodesKey})
 	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, err
 	}
-	now := tcmd.Val().UnixMilli()
+	now, _ := tcmd.Int64()
 	live := t.liveNodes(ncmd.Val(), now)
 	rows := make([]row, 0, len(hcmd.Val()))
 	for f, v := range hcmd.Val() {

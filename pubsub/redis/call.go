@@ -305,7 +305,9 @@ func (p *PubSub) publishNow(ctx context.Context, topic, event string, payload []
 	// No send time: calls are not broadcasts, and stay out of the
 	// cross-node broadcast latency.
 	data = appendEnvelope(data, p.opt.NodeID, 0, p.seq.Add(1), "", event, true, payload)
-	n, err := p.client.Publish(ctx, p.chanPrefix+topic, data).Result()
+	cmd := publishCmd(ctx, p.chanPrefix+topic, data)
+	_ = p.client.Process(ctx, cmd)
+	n, err := cmd.Result()
 	if err != nil {
 		return 0, fmt.Errorf("redis: publish: %w", err)
 	}
@@ -379,7 +381,10 @@ func (p *PubSub) Call(ctx context.Context, node, service string, req []byte) ([]
 	}
 	p.calls.sent.Add(1)
 	n, err := p.publishNow(ctx, nodeTopic(node), "call", frame)
-	if err == nil && n == 0 {
+	// A Redis Cluster counts only the receivers connected to the master
+	// that took the PUBLISH, so there no receiver means nothing: the call
+	// waits for its answer.
+	if err == nil && n == 0 && !p.opt.Cluster() {
 		err = pubsub.ErrNoNode
 	}
 	if err != nil {

@@ -44,6 +44,11 @@ type Options struct {
 	// password and database: rediss://user:secret@redis:6379/2. It is
 	// parsed by go-redis's ParseURL, so its query parameters
 	// (dial_timeout, pool_size, ...) work too.
+	//
+	// A redis-cluster:// (rediss-cluster:// over TLS) URL names a Redis
+	// Cluster by some of its nodes, with optional user and password:
+	// redis-cluster://user:secret@redis1:6379,redis2:6379. Its query
+	// parameters are those of go-redis's ParseClusterURL.
 	URL string
 
 	// SentinelAddrs lists Redis Sentinels (host:port); MasterName is the
@@ -177,6 +182,35 @@ func (o Options) newClient() (goredis.UniversalClient, error) {
 // CLIENT LIST. Other Redis-backed components (presence) use it so that one
 // --redis value means the same connection settings everywhere.
 func (o Options) NewClient(name string) (goredis.UniversalClient, error) {
+	if o.Cluster() {
+		co, err := parseClusterURL(o.URL)
+		if err != nil {
+			return nil, err
+		}
+		co.ClientName = name
+		co.ContextTimeoutEnabled = true
+		// Retries and redirects are one setting in a cluster client, and
+		// a retried write may run twice (see below): a command a slot
+		// move redirects fails once, and the client reloads the slot map
+		// for the next, unless the URL sets max_redirects.
+		if !co.explicitRedirects {
+			co.MaxRedirects = -1
+		}
+		co.MaxRetries = -1
+		if co.DialerRetries == 0 {
+			co.DialerRetries = 1
+		}
+		if co.Protocol == 0 {
+			co.Protocol = 2
+		}
+		co.DisableIdentity = true
+		co.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+		setIfZero(&co.ReadBufferSize, clientBufferSize)
+		setIfZero(&co.WriteBufferSize, clientBufferSize)
+		setIfZero(&co.PipelineReadBufferSize, clientBufferSize)
+		setIfZero(&co.PipelineWriteBufferSize, clientBufferSize)
+		return goredis.NewClusterClient(co.ClusterOptions), nil
+	}
 	if o.URL != "" {
 		ro, err := goredis.ParseURL(o.URL)
 		if err != nil {
@@ -251,6 +285,78 @@ func setIfZero(v *int, def int) {
 // SentinelScheme is the URL scheme ParseAddress accepts for Sentinel.
 const SentinelScheme = "redis-sentinel"
 
+// ClusterScheme and ClusterTLSScheme are the URL schemes ParseAddress
+// accepts for a Redis Cluster, without and with TLS.
+const (
+	ClusterScheme    = "redis-cluster"
+	ClusterTLSScheme = "rediss-cluster"
+)
+
+// Cluster reports whether o names a Redis Cluster.
+func (o Options) Cluster() bool {
+	scheme, _, _ := strings.Cut(o.URL, "://")
+	scheme = strings.ToLower(scheme)
+	return scheme == ClusterScheme || scheme == ClusterTLSScheme
+}
+
+// clusterOptions is go-redis's ClusterOptions and whether the URL set
+// max_redirects.
+type clusterOptions struct {
+	*goredis.ClusterOptions
+	explicitRedirects bool
+}
+
+// parseClusterURL reads a redis-cluster:// or rediss-cluster:// URL. It
+// is rewritten into the form go-redis's ParseClusterURL reads (the first
+// node in the authority, the others as addr parameters), which brings its
+// query parameters and TLS handling; net/url alone rejects a host list.
+func parseClusterURL(s string) (clusterOptions, error) {
+	scheme, rest, _ := strings.Cut(strings.TrimSpace(s), "://")
+	goScheme := "redis"
+	if strings.EqualFold(scheme, ClusterTLSScheme) {
+		goScheme = "rediss"
+	}
+	rest, query, _ := strings.Cut(rest, "?")
+	authority, path, _ := strings.Cut(rest, "/")
+	if path != "" && path != "0" {
+		return clusterOptions{}, fmt.Errorf("redis: cluster address: database %q: a Redis Cluster has database 0 only", path)
+	}
+	userinfo := ""
+	if i := strings.LastIndex(authority, "@"); i >= 0 {
+		userinfo, authority = authority[:i+1], authority[i+1:]
+	}
+	var hosts []string
+	for _, h := range strings.Split(authority, ",") {
+		if h == "" {
+			return clusterOptions{}, errors.New("redis: cluster address: empty host in the host list")
+		}
+		if _, _, err := net.SplitHostPort(h); err != nil {
+			h = net.JoinHostPort(strings.Trim(h, "[]"), "6379")
+			if _, _, err := net.SplitHostPort(h); err != nil {
+				return clusterOptions{}, fmt.Errorf("redis: cluster address: host %q: %w", h, err)
+			}
+		}
+		hosts = append(hosts, h)
+	}
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return clusterOptions{}, fmt.Errorf("redis: cluster address: query: %w", err)
+	}
+	explicit := q.Has("max_redirects")
+	for _, h := range hosts[1:] {
+		q.Add("addr", h)
+	}
+	u := goScheme + "://" + userinfo + hosts[0]
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	co, err := goredis.ParseClusterURL(u)
+	if err != nil {
+		return clusterOptions{}, fmt.Errorf("redis: cluster address: %w", err)
+	}
+	return clusterOptions{co, explicit}, nil
+}
+
 // ParseAddress maps a --redis flag value to Options (only the address
 // fields are set; the caller adds NodeID, Prefix, Logger, ...). Accepted:
 //
@@ -258,8 +364,13 @@ const SentinelScheme = "redis-sentinel"
 //	rediss://...                         same, over TLS
 //	unix://[[user]:password@]/path/to/redis.sock[?db=N]
 //	redis-sentinel://[[user]:password@]host1[:26379],host2[:26379]/mastername[/db][?sentinel_password=...&sentinel_username=...]
+//	redis-cluster://[[user]:password@]host1[:6379],host2[:6379],...[?option=value...]
+//	rediss-cluster://...                 same, over TLS
 //	host:port                            shorthand for redis://host:port
 //
+// A Redis Cluster is named by any of its nodes (more than one, so that
+// the node can start while one is down); the client learns the others
+// from them.
 // In the Sentinel form, user and password authenticate to the master;
 // sentinel_username and sentinel_password to the Sentinels. A Sentinel
 // without a port listens on 26379. Percent-encode special characters in
@@ -273,7 +384,7 @@ func ParseAddress(s string) (Options, error) {
 	if !ok {
 		// host:port shorthand.
 		if _, _, err := net.SplitHostPort(s); err != nil {
-			return Options{}, fmt.Errorf("redis: address %q: want a redis://, rediss://, unix:// or %s:// URL, or host:port", s, SentinelScheme)
+			return Options{}, fmt.Errorf("redis: address %q: want a redis://, rediss://, unix://, %s:// or %s:// URL, or host:port", s, SentinelScheme, ClusterScheme)
 		}
 		return Options{URL: "redis://" + s}, nil
 	}
@@ -285,8 +396,13 @@ func ParseAddress(s string) (Options, error) {
 		return Options{URL: s}, nil
 	case SentinelScheme:
 		return parseSentinel(rest)
+	case ClusterScheme, ClusterTLSScheme:
+		if _, err := parseClusterURL(s); err != nil {
+			return Options{}, err
+		}
+		return Options{URL: s}, nil
 	default:
-		return Options{}, fmt.Errorf("redis: address: unknown scheme %q (want redis, rediss, unix or %s)", scheme, SentinelScheme)
+		return Options{}, fmt.Errorf("redis: address: unknown scheme %q (want redis, rediss, unix, %s, %s or %s)", scheme, SentinelScheme, ClusterScheme, ClusterTLSScheme)
 	}
 }
 

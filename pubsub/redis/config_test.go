@@ -5,6 +5,9 @@ import (
 	"regexp"
 	"slices"
 	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
 )
 
 func TestParseAddress(t *testing.T) {
@@ -20,6 +23,8 @@ func TestParseAddress(t *testing.T) {
 		{"redis-sentinel://:p%40ss@s1,s2/mymaster/3", Options{SentinelAddrs: []string{"s1:26379", "s2:26379"}, MasterName: "mymaster", Password: "p@ss", DB: 3}},
 		{"redis-sentinel://app:pw@[::1]:26379,10.0.0.2/m?sentinel_password=sp&sentinel_username=su",
 			Options{SentinelAddrs: []string{"[::1]:26379", "10.0.0.2:26379"}, MasterName: "m", Username: "app", Password: "pw", SentinelUsername: "su", SentinelPassword: "sp"}},
+		{"redis-cluster://r1:7000,r2", Options{URL: "redis-cluster://r1:7000,r2"}},
+		{"rediss-cluster://u:p%40ss@r1/0?dial_timeout=3s", Options{URL: "rediss-cluster://u:p%40ss@r1/0?dial_timeout=3s"}},
 	}
 	for _, c := range cases {
 		got, err := ParseAddress(c.in)
@@ -39,6 +44,7 @@ func TestParseAddress(t *testing.T) {
 		"", "localhost", "http://x:1", "redis://x:1/notadb",
 		"redis-sentinel://s1:26379", "redis-sentinel://s1:26379/", "redis-sentinel://s1,,s2/m",
 		"redis-sentinel://s1/m/x", "redis-sentinel://s1/m?bogus=1",
+		"redis-cluster://", "redis-cluster://r1,,r2", "redis-cluster://r1/2", "redis-cluster://r1?bogus=1",
 	} {
 		if o, err := ParseAddress(bad); err == nil {
 			t.Fatalf("ParseAddress(%q) = %+v, want an error", bad, o)
@@ -67,5 +73,53 @@ func TestOptionsDefaults(t *testing.T) {
 		if _, err := bad.withDefaults(); err == nil {
 			t.Fatalf("%+v accepted", bad)
 		}
+	}
+}
+
+// TestClusterURL: a cluster URL reaches go-redis's cluster options with
+// every node, the credentials and TLS, and the client settings every
+// channelsd client has (no retries or redirects unless the URL asks,
+// RESP2).
+func TestClusterURL(t *testing.T) {
+	o, err := ParseAddress("rediss-cluster://app:p%40ss@r1:7000,r2,[::1]:7002?dial_timeout=3s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !o.Cluster() || (Options{URL: "redis://r1"}).Cluster() {
+		t.Fatal("Cluster() does not tell a cluster URL from another")
+	}
+	co, err := parseClusterURL(o.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"r1:7000", "r2:6379", "[::1]:7002"}; !slices.Equal(co.Addrs, want) {
+		t.Errorf("Addrs %v, want %v", co.Addrs, want)
+	}
+	if co.Username != "app" || co.Password != "p@ss" || co.TLSConfig == nil || co.DialTimeout != 3*time.Second || co.explicitRedirects {
+		t.Errorf("options %+v, explicit redirects %v", co.ClusterOptions, co.explicitRedirects)
+	}
+	if got := o.describe(); got != "the Redis Cluster at r1:7000,r2:6379,[::1]:7002" {
+		t.Errorf("describe() = %q", got)
+	}
+	c, err := o.NewClient("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cc, ok := c.(*goredis.ClusterClient)
+	if !ok {
+		t.Fatalf("NewClient made a %T, want a cluster client", c)
+	}
+	if got := cc.Options(); got.MaxRedirects != 0 || got.MaxRetries != -1 || got.Protocol != 2 || got.ClientName != "test" {
+		t.Errorf("client options: redirects %d, retries %d, protocol %d, name %q", got.MaxRedirects, got.MaxRetries, got.Protocol, got.ClientName)
+	}
+	o, _ = ParseAddress("redis-cluster://r1?max_redirects=2")
+	c, err = o.NewClient("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := c.(*goredis.ClusterClient).Options().MaxRedirects; got != 2 {
+		t.Errorf("max_redirects=2 gave MaxRedirects %d", got)
 	}
 }

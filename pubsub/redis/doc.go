@@ -37,6 +37,20 @@
 // at offset 1 in a new epoch. The script runs as EVALSHA; a Redis that
 // answers NOSCRIPT is sent it once in full (Stats.ScriptReloads).
 //
+// # Redis Cluster
+//
+// A redis-cluster:// URL (Options.URL) runs the PubSub on a go-redis
+// cluster client. Broadcasts stay classic PUBLISH/SUBSCRIBE, which a Redis
+// Cluster relays to every shard, so a node may listen on any one; but
+// each PUBLISH goes to the master of its channel's slot, as a keyed
+// command would, because two publishes of a topic taken by two masters
+// can reach a subscriber in either order over the cluster bus. The
+// history keys share the {<topic>} hash tag, so the script touches one
+// slot; its PUBLISH goes out from that slot's master. A cluster counts a
+// PUBLISH's receivers on that master only, so a call is not failed for
+// having none (Call waits for its answer). New fails with ErrNotCluster
+// when the URL reaches a Redis without cluster support.
+//
 // The envelope (see envelope.go) is a small binary header followed by the
 // payload verbatim: origin node id, a per-node sequence number (message id
 // = origin + sequence), the sender subscriber for broadcast_from, the

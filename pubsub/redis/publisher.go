@@ -105,7 +105,7 @@ func (p *PubSub) flush(batch []*publishReq) {
 			if r.hist != nil {
 				historyPublish.EvalSha(ctx, pipe, r.hist.keys, r.hist.args...)
 			} else {
-				pipe.Publish(ctx, r.channel, r.data)
+				_ = pipe.Process(ctx, publishCmd(ctx, r.channel, r.data))
 			}
 		}
 		return nil
@@ -180,4 +180,16 @@ func (p *PubSub) roundTrip(ctx context.Context, topic string, now time.Time, req
 	}
 	p.published.Add(1)
 	return nil
+}
+
+// publishCmd is a PUBLISH that a Redis Cluster client sends to the master
+// of its channel's slot, as if the channel were a key. go-redis sends a
+// PUBLISH, which has no key, to any master; the cluster bus then relays it
+// to the others, and two publishes on one channel sent to two masters can
+// reach a subscriber in either order. One master per channel keeps each
+// topic's order. A single Redis ignores the key position.
+func publishCmd(ctx context.Context, channel string, data []byte) *goredis.IntCmd {
+	cmd := goredis.NewIntCmd(ctx, "publish", channel, data)
+	cmd.SetFirstKeyPos(1)
+	return cmd
 }

@@ -29,6 +29,9 @@ var (
 	// ErrDisconnected: the node's connection to Redis is down; it is
 	// being redialed.
 	ErrDisconnected = errors.New("redis: not connected")
+	// ErrNotCluster: New was given a Redis Cluster URL, and the Redis it
+	// reached runs without cluster support. Retrying cannot help.
+	ErrNotCluster = errors.New("redis: not a Redis Cluster")
 )
 
 // PubSub is a pubsub.PubSub that relays broadcasts between nodes through
@@ -134,6 +137,11 @@ func New(ctx context.Context, opt Options) (*PubSub, error) {
 	}
 	if err := client.Ping(ctx).Err(); err != nil {
 		_ = client.Close()
+		// A cluster client asks for the slot map first, which a Redis
+		// without cluster support refuses with this message.
+		if opt.Cluster() && strings.Contains(err.Error(), "cluster support disabled") {
+			return nil, fmt.Errorf("%w: %s answered %q; name one Redis with a redis:// URL", ErrNotCluster, opt.describe(), err)
+		}
 		return nil, fmt.Errorf("redis: connecting to %s: %w", opt.describe(), err)
 	}
 	p := &PubSub{
@@ -172,6 +180,12 @@ func New(ctx context.Context, opt Options) (*PubSub, error) {
 
 // describe names the Redis for messages, without credentials.
 func (o Options) describe() string {
+	if o.Cluster() {
+		if co, err := parseClusterURL(o.URL); err == nil {
+			return "the Redis Cluster at " + strings.Join(co.Addrs, ",")
+		}
+		return "the configured Redis Cluster"
+	}
 	if o.URL != "" {
 		if u, err := url.Parse(o.URL); err == nil {
 			return u.Redacted()

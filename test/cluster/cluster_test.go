@@ -18,10 +18,29 @@ const messages = 200
 // one three-node cluster.
 func TestCluster(t *testing.T) {
 	cl := harness.Start(t, harness.Options{Nodes: 3})
-	t.Run("BroadcastFromClientReachesEveryNodeInOrder", func(t *testing.T) { testClientBroadcastOrder(t, cl.For(t)) })
-	t.Run("BroadcastFromAPIReachesEveryNodeInOrder", func(t *testing.T) { testAPIBroadcastOrder(t, cl.For(t)) })
-	t.Run("BroadcastFromExcludesOnlyTheSender", func(t *testing.T) { testBroadcastFrom(t, cl.For(t)) })
-	t.Run("DisconnectByIDClosesThatIDOnEveryNode", func(t *testing.T) { testDisconnectByID(t, cl.For(t)) })
+	runChecks(t, cl, fanoutChecks)
+}
+
+// check is a subtest run on a cluster that its caller started.
+type check struct {
+	name string
+	run  func(*testing.T, *harness.Cluster)
+}
+
+// fanoutChecks leave the cluster as they found them, on distinct topics:
+// any number of them share one cluster, whatever its Redis.
+var fanoutChecks = []check{
+	{"BroadcastFromClientReachesEveryNodeInOrder", testClientBroadcastOrder},
+	{"BroadcastFromAPIReachesEveryNodeInOrder", testAPIBroadcastOrder},
+	{"BroadcastFromExcludesOnlyTheSender", testBroadcastFrom},
+	{"DisconnectByIDClosesThatIDOnEveryNode", testDisconnectByID},
+}
+
+// runChecks runs each check as a subtest of t on cl.
+func runChecks(t *testing.T, cl *harness.Cluster, checks []check) {
+	for _, c := range checks {
+		t.Run(c.name, func(t *testing.T) { c.run(t, cl.For(t)) })
+	}
 }
 
 // testClientBroadcastOrder: a client on node 1 broadcasts 200 numbered

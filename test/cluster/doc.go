@@ -6,7 +6,9 @@
 // node once and in publish order (from a client and from the HTTP API),
 // broadcast_from excluding only the sender, disconnect by socket id on
 // every node, a Redis outage and recovery without restarting nodes, and a
-// node killed with SIGKILL while the others carry on.
+// node killed with SIGKILL while the others carry on. TestRedisCluster runs
+// the fan-out and presence scenarios, unchanged, on a Redis Cluster of
+// three masters (harness.Options.RedisCluster).
 //
 // They need a Docker engine and the images built by `make images`
 // (test/images/build.sh); without them they fail, saying so. Nothing is

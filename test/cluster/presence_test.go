@@ -32,10 +32,15 @@ const (
 )
 
 func startPresenceCluster(t *testing.T, nodes int, args ...string) *harness.Cluster {
-	return harness.Start(t, harness.Options{Nodes: nodes, Args: append([]string{
+	return harness.Start(t, harness.Options{Nodes: nodes, Args: append(presenceArgs(), args...)})
+}
+
+// presenceArgs are the nodes' flags for the presence timing above.
+func presenceArgs() []string {
+	return []string{
 		"--presence-heartbeat=" + presenceHeartbeat.String(),
 		"--presence-dead-after=" + presenceDeadAfter.String(),
-	}, args...)})
+	}
 }
 
 // ---- presence payloads and the JS Presence merge (PROTOCOL.md §7.4) ----
@@ -482,8 +487,11 @@ func modelOf(ms []*member, obs []*observer, exclude func(*member) bool) map[stri
 // three concurrent workers; afterwards every node's list of every room,
 // and the merged view of a long-lived observer on every node, equal the
 // model computed from the sockets still joined.
-func TestPresenceChurn(t *testing.T) {
-	cl := startPresenceCluster(t, 3)
+func TestPresenceChurn(t *testing.T) { testPresenceChurn(t, startPresenceCluster(t, 3)) }
+
+// testPresenceChurn is TestPresenceChurn on a cluster of three nodes with
+// presenceArgs, whose rooms room:churn-* it leaves to it.
+func testPresenceChurn(t *testing.T, cl *harness.Cluster) {
 	ctx := timeout(t, 3*waitTimeout)
 	rooms := []string{"room:churn-a", "room:churn-b", "room:churn-c"}
 	var obs []*observer
@@ -667,8 +675,12 @@ func TestPresenceChurn(t *testing.T) {
 // the lists of nodes 1 and 2 within dead-after plus one heartbeat (plus
 // slack), and the observers on nodes 1 and 2 receive leaves for exactly
 // the metas of node 3's sockets, each once, and for nothing else.
-func TestPresenceNodeKilled(t *testing.T) {
-	cl := startPresenceCluster(t, 3)
+func TestPresenceNodeKilled(t *testing.T) { testPresenceNodeKilled(t, startPresenceCluster(t, 3)) }
+
+// testPresenceNodeKilled is TestPresenceNodeKilled on a cluster of three
+// nodes with presenceArgs, whose room room:kill it leaves to it. Node 3
+// stays dead.
+func testPresenceNodeKilled(t *testing.T, cl *harness.Cluster) {
 	ctx := timeout(t, 3*waitTimeout)
 	const topic = "room:kill"
 	obs := []*observer{

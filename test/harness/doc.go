@@ -8,6 +8,13 @@
 // Docker engine cannot be reached. Image names come from NODE_IMAGE
 // (default channelsd:test) and REDIS_IMAGE (default channelsd-redis:test).
 //
+// With Options.RedisCluster the nodes run on a Redis Cluster of three
+// masters with a replica each, made of REDIS_CLUSTER_IMAGE (default
+// REDIS_IMAGE; sharded pub/sub needs Redis 7, e.g. redis:7) and formed by
+// redis-cli --cluster create in a few seconds. Its nodes announce their
+// network aliases, which the channelsd nodes resolve and this host does
+// not: RedisClient reaches them from here through their published ports.
+//
 // An earlier release runs from its own image: BuildNodeImageAt builds
 // it from git (the commit's tree, this host's Go toolchain, nothing
 // pulled) once, Options.Image starts nodes on it and ReplaceNodeWith rolls

@@ -53,6 +53,14 @@ type Options struct {
 	// NoRedis starts no Redis and runs the nodes without --redis, each
 	// with its in-memory broker: independent single nodes.
 	NoRedis bool
+	// RedisCluster runs a Redis Cluster instead of one Redis: three
+	// masters, each with one replica (six containers of
+	// RedisClusterImage(), aliases redis1 to redis6, redis1-3 the first
+	// masters), and the nodes get --redis
+	// redis-cluster://redis1:6379,redis2:6379,redis3:6379. RedisClient
+	// reaches it from this host; StopRedis and the like, which act on the
+	// one Redis, fail the test.
+	RedisCluster bool
 	// RedisPrefix is passed as --redis-prefix when set.
 	RedisPrefix string
 	// LogLevel is the nodes' --log-level; "" means debug.
@@ -83,7 +91,10 @@ type Cluster struct {
 	docker  *testcontainers.DockerClient
 	network *testcontainers.DockerNetwork
 	redis   *testcontainers.DockerContainer
-	nodes   []*Node
+	// redisNodes are the Redis Cluster's containers (Options.RedisCluster),
+	// redis1 first.
+	redisNodes []*testcontainers.DockerContainer
+	nodes      []*Node
 	// nodeArgs are the flags every node gets from the cluster (Redis);
 	// generation counts the replacements of each node (ReplaceNode).
 	nodeArgs   []string
@@ -189,7 +200,12 @@ func Start(t testing.TB, opts Options) *Cluster {
 		_ = docker.Close()
 	})
 	images := []string{opts.Image}
-	if !opts.NoRedis {
+	switch {
+	case opts.NoRedis && opts.RedisCluster:
+		t.Fatalf("harness: Options.NoRedis and Options.RedisCluster together")
+	case opts.RedisCluster:
+		images = append(images, RedisClusterImage())
+	case !opts.NoRedis:
 		images = append(images, RedisImage())
 	}
 	for _, img := range images {
@@ -215,7 +231,13 @@ func Start(t testing.TB, opts Options) *Cluster {
 	t.Cleanup(c.teardown)
 
 	var nodeArgs []string
-	if !opts.NoRedis {
+	if opts.RedisCluster {
+		url, err := c.startRedisCluster(ctx)
+		if err != nil {
+			t.Fatalf("harness: %v", err)
+		}
+		nodeArgs = append(nodeArgs, "--redis", url)
+	} else if !opts.NoRedis {
 		c.redis, err = testcontainers.Run(ctx, RedisImage(),
 			testcontainers.WithLogger(tclog.TestLogger(t)),
 			network.WithNetwork([]string{"redis"}, c.network),
@@ -228,9 +250,9 @@ func Start(t testing.TB, opts Options) *Cluster {
 			t.Fatalf("harness: starting Redis (%s): %v", RedisImage(), err)
 		}
 		nodeArgs = append(nodeArgs, "--redis", "redis://redis:6379/0")
-		if opts.RedisPrefix != "" {
-			nodeArgs = append(nodeArgs, "--redis-prefix", opts.RedisPrefix)
-		}
+	}
+	if opts.RedisPrefix != "" && !opts.NoRedis {
+		nodeArgs = append(nodeArgs, "--redis-prefix", opts.RedisPrefix)
 	}
 
 	// Start the nodes concurrently; each waits for its own /readyz.
@@ -261,7 +283,10 @@ func Start(t testing.TB, opts Options) *Cluster {
 		}
 	}
 	what := fmt.Sprintf("%d node(s)", opts.Nodes)
-	if !opts.NoRedis {
+	switch {
+	case opts.RedisCluster:
+		what += fmt.Sprintf(" and a Redis Cluster of %d masters with %d replica(s) each", redisClusterMasters, redisClusterReplicas)
+	case !opts.NoRedis:
 		what += " and Redis"
 	}
 	t.Logf("harness: %s ready in %v (network %s): %s", what,
@@ -575,52 +600,6 @@ func (c *Cluster) StartNode(i int) {
 	}
 }
 
-// StopRedis stops the Redis container (SIGTERM; Redis exits at once
-// without persistence) and returns once it has stopped.
-func (c *Cluster) StopRedis() {
-	c.t.Helper()
-	c.needRedis()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	timeout := 5 * time.Second
-	if err := c.redis.Stop(ctx, &timeout); err != nil {
-		c.t.Fatalf("harness: stopping Redis: %v", err)
-	}
-}
-
-// StartRedis starts the stopped Redis container again (empty: no
-// persistence) and waits until it answers PING.
-func (c *Cluster) StartRedis() {
-	c.t.Helper()
-	c.needRedis()
-	ctx, cancel := context.WithTimeout(context.Background(), c.opts.StartupTimeout+10*time.Second)
-	defer cancel()
-	if err := c.redis.Start(ctx); err != nil {
-		c.t.Fatalf("harness: starting Redis again: %v", err)
-	}
-}
-
-// RedisAddr is host:port where Redis is published on loopback (it
-// changes when Redis is started again).
-func (c *Cluster) RedisAddr() string {
-	c.t.Helper()
-	c.needRedis()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	p, err := c.redis.MappedPort(ctx, redisPort)
-	if err != nil {
-		c.t.Fatalf("harness: Redis's published port: %v", err)
-	}
-	return net.JoinHostPort("127.0.0.1", p.Port())
-}
-
-func (c *Cluster) needRedis() {
-	if c.redis == nil {
-		c.t.Helper()
-		c.t.Fatalf("harness: the cluster runs without Redis (Options.NoRedis)")
-	}
-}
-
 // Logs returns node i's log so far.
 func (c *Cluster) Logs(i int) string {
 	c.t.Helper()
@@ -760,60 +739,6 @@ func (c *Cluster) Dial(ctx context.Context, i int, params map[string]string) *ws
 	}
 	c.t.Cleanup(func() { _ = ws.Close() })
 	return ws
-}
-
-// redisReady waits until Redis answers PING on its published port, so
-// that a started container is known to serve, not just to run.
-type redisReady struct{ timeout time.Duration }
-
-func (r redisReady) Timeout() *time.Duration { return &r.timeout }
-
-func (r redisReady) WaitUntilReady(ctx context.Context, target wait.StrategyTarget) error {
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	var last error
-	for {
-		if last = r.ping(ctx, target); last == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("redis did not answer PING: %w (last: %v)", ctx.Err(), last)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-func (r redisReady) ping(ctx context.Context, target wait.StrategyTarget) error {
-	st, err := target.State(ctx)
-	if err != nil {
-		return err
-	}
-	if !st.Running {
-		return fmt.Errorf("container is %s (exit code %d)", st.Status, st.ExitCode)
-	}
-	p, err := target.MappedPort(ctx, redisPort)
-	if err != nil {
-		return err
-	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", p.Port()))
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(time.Second))
-	if _, err := conn.Write([]byte("PING\r\n")); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if !strings.HasPrefix(line, "+PONG") {
-		return fmt.Errorf("PING answered %q", strings.TrimSpace(line))
-	}
-	return nil
 }
 
 // Disconnect detaches node i's container from the cluster's network (the

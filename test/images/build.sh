@@ -9,7 +9,10 @@
 #                  compiled here on the host.
 #   $REDIS_IMAGE   (default channelsd-redis:test)   Redis:
 #                  test/images/redis/Dockerfile, FROM scratch, with the
-#                  host's redis-server and its libraries.
+#                  host's redis-server, redis-cli (which creates the
+#                  Redis Cluster of harness.Options.RedisCluster; Debian's
+#                  redis-tools, a dependency of redis-server) and their
+#                  libraries.
 #   $HAPROXY_IMAGE (default channelsd-haproxy:test) HAProxy, the load
 #                  balancer of harness.StartLoadBalancer:
 #                  test/images/haproxy/Dockerfile, FROM scratch, with the
@@ -25,7 +28,10 @@
 # Set REDIS_IMAGE to any other image (e.g. redis:7) to use it instead of
 # building one: build.sh then only pulls it if it is missing, and needs no
 # redis-server on the host. The tests pass it no command, so any image whose
-# default command serves Redis on 6379 without protected mode does.
+# default command serves Redis on 6379 without protected mode does; the
+# Redis Cluster tests pass it redis-server's options as its command (which
+# the official image's entrypoint hands to redis-server) and run redis-cli
+# in it, from the PATH.
 # Likewise HAPROXY_IMAGE (e.g. haproxy:2.8): the tests copy their
 # configuration to /usr/local/etc/haproxy/haproxy.cfg and run the command
 # `-f /usr/local/etc/haproxy/haproxy.cfg`, which the official image's
@@ -41,6 +47,7 @@ host_bin() {
 	if [ -x "$2" ]; then echo "$2"; else command -v "$1" 2>/dev/null || echo "$2"; fi
 }
 REDIS_SERVER=${REDIS_SERVER:-$(host_bin redis-server /usr/bin/redis-server)}
+REDIS_CLI=${REDIS_CLI:-$(host_bin redis-cli /usr/bin/redis-cli)}
 DEFAULT_HAPROXY_IMAGE=channelsd-haproxy:test
 HAPROXY_IMAGE=${HAPROXY_IMAGE:-$DEFAULT_HAPROXY_IMAGE}
 HAPROXY_BIN=${HAPROXY_BIN:-$(host_bin haproxy /usr/sbin/haproxy)}
@@ -135,10 +142,18 @@ if [ -n "$want_redis" ]; then
 		pull "$REDIS_IMAGE" REDIS_IMAGE
 	else
 		[ -x "$REDIS_SERVER" ] || die "$REDIS_SERVER not found: the Redis image is built from the host's redis-server (apt-get install redis-server), or set REDIS_IMAGE=redis:7 to use a registry's image"
+		[ -x "$REDIS_CLI" ] || die "$REDIS_CLI not found: the Redis image holds the host's redis-cli too (apt-get install redis-tools)"
 		ctx=$tmp/redis
-		"$here/build-context.sh" --writable-dir /data "$ctx" "$here/redis/Dockerfile" "$REDIS_SERVER" /usr/bin/redis-server >/dev/null
+		"$here/build-context.sh" --writable-dir /data --extra "$REDIS_CLI" /usr/bin/redis-cli "$ctx" "$here/redis/Dockerfile" "$REDIS_SERVER" /usr/bin/redis-server >/dev/null
 		build "$REDIS_IMAGE" "$ctx" "$(context_sum "$ctx")"
 	fi
+fi
+
+# REDIS_CLUSTER_IMAGE (test/harness's Redis Cluster; default REDIS_IMAGE)
+# names an image of its own, e.g. redis:7 where the host's Redis is
+# older: pulled like REDIS_IMAGE.
+if [ -n "$want_redis" ] && [ -n "${REDIS_CLUSTER_IMAGE:-}" ] && [ "$REDIS_CLUSTER_IMAGE" != "$REDIS_IMAGE" ]; then
+	pull "$REDIS_CLUSTER_IMAGE" REDIS_CLUSTER_IMAGE
 fi
 
 if [ -n "$want_haproxy" ]; then

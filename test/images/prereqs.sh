@@ -11,7 +11,9 @@
 #                  loopback (REDIS_SERVER, else /usr/bin/redis-server, else
 #                  the PATH, as test/redistest looks)
 #   redis-image    redis-server for the local Redis test image, unless
-#                  REDIS_IMAGE names another image (build.sh then pulls it)
+#                  REDIS_IMAGE names another image (build.sh then pulls it);
+#                  the image's redis-cli comes with it (Debian's
+#                  redis-server depends on redis-tools)
 #   haproxy-image  haproxy for the local load-balancer test image, unless
 #                  HAPROXY_IMAGE names another image (HAPROXY_BIN, else
 #                  /usr/sbin/haproxy, else the PATH)
