@@ -166,11 +166,15 @@ func TestLongPollBodyBuffersChunked(t *testing.T) {
 	// Behind a held body of 5,000 bytes.
 	held := hs.startPost(t, tok, 5000, true)
 	hs.awaitBodyBuffers(t, 5000)
+	// The body's first buffer (4 KiB) does not fit the 1,000 bytes left:
+	// refused before a byte of it is read. The client sends none before
+	// the answer: bytes unread when the server closes the connection
+	// would make it reset, and the client could lose the answer.
 	p = hs.startPost(t, tok, 0, false)
-	go func() { _, _ = io.WriteString(p.pw, frameBody(`["no"]`, 10000)); p.pw.Close() }()
 	if r := p.answer(t); r.HTTP != 503 || r.Raw != `{"status":503}` {
 		t.Fatalf("chunked POST over the budget: HTTP %d %q", r.HTTP, r.Raw)
 	}
+	p.pw.Close()
 	hs.awaitBodyBuffers(t, 5000)
 	if _, err := io.WriteString(held.pw, frameBody(`["held"]`, 5000)); err != nil {
 		t.Fatal(err)
