@@ -166,6 +166,9 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 			func() float64 { return float64(rc.Repairs()) })
 	}
 
+	// The application's own (Config.Collectors).
+	reg.MustRegister(n.cfg.Collectors...)
+
 	// History and recovery (metrics_history.go).
 	n.registerHistoryMetrics(reg, gauge, counter)
 

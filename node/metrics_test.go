@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -529,4 +530,20 @@ func echoRouter() *channels.Router {
 	r := &channels.Router{}
 	r.Handle("room:*", func(string) channels.Channel { return echoChannel{} })
 	return r
+}
+
+// TestMetricsServeConfigCollectors: an application's collectors
+// (Config.Collectors, such as channels/proxy's Metrics) are served with
+// the node's own.
+func TestMetricsServeConfigCollectors(t *testing.T) {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "app_things_total", Help: "Things."})
+	c.Add(3)
+	n := newTestNode(t, Config{Collectors: []prometheus.Collector{c}})
+	fams, _ := scrape(t, n.Handler())
+	if got := value(fams, "app_things_total"); got != 3 {
+		t.Fatalf("app_things_total = %v, want 3", got)
+	}
+	if got := value(fams, "channelsd_channels"); got != 0 {
+		t.Fatalf("channelsd_channels = %v beside an application's collector, want 0", got)
+	}
 }

@@ -154,6 +154,10 @@ type Config struct {
 	// needs a PubSub that implements pubsub.History.
 	History []pubsub.HistoryRule
 
+	// Collectors are served at /metrics with the node's own metrics: an
+	// application's, such as channels/proxy's Metrics.
+	Collectors []prometheus.Collector
+
 	Logger *slog.Logger
 }
 

@@ -1,6 +1,10 @@
 // Command channelsd runs one channelsd node: a Phoenix Channels server
 // serving the default application (rooms with presence, the demo page and,
-// with --conformance, the conformance channel).
+// with --conformance, the conformance channel), or the channels a
+// configuration file declares (--config): topic patterns with presence,
+// history, events clients may broadcast, and calls to the application's
+// HTTP backend for connects, joins, pushes and leaves. `channelsd
+// --check-config FILE` checks such a file and names the line of a mistake.
 //
 // Every flag has a CHANNELS_* environment variable; `channelsd --help`
 // lists both with their defaults. Without --redis the node runs alone with

@@ -79,6 +79,8 @@ var flagCases = []flagCase{
 	{"presence-coalesce", "CHANNELS_PRESENCE_COALESCE", "30ms", "10ms", func(o *options) any { return o.coalesce }},
 	{"presence-coalesce-max", "CHANNELS_PRESENCE_COALESCE_MAX", "500ms", "2s", func(o *options) any { return o.coalesceMax }},
 	{"history", "CHANNELS_HISTORY", "", "room:*=100,5m;lobby=20", func(o *options) any { return o.history }},
+	{"config", "CHANNELS_CONFIG", "", "channelsd.yaml", func(o *options) any { return o.config }},
+	{"proxy-secret", "CHANNELS_PROXY_SECRET", "", "s", func(o *options) any { return o.proxySecret }},
 	{"node-id", "CHANNELS_NODE_ID", "", "n1", func(o *options) any { return o.nodeID }},
 	{"return-memory-after", "CHANNELS_RETURN_MEMORY_AFTER", "10s", "0s", func(o *options) any { return o.returnMemory }},
 	{"pprof-addr", "CHANNELS_PPROF_ADDR", "", "127.0.0.1:6060", func(o *options) any { return o.pprofAddr }},

@@ -22,6 +22,7 @@ import (
 	"github.com/channelsd/channelsd/pubsub"
 	pubsubredis "github.com/channelsd/channelsd/pubsub/redis"
 	"github.com/channelsd/channelsd/transport"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func main() {
@@ -41,6 +42,13 @@ func main() {
 				os.Exit(0)
 			}
 			fmt.Fprintln(os.Stderr, "channelsd drain:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) > 1 && (os.Args[1] == "--check-config" || os.Args[1] == "-check-config" || strings.HasPrefix(os.Args[1], "--check-config=")) {
+		if err := checkConfigCommand(os.Args[1:], os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "channelsd:", err)
 			os.Exit(1)
 		}
 		return
@@ -85,6 +93,8 @@ type options struct {
 	coalesceMax     time.Duration
 	history         string
 	historyRules    []pubsub.HistoryRule // parsed from history
+	config          string
+	proxySecret     string
 
 	// secretsOnCommandLine names the secret flags given as arguments,
 	// which every local user can read (ps).
@@ -177,6 +187,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.duration(&o.coalesce, "presence-coalesce", "CHANNELS_PRESENCE_COALESCE", 30*time.Millisecond, "with --redis: presence changes of a topic within this window go out as one presence_diff")
 	env.duration(&o.coalesceMax, "presence-coalesce-max", "CHANNELS_PRESENCE_COALESCE_MAX", 500*time.Millisecond, "with --redis: the widest window of a busy topic; a topic whose window gathered several changes doubles it up to this (a join storm into a big room then costs far fewer diffs), a calm one halves it back")
 	env.str(&o.history, "history", "CHANNELS_HISTORY", "", "topics that keep a history of their broadcasts, which clients that rejoin with since recover: rules \"pattern=size[,ttl]\" separated by ';', the pattern exact or ending in '*', e.g. \"room:*=100,5m;lobby=20\" (ttl: how long an idle topic keeps it, default 5m); the application's own routes (room:* keeps 100 for 5m) come first; empty: none beyond those")
+	env.str(&o.config, "config", "CHANNELS_CONFIG", "", "configuration file (YAML) declaring the channels by topic pattern and the application backend that decides connects, joins and pushes (README \"Channels for any backend\"); empty serves the default application")
+	env.str(&o.proxySecret, "proxy-secret", "CHANNELS_PROXY_SECRET", "", "with --config: secret that signs every backend call (header X-Channelsd-Signature: sha256=<hex HMAC-SHA256 of the body>); empty sends them unsigned. A secret: set it in the environment, not as a flag")
 	env.str(&o.nodeID, "node-id", "CHANNELS_NODE_ID", "", "this node's id in the cluster; default POD_NAME, else hostname plus a short uuid")
 	env.duration(&o.returnMemory, "return-memory-after", "CHANNELS_RETURN_MEMORY_AFTER", 10*time.Second, "after a burst (a join storm, a reconnect wave), hand the heap it freed back to the OS once the node has allocated little for this long, rather than at the runtime's pace of minutes; 0 leaves it to the runtime")
 	env.str(&o.pprofAddr, "pprof-addr", "CHANNELS_PPROF_ADDR", "", "serve net/http/pprof on this loopback address (127.0.0.1:6060, [::1]:6060, localhost:6060; any other is refused: profiles show the process's memory); empty disables it")
@@ -184,7 +196,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.float(&o.rebalance, "rebalance-threshold", "CHANNELS_REBALANCE_THRESHOLD", 0, "rebalancing: a node holding more than (1+this) times the cluster's mean of sockets asks some of its oldest sockets to reconnect elsewhere (close 1012) until within it, e.g. 0.2; 0 turns it off")
 	env.float(&o.rebalanceShare, "rebalance-share", "CHANNELS_REBALANCE_SHARE", 0.05, "rebalancing: the most sockets asked to move per report interval, as a fraction of the node's sockets")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: channelsd [flags]\n       channelsd drain [--addr A] [--api-key K] [--drain-window W]\n"+
+		fmt.Fprintf(stderr, "Usage: channelsd [flags]\n       channelsd --check-config FILE\n       channelsd drain [--addr A] [--api-key K] [--drain-window W]\n"+
 			"       channelsd token --sub S [--topics P1,P2] [--ttl D] [--token-secret K]\n\n"+
 			"Runs one channelsd node. Every flag can also be set with the environment variable shown.\n"+
 			"Secrets (CHANNELS_API_KEY, CHANNELS_TOKEN_SECRET, CHANNELS_TOKEN_SECRET_PREVIOUS, a password\n"+
@@ -194,6 +206,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			"`channelsd drain` asks the node on --addr (this host) to drain, through POST /api/drain,\n"+
 			"and waits until its sockets are closed or the drain window plus %s has passed: the\n"+
 			"Kubernetes preStop hook. SIGTERM drains too, then exits.\n\n"+
+			"`channelsd --check-config FILE` checks a configuration file (--config) and exits: 0 and\n"+
+			"\"ok\" when it is valid, else 1 and what is wrong, with its line.\n\n"+
 			"`channelsd token` prints a socket token signed with CHANNELS_TOKEN_SECRET (or\n"+
 			"--token-secret), for testing: sub S, valid for --ttl (1h), allowed to join the topic\n"+
 			"patterns of --topics (exact, or ending in '*'; none: no topics claim).\n\n", drainMargin)
@@ -274,6 +288,15 @@ func run(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var file *fileConfig
+	if o.config != "" {
+		if file, err = loadConfig(o.config); err != nil {
+			return err
+		}
+		if o.conformance {
+			return errors.New("--conformance serves a channel of the default application, which --config replaces")
+		}
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
@@ -314,6 +337,25 @@ func run(args []string, stderr io.Writer) error {
 	var ep *channels.Endpoint
 	appOpts := app.Options{Conformance: o.conformance, Endpoint: func() *channels.Endpoint { return ep }, Tokens: tokens, MaxUserLength: o.presenceKeyLength,
 		RoomHistory: app.DefaultRoomHistory}
+	router, handler, home := app.Router(appOpts), app.SocketHandler(appOpts), app.DemoHandler(o.socketPath)
+	var collectors []prometheus.Collector
+	if file != nil {
+		b, err := file.build(o.proxySecret)
+		if err != nil {
+			return err
+		}
+		// After the node has stopped: no channel calls the backend then,
+		// and the leaves in flight are waited for.
+		defer b.client.Close()
+		router, home, collectors = b.router, nil, []prometheus.Collector{b.metrics}
+		if b.handler != nil {
+			handler = b.handler
+		}
+		if file.proxied() && o.proxySecret == "" {
+			logger.Warn("channelsd: no --proxy-secret: the backend calls are not signed, and the backend cannot tell them from anyone's")
+		}
+		logger.Info("channelsd: channels from the configuration file", "file", o.config, "channels", len(file.Channels))
+	}
 	n, err := node.NewWithContext(ctx, node.Config{
 		Addr:            o.addr,
 		SocketPath:      o.socketPath,
@@ -327,9 +369,10 @@ func run(args []string, stderr io.Writer) error {
 		ReportInterval:  o.reportInterval,
 		Rebalance:       node.RebalanceConfig{Threshold: o.rebalance, Share: o.rebalanceShare},
 		ShutdownTimeout: o.shutdownTimeout,
-		Router:          app.Router(appOpts),
-		SocketHandler:   app.SocketHandler(appOpts),
-		Home:            app.DemoHandler(o.socketPath),
+		Router:          router,
+		SocketHandler:   handler,
+		Home:            home,
+		Collectors:      collectors,
 		Redis:           o.redis,
 		RedisOptions: node.RedisOptions{
 			Prefix:              o.redisPrefix,
@@ -411,7 +454,7 @@ func setDefaultGCPercent() {
 
 // secretFlags are the flags whose values are secrets (--redis when it
 // holds a password).
-var secretFlags = map[string]bool{"api-key": true, "token-secret": true, "token-secret-previous": true, "redis": true}
+var secretFlags = map[string]bool{"api-key": true, "token-secret": true, "token-secret-previous": true, "redis": true, "proxy-secret": true}
 
 func splitList(s string) []string {
 	var out []string
