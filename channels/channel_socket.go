@@ -252,7 +252,7 @@ func (c *ChannelSocket) ListPresence() (presence.State, error) {
 }
 
 // CloseSocket closes the whole connection this channel belongs to.
-func (c *ChannelSocket) CloseSocket(code int, reason string) { c.sock.Close(code, reason) }
+func (c *ChannelSocket) CloseSocket(code int, reason string) { c.sock.conn.Close(code, reason) }
 
 // subscriber is a ChannelSocket in the role of its topic's
 // pubsub.Subscriber and pubsub.ExcludedObserver, as idSubscriber is for a
