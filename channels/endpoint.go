@@ -139,9 +139,9 @@ type Stats struct {
 	Replayed           atomic.Uint64 // broadcasts replayed to joining clients
 	HistoryGaps        atomic.Uint64 // channels ended by a hole in their live broadcasts
 	// ReplaysCut counts joins whose replay ended before it was whole
-	// (replay.go: its deadline, the history trimmed or lost under it,
-	// too many frames held meanwhile): phx_error, and the client rejoins
-	// from where it got to.
+	// (its deadline passed, the history was trimmed or lost under it,
+	// too many frames were held meanwhile): phx_error, and the client
+	// rejoins from where it got to.
 	ReplaysCut atomic.Uint64
 	// recoveriesIncomplete counts the joins answered "recovered": false
 	// with a reason, per reason (recoveryReasons); RecoveriesIncomplete.
