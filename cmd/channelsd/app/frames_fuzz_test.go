@@ -10,10 +10,10 @@ import (
 	"unicode/utf8"
 
 	"github.com/channelsd/channelsd/channels"
-	"github.com/channelsd/channelsd/transport"
 	"github.com/channelsd/channelsd/presence"
 	"github.com/channelsd/channelsd/pubsub"
 	"github.com/channelsd/channelsd/pubsub/local"
+	"github.com/channelsd/channelsd/transport"
 )
 
 // The property that keeps browser subscribers connected: whatever enters

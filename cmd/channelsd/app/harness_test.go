@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/channelsd/channelsd/channels"
-	"github.com/channelsd/channelsd/transport"
 	"github.com/channelsd/channelsd/presence"
 	"github.com/channelsd/channelsd/pubsub/local"
+	"github.com/channelsd/channelsd/transport"
 )
 
 // The harness runs the application on a real Endpoint with the in-memory
