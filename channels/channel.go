@@ -158,16 +158,27 @@ type Result struct {
 // follows later.
 func NoReply() Result { return Result{} }
 
-// Reply answers the client's push with status and response.
+// The reply statuses phoenix.js clients listen for with receive("ok")
+// and receive("error"). A status is any string (§2.5); naming these
+// instead of writing them lets the compiler catch a misspelling, which a
+// client would otherwise never receive.
+const (
+	StatusOK    = "ok"
+	StatusError = "error"
+)
+
+// Reply answers the client's push with status and response. It only
+// builds the Result HandleIn returns, Phoenix's {:reply, {status,
+// response}, socket}; ChannelSocket.Reply sends a reply itself.
 func Reply(status string, response any) Result {
 	return Result{reply: true, status: status, response: response}
 }
 
 // Ok replies with status ok.
-func Ok(response any) Result { return Reply("ok", response) }
+func Ok(response any) Result { return Reply(StatusOK, response) }
 
 // ErrorReply replies with status error.
-func ErrorReply(response any) Result { return Reply("error", response) }
+func ErrorReply(response any) Result { return Reply(StatusError, response) }
 
 // ErrorReason replies with status error and {"reason": reason}, the
 // usual refusal of a push (Phoenix's {:reply, {:error, %{reason: ...}},

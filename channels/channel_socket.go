@@ -151,8 +151,10 @@ func (c *ChannelSocket) Push(event string, payload any) error {
 	return c.send(&Message{JoinRef: c.joinRef, Topic: c.Topic(), Event: event, Payload: data, Binary: binary})
 }
 
-// Reply answers the client message with ref, now or later. status is
-// usually "ok" or "error"; any word is allowed (§2.5).
+// Reply sends the reply to the client message with ref at once, from any
+// goroutine: the late answer to a push whose HandleIn returned NoReply,
+// Phoenix's reply/2. status is usually StatusOK or StatusError; any word
+// is allowed (§2.5).
 func (c *ChannelSocket) Reply(ref Ref, status string, response any) error {
 	if !validRef(ref) {
 		// In.Ref is always valid; a Ref made up by the caller may not be.
@@ -252,7 +254,7 @@ func (c *ChannelSocket) ListPresence() (presence.State, error) {
 }
 
 // CloseSocket closes the whole connection this channel belongs to.
-func (c *ChannelSocket) CloseSocket(code int, reason string) { c.sock.Close(code, reason) }
+func (c *ChannelSocket) CloseSocket(code int, reason string) { c.sock.conn.Close(code, reason) }
 
 // subscriber is a ChannelSocket in the role of its topic's
 // pubsub.Subscriber and pubsub.ExcludedObserver, as idSubscriber is for a

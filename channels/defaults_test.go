@@ -23,7 +23,7 @@ func TestEndpointZeroLimitsAreTheDefaults(t *testing.T) {
 	// the bucket to refill a little), and none of the burst is.
 	s, conn := e.open(t, V2)
 	for range 2*DefaultMaxMessagesPerSecond + 50 {
-		s.HandleFrame([]byte(`[null,"1","room:a","ping",{}]`), false)
+		s.handleFrame([]byte(`[null,"1","room:a","ping",{}]`), false)
 	}
 	if got := e.ep.stats.LimitRate.Load(); got == 0 || got > 50 {
 		t.Fatalf("%d messages refused by the rate limit, want 1 to 50", got)
@@ -40,7 +40,7 @@ func TestEndpointZeroLimitsAreTheDefaults(t *testing.T) {
 	}
 	s2, _ := off.open(t, V2)
 	for range 3 * DefaultMaxMessagesPerSecond {
-		s2.HandleFrame([]byte(`[null,"1","room:a","ping",{"p":"`+string(big)+`"}]`), false)
+		s2.handleFrame([]byte(`[null,"1","room:a","ping",{"p":"`+string(big)+`"}]`), false)
 	}
 	st := &off.ep.stats
 	if st.LimitRate.Load() != 0 || st.LimitPayloadSize.Load() != 0 {

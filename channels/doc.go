@@ -102,7 +102,8 @@
 // Transports (package transport) bring connections to an Endpoint through
 // its Runtime, the side applications do not need: Runtime.Connect
 // authenticates, Runtime.Open starts a Socket over a Conn,
-// Socket.HandleFrame feeds it client frames and Socket.HandleClose ends it.
+// Runtime.HandleFrame feeds it client frames and Runtime.HandleClose ends
+// it.
 // The node drains and sheds sockets through the Runtime too. Broadcasts
 // reach a socket through its joins, each subscribed to its topic (by an
 // adapter, so the registry's methods are not ChannelSocket's): the shared

@@ -139,9 +139,9 @@ type Stats struct {
 	Replayed           atomic.Uint64 // broadcasts replayed to joining clients
 	HistoryGaps        atomic.Uint64 // channels ended by a hole in their live broadcasts
 	// ReplaysCut counts joins whose replay ended before it was whole
-	// (replay.go: its deadline, the history trimmed or lost under it,
-	// too many frames held meanwhile): phx_error, and the client rejoins
-	// from where it got to.
+	// (its deadline passed, the history was trimmed or lost under it,
+	// too many frames were held meanwhile): phx_error, and the client
+	// rejoins from where it got to.
 	ReplaysCut atomic.Uint64
 	// recoveriesIncomplete counts the joins answered "recovered": false
 	// with a reason, per reason (recoveryReasons); RecoveriesIncomplete.
@@ -217,7 +217,7 @@ func (e *Runtime) Connect(ctx context.Context, info *ConnectInfo) (Identity, err
 
 // Open starts the socket of an accepted connection. The transport then
 // feeds it frames with HandleFrame and calls HandleClose exactly once when
-// the connection has ended.
+// the connection has ended (both Runtime methods).
 func (e *Runtime) Open(conn Conn, ser Serializer, id Identity) *Socket {
 	s := &Socket{
 		ep:    (*Endpoint)(e),
@@ -295,7 +295,7 @@ func (e *Runtime) beginShutdownLocked() {
 
 // BeginDrain makes Connect and Open refuse new sockets, as BeginShutdown
 // does, and returns the sockets open at that moment. No socket opens
-// afterwards, so once the caller has closed all of them (Socket.Close, in
+// afterwards, so once the caller has closed all of them (CloseSocket, in
 // batches if it likes) and they have ended, Drained is closed.
 func (e *Runtime) BeginDrain() []*Socket {
 	e.mu.Lock()

@@ -37,7 +37,7 @@ func TestJoinRefFootprint(t *testing.T) {
 	before := liveHeap()
 	for i := range joins {
 		f := []byte(`["` + strings.Repeat("7", refLen) + `","1","room:` + strconv.Itoa(i) + `","phx_join",{}]`)
-		s.HandleFrame(f, false)
+		s.handleFrame(f, false)
 		// The join reply echoes the ref; a transport sends it and lets
 		// it go, as it does the frame.
 		c.take()

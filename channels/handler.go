@@ -88,8 +88,8 @@ type Conn interface {
 }
 
 // BacklogConn is implemented by the Conns whose outbound queue the
-// runtime can watch, so that it can pace what it sends in bulk (a join's
-// replay of history, recovery.go) by what the client actually takes,
+// runtime can watch, so that it can pace what it sends in bulk (the
+// broadcasts a join replays from history) by what the client actually takes,
 // instead of overflowing the queue and having the connection closed as a
 // slow consumer. The WebSocket and long-poll transports implement it; a
 // Conn that does not is sent to unpaced.

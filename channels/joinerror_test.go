@@ -60,8 +60,8 @@ func TestJoinErrorReachesClientOnlyWhenMadeForIt(t *testing.T) {
 				if ser == V1 {
 					join = `{"topic":"room:secret","event":"phx_join","payload":{},"ref":"1","join_ref":"1"}`
 				}
-				s.HandleFrame([]byte(join), false)
-				s.HandleFrame([]byte(strings.Replace(strings.Replace(join, "phx_join", "heartbeat", 1), "room:secret", "phoenix", 1)), false)
+				s.handleFrame([]byte(join), false)
+				s.handleFrame([]byte(strings.Replace(strings.Replace(join, "phx_join", "heartbeat", 1), "room:secret", "phoenix", 1)), false)
 				frames := c.take()
 				for _, f := range frames {
 					if bytes.Contains(f.Data, []byte(secret)) {

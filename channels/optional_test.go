@@ -61,7 +61,7 @@ func TestNearMissOptionalMethodsAreLoggedOnce(t *testing.T) {
 	s, conn := e.open(t, V2)
 	for i, topic := range []string{"out:a", "out:b", "lower:a", "ptr:a", "half:a", "right:a", "term:a"} {
 		ref := string(rune('1' + i))
-		s.HandleFrame([]byte(`["`+ref+`","`+ref+`","`+topic+`","phx_join",{}]`), false)
+		s.handleFrame([]byte(`["`+ref+`","`+ref+`","`+topic+`","phx_join",{}]`), false)
 	}
 	for _, m := range checkTextFrames(t, V2, conn.take()) {
 		if m.Event == EventReply && m.Status != "ok" {

@@ -22,7 +22,7 @@ func BenchmarkRecoverSince(b *testing.B) {
 			b.ResetTimer()
 			for range b.N {
 				c := &frameConn{}
-				s := e.ep.Runtime().Open(c, channels.V2, channels.Identity{})
+				s := openSocket(e.ep, c, channels.V2)
 				join(s, channels.V2, "room:a", "1", params)
 				if n := len(c.take()); n != missed+1 {
 					b.Fatalf("%d frames, want the reply and %d broadcasts", n, missed)

@@ -143,9 +143,24 @@ func newHistEnv(t testing.TB, size int, factory channels.ChannelFactory, wrap fu
 
 func relay(string) channels.Channel { return &histChannel{} }
 
-func (e *histEnv) open(t *testing.T, ser channels.Serializer) (*channels.Socket, *frameConn) {
+// socket is a channels.Socket driven as a transport drives it, through
+// its endpoint's Runtime.
+type socket struct {
+	rt *channels.Runtime
+	s  *channels.Socket
+}
+
+func openSocket(ep *channels.Endpoint, c channels.Conn, ser channels.Serializer) socket {
+	rt := ep.Runtime()
+	return socket{rt, rt.Open(c, ser, channels.Identity{})}
+}
+
+func (s socket) HandleFrame(data []byte, binary bool) { s.rt.HandleFrame(s.s, data, binary) }
+func (s socket) HandleClose()                         { s.rt.HandleClose(s.s) }
+
+func (e *histEnv) open(t *testing.T, ser channels.Serializer) (socket, *frameConn) {
 	c := &frameConn{}
-	s := e.ep.Runtime().Open(c, ser, channels.Identity{})
+	s := openSocket(e.ep, c, ser)
 	t.Cleanup(s.HandleClose)
 	return s, c
 }
@@ -166,7 +181,7 @@ func (e *histEnv) publish(t testing.TB, topic string, from, n int) pubsub.Positi
 }
 
 // join sends a V2 (or V1) phx_join with join_ref jr and ref "1".
-func join(s *channels.Socket, ser channels.Serializer, topic, jr, params string) {
+func join(s socket, ser channels.Serializer, topic, jr, params string) {
 	if ser == channels.V1 {
 		s.HandleFrame([]byte(`{"join_ref":"`+jr+`","ref":"1","topic":"`+topic+`","event":"phx_join","payload":`+params+`}`), false)
 		return
@@ -592,7 +607,7 @@ func TestRecoveryHistoryUnavailable(t *testing.T) {
 
 // joinCaptured joins room:a with a histChannel and returns its
 // ChannelSocket.
-func joinCaptured(t *testing.T, e *histEnv, ch *histChannel, jr, params string) (*channels.Socket, *frameConn, *channels.ChannelSocket) {
+func joinCaptured(t *testing.T, e *histEnv, ch *histChannel, jr, params string) (socket, *frameConn, *channels.ChannelSocket) {
 	t.Helper()
 	s, c := e.open(t, channels.V2)
 	join(s, channels.V2, "room:a", jr, params)
@@ -602,7 +617,7 @@ func joinCaptured(t *testing.T, e *histEnv, ch *histChannel, jr, params string) 
 	default:
 		t.Fatal("join did not reach the channel")
 	}
-	return nil, nil, nil
+	return socket{}, nil, nil
 }
 
 func TestHistoryHoleFailsChannel(t *testing.T) {

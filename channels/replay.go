@@ -254,7 +254,7 @@ func (s *Socket) readPage(ctx context.Context, topic string, q pubsub.HistoryQue
 }
 
 // replayEnded ends a replay that could not finish. On a closing
-// connection nothing is sent: HandleClose, waiting for s.cb, ends the
+// connection nothing is sent: handleClose, waiting for s.cb, ends the
 // channel. Otherwise the channel fails as on a hole (gapLocked):
 // phx_error, and the client rejoins from the last broadcast it took.
 // Called with s.cb held; it reports false for replay.

@@ -131,7 +131,7 @@ func TestReplayPaced(t *testing.T) {
 	since := e.publish(t, "room:a", 1, 1)
 	e.publish(t, "room:a", 2, missed)
 	c := newSlowConn(queue)
-	s := e.ep.Runtime().Open(c, channels.V2, channels.Identity{})
+	s := openSocket(e.ep, c, channels.V2)
 	t.Cleanup(s.HandleClose)
 
 	stop := make(chan struct{})
@@ -229,7 +229,7 @@ func TestReplayConnClosed(t *testing.T) {
 	since := e.publish(t, "room:a", 1, 1)
 	e.publish(t, "room:a", 2, 3000)
 	c := newSlowConn(1024) // never drained
-	s := e.ep.Runtime().Open(c, channels.V2, channels.Identity{})
+	s := openSocket(e.ep, c, channels.V2)
 	go func() {
 		<-c.first
 		c.Close(channels.ClosePolicy, "gone")
@@ -264,7 +264,7 @@ func TestReplayHeldPushesOverflow(t *testing.T) {
 	since := e.publish(t, "room:a", 1, 1)
 	e.publish(t, "room:a", 2, 3000)
 	c := newSlowConn(64)
-	s := e.ep.Runtime().Open(c, channels.V2, channels.Identity{})
+	s := openSocket(e.ep, c, channels.V2)
 	t.Cleanup(s.HandleClose)
 	pushed := make(chan struct{})
 	go func() {

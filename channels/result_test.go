@@ -16,11 +16,11 @@ func TestErrorReasonReply(t *testing.T) {
 	for _, ser := range []Serializer{V1, V2} {
 		s, conn := e.open(t, ser)
 		if ser == V1 {
-			s.HandleFrame([]byte(`{"topic":"no:a","event":"phx_join","payload":{},"ref":"1","join_ref":"1"}`), false)
-			s.HandleFrame([]byte(`{"topic":"no:a","event":"shout","payload":{},"ref":"2","join_ref":"1"}`), false)
+			s.handleFrame([]byte(`{"topic":"no:a","event":"phx_join","payload":{},"ref":"1","join_ref":"1"}`), false)
+			s.handleFrame([]byte(`{"topic":"no:a","event":"shout","payload":{},"ref":"2","join_ref":"1"}`), false)
 		} else {
-			s.HandleFrame([]byte(`["1","1","no:a","phx_join",{}]`), false)
-			s.HandleFrame([]byte(`["1","2","no:a","shout",{}]`), false)
+			s.handleFrame([]byte(`["1","1","no:a","phx_join",{}]`), false)
+			s.handleFrame([]byte(`["1","2","no:a","shout",{}]`), false)
 		}
 		var got *Message
 		for _, m := range checkTextFrames(t, ser, conn.take()) {

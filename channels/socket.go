@@ -14,10 +14,12 @@ import (
 	"github.com/channelsd/channelsd/pubsub"
 )
 
-// Socket is one client connection's runtime: it routes the client's
-// messages to channels and the channels' output to the connection. The
-// transport drives it with HandleFrame from one goroutine and calls
-// HandleClose once when the connection has ended.
+// Socket is one client connection, as Runtime.Open starts it: it routes
+// the client's messages to channels and the channels' output to the
+// connection. Applications never hold one (a channel sees its join as a
+// ChannelSocket); the transport drives it through the Runtime, with
+// HandleFrame from one goroutine and HandleClose once when the connection
+// has ended.
 type Socket struct {
 	ep    *Endpoint
 	conn  Conn
@@ -39,7 +41,7 @@ type Socket struct {
 	closed       bool // guarded by cb
 	outRunning   bool // guarded by outMu
 	idSubscribed bool // subscribed to its id topic; set before the socket is shared
-	// Rate limit (rateLimit), touched only by HandleFrame, which the
+	// Rate limit (rateLimit), touched only by handleFrame, which the
 	// transport calls from one goroutine at a time: when the current
 	// episode of refusals began, in deciseconds since the endpoint's
 	// epoch plus one (0: none, rlClosed: closed for abuse), and the
@@ -93,28 +95,8 @@ type outItem struct {
 	m  *pubsub.Message
 }
 
-// ID returns the socket id from the connect handler ("" if none).
-func (s *Socket) ID() string { return s.ident.ID }
-
-// Serializer returns the socket's negotiated serializer.
-func (s *Socket) Serializer() Serializer { return s.ser }
-
-// Close asks the transport to close the connection; HandleClose follows.
-func (s *Socket) Close(code int, reason string) { s.conn.Close(code, reason) }
-
-// HandleFrame handles one frame from the client. data is only read during
-// the call; the transport may reuse it afterwards.
-//
-// A message that does not decode closes the socket with 1007, counted in
-// MalformedFrames: Phoenix's connection process crashes on one, and the
-// connection drops. Not 1000, after which phoenix.js would not reconnect;
-// a long-poll session ends (its next request gets 410). The transport
-// decides about frames that are broken below this level (invalid UTF-8,
-// oversized).
-//
-// Every message, heartbeats included, passes the rate limit first (unless
-// it is turned off), then the size limits (README "Limits").
-func (s *Socket) HandleFrame(data []byte, binary bool) {
+// handleFrame is Runtime.HandleFrame.
+func (s *Socket) handleFrame(data []byte, binary bool) {
 	msg, err := s.ser.Decode(data, binary)
 	s.ep.stats.MessagesIn.Add(1)
 	if s.ep.rlEvery != 0 && !s.rateLimit() {
@@ -243,9 +225,8 @@ func (s *Socket) overRate(msg *Message, decoded bool) {
 	}
 }
 
-// HandleClose ends every channel with ReasonClosed, without frames
-// (§3.7: the connection is gone), and releases the socket.
-func (s *Socket) HandleClose() {
+// handleClose is Runtime.HandleClose.
+func (s *Socket) handleClose() {
 	s.cb.Lock()
 	if s.closed {
 		s.cb.Unlock()

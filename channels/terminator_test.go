@@ -70,9 +70,9 @@ func TestChannelWithoutTerminate(t *testing.T) {
 	e := newTestEnv(t, EndpointConfig{Router: r})
 	s, conn := e.open(t, V2)
 
-	s.HandleFrame([]byte(`["1","1","bare:a","phx_join",{}]`), false)
+	s.handleFrame([]byte(`["1","1","bare:a","phx_join",{}]`), false)
 	assertTracked(t, e, "bare:a")
-	s.HandleFrame([]byte(`["1","2","bare:a","phx_leave",{}]`), false)
+	s.handleFrame([]byte(`["1","2","bare:a","phx_leave",{}]`), false)
 	var closed bool
 	for _, m := range checkTextFrames(t, V2, conn.take()) {
 		if m.Event == EventReply && m.Status != "ok" {
@@ -87,9 +87,9 @@ func TestChannelWithoutTerminate(t *testing.T) {
 	}
 	assertEnded(t, e, "bare:a")
 
-	s.HandleFrame([]byte(`["3","3","bare:b","phx_join",{}]`), false)
+	s.handleFrame([]byte(`["3","3","bare:b","phx_join",{}]`), false)
 	assertTracked(t, e, "bare:b")
-	s.HandleClose()
+	s.handleClose()
 	assertEnded(t, e, "bare:b")
 	if n := e.ep.Stats().Crashes.Load(); n != 0 {
 		t.Errorf("Crashes = %d", n)
@@ -104,11 +104,11 @@ func TestTerminatorGetsReason(t *testing.T) {
 	e := newTestEnv(t, EndpointConfig{Router: r})
 	s, _ := e.open(t, V2)
 
-	s.HandleFrame([]byte(`["1","1","end:a","phx_join",{}]`), false)
-	s.HandleFrame([]byte(`["1","2","end:a","phx_leave",{}]`), false)
+	s.handleFrame([]byte(`["1","1","end:a","phx_join",{}]`), false)
+	s.handleFrame([]byte(`["1","2","end:a","phx_leave",{}]`), false)
 	assertEnded(t, e, "end:a")
-	s.HandleFrame([]byte(`["3","3","end:b","phx_join",{}]`), false)
-	s.HandleClose()
+	s.handleFrame([]byte(`["3","3","end:b","phx_join",{}]`), false)
+	s.handleClose()
 	assertEnded(t, e, "end:b")
 	if len(reasons) != 2 || reasons[0] != ReasonLeft || reasons[1] != ReasonClosed {
 		t.Errorf("Terminate reasons %v, want [left closed]", reasons)

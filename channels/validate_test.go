@@ -251,7 +251,7 @@ func newTestEnv(t testing.TB, cfg EndpointConfig) *testEnv {
 func (e *testEnv) open(t testing.TB, ser Serializer) (*Socket, *recConn) {
 	conn := &recConn{}
 	s := e.ep.Runtime().Open(conn, ser, Identity{})
-	t.Cleanup(s.HandleClose)
+	t.Cleanup(s.handleClose)
 	return s, conn
 }
 
@@ -293,8 +293,8 @@ func TestInvalidUTF8PayloadNotRelayed(t *testing.T) {
 			topic := "room:" + ser.Vsn()
 			listenerV1, connV1 := e.open(t, V1)
 			listenerV2, connV2 := e.open(t, V2)
-			listenerV1.HandleFrame([]byte(`{"topic":"`+topic+`","event":"phx_join","payload":{},"ref":"1","join_ref":"1"}`), false)
-			listenerV2.HandleFrame([]byte(`["1","1","`+topic+`","phx_join",{}]`), false)
+			listenerV1.handleFrame([]byte(`{"topic":"`+topic+`","event":"phx_join","payload":{},"ref":"1","join_ref":"1"}`), false)
+			listenerV2.handleFrame([]byte(`["1","1","`+topic+`","phx_join",{}]`), false)
 			attacker, conn := e.open(t, ser)
 			join := `["2","2","` + topic + `","phx_join",{}]`
 			push := "[\"2\",\"3\",\"" + topic + "\",\"new_msg\",{\"body\":\"\xff\xfe\"}]"
@@ -302,12 +302,12 @@ func TestInvalidUTF8PayloadNotRelayed(t *testing.T) {
 				join = `{"topic":"` + topic + `","event":"phx_join","payload":{},"ref":"2","join_ref":"2"}`
 				push = "{\"topic\":\"" + topic + "\",\"event\":\"new_msg\",\"payload\":{\"body\":\"\xff\xfe\"},\"ref\":\"3\",\"join_ref\":\"2\"}"
 			}
-			attacker.HandleFrame([]byte(join), false)
+			attacker.handleFrame([]byte(join), false)
 			checkTextFrames(t, V1, connV1.take())
 			checkTextFrames(t, V2, connV2.take())
 			checkTextFrames(t, ser, conn.take())
 
-			attacker.HandleFrame([]byte(push), false)
+			attacker.handleFrame([]byte(push), false)
 			if got := checkTextFrames(t, V1, connV1.take()); len(got) != 0 {
 				t.Errorf("V1 listener got %+v", got)
 			}
@@ -323,7 +323,7 @@ func TestInvalidUTF8PayloadNotRelayed(t *testing.T) {
 	}
 	// A heartbeat is answered whatever its payload.
 	hb, hc := e.open(t, V2)
-	hb.HandleFrame([]byte("[null,\"7\",\"phoenix\",\"heartbeat\",{\"x\":\"\xff\"}]"), false)
+	hb.handleFrame([]byte("[null,\"7\",\"phoenix\",\"heartbeat\",{\"x\":\"\xff\"}]"), false)
 	if got := checkTextFrames(t, V2, hc.take()); len(got) != 1 || got[0].Status != "ok" || got[0].Ref != `"7"` {
 		t.Errorf("heartbeat with an invalid payload: %+v", got)
 	}
@@ -331,8 +331,8 @@ func TestInvalidUTF8PayloadNotRelayed(t *testing.T) {
 	// A Go channel replying with a ref it made up, or tracking a key or
 	// meta that is not UTF-8, gets an error.
 	s, c := e.open(t, V2)
-	s.HandleFrame([]byte(`["1","1","room:x","phx_join",{}]`), false)
-	s.HandleFrame([]byte(`["1","2","room:x","reply_bad_ref",{}]`), false)
+	s.handleFrame([]byte(`["1","1","room:x","phx_join",{}]`), false)
+	s.handleFrame([]byte(`["1","2","room:x","reply_bad_ref",{}]`), false)
 	if got := checkTextFrames(t, V2, c.take()); len(got) != 2 || got[1].Status != "ok" {
 		t.Errorf("reply_bad_ref: %+v", got)
 	}
@@ -348,8 +348,8 @@ func TestBroadcastInvalidPayloadRefused(t *testing.T) {
 	e := newTestEnv(t, EndpointConfig{})
 	s1, c1 := e.open(t, V1)
 	s2, c2 := e.open(t, V2)
-	s1.HandleFrame([]byte(`{"topic":"room:b","event":"phx_join","payload":{},"ref":"1","join_ref":"1"}`), false)
-	s2.HandleFrame([]byte(`["1","1","room:b","phx_join",{}]`), false)
+	s1.handleFrame([]byte(`{"topic":"room:b","event":"phx_join","payload":{},"ref":"1","join_ref":"1"}`), false)
+	s2.handleFrame([]byte(`["1","1","room:b","phx_join",{}]`), false)
 	c1.take()
 	c2.take()
 	err := e.ep.Broadcast(context.Background(), "room:b", "x", json.RawMessage("{\"a\":\"\xff\"}"))
@@ -380,7 +380,7 @@ func TestRefLengthLimit(t *testing.T) {
 	s, c := e.open(t, V2)
 	ok := strings.Repeat("7", DefaultMaxRefLength-2) // quotes included
 	long := ok + "7"
-	s.HandleFrame([]byte(`["`+ok+`","`+ok+`","room:r","phx_join",{}]`), false)
+	s.handleFrame([]byte(`["`+ok+`","`+ok+`","room:r","phx_join",{}]`), false)
 	if got := checkTextFrames(t, V2, c.take()); len(got) != 1 || got[0].Status != "ok" {
 		t.Fatalf("join with a %d-byte ref: %+v", DefaultMaxRefLength, got)
 	}
@@ -389,7 +389,7 @@ func TestRefLengthLimit(t *testing.T) {
 		`["1","` + long + `","room:r2","phx_join",{}]`,
 		`["` + ok + `","` + long + `","room:r","new_msg",{}]`,
 	} {
-		s.HandleFrame([]byte(frame), false)
+		s.handleFrame([]byte(frame), false)
 		got := checkTextFrames(t, V2, c.take())
 		if len(got) != 1 || got[0].Status != "error" || string(got[0].Payload) != `{"reason":"ref too long"}` {
 			t.Errorf("%s: got %+v, want the error reply ref too long", frame, got)
@@ -404,7 +404,7 @@ func TestRefLengthLimit(t *testing.T) {
 	// Negative: no limit.
 	e = newTestEnv(t, EndpointConfig{MaxRefLength: -1})
 	s, c = e.open(t, V2)
-	s.HandleFrame([]byte(`["`+long+`","1","room:r","phx_join",{}]`), false)
+	s.handleFrame([]byte(`["`+long+`","1","room:r","phx_join",{}]`), false)
 	if got := checkTextFrames(t, V2, c.take()); len(got) != 1 || got[0].Status != "ok" {
 		t.Fatalf("join with a long ref and no limit: %+v", got)
 	}

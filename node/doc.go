@@ -63,8 +63,8 @@
 //
 // # Clustering
 //
-// Config.Redis, a URL, is the one setting that clusters a node (redis.go),
-// as a Phoenix application names its PubSub adapter once and Presence
+// Config.Redis, a URL, is the one setting that clusters a node, as a
+// Phoenix application names its PubSub adapter once and Presence
 // follows: New connects (retrying within RedisOptions.ConnectTimeout, or
 // until NewWithContext's context ends) and wires the Redis PubSub and the
 // Redis presence tracker together, with the settings channelsd's --redis

@@ -133,8 +133,9 @@ func (n *Node) runDrain(d *drain, socks []*channels.Socket) {
 		}
 	}()
 	closeRange := func(lo, hi int) {
+		rt := n.endpoint.Runtime()
 		for _, s := range socks[lo:hi] {
-			s.Close(channels.CloseServiceRestart, "server draining")
+			rt.CloseSocket(s, channels.CloseServiceRestart, "server draining")
 		}
 		n.drainClosed.Add(uint64(hi - lo))
 	}

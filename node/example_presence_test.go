@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"log"
 	"maps"
-	"os"
-	"os/signal"
 	"slices"
-	"syscall"
 	"time"
 
 	"github.com/channelsd/channelsd/channels"
@@ -82,35 +79,4 @@ func ExampleNode_Presence() {
 	}
 	// Output:
 	// alice on phone
-}
-
-// A node joins a cluster through Redis with one setting: every node given
-// the same URL shares broadcasts, presence, histories and disconnects by
-// socket id. New waits up to RedisOptions.ConnectTimeout (30s) for a Redis
-// that is not up yet; NewWithContext can stop that wait early. (Not run:
-// it needs a Redis; TestRedisExampleConfig runs this configuration
-// against one.)
-func Example_redis() {
-	router := &channels.Router{}
-	router.Handle("room:*", func(string) channels.Channel { return &Lobby{} })
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	n, err := node.NewWithContext(ctx, node.Config{
-		Addr:   ":4000",
-		Router: router,
-		// redis://, rediss:// (TLS), unix://, or
-		// redis-sentinel://host1:26379,host2:26379/mymaster
-		Redis: "redis://localhost:6379/0",
-		// Optional, as channelsd's --redis-* and --presence-* flags.
-		RedisOptions: node.RedisOptions{Prefix: "myapp"},
-	})
-	if err != nil {
-		log.Fatal(err)
-	}
-	if err := n.Start(); err != nil {
-		log.Fatal(err)
-	}
-	<-ctx.Done()
-	_ = n.Shutdown(context.Background())
 }

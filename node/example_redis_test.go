@@ -2,74 +2,115 @@ package node_test
 
 import (
 	"context"
-	"io"
+	"encoding/json"
+	"fmt"
+	"log"
 	"log/slog"
-	"strings"
-	"testing"
+	"maps"
+	"os"
+	"slices"
 	"time"
 
 	"github.com/channelsd/channelsd/channels"
 	"github.com/channelsd/channelsd/node"
-	"github.com/channelsd/channelsd/test/redistest"
 	"github.com/channelsd/channelsd/transport/wsclient"
 )
 
-// TestRedisExampleConfig runs Example_redis's configuration, through the
-// public API only, as two nodes on a real Redis: a user tracked on one is
-// listed on the other, and a broadcast from one reaches the other's socket.
-func TestRedisExampleConfig(t *testing.T) {
-	srv := redistest.Start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
+// Nodes form a cluster through Redis with one setting: every node given
+// the same URL shares broadcasts, presence, histories and disconnects by
+// socket id. Two nodes in one process stand here for two servers: a
+// client of node B receives a broadcast published through node A, and
+// either node lists the users tracked on both.
+//
+// The URL comes from the environment, as an application's would (this
+// package's tests start a loopback redis-server and set REDIS_URL). New
+// waits up to RedisOptions.ConnectTimeout (30s) for a Redis that is not
+// up yet; NewWithContext can stop that wait early, on a signal say.
+func Example_redis() {
 	start := func() *node.Node {
 		router := &channels.Router{}
 		router.Handle("room:*", func(string) channels.Channel { return &Lobby{} })
-		n, err := node.NewWithContext(ctx, node.Config{
-			Addr:         "127.0.0.1:0", // Example_redis: ":4000"
-			Router:       router,
-			Redis:        srv.URL(), // Example_redis: "redis://localhost:6379/0"
+		n, err := node.New(node.Config{
+			Addr:   "127.0.0.1:0",
+			Router: router,
+			// redis://, rediss:// (TLS), unix://, or
+			// redis-sentinel://host1:26379,host2:26379/mymaster
+			Redis: os.Getenv("REDIS_URL"),
+			// Optional, as channelsd's --redis-* and --presence-* flags.
 			RedisOptions: node.RedisOptions{Prefix: "myapp"},
-			Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+			Logger:       slog.New(slog.DiscardHandler),
 		})
 		if err != nil {
-			t.Fatal(err)
+			log.Fatal(err)
 		}
 		if err := n.Start(); err != nil {
-			t.Fatal(err)
+			log.Fatal(err)
 		}
-		t.Cleanup(func() { _ = n.Shutdown(context.Background()) })
 		return n
 	}
 	a, b := start(), start()
+	defer a.Shutdown(context.Background())
+	defer b.Shutdown(context.Background())
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// join connects user to room:lobby on n, and waits for the diff that
+	// announces them: their entry is in Redis by then.
 	join := func(n *node.Node, user string) *wsclient.Client {
 		c, err := wsclient.Dial(ctx, "ws://"+n.Addr().String()+"/socket/websocket", wsclient.Options{})
 		if err != nil {
-			t.Fatal(err)
+			log.Fatal(err)
 		}
-		t.Cleanup(func() { _ = c.Close() })
 		if reply, err := c.Join(ctx, "room:lobby", map[string]string{"user": user}); err != nil || reply.Status != "ok" {
-			t.Fatalf("join: %v %v", reply, err)
+			log.Fatal("join: ", reply.Status, err)
+		}
+		if _, err := c.Await(ctx, isJoinOf(user)); err != nil {
+			log.Fatal(err)
 		}
 		return c
 	}
 	bob := join(b, "bob")
-	join(a, "alice")
-	if _, err := bob.Await(ctx, func(m wsclient.Message) bool {
-		return m.Event == "presence_diff" && strings.Contains(string(m.Payload), `"alice"`)
-	}); err != nil {
-		t.Fatal(err)
+	defer bob.Close()
+	alice := join(a, "alice")
+	defer alice.Close()
+	// Node A's diff reaches bob through Redis.
+	if _, err := bob.Await(ctx, isJoinOf("alice")); err != nil {
+		log.Fatal(err)
 	}
-	state, err := b.Presence().List(ctx, "room:lobby")
+
+	// A broadcast from Go on node A, as Phoenix's Endpoint.broadcast/3.
+	if err := a.Endpoint().Broadcast(ctx, "room:lobby", "news", map[string]string{"from": "A"}); err != nil {
+		log.Fatal(err)
+	}
+	news, err := bob.Await(ctx, wsclient.IsEvent("room:lobby", "news"))
 	if err != nil {
-		t.Fatal(err)
+		log.Fatal(err)
 	}
-	if len(state["alice"].Metas) != 1 || len(state["bob"].Metas) != 1 {
-		t.Fatalf("b lists %v, want alice (tracked on a) and bob", state)
+	fmt.Println("bob on B got:", string(news.Payload))
+
+	for _, on := range []struct {
+		name string
+		n    *node.Node
+	}{{"A", a}, {"B", b}} {
+		state, err := on.n.Presence().List(ctx, "room:lobby")
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println("listed on", on.name+":", slices.Sorted(maps.Keys(state)))
 	}
-	if err := a.Endpoint().Broadcast(ctx, "room:lobby", "news", map[string]string{"from": "a"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bob.Await(ctx, wsclient.IsEvent("room:lobby", "news")); err != nil {
-		t.Fatal(err)
+	// Output:
+	// bob on B got: {"from":"A"}
+	// listed on A: [alice bob]
+	// listed on B: [alice bob]
+}
+
+// isJoinOf matches a presence_diff on room:lobby that joins user.
+func isJoinOf(user string) func(wsclient.Message) bool {
+	return func(m wsclient.Message) bool {
+		if m.Topic != "room:lobby" || m.Event != "presence_diff" {
+			return false
+		}
+		var diff struct{ Joins map[string]json.RawMessage }
+		return json.Unmarshal(m.Payload, &diff) == nil && diff.Joins[user] != nil
 	}
 }

@@ -15,10 +15,7 @@ import (
 	"github.com/channelsd/channelsd/channels"
 	"github.com/channelsd/channelsd/pubsub"
 	"github.com/channelsd/channelsd/pubsub/local"
-	"go.uber.org/goleak"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // failingPinger is a PubSub whose Ping fails, as a Redis-backed one does
 // while Redis is unreachable.

@@ -127,7 +127,7 @@ type Config struct {
 	// Home is served at "/" (the demo page); nil serves nothing there.
 	Home http.Handler
 
-	// Redis clusters the node through Redis (redis.go): New connects,
+	// Redis clusters the node through Redis: New connects,
 	// retrying a Redis that does not answer yet, and builds both the Redis
 	// PubSub and the Redis presence tracker on it. The value is what
 	// channelsd's --redis takes: redis://[user:pass@]host:6379[/db],

@@ -22,9 +22,10 @@ func TestRefLengthLimitHit(t *testing.T) {
 	}{{0, 1}, {-1, 0}} {
 		n := newTestNode(t, Config{PubSub: local.New(), MaxRefLength: tc.cfg})
 		conn := &nullConn{}
-		s := n.Endpoint().Runtime().Open(conn, channels.V2, channels.Identity{})
-		s.HandleFrame([]byte(`[null,"`+strings.Repeat("1", 63)+`","room:1","e",{}]`), false)
-		s.HandleClose()
+		rt := n.Endpoint().Runtime()
+		s := rt.Open(conn, channels.V2, channels.Identity{})
+		rt.HandleFrame(s, []byte(`[null,"`+strings.Repeat("1", 63)+`","room:1","e",{}]`), false)
+		rt.HandleClose(s)
 		if got := n.limitHits()["ref_length"](); got != tc.hits {
 			t.Errorf("MaxRefLength %d: ref_length hits %d, want %d", tc.cfg, got, tc.hits)
 		}

@@ -33,10 +33,10 @@
 // frames that then arrive (a burst) the same way in both.
 //
 // Event-driven (Linux, the default). A connection that waits holds no
-// goroutine. The handler runs a reactor (reactor.go, poller_linux.go): an
-// epoll instance with every waiting connection's descriptor registered
-// for EPOLLIN | EPOLLRDHUP | EPOLLONESHOT, a table from descriptor to
-// connection, and one goroutine in epoll_wait. When a descriptor is
+// goroutine. The handler runs a reactor: an epoll instance with every
+// waiting connection's descriptor registered for EPOLLIN | EPOLLRDHUP |
+// EPOLLONESHOT, a table from descriptor to connection, and one goroutine
+// in epoll_wait. When a descriptor is
 // readable, that goroutine starts a goroutine for the connection, which
 // reads the burst and then re-arms the registration (one-shot: exactly one
 // reader per readiness) and exits. A goroutine per readiness rather than a
@@ -95,7 +95,7 @@
 // half-sent message, and its buffer, for as long as it keeps the socket
 // alive (1008 "message timeout"; the read deadline, or the sweeper's
 // deadline, becomes the earlier of the two). Those buffers count against
-// one budget of the handler, MaxMessageBuffers (wsconn_budget.go). A
+// one budget of the handler, MaxMessageBuffers. A
 // socket whose buffer would take it past the budget takes the room back
 // from the sockets with the oldest messages in progress, which are closed
 // with 1013, and is closed itself (1013) only when the messages older
@@ -116,7 +116,7 @@
 //
 // Send appends the frame to a bounded per-connection queue under a mutex
 // and returns at once. A connection whose queue stops being empty joins a
-// FIFO of connections waiting for a writer (writers.go). At most GOMAXPROCS
+// FIFO of connections waiting for a writer. At most GOMAXPROCS
 // writer goroutines, started on demand and gone when the FIFO is empty,
 // take connections from it in turn: a writer encodes the connection's
 // queued frames (the header with ws.WriteHeaderBuffer, then the shared,
@@ -164,6 +164,6 @@
 // either the session ends as a slow consumer); an answer carries at most
 // MaxAnswerBytes of them and is written within IOTimeout. The token is
 // signed with HMAC-SHA256 and names the node that owns the session; a
-// request that reaches another node is relayed to the owner
-// (longpoll_relay.go).
+// request that reaches another node is relayed to the owner through
+// LongPollConfig.Relay.
 package transport

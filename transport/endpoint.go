@@ -38,8 +38,15 @@ func (a endpointAdapter) Connect(ctx context.Context, info *channels.ConnectInfo
 }
 
 func (a endpointAdapter) Open(conn channels.Conn, ser channels.Serializer, id channels.Identity) Socket {
-	return a.e.Open(conn, ser, id)
+	return runtimeSocket{a.e, a.e.Open(conn, ser, id)}
 }
 
-// Compile-time checks: *channels.Socket is a Socket.
-var _ Socket = (*channels.Socket)(nil)
+// runtimeSocket drives a channels.Socket through the Runtime that opened
+// it, where the socket's transport-side methods live.
+type runtimeSocket struct {
+	rt *channels.Runtime
+	s  *channels.Socket
+}
+
+func (r runtimeSocket) HandleFrame(data []byte, binary bool) { r.rt.HandleFrame(r.s, data, binary) }
+func (r runtimeSocket) HandleClose()                         { r.rt.HandleClose(r.s) }

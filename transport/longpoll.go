@@ -96,8 +96,8 @@ type LongPollConfig struct {
 	// the node that owns the session.
 	NodeID string
 	// Relay carries a request whose token names another node to that
-	// node and brings back its answer (PROTOCOL.md §8.6); see
-	// longpoll_relay.go. The handler registers itself on it. nil: a
+	// node and brings back its answer (PROTOCOL.md §8.6). The handler
+	// registers itself on it. nil: a
 	// token naming another node counts as invalid (a single node).
 	Relay pubsub.Caller
 	// TokenMaxAge refuses tokens issued longer ago. Every GET answer
@@ -119,7 +119,7 @@ const (
 	DefaultLongPollWindow             = 10 * time.Second
 	DefaultLongPollMaxBuffered        = 1000
 	DefaultLongPollMaxBufferedBytes   = 4 << 20
-	DefaultLongPollMaxAnswerBytes     = maxRelayBody
+	DefaultLongPollMaxAnswerBytes     = 3<<20 - 64<<10 // what one relayed answer carries
 	DefaultLongPollMaxSessionsPerAddr = 100
 	DefaultLongPollIOTimeout          = 10 * time.Second
 	DefaultLongPollMaxBody            = 1 << 20
@@ -159,7 +159,7 @@ type LongPollStats struct {
 // LongPollHandler is the long-poll transport (PROTOCOL.md §8), an
 // http.Handler mounted at <socket-path>/longpoll. A session lives on the
 // node that opened it; a request whose token names another node is
-// relayed there through LongPollConfig.Relay (§8.6, longpoll_relay.go).
+// relayed there through LongPollConfig.Relay (§8.6).
 //
 // Requests. GET without a valid token runs the handshake in Phoenix's
 // order (origin, vsn through channels.Negotiate, Endpoint.Connect with
@@ -180,7 +180,7 @@ type LongPollStats struct {
 // if present, else the last "token" query parameter. OPTIONS is the CORS
 // preflight (HTTP 200, empty body, as Phoenix). Allow-Origin reflects an
 // Origin that AllowedOrigins names, with credentials; any other allowed
-// request gets "*" without (longpoll_answer.go). Other methods: 400, empty body.
+// request gets "*" without. Other methods: 400, empty body.
 //
 // Every JSON answer is HTTP 200 with the logical status in the body, as
 // Phoenix does; exceptions: a body above MaxBody (HTTP 413 with

@@ -67,6 +67,10 @@ const maxRelayMessage = 4 << 20
 // headers to 1 MiB by default), or the status and headers of an answer.
 const maxRelayBody = maxRelayMessage - 1<<20 - 64<<10
 
+// DefaultLongPollMaxAnswerBytes is maxRelayBody written out, so that its
+// documentation shows the figure; this fails to compile if they differ.
+const _ = uint(maxRelayBody-DefaultLongPollMaxAnswerBytes) + uint(DefaultLongPollMaxAnswerBytes-maxRelayBody)
+
 // messageBounded is implemented by a Caller that carries at most
 // MaxMessageSize bytes in one message (pubsub/redis, whose
 // --redis-max-message-size may be below maxRelayMessage): a relayed

@@ -91,8 +91,8 @@ func (t *Tracker) heartbeat() {
 // nodes List counts as live and the reaper leaves alone. Every release
 // since b847059 heartbeats there under its PubSub's node id, so a node
 // starting reads in it every node that may be live, whether or not it
-// has reported yet: node seeds its Gate with it (pubsub/redis gate.go,
-// SeedRoster). Sorted; one round trip.
+// has reported yet: package node seeds its pubsub/redis Gate with it
+// (Gate.SeedRoster). Sorted; one round trip.
 func (t *Tracker) LiveNodes(ctx context.Context) ([]string, error) {
 	pipe := t.client.Pipeline()
 	ncmd := pipe.HGetAll(ctx, t.nodesKey)

@@ -40,8 +40,9 @@ import (
 //	         only with 'R': uvarint len(ext), ext
 //	...      answer, to the end
 //
-// The extension area is the envelope's (envelope.go): records a reader
-// skips when it does not know their tag. The release of b847059 reads
+// The extension area is laid out as the envelope's: records of uvarint
+// tag, uvarint length and value, which a reader skips when it does not
+// know their tag. The release of b847059 reads
 // 'c' and 'r' with statuses 0 and 1 only, and drops anything else
 // (its caller then waits for its deadline): 'C', 'R' and status 2 are
 // form "call" at level 2, written only to a node that announced it

@@ -22,7 +22,7 @@
 //
 // A topic the history policy (SetHistoryPolicy, pubsub.History) gives
 // history takes another path. Publish hands the writer one run of a Lua
-// script (history_script.go) that, in one step on Redis, assigns the
+// script that, in one step on Redis, assigns the
 // topic's next offset, appends the envelope to the topic's stream
 // "<prefix>:h:{<topic>}:s" (trimmed to about Size entries), renews the
 // TTL of the stream and of its meta hash "<prefix>:h:{<topic>}:m" (epoch
@@ -51,7 +51,7 @@
 // having none (Call waits for its answer). New fails with ErrNotCluster
 // when the URL reaches a Redis without cluster support.
 //
-// The envelope (see envelope.go) is a small binary header followed by the
+// The envelope is a small binary header followed by the
 // payload verbatim: origin node id, a per-node sequence number (message id
 // = origin + sequence), the sender subscriber for broadcast_from, the
 // event and the binary flag. broadcast_from excludes the sender on its
@@ -108,11 +108,11 @@
 // Every form one node writes for another is read by the previous
 // release, from b847059 on, so that a rolling update (one pod at a time,
 // either way) loses no broadcast, presence change or long-poll request.
-// The forms: the envelope and its channel names (envelope.go), node call
-// and reply frames (call.go), long-poll relay frames and session tokens
-// (transport/longpoll_relay.go, transport/longpoll_token.go), presence
-// hash values and diffs (presence/redis), and the cluster reports on
-// "phx:nodes" (node/cluster.go). Three rules keep it so:
+// The forms, one Form constant each: the envelope and its channel names,
+// node call and reply frames, the long-poll relay frames and session
+// tokens of package transport, presence hash values and diffs (package
+// presence/redis), and the cluster reports package node publishes on
+// "phx:nodes". Three rules keep it so:
 //
 //  1. Readers ignore what they do not know. Unknown JSON fields, unknown
 //     events on internal topics, unknown call services (answered
@@ -129,8 +129,8 @@
 //     token version, a retyped JSON field, new channel names.
 //  3. A writer uses a new form only after every live node has announced
 //     it reads it. Each node's cluster report announces "reads", the
-//     level of each form its build reads (gate.go: BuildReads, with the
-//     levels of each form documented there); a report without it, or
+//     level of each form its build reads (BuildReads; each Form
+//     constant documents its levels); a report without it, or
 //     without a form, means the floor (b847059's readers, FloorReads).
 //     The node's Gate answers MayWrite(form, level) from the reports
 //     heard within three report intervals and any other sign of life

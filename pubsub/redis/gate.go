@@ -7,30 +7,31 @@ import (
 )
 
 // The cross-node forms, by the names nodes announce them under in their
-// cluster reports ("reads" on phx:nodes, see node/cluster.go). A form's
+// cluster reports ("reads", in the reports package node publishes on
+// phx:nodes). A form's
 // level says which of its encodings a node reads: every level from the
 // floor up to the announced one. A level is not a byte on the wire; it
 // names what the reader understands (the envelope's version byte is
 // still 2 at level 3).
 const (
-	// FormEnvelope is the broadcast envelope (envelope.go).
+	// FormEnvelope is the broadcast envelope.
 	// 2: versions 1 and 2, flag bit 0 (b847059).
 	// 3: also flag bit 1, the extension area (unknown records skipped;
 	// record tag 1, a history position, read since history).
 	FormEnvelope = "envelope"
-	// FormCall is the node call and reply frames (call.go).
+	// FormCall is the node call and reply frames.
 	// 1: kinds 'c' and 'r', reply statuses 0 and 1 (b847059).
 	// 2: also status 2 (answer too large), any other status read as an
 	// error answer at once, kinds 'C' and 'R' (an extension area after
 	// the fixed fields, skipped).
 	FormCall = "call"
-	// FormRelay is the long-poll relay request and answer
-	// (transport/longpoll_relay.go).
+	// FormRelay is the long-poll relay request and answer (package
+	// transport).
 	// 1: b847059. Pseudo-headers (names starting with ':') are the
 	// extension point: b847059 passes them on unread; this release drops
 	// them before serving. No gated change yet.
 	FormRelay = "relay"
-	// FormToken is the long-poll session token (transport/longpoll_token.go).
+	// FormToken is the long-poll session token (package transport).
 	// 1: version 1 (b847059).
 	// 2: also version 2: the node id is length-prefixed, and what
 	// follows it is skipped (by the routing node; the issuing node reads
@@ -90,8 +91,9 @@ func BuildReads() map[string]int { return maps.Clone(buildReads) }
 // and the floor's form otherwise. The hook for a next change (Redis
 // Cluster hash tags in channel names): a new channel naming publishes on
 // both names until MayWrite says every node reads the new one. A form
-// that needs more than this release reads raises buildReads in the
-// release that learns to read it, and is written from the release after.
+// that needs more than this release reads raises its level in BuildReads
+// in the release that learns to read it, and is written from the release
+// after.
 type Gate struct {
 	self    string
 	ttl     time.Duration

@@ -250,8 +250,8 @@ func (p *PubSub) rerunNoScript(ctx context.Context, live []*publishReq, cmds []g
 	}
 }
 
-// ReadHistory implements pubsub.History with one run of historyRead: one
-// round trip, O(messages returned).
+// ReadHistory implements pubsub.History with one run of a Redis script:
+// one round trip, O(messages returned).
 func (p *PubSub) ReadHistory(ctx context.Context, topic string, q pubsub.HistoryQuery) (pubsub.HistoryResult, error) {
 	if p.closed.Load() {
 		return pubsub.HistoryResult{}, pubsub.ErrClosed

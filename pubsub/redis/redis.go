@@ -50,7 +50,7 @@ var (
 //     state (lost, reconnected);
 //   - the writer drains the bounded publish queue in pipelined batches.
 //
-// It is a pubsub.History too (history.go): a topic the history policy
+// It is a pubsub.History too: a topic the history policy
 // gives history is published by a Redis script that also numbers and
 // retains the broadcast, and is delivered to every node's subscribers,
 // this node's included, from Redis, after Publish returns.
@@ -111,7 +111,7 @@ type PubSub struct {
 	hist historyState // history.go
 }
 
-// SetGate gives the PubSub the Gate its writers consult (gate.go); the
+// SetGate gives the PubSub the Gate its writers consult; the
 // node that reads the cluster reports feeds it. Without one, everything
 // is written in the floor's form.
 func (p *PubSub) SetGate(g *Gate) { p.gate.Store(g) }
@@ -334,8 +334,7 @@ func (p *PubSub) Subscribers(topic string) int { return p.reg.Count(topic) }
 // pubsub.ErrTooLarge before any delivery, local subscribers included.
 //
 // A topic with history (SetHistoryPolicy) differs: Publish delivers
-// nothing itself. The writer runs the history script (history_script.go)
-// in its batch, in queue order with the PUBLISHes, and Publish waits for
+// nothing itself. The writer runs the history script in its batch, in queue order with the PUBLISHes, and Publish waits for
 // the script's answer as it waits for a PUBLISH's (same timeout,
 // ErrDisconnected, ErrQueueFull). Every node, this one included, delivers
 // the broadcast when Redis sends it back, so all of them see the topic's

@@ -2,6 +2,8 @@ package redistest
 
 import (
 	"bufio"
+	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -30,35 +32,72 @@ type Server struct {
 // Start runs a redis-server for the test, stopped when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s := &Server{t: t, bin: binary(t), port: freePort(t), dir: t.TempDir()}
+	bin, err := binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{t: t, bin: bin, port: port, dir: t.TempDir()}
 	s.Start()
 	t.Cleanup(s.Stop)
 	return s
 }
 
-func binary(t testing.TB) string {
-	if b := os.Getenv("REDIS_SERVER"); b != "" {
-		return b
+// Launch runs a redis-server outside any test, for a TestMain that hands
+// one to code reading its address from the environment (a package's
+// examples). The caller calls Stop, and Remove for its directory. Start
+// and Signal are for servers from Start only.
+func Launch() (*Server, error) {
+	bin, err := binary()
+	if err != nil {
+		return nil, err
 	}
-	if _, err := os.Stat("/usr/bin/redis-server"); err == nil {
-		return "/usr/bin/redis-server"
+	port, err := freePort()
+	if err != nil {
+		return nil, err
 	}
-	if p, err := exec.LookPath("redis-server"); err == nil {
-		return p
+	dir, err := os.MkdirTemp("", "redistest-")
+	if err != nil {
+		return nil, fmt.Errorf("redistest: %w", err)
 	}
-	t.Fatal("redis-server not found: these tests run a real Redis. " +
-		"Install it (apt-get install redis-server) or point REDIS_SERVER at the binary.")
-	return ""
+	s := &Server{bin: bin, port: port, dir: dir}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.start(); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	return s, nil
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
+// Remove deletes the directory of a server from Launch, once stopped.
+func (s *Server) Remove() error { return os.RemoveAll(s.dir) }
+
+func binary() (string, error) {
+	if b := os.Getenv("REDIS_SERVER"); b != "" {
+		return b, nil
+	}
+	if _, err := os.Stat("/usr/bin/redis-server"); err == nil {
+		return "/usr/bin/redis-server", nil
+	}
+	if p, err := exec.LookPath("redis-server"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("redistest: redis-server not found: these tests run a real Redis. " +
+		"Install the Debian package redis-server (apt-get install redis-server; " +
+		"make test's prerequisite check does) or point REDIS_SERVER at the binary")
+}
+
+func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return 0, fmt.Errorf("redistest: %w", err)
 	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // Addr is host:port on loopback.
@@ -71,8 +110,7 @@ func (s *Server) URL() string { return "redis://" + s.Addr() }
 func (s *Server) Output() string { return s.out.String() }
 
 // Start (re)starts the process on its port and waits until it answers
-// PING. A process that just started offers no readiness event, so this
-// polls, within a deadline.
+// PING.
 func (s *Server) Start() {
 	s.t.Helper()
 	s.mu.Lock()
@@ -80,13 +118,21 @@ func (s *Server) Start() {
 	if s.cmd != nil {
 		s.t.Fatal("redis-server already running")
 	}
+	if err := s.start(); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// start runs the process, with s.mu held. A process that just started
+// offers no readiness event, so this polls PING, within a deadline.
+func (s *Server) start() error {
 	cmd := exec.Command(s.bin,
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", s.dir, "--daemonize", "no")
 	cmd.Stdout = &s.out
 	cmd.Stderr = &s.out
 	if err := cmd.Start(); err != nil {
-		s.t.Fatalf("starting %s: %v", s.bin, err)
+		return fmt.Errorf("redistest: starting %s: %w", s.bin, err)
 	}
 	exited := make(chan struct{})
 	go func() {
@@ -99,14 +145,18 @@ func (s *Server) Start() {
 		select {
 		case <-exited:
 			s.cmd = nil
-			s.t.Fatalf("redis-server exited during startup:\n%s", s.out.String())
+			return fmt.Errorf("redistest: redis-server exited during startup:\n%s", s.out.String())
 		default:
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("redis-server on %s not ready after 10s:\n%s", s.Addr(), s.out.String())
+			_ = cmd.Process.Kill()
+			<-exited
+			s.cmd = nil
+			return fmt.Errorf("redistest: redis-server on %s not ready after 10s:\n%s", s.Addr(), s.out.String())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	return nil
 }
 
 // Stop kills the process (SIGKILL: a crash, not a shutdown) and waits.

@@ -97,7 +97,7 @@ func (c *conformanceChannel) HandleIn(s *channels.ChannelSocket, in channels.In)
 	case "async_reply":
 		ref, payload := in.Ref, echo(in.Payload)
 		go func() {
-			if err := s.Reply(ref, "ok", payload); err != nil {
+			if err := s.Reply(ref, channels.StatusOK, payload); err != nil {
 				slog.Warn("app: async reply failed", "topic", s.Topic(), "err", err)
 			}
 		}()

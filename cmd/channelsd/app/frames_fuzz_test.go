@@ -13,6 +13,7 @@ import (
 	"github.com/channelsd/channelsd/presence"
 	"github.com/channelsd/channelsd/pubsub"
 	"github.com/channelsd/channelsd/pubsub/local"
+	"github.com/channelsd/channelsd/transport"
 )
 
 // The property that keeps browser subscribers connected: whatever enters
@@ -55,7 +56,7 @@ func (c *propConn) take() []channels.Frame {
 
 type propSocket struct {
 	ser  channels.Serializer
-	sock *channels.Socket
+	sock transport.Socket
 	conn *propConn
 }
 
@@ -172,7 +173,7 @@ func FuzzRoomFrames(f *testing.F) {
 				return nil, err
 			}
 			conn := &propConn{}
-			return &propSocket{ser: ser, sock: ep.Runtime().Open(conn, ser, id), conn: conn}, nil
+			return &propSocket{ser: ser, sock: transport.FromEndpoint(ep).Open(conn, ser, id), conn: conn}, nil
 		}
 		open := func(ser channels.Serializer, user string) *propSocket {
 			p, err := tryOpen(ser, user)

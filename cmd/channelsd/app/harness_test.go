@@ -11,6 +11,7 @@ import (
 	"github.com/channelsd/channelsd/channels"
 	"github.com/channelsd/channelsd/presence"
 	"github.com/channelsd/channelsd/pubsub/local"
+	"github.com/channelsd/channelsd/transport"
 )
 
 // The harness runs the application on a real Endpoint with the in-memory
@@ -83,7 +84,7 @@ func (c *fakeConn) Close(code int, reason string) {
 
 type client struct {
 	t    *testing.T
-	sock *channels.Socket
+	sock transport.Socket
 	conn *fakeConn
 	ref  int
 }
@@ -96,7 +97,7 @@ func (e *env) connect(params map[string]string) *client {
 		e.t.Fatalf("connect refused: %v", err)
 	}
 	conn := &fakeConn{frames: make(chan channels.Frame, 256), closed: make(chan closeInfo, 1)}
-	c := &client{t: e.t, sock: e.ep.Runtime().Open(conn, channels.V2, id), conn: conn}
+	c := &client{t: e.t, sock: transport.FromEndpoint(e.ep).Open(conn, channels.V2, id), conn: conn}
 	e.t.Cleanup(c.sock.HandleClose)
 	return c
 }
