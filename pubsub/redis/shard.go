@@ -484,7 +484,7 @@ func checkShardedPubSub(ctx context.Context, cc *goredis.ClusterClient) error {
 			return err
 		}
 		v := infoField(info, "redis_version")
-		if major, _, _ := strings.Cut(v, "."); atoiOr0(major) < 7 {
+		if !supportsShardedPubSub(v) {
 			mu.Lock()
 			old = append(old, c.Options().Addr+" runs "+v)
 			mu.Unlock()
@@ -500,12 +500,12 @@ func checkShardedPubSub(ctx context.Context, cc *goredis.ClusterClient) error {
 	return nil
 }
 
-func atoiOr0(s string) int {
-	n, err := strconv.Atoi(s)
-	if err != nil {
-		return 0
-	}
-	return n
+// supportsShardedPubSub reports whether a Redis of version v (its
+// redis_version) has sharded pub/sub: 7.0 and later.
+func supportsShardedPubSub(v string) bool {
+	major, _, _ := strings.Cut(v, ".")
+	n, err := strconv.Atoi(major)
+	return err == nil && n >= 7
 }
 
 // infoField returns one field of an INFO reply.

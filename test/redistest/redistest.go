@@ -20,6 +20,7 @@ type Server struct {
 	bin  string
 	port int
 	dir  string
+	args []string // extra redis-server arguments
 	out  LockedBuffer
 
 	mu     sync.Mutex
@@ -34,6 +35,42 @@ func Start(t testing.TB) *Server {
 	s.Start()
 	t.Cleanup(s.Stop)
 	return s
+}
+
+// StartCluster runs n redis-servers in cluster mode (their cluster bus
+// on port+10000), without slots: the test assigns them and joins the
+// nodes.
+func StartCluster(t testing.TB, n int) []*Server {
+	t.Helper()
+	var out []*Server
+	for range n {
+		port := clusterPort(t)
+		s := &Server{t: t, bin: binary(t), port: port, dir: t.TempDir(),
+			args: []string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"}}
+		s.Start()
+		t.Cleanup(s.Stop)
+		out = append(out, s)
+	}
+	return out
+}
+
+// clusterPort returns a free port whose cluster bus port is free too.
+func clusterPort(t testing.TB) int {
+	t.Helper()
+	for range 100 {
+		p := freePort(t)
+		if p+10000 > 65535 {
+			continue
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p+10000)))
+		if err != nil {
+			continue
+		}
+		_ = l.Close()
+		return p
+	}
+	t.Fatal("no free port pair for a cluster node")
+	return 0
 }
 
 func binary(t testing.TB) string {
@@ -80,9 +117,10 @@ func (s *Server) Start() {
 	if s.cmd != nil {
 		s.t.Fatal("redis-server already running")
 	}
-	cmd := exec.Command(s.bin,
+	args := append([]string{
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", s.dir, "--daemonize", "no")
+		"--save", "", "--appendonly", "no", "--dir", s.dir, "--daemonize", "no"}, s.args...)
+	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout = &s.out
 	cmd.Stderr = &s.out
 	if err := cmd.Start(); err != nil {
