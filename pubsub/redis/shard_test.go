@@ -304,3 +304,28 @@ func TestShardedPubSubVersion(t *testing.T) {
 		}
 	}
 }
+
+// TestShardConnectionLossResubscribes: a shard connection that Redis
+// closes (as a master's crash or a failover would) is replaced, its
+// topics are subscribed again and counted, and broadcasts flow again.
+func TestShardConnectionLossResubscribes(t *testing.T) {
+	c := startCluster(t)
+	a := clusterNode(t, c, "a", openGate("a"))
+	b := clusterNode(t, c, "b", openGate("b"))
+	r := &recorder{id: "r"}
+	mustSubscribe(t, b, "lobby", r)
+	syncAll(t, b)
+	ch := b.shardChannel("lobby")
+	owner := c.masters[c.owner(t, keySlot(ch))]
+	ctx := context.Background()
+	if err := owner.Do(ctx, "client", "kill", "type", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "b to replace the lost shard connection", func() bool {
+		st := b.Stats()
+		return st.ShardLost >= 1 && st.ShardResubscribes >= 1 && shardNumSub(t, owner, ch) == 1
+	})
+	syncAll(t, b)
+	publish(t, a, "lobby", "after")
+	r.waitCount(t, 1)
+}
