@@ -204,11 +204,15 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 			{"channelsd_redis_received_total", "Messages from other nodes received from Redis and handed to local subscribers.", func(s redis.Stats) uint64 { return s.Received }},
 			{"channelsd_redis_decode_errors_total", "Messages on this node's Redis channels that were not valid envelopes (skipped).", func(s redis.Stats) uint64 { return s.DecodeErrors }},
 			{"channelsd_redis_reconnects_total", "Recoveries of the Redis pub/sub connection.", func(s redis.Stats) uint64 { return s.Reconnects }},
+			{"channelsd_redis_shard_resubscribes_total", "Redis Cluster: shard channels subscribed again after Redis dropped them (slot migration, failover, lost shard connection).", func(s redis.Stats) uint64 { return s.ShardResubscribes }},
+			{"channelsd_redis_shard_connections_lost_total", "Redis Cluster: sharded pub/sub connections that failed and were replaced.", func(s redis.Stats) uint64 { return s.ShardLost }},
 		} {
 			counter(m.name, m.help, nil, func() float64 { return float64(m.get(rs.Stats())) })
 		}
 		gauge("channelsd_redis_subscriptions", "Redis channels this node is subscribed to.", nil,
 			func() float64 { return float64(rs.Stats().Subscriptions) })
+		gauge("channelsd_redis_shard_subscriptions", "Redis Cluster: shard channels (sharded pub/sub) this node is subscribed to.", nil,
+			func() float64 { return float64(rs.Stats().ShardSubscriptions) })
 		gauge("channelsd_redis_connected", "1 while the Redis pub/sub connection is up, else 0.", nil,
 			func() float64 { return boolean(rs.Stats().Connected) })
 	}

@@ -40,16 +40,40 @@
 // # Redis Cluster
 //
 // A redis-cluster:// URL (Options.URL) runs the PubSub on a go-redis
-// cluster client. Broadcasts stay classic PUBLISH/SUBSCRIBE, which a Redis
-// Cluster relays to every shard, so a node may listen on any one; but
-// each PUBLISH goes to the master of its channel's slot, as a keyed
-// command would, because two publishes of a topic taken by two masters
-// can reach a subscriber in either order over the cluster bus. The
-// history keys share the {<topic>} hash tag, so the script touches one
-// slot; its PUBLISH goes out from that slot's master. A cluster counts a
-// PUBLISH's receivers on that master only, so a call is not failed for
-// having none (Call waits for its answer). New fails with ErrNotCluster
-// when the URL reaches a Redis without cluster support.
+// cluster client, and topic broadcasts on sharded pub/sub: a topic's
+// shard channel is "<prefix>:t:{<topic>}", in the slot of its history
+// keys. A broadcast is an SPUBLISH on it (the history script SPUBLISHes
+// too: one slot for its keys and its channel), which only the shard that
+// owns the slot handles. The node holds one sharded pub/sub connection
+// per master it has topics on, and SSUBSCRIBEs each topic on the master
+// of its slot, one command per slot (Redis refuses an SSUBSCRIBE that
+// spans slots), routed by a slot map read with CLUSTER SLOTS. A shard
+// connection that fails (read error, silence, an error reply such as
+// MOVED after a stale map) is closed, not redialed in place, and its
+// topics are routed again on a fresh map: the failover case. A slot that
+// migrates, or whose master becomes a replica, makes Redis SUNSUBSCRIBE
+// the node from its channels; the node subscribes them again on the new
+// owner (Stats.ShardResubscribes). New fails with ErrRedisTooOld when a
+// master runs a Redis older than 7, and with ErrNotCluster when the URL
+// reaches a Redis without cluster support.
+//
+// The node's own topics ("phx:...": node calls, cluster reports, socket
+// ids, presence control) and pattern topics stay on classic
+// PUBLISH/SUBSCRIBE on the one classic connection, which a Redis Cluster
+// relays to every shard; each PUBLISH goes to the master of its
+// channel's slot, as a keyed command would, because two publishes of a
+// channel taken by two masters can reach a subscriber in either order
+// over the cluster bus. A cluster counts a PUBLISH's receivers on that
+// master only, so a call is not failed for having none (Call waits for
+// its answer).
+//
+// Sharded pub/sub is gated (FormShard, level 2: see Cross-node
+// compatibility): a node publishes a topic's broadcast with SPUBLISH only
+// while every live node reads shard channels, and with PUBLISH on the
+// classic channel otherwise; a node of this release SUBSCRIBEs the
+// classic channel of each topic as well as SSUBSCRIBing its shard
+// channel, so each broadcast reaches it once either way. A single Redis
+// or Sentinel uses classic pub/sub only.
 //
 // The envelope is a small binary header followed by the
 // payload verbatim: origin node id, a per-node sequence number (message id
@@ -59,9 +83,11 @@
 //
 // # Subscriptions
 //
-// A node holds one Redis pub/sub connection. Subscribe and Unsubscribe
-// change the registry and return; a single reconciler goroutine makes the
-// node's Redis subscriptions follow the registry: SUBSCRIBE when a topic
+// A node holds one classic Redis pub/sub connection (and on a Redis
+// Cluster a shard connection per master, above). Subscribe and
+// Unsubscribe change the registry and return; a single reconciler
+// goroutine makes the node's Redis subscriptions follow the registry:
+// SUBSCRIBE (and SSUBSCRIBE) when a topic
 // gets its first local subscriber, UNSUBSCRIBE when its last one leaves,
 // coalescing bursts into one command. A join therefore does not wait for
 // Redis; broadcasts from other nodes published before Redis applied the
@@ -195,7 +221,6 @@
 // and sentinel_password, when the Sentinels require their own. TLS to a
 // Sentinel-managed master is not available through the URL form.
 //
-// Redis Cluster is not supported: plain PUBLISH in a cluster is broadcast
-// to every shard. Sharded pub/sub (SSUBSCRIBE/SPUBLISH) is the way to
-// scale past one Redis.
+// redis-cluster:// and rediss-cluster:// name a Redis Cluster by some of
+// its nodes (see Redis Cluster above).
 package redis

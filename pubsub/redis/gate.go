@@ -40,16 +40,22 @@ const (
 	// FormPresence is the presence hash value and diff (presence/redis).
 	// 1: b847059. JSON: unknown fields are ignored by every release.
 	FormPresence = "presence"
+	// FormShard is how a topic's broadcasts travel on a Redis Cluster.
+	// 1: PUBLISH/SUBSCRIBE on "<prefix>:t:<topic>" (b847059, and the
+	// first releases that ran on a cluster).
+	// 2: also SPUBLISH/SSUBSCRIBE on the shard channel
+	// "<prefix>:t:{<topic>}". A single Redis or Sentinel stays at 1.
+	FormShard = "shard"
 )
 
 // floorReads is what the release of b847059, the oldest release a
 // rolling update starts from, reads: what a node that announces nothing
 // (it predates the announcement) is taken to read.
-var floorReads = map[string]int{FormEnvelope: 2, FormCall: 1, FormRelay: 1, FormToken: 1, FormPresence: 1}
+var floorReads = map[string]int{FormEnvelope: 2, FormCall: 1, FormRelay: 1, FormToken: 1, FormPresence: 1, FormShard: 1}
 
 // buildReads is what this build reads. A reader that learns a new level
 // raises its form here, in the same change; writers never look at it.
-var buildReads = map[string]int{FormEnvelope: 3, FormCall: 2, FormRelay: 1, FormToken: 2, FormPresence: 1}
+var buildReads = map[string]int{FormEnvelope: 3, FormCall: 2, FormRelay: 1, FormToken: 2, FormPresence: 1, FormShard: 2}
 
 // FloorReads returns the levels every live node is assumed to read.
 func FloorReads() map[string]int { return maps.Clone(floorReads) }
@@ -88,12 +94,13 @@ func BuildReads() map[string]int { return maps.Clone(buildReads) }
 // large to send asks NodeReads whether the caller understands the status
 // that says so; a broadcast of a topic with history carries its position in
 // the envelope's extension area only while MayWrite(FormEnvelope, 3, now),
-// and the floor's form otherwise. The hook for a next change (Redis
-// Cluster hash tags in channel names): a new channel naming publishes on
-// both names until MayWrite says every node reads the new one. A form
-// that needs more than this release reads raises its level in BuildReads
-// in the release that learns to read it, and is written from the release
-// after.
+// and the floor's form otherwise; on a Redis Cluster a topic's broadcast
+// goes out with SPUBLISH on its shard channel only while
+// MayWrite(FormShard, 2, now), and with PUBLISH on the classic channel
+// otherwise: a node of this release listens on both, so each broadcast
+// is sent, and received, once. A form that needs more than this release
+// reads raises its level in BuildReads in the release that learns to read
+// it, and is written from the release after.
 type Gate struct {
 	self    string
 	ttl     time.Duration

@@ -125,12 +125,16 @@ func (p *PubSub) publishHistory(ctx context.Context, m *pubsub.Message, o pubsub
 	if p.Gate().MayWrite(FormEnvelope, 3, now) {
 		withPos = "1"
 	}
-	channel := p.chanPrefix + m.Topic
+	channel, sharded := p.topicChannel(m.Topic, now)
+	publish := "p"
+	if sharded {
+		publish = "s"
+	}
 	req := &publishReq{
 		channel: channel,
 		hist: &historyArgs{
 			keys: p.historyKeys(m.Topic),
-			args: []any{newEpoch(), ttlMillis(o), o.Size, channel, head, m.Payload, withPos},
+			args: []any{newEpoch(), ttlMillis(o), o.Size, channel, head, m.Payload, withPos, publish},
 			size: len(head) + len(m.Payload),
 		},
 		done: make(chan error, 1),

@@ -28,6 +28,8 @@ import goredis "github.com/redis/go-redis/v9"
 //	ARGV[6] payload
 //	ARGV[7] "1": PUBLISH with the position; else the floor's form (the
 //	        Gate says some node cannot read an extension area)
+//	ARGV[8] "s": SPUBLISH (ARGV[4] is then the topic's shard channel,
+//	        in the keys' slot); else PUBLISH
 //
 // Returns {epoch, offset}. The stream always keeps the position: only
 // nodes of this release and later read it.
@@ -51,10 +53,14 @@ local env = head .. string.char(#rec) .. rec .. ARGV[6]
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], string.format('%d-0', top), 'e', env)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
+local publish = 'PUBLISH'
+if ARGV[8] == 's' then
+  publish = 'SPUBLISH'
+end
 if ARGV[7] == '1' then
-  redis.call('PUBLISH', ARGV[4], env)
+  redis.call(publish, ARGV[4], env)
 else
-  redis.call('PUBLISH', ARGV[4], string.sub(head, 1, 1) .. string.char(string.byte(head, 2) - 2) .. string.sub(head, 3) .. ARGV[6])
+  redis.call(publish, ARGV[4], string.sub(head, 1, 1) .. string.char(string.byte(head, 2) - 2) .. string.sub(head, 3) .. ARGV[6])
 end
 return {epoch, top}
 `)

@@ -27,6 +27,7 @@ const (
 // blocks on a caller that gave up.
 type publishReq struct {
 	channel   string
+	sharded   bool // SPUBLISH on a shard channel
 	data      []byte
 	hist      *historyArgs
 	deadline  time.Time
@@ -104,6 +105,8 @@ func (p *PubSub) flush(batch []*publishReq) {
 		for _, r := range live {
 			if r.hist != nil {
 				historyPublish.EvalSha(ctx, pipe, r.hist.keys, r.hist.args...)
+			} else if r.sharded {
+				_ = pipe.Process(ctx, spublishCmd(ctx, r.channel, r.data))
 			} else {
 				_ = pipe.Process(ctx, publishCmd(ctx, r.channel, r.data))
 			}
@@ -190,6 +193,14 @@ func (p *PubSub) roundTrip(ctx context.Context, topic string, now time.Time, req
 // topic's order. A single Redis ignores the key position.
 func publishCmd(ctx context.Context, channel string, data []byte) *goredis.IntCmd {
 	cmd := goredis.NewIntCmd(ctx, "publish", channel, data)
+	cmd.SetFirstKeyPos(1)
+	return cmd
+}
+
+// spublishCmd is an SPUBLISH, which a Redis Cluster client sends to the
+// master of its channel's slot; that shard alone delivers it.
+func spublishCmd(ctx context.Context, channel string, data []byte) *goredis.IntCmd {
+	cmd := goredis.NewIntCmd(ctx, "spublish", channel, data)
 	cmd.SetFirstKeyPos(1)
 	return cmd
 }

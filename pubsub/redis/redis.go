@@ -32,6 +32,9 @@ var (
 	// ErrNotCluster: New was given a Redis Cluster URL, and the Redis it
 	// reached runs without cluster support. Retrying cannot help.
 	ErrNotCluster = errors.New("redis: not a Redis Cluster")
+	// ErrRedisTooOld: New was given a Redis Cluster URL, and a master of
+	// that cluster runs a Redis older than 7, without sharded pub/sub.
+	ErrRedisTooOld = errors.New("redis: Redis too old")
 )
 
 // PubSub is a pubsub.PubSub that relays broadcasts between nodes through
@@ -59,6 +62,7 @@ type PubSub struct {
 	log        *slog.Logger
 	client     goredis.UniversalClient
 	ps         *goredis.PubSub
+	shards     *shardSet // sharded subscriptions; nil unless on a Redis Cluster
 	reg        pubsub.Registry
 	chanPrefix string // "<prefix>:t:"
 
@@ -77,7 +81,10 @@ type PubSub struct {
 	resync bool                // connection re-established: retry failed SUBSCRIBEs now
 	syncs  []chan error        // Sync callers waiting for the next barrier
 	pongs  map[string][]chan error
-	wake   chan struct{} // cap 1: the inbox changed
+	// pongLeft counts, per Sync token, the connections (the classic one
+	// and each shard connection) whose PONG has not come back yet.
+	pongLeft map[string]int
+	wake     chan struct{} // cap 1: the inbox changed
 
 	// Connection state, written by the reader.
 	// confirming counts, per topic, first subscriptions whose SUBSCRIBE
@@ -144,6 +151,13 @@ func New(ctx context.Context, opt Options) (*PubSub, error) {
 		}
 		return nil, fmt.Errorf("redis: connecting to %s: %w", opt.describe(), err)
 	}
+	cc, _ := client.(*goredis.ClusterClient)
+	if cc != nil {
+		if err := checkShardedPubSub(ctx, cc); err != nil {
+			_ = client.Close()
+			return nil, err
+		}
+	}
 	p := &PubSub{
 		opt:        opt,
 		log:        opt.Logger,
@@ -151,10 +165,14 @@ func New(ctx context.Context, opt Options) (*PubSub, error) {
 		chanPrefix: opt.Prefix + ":t:",
 		done:       make(chan struct{}),
 		pongs:      make(map[string][]chan error),
+		pongLeft:   make(map[string]int),
 		wake:       make(chan struct{}, 1),
 		queue:      make(chan *publishReq, opt.QueueSize),
 	}
 	p.calls.sem = make(chan struct{}, opt.MaxCalls)
+	if cc != nil {
+		p.shards = newShardSet(p, cc, cc.Options())
+	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.ps = client.Subscribe(p.ctx)
 	// Dial the pub/sub connection now rather than on the first
@@ -356,8 +374,10 @@ func (p *PubSub) Publish(ctx context.Context, m *pubsub.Message) error {
 	p.reg.Dispatch(m)
 	now := time.Now()
 	data := make([]byte, 0, envelopeSize(p.opt.NodeID, m.From, m.Event, m.Payload))
+	channel, sharded := p.topicChannel(m.Topic, now)
 	return p.roundTrip(ctx, m.Topic, now, &publishReq{
-		channel: p.chanPrefix + m.Topic,
+		channel: channel,
+		sharded: sharded,
 		data:    appendEnvelope(data, p.opt.NodeID, now.UnixNano(), p.seq.Add(1), m.From, m.Event, m.Binary, m.Payload),
 		done:    make(chan error, 1),
 	})
@@ -367,7 +387,11 @@ func (p *PubSub) Publish(ctx context.Context, m *pubsub.Message) error {
 // plus the envelope, counting its varints at their longest so that the
 // bound does not depend on a sequence number.
 func (p *PubSub) messageSize(topic, from, event string, payload []byte) int {
-	return len(p.chanPrefix) + len(topic) + envelopeSize(p.opt.NodeID, from, event, payload)
+	n := len(p.chanPrefix) + len(topic) + envelopeSize(p.opt.NodeID, from, event, payload)
+	if p.shardTopic(topic) {
+		n += len("{}") // the shard channel's hash tag
+	}
+	return n
 }
 
 // checkSize refuses, and counts, a message above MaxMessageSize: one
@@ -488,6 +512,13 @@ type Stats struct {
 	Subscriptions int
 	// Connected is false while the pub/sub connection is down.
 	Connected bool
+	// ShardSubscriptions is the number of shard channels the node holds
+	// on a Redis Cluster (sharded pub/sub); ShardResubscribes counts the
+	// ones it subscribed again after Redis dropped them (a slot
+	// migration, a failover, a lost shard connection), ShardLost the
+	// shard connections that failed.
+	ShardSubscriptions           int
+	ShardResubscribes, ShardLost uint64
 	// CallsSent counts node-to-node calls this node made; CallsServed
 	// the calls it answered; CallsRejected those it refused (no handler,
 	// or MaxCalls running); ReplyErrors the answers it could not send.
@@ -502,7 +533,7 @@ type Stats struct {
 
 // Stats returns the current counters.
 func (p *PubSub) Stats() Stats {
-	return Stats{
+	st := Stats{
 		Published:     p.published.Load(),
 		PublishErrors: p.publishErrors.Load(),
 		Dropped:       p.dropped.Load(),
@@ -522,6 +553,12 @@ func (p *PubSub) Stats() Stats {
 		HistoryMessagesRead: p.hist.read.Load(),
 		ScriptReloads:       p.hist.reloads.Load(),
 	}
+	if p.shards != nil {
+		st.ShardSubscriptions = int(p.shards.held.Load())
+		st.ShardResubscribes = p.shards.resubscribes.Load()
+		st.ShardLost = p.shards.lostCount.Load()
+	}
+	return st
 }
 
 // Close implements pubsub.PubSub: it stops the goroutines, UNSUBSCRIBEs
@@ -535,6 +572,9 @@ func (p *PubSub) Close() error {
 	close(p.done)
 	p.cancel()
 	p.workers.Wait()
+	if p.shards != nil {
+		p.shards.close()
+	}
 	if !p.lost.Load() {
 		ctx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
 		_ = p.ps.Unsubscribe(ctx)
@@ -558,6 +598,7 @@ func (p *PubSub) Close() error {
 		}
 	}
 	clear(p.pongs)
+	clear(p.pongLeft)
 	p.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("redis: close: %w", err)

@@ -111,6 +111,20 @@ func (p *PubSub) reconcileLoop() {
 		for chunk := range chunks(unsub) {
 			_ = p.command(p.ps.Unsubscribe, chunk)
 		}
+		if p.shards != nil {
+			var ssub, sunsub []string
+			for _, t := range sub {
+				if p.shardTopic(t) {
+					ssub = append(ssub, t)
+				}
+			}
+			for _, t := range unsub {
+				if p.shardTopic(t) {
+					sunsub = append(sunsub, t)
+				}
+			}
+			p.shards.apply(ssub, sunsub, tick)
+		}
 		for chunk := range chunks(sub) {
 			if err := p.command(p.ps.Subscribe, chunk); err != nil {
 				for _, t := range chunk {
@@ -141,7 +155,7 @@ func (p *PubSub) reconcileLoop() {
 				for _, s := range syncs {
 					s <- p.lostError()
 				}
-			case len(retry) > 0:
+			case len(retry) > 0 || (p.shards != nil && len(p.shards.retry) > 0):
 				// Not applied yet; wait for the retry on the next tick.
 				p.mu.Lock()
 				p.syncs = append(syncs, p.syncs...)
@@ -149,20 +163,24 @@ func (p *PubSub) reconcileLoop() {
 			default:
 				syncSeq++
 				token := "sync:" + strconv.FormatUint(syncSeq, 10)
+				// One PING down every connection that carries
+				// subscriptions: the barrier holds once all are answered.
+				conns := 1
+				if p.shards != nil {
+					conns += p.shards.ping(token)
+				}
 				p.mu.Lock()
 				p.pongs[token] = syncs
+				p.pongLeft[token] = conns
 				p.mu.Unlock()
 				ctx, cancel := context.WithTimeout(p.ctx, p.opt.PublishTimeout)
 				err := p.ps.Ping(ctx, token)
 				cancel()
 				if err != nil {
-					p.mu.Lock()
-					ws := p.pongs[token]
-					delete(p.pongs, token)
-					p.mu.Unlock()
-					for _, w := range ws {
-						w <- errors.Join(ErrDisconnected, err)
-					}
+					p.pongFailed(token, errors.Join(ErrDisconnected, err))
+				}
+				if p.shards != nil {
+					p.shards.sendPings(token)
 				}
 			}
 		}
@@ -246,7 +264,7 @@ func (p *PubSub) readLoop() {
 		}
 		switch msg := msg.(type) {
 		case *goredis.Message:
-			p.handle(msg)
+			p.handle(msg.Channel, msg.Payload, false)
 		case *goredis.Pong:
 			p.pong(msg.Payload)
 		}
@@ -254,9 +272,19 @@ func (p *PubSub) readLoop() {
 	}
 }
 
-// handle decodes one envelope and dispatches it.
-func (p *PubSub) handle(msg *goredis.Message) {
+// handle decodes one envelope, received on channel (a shard channel
+// when sharded), and dispatches it.
+func (p *PubSub) handle(channel, data string, sharded bool) {
+	msg := goredis.Message{Channel: channel, Payload: data}
 	topic, ok := strings.CutPrefix(msg.Channel, p.chanPrefix)
+	if ok && sharded {
+		// A classic topic may itself be "{x}": only the connection tells
+		// the two names apart.
+		var inner bool
+		topic, inner = strings.CutPrefix(topic, "{")
+		topic, ok = strings.CutSuffix(topic, "}")
+		ok = ok && inner
+	}
 	if !ok {
 		p.decodeFailed(msg.Channel, errors.New("redis: message on a channel outside the prefix"))
 		return
@@ -318,17 +346,36 @@ func (p *PubSub) decodeFailed(channel string, err error) {
 	}
 }
 
-// pong completes the Sync calls waiting for the PING that carried token.
+// pong records one connection's answer to the PING that carried token,
+// and completes the Sync calls waiting for it once every connection it
+// went down has answered.
 func (p *PubSub) pong(token string) {
 	p.mu.Lock()
 	ws, ok := p.pongs[token]
-	delete(p.pongs, token)
-	p.mu.Unlock()
-	if !ok {
-		return
+	if ok {
+		if p.pongLeft[token]--; p.pongLeft[token] > 0 {
+			p.mu.Unlock()
+			return
+		}
 	}
+	delete(p.pongs, token)
+	delete(p.pongLeft, token)
+	p.mu.Unlock()
 	for _, w := range ws {
 		w <- nil
+	}
+}
+
+// pongFailed fails the Sync calls waiting for token: a connection it
+// went down will not answer.
+func (p *PubSub) pongFailed(token string, err error) {
+	p.mu.Lock()
+	ws := p.pongs[token]
+	delete(p.pongs, token)
+	delete(p.pongLeft, token)
+	p.mu.Unlock()
+	for _, w := range ws {
+		w <- err
 	}
 }
 
@@ -342,6 +389,7 @@ func (p *PubSub) markLost(err error) {
 	p.mu.Lock()
 	pending := p.pongs
 	p.pongs = make(map[string][]chan error)
+	clear(p.pongLeft)
 	p.mu.Unlock()
 	for _, ws := range pending {
 		for _, w := range ws {

@@ -22,6 +22,7 @@ type Server struct {
 	bin  string
 	port int
 	dir  string
+	args []string // extra redis-server arguments
 	out  LockedBuffer
 
 	mu     sync.Mutex
@@ -71,6 +72,48 @@ func Launch() (*Server, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// StartCluster runs n redis-servers in cluster mode (their cluster bus
+// on port+10000), without slots: the test assigns them and joins the
+// nodes.
+func StartCluster(t testing.TB, n int) []*Server {
+	t.Helper()
+	bin, err := binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*Server
+	for range n {
+		s := &Server{t: t, bin: bin, port: clusterPort(t), dir: t.TempDir(),
+			args: []string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"}}
+		s.Start()
+		t.Cleanup(s.Stop)
+		out = append(out, s)
+	}
+	return out
+}
+
+// clusterPort returns a free port whose cluster bus port is free too.
+func clusterPort(t testing.TB) int {
+	t.Helper()
+	for range 100 {
+		p, err := freePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p+10000 > 65535 {
+			continue
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p+10000)))
+		if err != nil {
+			continue
+		}
+		_ = l.Close()
+		return p
+	}
+	t.Fatal("no free port pair for a cluster node")
+	return 0
 }
 
 // Remove deletes the directory of a server from Launch, once stopped.
@@ -126,9 +169,10 @@ func (s *Server) Start() {
 // start runs the process, with s.mu held. A process that just started
 // offers no readiness event, so this polls PING, within a deadline.
 func (s *Server) start() error {
-	cmd := exec.Command(s.bin,
+	args := append([]string{
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", s.dir, "--daemonize", "no")
+		"--save", "", "--appendonly", "no", "--dir", s.dir, "--daemonize", "no"}, s.args...)
+	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout = &s.out
 	cmd.Stderr = &s.out
 	if err := cmd.Start(); err != nil {
