@@ -149,7 +149,9 @@ func (c *fakeConn) Close(int, string) {}
 
 type sock struct {
 	t    *testing.T
+	rt   *channels.Runtime
 	s    *channels.Socket
+	id   string // the socket id the connect gave
 	conn *fakeConn
 	ref  int
 }
@@ -161,8 +163,9 @@ func (e *env) connect(info *channels.ConnectInfo) (*sock, error) {
 		return nil, err
 	}
 	conn := &fakeConn{frames: make(chan channels.Frame, 1024)}
-	s := &sock{t: e.t, s: e.ep.Runtime().Open(conn, channels.V2, id), conn: conn}
-	e.t.Cleanup(s.s.HandleClose)
+	rt := e.ep.Runtime()
+	s := &sock{t: e.t, rt: rt, s: rt.Open(conn, channels.V2, id), id: id.ID, conn: conn}
+	e.t.Cleanup(func() { rt.HandleClose(s.s) })
 	return s, nil
 }
 
@@ -188,7 +191,7 @@ func (s *sock) push(joinRef, topic, event, payload string) string {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	s.s.HandleFrame(f, false)
+	s.rt.HandleFrame(s.s, f, false)
 	return ref
 }
 
@@ -198,7 +201,7 @@ func (s *sock) join(topic, params string) (joinRef, status, response string) {
 	s.ref++
 	ref := strconv.Itoa(s.ref)
 	f, _ := json.Marshal([]any{ref, ref, topic, channels.EventJoin, json.RawMessage(params)})
-	s.s.HandleFrame(f, false)
+	s.rt.HandleFrame(s.s, f, false)
 	st, resp := s.reply(ref)
 	return ref, st, resp
 }

@@ -271,8 +271,8 @@ func TestConnect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.s.ID() != "user:42" {
-		t.Errorf("socket id %q", s.s.ID())
+	if s.id != "user:42" {
+		t.Errorf("socket id %q", s.id)
 	}
 	var cr ConnectRequest
 	if err := json.Unmarshal(b.bodies("/connect")[0], &cr); err != nil {
