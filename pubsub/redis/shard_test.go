@@ -14,7 +14,7 @@ import (
 	"github.com/channelsd/channelsd/test/redistest"
 )
 
-// testCluster is a Redis Cluster of three masters on loopback, without
+// testCluster is a Redis Cluster of masters on loopback, without
 // replicas, and a plain client per master.
 type testCluster struct {
 	servers []*redisServer
@@ -50,15 +50,19 @@ func (c *testCluster) owner(t testing.TB, slot int) int {
 	return -1
 }
 
-func startCluster(t testing.TB) *testCluster {
+func startCluster(t testing.TB) *testCluster { return startClusterOf(t, 3) }
+
+// startClusterOf forms a cluster of n masters, each owning an equal
+// range of the slots.
+func startClusterOf(t testing.TB, n int) *testCluster {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	c := &testCluster{servers: redistest.StartCluster(t, 3)}
+	c := &testCluster{servers: redistest.StartCluster(t, n)}
 	for i, s := range c.servers {
 		m := inspector(t, s)
 		c.masters = append(c.masters, m)
-		lo, hi := i*clusterSlots/3, (i+1)*clusterSlots/3-1
+		lo, hi := i*clusterSlots/n, (i+1)*clusterSlots/n-1
 		if err := m.ClusterAddSlotsRange(ctx, lo, hi).Err(); err != nil {
 			t.Fatal(err)
 		}
@@ -78,7 +82,7 @@ func startCluster(t testing.TB) *testCluster {
 	eventually(t, 20*time.Second, "the cluster to form", func() bool {
 		for _, m := range c.masters {
 			info, err := m.ClusterInfo(ctx).Result()
-			if err != nil || !strings.Contains(info, "cluster_state:ok") || !strings.Contains(info, "cluster_known_nodes:3") {
+			if err != nil || !strings.Contains(info, "cluster_state:ok") || !strings.Contains(info, fmt.Sprintf("cluster_known_nodes:%d\r\n", n)) {
 				return false
 			}
 		}
