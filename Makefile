@@ -25,7 +25,7 @@ export NODE_IMAGE ?= channelsd:test
 export REDIS_IMAGE ?= channelsd-redis:test
 export HAPROXY_IMAGE ?= channelsd-haproxy:test
 
-.PHONY: run run-cluster build image images prereqs prereqs-cluster test test-unit test-cluster test-norace test-hostile lint fuzz fuzz-short bench bench-idle soak clean
+.PHONY: run run-cluster run-redis-cluster build image images prereqs prereqs-cluster test test-unit test-cluster test-norace test-hostile lint fuzz fuzz-short bench bench-idle soak clean
 
 # The targets below each keep both cores busy, and a prerequisite check
 # may run apt-get: one at a time, in the order written, even under -j.
@@ -48,6 +48,13 @@ run:
 run-cluster: build
 	@$(PREREQS) -q redis
 	test/run-cluster.sh $(ARGS)
+
+# The same three nodes on a local Redis Cluster (sharded pub/sub): three
+# masters with a replica each on 127.0.0.1:7000-7005 (REDIS_PORT,
+# REDIS_MASTERS, REDIS_REPLICAS change that), formed by redis-cli.
+run-redis-cluster: build
+	@$(PREREQS) -q redis
+	test/run-redis-cluster.sh $(ARGS)
 
 build:
 	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/channelsd ./cmd/channelsd
