@@ -283,23 +283,32 @@ func (c *ChannelSocket) deliver(m *pubsub.Message) {
 		c.deliverAt(m, false) // a topic with history (recovery.go)
 		return
 	}
+	// A message that was never published (Message.Local) took no
+	// offset: it must not make a hole pass for a step forward.
+	loosen := !m.Local
 	if len(c.intercepts) > 0 && slices.Contains(c.intercepts, m.Event) {
-		c.loosenPosition()
+		if loosen {
+			c.loosenPosition()
+		}
 		c.sock.deliverOut(c, m)
 		return
 	}
 	f, ok := c.frameFor(m)
 	if !ok {
-		c.loosenPosition()
+		if loosen {
+			c.loosenPosition()
+		}
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch c.state {
 	case stateJoining:
-		c.holdLocked(heldFrame{f: f, unpositioned: true})
+		c.holdLocked(heldFrame{f: f, unpositioned: loosen})
 	case stateJoined:
-		c.loosenPositionLocked()
+		if loosen {
+			c.loosenPositionLocked()
+		}
 		c.sock.sendFrame(f)
 	}
 }

@@ -872,3 +872,23 @@ func TestUnpositionedBroadcastLoosensPosition(t *testing.T) {
 		t.Fatalf("a new epoch after an unpositioned broadcast: %v, want the unpositioned broadcast, then phx_error history_gap", ms)
 	}
 }
+
+// A message delivered to this node only (Message.Local: a presence
+// repair's presence_state) took no offset: it reaches the client, and a
+// hole after it still fails the channel. It once loosened the position
+// as a broadcast without one does, and a Redis Cluster failover, which
+// both repairs presence and loses live broadcasts, let the hole through
+// to the client silently.
+func TestLocalMessageKeepsHoleDetection(t *testing.T) {
+	ch := &histChannel{joined: make(chan *channels.ChannelSocket, 1), terminated: make(chan channels.Reason, 1)}
+	e := newHistEnv(t, 10, func(string) channels.Channel { return ch }, nil)
+	_, c, cs := joinCaptured(t, e, ch, "1", `{}`)
+	last := e.publish(t, "room:a", 1, 2)
+	c.take()
+	channels.Deliver(cs, &pubsub.Message{Topic: "room:a", Event: "presence_state", Payload: []byte(`{}`), Local: true})
+	channels.Deliver(cs, &pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":9}`), Pos: pubsub.Position{Epoch: last.Epoch, Offset: last.Offset + 5}})
+	ms := decode(t, channels.V2, c.take())
+	if len(ms) != 2 || ms[0].Event != "presence_state" || ms[1].Event != channels.EventError || string(ms[1].Payload) != `{"reason":"history_gap"}` {
+		t.Fatalf("a hole after a local presence_state: %v, want the presence_state, then phx_error history_gap", ms)
+	}
+}

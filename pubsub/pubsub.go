@@ -25,6 +25,12 @@ type Message struct {
 	// Pos is the message's place in its topic's history (History); zero
 	// for a topic without history.
 	Pos Position
+	// Local marks a message delivered to this node's subscribers only,
+	// never published (a presence repair's fresh presence_state): it took
+	// no place in its topic's history, so, unlike a broadcast without a
+	// position, it tells a subscriber following the positions nothing
+	// about the next one.
+	Local bool
 
 	encodings encodingCache
 }

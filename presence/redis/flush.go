@@ -420,7 +420,8 @@ func (t *Tracker) resync(ctx context.Context, drain bool) error {
 		t.needResync = !drain
 		// A dead Redis refuses connections at once: retrying at once
 		// would spin. The heartbeat that finds Redis back calls sooner.
-		t.resyncAt = time.Now().Add(t.opt.Heartbeat)
+		t.resyncWait = resyncBackoff(t.resyncWait, t.opt.Heartbeat)
+		t.resyncAt = time.Now().Add(t.resyncWait)
 		out := make([]outgoing, 0, len(taken))
 		for topic, b := range taken {
 			out = append(out, t.stamp(topic, b.joins, b.leaves)...)
@@ -550,10 +551,25 @@ func (t *Tracker) resync(ctx context.Context, drain bool) error {
 		ls = append(ls, leaves[topic]...)
 		out = append(out, t.stamp(topic, js, ls)...)
 	}
+	t.resyncWait = 0
 	t.mu.Unlock()
 	t.publish(ctx, out)
 	if !drain {
 		t.reconcileWatches(list)
 	}
 	return nil
+}
+
+// firstResyncRetry is how soon a failed resync is first tried again.
+const firstResyncRetry = 250 * time.Millisecond
+
+// resyncBackoff is the wait before the next resync after one failed,
+// given the last wait (zero after a success): firstResyncRetry, then
+// twice as long each time, up to a heartbeat. A Redis that is down for
+// long is asked once a heartbeat; one that comes back within seconds, a
+// Redis Cluster whose replica takes over from a dead master, is found
+// again within a fraction of it, and so the joins that waited for the
+// resync reach Redis then, not a heartbeat later.
+func resyncBackoff(last, heartbeat time.Duration) time.Duration {
+	return min(max(2*last, firstResyncRetry), heartbeat)
 }

@@ -436,7 +436,7 @@ func (t *Tracker) repairLoop() {
 			if err != nil {
 				continue
 			}
-			t.opt.LocalDispatch(&pubsub.Message{Topic: topic, Event: "presence_state", Payload: payload})
+			t.opt.LocalDispatch(&pubsub.Message{Topic: topic, Event: "presence_state", Payload: payload, Local: true})
 			t.repairsSent.Add(1)
 		}
 	}

@@ -67,6 +67,9 @@ type Tracker struct {
 	clocks     map[string]uint64
 	needResync bool
 	resyncAt   time.Time // after a failed resync: not before then
+	// resyncWait is how long after the last failed resync the next one
+	// waits (resyncBackoff); zero after a success.
+	resyncWait time.Duration
 	repairs    map[string]struct{}
 
 	// Owned by the flusher goroutine (and Close after it stopped).

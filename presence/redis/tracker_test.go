@@ -908,3 +908,47 @@ func TestLeaveOfAListedPendingJoinIsSent(t *testing.T) {
 		t.Fatalf("Redis holds %d entries of the room after the track and untrack", n)
 	}
 }
+
+// A resync that failed is tried again soon, then less and less often, up
+// to once a heartbeat: a Redis Cluster's failover refuses writes for a
+// second or two, and joins made meanwhile wait for the next resync, which
+// must not come a whole heartbeat later.
+func TestFailedResyncRetriedSoonThenPerHeartbeat(t *testing.T) {
+	var waits []time.Duration
+	w := time.Duration(0)
+	for range 7 {
+		w = resyncBackoff(w, 5*time.Second)
+		waits = append(waits, w)
+	}
+	want := []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second}
+	if !slices.Equal(waits, want) {
+		t.Fatalf("waits after successive failures %v, want %v", waits, want)
+	}
+	if got := resyncBackoff(0, 100*time.Millisecond); got != 100*time.Millisecond {
+		t.Errorf("first wait with a 100 ms heartbeat: %v, want the heartbeat", got)
+	}
+
+	s := startRedis(t)
+	c := client(t, s)
+	const heartbeat = 20 * time.Second
+	n := newNode(t, s, "a", func(o *Options) {
+		o.Client, o.Address = c, ""
+		o.Heartbeat, o.DeadAfter = heartbeat, 3*heartbeat
+	})
+	track(t, n, "room:1", "x", "1", `{}`)
+	s.Stop()
+	if _, err := n.tr.Track(context.Background(), "room:1", "y", "2", meta(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "a failed resync", func() bool {
+		n.tr.mu.Lock()
+		defer n.tr.mu.Unlock()
+		return n.tr.needResync && !n.tr.resyncAt.IsZero()
+	})
+	s.Start()
+	began := time.Now()
+	eventually(t, 5*time.Second, "both entries re-asserted within seconds of Redis's return, not a heartbeat", func() bool {
+		return redistest.Ping(s.Addr()) && c.HLen(context.Background(), "test:p:room:1").Val() == 2
+	})
+	t.Logf("re-asserted %v after Redis came back (heartbeat %v)", time.Since(began).Round(time.Millisecond), heartbeat)
+}

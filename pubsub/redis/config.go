@@ -209,7 +209,9 @@ func (o Options) NewClient(name string) (goredis.UniversalClient, error) {
 		setIfZero(&co.WriteBufferSize, clientBufferSize)
 		setIfZero(&co.PipelineReadBufferSize, clientBufferSize)
 		setIfZero(&co.PipelineWriteBufferSize, clientBufferSize)
-		return goredis.NewClusterClient(co.ClusterOptions), nil
+		cc := goredis.NewClusterClient(co.ClusterOptions)
+		cc.AddHook(slotReloader{cc})
+		return cc, nil
 	}
 	if o.URL != "" {
 		ro, err := goredis.ParseURL(o.URL)

@@ -164,7 +164,15 @@ func presenceView(ctx context.Context, a awaiter, topic string, want []string) (
 
 func TestLongPollBehindRoundRobin(t *testing.T) {
 	cl := harness.Start(t, harness.Options{Nodes: 2})
-	lb := cl.StartLoadBalancer(harness.LBOptions{})
+	testLongPollBehindRoundRobin(t, cl, cl.StartLoadBalancer(harness.LBOptions{}))
+}
+
+// testLongPollBehindRoundRobin: a long-poll client behind a round-robin
+// load balancer in front of a two-node cluster and a WebSocket on the node
+// that does not own its session chat, each way, once each and in order;
+// both see the merged presence; the requests alternate between the nodes;
+// the session is never lost.
+func testLongPollBehindRoundRobin(t *testing.T, cl *harness.Cluster, lb *harness.LoadBalancer) {
 	ctx := timeout(t, 2*time.Minute)
 	const topic = "room:lp-rr"
 	const n = 50

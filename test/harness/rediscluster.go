@@ -57,6 +57,12 @@ func redisClusterArgs(alias string) []string {
 		// A replica's first sync starts at once, not after the 5 s a
 		// master waits by default for more replicas to share it.
 		"--repl-diskless-sync-delay", "0",
+		// While a dead master's replica is not yet promoted, the other
+		// masters go on serving their slots, as a managed cluster is
+		// advised to run: with the default (yes) every shard refuses
+		// commands from when the master is judged failed until the
+		// promotion, and every topic pauses, not only the failed shard's.
+		"--cluster-require-full-coverage", "no",
 		"--save", "", "--appendonly", "no", "--protected-mode", "no",
 	}
 }
