@@ -135,9 +135,9 @@ func (s *shardSet) loadSlots(ctx context.Context) error {
 
 // apply brings the sharded subscriptions one pass closer to the
 // registry: add and remove are topics that gained their first or lost
-// their last local subscriber (shardTopic ones only). On tick it also
-// retries what failed and PINGs every shard connection.
-func (s *shardSet) apply(add, remove []string, tick bool) {
+// their last local subscriber (shardTopic ones only). On retry or tick it
+// also retries what failed; on tick it PINGs every shard connection.
+func (s *shardSet) apply(add, remove []string, retry, tick bool) {
 	p := s.p
 	s.takeEvents()
 	for _, t := range remove {
@@ -173,7 +173,7 @@ func (s *shardSet) apply(add, remove []string, tick bool) {
 		}
 	}
 	s.takeEvents()
-	if len(s.retry) > 0 && (fresh || tick) {
+	if len(s.retry) > 0 && (fresh || retry || tick) {
 		s.subscribeRetry()
 	}
 	if tick {

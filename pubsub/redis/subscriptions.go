@@ -30,6 +30,10 @@ func (p *PubSub) markDirty(topic string) {
 	p.poke()
 }
 
+// shardRetryMin is the first wait before a failed shard subscription is
+// tried again (reconcileLoop).
+const shardRetryMin = 100 * time.Millisecond
+
 func (p *PubSub) poke() {
 	select {
 	case p.wake <- struct{}{}:
@@ -66,14 +70,23 @@ func (p *PubSub) reconcileLoop() {
 	actual := make(map[string]struct{})
 	retry := make(map[string]struct{})
 	var syncSeq uint64
+	// Shard subscriptions that failed (a master just died, a slot just
+	// moved) are retried sooner than the tick, from shardRetryMin
+	// doubling up to it: after a failover the new master answers within
+	// a second or two, and every moment before the retry is lost
+	// broadcasts for the topic's subscribers.
+	var shardRetry <-chan time.Time
+	shardBackoff := shardRetryMin
 	for {
-		tick := false
+		tick, retryShards := false, false
 		select {
 		case <-p.done:
 			return
 		case <-p.wake:
 		case <-ticker.C:
 			tick = true
+		case <-shardRetry:
+			shardRetry, retryShards = nil, true
 		}
 		p.mu.Lock()
 		dirty := p.dirty
@@ -123,7 +136,14 @@ func (p *PubSub) reconcileLoop() {
 					sunsub = append(sunsub, t)
 				}
 			}
-			p.shards.apply(ssub, sunsub, tick)
+			p.shards.apply(ssub, sunsub, retryShards, tick)
+			switch {
+			case len(p.shards.retry) == 0:
+				shardRetry, shardBackoff = nil, shardRetryMin
+			case shardRetry == nil:
+				shardRetry = time.After(shardBackoff)
+				shardBackoff = min(2*shardBackoff, p.opt.HealthCheckInterval)
+			}
 		}
 		for chunk := range chunks(sub) {
 			if err := p.command(p.ps.Subscribe, chunk); err != nil {
