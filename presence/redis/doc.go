@@ -95,9 +95,12 @@
 //
 // # List
 //
-// List(topic) is one round trip: a pipeline of HGETALL of the topic, of
-// the nodes hash and of Redis's clock. It keeps the fields of nodes whose heartbeat is
-// younger than DeadAfter, takes this node's entries from its own table,
+// List(topic) is one round trip: a pipeline of HGETALL of the topic and,
+// at most once per quarter second (less with a short DeadAfter), of the
+// nodes hash and of Redis's clock; Lists in between reuse that reading,
+// so that the nodes hash's shard does not take every List of a Redis
+// Cluster. It keeps the fields of nodes whose heartbeat is younger than
+// DeadAfter, takes this node's entries from its own table,
 // and groups them by key in track order (time of the track/update, then
 // field). Build presence_state once per request with it, not per socket.
 //

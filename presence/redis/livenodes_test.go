@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -68,4 +69,49 @@ func TestLiveNodesFailsWithoutRedis(t *testing.T) {
 	}
 	s.Start() // for the tracker's Close
 	eventually(t, 5*time.Second, "Redis back", func() bool { return redistest.Ping(s.Addr()) })
+}
+
+// A burst of Lists reads the nodes hash once, not once each (on a Redis
+// Cluster that key's shard would take every List of every topic), and
+// still sees the other node's entries.
+func TestListsShareTheLiveNodes(t *testing.T) {
+	s := startRedis(t)
+	slow := func(o *Options) { o.DeadAfter = 10 * time.Second } // liveFor: 250 ms
+	a, b := newNode(t, s, "a", slow), newNode(t, s, "b", slow)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := b.tr.Track(ctx, "room:1", "o1", "bob", meta(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "bob listed on a", func() bool {
+		st, err := a.tr.List(ctx, "room:1")
+		return err == nil && len(st["bob"].Metas) == 1
+	})
+	rc := client(t, s)
+	evals := func() int64 {
+		info, err := rc.Info(ctx, "commandstats").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(info, "\r\n") {
+			if rest, ok := strings.CutPrefix(line, "cmdstat_eval:calls="); ok {
+				n, _ := strconv.ParseInt(rest[:strings.IndexByte(rest, ',')], 10, 64)
+				return n
+			}
+		}
+		return 0
+	}
+	before, began := evals(), time.Now()
+	const lists = 20
+	for range lists {
+		st, err := a.tr.List(ctx, "room:1")
+		if err != nil || len(st["bob"].Metas) != 1 {
+			t.Fatalf("List = %v, %v; want bob", st, err)
+		}
+	}
+	// The clock script runs with each reading of the nodes hash: once per
+	// 250 ms at most.
+	if n, most := evals()-before, int64(time.Since(began)/(250*time.Millisecond))+1; n > most {
+		t.Fatalf("%d Lists in %v read the live nodes %d times, want at most %d", lists, time.Since(began).Round(time.Millisecond), n, most)
+	}
 }

@@ -35,6 +35,13 @@ type Tracker struct {
 	reads     *listReads
 	check     *presence.Checker
 
+	// live caches the set of live nodes a List read, for liveFor, so
+	// that Lists do not all read the nodes hash: on a Redis Cluster that
+	// one key's shard would take every List of every topic.
+	liveMu sync.Mutex
+	live   map[string]bool // guarded by liveMu; nil: none read yet
+	liveAt time.Time       // guarded by liveMu: when live was read
+
 	// invalid counts the entries read from Redis that were not fit for
 	// clients (presence.ValidEntry) and were skipped; invalidLog rate-
 	// limits their warnings.
@@ -427,18 +434,27 @@ func compareRows(a, b row) int {
 }
 
 // readRemote reads the entries of topic that other live nodes hold, in
-// List's order: one round trip, a pipeline of HGETALL of the topic, of
-// the nodes hash and of Redis's clock (clockScript). Lists share it through t.reads.
+// List's order: one round trip, a pipeline of HGETALL of the topic and,
+// unless a List read them less than liveFor ago, of the nodes hash and of
+// Redis's clock (clockScript). Lists share it through t.reads.
 func (t *Tracker) readRemote(ctx context.Context, topic string) ([]row, error) {
+	live := t.cachedLive()
 	pipe := t.client.Pipeline()
 	hcmd := pipe.HGetAll(ctx, t.topicKey(topic))
-	ncmd := pipe.HGetAll(ctx, t.nodesKey)
-	tcmd := pipe.Eval(ctx, clockScript, []string{t.nodesKey})
+	var ncmd *goredis.MapStringStringCmd
+	var tcmd *goredis.Cmd
+	if live == nil {
+		ncmd = pipe.HGetAll(ctx, t.nodesKey)
+		tcmd = pipe.Eval(ctx, clockScript, []string{t.nodesKey})
+	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, err
 	}
-	now, _ := tcmd.Int64()
-	live := t.liveNodes(ncmd.Val(), now)
+	if live == nil {
+		now, _ := tcmd.Int64()
+		live = t.liveNodes(ncmd.Val(), now)
+		t.cacheLive(live)
+	}
 	rows := make([]row, 0, len(hcmd.Val()))
 	for f, v := range hcmd.Val() {
 		node, _, ok := splitField(f)
@@ -453,6 +469,29 @@ func (t *Tracker) readRemote(ctx context.Context, topic string) ([]row, error) {
 	}
 	slices.SortFunc(rows, compareRows)
 	return rows, nil
+}
+
+// liveFor is how long a List's reading of the live nodes serves the next
+// Lists: short next to DeadAfter (seconds), so a dead node's entries
+// outlive its detection by that much at most.
+func (t *Tracker) liveFor() time.Duration { return min(250*time.Millisecond, t.opt.DeadAfter/8) }
+
+// cachedLive returns the live nodes read less than liveFor ago, or nil.
+func (t *Tracker) cachedLive() map[string]bool {
+	t.liveMu.Lock()
+	defer t.liveMu.Unlock()
+	if t.live == nil || time.Since(t.liveAt) >= t.liveFor() {
+		return nil
+	}
+	return t.live
+}
+
+// cacheLive keeps live, just read, for the next Lists. The map is never
+// written after this, so Lists share it.
+func (t *Tracker) cacheLive(live map[string]bool) {
+	t.liveMu.Lock()
+	t.live, t.liveAt = live, time.Now()
+	t.liveMu.Unlock()
 }
 
 // liveNodes returns the nodes whose heartbeat (ms) is within DeadAfter of
