@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -80,6 +81,7 @@ func (b *backend) serve(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, `{"status":"ok"}`)
 		return
 	}
+	r.Body = io.NopCloser(bytes.NewReader(body)) // read again by h
 	h(w, r)
 }
 
