@@ -8,8 +8,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -40,23 +42,34 @@ func (c *sinkConn) Close(int, string)         {}
 // backend call, so both cost the same; an op is one broadcast, delivered
 // to every subscriber before Broadcast returns (pubsub/local).
 //
+// Two more cases tell the channel type from the setup: a plain topic
+// whose joins were each preceded by a backend call (plain-aftercalls),
+// which leaves the joins' structures among the calls' garbage as a
+// proxied join does, and a proxied topic without a join call
+// (proxied-nojoin).
+//
 //	go test ./channels/proxy -run '^$' -bench Fanout -benchmem
 func BenchmarkFanout(b *testing.B) {
 	const subs = 1000
 	be := newBackend(b)
 	e := newEnv(b, Config{}, nil, func(r *channels.Router, c *Client) {
-		r.Handle("order:*", c.Factory(Spec{Join: be.url("/join"), Event: be.url("/event"), Leave: be.url("/leave")}))
+		r.Handle("proxied:*", c.Factory(Spec{Join: be.url("/join"), Event: be.url("/event"), Leave: be.url("/leave")}))
+		r.Handle("proxied-nojoin:*", c.Factory(Spec{Event: be.url("/event"), Leave: be.url("/leave")}))
+		r.Handle("plain-aftercalls:*", func(string) channels.Channel { return plainChannel{} })
 		r.Handle("plain:*", func(string) channels.Channel { return plainChannel{} })
 	})
 	payload := json.RawMessage(`{"body":"a message of about a hundred bytes, as the other fan-out figures use, x"}`)
-	for _, topic := range []string{"plain:1", "order:1"} {
-		b.Run(topic[:len(topic)-2], func(b *testing.B) {
+	for _, topic := range []string{"plain:1", "proxied:1", "proxied-nojoin:1", "plain-aftercalls:1"} {
+		b.Run(strings.TrimSuffix(topic, ":1"), func(b *testing.B) {
 			rt := e.ep.Runtime()
 			conns := make([]*sinkConn, subs)
 			for i := range conns {
 				conns[i] = &sinkConn{}
 				s := rt.Open(conns[i], channels.V2, channels.Identity{})
 				b.Cleanup(func() { rt.HandleClose(s) })
+				if topic == "plain-aftercalls:1" {
+					_ = e.client.call(context.Background(), CallJoin, be.url("/join"), &JoinRequest{Topic: topic}, &Answer{})
+				}
 				rt.HandleFrame(s, []byte(`["1","1","`+topic+`","phx_join",{}]`), false)
 				if conns[i].n.Load() != 1 {
 					b.Fatalf("join of %s not answered", topic)
@@ -64,6 +77,7 @@ func BenchmarkFanout(b *testing.B) {
 			}
 			calls := be.count("/event") + be.count("/join")
 			ctx := context.Background()
+			runtime.GC()
 			for b.Loop() {
 				if err := e.ep.Broadcast(ctx, topic, "new_msg", payload); err != nil {
 					b.Fatal(err)
