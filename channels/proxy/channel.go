@@ -220,7 +220,7 @@ func (ch *channel) handle(s *channels.ChannelSocket, in channels.In) (status str
 
 // Terminate tells the backend, without waiting for it: the socket's other
 // channels and its close must not wait for a slow backend. While pushes
-// of the join are still queued, the leave goes after them (queue.go).
+// of the join are still queued, the leave goes after them.
 func (ch *channel) Terminate(s *channels.ChannelSocket, r channels.Reason) {
 	ch.mu.Lock()
 	if ch.running {
