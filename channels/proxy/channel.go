@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/channelsd/channelsd/channels"
@@ -46,10 +47,23 @@ func (c *Client) Factory(spec Spec) channels.ChannelFactory {
 // channel is one join of a proxied topic. Its fields are the join's
 // state, used by its callbacks only (one at a time, channels.Channel).
 type channel struct {
-	c       *Client
-	spec    *Spec
-	user    string
-	assigns json.RawMessage // a JSON object
+	c    *Client
+	spec *Spec
+	user string // set by Join, then only read
+	// assigns, a JSON object, is written by Join, then by the calls of the
+	// join's worker; Terminate reads it only when no worker runs (seen
+	// under mu), so that each write happens before the next read.
+	assigns json.RawMessage
+
+	mu sync.Mutex
+	// queue holds the pushes waiting for the worker, which runs while
+	// running is set (queue.go). guarded by mu.
+	queue   []channels.In
+	running bool // guarded by mu
+	// ended: the join ended while the worker ran; the worker sends the
+	// leave, with endReason, once the queue is empty. guarded by mu.
+	ended     bool
+	endReason channels.Reason
 }
 
 var (
@@ -139,25 +153,48 @@ func (ch *channel) AfterJoin(s *channels.ChannelSocket) {
 }
 
 func (ch *channel) HandleIn(s *channels.ChannelSocket, in channels.In) channels.Result {
+	ch.mu.Lock()
+	if ch.running {
+		// Behind a call in progress: wait in line, so that this topic's
+		// replies keep the order of its pushes, whatever the event.
+		return ch.enqueueLocked(s, in)
+	}
+	if !ch.proxied(in) {
+		ch.mu.Unlock()
+		status, response, _ := ch.handle(s, in)
+		return channels.Reply(status, response)
+	}
+	return ch.enqueueLocked(s, in)
+}
+
+// proxied reports whether handling in calls the backend.
+func (ch *channel) proxied(in channels.In) bool {
+	return ch.spec.Event != "" && !in.Payload.Binary && !slices.Contains(ch.spec.ClientBroadcast, in.Event)
+}
+
+// handle does what a push asks and returns the reply; reply false: none
+// (the backend answered noreply). It runs on the join's worker for every
+// push queued, inline for the others.
+func (ch *channel) handle(s *channels.ChannelSocket, in channels.In) (status string, response any, reply bool) {
 	if slices.Contains(ch.spec.ClientBroadcast, in.Event) {
 		if err := s.Broadcast(in.Event, in.Payload); err != nil {
 			s.Logger().Warn("proxy: client broadcast failed", "topic", s.Topic(), "event", in.Event, "err", err)
-			return channels.ErrorReason("broadcast failed")
+			return channels.StatusError, reason("broadcast failed"), true
 		}
-		return channels.Ok(nil)
+		return channels.StatusOK, nil, true
 	}
 	if ch.spec.Event == "" {
-		return channels.ErrorReason("unknown event")
+		return channels.StatusError, reason("unknown event"), true
 	}
 	if in.Payload.Binary {
-		return channels.ErrorReason("binary payload not supported")
+		return channels.StatusError, reason("binary payload not supported"), true
 	}
 	req := &EventRequest{SocketID: s.SocketID(), User: ch.user, Assigns: ch.assigns, Topic: s.Topic(),
 		Event: in.Event, Payload: orEmpty(in.Payload.Data), Ref: in.Ref.Text()}
 	ans := &Answer{event: true}
-	if err := ch.c.call(s.Context(), CallEvent, ch.spec.Event, req, ans); err != nil {
+	if err := ch.c.call(context.Background(), CallEvent, ch.spec.Event, req, ans); err != nil {
 		s.Logger().Warn("proxy: event answered with an error, backend unavailable", "topic", s.Topic(), "event", in.Event, "err", err)
-		return channels.ErrorReason(ReasonUnavailable)
+		return channels.StatusError, reason(ReasonUnavailable), true
 	}
 	if present(ans.Assigns) {
 		ch.assigns = ans.Assigns
@@ -174,28 +211,42 @@ func (ch *channel) HandleIn(s *channels.ChannelSocket, in channels.In) channels.
 	}
 	switch ans.Status {
 	case "noreply":
-		return channels.NoReply()
+		return "", nil, false
 	case "ok":
-		return channels.Ok(json.RawMessage(orEmpty(ans.Reply)))
+		return channels.StatusOK, json.RawMessage(orEmpty(ans.Reply)), true
 	}
-	return channels.ErrorReply(errorReply(ans))
+	return channels.StatusError, errorReply(ans), true
 }
 
 // Terminate tells the backend, without waiting for it: the socket's other
-// channels and its close must not wait for a slow backend.
-func (ch *channel) Terminate(s *channels.ChannelSocket, reason channels.Reason) {
+// channels and its close must not wait for a slow backend. While pushes
+// of the join are still queued, the leave goes after them.
+func (ch *channel) Terminate(s *channels.ChannelSocket, r channels.Reason) {
+	ch.mu.Lock()
+	if ch.running {
+		ch.ended, ch.endReason = true, r
+		ch.mu.Unlock()
+		return
+	}
+	ch.mu.Unlock()
+	ch.leave(s, r)
+}
+
+func (ch *channel) leave(s *channels.ChannelSocket, r channels.Reason) {
 	if ch.spec.Leave == "" {
 		return
 	}
-	ch.c.notify(CallLeave, ch.spec.Leave, &LeaveRequest{SocketID: s.SocketID(), User: ch.user, Assigns: ch.assigns, Topic: s.Topic(), Reason: string(reason)})
+	ch.c.notify(CallLeave, ch.spec.Leave, &LeaveRequest{SocketID: s.SocketID(), User: ch.user, Assigns: ch.assigns, Topic: s.Topic(), Reason: string(r)})
 }
+
+func reason(r string) map[string]string { return map[string]string{"reason": r} }
 
 // errorReply is an error answer's reply payload.
 func errorReply(ans *Answer) any {
 	if present(ans.Reply) {
 		return ans.Reply
 	}
-	return map[string]string{"reason": ans.Reason}
+	return reason(ans.Reason)
 }
 
 func orEmpty(b []byte) json.RawMessage {

@@ -70,6 +70,7 @@ type Client struct {
 	cfg    Config
 	http   *http.Client
 	own    *http.Transport // the transport the Client built, if any
+	work   sync.WaitGroup  // the joins' workers (queue.go)
 	leaves sync.WaitGroup
 	slots  chan struct{} // bounds the leave notifications in flight
 }
@@ -116,9 +117,11 @@ func NewClient(cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// Close waits for the leave notifications in flight, then closes the idle
+// Close waits for the pushes still queued and the leave notifications in
+// flight, each bounded by Config.Timeout, then closes the idle
 // connections.
 func (c *Client) Close() {
+	c.work.Wait() // before leaves: a worker may send a leave as it ends
 	c.leaves.Wait()
 	if c.own != nil {
 		c.own.CloseIdleConnections()
@@ -140,7 +143,7 @@ const (
 	ErrorStatus     = "status"     // an HTTP status other than 2xx
 	ErrorMalformed  = "malformed"  // not the JSON answer the call expects
 	ErrorTooLarge   = "too_large"  // a body above MaxResponseSize
-	ErrorDropped    = "dropped"    // a leave not sent: too many in flight
+	ErrorDropped    = "dropped"    // not sent: too many leaves in flight, or pushes waiting on the join
 )
 
 // CallError is a call that got no usable answer. Its text is for the

@@ -75,8 +75,20 @@
 // {"reason":"backend unavailable"}, as the error reply of its join or of
 // its push, or as a refused connection (503). The socket, its other
 // channels and every other socket carry on, and Metrics counts the error
-// by kind. A join or push waits for its call, holding up that socket's
-// next message (not other sockets'), at most Timeout.
+// by kind.
+//
+// # Order and waiting
+//
+// Each join handles its pushes as a Phoenix channel process does: one
+// at a time, in the order the client sent them, each reply under its
+// push's ref. A push waiting for the backend holds up only the later
+// pushes of its topic: the socket's other topics, heartbeats and joins
+// go on. At most 64 pushes of one join wait behind a call; one more is
+// answered {"reason":"backend unavailable"} at once and counted as
+// dropped. A join waits for its call, holding up the socket's next
+// messages, at most Timeout: a Channel answers its join before the
+// socket reads on. When a join ends, the pushes it had taken are still
+// sent, in order, and its leave after them.
 //
 // Connections to the backend are pooled, at most Config.MaxConns per
 // host. A call is retried (Config.Retries) only when no connection could

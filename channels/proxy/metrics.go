@@ -39,7 +39,7 @@ func NewMetrics() *Metrics {
 		}, []string{"call"}),
 		errs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "channelsd_proxy_errors_total",
-			Help: "Backend calls without a usable answer, by call and kind: connection (none could be made, or it broke), timeout, status (not 2xx), malformed (not the expected JSON), too_large (an answer above the size limit), dropped (a leave not sent: too many in flight). The client got {\"reason\":\"backend unavailable\"}.",
+			Help: "Backend calls without a usable answer, by call and kind: connection (none could be made, or it broke), timeout, status (not 2xx), malformed (not the expected JSON), too_large (an answer above the size limit), dropped (not sent: too many leaves in flight, or pushes waiting on one join). The client got {\"reason\":\"backend unavailable\"}.",
 		}, []string{"call", "kind"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "channelsd_proxy_duration_seconds",
@@ -54,6 +54,7 @@ func NewMetrics() *Metrics {
 			m.errs.WithLabelValues(call, kind)
 		}
 	}
+	m.errs.WithLabelValues(CallEvent, ErrorDropped)
 	m.errs.WithLabelValues(CallLeave, ErrorDropped)
 	return m
 }
