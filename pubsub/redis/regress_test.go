@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -162,4 +163,113 @@ func TestHistoryTrackTellsRegressionsFromReorders(t *testing.T) {
 	if left != 0 {
 		t.Fatalf("%d topics tracked after the sweep, want 0", left)
 	}
+}
+
+// TestHistoryGoesBackOnCluster: on a Redis Cluster during the switch to
+// sharded pub/sub, a topic's broadcasts reach a node on two connections
+// (SPUBLISH from a node whose Gate allows it, PUBLISH from one whose Gate
+// does not) and may overtake each other; none of that is a regression.
+// Then the slot's master goes back three broadcasts: that is one.
+func TestHistoryGoesBackOnCluster(t *testing.T) {
+	c := startCluster(t)
+	policy := roomHistory(100, time.Minute)
+	a := clusterNode(t, c, "a", openGate("a"))
+	// b's Gate has heard of a node that reads positions but not shard
+	// channels: it PUBLISHes, with positions.
+	noShards := NewGate("b", time.Hour, time.Now().Add(-2*time.Hour))
+	reads := BuildReads()
+	reads[FormShard] = 1
+	noShards.Announce("old", reads, time.Now())
+	b := clusterNode(t, c, "b", noShards)
+	s := clusterNode(t, c, "s", openGate("s"))
+	for _, n := range []*PubSub{a, b, s} {
+		n.SetHistoryPolicy(policy)
+	}
+	r := &recorder{id: "r"}
+	mustSubscribe(t, s, "room:1", r)
+	syncAll(t, s)
+
+	const n = 60
+	var last pubsub.Position
+	published := func() (classic, sharded int) {
+		for _, m := range c.masters {
+			classic += commandCalls(t, m, "publish")
+			sharded += commandCalls(t, m, "spublish")
+		}
+		return classic, sharded
+	}
+	classic0, sharded0 := published()
+	// Both at once, so that their broadcasts interleave in offsets.
+	var wg sync.WaitGroup
+	for _, from := range []*PubSub{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range n / 2 {
+				if _, err := from.PublishAt(context.Background(), &pubsub.Message{Topic: "room:1", Event: from.NodeID() + strconv.Itoa(i), Payload: []byte(`{}`)}); err != nil {
+					t.Errorf("PublishAt on %s: %v", from.NodeID(), err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	r.waitCount(t, n)
+	overtaken := 0
+	got := r.messages()
+	for i, m := range got {
+		if i > 0 && m.Pos.Offset < got[i-1].Pos.Offset {
+			overtaken++
+		}
+		if m.Pos.Offset > last.Offset {
+			last = m.Pos
+		}
+	}
+	t.Logf("%d of %d broadcasts arrived after a later one", overtaken, n)
+	if classic, sharded := published(); classic-classic0 < n/2 || sharded-sharded0 < n/2 {
+		t.Fatalf("%d PUBLISH and %d SPUBLISH for %d broadcasts, want half each", classic-classic0, sharded-sharded0, n)
+	}
+	if got := s.Stats().HistoryRegressions; got != 0 {
+		t.Fatalf("%d regressions counted while the topic travelled on both kinds of pub/sub", got)
+	}
+	for _, m := range r.messages() {
+		if m.Pos.Epoch != last.Epoch {
+			t.Fatalf("%s delivered at %v, outside epoch %s", m.Event, m.Pos, last.Epoch)
+		}
+	}
+
+	ctx := context.Background()
+	keys := s.historyKeys("room:1")
+	master := c.masters[c.owner(t, keySlot(keys[0]))]
+	var dumps []string
+	for _, k := range keys {
+		d, err := master.Dump(ctx, k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		dumps = append(dumps, d)
+	}
+	for i := 1; i <= 3; i++ {
+		publishAt(t, a, "room:1", "lost"+strconv.Itoa(i))
+	}
+	r.waitCount(t, n+3)
+	for i, k := range keys {
+		if err := master.RestoreReplace(ctx, k, time.Minute, dumps[i]).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pos := publishAt(t, a, "room:1", "again")
+	if pos != (pubsub.Position{Epoch: last.Epoch, Offset: n + 1}) {
+		t.Fatalf("publish after the restore got %v, want %s:%d", pos, last.Epoch, n+1)
+	}
+	r.waitCount(t, n+4)
+	if m := r.messages()[n+3]; m.Event != "again" || m.Pos.Epoch == last.Epoch || m.Pos.Offset != n+1 {
+		t.Fatalf("the regressed broadcast came as %s at %v", m.Event, m.Pos)
+	}
+	if got := s.Stats().HistoryRegressions; got != 1 {
+		t.Fatalf("%d regressions, want 1", got)
+	}
+	eventually(t, 5*time.Second, "the history to leave the lost epoch", func() bool {
+		_, err := s.ReadHistory(ctx, "room:1", pubsub.HistoryQuery{Since: last})
+		return errors.Is(err, pubsub.ErrEpochChanged)
+	})
 }
