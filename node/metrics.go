@@ -205,6 +205,7 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 			{"channelsd_redis_decode_errors_total", "Messages on this node's Redis channels that were not valid envelopes (skipped).", func(s redis.Stats) uint64 { return s.DecodeErrors }},
 			{"channelsd_redis_reconnects_total", "Recoveries of the Redis pub/sub connection.", func(s redis.Stats) uint64 { return s.Reconnects }},
 			{"channelsd_redis_shard_resubscribes_total", "Redis Cluster: shard channels subscribed again after Redis dropped them (slot migration, failover, lost shard connection).", func(s redis.Stats) uint64 { return s.ShardResubscribes }},
+			{"channelsd_redis_history_regressions_total", "Topic histories seen going back in their epoch (Redis lost broadcasts it had published: a failover to a stale replica, a restore) and moved to a new epoch.", func(s redis.Stats) uint64 { return s.HistoryRegressions }},
 			{"channelsd_redis_shard_connections_lost_total", "Redis Cluster: sharded pub/sub connections that failed and were replaced.", func(s redis.Stats) uint64 { return s.ShardLost }},
 		} {
 			counter(m.name, m.help, nil, func() float64 { return float64(m.get(rs.Stats())) })

@@ -173,6 +173,13 @@ var (
 //   - Delivery stays at-most-once: a subscriber can miss broadcasts (a lost
 //     connection between nodes). It sees the hole as a jump in offsets or
 //     a new epoch, and fills it with ReadHistory.
+//   - A store that loses broadcasts it had published and then gives
+//     their offsets again in the same epoch (pubsub/redis after a
+//     failover to a stale replica) must not deliver the new broadcasts
+//     under positions subscribers may hold: a node that notices moves the
+//     history to a new epoch and delivers them with a position in an
+//     epoch that no history has, so subscribers see a new epoch, not
+//     duplicates.
 //   - A subscriber excluded by Message.From that implements
 //     ExcludedObserver is told of the message instead of receiving it,
 //     with its Pos, which is zero when the message went out without one.

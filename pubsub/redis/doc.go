@@ -35,7 +35,17 @@
 // entries after a position (or the last N), never the whole stream. A
 // history whose meta hash is gone (TTL, restart, FLUSHALL) starts again
 // at offset 1 in a new epoch. The script runs as EVALSHA; a Redis that
-// answers NOSCRIPT is sent it once in full (Stats.ScriptReloads).
+// answers NOSCRIPT is sent it once in full (Stats.ScriptReloads). A
+// history that goes back in its epoch (Redis lost broadcasts it had
+// published: a failover to a replica that had not received them, a
+// restore) shows to each node subscribed to the topic as a new broadcast
+// at an offset it already delivered another one at; the node moves the
+// history to a new epoch (dropping its stream) and delivers that
+// broadcast, and the rest of the lost epoch, in an epoch of its own that
+// no history has (Stats.HistoryRegressions). A broadcast overtaken by a
+// later one on another connection (the switch to sharded pub/sub, below)
+// or delivered twice is not taken for one, within 32 offsets of the
+// newest delivered.
 //
 // # Redis Cluster
 //

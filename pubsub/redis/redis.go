@@ -115,7 +115,8 @@ type PubSub struct {
 
 	gate atomic.Pointer[Gate] // SetGate; nil: every form at the floor
 
-	hist historyState // history.go
+	hist    historyState  // history.go
+	regress historyTracks // regress.go
 }
 
 // SetGate gives the PubSub the Gate its writers consult; the
@@ -529,6 +530,11 @@ type Stats struct {
 	// ScriptReloads the times Redis had lost the history scripts
 	// (NOSCRIPT) and was sent them in full.
 	HistoryPublished, HistoryReads, HistoryMessagesRead, ScriptReloads uint64
+	// HistoryRegressions counts the times this node saw a topic's history
+	// go back in its epoch (Redis lost broadcasts it had published: a
+	// failover to a replica that had not received them, or a restore)
+	// and moved it to a new epoch (see History in the package doc).
+	HistoryRegressions uint64
 }
 
 // Stats returns the current counters.
@@ -552,6 +558,7 @@ func (p *PubSub) Stats() Stats {
 		HistoryReads:        p.hist.reads.Load(),
 		HistoryMessagesRead: p.hist.read.Load(),
 		ScriptReloads:       p.hist.reloads.Load(),
+		HistoryRegressions:  p.regress.regressions.Load(),
 	}
 	if p.shards != nil {
 		st.ShardSubscriptions = int(p.shards.held.Load())

@@ -160,6 +160,9 @@ func (p *PubSub) reconcileLoop() {
 			}
 		}
 
+		if tick {
+			p.sweepTracks()
+		}
 		if tick && !p.lost.Load() {
 			// Health check: the reply proves the connection alive to the
 			// reader, which declares it dead after a long silence. While
@@ -341,6 +344,9 @@ func (p *PubSub) handle(channel, data string, sharded bool) {
 		Payload: payload,
 		Binary:  env.binary,
 		Pos:     env.pos,
+	}
+	if !m.Pos.IsZero() {
+		m.Pos = p.track(topic, &env)
 	}
 	if own {
 		// broadcast_from excludes the sender on its origin node only:

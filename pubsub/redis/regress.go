@@ -1,0 +1,233 @@
+package redis
+
+import (
+	"context"
+	"hash/maphash"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/channelsd/channelsd/pubsub"
+)
+
+// A history that goes back. Redis replicates asynchronously: a master
+// that dies before its replica received its last writes is replaced by a
+// replica whose history, in the same epoch, ends a few offsets earlier
+// (so does a Redis restored from an older snapshot). The next broadcasts
+// then get offsets that subscribers already hold, each naming another
+// message: a channel would drop them as duplicates, and a client
+// recovering since such a position would be served the new messages in
+// place of the ones it saw.
+//
+// The node delivers a history topic's broadcasts from Redis, in offset
+// order per channel, so it sees the regression: a position of the epoch
+// it follows, at or before the newest one it delivered, naming a message
+// other than the one it delivered there. It then
+//   - moves the history to a new epoch in Redis (historyBump): every later
+//     join or recovery since a position of the lost epoch is told
+//     "epoch changed"; all nodes that see the regression run it, and the
+//     first one wins;
+//   - delivers the regressed broadcast, and every later one of that epoch
+//     that reaches it, with a position in an epoch of its own that no
+//     history has (a marker), so that each subscriber sees a new epoch
+//     (a channel fails, its client rejoins and is told the epoch changed)
+//     instead of a duplicate.
+//
+// Two deliveries that legitimately go back are told apart from a
+// regression. On a Redis Cluster, while the Gate switches a topic from
+// classic to sharded pub/sub, broadcasts arrive on two connections and
+// can overtake each other: an offset at or before the newest one that
+// this node never delivered fills in and is accepted, if it is within
+// trackWindow of the newest (further back is taken for a regression: the
+// switch would then make the channels fail on the hole anyway). And a
+// redelivered broadcast (the classic connection moving to another node
+// of a cluster while the cluster bus still carries it) names the same
+// message at the same offset, and goes on as the duplicate it is.
+
+// trackWindow is how many recent offsets of a topic the node remembers
+// the message of.
+const trackWindow = 32
+
+// historyTracks follows the positions the node delivers, per history
+// topic with local subscribers.
+type historyTracks struct {
+	mu     sync.Mutex
+	topics map[string]*topicTrack // guarded by mu
+
+	regressions atomic.Uint64
+}
+
+// topicTrack is where a topic's deliveries stand.
+type topicTrack struct {
+	epoch  string
+	top    uint64                   // newest offset delivered in epoch
+	recent [trackWindow]trackedSlot // by offset modulo trackWindow
+	// lost is an epoch found gone back, and marker the epoch its
+	// broadcasts are delivered in from then on; bumping is set while a
+	// historyBump for it runs or once one has run.
+	lost, marker string
+	bumping      bool
+}
+
+type trackedSlot struct {
+	off uint64
+	id  uint64 // hash of the message id (origin node and sequence)
+}
+
+var idSeed = maphash.MakeSeed()
+
+func messageID(env *envelope) uint64 {
+	return maphash.String(idSeed, env.origin) ^ env.seq*0x9e3779b97f4a7c15
+}
+
+// track checks the position of a broadcast about to be delivered on
+// topic and returns the position to deliver it with: env.pos, or a
+// marker's when the history went back.
+func (p *PubSub) track(topic string, env *envelope) pubsub.Position {
+	pos, id := env.pos, messageID(env)
+	h := &p.regress
+	h.mu.Lock()
+	t := h.topics[topic]
+	if t == nil {
+		if h.topics == nil {
+			h.topics = make(map[string]*topicTrack)
+		}
+		t = &topicTrack{}
+		h.topics[topic] = t
+	}
+	if t.lost != "" && pos.Epoch == t.lost {
+		marked, bump := t.markedLocked(pos)
+		h.mu.Unlock()
+		if bump {
+			p.bump(topic, pos.Epoch)
+		}
+		return marked
+	}
+	if pos.Epoch != t.epoch {
+		lost, marker := t.lost, t.marker
+		*t = topicTrack{epoch: pos.Epoch, top: pos.Offset, lost: lost, marker: marker}
+		t.recent[pos.Offset%trackWindow] = trackedSlot{pos.Offset, id}
+		h.mu.Unlock()
+		return pos
+	}
+	slot := &t.recent[pos.Offset%trackWindow]
+	switch {
+	case pos.Offset > t.top:
+		t.top = pos.Offset
+		*slot = trackedSlot{pos.Offset, id}
+		h.mu.Unlock()
+		return pos
+	case t.top-pos.Offset < trackWindow && slot.off == pos.Offset && slot.id == id:
+		h.mu.Unlock()
+		return pos // the same message again: a duplicate
+	case t.top-pos.Offset < trackWindow && slot.off != pos.Offset:
+		*slot = trackedSlot{pos.Offset, id}
+		h.mu.Unlock()
+		return pos // never delivered here: one that was overtaken
+	}
+	last := pubsub.Position{Epoch: t.epoch, Offset: t.top}
+	t.lost, t.marker = pos.Epoch, newEpoch()
+	h.regressions.Add(1)
+	marked, _ := t.markedLocked(pos)
+	h.mu.Unlock()
+	p.log.Warn("redis: a topic's history went back: Redis lost broadcasts it had published (a failover to a replica that had not received them, or a restore); moving the history to a new epoch",
+		"topic", topic, "last", last.String(), "got", pos.String(), "delivered_as", marked.String())
+	p.bump(topic, pos.Epoch)
+	return marked
+}
+
+// markedLocked returns pos in t's marker epoch, and whether a historyBump
+// should run (none is running or has run). Called with the tracks' mu.
+func (t *topicTrack) markedLocked(pos pubsub.Position) (pubsub.Position, bool) {
+	bump := !t.bumping
+	t.bumping = true
+	return pubsub.Position{Epoch: t.marker, Offset: pos.Offset}, bump
+}
+
+// bump runs historyBump for topic's lost epoch on its own goroutine (the
+// caller is a connection's reader, which must not wait on Redis). A bump
+// that fails is run again by the next broadcast of the lost epoch.
+func (p *PubSub) bump(topic, lost string) {
+	o, ok := p.historyOptions(topic)
+	if !ok {
+		return
+	}
+	// The caller is a reader: its count keeps Close's wait for the
+	// readers from passing before this goroutine is counted.
+	p.reader.Add(1)
+	go func() {
+		defer p.reader.Done()
+		ctx, cancel := context.WithTimeout(p.ctx, p.opt.PublishTimeout)
+		defer cancel()
+		keys := p.historyKeys(topic)
+		next := newEpoch()
+		args := []any{lost, next, ttlMillis(o)}
+		cmd := historyBump.EvalSha(ctx, p.client, keys, args...)
+		if isNoScript(cmd.Err()) {
+			p.hist.reloads.Add(1)
+			cmd = historyBump.Eval(ctx, p.client, keys, args...)
+		}
+		moved, err := cmd.Int()
+		if err != nil {
+			p.regress.mu.Lock()
+			if t := p.regress.topics[topic]; t != nil && t.lost == lost {
+				t.bumping = false
+			}
+			p.regress.mu.Unlock()
+			if p.ctx.Err() == nil {
+				p.log.Warn("redis: could not move a history that went back to a new epoch; retrying with its next broadcast",
+					"topic", topic, "lost_epoch", lost, "err", err)
+			}
+			return
+		}
+		if moved == 1 {
+			p.log.Info("redis: history moved to a new epoch after going back", "topic", topic, "lost_epoch", lost, "epoch", next)
+		}
+	}()
+}
+
+// sweepTracks forgets the topics that have no local subscriber left, so
+// the tracks stay proportional to the topics the node follows. The
+// reconciler calls it on its tick.
+func (p *PubSub) sweepTracks() {
+	h := &p.regress
+	h.mu.Lock()
+	topics := make([]string, 0, len(h.topics))
+	for topic := range h.topics {
+		topics = append(topics, topic)
+	}
+	h.mu.Unlock()
+	// The registry's lock is not taken under the tracks' (a leaf).
+	topics = slices.DeleteFunc(topics, func(t string) bool { return p.reg.Count(t) > 0 })
+	if len(topics) == 0 {
+		return
+	}
+	h.mu.Lock()
+	for _, topic := range topics {
+		delete(h.topics, topic)
+	}
+	h.mu.Unlock()
+}
+
+// historyBump moves a history that went back to a new epoch, unless
+// another node has already (or it expired): the stream is dropped with
+// it, so that nothing of the lost epoch is served under the new one.
+//
+//	KEYS[1] stream, KEYS[2] meta
+//	ARGV[1] the epoch that went back
+//	ARGV[2] the new epoch
+//	ARGV[3] TTL in milliseconds
+//
+// Returns 1 when it moved the history, 0 when the meta named another
+// epoch or none.
+var historyBump = goredis.NewScript(`
+if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[2], 'epoch', ARGV[2], 'top', 0)
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
+`)
