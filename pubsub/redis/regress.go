@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -36,12 +37,15 @@ import (
 //     instead of a duplicate.
 //
 // Two deliveries that legitimately go back are told apart from a
-// regression. On a Redis Cluster, while the Gate switches a topic from
-// classic to sharded pub/sub, broadcasts arrive on two connections and
-// can overtake each other: an offset at or before the newest one that
-// this node never delivered fills in and is accepted, if it is within
-// trackWindow of the newest (further back is taken for a regression: the
-// switch would then make the channels fail on the hole anyway). And a
+// regression. On a Redis Cluster, while some node's Gate still has a
+// topic on classic pub/sub and others' on sharded, broadcasts arrive on
+// two connections and overtake each other, by any number of offsets: a
+// node whose own Gate is not through the switch does not follow
+// positions at all (a regression meanwhile goes undetected), and one
+// whose Gate is through may still meet the last stragglers of the other
+// connection: an offset at or before the newest one that this node never
+// delivered fills in and is accepted, if it is within trackWindow of the
+// newest (further back is taken for a regression). And a
 // redelivered broadcast (the classic connection moving to another node
 // of a cluster while the cluster bus still carries it) names the same
 // message at the same offset, and goes on as the duplicate it is.
@@ -88,6 +92,16 @@ func messageID(env *envelope) uint64 {
 func (p *PubSub) track(topic string, env *envelope) pubsub.Position {
 	pos, id := env.pos, messageID(env)
 	h := &p.regress
+	if p.shards != nil && !p.Gate().MayWrite(FormShard, 2, time.Now()) {
+		// Some node may still PUBLISH the topic while others SPUBLISH it:
+		// its broadcasts reach this node on two connections, in no set
+		// order, and going back proves nothing. Following starts afresh
+		// once this node's Gate has seen the switch through.
+		h.mu.Lock()
+		delete(h.topics, topic)
+		h.mu.Unlock()
+		return pos
+	}
 	h.mu.Lock()
 	t := h.topics[topic]
 	if t == nil {

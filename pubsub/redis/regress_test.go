@@ -174,14 +174,19 @@ func TestHistoryGoesBackOnCluster(t *testing.T) {
 	c := startCluster(t)
 	policy := roomHistory(100, time.Minute)
 	a := clusterNode(t, c, "a", openGate("a"))
-	// b's Gate has heard of a node that reads positions but not shard
-	// channels: it PUBLISHes, with positions.
-	noShards := NewGate("b", time.Hour, time.Now().Add(-2*time.Hour))
+	// b's and s's Gates have heard of a node that reads positions but not
+	// shard channels: b PUBLISHes, with positions, while a SPUBLISHes, and
+	// s does not follow positions until its Gate is through the switch.
 	reads := BuildReads()
 	reads[FormShard] = 1
-	noShards.Announce("old", reads, time.Now())
-	b := clusterNode(t, c, "b", noShards)
-	s := clusterNode(t, c, "s", openGate("s"))
+	mixed := func(id string) *Gate {
+		g := NewGate(id, time.Hour, time.Now().Add(-2*time.Hour))
+		g.Announce("old", reads, time.Now())
+		return g
+	}
+	b := clusterNode(t, c, "b", mixed("b"))
+	sGate := mixed("s")
+	s := clusterNode(t, c, "s", sGate)
 	for _, n := range []*PubSub{a, b, s} {
 		n.SetHistoryPolicy(policy)
 	}
@@ -237,6 +242,8 @@ func TestHistoryGoesBackOnCluster(t *testing.T) {
 		}
 	}
 
+	// The old node is gone: s follows positions from here.
+	sGate.Forget("old")
 	ctx := context.Background()
 	keys := s.historyKeys("room:1")
 	master := c.masters[c.owner(t, keySlot(keys[0]))]
