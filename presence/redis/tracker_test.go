@@ -799,6 +799,21 @@ func (h *countHook) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredi
 	}
 }
 
+// failResync stops Redis and makes a change whose write fails, which asks
+// for a resync that fails too, and waits for that failure.
+func failResync(t *testing.T, s *server, n *testNode) {
+	t.Helper()
+	s.Stop()
+	if _, err := n.tr.Track(context.Background(), "room:1", "y", "2", meta(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "a failed resync", func() bool {
+		n.tr.mu.Lock()
+		defer n.tr.mu.Unlock()
+		return n.tr.needResync && !n.tr.resyncAt.IsZero()
+	})
+}
+
 // A Redis that is gone refuses connections at once. The tracker must then
 // retry its re-assertion once a heartbeat, not in a loop: it once spun,
 // logging a warning per attempt (gigabytes a minute), and Close, which
@@ -811,16 +826,7 @@ func TestDeadRedisIsRetriedPerHeartbeat(t *testing.T) {
 	c.AddHook(hook)
 	n := newNode(t, s, "a", func(o *Options) { o.Client, o.Address = c, "" })
 	track(t, n, "room:1", "x", "1", `{}`)
-	s.Stop()
-	// A change whose write fails asks for a resync, which fails too.
-	if _, err := n.tr.Track(context.Background(), "room:1", "y", "2", meta(`{}`)); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 5*time.Second, "a failed resync", func() bool {
-		n.tr.mu.Lock()
-		defer n.tr.mu.Unlock()
-		return n.tr.needResync && !n.tr.resyncAt.IsZero()
-	})
+	failResync(t, s, n)
 	// The rate of attempts needs a window of time to be seen in: ten
 	// heartbeats, each worth a heartbeat pipeline and a resync of a few
 	// commands. The loop it replaces made thousands.
@@ -936,15 +942,7 @@ func TestFailedResyncRetriedSoonThenPerHeartbeat(t *testing.T) {
 		o.Heartbeat, o.DeadAfter = heartbeat, 3*heartbeat
 	})
 	track(t, n, "room:1", "x", "1", `{}`)
-	s.Stop()
-	if _, err := n.tr.Track(context.Background(), "room:1", "y", "2", meta(`{}`)); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 5*time.Second, "a failed resync", func() bool {
-		n.tr.mu.Lock()
-		defer n.tr.mu.Unlock()
-		return n.tr.needResync && !n.tr.resyncAt.IsZero()
-	})
+	failResync(t, s, n)
 	s.Start()
 	began := time.Now()
 	eventually(t, 5*time.Second, "both entries re-asserted within seconds of Redis's return, not a heartbeat", func() bool {

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"slices"
@@ -43,6 +44,20 @@ func runChecks(t *testing.T, cl *harness.Cluster, checks []check) {
 	}
 }
 
+// subscribersFrom joins topic with one client on each node from first on,
+// named by their node, and waits until probe's broadcasts reach them all.
+func subscribersFrom(ctx context.Context, t *testing.T, cl *harness.Cluster, topic string, first int, probe *wsclient.Client) map[string]*wsclient.Client {
+	t.Helper()
+	subs := map[string]*wsclient.Client{}
+	for i := first; i <= cl.N(); i++ {
+		ws := cl.Dial(ctx, i, nil)
+		join(ctx, t, ws, topic)
+		subs[fmt.Sprintf("subscriber on node %d", i)] = ws
+	}
+	awaitSubscribed(ctx, t, topic, probe, subs)
+	return subs
+}
+
 // testClientBroadcastOrder: a client on node 1 broadcasts 200 numbered
 // messages; a subscriber on each node, and the sender, get 1..200 once
 // each and in order.
@@ -51,13 +66,7 @@ func testClientBroadcastOrder(t *testing.T, cl *harness.Cluster) {
 	const topic = "conformance:order-client"
 	pub := cl.Dial(ctx, 1, nil)
 	join(ctx, t, pub, topic)
-	subs := map[string]*wsclient.Client{}
-	for i := 1; i <= cl.N(); i++ {
-		ws := cl.Dial(ctx, i, nil)
-		join(ctx, t, ws, topic)
-		subs[fmt.Sprintf("subscriber on node %d", i)] = ws
-	}
-	awaitSubscribed(ctx, t, topic, pub, subs)
+	subs := subscribersFrom(ctx, t, cl, topic, 1, pub)
 	subs["the sender (node 1)"] = pub
 
 	refs := make([]string, 0, messages+1)
@@ -76,15 +85,9 @@ func testClientBroadcastOrder(t *testing.T, cl *harness.Cluster) {
 func testAPIBroadcastOrder(t *testing.T, cl *harness.Cluster) {
 	ctx := timeout(t, 3*waitTimeout)
 	const topic, event = "conformance:order-api", "api_msg"
-	subs := map[string]*wsclient.Client{}
-	for i := 1; i <= cl.N(); i++ {
-		ws := cl.Dial(ctx, i, nil)
-		join(ctx, t, ws, topic)
-		subs[fmt.Sprintf("subscriber on node %d", i)] = ws
-	}
 	probe := cl.Dial(ctx, 1, nil)
 	join(ctx, t, probe, topic)
-	awaitSubscribed(ctx, t, topic, probe, subs)
+	subs := subscribersFrom(ctx, t, cl, topic, 1, probe)
 	for n := 1; n <= messages; n++ {
 		if err := cl.Broadcast(ctx, 1, topic, event, numbered{N: n}); err != nil {
 			t.Fatalf("message %d: %v", n, err)

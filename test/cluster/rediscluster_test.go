@@ -11,7 +11,6 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/channelsd/channelsd/test/harness"
-	"github.com/channelsd/channelsd/transport/wsclient"
 )
 
 // TestRedisCluster runs the fan-out checks and the presence scenarios of
@@ -75,15 +74,9 @@ func testShardedPubSub(t *testing.T, cl *harness.Cluster) {
 		t.Fatal("the cluster's Redis is not a Redis Cluster")
 	}
 	const topic = "conformance:sharded"
-	subs := map[string]*wsclient.Client{}
-	for i := 2; i <= cl.N(); i++ {
-		ws := cl.Dial(ctx, i, nil)
-		join(ctx, t, ws, topic)
-		subs[fmt.Sprintf("subscriber on node %d", i)] = ws
-	}
 	probe := cl.Dial(ctx, 1, nil)
 	join(ctx, t, probe, topic)
-	awaitSubscribed(ctx, t, topic, probe, subs)
+	subscribersFrom(ctx, t, cl, topic, 2, probe)
 	for i := range 12 {
 		if err := cl.Broadcast(ctx, 1+i%cl.N(), fmt.Sprint("conformance:sharded-", i), "ev", numbered{N: i}); err != nil {
 			t.Fatal(err)
