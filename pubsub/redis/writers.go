@@ -62,6 +62,7 @@ func (f *fence) passed() bool { return f.w.completed.Load() >= f.mark }
 // wait for after a move.
 type slotRoute struct {
 	w     *writer
+	key   string // a key of the slot, to look its master up again
 	after *fence
 }
 
@@ -74,7 +75,8 @@ type writerSet struct {
 	// master returns the address of the master of key's slot, "" when
 	// the slot map cannot be had (the cluster unreachable: the request
 	// then goes to the writer "", whose pipeline fails as any would).
-	master func(ctx context.Context, key string) string
+	// (Swapped by tests, hence atomic.)
+	master atomic.Pointer[func(ctx context.Context, key string) string]
 
 	pending atomic.Int64 // queued, not yet taken by a writer; raised under mu
 
@@ -94,13 +96,14 @@ func newWriterSet(p *PubSub, cc *goredis.ClusterClient) *writerSet {
 	} else {
 		ws.byAddr = make(map[string]*writer)
 		ws.routes = make([]slotRoute, clusterSlots)
-		ws.master = func(ctx context.Context, key string) string {
+		master := func(ctx context.Context, key string) string {
 			c, err := cc.MasterForKey(ctx, key)
 			if err != nil {
 				return ""
 			}
 			return c.Options().Addr
 		}
+		ws.master.Store(&master)
 	}
 	return ws
 }
@@ -119,13 +122,13 @@ func (ws *writerSet) startLocked(addr string) *writer {
 // enqueue queues req on its writer: nil, ErrQueueFull, or
 // pubsub.ErrClosed after stop.
 func (ws *writerSet) enqueue(ctx context.Context, req *publishReq) error {
-	slot, addr := 0, ""
+	slot, key, addr := 0, "", ""
 	if ws.cc != nil {
-		key := req.channel
+		key = req.channel
 		if req.hist != nil {
 			key = req.hist.keys[0]
 		}
-		slot, addr = keySlot(key), ws.master(ctx, key)
+		slot, addr = keySlot(key), (*ws.master.Load())(ctx, key)
 	}
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
@@ -135,7 +138,7 @@ func (ws *writerSet) enqueue(ctx context.Context, req *publishReq) error {
 	if ws.pending.Load() >= int64(ws.p.opt.QueueSize) {
 		return ErrQueueFull
 	}
-	w := ws.routeLocked(slot, addr, req)
+	w := ws.routeLocked(slot, key, addr, req)
 	select {
 	case w.queue <- req:
 	default:
@@ -147,10 +150,10 @@ func (ws *writerSet) enqueue(ctx context.Context, req *publishReq) error {
 	return nil
 }
 
-// routeLocked returns the writer for slot, now at the master addr,
+// routeLocked returns the writer for slot (of key), now at the master addr,
 // moving the slot there (with a fence on its old writer) when its
 // master changed, and sets req's fence.
-func (ws *writerSet) routeLocked(slot int, addr string, req *publishReq) *writer {
+func (ws *writerSet) routeLocked(slot int, key, addr string, req *publishReq) *writer {
 	if ws.routes == nil {
 		return ws.one
 	}
@@ -169,7 +172,7 @@ func (ws *writerSet) routeLocked(slot int, addr string, req *publishReq) *writer
 			}
 			ws.releaseLocked(old)
 		}
-		r.w = w
+		r.w, r.key = w, key
 		w.slots++
 	}
 	req.after = r.after
@@ -185,30 +188,43 @@ func (ws *writerSet) releaseLocked(w *writer) {
 	}
 }
 
-// sweep releases the routes to writers whose master is no longer one
-// (it died, or became a replica), so that their writers stop; the
-// slots' next requests still wait for what those writers had queued.
+// sweep moves off their writer the routed slots whose master changed in
+// the slot map (a failover, a migration) without a publish since, so
+// that a writer whose master is gone stops; the slots' next requests
+// still wait for what it had queued. It reads the cluster client's map
+// as it is, without asking Redis.
 func (ws *writerSet) sweep(ctx context.Context) {
 	if ws.cc == nil {
 		return
 	}
-	var mu sync.Mutex
-	masters := make(map[string]bool)
-	err := ws.cc.ForEachMaster(ctx, func(_ context.Context, c *goredis.Client) error {
-		mu.Lock()
-		masters[c.Options().Addr] = true
-		mu.Unlock()
-		return nil
-	})
-	if err != nil {
+	type routed struct {
+		slot int
+		key  string
+		w    *writer
+	}
+	var check []routed
+	ws.mu.Lock()
+	for i, r := range ws.routes {
+		if r.w != nil {
+			check = append(check, routed{i, r.key, r.w})
+		}
+	}
+	ws.mu.Unlock()
+	var gone []routed
+	for _, c := range check {
+		if addr := (*ws.master.Load())(ctx, c.key); addr != c.w.addr {
+			gone = append(gone, c)
+		}
+	}
+	if len(gone) == 0 {
 		return
 	}
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
-	for i := range ws.routes {
-		r := &ws.routes[i]
-		if r.w == nil || masters[r.w.addr] {
-			continue
+	for _, g := range gone {
+		r := &ws.routes[g.slot]
+		if r.w != g.w {
+			continue // a publish moved it meanwhile
 		}
 		if f := (&fence{r.w, r.w.enqueued.Load()}); !f.passed() {
 			r.after = f

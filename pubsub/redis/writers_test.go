@@ -39,6 +39,11 @@ func pause(t testing.TB, c *testCluster, i int, d time.Duration) {
 	}
 }
 
+// setMaster replaces p's slot map lookup.
+func setMaster(p *PubSub, f func(ctx context.Context, key string) string) {
+	p.writers.master.Store(&f)
+}
+
 // publishAsync publishes in the background; the result comes on the
 // returned channel.
 func publishAsync(p *PubSub, topic, event string) <-chan error {
@@ -144,14 +149,14 @@ func TestMovedSlotKeepsOrder(t *testing.T) {
 	// The topic's slot is first routed to master 0's writer, as a node
 	// whose slot map still had it there would.
 	addr0 := c.servers[0].Addr()
-	real := a.writers.master
+	real := *a.writers.master.Load()
 	movedKey := a.shardChannel(moved)
-	a.writers.master = func(ctx context.Context, key string) string {
+	setMaster(a, func(ctx context.Context, key string) string {
 		if key == movedKey {
 			return addr0
 		}
 		return real(ctx, key)
-	}
+	})
 	publish(t, a, moved, "m0")
 	rec.waitCount(t, 1)
 	w0 := writerAt(a, addr0)
@@ -167,7 +172,7 @@ func TestMovedSlotKeepsOrder(t *testing.T) {
 	eventually(t, time.Second, "m1 queued", func() bool { return w0.enqueued.Load() == before+2 })
 	// The slot map is right again: m2 goes to master 1's writer, which
 	// is free; m1 has not left master 0's.
-	a.writers.master = real
+	a.writers.master.Store(&real)
 	m2 := publishAsync(a, moved, "m2")
 	for _, done := range []<-chan error{s, m1, m2} {
 		if err := <-done; err != nil {
@@ -186,25 +191,26 @@ func TestMovedSlotKeepsOrder(t *testing.T) {
 }
 
 // TestWriterStopsWithItsLastSlot: a writer whose slots all moved away
-// stops once it has answered what it had queued.
+// stops once it has answered what it had queued, whether a publish or
+// the sweep finds the move.
 func TestWriterStopsWithItsLastSlot(t *testing.T) {
 	c := startCluster(t)
 	a := clusterNode(t, c, "a", openGate("a"))
 	topic := topicOn(t, c, a, 1, "room:")
 	key := a.shardChannel(topic)
-	real := a.writers.master
-	a.writers.master = func(ctx context.Context, k string) string {
+	real := *a.writers.master.Load()
+	setMaster(a, func(ctx context.Context, k string) string {
 		if k == key {
 			return "elsewhere:1"
 		}
 		return real(ctx, k)
-	}
+	})
 	publish(t, a, topic, "e1")
 	old := writerAt(a, "elsewhere:1")
 	if old == nil {
 		t.Fatal("no writer for the slot's first master")
 	}
-	a.writers.master = real
+	a.writers.master.Store(&real)
 	publish(t, a, topic, "e2")
 	if w := writerAt(a, "elsewhere:1"); w != nil {
 		t.Fatal("the writer of a master without slots still runs")
@@ -212,4 +218,23 @@ func TestWriterStopsWithItsLastSlot(t *testing.T) {
 	if _, open := <-old.queue; open {
 		t.Fatal("the stopped writer's queue is open")
 	}
+
+	// Without a publish after the move, the sweep (each health check)
+	// finds it.
+	setMaster(a, func(ctx context.Context, k string) string {
+		if k == key {
+			return "elsewhere:2"
+		}
+		return real(ctx, k)
+	})
+	publish(t, a, topic, "e3")
+	if writerAt(a, "elsewhere:2") == nil {
+		t.Fatal("no writer for the slot's master")
+	}
+	a.writers.master.Store(&real)
+	a.writers.sweep(context.Background())
+	if w := writerAt(a, "elsewhere:2"); w != nil {
+		t.Fatal("the sweep left the writer of a master that owns no slot")
+	}
+	publish(t, a, topic, "e4")
 }
