@@ -79,7 +79,8 @@ type Options struct {
 	// SubscribeTimeout bounds how long a first subscription to a topic
 	// waits for Redis to confirm it. Default 1s.
 	SubscribeTimeout time.Duration
-	// QueueSize bounds the publishes waiting for the writer; a Publish that
+	// QueueSize bounds the publishes waiting for the writers (on a Redis
+	// Cluster, one per master: the bound is on all of them together); a Publish that
 	// finds the queue full fails at once (Stats.Dropped). Default 4096.
 	QueueSize int
 	// HealthCheckInterval is how often the node PINGs Redis on its pub/sub

@@ -108,11 +108,25 @@
 // # Ordering
 //
 // Messages published on one node to one topic arrive in publish order on
-// every node. All PUBLISHes go through one writer goroutine that sends
-// pipelined batches one at a time, waiting for each batch's replies
-// before the next; Redis applies them in that order and delivers them,
-// in order, on each subscriber's single connection. Nothing orders
+// every node. A topic's PUBLISHes go through one writer goroutine that
+// sends pipelined batches one at a time, waiting for each batch's
+// replies before the next; Redis applies them in that order and delivers
+// them, in order, on each subscriber's single connection. Nothing orders
 // broadcasts from different nodes.
+//
+// A single Redis or Sentinel has one writer. A Redis Cluster has one per
+// master, each with its own queue: a request goes to the writer of the
+// master that owns its slot (its channel's, or its topic's hash tag for
+// a shard channel and the history keys) in the cluster client's slot
+// map, so a master that stops answering holds its own slots' publishes
+// only, not the other masters'. When the map moves a slot to another
+// master, the slot's next publishes wait until the old writer has
+// answered what it had queued before the move, so a topic keeps its
+// order across a failover or a migration; that wait ends by the old
+// writer's publish timeout. A writer that no slot is routed to any more
+// (its master died or became a replica, or its slots all moved) answers
+// what it holds and stops. Options.QueueSize bounds the requests queued in all writers
+// together.
 //
 // # Failure
 //

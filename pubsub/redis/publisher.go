@@ -32,6 +32,7 @@ type publishReq struct {
 	hist      *historyArgs
 	deadline  time.Time
 	abandoned atomic.Bool // the caller returned (timeout or ctx): do not send
+	after     *fence      // its slot moved writers: wait for the old one (writers.go)
 	done      chan error
 	// pos is the position the history script gave, written by the writer
 	// before it sends on done.
@@ -46,27 +47,50 @@ func (r *publishReq) size() int {
 	return len(r.data)
 }
 
-// writeLoop is the only goroutine that PUBLISHes. It sends one pipelined
-// batch at a time and waits for its replies before the next: that is
-// what keeps a node's messages in publish order, because the pool may
-// hand each batch a different connection and only a completed batch is
-// known to have been applied by Redis.
-func (p *PubSub) writeLoop() {
-	defer p.workers.Done()
+// loop is writer w's goroutine. It sends one pipelined batch at a time
+// and waits for its replies before the next: that is what keeps a
+// node's messages in publish order, because the pool may hand each
+// batch a different connection and only a completed batch is known to
+// have been applied by Redis. It returns when the PubSub closes, or once
+// its queue is closed (no slot routes to it any more) and drained.
+func (ws *writerSet) loop(w *writer) {
+	p := ws.p
+	defer ws.wg.Done()
 	batch := make([]*publishReq, 0, maxBatch)
+	var carry *publishReq // held by a fence: the next batch's first
 	for {
-		select {
-		case <-p.done:
-			// Callers still waiting see p.done and return ErrClosed.
-			return
-		case r := <-p.queue:
-			batch = append(batch[:0], r)
+		r := carry
+		carry = nil
+		if r == nil {
+			var ok bool
+			select {
+			case <-p.done:
+				// Callers still waiting see p.done and return ErrClosed.
+				return
+			case r, ok = <-w.queue:
+				if !ok {
+					return
+				}
+				ws.pending.Add(-1)
+			}
 		}
-		size := batch[0].size()
+		if !ws.await(r) {
+			return
+		}
+		batch = append(batch[:0], r)
+		size := r.size()
 	fill:
 		for len(batch) < maxBatch && size < maxBatchBytes {
 			select {
-			case r := <-p.queue:
+			case r, ok := <-w.queue:
+				if !ok {
+					break fill
+				}
+				ws.pending.Add(-1)
+				if r.held() {
+					carry = r
+					break fill
+				}
 				batch = append(batch, r)
 				size += r.size()
 			default:
@@ -74,6 +98,7 @@ func (p *PubSub) writeLoop() {
 			}
 		}
 		p.flush(batch)
+		w.finish(len(batch))
 		clear(batch) // let the payloads go
 	}
 }
@@ -150,13 +175,14 @@ func (p *PubSub) roundTrip(ctx context.Context, topic string, now time.Time, req
 		deadline = d
 	}
 	req.deadline = deadline
-	select {
-	case p.queue <- req:
-	default:
+	if err := p.writers.enqueue(ctx, req); err != nil {
+		if !errors.Is(err, ErrQueueFull) {
+			return err
+		}
 		p.dropped.Add(1)
 		if ok, n := p.publishLog.Allow(); ok {
 			p.log.Warn("redis: publish queue full; broadcast not relayed to other nodes",
-				"topic", topic, "queue", cap(p.queue), "suppressed", n)
+				"topic", topic, "queue", p.opt.QueueSize, "suppressed", n)
 		}
 		return ErrQueueFull
 	}

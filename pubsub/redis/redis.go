@@ -43,7 +43,7 @@ var (
 // Redis channel "<prefix>:t:<topic>"; it is SUBSCRIBEd to that channel
 // exactly while the topic has local subscribers.
 //
-// Three goroutines do the Redis work; none is started per call:
+// Three kinds of goroutine do the Redis work; none is started per call:
 //   - the reconciler owns the subscription set: it compares the topics
 //     that have local subscribers with the channels it has subscribed and
 //     sends SUBSCRIBE/UNSUBSCRIBE (batched) to close the gap, and PINGs
@@ -51,7 +51,8 @@ var (
 //   - the reader receives from the pub/sub connection, decodes envelopes
 //     and dispatches them to local subscribers, and owns the connection
 //     state (lost, reconnected);
-//   - the writer drains the bounded publish queue in pipelined batches.
+//   - the writer drains the bounded publish queue in pipelined batches
+//     (on a Redis Cluster, one writer and queue per master).
 //
 // It is a pubsub.History too: a topic the history policy
 // gives history is published by a Redis script that also numbers and
@@ -71,7 +72,7 @@ type PubSub struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 	closed  atomic.Bool
-	workers sync.WaitGroup // reconciler and writer
+	workers sync.WaitGroup // reconciler
 	reader  sync.WaitGroup
 
 	// mu guards the reconciler's inbox. It is never held across a Redis
@@ -95,8 +96,8 @@ type PubSub struct {
 	lost   atomic.Bool
 	lostAt atomic.Int64 // unix nanoseconds
 
-	queue chan *publishReq
-	seq   atomic.Uint64 // message ids
+	writers *writerSet
+	seq     atomic.Uint64 // message ids
 
 	subscribed    atomic.Int64 // channels the reconciler holds
 	published     atomic.Uint64
@@ -168,7 +169,6 @@ func New(ctx context.Context, opt Options) (*PubSub, error) {
 		pongs:      make(map[string][]chan error),
 		pongLeft:   make(map[string]int),
 		wake:       make(chan struct{}, 1),
-		queue:      make(chan *publishReq, opt.QueueSize),
 	}
 	p.calls.sem = make(chan struct{}, opt.MaxCalls)
 	if cc != nil {
@@ -189,9 +189,9 @@ func New(ctx context.Context, opt Options) (*PubSub, error) {
 		_ = client.Close()
 		return nil, fmt.Errorf("redis: pub/sub connection to %s: %w", opt.describe(), err)
 	}
-	p.workers.Add(2)
+	p.writers = newWriterSet(p, cc)
+	p.workers.Add(1)
 	go p.reconcileLoop()
-	go p.writeLoop()
 	p.reader.Add(1)
 	go p.readLoop()
 	return p, nil
@@ -579,6 +579,7 @@ func (p *PubSub) Close() error {
 	close(p.done)
 	p.cancel()
 	p.workers.Wait()
+	p.writers.stop()
 	if p.shards != nil {
 		p.shards.close()
 	}

@@ -162,6 +162,9 @@ func (p *PubSub) reconcileLoop() {
 
 		if tick {
 			p.sweepTracks()
+			ctx, cancel := context.WithTimeout(p.ctx, p.opt.PublishTimeout)
+			p.writers.sweep(ctx)
+			cancel()
 		}
 		if tick && !p.lost.Load() {
 			// Health check: the reply proves the connection alive to the

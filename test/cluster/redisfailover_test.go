@@ -251,8 +251,8 @@ func presenceProbe(ctx context.Context, cl *harness.Cluster, topic string, try i
 // takes over after the cluster-node-timeout. Within the failover time
 // plus 3 s the room's broadcasts reach its clients again and presence
 // works again in it (a client joining on one node and one on the other
-// see each other); the other rooms' broadcasts stop for no more than a
-// publish timeout; and every client gets every acknowledged broadcast
+// see each other); the other rooms' broadcasts go on (no silence of 1 s);
+// and every client gets every acknowledged broadcast
 // once and in order, or is told by a join reply that it cannot (recovered
 // false, with its reason, when the replica had not received the last
 // writes): never a silent hole.
@@ -386,13 +386,15 @@ func testMasterKilled(t *testing.T, cl *harness.Cluster) {
 		t.Errorf("%s: fan-out back %v and presence %v after the kill, want both within the failover's %v + 3 s",
 			busy, fanout.at.Round(time.Millisecond), presence.at.Round(time.Millisecond), failover.at.Round(time.Millisecond))
 	}
-	// Each publisher posts to each room every 60 ms. A node sends every
-	// topic's publishes in one pipeline at a time (the Ordering section
-	// of package pubsub/redis), so a batch that holds a command for the dead master
-	// waits for it, up to the publish timeout (2 s), when its connection
-	// hangs rather than fails (a dial to an address nobody answers any
-	// more): that stall, and no more, is allowed to the other rooms.
-	if longest > 3*time.Second {
+	// Each publisher posts to each room every 60 ms. A node sends each
+	// master's slots' publishes through a writer of its own (the Ordering
+	// section of package pubsub/redis), so the rooms on the other masters
+	// share nothing with the dead one on their way: no batch of theirs
+	// waits for its connection to fail. What is left of their silence is
+	// the publishers' pace and the scheduling of containers on a busy
+	// machine; a wait for the dead master (up to the publish timeout,
+	// 2 s) would pass 1 s.
+	if longest > time.Second {
 		t.Errorf("the rooms on the other masters went %v without a broadcast during the failover", longest.Round(time.Millisecond))
 	}
 	if !tl.ok() {
