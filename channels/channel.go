@@ -138,6 +138,9 @@ const (
 	// ReasonHistoryGap: the topic's broadcasts had a hole (PROTOCOL.md
 	// §12); the client was sent phx_error and rejoins to recover.
 	ReasonHistoryGap Reason = "history_gap"
+	// ReasonJoinTimeout: a join answered later (Pending) was not answered
+	// within EndpointConfig.JoinTimeout; the client got an error reply.
+	ReasonJoinTimeout Reason = "join_timeout"
 )
 
 // Binary marks a payload as raw bytes: pushed, replied or broadcast as a
