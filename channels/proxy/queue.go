@@ -59,7 +59,7 @@ func (ch *channel) run(s *channels.ChannelSocket) {
 			ch.queue = nil
 			ended, r := ch.ended, ch.endReason
 			ch.mu.Unlock()
-			if ended {
+			if ended && !ch.refused {
 				ch.leave(s, r)
 			}
 			return
