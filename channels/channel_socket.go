@@ -51,10 +51,10 @@ type joinRare struct {
 	// pend is the state of a join answered later, until its answer is
 	// carried out or it ends (pending.go); early, an answer given before
 	// Join returned Pending.
-	pend  *joinPending
-	early *lateAnswer
-	ctx     context.Context
-	cancel  context.CancelFunc
+	pend   *joinPending
+	early  *lateAnswer
+	ctx    context.Context
+	cancel context.CancelFunc
 	// last is the position of the last broadcast of a topic with history
 	// delivered to this join (recovery.go); zero until the first one.
 	last pubsub.Position

@@ -75,8 +75,11 @@ var reasonJoinPending = reasonJSON("join pending")
 // {"reason":"join crashed"}). The answer is carried out on a goroutine of
 // its own, after which everything that follows an accepted join follows:
 // the ok reply, the frames held meanwhile, AfterJoin, presence, the
-// history's recovery. It returns ErrJoinNotPending when there is no
-// pending join to answer, the answer then goes nowhere.
+// history's recovery. Called before Join has returned (by a goroutine it
+// started, or by Join itself), the answer is kept for when Join returns
+// Pending, and ignored if Join answers otherwise. It returns
+// ErrJoinNotPending when there is no pending join to answer: the answer
+// then goes nowhere.
 func (c *ChannelSocket) CompleteJoin(response any, err error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
