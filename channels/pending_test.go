@@ -355,3 +355,49 @@ func TestLateJoinRecovers(t *testing.T) {
 	pub(4)
 	conn.expect(t, "late:a", "new_msg", "", `{"n":4}`)
 }
+
+// Pushes a client sends to a pending join wait for its answer, up to
+// maxEarlyPushes; one more is answered at once.
+func TestPendingJoinBoundsWaitingPushes(t *testing.T) {
+	_, l, s, conn := lateEnv(t, EndpointConfig{MaxMessagesPerSecond: -1})
+	s.handleFrame([]byte(`["1","1","late:a","phx_join",{}]`), false)
+	c := l.pending(t)
+	for i := range maxEarlyPushes + 1 {
+		s.handleFrame([]byte(`["1","p`+strconv.Itoa(i)+`","late:a","ping",{}]`), false)
+	}
+	if m := conn.expect(t, "late:a", EventReply, "error", `{"reason":"join pending"}`); m.Ref.Text() != "p"+strconv.Itoa(maxEarlyPushes) {
+		t.Fatalf("refused push %s", m.Ref)
+	}
+	conn.none(t)
+	if err := c.CompleteJoin(nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	conn.expect(t, "late:a", EventReply, "ok", "{}")
+	conn.expect(t, "late:a", "during_join", "", "")
+	conn.expect(t, "late:a", "after_join", "", "")
+	for i := range maxEarlyPushes {
+		if m := conn.expect(t, "late:a", EventReply, "ok", `{"echo":"ping"}`); m.Ref.Text() != "p"+strconv.Itoa(i) {
+			t.Fatalf("reply %d to %s", i, m.Ref)
+		}
+	}
+}
+
+// An answer given during Join is ignored when Join answers itself.
+func TestCompleteJoinIgnoredWithoutPending(t *testing.T) {
+	r := &Router{}
+	r.Handle("late:*", func(string) Channel { return eagerSyncChannel{} })
+	e := newTestEnv(t, EndpointConfig{Router: r})
+	conn := &chanConn{frames: make(chan Frame, 16)}
+	s := e.ep.Runtime().Open(conn, V2, Identity{})
+	t.Cleanup(s.handleClose)
+	s.handleFrame([]byte(`["1","1","late:a","phx_join",{}]`), false)
+	conn.expect(t, "late:a", EventReply, "ok", `{"from":"join"}`)
+	conn.none(t)
+}
+
+type eagerSyncChannel struct{ relayChannel }
+
+func (eagerSyncChannel) Join(s *ChannelSocket, _ Payload) (any, error) {
+	_ = s.CompleteJoin(nil, Refuse("never sent"))
+	return map[string]string{"from": "join"}, nil
+}
