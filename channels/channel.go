@@ -13,7 +13,8 @@ import (
 //
 // Callbacks run on the socket's read path: a slow callback delays the
 // socket's next message. Do slow work on a goroutine and answer with
-// ChannelSocket.Reply when it is done.
+// ChannelSocket.Reply when it is done, or, for a join, return Pending and
+// answer with ChannelSocket.CompleteJoin.
 //
 // The optional behaviours, AfterJoiner, Interceptor and Terminator, are
 // found by a type assertion when the channel is created: a method whose name or
@@ -31,7 +32,10 @@ type Channel interface {
 	//     the topic and the socket, and the error reply is
 	//     {"reason":"join crashed"}, as for a panic (PROTOCOL.md §6.1);
 	//   - pushes made during Join are sent after the reply, as are
-	//     broadcasts that arrive meanwhile.
+	//     broadcasts that arrive meanwhile;
+	//   - the response Pending() answers later: ChannelSocket.CompleteJoin
+	//     takes the response and error, from any goroutine, and the socket
+	//     reads on meanwhile.
 	Join(s *ChannelSocket, params Payload) (response any, err error)
 	// HandleIn handles an event pushed by the client. Only the Result's
 	// reply reaches the client; the error of StopWithError is logged, and
@@ -138,6 +142,9 @@ const (
 	// ReasonHistoryGap: the topic's broadcasts had a hole (PROTOCOL.md
 	// §12); the client was sent phx_error and rejoins to recover.
 	ReasonHistoryGap Reason = "history_gap"
+	// ReasonJoinTimeout: a join answered later (Pending) was not answered
+	// within EndpointConfig.JoinTimeout; the client got an error reply.
+	ReasonJoinTimeout Reason = "join_timeout"
 )
 
 // Binary marks a payload as raw bytes: pushed, replied or broadcast as a

@@ -36,6 +36,9 @@ type ChannelSocket struct {
 
 	mu    sync.Mutex
 	state joinState
+	// inJoin: the Join callback runs; a CompleteJoin meanwhile is kept
+	// for when it returns Pending (pending.go). guarded by mu.
+	inJoin bool
 	// rare holds what few joins need, allocated on first use: an idle
 	// join's struct stays in a smaller size class.
 	rare *joinRare
@@ -45,8 +48,13 @@ type ChannelSocket struct {
 // Guarded by ChannelSocket.mu.
 type joinRare struct {
 	pending []heldFrame // frames produced before the join reply went out
-	ctx     context.Context
-	cancel  context.CancelFunc
+	// pend is the state of a join answered later, until its answer is
+	// carried out or it ends (pending.go); early, an answer given before
+	// Join returned Pending.
+	pend   *joinPending
+	early  *lateAnswer
+	ctx    context.Context
+	cancel context.CancelFunc
 	// last is the position of the last broadcast of a topic with history
 	// delivered to this join (recovery.go); zero until the first one.
 	last pubsub.Position
@@ -364,7 +372,11 @@ func (c *ChannelSocket) cleanup() {
 	c.mu.Lock()
 	c.state = stateClosed
 	if r := c.rare; r != nil {
-		r.pending = nil
+		r.pending, r.early = nil, nil
+		if r.pend != nil {
+			r.pend.timer.Stop()
+			r.pend = nil
+		}
 		if r.cancel != nil {
 			r.cancel()
 		}

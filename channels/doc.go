@@ -75,6 +75,27 @@
 // Broadcast and BroadcastFrom are safe from any goroutine. Lock order:
 // locksordering.txt at the repository root.
 //
+// A join that needs slow work (a database, an HTTP backend) is answered
+// the same way: Join returns Pending, starts the work, and the work calls
+// ChannelSocket.CompleteJoin with what Join would have returned:
+//
+//	func (r *Room) Join(s *channels.ChannelSocket, params channels.Payload) (any, error) {
+//		go func() { s.CompleteJoin(r.authorize(s.Context(), params)) }()
+//		return channels.Pending(), nil
+//	}
+//
+// Until the answer the join is pending: the socket reads on (heartbeats,
+// other topics, other joins), what the channel pushes is held, and the
+// client's pushes on the topic wait; then everything that follows a Join
+// that returned the answer follows, in the same order (the reply, the
+// held frames, AfterJoin, the history's recovery, the pushes that
+// waited). A leave, a new join of the topic or the connection's close
+// ends a pending join: Terminate is told, its Context ends, and the late
+// answer is dropped (CompleteJoin returns ErrJoinNotPending). A join not
+// answered within EndpointConfig.JoinTimeout gets the error reply
+// {"reason":"join timeout"} and ends with ReasonJoinTimeout. A pending
+// join counts toward MaxChannels and in Stats.Channels.
+//
 // Order: the broadcasts one node publishes on a topic reach each
 // subscriber in that order (the pubsub contract), with one exception:
 // intercepted broadcasts wait in a queue for HandleOut, so what HandleOut

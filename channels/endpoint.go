@@ -33,6 +33,10 @@ const (
 	// DefaultRateAbuseAfter is how long a socket may stay over its rate
 	// before it is closed.
 	DefaultRateAbuseAfter = 10 * time.Second
+	// DefaultJoinTimeout is phoenix.js's own wait for a join reply, after
+	// which the client gives up on it and leaves; it is twice package
+	// proxy's default call timeout.
+	DefaultJoinTimeout = 10 * time.Second
 )
 
 // EndpointConfig wires an Endpoint.
@@ -83,6 +87,12 @@ type EndpointConfig struct {
 	Burst                int
 	// RateAbuseAfter defaults to DefaultRateAbuseAfter.
 	RateAbuseAfter time.Duration
+
+	// JoinTimeout bounds how long a join answered later (Pending) may
+	// wait for its answer: then the client gets the error reply
+	// {"reason":"join timeout"} and the channel ends with
+	// ReasonJoinTimeout. Default DefaultJoinTimeout.
+	JoinTimeout time.Duration
 }
 
 // Endpoint runs the sockets of a node and offers an application the
@@ -180,6 +190,9 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 	}
 	if cfg.RateAbuseAfter <= 0 {
 		cfg.RateAbuseAfter = DefaultRateAbuseAfter
+	}
+	if cfg.JoinTimeout <= 0 {
+		cfg.JoinTimeout = DefaultJoinTimeout
 	}
 	e := &Endpoint{cfg: cfg, log: cfg.Logger, sockets: make(map[*Socket]struct{}), drained: make(chan struct{}), epoch: time.Now()}
 	if r := cfg.MaxMessagesPerSecond; r > 0 {

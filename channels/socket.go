@@ -281,6 +281,7 @@ func (s *Socket) join(msg *Message) {
 		joinRef: Ref(strings.Clone(string(msg.JoinRef))),
 		id:      strconv.FormatUint(s.ep.serial.Add(1), 36),
 		state:   stateJoining,
+		inJoin:  true,
 	}
 	// From here on the topic is the interned copy (unique.Make clones):
 	// msg.Topic is a substring of the decoded header, refs included, and
@@ -299,6 +300,22 @@ func (s *Socket) join(msg *Message) {
 	crashed := s.guard(ch, "join", func() {
 		response, joinErr = ch.impl.Join(ch, Payload{Data: msg.Payload, Binary: msg.Binary})
 	})
+	if _, later := response.(pendingJoin); later && !crashed && joinErr == nil {
+		s.pend(ch, msg) // pending.go
+		return
+	}
+	ch.mu.Lock()
+	ch.inJoin = false
+	ch.mu.Unlock()
+	s.finishJoin(ch, msg.Ref, Payload{Data: msg.Payload, Binary: msg.Binary}, response, joinErr, crashed)
+}
+
+// finishJoin carries out a join's answer, given by Join or, for a join
+// answered later, by CompleteJoin: the error reply of a refusal, or the
+// subscription, the history read, the ok reply, the held frames and
+// AfterJoin. ch is not in s.chans. Called with s.cb held.
+func (s *Socket) finishJoin(ch *ChannelSocket, ref Ref, params Payload, response any, joinErr error, crashed bool) {
+	topic := ch.Topic()
 	if crashed || joinErr != nil {
 		reply := reasonJSON("join crashed")
 		if !crashed {
@@ -306,7 +323,7 @@ func (s *Socket) join(msg *Message) {
 		}
 		ch.state = stateClosed
 		ch.cleanup()
-		s.sendSocketReply(msg.JoinRef, msg.Ref, msg.Topic, "error", reply)
+		s.sendSocketReply(ch.joinRef, ref, topic, "error", reply)
 		return
 	}
 	replyData, replyBinary, err := EncodePayload(response)
@@ -318,21 +335,21 @@ func (s *Socket) join(msg *Message) {
 		s.ep.log.Error("channels: subscribe failed", "topic", topic, "err", err)
 		ch.state = stateClosed
 		ch.cleanup()
-		s.sendSocketReply(msg.JoinRef, msg.Ref, msg.Topic, "error", reasonJSON("subscribe failed"))
+		s.sendSocketReply(ch.joinRef, ref, topic, "error", reasonJSON("subscribe failed"))
 		return
 	}
 	s.chans = append(s.chans, ch)
 	s.ep.stats.Channels.Add(1)
 	s.ep.stats.Joins.Add(1)
 	// After Subscribe: what the history read misses arrives live (recovery.go).
-	rec := s.readRecovery(ch, Payload{Data: msg.Payload, Binary: msg.Binary})
+	rec := s.readRecovery(ch, params)
 	if rec != nil {
 		replyData = rec.amendReply(replyData, replyBinary)
 	}
 
 	// §3.3: the reply goes out before anything else of this join.
 	ch.mu.Lock()
-	s.send(&Message{JoinRef: msg.JoinRef, Ref: msg.Ref, Topic: msg.Topic, Event: EventReply, Status: "ok", Payload: replyData, Binary: replyBinary})
+	s.send(&Message{JoinRef: ch.joinRef, Ref: ref, Topic: topic, Event: EventReply, Status: "ok", Payload: replyData, Binary: replyBinary})
 	if rec != nil && len(rec.replay) > 0 {
 		// Frames stay held (stateJoining) until the replay is out.
 		ch.mu.Unlock()
@@ -372,8 +389,13 @@ func (s *Socket) leave(msg *Message) {
 	if !msg.JoinRef.IsNull() && msg.JoinRef != ch.joinRef {
 		return // stale: that instance is already gone
 	}
-	// §3.6: reply, then phx_close.
-	ch.send(&Message{JoinRef: ch.joinRef, Ref: msg.Ref, Topic: ch.Topic(), Event: EventReply, Status: "ok", Payload: []byte("{}")})
+	// §3.6: reply, then phx_close. A pending join holds its frames: the
+	// reply goes around it, and the join's late answer is dropped.
+	if ch.isPending() {
+		s.sendSocketReply(ch.joinRef, msg.Ref, ch.Topic(), "ok", nil)
+	} else {
+		ch.send(&Message{JoinRef: ch.joinRef, Ref: msg.Ref, Topic: ch.Topic(), Event: EventReply, Status: "ok", Payload: []byte("{}")})
+	}
 	s.terminate(ch, ReasonLeft)
 	ch.sendFinal(EventClose, []byte("{}"))
 }
@@ -381,6 +403,11 @@ func (s *Socket) leave(msg *Message) {
 func (s *Socket) handleIn(msg *Message) {
 	s.cb.Lock()
 	defer s.cb.Unlock()
+	s.handleInLocked(msg)
+}
+
+// handleInLocked is handleIn with s.cb held.
+func (s *Socket) handleInLocked(msg *Message) {
 	ch := s.chans.get(msg.Topic)
 	if ch == nil {
 		s.sendSocketReply(NullRef, msg.Ref, msg.Topic, "error", reasonJSON("unmatched topic"))
@@ -388,6 +415,9 @@ func (s *Socket) handleIn(msg *Message) {
 	}
 	if !msg.JoinRef.IsNull() && msg.JoinRef != ch.joinRef {
 		return // §3.5: stale join_ref, silently dropped
+	}
+	if ch.holdEarly(msg) {
+		return // handled once the join is answered (pending.go)
 	}
 	var res Result
 	in := In{Event: msg.Event, Payload: Payload{Data: msg.Payload, Binary: msg.Binary}, Ref: msg.Ref}

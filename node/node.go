@@ -57,8 +57,12 @@ type Config struct {
 	MaxMessagesPerSecond float64
 	Burst                int
 	RateAbuseAfter       time.Duration // a socket over its rate this long is closed (1008); default 10s
-	LongPollMaxSessions  int           // default 10000
-	LongPollMaxBuffered  int           // messages per session; default 1000
+	// JoinTimeout bounds how long a join a channel answers later
+	// (channels.Pending) waits for its answer; see
+	// channels.EndpointConfig. Default 10s.
+	JoinTimeout         time.Duration
+	LongPollMaxSessions int // default 10000
+	LongPollMaxBuffered int // messages per session; default 1000
 	// LongPollMaxBufferedBytes bounds a session's buffer in bytes (default
 	// 4 MiB), LongPollMaxAnswerBytes one poll answer (default and at most
 	// about 3 MiB, for the relay), LongPollIOTimeout reading a POST body
@@ -341,6 +345,7 @@ func build(cfg Config) (*Node, error) {
 		MaxMessagesPerSecond: cfg.MaxMessagesPerSecond,
 		Burst:                cfg.Burst,
 		RateAbuseAfter:       cfg.RateAbuseAfter,
+		JoinTimeout:          cfg.JoinTimeout,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)

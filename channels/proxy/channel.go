@@ -51,7 +51,7 @@ type channel struct {
 	spec *Spec
 	user string // set by Join, then only read
 	// assigns, a JSON object, is written by Join, then by the calls of the
-	// join's worker; Terminate reads it only when no worker runs (seen
+	// join's worker (the join call among them); Terminate reads it only when no worker runs (seen
 	// under mu), so that each write happens before the next read.
 	assigns json.RawMessage
 
@@ -64,6 +64,9 @@ type channel struct {
 	// leave, with endReason, once the queue is empty. guarded by mu.
 	ended     bool
 	endReason channels.Reason
+	// refused: the backend did not accept the join, so no leave is sent.
+	// Written by the worker's first task, then read by the worker.
+	refused bool
 }
 
 var (
@@ -116,8 +119,40 @@ func (ch *channel) Join(s *channels.ChannelSocket, params channels.Payload) (any
 		return nil, channels.Refuse("binary payload not supported")
 	}
 	req := &JoinRequest{SocketID: s.SocketID(), User: ch.user, Assigns: ch.assigns, Topic: s.Topic(), Params: orEmpty(params.Data)}
+	// The call runs on the join's worker (queue.go), its first task: the
+	// socket reads on meanwhile, and the join answers when the backend
+	// does.
+	ctx := s.Context()
+	ch.mu.Lock()
+	ch.running = true
+	ch.mu.Unlock()
+	ch.c.work.Add(1)
+	go ch.joinLater(ctx, s, req)
+	return channels.Pending(), nil
+}
+
+// joinLater is the worker's first task for a join that calls the
+// backend: the call, the join's answer, then the pushes that came
+// meanwhile (run).
+func (ch *channel) joinLater(ctx context.Context, s *channels.ChannelSocket, req *JoinRequest) {
+	response, err := ch.askJoin(ctx, s, req)
+	// A join the backend did not accept is not told it ended.
+	ch.refused = err != nil
+	if err := s.CompleteJoin(response, err); err != nil {
+		// The join ended first (left, replaced, closed, timed out):
+		// Terminate has been called, and run sends the leave.
+		s.Logger().Debug("proxy: join answer dropped, the join has ended", "topic", s.Topic())
+	}
+	ch.run(s)
+}
+
+// askJoin makes the join call and returns the join's answer.
+func (ch *channel) askJoin(ctx context.Context, s *channels.ChannelSocket, req *JoinRequest) (any, error) {
 	ans := &Answer{}
-	if err := ch.c.call(s.Context(), CallJoin, ch.spec.Join, req, ans); err != nil {
+	if err := ch.c.call(ctx, CallJoin, ch.spec.Join, req, ans); err != nil {
+		if ctx.Err() != nil {
+			return nil, channels.Refuse(ReasonUnavailable) // ended meanwhile: no one to tell
+		}
 		s.Logger().Warn("proxy: join refused, backend unavailable", "topic", s.Topic(), "err", err)
 		return nil, channels.Refuse(ReasonUnavailable)
 	}

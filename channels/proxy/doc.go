@@ -85,10 +85,13 @@
 // pushes of its topic: the socket's other topics, heartbeats and joins
 // go on. At most 64 pushes of one join wait behind a call; one more is
 // answered {"reason":"backend unavailable"} at once and counted as
-// dropped. A join waits for its call, holding up the socket's next
-// messages, at most Timeout: a Channel answers its join before the
-// socket reads on. When a join ends, the pushes it had taken are still
-// sent, in order, and its leave after them.
+// dropped. A join's call holds up nothing else either: the channel
+// answers its join later (channels.Pending), the socket reads on, and
+// the client's pushes on the topic wait for the join reply. A join that
+// ends before its call is answered (leave, closed socket) cancels it, and
+// the backend is sent a leave only for a join it accepted. When a join
+// ends, the pushes it had taken are still sent, in order, and its leave
+// after them.
 //
 // Connections to the backend are pooled, at most Config.MaxConns per
 // host. A call is retried (Config.Retries) only when no connection could

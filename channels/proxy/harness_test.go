@@ -211,6 +211,16 @@ func (s *sock) join(topic, params string) (joinRef, status, response string) {
 	return ref, st, resp
 }
 
+// joinNoWait sends a join of topic and returns its ref, its join_ref too.
+func (s *sock) joinNoWait(topic, params string) string {
+	s.t.Helper()
+	s.ref++
+	ref := strconv.Itoa(s.ref)
+	f, _ := json.Marshal([]any{ref, ref, topic, channels.EventJoin, json.RawMessage(params)})
+	s.rt.HandleFrame(s.s, f, false)
+	return ref
+}
+
 type frame struct {
 	joinRef, ref *string
 	topic, event string

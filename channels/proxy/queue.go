@@ -19,7 +19,10 @@ const maxQueuedEvents = 64
 // on. The worker takes the pushes one at a time, in the order they came,
 // and answers each with ChannelSocket.Reply under its ref, so a topic's
 // replies and the backend's calls keep the order of the client's pushes.
-// It runs only while pushes wait: an idle join has no goroutine.
+// It runs only while pushes wait: an idle join has no goroutine. The
+// join's own call is its first task (joinLater): the pushes that come
+// before the join is answered wait in the socket, which hands them to
+// HandleIn after the join reply, so they queue behind that call.
 //
 // When the join ends, the pushes already taken are still sent to the
 // backend, in order, each within Config.Timeout (their replies go
@@ -59,7 +62,7 @@ func (ch *channel) run(s *channels.ChannelSocket) {
 			ch.queue = nil
 			ended, r := ch.ended, ch.endReason
 			ch.mu.Unlock()
-			if ended {
+			if ended && !ch.refused {
 				ch.leave(s, r)
 			}
 			return

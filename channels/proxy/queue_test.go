@@ -187,3 +187,89 @@ func TestLeaveAfterQueuedPushes(t *testing.T) {
 		t.Errorf("frame after the join ended: %s", (<-s.conn.frames).Data)
 	}
 }
+
+// A join whose backend call is slow holds up neither the socket's other
+// topics nor its heartbeats: a push on topic B is answered while the join
+// of A waits; A's join is answered when the backend answers, and a push
+// the client sent on A meanwhile after that.
+func TestSlowJoinDoesNotHoldTheSocket(t *testing.T) {
+	b, _, _ := slowBackend(t)
+	arrived, release := make(chan string, 8), make(chan struct{})
+	b.handle("/join", func(w http.ResponseWriter, r *http.Request) {
+		var jr JoinRequest
+		if err := json.NewDecoder(r.Body).Decode(&jr); err != nil {
+			t.Errorf("join body: %v", err)
+		}
+		if jr.Topic == "order:A" {
+			arrived <- jr.Topic
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		_, _ = io.WriteString(w, `{"status":"ok","reply":{"topic":"`+jr.Topic+`"}}`)
+	})
+	e := newEnv(t, Config{Timeout: 10 * time.Second}, nil, orderRoutes(b))
+	s := e.open()
+	bRef, status, _ := s.join("order:B", `{}`)
+	if status != "ok" {
+		t.Fatalf("join of B: %s", status)
+	}
+	aJoin := s.joinNoWait("order:A", `{}`)
+	<-arrived
+	onA := s.push(aJoin, "order:A", "n", `{"n":1}`)
+
+	onB := s.push(bRef, "order:B", "n", `{"n":9}`)
+	f := s.next()
+	if f.event != channels.EventReply || f.topic != "order:B" || f.ref == nil || *f.ref != onB {
+		t.Fatalf("first frame while A's join is slow: %+v, want the reply to %s on order:B", f, onB)
+	}
+	beat := s.push("", "phoenix", "heartbeat", `{}`)
+	if f := s.next(); f.topic != "phoenix" || *f.ref != beat {
+		t.Fatalf("heartbeat while A's join is slow: %+v", f)
+	}
+
+	close(release)
+	for _, want := range []struct{ ref, response string }{{aJoin, `{"topic":"order:A"}`}, {onA, `{"n":1}`}} {
+		f := s.next()
+		var r struct {
+			Status   string          `json:"status"`
+			Response json.RawMessage `json:"response"`
+		}
+		_ = json.Unmarshal(f.payload, &r)
+		if f.event != channels.EventReply || f.topic != "order:A" || f.ref == nil || *f.ref != want.ref ||
+			r.Status != "ok" || !jsonEq(string(r.Response), want.response) {
+			t.Fatalf("on order:A: %+v %s, want the reply to %s, ok %s", f, f.payload, want.ref, want.response)
+		}
+	}
+}
+
+// A client that leaves while its join's call is in progress: the call is
+// cancelled with the join, and the backend, which never answered the
+// join, is not told of a leave.
+func TestLeaveWhileJoinPending(t *testing.T) {
+	b := newBackend(t)
+	arrived, cancelled := make(chan struct{}, 1), make(chan struct{}, 1)
+	b.handle("/join", func(_ http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		<-r.Context().Done()
+		cancelled <- struct{}{}
+	})
+	e := newEnv(t, Config{Timeout: 10 * time.Second}, nil, orderRoutes(b))
+	s := e.open()
+	join := s.joinNoWait("order:A", `{}`)
+	<-arrived
+	leave := s.push(join, "order:A", channels.EventLeave, `{}`)
+	if st, _ := s.reply(leave); st != "ok" {
+		t.Fatalf("leave: %s", st)
+	}
+	if f := s.event(channels.EventClose); f.joinRef == nil || *f.joinRef != join {
+		t.Fatalf("phx_close %+v", f)
+	}
+	<-cancelled
+	e.client.Close() // waits for the join's worker
+	if n := b.count("/leave"); n != 0 {
+		t.Fatalf("%d leaves for a join the backend never answered", n)
+	}
+}

@@ -339,6 +339,7 @@ func run(args []string, stderr io.Writer) error {
 		RoomHistory: app.DefaultRoomHistory}
 	router, handler, home := app.Router(appOpts), app.SocketHandler(appOpts), app.DemoHandler(o.socketPath)
 	var collectors []prometheus.Collector
+	var joinTimeout time.Duration // zero: the default
 	if file != nil {
 		b, err := file.build(o.proxySecret)
 		if err != nil {
@@ -355,6 +356,11 @@ func run(args []string, stderr io.Writer) error {
 			logger.Warn("channelsd: no --proxy-secret: the backend calls are not signed, and the backend cannot tell them from anyone's")
 		}
 		logger.Info("channelsd: channels from the configuration file", "file", o.config, "channels", len(file.Channels))
+		// A join waits for its backend call: the wait for a join's
+		// answer must outlast the call's own timeout.
+		if t := file.Proxy.Timeout; t > 0 {
+			joinTimeout = max(channels.DefaultJoinTimeout, t+time.Second)
+		}
 	}
 	n, err := node.NewWithContext(ctx, node.Config{
 		Addr:            o.addr,
@@ -370,6 +376,7 @@ func run(args []string, stderr io.Writer) error {
 		Rebalance:       node.RebalanceConfig{Threshold: o.rebalance, Share: o.rebalanceShare},
 		ShutdownTimeout: o.shutdownTimeout,
 		Router:          router,
+		JoinTimeout:     joinTimeout,
 		SocketHandler:   handler,
 		Home:            home,
 		Collectors:      collectors,
