@@ -129,7 +129,10 @@ type Stats struct {
 	MessagesIn      atomic.Uint64
 	MalformedFrames atomic.Uint64
 	Crashes         atomic.Uint64
-	SlowConsumers   atomic.Uint64
+	// JoinTimeouts counts joins answered later (Pending) that were not
+	// answered within JoinTimeout: the client got {"reason":"join timeout"}.
+	JoinTimeouts  atomic.Uint64
+	SlowConsumers atomic.Uint64
 
 	// Refusals by limit (README "Limits"); each is counted once, on the
 	// refusal path only.

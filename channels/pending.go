@@ -204,6 +204,7 @@ func (c *ChannelSocket) joinTimedOut() {
 	if p = c.takePend(); p == nil {
 		return // ended meanwhile
 	}
+	s.ep.stats.JoinTimeouts.Add(1)
 	s.ep.log.Info("channels: join not answered in time", "topic", c.Topic(), "socket", s.name, "timeout", s.ep.cfg.JoinTimeout)
 	s.sendSocketReply(c.joinRef, p.ref, c.Topic(), "error", reasonJoinTimeout)
 	s.terminate(c, ReasonJoinTimeout)

@@ -290,6 +290,9 @@ func TestPendingJoinTimeout(t *testing.T) {
 	if e.ep.Stats().Channels.Load() != 0 {
 		t.Fatal("a timed-out join still counts")
 	}
+	if n := e.ep.Stats().JoinTimeouts.Load(); n != 1 {
+		t.Fatalf("JoinTimeouts = %d, want 1", n)
+	}
 }
 
 // CompleteJoin called before Join returns Pending (a backend that

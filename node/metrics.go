@@ -96,6 +96,8 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 		func() float64 { return float64(es.MalformedFrames.Load()) })
 	counter("channelsd_channel_crashes_total", "Channel callbacks that panicked (the channel is terminated).", nil,
 		func() float64 { return float64(es.Crashes.Load()) })
+	counter("channelsd_join_timeouts_total", "Joins answered later (a proxied join's backend call) that got no answer within the join timeout; the client got {\"reason\":\"join timeout\"}.", nil,
+		func() float64 { return float64(es.JoinTimeouts.Load()) })
 	counter("channelsd_slow_consumer_disconnects_total", "Sockets disconnected because their outbound queue was full.", nil,
 		func() float64 { return float64(es.SlowConsumers.Load()) })
 
