@@ -14,6 +14,8 @@
 #   SUBS, RATE, MSGS  the delivery workload: SUBS subscribers of one topic,
 #                 MSGS broadcasts at RATE per second (5000, 10, 100)
 #   FLOOR_COUNT   runs of the kernel floor benchmark (3)
+#   TABLE_ONLY=1  print the table again from the last run's files in
+#                 $BIN/bench-peer, measuring nothing
 # Everything it starts (Redis, nodes, harness) is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,12 +61,24 @@ done
 [ "$nofile" -gt 15500 ] || die "the harness's workers hold 15,000 clients each: open-file limit $nofile is too low"
 
 run=$BIN/bench-peer
-rm -rf "$run"
-mkdir -p "$run"
+if [ -z "${TABLE_ONLY:-}" ]; then
+  rm -rf "$run"
+  mkdir -p "$run"
+fi
 run=$(cd "$run" && pwd)
 
-say "building the harness and the peer from $fb into $run"
-(cd "$fb" && "$GO" build -o "$run/" ./cmd/fanout ./peer-centrifuge) || die "building the harness failed"
+measure() {
+  say "building the harness and the peer from $fb into $run"
+  (cd "$fb" && "$GO" build -o "$run/" ./cmd/fanout ./peer-centrifuge) || die "building the harness failed"
+  say "kernel floor ($FLOOR_COUNT runs)"
+  "$GO" test ./transport -run '^$' -bench 'KernelFloor' -count "$FLOOR_COUNT" > "$run/floor.txt" 2>&1 \
+    || { cat "$run/floor.txt" >&2; die "the kernel floor benchmark failed"; }
+  local server
+  for server in channelsd peer; do
+    scenario "$server" "idle$IDLE" -n "$IDLE"
+    scenario "$server" "fanout$SUBS-r$RATE" -n "$SUBS" -m "$MSGS" -rate "$RATE" -drain-max 60s
+  done
+}
 
 pids=()
 stop() { # pid...: TERM, then KILL after 5 s
@@ -76,7 +90,12 @@ stop() { # pid...: TERM, then KILL after 5 s
     wait "$p" 2>/dev/null || true
   done
 }
-cleanup() { [ ${#pids[@]} -eq 0 ] || stop "${pids[@]}"; pids=(); }
+# Newest first: a node stops before the Redis it uses.
+cleanup() {
+  local i
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop "${pids[$i]}"; done
+  pids=()
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -126,7 +145,7 @@ start_server() { # channelsd|peer label
   case $1 in
     channelsd)
       "$BIN/channelsd" --addr "127.0.0.1:$port" --redis "redis://127.0.0.1:$redis_port" \
-        --config "$run/channels.yaml" --log-level warn > "$run/$2.server.log" 2>&1 &
+        --config "$run/channels.yaml" --log-level warn --drain-window 0 > "$run/$2.server.log" 2>&1 &
       server_pid=$!
       pids+=("$server_pid")
       wait_http "http://127.0.0.1:$port/readyz" 20
@@ -154,18 +173,10 @@ scenario() { # channelsd|peer name harness-args...
   timeout 6m "$run/fanout" -proto "$proto" -urls "$url" -pids "$server_pid" -extra-pids "$redis_pid" \
     -label "$server/$name" -json-out "$run/results.jsonl" -q -max-time 5m "$@" \
     > /dev/null 2> "$run/$server-$name.log" || { cat "$run/$server-$name.log" >&2; die "$server $name: the harness failed"; }
-  stop "$server_pid" "$redis_pid"
-  pids=()
+  cleanup
 }
 
-say "kernel floor ($FLOOR_COUNT runs)"
-"$GO" test ./transport -run '^$' -bench 'KernelFloor' -count "$FLOOR_COUNT" > "$run/floor.txt" 2>&1 \
-  || { cat "$run/floor.txt" >&2; die "the kernel floor benchmark failed"; }
-
-for server in channelsd peer; do
-  scenario "$server" "idle$IDLE" -n "$IDLE"
-  scenario "$server" "fanout$SUBS-r$RATE" -n "$SUBS" -m "$MSGS" -rate "$RATE" -drain-max 60s
-done
+[ -n "${TABLE_ONLY:-}" ] || measure
 
 # ---- the table
 floor_ns() { # sub-benchmark: its ns/op over the runs, sorted
@@ -182,29 +193,35 @@ declare -A v
 for s in channelsd peer; do
   v[$s.kib]=$(get "$s/idle$IDLE" '.memory.kib_per_conn')
   v[$s.idleok]=$(get "$s/idle$IDLE" '.connect.ok')
+  v[$s.join]=$(get "$s/idle$IDLE" '.connect.rate_per_s')
   f="$s/fanout$SUBS-r$RATE"
   v[$s.us]=$(get "$f" '1e6 * .fanout.cpu.server_cpu_s / .fanout.received')
   v[$s.hus]=$(get "$f" '1e6 * .fanout.cpu.harness_cpu_s / .fanout.received')
-  v[$s.p50]=$(get "$f" '.fanout.latency.p50')
-  v[$s.p99]=$(get "$f" '.fanout.latency.p99')
+  v[$s.p50]=$(get "$f" '.fanout.latency.p50_ms')
+  v[$s.p99]=$(get "$f" '.fanout.latency.p99_ms')
   v[$s.lost]=$(get "$f" '"\(.fanout.lost) of \(.fanout.expected) (\(.fanout.drain_stop))"')
   v[$s.cores]=$(get "$f" '"\(.fanout.cpu.server_cores * 100 | round / 100) / \(.fanout.cpu.harness_cores * 100 | round / 100) / \(.fanout.cpu.machine_busy_pct | round) %"')
   v[$s.warn]=$(get "$f" '(.warnings // []) | join("; ")')
   v[$s.iwarn]=$(get "$s/idle$IDLE" '(.warnings // []) | join("; ")')
+  for k in kib join us hus p50 p99; do
+    [[ "${v[$s.$k]}" =~ ^[0-9.e+-]+$ ]] || die "$s: no $k figure in $run/results.jsonl"
+  done
 done
 
-r() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f×", a/b; else print "–" }'; }
+r() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b + 0 > 0) printf "%.2f×", a/b; else print "–" }'; }
 f1() { awk -v a="$1" 'BEGIN{printf "%.1f", a}'; }
+f0() { awk -v a="$1" 'BEGIN{printf "%.0f", a}'; }
 limit_ms=$(awk -v n="$SUBS" -v f="$floor_us" -v c="$cores" 'BEGIN{printf "%.1f", n*f/c/1000}')
 
 echo
-echo "host: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $cores CPUs; $("$GO" version | cut -d' ' -f3); $(redis-server --version | cut -d' ' -f3)"
+echo "host: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $cores CPUs; $("$GO" version | cut -d' ' -f3); Redis $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')"
 echo "kernel floor (go test ./transport -run '^\$' -bench KernelFloor -count $FLOOR_COUNT): loopback write ${fw[*]} ns/op (median $floor_us µs); syscall ${fs[*]} ns/op"
 echo "memory: $IDLE idle joined sockets; delivery: $SUBS subscribers of one topic, $MSGS broadcasts at $RATE/s, one node with --redis each"
 echo
 echo "| figure | channelsd | peer (centrifuge) | channelsd / peer |"
 echo "|---|---:|---:|---:|"
 echo "| RSS per idle joined socket ($IDLE idle) | $(f1 "${v[channelsd.kib]}") KiB | $(f1 "${v[peer.kib]}") KiB | $(r "${v[channelsd.kib]}" "${v[peer.kib]}") |"
+echo "| connect+join rate ($IDLE) | $(f0 "${v[channelsd.join]}") /s | $(f0 "${v[peer.join]}") /s | $(r "${v[channelsd.join]}" "${v[peer.join]}") |"
 echo "| server CPU per delivery | $(f1 "${v[channelsd.us]}") µs | $(f1 "${v[peer.us]}") µs | $(r "${v[channelsd.us]}" "${v[peer.us]}") |"
 echo "| … over the kernel floor ($floor_us µs) | $(r "${v[channelsd.us]}" "$floor_us") | $(r "${v[peer.us]}" "$floor_us") | |"
 echo "| p99 latency | $(f1 "${v[channelsd.p99]}") ms | $(f1 "${v[peer.p99]}") ms | $(r "${v[channelsd.p99]}" "${v[peer.p99]}") |"
