@@ -8,8 +8,9 @@ BIN       ?= bin
 # Short fuzz runs in `make test`; `make fuzz` runs longer.
 FUZZTIME  ?= 6s
 LONGFUZZ  ?= 5m
-# Figures for BENCHMARKS.md: `make bench` (Go benchmarks) and
-# `make bench-idle` (memory per idle joined WebSocket).
+# Figures for BENCHMARKS.md: `make bench` (Go benchmarks), `make
+# bench-idle` (memory per idle joined WebSocket) and `make bench-peer`
+# (channelsd beside a peer server, in one run).
 BENCHTIME ?= 1s
 IDLE_CONNS ?= 10000
 
@@ -25,7 +26,7 @@ export NODE_IMAGE ?= channelsd:test
 export REDIS_IMAGE ?= channelsd-redis:test
 export HAPROXY_IMAGE ?= channelsd-haproxy:test
 
-.PHONY: run run-cluster run-redis-cluster build image images prereqs prereqs-cluster test test-unit test-cluster test-norace test-hostile lint fuzz fuzz-short bench bench-idle soak clean
+.PHONY: run run-cluster run-redis-cluster build image images prereqs prereqs-cluster test test-unit test-cluster test-norace test-hostile lint fuzz fuzz-short bench bench-idle bench-peer soak clean
 
 # The targets below each keep both cores busy, and a prerequisite check
 # may run apt-get: one at a time, in the order written, even under -j.
@@ -178,6 +179,19 @@ soak: build
 
 bench-idle: build
 	$(BIN)/channels-bench idle -spawn-node -conns $(IDLE_CONNS)
+
+# channelsd beside the centrifuge peer of the shared fanout-bench harness
+# (the folder shared/fanout-bench next to the repository; FANOUT_BENCH
+# names another), in one run: one node each on its own loopback Redis,
+# $(IDLE_CONNS) idle sockets for memory, then SUBS subscribers of one topic
+# receiving MSGS broadcasts at RATE/s, and the kernel floor; prints the
+# table BENCHMARKS.md records. About two minutes; it stops what it starts.
+SUBS ?= 5000
+RATE ?= 10
+MSGS ?= 100
+bench-peer: build
+	@$(PREREQS) -q go redis
+	GO=$(GO) BIN=$(BIN) IDLE=$(IDLE_CONNS) SUBS=$(SUBS) RATE=$(RATE) MSGS=$(MSGS) test/bench-peer.sh
 
 clean:
 	rm -rf $(BIN)
