@@ -190,7 +190,7 @@ SUBS ?= 5000
 RATE ?= 10
 MSGS ?= 100
 bench-peer: build
-	@$(PREREQS) -q go redis
+	@$(PREREQS) -q go redis bench-tools
 	GO=$(GO) BIN=$(BIN) IDLE=$(IDLE_CONNS) SUBS=$(SUBS) RATE=$(RATE) MSGS=$(MSGS) test/bench-peer.sh
 
 clean:

@@ -48,10 +48,10 @@ DEFAULT_HAPROXY_IMAGE=channelsd-haproxy:test
 
 quiet=
 if [ "${1:-}" = -q ]; then quiet=1; shift; fi
-[ $# -gt 0 ] || { echo "usage: prereqs.sh [-q] NEED... (go cgo docker redis redis-image haproxy-image chromium certs)" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: prereqs.sh [-q] NEED... (go cgo docker redis redis-image haproxy-image chromium certs bench-tools)" >&2; exit 2; }
 for need in "$@"; do
 	case $need in
-	go|cgo|docker|redis|redis-image|haproxy-image|chromium|certs) ;;
+	go|cgo|docker|redis|redis-image|haproxy-image|chromium|certs|bench-tools) ;;
 	*) echo "$me: unknown need $need" >&2; exit 2 ;;
 	esac
 done
@@ -147,6 +147,14 @@ check_redis() {
 	saw redis-server
 }
 
+# The tools make bench-peer's script uses besides Go and Redis.
+check_bench_tools() {
+	exe jq || addpkg jq
+	exe curl || addpkg curl
+	exe ss || addpkg iproute2
+	saw jq
+}
+
 check_haproxy() {
 	if [ -n "${HAPROXY_BIN:-}" ]; then
 		exe "$HAPROXY_BIN" || problem "HAPROXY_BIN=$HAPROXY_BIN is not an executable"
@@ -195,6 +203,7 @@ check() {
 			if [ "${HAPROXY_IMAGE:-$DEFAULT_HAPROXY_IMAGE}" = "$DEFAULT_HAPROXY_IMAGE" ]; then check_haproxy; fi ;;
 		chromium) check_chromium ;;
 		certs) check_certs ;;
+		bench-tools) check_bench_tools ;;
 		esac
 	done
 }
