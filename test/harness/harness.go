@@ -793,6 +793,12 @@ func (c *Cluster) AttachSideNetwork(i int) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		_, _ = docker.NetworkDisconnect(ctx, side.ID, client.NetworkDisconnectOptions{Container: n.ContainerID(), Force: true})
+		// The engine may publish the node's port anew on a network
+		// change, on another host port: Addr follows, as after the
+		// connect below, or later subtests dial a port nothing serves.
+		if err := c.refreshAddr(ctx, n); err != nil {
+			c.t.Logf("harness: %s: address not refreshed: %v", n.ID, err)
+		}
 		if err := side.Remove(ctx); err != nil {
 			c.t.Errorf("harness: removing side network %s: %v", side.Name, err)
 		}
