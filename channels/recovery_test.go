@@ -822,11 +822,16 @@ func TestRouterHistoryPolicy(t *testing.T) {
 // (Redis restarted empty, and the first broadcast of the new epoch went
 // out without a position) still fails the channel.
 func TestUnpositionedBroadcastLoosensPosition(t *testing.T) {
-	ch := &histChannel{joined: make(chan *channels.ChannelSocket, 1), terminated: make(chan channels.Reason, 1)}
-	e := newHistEnv(t, 10, func(string) channels.Channel { return ch }, nil)
-	_, c, cs := joinCaptured(t, e, ch, "1", `{}`)
-	last := e.publish(t, "room:a", 1, 2)
-	c.take()
+	// joined: a join of room:a that has received broadcasts 1 and 2.
+	joined := func() (*histEnv, *frameConn, *channels.ChannelSocket, pubsub.Position) {
+		ch := &histChannel{joined: make(chan *channels.ChannelSocket, 1), terminated: make(chan channels.Reason, 1)}
+		e := newHistEnv(t, 10, func(string) channels.Channel { return ch }, nil)
+		_, c, cs := joinCaptured(t, e, ch, "1", `{}`)
+		last := e.publish(t, "room:a", 1, 2)
+		c.take()
+		return e, c, cs, last
+	}
+	e, c, cs, last := joined()
 	at := func(off uint64) pubsub.Position { return pubsub.Position{Epoch: last.Epoch, Offset: off} }
 	bare := &pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":3}`)}
 	channels.Deliver(cs, bare)
@@ -847,11 +852,7 @@ func TestUnpositionedBroadcastLoosensPosition(t *testing.T) {
 
 	// The join's own broadcast_from without a position, which it does
 	// not receive (ExcludedObserver), loosens its position all the same.
-	ch3 := &histChannel{joined: make(chan *channels.ChannelSocket, 1), terminated: make(chan channels.Reason, 1)}
-	e3 := newHistEnv(t, 10, func(string) channels.Channel { return ch3 }, nil)
-	_, c3, cs3 := joinCaptured(t, e3, ch3, "1", `{}`)
-	last3 := e3.publish(t, "room:a", 1, 2)
-	c3.take()
+	_, c3, cs3, last3 := joined()
 	channels.Excluded(cs3, &pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":3}`), From: "self"})
 	next := pubsub.Position{Epoch: last3.Epoch, Offset: last3.Offset + 2}
 	channels.Deliver(cs3, &pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":4}`), Pos: next})
@@ -860,11 +861,7 @@ func TestUnpositionedBroadcastLoosensPosition(t *testing.T) {
 	}
 
 	// A new epoch after an unpositioned broadcast fails the channel.
-	ch2 := &histChannel{joined: make(chan *channels.ChannelSocket, 1), terminated: make(chan channels.Reason, 1)}
-	e2 := newHistEnv(t, 10, func(string) channels.Channel { return ch2 }, nil)
-	_, c2, cs2 := joinCaptured(t, e2, ch2, "1", `{}`)
-	last2 := e2.publish(t, "room:a", 1, 2)
-	c2.take()
+	_, c2, cs2, last2 := joined()
 	channels.Deliver(cs2, bare)
 	channels.Deliver(cs2, &pubsub.Message{Topic: "room:a", Event: "new_msg", Payload: []byte(`{"n":1}`), Pos: pubsub.Position{Epoch: last2.Epoch + "x", Offset: 2}})
 	ms = decode(t, channels.V2, c2.take())

@@ -909,12 +909,9 @@ func TestPresenceRedisRestartedEmpty(t *testing.T) {
 	}
 }
 
-// logRedisPresenceOnFailure logs, if the test fails, what Redis holds of
-// the cluster's presence: the nodes' heartbeats (against Redis's clock),
-// each node's bookkeeping keys, and how many fields each node has in the
-// given topics' hashes. A list that lacks a node's users shows here
-// whether Redis lost the fields or a node stopped counting as alive.
-func logRedisPresenceOnFailure(t *testing.T, cl *harness.Cluster, topics ...string) {
+// onFailureRedis runs dump, when t has failed, with a client of the
+// cluster's Redis and 5 s to read what Redis held at the end.
+func onFailureRedis(t *testing.T, cl *harness.Cluster, dump func(ctx context.Context, rc *goredis.Client)) {
 	t.Cleanup(func() {
 		if !t.Failed() {
 			return
@@ -923,6 +920,17 @@ func logRedisPresenceOnFailure(t *testing.T, cl *harness.Cluster, topics ...stri
 		defer rc.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
+		dump(ctx, rc)
+	})
+}
+
+// logRedisPresenceOnFailure logs, if the test fails, what Redis holds of
+// the cluster's presence: the nodes' heartbeats (against Redis's clock),
+// each node's bookkeeping keys, and how many fields each node has in the
+// given topics' hashes. A list that lacks a node's users shows here
+// whether Redis lost the fields or a node stopped counting as alive.
+func logRedisPresenceOnFailure(t *testing.T, cl *harness.Cluster, topics ...string) {
+	onFailureRedis(t, cl, func(ctx context.Context, rc *goredis.Client) {
 		now, _ := rc.Time(ctx).Result()
 		nodes, _ := rc.HGetAll(ctx, "channelsd:nodes").Result()
 		keys, _ := rc.Keys(ctx, "channelsd:n:*").Result()

@@ -265,14 +265,7 @@ func serverSideEnd(conns []wsclient.Conn, drains []time.Time) []wsclient.Conn {
 // logRedisUsersOnFailure logs, when t failed, the users of topic whose
 // fields in Redis are not exactly one, with the nodes holding them.
 func logRedisUsersOnFailure(t *testing.T, cl *harness.Cluster, topic string) {
-	t.Cleanup(func() {
-		if !t.Failed() {
-			return
-		}
-		rc := goredis.NewClient(&goredis.Options{Addr: cl.RedisAddr()})
-		defer rc.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
+	onFailureRedis(t, cl, func(ctx context.Context, rc *goredis.Client) {
 		all, _ := rc.HGetAll(ctx, "channelsd:p:"+topic).Result()
 		per := map[string][]string{}
 		for f, v := range all {
