@@ -90,8 +90,10 @@
 // that returned the answer follows, in the same order (the reply, the
 // held frames, AfterJoin, the history's recovery, the pushes that
 // waited). A leave, a new join of the topic or the connection's close
-// ends a pending join: Terminate is told, its Context ends, and the late
-// answer is dropped (CompleteJoin returns ErrJoinNotPending). A join not
+// ends a pending join: Terminate is told, its Context ends, the late
+// answer is dropped (CompleteJoin returns ErrJoinNotPending), and the
+// client's pushes that waited are answered {"reason":"unmatched topic"},
+// as they are after a refusal (PROTOCOL.md §3.3). A join not
 // answered within EndpointConfig.JoinTimeout gets the error reply
 // {"reason":"join timeout"} and ends with ReasonJoinTimeout. A pending
 // join counts toward MaxChannels and in Stats.Channels.

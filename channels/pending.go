@@ -21,10 +21,15 @@ import (
 // still running, and are handled after it (an error reply if it refused).
 //
 // The join ends without its answer (Terminate is told why, the answer is
-// dropped, the pushes that waited are dropped) when the client leaves,
-// joins the topic again or disconnects, and when EndpointConfig's
-// JoinTimeout passes: the client then gets the error reply {"reason":
-// "join timeout"} and Terminate ReasonJoinTimeout.
+// dropped) when the client leaves, joins the topic again or disconnects,
+// and when EndpointConfig's JoinTimeout passes: the client then gets the
+// error reply {"reason":"join timeout"} and Terminate ReasonJoinTimeout.
+// The pushes that waited are answered all the same, in the order they
+// came and before what ended the join is answered, with the reply of a
+// push to a topic not joined, {"reason":"unmatched topic"} (PROTOCOL.md
+// §3.5): phoenix.js waits for a reply to each ref, and that is what the
+// same push would get a moment later, as after a refusal. Only a closed
+// connection's are not answered: nothing can reach the client.
 
 // Pending is the response a Join returns, with a nil error, to answer
 // the join later with ChannelSocket.CompleteJoin.
@@ -210,6 +215,25 @@ func (c *ChannelSocket) joinTimedOut() {
 	s.terminate(c, ReasonJoinTimeout)
 	for _, m := range p.pushes {
 		s.handleInLocked(m)
+	}
+}
+
+// dropEarly ends the wait of the pushes held by ch's pending join, if it
+// is pending, answering each that has a ref as a push to a topic not
+// joined; the join itself is ended by the caller. Called with s.cb held,
+// before whatever ends the join is answered, so that the client's
+// replies keep the order of its messages.
+func (s *Socket) dropEarly(ch *ChannelSocket) {
+	ch.mu.Lock()
+	var pushes []*Message
+	if p := ch.pendLocked(); p != nil {
+		pushes, p.pushes = p.pushes, nil
+	}
+	ch.mu.Unlock()
+	for _, m := range pushes {
+		if !m.Ref.IsNull() {
+			s.sendSocketReply(NullRef, m.Ref, m.Topic, "error", reasonUnmatchedTopic)
+		}
 	}
 }
 

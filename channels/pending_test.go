@@ -211,13 +211,27 @@ func TestLateJoinRefuse(t *testing.T) {
 
 // A client that leaves a pending join gets its leave reply and phx_close;
 // the channel is told, its context ends, and its late answer is dropped.
+// The pushes that waited for the join are answered first, in order, as
+// pushes to a topic not joined (a push without a ref gets nothing).
 func TestPendingJoinLeave(t *testing.T) {
 	e, l, s, conn := lateEnv(t, EndpointConfig{})
 	s.handleFrame([]byte(`["1","1","late:a","phx_join",{}]`), false)
 	c := l.pending(t)
 	ctx := c.Context()
+	s.handleFrame([]byte(`["1","p1","late:a","ping",{}]`), false)
+	s.handleFrame([]byte(`["1",null,"late:a","ping",{}]`), false)
+	s.handleFrame([]byte(`["1","p2","late:a","ping",{}]`), false)
+	conn.none(t)
 	s.handleFrame([]byte(`["1","2","late:a","phx_leave",{}]`), false)
-	conn.expect(t, "late:a", EventReply, "ok", "{}")
+	for _, ref := range []string{"p1", "p2"} {
+		m := conn.expect(t, "late:a", EventReply, "error", `{"reason":"unmatched topic"}`)
+		if m.Ref.Text() != ref || !m.JoinRef.IsNull() {
+			t.Fatalf("reply to %s/%s, want null/%s", m.JoinRef, m.Ref, ref)
+		}
+	}
+	if m := conn.expect(t, "late:a", EventReply, "ok", "{}"); m.Ref.Text() != "2" {
+		t.Fatalf("leave reply to %s", m.Ref)
+	}
 	conn.expect(t, "late:a", EventClose, "", "{}")
 	l.terminated(t, ReasonLeft)
 	if ctx.Err() == nil {
@@ -250,15 +264,21 @@ func TestPendingJoinClose(t *testing.T) {
 }
 
 // A new join of a topic whose join is pending replaces it, as it replaces
-// a joined one: the old one's answer is dropped, phx_close for its
-// join_ref, and the new one is answered.
+// a joined one: the push that waited for the old join is answered as a
+// push to a topic not joined (never handed to the new join), the old
+// one's answer is dropped, phx_close for its join_ref, and the new one is
+// answered.
 func TestPendingJoinRejoin(t *testing.T) {
 	_, l, s, conn := lateEnv(t, EndpointConfig{})
 	s.handleFrame([]byte(`["1","1","late:a","phx_join",{}]`), false)
 	old := l.pending(t)
+	s.handleFrame([]byte(`[null,"p1","late:a","ping",{}]`), false)
 	s.handleFrame([]byte(`["2","2","late:a","phx_join",{}]`), false)
 	c := l.pending(t)
 	l.terminated(t, ReasonDuplicateJoin)
+	if m := conn.expect(t, "late:a", EventReply, "error", `{"reason":"unmatched topic"}`); m.Ref.Text() != "p1" {
+		t.Fatalf("reply to %s", m.Ref)
+	}
 	if m := conn.expect(t, "late:a", EventClose, "", "{}"); m.JoinRef.Text() != "1" {
 		t.Fatalf("phx_close for join_ref %s", m.JoinRef)
 	}
@@ -276,12 +296,18 @@ func TestPendingJoinRejoin(t *testing.T) {
 	conn.expect(t, "late:a", "after_join", "", "")
 }
 
-// A join not answered within JoinTimeout fails with a timeout reason.
+// A join not answered within JoinTimeout fails with a timeout reason;
+// the push that waited for it is answered next, as a push to a topic not
+// joined.
 func TestPendingJoinTimeout(t *testing.T) {
 	e, l, s, conn := lateEnv(t, EndpointConfig{JoinTimeout: 50 * time.Millisecond})
 	s.handleFrame([]byte(`["1","1","late:a","phx_join",{}]`), false)
 	c := l.pending(t)
+	s.handleFrame([]byte(`["1","p1","late:a","ping",{}]`), false)
 	conn.expect(t, "late:a", EventReply, "error", `{"reason":"join timeout"}`)
+	if m := conn.expect(t, "late:a", EventReply, "error", `{"reason":"unmatched topic"}`); m.Ref.Text() != "p1" {
+		t.Fatalf("reply to %s", m.Ref)
+	}
 	l.terminated(t, ReasonJoinTimeout)
 	if err := c.CompleteJoin(nil, nil); !errors.Is(err, ErrJoinNotPending) {
 		t.Fatalf("CompleteJoin after the timeout: %v", err)

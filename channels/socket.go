@@ -64,6 +64,10 @@ var (
 	reasonTooManyChannels = reasonJSON("too many channels joined")
 )
 
+// reasonUnmatchedTopic answers a push to a topic the socket has not
+// joined (PROTOCOL.md §3.5).
+var reasonUnmatchedTopic = reasonJSON("unmatched topic")
+
 // channelSet holds a socket's live channels. Sockets join a handful of
 // topics (at most MaxChannels), so a slice scanned in order is both
 // smaller and faster than a map, and an idle socket's footprint counts.
@@ -255,6 +259,7 @@ func (s *Socket) join(msg *Message) {
 	if old := s.chans.get(msg.Topic); old != nil {
 		// §3.4: shut the old instance down, answer the new join, then tell
 		// the client the old join_ref is closed.
+		s.dropEarly(old) // pending.go
 		s.terminate(old, ReasonDuplicateJoin)
 		replaced = old
 	}
@@ -266,7 +271,7 @@ func (s *Socket) join(msg *Message) {
 
 	factory, ok := s.ep.cfg.Router.Match(msg.Topic)
 	if !ok {
-		s.sendSocketReply(NullRef, msg.Ref, msg.Topic, "error", reasonJSON("unmatched topic"))
+		s.sendSocketReply(NullRef, msg.Ref, msg.Topic, "error", reasonUnmatchedTopic)
 		return
 	}
 	if max := s.ep.cfg.MaxChannels; max > 0 && len(s.chans) >= max {
@@ -390,8 +395,10 @@ func (s *Socket) leave(msg *Message) {
 		return // stale: that instance is already gone
 	}
 	// §3.6: reply, then phx_close. A pending join holds its frames: the
-	// reply goes around it, and the join's late answer is dropped.
+	// reply goes around it, after the answers to the pushes that waited
+	// for the join, and the join's late answer is dropped.
 	if ch.isPending() {
+		s.dropEarly(ch) // pending.go
 		s.sendSocketReply(ch.joinRef, msg.Ref, ch.Topic(), "ok", nil)
 	} else {
 		ch.send(&Message{JoinRef: ch.joinRef, Ref: msg.Ref, Topic: ch.Topic(), Event: EventReply, Status: "ok", Payload: []byte("{}")})
@@ -410,7 +417,7 @@ func (s *Socket) handleIn(msg *Message) {
 func (s *Socket) handleInLocked(msg *Message) {
 	ch := s.chans.get(msg.Topic)
 	if ch == nil {
-		s.sendSocketReply(NullRef, msg.Ref, msg.Topic, "error", reasonJSON("unmatched topic"))
+		s.sendSocketReply(NullRef, msg.Ref, msg.Topic, "error", reasonUnmatchedTopic)
 		return
 	}
 	if !msg.JoinRef.IsNull() && msg.JoinRef != ch.joinRef {
