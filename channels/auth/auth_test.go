@@ -275,26 +275,48 @@ func TestSocketHandler(t *testing.T) {
 	}
 }
 
-// The guard keeps the optional behaviours of the channel it wraps.
+// The guard keeps the optional behaviours of the channel it wraps, each
+// exactly when the channel has it.
 func TestGuardKeepsInterfaces(t *testing.T) {
 	p := &Policy{}
 	for _, tc := range []struct {
-		ch         channels.Channel
-		after, out bool
+		ch              channels.Channel
+		after, out, end bool
 	}{
-		{plainChannel{}, false, false},
-		{afterChannel{}, true, false},
-		{outChannel{}, false, true},
-		{bothChannel{}, true, true},
+		{plainChannel{}, false, false, false},
+		{afterChannel{}, true, false, false},
+		{outChannel{}, false, true, false},
+		{endChannel{}, false, false, true},
+		{bothChannel{}, true, true, false},
+		{afterEndChannel{}, true, false, true},
+		{outEndChannel{}, false, true, true},
+		{allChannel{}, true, true, true},
 	} {
 		g := p.Guard(func(string) channels.Channel { return tc.ch })("room:x")
 		_, after := g.(channels.AfterJoiner)
 		_, out := g.(channels.Interceptor)
-		if after != tc.after || out != tc.out {
-			t.Errorf("%T: guarded AfterJoiner %v Interceptor %v", tc.ch, after, out)
+		_, end := g.(channels.Terminator)
+		if after != tc.after || out != tc.out || end != tc.end {
+			t.Errorf("%T: guarded AfterJoiner %v Interceptor %v Terminator %v", tc.ch, after, out, end)
 		}
 	}
 }
+
+type endChannel struct{ plainChannel }
+
+func (endChannel) Terminate(*channels.ChannelSocket, channels.Reason) {}
+
+type afterEndChannel struct{ afterChannel }
+
+func (afterEndChannel) Terminate(*channels.ChannelSocket, channels.Reason) {}
+
+type outEndChannel struct{ outChannel }
+
+func (outEndChannel) Terminate(*channels.ChannelSocket, channels.Reason) {}
+
+type allChannel struct{ bothChannel }
+
+func (allChannel) Terminate(*channels.ChannelSocket, channels.Reason) {}
 
 type plainChannel struct{}
 
@@ -302,7 +324,6 @@ func (plainChannel) Join(*channels.ChannelSocket, channels.Payload) (any, error)
 func (plainChannel) HandleIn(*channels.ChannelSocket, channels.In) channels.Result {
 	return channels.NoReply()
 }
-func (plainChannel) Terminate(*channels.ChannelSocket, channels.Reason) {}
 
 type afterChannel struct{ plainChannel }
 

@@ -95,7 +95,9 @@ const ReasonUnauthorized = "unauthorized"
 
 // Guard wraps f so that a join the policy does not allow is refused with
 // {"reason":"unauthorized"} before the channel's Join runs. The wrapped
-// channel keeps f's channel's AfterJoiner and Interceptor behaviours.
+// channel keeps f's channel's AfterJoiner, Interceptor and Terminator
+// behaviours (found by type assertion, so the wrapper has each exactly
+// when the channel has it).
 func (p *Policy) Guard(f channels.ChannelFactory) channels.ChannelFactory {
 	return func(topic string) channels.Channel {
 		inner := f(topic)
@@ -104,13 +106,22 @@ func (p *Policy) Guard(f channels.ChannelFactory) channels.ChannelFactory {
 		g := guarded{Channel: inner, policy: p}
 		aj, isAJ := inner.(channels.AfterJoiner)
 		ic, isIC := inner.(channels.Interceptor)
+		t, isT := inner.(channels.Terminator)
 		switch {
+		case isAJ && isIC && isT:
+			return &guardedAIT{guarded: g, AfterJoiner: aj, Interceptor: ic, Terminator: t}
 		case isAJ && isIC:
-			return &guardedBoth{guarded: g, AfterJoiner: aj, Interceptor: ic}
+			return &guardedAI{guarded: g, AfterJoiner: aj, Interceptor: ic}
+		case isAJ && isT:
+			return &guardedAT{guarded: g, AfterJoiner: aj, Terminator: t}
+		case isIC && isT:
+			return &guardedIT{guarded: g, Interceptor: ic, Terminator: t}
 		case isAJ:
-			return &guardedAfterJoin{guarded: g, AfterJoiner: aj}
+			return &guardedA{guarded: g, AfterJoiner: aj}
 		case isIC:
-			return &guardedIntercept{guarded: g, Interceptor: ic}
+			return &guardedI{guarded: g, Interceptor: ic}
+		case isT:
+			return &guardedT{guarded: g, Terminator: t}
 		}
 		return &g
 	}
@@ -128,18 +139,40 @@ func (g *guarded) Join(s *channels.ChannelSocket, params channels.Payload) (any,
 	return g.Channel.Join(s, params)
 }
 
-type guardedAfterJoin struct {
-	guarded
-	channels.AfterJoiner
-}
-
-type guardedIntercept struct {
-	guarded
-	channels.Interceptor
-}
-
-type guardedBoth struct {
-	guarded
-	channels.AfterJoiner
-	channels.Interceptor
-}
+// The wrappers of each combination of optional behaviours: A AfterJoiner,
+// I Interceptor, T Terminator.
+type (
+	guardedA struct {
+		guarded
+		channels.AfterJoiner
+	}
+	guardedI struct {
+		guarded
+		channels.Interceptor
+	}
+	guardedT struct {
+		guarded
+		channels.Terminator
+	}
+	guardedAI struct {
+		guarded
+		channels.AfterJoiner
+		channels.Interceptor
+	}
+	guardedAT struct {
+		guarded
+		channels.AfterJoiner
+		channels.Terminator
+	}
+	guardedIT struct {
+		guarded
+		channels.Interceptor
+		channels.Terminator
+	}
+	guardedAIT struct {
+		guarded
+		channels.AfterJoiner
+		channels.Interceptor
+		channels.Terminator
+	}
+)
