@@ -53,6 +53,13 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) == 2 && (os.Args[1] == "--print-default-config" || os.Args[1] == "-print-default-config") {
+		if err := printDefaultConfigCommand(os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "channelsd:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(os.Args[1:], os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
@@ -187,7 +194,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.duration(&o.coalesce, "presence-coalesce", "CHANNELS_PRESENCE_COALESCE", 30*time.Millisecond, "with --redis: presence changes of a topic within this window go out as one presence_diff")
 	env.duration(&o.coalesceMax, "presence-coalesce-max", "CHANNELS_PRESENCE_COALESCE_MAX", 500*time.Millisecond, "with --redis: the widest window of a busy topic; a topic whose window gathered several changes doubles it up to this (a join storm into a big room then costs far fewer diffs), a calm one halves it back")
 	env.str(&o.history, "history", "CHANNELS_HISTORY", "", "topics that keep a history of their broadcasts, which clients that rejoin with since recover: rules \"pattern=size[,ttl]\" separated by ';', the pattern exact or ending in '*', e.g. \"room:*=100,5m;lobby=20\" (ttl: how long an idle topic keeps it, default 5m); the application's own routes (room:* keeps 100 for 5m) come first; empty: none beyond those")
-	env.str(&o.config, "config", "CHANNELS_CONFIG", "", "configuration file (YAML) declaring the channels by topic pattern and the application backend that decides connects, joins and pushes (README \"Channels for any backend\"); empty serves the default application")
+	env.str(&o.config, "config", "CHANNELS_CONFIG", "", "configuration file (YAML) declaring the channels by topic pattern and the application backend that decides connects, joins and pushes (README \"Channels for any backend\"); empty serves the default configuration (--print-default-config)")
 	env.str(&o.proxySecret, "proxy-secret", "CHANNELS_PROXY_SECRET", "", "with --config: secret that signs every backend call (header X-Channelsd-Signature: sha256=<hex HMAC-SHA256 of the body>); empty sends them unsigned. A secret: set it in the environment, not as a flag")
 	env.str(&o.nodeID, "node-id", "CHANNELS_NODE_ID", "", "this node's id in the cluster; default POD_NAME, else hostname plus a short uuid")
 	env.duration(&o.returnMemory, "return-memory-after", "CHANNELS_RETURN_MEMORY_AFTER", 10*time.Second, "after a burst (a join storm, a reconnect wave), hand the heap it freed back to the OS once the node has allocated little for this long, rather than at the runtime's pace of minutes; 0 leaves it to the runtime")
@@ -208,6 +215,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			"Kubernetes preStop hook. SIGTERM drains too, then exits.\n\n"+
 			"`channelsd --check-config FILE` checks a configuration file (--config) and exits: 0 and\n"+
 			"\"ok\" when it is valid, else 1 and what is wrong, with its line.\n\n"+
+			"`channelsd --print-default-config` prints the configuration served without --config (the\n"+
+			"demo page and its rooms), to start a file of your own from.\n\n"+
 			"`channelsd token` prints a socket token signed with CHANNELS_TOKEN_SECRET (or\n"+
 			"--token-secret), for testing: sub S, valid for --ttl (1h), allowed to join the topic\n"+
 			"patterns of --topics (exact, or ending in '*'; none: no topics claim).\n\n", drainMargin)
@@ -288,13 +297,13 @@ func run(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var file *fileConfig
+	cfg := app.Default()
 	if o.config != "" {
-		if file, err = loadConfig(o.config); err != nil {
+		if cfg, err = app.LoadConfig(o.config); err != nil {
 			return err
 		}
 		if o.conformance {
-			return errors.New("--conformance serves a channel of the default application, which --config replaces")
+			return errors.New(`--conformance adds a channel to the default configuration, which --config replaces: declare {topic: "conformance:*", app: conformance} in the file instead`)
 		}
 	}
 	var level slog.Level
@@ -335,32 +344,23 @@ func run(args []string, stderr io.Writer) error {
 	defer stop()
 
 	var ep *channels.Endpoint
-	appOpts := app.Options{Conformance: o.conformance, Endpoint: func() *channels.Endpoint { return ep }, Tokens: tokens, MaxUserLength: o.presenceKeyLength,
-		RoomHistory: app.DefaultRoomHistory}
-	router, handler, home := app.Router(appOpts), app.SocketHandler(appOpts), app.DemoHandler(o.socketPath)
+	built, err := cfg.Build(app.Options{Conformance: o.conformance, Endpoint: func() *channels.Endpoint { return ep }, Tokens: tokens,
+		MaxUserLength: o.presenceKeyLength, ProxySecret: o.proxySecret, SocketPath: o.socketPath})
+	if err != nil {
+		return err
+	}
 	var collectors []prometheus.Collector
-	var joinTimeout time.Duration // zero: the default
-	if file != nil {
-		b, err := file.build(o.proxySecret)
-		if err != nil {
-			return err
-		}
+	if built.Client != nil {
 		// After the node has stopped: no channel calls the backend then,
 		// and the leaves in flight are waited for.
-		defer b.client.Close()
-		router, home, collectors = b.router, nil, []prometheus.Collector{b.metrics}
-		if b.handler != nil {
-			handler = b.handler
-		}
-		if file.proxied() && o.proxySecret == "" {
-			logger.Warn("channelsd: no --proxy-secret: the backend calls are not signed, and the backend cannot tell them from anyone's")
-		}
-		logger.Info("channelsd: channels from the configuration file", "file", o.config, "channels", len(file.Channels))
-		// A join waits for its backend call: the wait for a join's
-		// answer must outlast the call's own timeout.
-		if t := file.Proxy.Timeout; t > 0 {
-			joinTimeout = max(channels.DefaultJoinTimeout, t+time.Second)
-		}
+		defer built.Client.Close()
+		collectors = append(collectors, built.Metrics)
+	}
+	if cfg.Proxied() && o.proxySecret == "" {
+		logger.Warn("channelsd: no --proxy-secret: the backend calls are not signed, and the backend cannot tell them from anyone's")
+	}
+	if o.config != "" {
+		logger.Info("channelsd: channels from the configuration file", "file", o.config, "channels", len(cfg.Channels))
 	}
 	n, err := node.NewWithContext(ctx, node.Config{
 		Addr:            o.addr,
@@ -375,10 +375,10 @@ func run(args []string, stderr io.Writer) error {
 		ReportInterval:  o.reportInterval,
 		Rebalance:       node.RebalanceConfig{Threshold: o.rebalance, Share: o.rebalanceShare},
 		ShutdownTimeout: o.shutdownTimeout,
-		Router:          router,
-		JoinTimeout:     joinTimeout,
-		SocketHandler:   handler,
-		Home:            home,
+		Router:          built.Router,
+		JoinTimeout:     built.JoinTimeout,
+		SocketHandler:   built.SocketHandler,
+		Home:            built.Home,
 		Collectors:      collectors,
 		Redis:           o.redis,
 		RedisOptions: node.RedisOptions{

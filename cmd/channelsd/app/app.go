@@ -37,10 +37,16 @@ type Options struct {
 	// --presence-max-key-length flag sets both). 0 means
 	// presence.DefaultMaxKeyLength, -1 no limit.
 	MaxUserLength int
-	// RoomHistory is the history room:* topics keep (channelsd gives them
-	// DefaultRoomHistory); the zero value keeps none, and room broadcasts
-	// then carry no position, as Phoenix's do.
-	RoomHistory pubsub.HistoryOptions
+	// ProxySecret signs the backend calls of a configuration that makes
+	// any (proxy.Config.Secret); empty: unsigned.
+	ProxySecret string
+	// SocketPath is the socket base path the demo page connects to
+	// (DemoHandler).
+	SocketPath string
+
+	// noHistory builds the routes without the configuration's history
+	// (Router).
+	noHistory bool
 }
 
 // maxUser returns MaxUserLength with its default applied.
@@ -73,32 +79,18 @@ func checkUser(user string, limit int) (reason string, ok bool) {
 	return "", true
 }
 
-// Policy is the default application's join policy: private:* topics
-// are private, joined only with a token whose topics claim names them
-// (never without tokens); a token's topics claim bounds every join.
-var Policy = &auth.Policy{Private: []string{"private:*"}}
-
-// DefaultRoomHistory is the rooms' history in channelsd (Options.
-// RoomHistory): enough for the demo page to show a room's recent messages
-// when it is opened, and to recover what a reconnecting page missed.
-var DefaultRoomHistory = pubsub.HistoryOptions{Size: 100, TTL: 5 * time.Minute}
-
-// Router returns the application's routes: room:* and private:* always,
-// conformance:* when opts.Conformance is set. Every route is guarded by
-// Policy. room:* topics keep opts.RoomHistory, and then the node needs a
-// PubSub that keeps history (both of channelsd's do).
+// Router returns the routes of DefaultConfig (room:* and private:*, and
+// conformance:* when opts.Conformance is set), without the history that
+// it gives room:*, so that a PubSub without history serves them and room
+// broadcasts carry no position, as Phoenix's do: for tests and for
+// embedding. channelsd serves the whole configuration (Config.Build).
 func Router(opts Options) *channels.Router {
-	r := &channels.Router{}
-	maxUser := opts.maxUser()
-	if opts.RoomHistory.Enabled() {
-		r.History("room:*", opts.RoomHistory)
+	opts.noHistory = true
+	b, err := Default().Build(opts)
+	if err != nil {
+		panic(err) // the default configuration makes no backend call
 	}
-	r.Handle("room:*", Policy.Guard(func(string) channels.Channel { return &roomChannel{maxUser: maxUser} }))
-	r.Handle("private:*", Policy.Guard(func(string) channels.Channel { return &roomChannel{maxUser: maxUser} }))
-	if opts.Conformance {
-		r.Handle("conformance:*", Policy.Guard(func(string) channels.Channel { return &conformanceChannel{opts: opts} }))
-	}
-	return r
+	return b.Router
 }
 
 // SocketHandler returns the application's connect handler.

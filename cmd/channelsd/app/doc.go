@@ -1,6 +1,26 @@
-// Package app is the default application that the channelsd binary serves:
-// a chat room channel, an optional conformance channel for testing client
-// libraries, the connect handler, and an embedded demo page.
+// Package app is what the channelsd binary serves: a configuration (YAML,
+// README "Channels for any backend") that routes topic patterns to an
+// application backend's HTTP calls (package proxy) or to channels built
+// into channelsd, and the default configuration, embedded
+// (default.yaml, DefaultConfig), which serves the demo page and its chat
+// rooms.
+//
+// # Configuration
+//
+// LoadConfig and ParseConfig read and check a file: a misspelt key, a
+// value out of range or a contradiction is an error naming its line.
+// Config.Build makes the node's router, connect handler and page of it.
+// Every key that can be said in a file is: presence, history, private
+// (auth.Policy) and the page (home). What no key can say without a
+// backend is a built-in channel that a channel names with app (the hooks
+// table): "room", the chat room below, and "conformance", the test
+// channel below. An app channel answers its own joins and events, so it
+// takes no join, events, leave or client_broadcast; "room" tracks its
+// members only when its presence key says so. Options.Conformance adds
+// conformance:* (app conformance) to the configuration built.
+//
+// Router builds DefaultConfig's routes without their history, for tests
+// and embedding; the binary builds the whole configuration.
 //
 // # Connecting
 //
@@ -19,10 +39,11 @@
 // connect parameter token. The token's sub is the user and names the
 // socket "user:<sub>"; user and socket_id parameters are ignored.
 //
-// Joins go through Policy: private:<name> topics are joined only with a
-// token whose topics claim names them (so never without tokens), and a
-// topics claim bounds every join; a refused join gets error
-// {"reason": "unauthorized"}.
+// Joins go through an auth.Policy whose private topics are the patterns
+// marked private (private:* in the default configuration): they are
+// joined only with a token whose topics claim names them (so never
+// without tokens), and a topics claim bounds every join; a refused join
+// gets error {"reason": "unauthorized"}.
 //
 // # Rooms: room:<name> and private:<name>
 //
@@ -34,8 +55,9 @@
 // (not UTF-8: "invalid user name"); the name is the presence key, which
 // every presence message of the room repeats to every member.
 // The join replies ok {}. A room at the tracker's limit of entries keeps
-// the join without presence. Right after the join the channel tracks its
-// presence under the user's name with the meta {"online_at": <unix ms>}
+// the join without presence. With presence (as in the default
+// configuration), right after the join the channel tracks its presence
+// under the user's name with the meta {"online_at": <unix ms>}
 // (so the room gets a presence_diff) and pushes presence_state to the
 // joiner. Several sockets of one user show as several metas of one key.
 //

@@ -4,10 +4,8 @@ import (
 	"context"
 	"reflect"
 	"testing"
-	"time"
 
 	"github.com/channelsd/channelsd/channels"
-	"github.com/channelsd/channelsd/pubsub"
 )
 
 func TestSocketHandlerIdentity(t *testing.T) {
@@ -57,21 +55,10 @@ func TestRouter(t *testing.T) {
 	if _, ok := off.Match("other:x"); ok {
 		t.Error("other:x routed")
 	}
-	// Without RoomHistory no topic keeps history: nothing for the PubSub
-	// to do per publish.
+	// Router leaves the configuration's history out: nothing for the
+	// PubSub to do per publish.
 	if off.HistoryPolicy(nil) != nil {
-		t.Error("a Router without RoomHistory has a history policy")
-	}
-	// With it, rooms keep history; private rooms and the conformance
-	// channel only when --history gives them one (the fallback).
-	policy := Router(Options{Conformance: true, RoomHistory: DefaultRoomHistory}).HistoryPolicy(nil)
-	for topic, want := range map[string]pubsub.HistoryOptions{"room:lobby": DefaultRoomHistory, "private:x": {}, "conformance:x": {}} {
-		if got := policy(topic); got != want {
-			t.Errorf("%s keeps %+v, want %+v", topic, got, want)
-		}
-	}
-	if DefaultRoomHistory.Size != 100 || DefaultRoomHistory.TTL != 5*time.Minute {
-		t.Errorf("DefaultRoomHistory %+v, README promises 100 broadcasts for 5m", DefaultRoomHistory)
+		t.Error("Router has a history policy")
 	}
 	on := Router(Options{Conformance: true})
 	for _, topic := range []string{"room:lobby", "conformance:x", "conformance:forbidden"} {

@@ -25,6 +25,13 @@ type env struct {
 
 func newEnv(t *testing.T, opts Options) *env {
 	t.Helper()
+	return newEnvRouter(t, opts, func(opts Options) *channels.Router { return Router(opts) })
+}
+
+// newEnvRouter is newEnv with the routes router makes of opts (the
+// endpoint added).
+func newEnvRouter(t *testing.T, opts Options, router func(Options) *channels.Router) *env {
+	t.Helper()
 	ps := local.New()
 	tracker := presence.NewLocal(ps)
 	e := &env{t: t}
@@ -32,7 +39,7 @@ func newEnv(t *testing.T, opts Options) *env {
 		opts.Endpoint = func() *channels.Endpoint { return e.ep }
 	}
 	ep, err := channels.NewEndpoint(channels.EndpointConfig{
-		Router:   Router(opts),
+		Router:   router(opts),
 		Handler:  SocketHandler(opts),
 		PubSub:   ps,
 		Presence: tracker,

@@ -15,8 +15,9 @@ import (
 // roomChannel is one join of a room:<name> (or private:<name>) topic: a
 // chat room with presence.
 type roomChannel struct {
-	maxUser int // Options.MaxUserLength, default applied
-	user    string
+	maxUser  int  // Options.MaxUserLength, default applied
+	presence bool // the configuration's presence: track the user
+	user     string
 }
 
 var (
@@ -59,8 +60,12 @@ func (c *roomChannel) Join(s *channels.ChannelSocket, params channels.Payload) (
 	return nil, nil
 }
 
-// AfterJoin tracks the user, then pushes presence_state.
+// AfterJoin tracks the user, then pushes presence_state, when the
+// configuration gives the room presence.
 func (c *roomChannel) AfterJoin(s *channels.ChannelSocket) {
+	if !c.presence {
+		return
+	}
 	if err := s.Track(c.user, onlineMeta()); err != nil {
 		// The join stands without presence. A limit (a full room) is
 		// counted by the tracker; a line per join would let one client
