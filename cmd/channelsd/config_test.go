@@ -41,20 +41,10 @@ func TestCheckConfigCommand(t *testing.T) {
 	}
 }
 
-// --config with --conformance is refused before anything starts: the
-// file replaces the default configuration, to which --conformance adds
-// its channel; the error says how to declare it in the file.
-func TestRunRefusesConfigWithConformance(t *testing.T) {
+// A missing --config file stops the start before anything starts.
+func TestRunRefusesMissingConfig(t *testing.T) {
 	cleanEnv(t)
-	path := filepath.Join(t.TempDir(), "c.yaml")
-	if err := os.WriteFile(path, []byte("channels:\n  - topic: a\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	err := run([]string{"--config", path, "--conformance"}, &bytes.Buffer{})
-	if err == nil || !strings.Contains(err.Error(), "--conformance") || !strings.Contains(err.Error(), "app: conformance") {
-		t.Errorf("run: %v", err)
-	}
-	err = run([]string{"--config", filepath.Join(t.TempDir(), "none.yaml")}, &bytes.Buffer{})
+	err := run([]string{"--config", filepath.Join(t.TempDir(), "none.yaml")}, &bytes.Buffer{})
 	if err == nil || !strings.Contains(err.Error(), "config:") {
 		t.Errorf("run with a missing file: %v", err)
 	}

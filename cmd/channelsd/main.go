@@ -184,7 +184,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.str(&o.tokenSecret, "token-secret", "CHANNELS_TOKEN_SECRET", "", "secret (at least 32 bytes) that signs and verifies socket tokens (HS256 JWTs); when set every socket needs a valid token, and private:* topics open to tokens whose topics claim names them; empty accepts anonymous sockets. A secret: set it in the environment, not as a flag")
 	env.str(&o.tokenPrevious, "token-secret-previous", "CHANNELS_TOKEN_SECRET_PREVIOUS", "", "during a secret rotation: the previous secret, which still verifies tokens but signs none. A secret: set it in the environment, not as a flag")
 	env.str(&o.logLevel, "log-level", "CHANNELS_LOG_LEVEL", "info", "debug, info, warn or error")
-	env.bool(&o.conformance, "conformance", "CHANNELS_CONFORMANCE", false, "serve the conformance channel (conformance:*), a tool for testing client libraries")
+	env.bool(&o.conformance, "conformance", "CHANNELS_CONFORMANCE", false, "serve the conformance channel (conformance:*), a tool for testing client libraries, besides the configuration's channels")
 	env.duration(&o.drainWindow, "drain-window", "CHANNELS_DRAIN_WINDOW", defaultDrainWindow, "when the node drains (SIGTERM, channelsd drain, POST /api/drain), close its sockets in batches spread evenly over this window, so clients reconnect to other nodes gradually; 0 closes them all at once")
 	env.duration(&o.shutdownTimeout, "shutdown-timeout", "CHANNELS_SHUTDOWN_TIMEOUT", 10*time.Second, "longest graceful shutdown after the drain window (last sockets, presence cleanup); SIGTERM to exit takes at most the drain window plus this")
 	env.str(&o.redis, "redis", "CHANNELS_REDIS", "", "Redis for clustering: redis://[user:password@]host:6379[/db], rediss://... (TLS), redis-sentinel://[:password@]host1:26379,host2:26379/master[/db], or a Redis Cluster: redis-cluster://[user:password@]host1:6379,host2:6379,... (rediss-cluster:// over TLS); empty runs a single node in memory")
@@ -301,9 +301,6 @@ func run(args []string, stderr io.Writer) error {
 	if o.config != "" {
 		if cfg, err = app.LoadConfig(o.config); err != nil {
 			return err
-		}
-		if o.conformance {
-			return errors.New(`--conformance adds a channel to the default configuration, which --config replaces: declare {topic: "conformance:*", app: conformance} in the file instead`)
 		}
 	}
 	var level slog.Level
