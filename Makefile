@@ -77,8 +77,9 @@ test: prereqs lint images test-unit test-cluster test-norace test-hostile fuzz-s
 prereqs:
 	@$(PREREQS) $(TEST_NEEDS)
 
-# Node, Redis and HAProxy images for test/ (built locally: no registry is
-# needed). NODE_IMAGE, REDIS_IMAGE and HAPROXY_IMAGE name them;
+# Node, Redis, HAProxy and proxy-test backend images for test/ (built
+# locally: no registry is needed). NODE_IMAGE, REDIS_IMAGE, HAPROXY_IMAGE
+# and BACKEND_IMAGE name them;
 # REDIS_IMAGE=redis:7 (HAPROXY_IMAGE=haproxy:2.8) uses that image instead
 # of building one from the host's redis-server (haproxy).
 images:

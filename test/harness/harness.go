@@ -76,6 +76,9 @@ type Options struct {
 	// StartupTimeout bounds each container's start until it is ready; 0
 	// means 60 s.
 	StartupTimeout time.Duration
+	// Files are written into every node's container before it starts:
+	// path in the container -> content (a --config file, say).
+	Files map[string]string
 	// Image is the nodes' image; "" means NodeImage(). An earlier
 	// release's comes from BuildNodeImageAt; ReplaceNodeWith moves a node
 	// to another.
@@ -303,9 +306,14 @@ func (c *Cluster) runNode(ctx context.Context, id, alias, image string) (*testco
 	for k, v := range c.opts.Env {
 		env[k] = v
 	}
+	files := make([]testcontainers.ContainerFile, 0, len(c.opts.Files))
+	for path, content := range c.opts.Files {
+		files = append(files, testcontainers.ContainerFile{Reader: strings.NewReader(content), ContainerFilePath: path, FileMode: 0o444})
+	}
 	return testcontainers.Run(ctx, image,
 		testcontainers.WithLogger(tclog.TestLogger(c.t)),
 		network.WithNetwork([]string{alias}, c.network),
+		testcontainers.WithFiles(files...),
 		testcontainers.WithCmd(args...),
 		testcontainers.WithEnv(env),
 		testcontainers.WithExposedPorts(nodePort),

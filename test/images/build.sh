@@ -1,5 +1,5 @@
 #!/bin/sh
-# build.sh [--force] [node] [redis] [haproxy]
+# build.sh [--force] [node] [redis] [haproxy] [backend]
 #
 # Builds the images the integration tests (test/harness, test/cluster) run,
 # locally, with nothing pulled:
@@ -17,8 +17,13 @@
 #                  balancer of harness.StartLoadBalancer:
 #                  test/images/haproxy/Dockerfile, FROM scratch, with the
 #                  host's haproxy (Debian package) and its libraries.
+#   $BACKEND_IMAGE (default channelsd-backend:test) the application
+#                  backend of the cluster's proxy test
+#                  (harness.StartBackend): test/images/backend/Dockerfile,
+#                  FROM scratch, with test/images/backend compiled here
+#                  as a static binary.
 #
-# With no names it handles all three. An image is built when it is missing
+# With no names it handles all four. An image is built when it is missing
 # or stale (its label channelsd.sha256 differs from the sha256 of what it
 # would hold), or always with --force (or FORCE=1). The node binary is
 # compiled on every run (the Go build cache makes that quick) to decide
@@ -51,6 +56,7 @@ REDIS_CLI=${REDIS_CLI:-$(host_bin redis-cli /usr/bin/redis-cli)}
 DEFAULT_HAPROXY_IMAGE=channelsd-haproxy:test
 HAPROXY_IMAGE=${HAPROXY_IMAGE:-$DEFAULT_HAPROXY_IMAGE}
 HAPROXY_BIN=${HAPROXY_BIN:-$(host_bin haproxy /usr/sbin/haproxy)}
+BACKEND_IMAGE=${BACKEND_IMAGE:-channelsd-backend:test}
 CA_CERTS=${CA_CERTS:-/etc/ssl/certs/ca-certificates.crt}
 GO=${GO:-go}
 FORCE=${FORCE:-}
@@ -60,18 +66,19 @@ root=$(cd "$here/../.." && pwd)
 
 die() { echo "build.sh: $*" >&2; exit 1; }
 
-want_node= want_redis= want_haproxy=
+want_node= want_redis= want_haproxy= want_backend=
 for arg in "$@"; do
 	case $arg in
 	-f|--force) FORCE=1 ;;
 	node) want_node=1 ;;
 	redis) want_redis=1 ;;
 	haproxy) want_haproxy=1 ;;
+	backend) want_backend=1 ;;
 	-h|--help) sed -n '2,/^set -eu/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
-	*) die "unknown argument $arg (usage: build.sh [--force] [node] [redis] [haproxy])" ;;
+	*) die "unknown argument $arg (usage: build.sh [--force] [node] [redis] [haproxy] [backend])" ;;
 	esac
 done
-if [ -z "$want_node$want_redis$want_haproxy" ]; then want_node=1 want_redis=1 want_haproxy=1; fi
+if [ -z "$want_node$want_redis$want_haproxy$want_backend" ]; then want_node=1 want_redis=1 want_haproxy=1 want_backend=1; fi
 
 command -v docker >/dev/null 2>&1 || die "the docker command is not installed"
 if ! err=$(docker info 2>&1 >/dev/null); then
@@ -165,4 +172,13 @@ if [ -n "$want_haproxy" ]; then
 		"$here/build-context.sh" --check -v --dir /usr/local/etc/haproxy "$ctx" "$here/haproxy/Dockerfile" "$HAPROXY_BIN" /usr/local/sbin/haproxy >/dev/null
 		build "$HAPROXY_IMAGE" "$ctx" "$(context_sum "$ctx")"
 	fi
+fi
+
+if [ -n "$want_backend" ]; then
+	ctx=$tmp/backend
+	mkdir -p "$ctx"
+	(cd "$root" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags='-s -w' -o "$ctx/backend" ./test/images/backend) ||
+		die "go build ./test/images/backend failed"
+	cp "$here/backend/Dockerfile" "$ctx/Dockerfile"
+	build "$BACKEND_IMAGE" "$ctx" "$(context_sum "$ctx")"
 fi
