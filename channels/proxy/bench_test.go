@@ -1,13 +1,17 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"strconv"
@@ -99,9 +103,13 @@ func BenchmarkFanout(b *testing.B) {
 // BenchmarkConnectStorm: 1,000 WebSocket clients connect at once to a node
 // whose connect proxy calls a backend that answers each call in 20 ms.
 // Every client must be connected; the backend sees at most MaxConns
-// calls and connections at once. An op is one storm; the metrics are
-// its wall time, the peaks seen by the backend, and the CPU time of the
-// whole process (node, clients and backend: they share it).
+// calls and connections at once. An op is one storm; the metrics are its
+// wall time, the peaks seen by the backend, the node's own CPU time per
+// connect, and the CPU time of this process, the clients' and the
+// backend's. The node is this test binary run again as a process of its
+// own (stormNodeEnv), so that its CPU time, read with getrusage in the
+// node's process (GET /rusage) before and after each storm, is the
+// node's alone.
 //
 // The same storm against a backend answering at once is the baseline: what
 // the machine takes to open 1,000 sockets with a connect call each.
@@ -113,8 +121,116 @@ func BenchmarkConnectStorm(b *testing.B) {
 	}
 }
 
+// stormNodeEnv, set to a connect URL, makes the test binary a node whose
+// connect proxy calls that URL (runStormNode).
+const stormNodeEnv = "CHANNELSD_PROXY_STORM_NODE"
+
+// stormClients is the size of a storm; the node's handshake limits must
+// let it in at once.
+const stormClients = 1000
+
+// runStormNode runs the node of BenchmarkConnectStorm: it prints its
+// address on a line of its own, answers GET /rusage with its CPU time
+// (user and system, in ns), and stops when its standard input closes.
+func runStormNode(url string) int {
+	client, err := NewClient(Config{Timeout: 30 * time.Second, MaxConns: DefaultMaxConns})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer client.Close()
+	n, err := node.New(node.Config{
+		Addr: "127.0.0.1:0", SocketPath: "/socket",
+		Router:          &channels.Router{},
+		SocketHandler:   &ConnectHandler{Client: client, URL: url},
+		Logger:          slog.New(slog.DiscardHandler),
+		ShutdownTimeout: 10 * time.Second,
+		// The storm is the measure, not the limits: the defaults
+		// would rate nothing here, but a handshake timeout must
+		// outlast 1,000 calls through 64 connections.
+		HandshakeTimeout:   30 * time.Second,
+		MaxPendingUpgrades: stormClients,
+		Home: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			_, _ = io.WriteString(w, strconv.FormatInt(int64(cpuTime()), 10))
+		}),
+	})
+	if err == nil {
+		err = n.Start()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println("addr", n.Addr().String())
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := n.Shutdown(ctx); err != nil {
+		return 1
+	}
+	return 0
+}
+
+// stormNode is a running runStormNode process.
+type stormNode struct {
+	addr string
+	http *http.Client
+}
+
+// startStormNode starts the node process, stopped in b.Cleanup.
+func startStormNode(b *testing.B, connectURL string) *stormNode {
+	b.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), stormNodeEnv+"="+connectURL)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	b.Cleanup(func() {
+		_ = stdin.Close()
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	go func() { exited <- cmd.Wait() }()
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "addr ")
+	if err != nil || !ok {
+		b.Fatalf("the node process said %q: %v", line, err)
+	}
+	return &stormNode{addr: addr, http: &http.Client{Timeout: 10 * time.Second}}
+}
+
+// cpu is the node process's CPU time so far.
+func (n *stormNode) cpu(b *testing.B) time.Duration {
+	b.Helper()
+	resp, err := n.http.Get("http://" + n.addr + "/rusage")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	ns, perr := strconv.ParseInt(string(body), 10, 64)
+	if err != nil || perr != nil {
+		b.Fatalf("GET /rusage: %q %v %v", body, err, perr)
+	}
+	return time.Duration(ns)
+}
+
 func connectStorm(b *testing.B, delay time.Duration) {
-	const clients, maxConns = 1000, DefaultMaxConns
+	const clients, maxConns = stormClients, DefaultMaxConns
 	var inflight, peakCalls, open, peakOpen, dialled atomic.Int64
 	peak := func(cur int64, p *atomic.Int64) {
 		for v := p.Load(); cur > v && !p.CompareAndSwap(v, cur); v = p.Load() {
@@ -143,37 +259,10 @@ func connectStorm(b *testing.B, delay time.Duration) {
 	}
 	be.Start()
 	defer be.Close()
-	client, err := NewClient(Config{Timeout: 30 * time.Second, MaxConns: maxConns})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer client.Close()
-	n, err := node.New(node.Config{
-		Addr: "127.0.0.1:0", SocketPath: "/socket",
-		Router:          &channels.Router{},
-		SocketHandler:   &ConnectHandler{Client: client, URL: be.URL + "/connect"},
-		Logger:          slog.New(slog.DiscardHandler),
-		ShutdownTimeout: 10 * time.Second,
-		// The storm is the measure, not the limits: the defaults
-		// would rate nothing here, but a handshake timeout must
-		// outlast 1,000 calls through 64 connections.
-		HandshakeTimeout:   30 * time.Second,
-		MaxPendingUpgrades: clients,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := n.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		_ = n.Shutdown(ctx)
-	}()
-	url := "ws://" + n.Addr().String() + "/socket/websocket"
+	n := startStormNode(b, be.URL+"/connect")
+	url := "ws://" + n.addr + "/socket/websocket"
 
-	var elapsed, p50, p99 time.Duration
+	var elapsed, p50, p99, nodeCPU time.Duration
 	cpu0 := cpuTime()
 	for b.Loop() {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -190,10 +279,12 @@ func connectStorm(b *testing.B, delay time.Duration) {
 				took[i] = time.Since(t)
 			})
 		}
+		node0 := n.cpu(b)
 		t0 := time.Now()
 		close(start)
 		wg.Wait()
 		elapsed += time.Since(t0)
+		nodeCPU += n.cpu(b) - node0
 		b.StopTimer()
 		slices.Sort(took)
 		p50 += took[clients/2]
@@ -225,7 +316,9 @@ func connectStorm(b *testing.B, delay time.Duration) {
 	b.ReportMetric(float64(elapsed.Milliseconds())/float64(b.N), "ms/storm")
 	b.ReportMetric(float64(p50.Milliseconds())/float64(b.N), "p50-connect-ms")
 	b.ReportMetric(float64(p99.Milliseconds())/float64(b.N), "p99-connect-ms")
-	b.ReportMetric(float64(cpu.Milliseconds())/float64(b.N), "cpu-ms/storm")
+	b.ReportMetric(float64(nodeCPU.Microseconds())/float64(b.N*clients), "node-cpu-us/connect")
+	b.ReportMetric(float64(nodeCPU.Milliseconds())/float64(b.N), "node-cpu-ms/storm")
+	b.ReportMetric(float64(cpu.Milliseconds())/float64(b.N), "clients+backend-cpu-ms/storm")
 	b.ReportMetric(float64(peakCalls.Load()), "peak-calls")
 	b.ReportMetric(float64(peakOpen.Load()), "peak-backend-conns")
 	b.ReportMetric(float64(dialled.Load()), "backend-conns-opened")

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"sync"
 	"testing"
@@ -20,7 +21,13 @@ import (
 	"github.com/channelsd/channelsd/pubsub/local"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if url := os.Getenv(stormNodeEnv); url != "" {
+		// The test binary run as BenchmarkConnectStorm's node.
+		os.Exit(runStormNode(url))
+	}
+	goleak.VerifyTestMain(m)
+}
 
 var testSecret = []byte("a secret shared with the backend")
 
