@@ -39,10 +39,13 @@
 // history that goes back in its epoch (Redis lost broadcasts it had
 // published: a failover to a replica that had not received them, a
 // restore) shows to each node subscribed to the topic as a new broadcast
-// at an offset it already delivered another one at; the node moves the
-// history to a new epoch (dropping its stream) and delivers that
+// at an offset it already delivered another one at, and to a node that
+// had published one of the lost broadcasts as a publish whose position
+// is not past the last one it was given; the node
+// moves the history to a new epoch (dropping its stream), counts it once
+// whichever way it saw it (Stats.HistoryRegressions), and delivers that
 // broadcast, and the rest of the lost epoch, in an epoch of its own that
-// no history has (Stats.HistoryRegressions). A broadcast overtaken by a
+// no history has. A broadcast overtaken by a
 // later one on another connection (the switch to sharded pub/sub, below)
 // or delivered twice is not taken for one, within 32 offsets of the
 // newest delivered.
