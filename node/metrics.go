@@ -209,6 +209,7 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 			{"channelsd_redis_shard_resubscribes_total", "Redis Cluster: shard channels subscribed again after Redis dropped them (slot migration, failover, lost shard connection).", func(s redis.Stats) uint64 { return s.ShardResubscribes }},
 			{"channelsd_redis_history_regressions_total", "Topic histories seen going back in their epoch (Redis lost broadcasts it had published: a failover to a stale replica, a restore) and moved to a new epoch.", func(s redis.Stats) uint64 { return s.HistoryRegressions }},
 			{"channelsd_redis_shard_connections_lost_total", "Redis Cluster: sharded pub/sub connections that failed and were replaced.", func(s redis.Stats) uint64 { return s.ShardLost }},
+			{"channelsd_redis_publish_redirects_total", "Redis Cluster: publishes a master answered MOVED or ASK (a slot moved or moving), sent again to the master the answer named.", func(s redis.Stats) uint64 { return s.PublishRedirects }},
 		} {
 			counter(m.name, m.help, nil, func() float64 { return float64(m.get(rs.Stats())) })
 		}

@@ -193,7 +193,9 @@ func (o Options) NewClient(name string) (goredis.UniversalClient, error) {
 		// Retries and redirects are one setting in a cluster client, and
 		// a retried write may run twice (see below): a command a slot
 		// move redirects fails once, and the client reloads the slot map
-		// for the next, unless the URL sets max_redirects.
+		// for the next, unless the URL sets max_redirects. (The PubSub's
+		// writers send a redirected publish again themselves:
+		// redirect.go.)
 		if !co.explicitRedirects {
 			co.MaxRedirects = -1
 		}

@@ -126,7 +126,11 @@
 // master, the slot's next publishes wait until the old writer has
 // answered what it had queued before the move, so a topic keeps its
 // order across a failover or a migration; that wait ends by the old
-// writer's publish timeout. A writer that no slot is routed to any more
+// writer's publish timeout. A publish that a master answers MOVED or ASK
+// (the slot moved, or is moving, and the map was stale) was not run: the
+// writer sends it again, once, to the master the answer names, before its
+// batch completes, so it stays ahead of the slot's later publishes
+// (Stats.PublishRedirects). A writer that no slot is routed to any more
 // (its master died or became a replica, or its slots all moved) answers
 // what it holds and stops. Options.QueueSize bounds the requests queued in all writers
 // together.

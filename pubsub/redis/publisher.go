@@ -139,6 +139,7 @@ func (p *PubSub) flush(batch []*publishReq) {
 		return nil
 	})
 	again := p.rerunNoScript(ctx, live, cmds)
+	moved := p.redirect(ctx, live, cmds)
 	errs := make([]error, len(live))
 	for i, r := range live {
 		e := err
@@ -160,33 +161,16 @@ func (p *PubSub) flush(batch []*publishReq) {
 		}
 		errs[i] = e
 	}
-	p.notePositions(live, errs, again, now)
-	for i, r := range live {
-		r.done <- errs[i]
-	}
-}
-
-// notePositions hands the positions Redis gave the batch's history runs
-// to notePublished, in the order Redis ran them: the batch's order, the
-// runs sent again after a NOSCRIPT (again, ascending) last. Before the
-// callers are answered, so that what a regression moves is counted by
-// the time its Publish returns.
-func (p *PubSub) notePositions(live []*publishReq, errs []error, again []int, now time.Time) {
-	note := func(i int) {
+	for _, i := range runOrder(len(live), again, moved) {
 		if r := live[i]; r.hist != nil && errs[i] == nil {
+			// In the order Redis ran them, and before the callers are
+			// answered, so that a regression this reveals is counted by
+			// the time its Publish returns.
 			p.notePublished(r.hist.topic, r.pos, r.hist.opts, now)
 		}
 	}
-	k := 0
-	for i := range live {
-		if k < len(again) && again[k] == i {
-			k++
-			continue
-		}
-		note(i)
-	}
-	for _, i := range again {
-		note(i)
+	for i, r := range live {
+		r.done <- errs[i]
 	}
 }
 

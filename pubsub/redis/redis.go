@@ -64,6 +64,7 @@ type PubSub struct {
 	client     goredis.UniversalClient
 	ps         *goredis.PubSub
 	shards     *shardSet // sharded subscriptions; nil unless on a Redis Cluster
+	slots      *slotMap  // nil unless on a Redis Cluster
 	reg        pubsub.Registry
 	chanPrefix string // "<prefix>:t:"
 
@@ -107,6 +108,7 @@ type PubSub struct {
 	decodeErrors  atomic.Uint64
 	reconnects    atomic.Uint64
 	tooLarge      atomic.Uint64 // messages refused above MaxMessageSize
+	redirected    atomic.Uint64 // publishes sent again after MOVED or ASK
 
 	publishLog, decodeLog pubsub.RateLog
 
@@ -144,6 +146,13 @@ func New(ctx context.Context, opt Options) (*PubSub, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The slot map before the first command: it keeps the node clients
+	// go-redis makes (slotmap.go).
+	cc, _ := client.(*goredis.ClusterClient)
+	var slots *slotMap
+	if cc != nil {
+		slots = newSlotMap(cc)
+	}
 	if err := client.Ping(ctx).Err(); err != nil {
 		_ = client.Close()
 		// A cluster client asks for the slot map first, which a Redis
@@ -153,7 +162,6 @@ func New(ctx context.Context, opt Options) (*PubSub, error) {
 		}
 		return nil, fmt.Errorf("redis: connecting to %s: %w", opt.describe(), err)
 	}
-	cc, _ := client.(*goredis.ClusterClient)
 	if cc != nil {
 		if err := checkShardedPubSub(ctx, cc); err != nil {
 			_ = client.Close()
@@ -165,6 +173,7 @@ func New(ctx context.Context, opt Options) (*PubSub, error) {
 		log:        opt.Logger,
 		client:     client,
 		chanPrefix: opt.Prefix + ":t:",
+		slots:      slots,
 		done:       make(chan struct{}),
 		pongs:      make(map[string][]chan error),
 		pongLeft:   make(map[string]int),
@@ -189,7 +198,7 @@ func New(ctx context.Context, opt Options) (*PubSub, error) {
 		_ = client.Close()
 		return nil, fmt.Errorf("redis: pub/sub connection to %s: %w", opt.describe(), err)
 	}
-	p.writers = newWriterSet(p, cc)
+	p.writers = newWriterSet(p, slots)
 	p.workers.Add(1)
 	go p.reconcileLoop()
 	p.reader.Add(1)

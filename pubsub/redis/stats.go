@@ -34,6 +34,10 @@ type Stats struct {
 	// shard connections that failed.
 	ShardSubscriptions           int
 	ShardResubscribes, ShardLost uint64
+	// PublishRedirects counts the publishes a Redis Cluster master
+	// answered MOVED or ASK (a slot that moved, or is moving), which the
+	// node sent again to the master the answer named.
+	PublishRedirects uint64
 	// CallsSent counts node-to-node calls this node made; CallsServed
 	// the calls it answered; CallsRejected those it refused (no handler,
 	// or MaxCalls running); ReplyErrors the answers it could not send.
@@ -78,6 +82,7 @@ func (p *PubSub) Stats() Stats {
 		st.ShardSubscriptions = int(p.shards.held.Load())
 		st.ShardResubscribes = p.shards.resubscribes.Load()
 		st.ShardLost = p.shards.lostCount.Load()
+		st.PublishRedirects = p.redirected.Load()
 	}
 	return st
 }
