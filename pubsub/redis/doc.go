@@ -60,10 +60,13 @@
 // owns the slot handles. The node holds one sharded pub/sub connection
 // per master it has topics on, and SSUBSCRIBEs each topic on the master
 // of its slot, one command per slot (Redis refuses an SSUBSCRIBE that
-// spans slots), routed by a slot map read with CLUSTER SLOTS. A shard
+// spans slots), routed by the slot map go-redis's cluster client keeps,
+// the one map the PubSub goes by: its publishes and history reads of a
+// topic go where it subscribed the topic. A shard
 // connection that fails (read error, silence, an error reply such as
 // MOVED after a stale map) is closed, not redialed in place, and its
-// topics are routed again on a fresh map: the failover case. A slot that
+// topics are routed again once the map has been read again: the
+// failover case. A slot that
 // migrates, or whose master becomes a replica, makes Redis SUNSUBSCRIBE
 // the node from its channels; the node subscribes them again on the new
 // owner (Stats.ShardResubscribes). New fails with ErrRedisTooOld when a

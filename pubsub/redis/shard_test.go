@@ -280,6 +280,10 @@ func TestShardedSubscriptionFollowsSlotMigration(t *testing.T) {
 	if got := b.Stats().ShardResubscribes; got != 1 {
 		t.Errorf("ShardResubscribes = %d, want 1", got)
 	}
+	// One map: b's publishes of the topic go where it subscribed it.
+	if got := b.slots.master(ctx, ch); got != c.servers[to].Addr() {
+		t.Errorf("b's slot map names %s for the topic, subscribed on master %d (%s)", got, to, c.servers[to].Addr())
+	}
 	if got := shardNumSub(t, c.masters[from], ch); got != 0 {
 		t.Errorf("%s: still %d shard subscribers on the old master", ch, got)
 	}

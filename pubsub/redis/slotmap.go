@@ -2,6 +2,7 @@ package redis
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -13,7 +14,27 @@ import (
 // slotMap is where the node looks up which master of a Redis Cluster
 // owns a slot: the map go-redis's cluster client keeps, and sends every
 // keyed command by. The writers route each publish by it (writers.go),
-// so a writer's master is the one go-redis sends its batch to.
+// so a writer's master is the one go-redis sends its batch to; the shard
+// set routes each SSUBSCRIBE by it (shard.go), so a topic is subscribed
+// on the master its publishes and history reads go to. The shard set
+// used to read a map of its own (CLUSTER SLOTS), which could name a
+// slot's new master while go-redis's still named the old one: the node
+// then listened on one master and wrote to the other, and its history
+// reads of the topic failed, until a MOVED answer made go-redis read its
+// map again. (presence/redis runs a cluster client of its own, with its
+// own map.)
+//
+// go-redis reads its map again by itself on a MOVED answer (in the
+// background), on the node's slotReloader hook, and every minute. The
+// shard set, before subscribing again after Redis moved subscriptions
+// away or a shard connection failed, needs it read again now (an
+// SSUBSCRIBE on a stale map is answered MOVED, which costs the whole
+// shard connection): reload. One difference from a map of its own: for
+// a slot that no master serves (after CLUSTER DELSLOTS or FORGET; a
+// master that fails keeps its slots until its replica takes them over)
+// go-redis names any node, whose refusal then closes that shard
+// connection and routes its topics again, at the shard set's retry pace,
+// until the slot has a master.
 //
 // It also holds go-redis's client of each node by address, as go-redis
 // makes them (OnNewNode), for the publishes a master answers MOVED or
@@ -59,6 +80,21 @@ func newSlotMap(cc *goredis.ClusterClient) *slotMap {
 // map as it is, "" if the map cannot be had.
 func (m *slotMap) master(ctx context.Context, key string) string {
 	return (*m.lookup.Load())(ctx, key)
+}
+
+// reload reads the slot map again from the cluster and waits for it.
+// go-redis has no call for that alone: ForEachMaster reads the map
+// before it visits the masters (so that it visits the current ones),
+// and the visit here does nothing (TestSlotMapReload holds go-redis to
+// it). A read that fails leaves the map as it was, without an error, as
+// go-redis's own reloads do; the error is for a client that never had
+// one.
+func (m *slotMap) reload(ctx context.Context) error {
+	err := m.cc.ForEachMaster(ctx, func(context.Context, *goredis.Client) error { return nil })
+	if err != nil {
+		return fmt.Errorf("redis: cluster slots: %w", err)
+	}
+	return nil
 }
 
 // node returns go-redis's client of the node at addr (as a MOVED or ASK
