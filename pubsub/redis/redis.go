@@ -181,7 +181,7 @@ func New(ctx context.Context, opt Options) (*PubSub, error) {
 	}
 	p.calls.sem = make(chan struct{}, opt.MaxCalls)
 	if cc != nil {
-		p.shards = newShardSet(p, cc, cc.Options())
+		p.shards = newShardSet(p, cc.Options())
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.ps = client.Subscribe(p.ctx)

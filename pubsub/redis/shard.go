@@ -58,7 +58,6 @@ func (p *PubSub) topicChannel(topic string, now time.Time) (string, bool) {
 // readers report to it through mu.
 type shardSet struct {
 	p    *PubSub
-	cc   *goredis.ClusterClient
 	base goredis.Options // template of the per-master clients
 
 	reload  bool // the slot map may be stale: read it again before routing
@@ -89,10 +88,9 @@ type shard struct {
 	tokens []string       // guarded by mu: Sync PINGs not yet answered
 }
 
-func newShardSet(p *PubSub, cc *goredis.ClusterClient, co *goredis.ClusterOptions) *shardSet {
+func newShardSet(p *PubSub, co *goredis.ClusterOptions) *shardSet {
 	return &shardSet{
-		p:  p,
-		cc: cc,
+		p: p,
 		base: goredis.Options{
 			ClientName: co.ClientName, Dialer: co.Dialer, OnConnect: co.OnConnect,
 			Protocol: co.Protocol, Username: co.Username, Password: co.Password,
