@@ -219,8 +219,32 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 			func() float64 { return float64(rs.Stats().ShardSubscriptions) })
 		gauge("channelsd_redis_connected", "1 while the Redis pub/sub connection is up, else 0.", nil,
 			func() float64 { return boolean(rs.Stats().Connected) })
+		gauge("channelsd_redis_publish_writers", "Publish writers running: one on a single Redis or Sentinel, one per master a publish went to on a Redis Cluster.", nil,
+			func() float64 { return float64(rs.Stats().PublishWriters) })
+		reg.MustRegister(gaugesFunc{
+			desc: prometheus.NewDesc("channelsd_redis_publish_queue",
+				"Publishes waiting in a writer's queue, not yet sent to Redis, by the writer's master (empty on a single Redis); one queue that stays up while the others are empty is a master slow to answer.",
+				[]string{"master"}, nil),
+			read: func() map[string]int { return rs.Stats().PublishQueues },
+		})
 	}
 	return reg
+}
+
+// gaugesFunc is a gauge with one label whose series, and their values,
+// are read at scrape time: the label's values come and go (a Redis
+// Cluster's masters).
+type gaugesFunc struct {
+	desc *prometheus.Desc
+	read func() map[string]int
+}
+
+func (g gaugesFunc) Describe(ch chan<- *prometheus.Desc) { ch <- g.desc }
+
+func (g gaugesFunc) Collect(ch chan<- prometheus.Metric) {
+	for label, n := range g.read() {
+		ch <- prometheus.MustNewConstMetric(g.desc, prometheus.GaugeValue, float64(n), label)
+	}
 }
 
 // metricsHandler serves the registry in the Prometheus exposition format.

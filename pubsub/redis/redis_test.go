@@ -440,6 +440,9 @@ func TestPublishIsBoundedWhenRedisStalls(t *testing.T) {
 	if s.Dropped != uint64(queueFull.Load()) || s.PublishErrors != uint64(timedOut.Load()) || s.Published != 0 {
 		t.Fatalf("stats %+v; queue full %d, timed out %d", s, queueFull.Load(), timedOut.Load())
 	}
+	if q, ok := s.PublishQueues[""]; s.PublishWriters != 1 || len(s.PublishQueues) != 1 || !ok || q > 8 {
+		t.Fatalf("%d writers, queues %v: want one writer, its queue within 8", s.PublishWriters, s.PublishQueues)
+	}
 	if g := runtime.NumGoroutine(); g > goroutinesBefore+2 {
 		t.Fatalf("goroutines grew from %d to %d", goroutinesBefore, g)
 	}

@@ -9,6 +9,13 @@ type Stats struct {
 	PublishErrors uint64
 	// Dropped counts Publish calls refused because the queue was full.
 	Dropped uint64
+	// PublishWriters is the number of publish writers running: one on a
+	// single Redis or Sentinel, one per master that a publish went to on
+	// a Redis Cluster. PublishQueues is how many publishes wait in each
+	// one's queue (not yet sent), by its master's address ("" on a single
+	// Redis); all of them together are bounded by Options.QueueSize.
+	PublishWriters int
+	PublishQueues  map[string]int
 	// Received counts envelopes from other nodes handed to local
 	// subscribers (this node's echoes are not counted).
 	Received uint64
@@ -58,19 +65,21 @@ type Stats struct {
 // Stats returns the current counters.
 func (p *PubSub) Stats() Stats {
 	st := Stats{
-		Published:     p.published.Load(),
-		PublishErrors: p.publishErrors.Load(),
-		Dropped:       p.dropped.Load(),
-		Received:      p.received.Load(),
-		DecodeErrors:  p.decodeErrors.Load(),
-		TooLarge:      p.tooLarge.Load(),
-		Reconnects:    p.reconnects.Load(),
-		Subscriptions: int(p.subscribed.Load()),
-		Connected:     !p.lost.Load(),
-		CallsSent:     p.calls.sent.Load(),
-		CallsServed:   p.calls.served.Load(),
-		CallsRejected: p.calls.rejected.Load(),
-		ReplyErrors:   p.calls.failed.Load(),
+		Published:      p.published.Load(),
+		PublishErrors:  p.publishErrors.Load(),
+		Dropped:        p.dropped.Load(),
+		PublishWriters: p.writers.count(),
+		PublishQueues:  p.writers.queues(),
+		Received:       p.received.Load(),
+		DecodeErrors:   p.decodeErrors.Load(),
+		TooLarge:       p.tooLarge.Load(),
+		Reconnects:     p.reconnects.Load(),
+		Subscriptions:  int(p.subscribed.Load()),
+		Connected:      !p.lost.Load(),
+		CallsSent:      p.calls.sent.Load(),
+		CallsServed:    p.calls.served.Load(),
+		CallsRejected:  p.calls.rejected.Load(),
+		ReplyErrors:    p.calls.failed.Load(),
 
 		HistoryPublished:    p.hist.published.Load(),
 		HistoryReads:        p.hist.reads.Load(),

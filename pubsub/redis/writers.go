@@ -223,7 +223,7 @@ func (ws *writerSet) sweep(ctx context.Context) {
 	}
 }
 
-// count returns how many writers run (for tests).
+// count returns how many writers run.
 func (ws *writerSet) count() int {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
@@ -231,6 +231,21 @@ func (ws *writerSet) count() int {
 		return 1
 	}
 	return len(ws.byAddr)
+}
+
+// queues returns how many requests wait in each writer's queue, by its
+// master's address ("" for the writer of a single Redis).
+func (ws *writerSet) queues() map[string]int {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if ws.one != nil {
+		return map[string]int{"": len(ws.one.queue)}
+	}
+	q := make(map[string]int, len(ws.byAddr))
+	for addr, w := range ws.byAddr {
+		q[addr] = len(w.queue)
+	}
+	return q
 }
 
 // stop keeps writers from starting, and waits for the running ones to

@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"testing"
 	"time"
@@ -101,6 +102,11 @@ func TestStalledMasterDelaysOnlyItsTopics(t *testing.T) {
 	})
 	s2 := publishAsync(a, stalled, "s2")
 	eventually(t, time.Second, "s2 queued", func() bool { return w0.enqueued.Load() == before+2 })
+	st := a.Stats()
+	wantQueues := map[string]int{c.servers[0].Addr(): 1, c.servers[1].Addr(): 0, c.servers[2].Addr(): 0}
+	if st.PublishWriters != 3 || !maps.Equal(st.PublishQueues, wantQueues) {
+		t.Fatalf("%d writers, queues %v; want 3, %v (s2 behind s1)", st.PublishWriters, st.PublishQueues, wantQueues)
+	}
 
 	var longest time.Duration
 	for k := range 5 {
