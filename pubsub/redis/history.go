@@ -129,7 +129,7 @@ func (p *PubSub) publishHistory(ctx context.Context, m *pubsub.Message, o pubsub
 	// The stream keeps the position whatever the Gate says; the PUBLISH
 	// carries it only when every live node reads an extension area.
 	withPos := "0"
-	if p.Gate().MayWrite(FormEnvelope, 3, now) {
+	if p.mayPos.mayWrite(p.Gate(), func() time.Time { return now }) {
 		withPos = "1"
 	}
 	channel, sharded := p.topicChannel(m.Topic, now)

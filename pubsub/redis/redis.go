@@ -117,6 +117,10 @@ type PubSub struct {
 	calls calls // node-to-node calls, call.go
 
 	gate atomic.Pointer[Gate] // SetGate; nil: every form at the floor
+	// The Gate's answers the message paths ask for every message, kept
+	// while it says yes (gate.go): sharded pub/sub (FormShard 2) and
+	// positions on the wire (FormEnvelope 3).
+	mayShard, mayPos gateAnswer
 
 	hist    historyState  // history.go
 	regress historyTracks // regress.go
@@ -174,6 +178,8 @@ func New(ctx context.Context, opt Options) (*PubSub, error) {
 		client:     client,
 		chanPrefix: opt.Prefix + ":t:",
 		slots:      slots,
+		mayShard:   gateAnswer{form: FormShard, level: 2},
+		mayPos:     gateAnswer{form: FormEnvelope, level: 3},
 		done:       make(chan struct{}),
 		pongs:      make(map[string][]chan error),
 		pongLeft:   make(map[string]int),

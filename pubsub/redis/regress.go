@@ -92,7 +92,7 @@ func messageID(env *envelope) uint64 {
 func (p *PubSub) track(topic string, env *envelope) pubsub.Position {
 	pos, id := env.pos, messageID(env)
 	h := &p.regress
-	if p.shards != nil && !p.Gate().MayWrite(FormShard, 2, time.Now()) {
+	if p.shards != nil && !p.mayShard.mayWrite(p.Gate(), time.Now) {
 		// Some node may still PUBLISH the topic while others SPUBLISH it:
 		// its broadcasts reach this node on two connections, in no set
 		// order, and going back proves nothing. Following starts afresh

@@ -47,7 +47,7 @@ func (p *PubSub) shardChannel(topic string) string {
 // and whether with SPUBLISH: the shard channel once every live node reads
 // it (FormShard 2), the classic one before.
 func (p *PubSub) topicChannel(topic string, now time.Time) (string, bool) {
-	if p.shardTopic(topic) && p.Gate().MayWrite(FormShard, 2, now) {
+	if p.shardTopic(topic) && p.mayShard.mayWrite(p.Gate(), func() time.Time { return now }) {
 		return p.shardChannel(topic), true
 	}
 	return p.chanPrefix + topic, false
