@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"slices"
+	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 )
@@ -48,9 +49,12 @@ func (p *PubSub) redirect(ctx context.Context, live []*publishReq, cmds []goredi
 		targets []target
 		sent    map[target][]int
 	)
+	now := time.Now()
 	for i := range min(len(live), len(cmds)) {
 		err := cmds[i].Err()
-		if err == nil {
+		if err == nil || live[i].abandoned.Load() || !now.Before(live[i].deadline) {
+			// A caller that gave up was told the broadcast failed: a
+			// late one would only surprise (as in flush).
 			continue
 		}
 		t := target{}
