@@ -158,9 +158,9 @@ func (p *PubSub) track(topic string, env *envelope) pubsub.Position {
 // the writers note them in the order Redis ran them (historyState.note):
 // a position that is not past the last one this node was given in the
 // same epoch is the history gone back, as sure as a delivery's. It takes
-// a node that published to the topic earlier in that epoch, within the
-// history's TTL (what note keeps); a regression met by the first publish
-// of a node that never did, with no subscriber anywhere, goes unnoticed.
+// a node that had published one of the lost broadcasts (within the
+// history's TTL: what note keeps); a regression met only by nodes that
+// published none of them, with no subscriber anywhere, goes unnoticed.
 // The epoch found lost is marked on the topic's track as a delivery
 // would mark it, so this node counts it once whichever path sees it
 // first, and its subscribers (if any) get the lost epoch's broadcasts in
