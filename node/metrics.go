@@ -209,6 +209,7 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 			{"channelsd_redis_shard_resubscribes_total", "Redis Cluster: shard channels subscribed again after Redis dropped them (slot migration, failover, lost shard connection).", func(s redis.Stats) uint64 { return s.ShardResubscribes }},
 			{"channelsd_redis_history_regressions_total", "Topic histories seen going back in their epoch (Redis lost broadcasts it had published: a failover to a stale replica, a restore) and moved to a new epoch.", func(s redis.Stats) uint64 { return s.HistoryRegressions }},
 			{"channelsd_redis_shard_connections_lost_total", "Redis Cluster: sharded pub/sub connections that failed and were replaced.", func(s redis.Stats) uint64 { return s.ShardLost }},
+			{"channelsd_redis_publish_redirects_total", "Redis Cluster: publishes a master answered MOVED or ASK (a slot moved or moving), sent again to the master the answer named.", func(s redis.Stats) uint64 { return s.PublishRedirects }},
 		} {
 			counter(m.name, m.help, nil, func() float64 { return float64(m.get(rs.Stats())) })
 		}
@@ -218,8 +219,32 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 			func() float64 { return float64(rs.Stats().ShardSubscriptions) })
 		gauge("channelsd_redis_connected", "1 while the Redis pub/sub connection is up, else 0.", nil,
 			func() float64 { return boolean(rs.Stats().Connected) })
+		gauge("channelsd_redis_publish_writers", "Publish writers running: one on a single Redis or Sentinel, one per master a publish went to on a Redis Cluster.", nil,
+			func() float64 { return float64(rs.Stats().PublishWriters) })
+		reg.MustRegister(gaugesFunc{
+			desc: prometheus.NewDesc("channelsd_redis_publish_queue",
+				"Publishes waiting in a writer's queue, not yet sent to Redis, by the writer's master (empty on a single Redis); one queue that stays up while the others are empty is a master slow to answer.",
+				[]string{"master"}, nil),
+			read: func() map[string]int { return rs.Stats().PublishQueues },
+		})
 	}
 	return reg
+}
+
+// gaugesFunc is a gauge with one label whose series, and their values,
+// are read at scrape time: the label's values come and go (a Redis
+// Cluster's masters).
+type gaugesFunc struct {
+	desc *prometheus.Desc
+	read func() map[string]int
+}
+
+func (g gaugesFunc) Describe(ch chan<- *prometheus.Desc) { ch <- g.desc }
+
+func (g gaugesFunc) Collect(ch chan<- prometheus.Metric) {
+	for label, n := range g.read() {
+		ch <- prometheus.MustNewConstMetric(g.desc, prometheus.GaugeValue, float64(n), label)
+	}
 }
 
 // metricsHandler serves the registry in the Prometheus exposition format.

@@ -239,19 +239,30 @@ func (f fakeRedis) Stats() redis.Stats { return f.stats }
 func TestMetricsExposeRedisStats(t *testing.T) {
 	ps := fakeRedis{PubSub: local.New(), stats: redis.Stats{
 		Published: 7, PublishErrors: 2, Dropped: 1, Received: 11, DecodeErrors: 3,
-		Reconnects: 4, Subscriptions: 5, Connected: true,
+		Reconnects: 4, Subscriptions: 5, Connected: true, PublishRedirects: 6,
+		PublishWriters: 2, PublishQueues: map[string]int{"10.0.0.1:6379": 3, "10.0.0.2:6379": 0},
 	}}
 	n := newTestNode(t, Config{PubSub: ps})
 	fams, _ := scrape(t, n.Handler())
+	for master, want := range map[string]float64{"10.0.0.1:6379": 3, "10.0.0.2:6379": 0} {
+		if got := value(fams, "channelsd_redis_publish_queue", "master", master); got != want {
+			t.Errorf("channelsd_redis_publish_queue{master=%q} = %v, want %v", master, got, want)
+		}
+	}
+	if f := fams["channelsd_redis_publish_queue"]; len(f.GetMetric()) != 2 || f.GetHelp() == "" {
+		t.Errorf("channelsd_redis_publish_queue: %d series, HELP %q; want one per writer, and a HELP", len(f.GetMetric()), f.GetHelp())
+	}
 	for name, want := range map[string]float64{
-		"channelsd_redis_published_total":      7,
-		"channelsd_redis_publish_errors_total": 2,
-		"channelsd_redis_dropped_total":        1,
-		"channelsd_redis_received_total":       11,
-		"channelsd_redis_decode_errors_total":  3,
-		"channelsd_redis_reconnects_total":     4,
-		"channelsd_redis_subscriptions":        5,
-		"channelsd_redis_connected":            1,
+		"channelsd_redis_publish_redirects_total": 6,
+		"channelsd_redis_publish_writers":         2,
+		"channelsd_redis_published_total":         7,
+		"channelsd_redis_publish_errors_total":    2,
+		"channelsd_redis_dropped_total":           1,
+		"channelsd_redis_received_total":          11,
+		"channelsd_redis_decode_errors_total":     3,
+		"channelsd_redis_reconnects_total":        4,
+		"channelsd_redis_subscriptions":           5,
+		"channelsd_redis_connected":               1,
 	} {
 		if got := value(fams, name); got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)

@@ -188,28 +188,22 @@ func (o Options) NewClient(name string) (goredis.UniversalClient, error) {
 		if err != nil {
 			return nil, err
 		}
-		co.ClientName = name
-		co.ContextTimeoutEnabled = true
+		clientSettings{
+			name: &co.ClientName, contextTimeout: &co.ContextTimeoutEnabled,
+			maxRetries: &co.MaxRetries, dialerRetries: &co.DialerRetries,
+			protocol: &co.Protocol, disableIdentity: &co.DisableIdentity,
+			maint:   &co.MaintNotificationsConfig,
+			buffers: [4]*int{&co.ReadBufferSize, &co.WriteBufferSize, &co.PipelineReadBufferSize, &co.PipelineWriteBufferSize},
+		}.apply(name)
 		// Retries and redirects are one setting in a cluster client, and
-		// a retried write may run twice (see below): a command a slot
+		// a retried write may run twice (see apply): a command a slot
 		// move redirects fails once, and the client reloads the slot map
-		// for the next, unless the URL sets max_redirects.
+		// for the next, unless the URL sets max_redirects. (The PubSub's
+		// writers send a redirected publish again themselves:
+		// redirect.go.)
 		if !co.explicitRedirects {
 			co.MaxRedirects = -1
 		}
-		co.MaxRetries = -1
-		if co.DialerRetries == 0 {
-			co.DialerRetries = 1
-		}
-		if co.Protocol == 0 {
-			co.Protocol = 2
-		}
-		co.DisableIdentity = true
-		co.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-		setIfZero(&co.ReadBufferSize, clientBufferSize)
-		setIfZero(&co.WriteBufferSize, clientBufferSize)
-		setIfZero(&co.PipelineReadBufferSize, clientBufferSize)
-		setIfZero(&co.PipelineWriteBufferSize, clientBufferSize)
 		cc := goredis.NewClusterClient(co.ClusterOptions)
 		cc.AddHook(slotReloader{cc})
 		return cc, nil
@@ -219,60 +213,78 @@ func (o Options) NewClient(name string) (goredis.UniversalClient, error) {
 		if err != nil {
 			return nil, fmt.Errorf("redis: %w", err)
 		}
-		ro.ClientName = name
-		// Context deadlines must bound commands: PublishTimeout is
-		// enforced through the context.
-		ro.ContextTimeoutEnabled = true
-		// A retried pipeline can run twice on the server (duplicates) or
-		// land after a later batch (reordering); at-most-once is the
-		// contract, so a failed publish is reported, never retried.
-		ro.MaxRetries = -1
-		// One dial attempt per try: the pub/sub reader retries with its
-		// own backoff, and a publish during an outage should fail fast.
-		if ro.DialerRetries == 0 {
-			ro.DialerRetries = 1
-		}
-		if ro.Protocol == 0 {
-			// RESP2: pub/sub needs nothing from RESP3, and RESP2 keeps
-			// the subscribed connection on the classic path that every
-			// Redis-compatible server speaks.
-			ro.Protocol = 2
-		}
-		ro.DisableIdentity = true
-		ro.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-		// Smaller buffers than go-redis's defaults (32 KiB per regular
-		// connection, 128 KiB each way per pipeline connection), unless
-		// the URL sets them: a node keeps its pools' connections, and at
-		// the defaults a join storm's burst of pipelines left ~5 MB of
-		// buffers behind in each client, a quarter KiB per socket of a
-		// node holding 15,000. Replies bigger than a buffer (a large
-		// room's HGETALL) take a few more reads.
-		setIfZero(&ro.ReadBufferSize, clientBufferSize)
-		setIfZero(&ro.WriteBufferSize, clientBufferSize)
-		setIfZero(&ro.PipelineReadBufferSize, clientBufferSize)
-		setIfZero(&ro.PipelineWriteBufferSize, clientBufferSize)
+		clientSettings{
+			name: &ro.ClientName, contextTimeout: &ro.ContextTimeoutEnabled,
+			maxRetries: &ro.MaxRetries, dialerRetries: &ro.DialerRetries,
+			protocol: &ro.Protocol, disableIdentity: &ro.DisableIdentity,
+			maint:   &ro.MaintNotificationsConfig,
+			buffers: [4]*int{&ro.ReadBufferSize, &ro.WriteBufferSize, &ro.PipelineReadBufferSize, &ro.PipelineWriteBufferSize},
+		}.apply(name)
 		return goredis.NewClient(ro), nil
 	}
-	return goredis.NewFailoverClient(&goredis.FailoverOptions{
-		MasterName:            o.MasterName,
-		SentinelAddrs:         o.SentinelAddrs,
-		SentinelUsername:      o.SentinelUsername,
-		SentinelPassword:      o.SentinelPassword,
-		Username:              o.Username,
-		Password:              o.Password,
-		DB:                    o.DB,
-		ClientName:            name,
-		ContextTimeoutEnabled: true,
-		MaxRetries:            -1,
-		DialerRetries:         1,
-		Protocol:              2,
-		DisableIdentity:       true,
+	fo := &goredis.FailoverOptions{
+		MasterName:       o.MasterName,
+		SentinelAddrs:    o.SentinelAddrs,
+		SentinelUsername: o.SentinelUsername,
+		SentinelPassword: o.SentinelPassword,
+		Username:         o.Username,
+		Password:         o.Password,
+		DB:               o.DB,
+	}
+	// A failover client takes no maintenance notifications (go-redis
+	// keeps them off for it).
+	clientSettings{
+		name: &fo.ClientName, contextTimeout: &fo.ContextTimeoutEnabled,
+		maxRetries: &fo.MaxRetries, dialerRetries: &fo.DialerRetries,
+		protocol: &fo.Protocol, disableIdentity: &fo.DisableIdentity,
+		buffers: [4]*int{&fo.ReadBufferSize, &fo.WriteBufferSize, &fo.PipelineReadBufferSize, &fo.PipelineWriteBufferSize},
+	}.apply(name)
+	return goredis.NewFailoverClient(fo), nil
+}
 
-		ReadBufferSize:          clientBufferSize,
-		WriteBufferSize:         clientBufferSize,
-		PipelineReadBufferSize:  clientBufferSize,
-		PipelineWriteBufferSize: clientBufferSize,
-	}), nil
+// clientSettings points at the fields of one of go-redis's option
+// structs (Options, ClusterOptions, FailoverOptions) that NewClient sets
+// the same way for every kind of Redis, so that the three kinds cannot
+// drift apart. Fields a URL may set (dialer retries, protocol, buffer
+// sizes) keep the URL's value.
+type clientSettings struct {
+	name                                *string
+	contextTimeout, disableIdentity     *bool
+	maxRetries, dialerRetries, protocol *int
+	maint                               **maintnotifications.Config // nil: no such field
+	buffers                             [4]*int                     // read, write, pipeline read, pipeline write
+}
+
+func (s clientSettings) apply(name string) {
+	*s.name = name
+	// Context deadlines must bound commands: PublishTimeout is enforced
+	// through the context.
+	*s.contextTimeout = true
+	// A retried pipeline can run twice on the server (duplicates) or land
+	// after a later batch (reordering); at-most-once is the contract, so
+	// a failed publish is reported, never retried.
+	*s.maxRetries = -1
+	// One dial attempt per try: the pub/sub reader retries with its own
+	// backoff, and a publish during an outage should fail fast.
+	setIfZero(s.dialerRetries, 1)
+	// RESP2: pub/sub needs nothing from RESP3, and RESP2 keeps the
+	// subscribed connection on the classic path that every
+	// Redis-compatible server speaks.
+	setIfZero(s.protocol, 2)
+	*s.disableIdentity = true
+	if s.maint != nil {
+		*s.maint = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	}
+	// Smaller buffers than go-redis's defaults (32 KiB per regular
+	// connection, 128 KiB each way per pipeline connection), unless the
+	// URL sets them: a node keeps its pools' connections, and at the
+	// defaults a join storm's burst of pipelines left ~5 MB of buffers
+	// behind in each client, a quarter KiB per socket of a node holding
+	// 15,000. Replies bigger than a buffer (a large room's HGETALL) take
+	// a few more reads.
+	for _, b := range s.buffers {
+		setIfZero(b, clientBufferSize)
+	}
 }
 
 // clientBufferSize is the read and write buffer of every connection of a

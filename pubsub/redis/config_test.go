@@ -123,3 +123,59 @@ func TestClusterURL(t *testing.T) {
 		t.Errorf("max_redirects=2 gave MaxRedirects %d", got)
 	}
 }
+
+// TestClientSettingsForEveryKind: NewClient gives a single Redis, a
+// Sentinel-managed master and a Redis Cluster the same settings (no
+// retries, context deadlines, RESP2, no CLIENT SETINFO, small buffers),
+// and what a URL sets itself (here the protocol) wins.
+func TestClientSettingsForEveryKind(t *testing.T) {
+	type settings struct {
+		name                       string
+		ctxTimeout, noIdentity     bool
+		retries, dialer, protocol  int
+		read, write, pread, pwrite int
+	}
+	want := settings{"n", true, true, 0, 1, 2, clientBufferSize, clientBufferSize, clientBufferSize, clientBufferSize}
+	of := func(c goredis.UniversalClient) settings {
+		switch c := c.(type) {
+		case *goredis.Client:
+			o := c.Options()
+			// A client's options read back after go-redis's defaults: -1
+			// retries become 0, none.
+			return settings{o.ClientName, o.ContextTimeoutEnabled, o.DisableIdentity, o.MaxRetries, o.DialerRetries, o.Protocol, o.ReadBufferSize, o.WriteBufferSize, o.PipelineReadBufferSize, o.PipelineWriteBufferSize}
+		case *goredis.ClusterClient:
+			o := c.Options()
+			retries := o.MaxRetries
+			if retries == -1 {
+				retries = 0 // what its node clients make of it
+			}
+			return settings{o.ClientName, o.ContextTimeoutEnabled, o.DisableIdentity, retries, o.DialerRetries, o.Protocol, o.ReadBufferSize, o.WriteBufferSize, o.PipelineReadBufferSize, o.PipelineWriteBufferSize}
+		}
+		t.Fatalf("client %T", c)
+		return settings{}
+	}
+	for _, o := range []Options{
+		{URL: "redis://127.0.0.1:1"},
+		{SentinelAddrs: []string{"127.0.0.1:1"}, MasterName: "m"},
+		{URL: "redis-cluster://127.0.0.1:1"},
+	} {
+		c, err := o.NewClient("n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := of(c); got != want {
+			t.Errorf("%+v: %+v, want %+v", o, got, want)
+		}
+		_ = c.Close()
+	}
+	for _, u := range []string{"redis://127.0.0.1:1?protocol=3", "redis-cluster://127.0.0.1:1?protocol=3"} {
+		c, err := (Options{URL: u}).NewClient("n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := of(c).protocol; got != 3 {
+			t.Errorf("%s: protocol %d", u, got)
+		}
+		_ = c.Close()
+	}
+}

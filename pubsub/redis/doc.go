@@ -39,10 +39,13 @@
 // history that goes back in its epoch (Redis lost broadcasts it had
 // published: a failover to a replica that had not received them, a
 // restore) shows to each node subscribed to the topic as a new broadcast
-// at an offset it already delivered another one at; the node moves the
-// history to a new epoch (dropping its stream) and delivers that
+// at an offset it already delivered another one at, and to a node that
+// had published one of the lost broadcasts as a publish whose position
+// is not past the last one it was given; the node
+// moves the history to a new epoch (dropping its stream), counts it once
+// whichever way it saw it (Stats.HistoryRegressions), and delivers that
 // broadcast, and the rest of the lost epoch, in an epoch of its own that
-// no history has (Stats.HistoryRegressions). A broadcast overtaken by a
+// no history has. A broadcast overtaken by a
 // later one on another connection (the switch to sharded pub/sub, below)
 // or delivered twice is not taken for one, within 32 offsets of the
 // newest delivered.
@@ -57,10 +60,13 @@
 // owns the slot handles. The node holds one sharded pub/sub connection
 // per master it has topics on, and SSUBSCRIBEs each topic on the master
 // of its slot, one command per slot (Redis refuses an SSUBSCRIBE that
-// spans slots), routed by a slot map read with CLUSTER SLOTS. A shard
+// spans slots), routed by the slot map go-redis's cluster client keeps,
+// the one map the PubSub goes by: its publishes and history reads of a
+// topic go where it subscribed the topic. A shard
 // connection that fails (read error, silence, an error reply such as
 // MOVED after a stale map) is closed, not redialed in place, and its
-// topics are routed again on a fresh map: the failover case. A slot that
+// topics are routed again once the map has been read again: the
+// failover case. A slot that
 // migrates, or whose master becomes a replica, makes Redis SUNSUBSCRIBE
 // the node from its channels; the node subscribes them again on the new
 // owner (Stats.ShardResubscribes). New fails with ErrRedisTooOld when a
@@ -123,7 +129,11 @@
 // master, the slot's next publishes wait until the old writer has
 // answered what it had queued before the move, so a topic keeps its
 // order across a failover or a migration; that wait ends by the old
-// writer's publish timeout. A writer that no slot is routed to any more
+// writer's publish timeout. A publish that a master answers MOVED or ASK
+// (the slot moved, or is moving, and the map was stale) was not run: the
+// writer sends it again, once, to the master the answer names, before its
+// batch completes, so it stays ahead of the slot's later publishes
+// (Stats.PublishRedirects). A writer that no slot is routed to any more
 // (its master died or became a replica, or its slots all moved) answers
 // what it holds and stops. Options.QueueSize bounds the requests queued in all writers
 // together.

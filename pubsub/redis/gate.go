@@ -3,6 +3,7 @@ package redis
 import (
 	"maps"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -105,6 +106,12 @@ type Gate struct {
 	self    string
 	ttl     time.Duration
 	started time.Time
+	// gen counts the changes that can turn an answer of MayWrite from
+	// yes to no (a node heard from, a roster), and Forget; time passing
+	// alone only turns answers from no to yes (nodes expire, the roster
+	// stops counting). A caller may keep a yes for as long as gen stays
+	// (changes).
+	gen atomic.Uint64
 
 	mu    sync.Mutex
 	nodes map[string]*gateNode // guarded by mu
@@ -144,6 +151,7 @@ func (g *Gate) Announce(node string, reads map[string]int, now time.Time) {
 		return // a reordered report
 	}
 	g.nodes[node] = &gateNode{reads: r, seen: now, announced: true}
+	g.gen.Add(1)
 }
 
 // Alive records a sign of life from node without an announcement: a new
@@ -162,6 +170,7 @@ func (g *Gate) Alive(node string, now time.Time) {
 		return
 	}
 	g.nodes[node] = &gateNode{seen: now}
+	g.gen.Add(1)
 }
 
 // SeedRoster tells the Gate which nodes were live when its node started
@@ -183,6 +192,7 @@ func (g *Gate) SeedRoster(nodes []string, now time.Time) {
 	}
 	g.mu.Lock()
 	g.roster = r
+	g.gen.Add(1)
 	g.mu.Unlock()
 }
 
@@ -220,7 +230,16 @@ func (g *Gate) Forget(node string) {
 	g.mu.Lock()
 	delete(g.nodes, node)
 	delete(g.roster, node)
+	g.gen.Add(1)
 	g.mu.Unlock()
+}
+
+// changes returns the Gate's count of changes (gen), 0 for a nil Gate.
+func (g *Gate) changes() uint64 {
+	if g == nil {
+		return 0
+	}
+	return g.gen.Load()
 }
 
 // MayWrite reports whether every live node reads form at level v. At or
@@ -281,4 +300,37 @@ func readsOf(reads map[string]int, form string) int {
 		return v
 	}
 	return floorReads[form]
+}
+
+// gateAnswer keeps the Gate's yes to one question (may this node write
+// form at level), for the paths that ask it for every message (a
+// delivered history broadcast, a publish): while the Gate has not
+// changed since it said yes, the answer stands (time alone never turns a
+// yes into a no, see gen), and asking costs two atomic loads instead of
+// the Gate's lock and a walk over its nodes. A no is asked again every
+// time: it lasts only while some node reads less (a rolling update), and
+// time alone can turn it into a yes.
+type gateAnswer struct {
+	form  string
+	level int
+	yes   atomic.Pointer[gateYes]
+}
+
+type gateYes struct {
+	gate *Gate
+	gen  uint64
+}
+
+// mayWrite answers g.MayWrite(form, level, now()), calling now only when
+// it asks the Gate.
+func (a *gateAnswer) mayWrite(g *Gate, now func() time.Time) bool {
+	if y := a.yes.Load(); y != nil && y.gate == g && y.gen == g.changes() {
+		return true
+	}
+	gen := g.changes() // before asking: a change while the Gate answers shows next time
+	if !g.MayWrite(a.form, a.level, now()) {
+		return false
+	}
+	a.yes.Store(&gateYes{g, gen})
+	return true
 }

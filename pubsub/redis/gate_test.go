@@ -276,3 +276,42 @@ func TestGateSettlesOnceTheRosterReported(t *testing.T) {
 		t.Fatal("a node alone in its roster is not settled at once")
 	}
 }
+
+// TestGateAnswerKeepsOnlyAYes: the message paths' kept answer (a yes)
+// stands, without asking the Gate, while the Gate is unchanged, and
+// gives way at once to a node that reads less; a no is asked again every
+// time, so time alone turns it into a yes. (The clock passed in is read
+// only when the Gate is asked.)
+func TestGateAnswerKeepsOnlyAYes(t *testing.T) {
+	now := time.Now()
+	g := NewGate("a", time.Second, now.Add(-time.Hour))
+	a := gateAnswer{form: FormShard, level: 2}
+	asked := 0
+	at := func(when time.Time) func() time.Time {
+		return func() time.Time { asked++; return when }
+	}
+	check := func(g *Gate, clock func() time.Time, want bool, wantAsked int, what string) {
+		t.Helper()
+		if got := a.mayWrite(g, clock); got != want || asked != wantAsked {
+			t.Fatalf("%s: %v after %d questions to the Gate, want %v after %d", what, got, asked, want, wantAsked)
+		}
+	}
+	check(g, at(now), true, 1, "first question")
+	check(g, at(now), true, 1, "unchanged Gate")
+	g.Alive("b", now) // known only alive: the floor
+	check(g, at(now), false, 2, "a node heard from without its announcement")
+	g.Announce("b", BuildReads(), now)
+	check(g, at(now), true, 3, "its announcement")
+	check(g, at(now), true, 3, "unchanged Gate")
+	reads := BuildReads()
+	reads[FormShard] = 1
+	g.Announce("old", reads, now)
+	check(g, at(now), false, 4, "a node that reads less")
+	check(g, at(now), false, 5, "a no is asked again")
+	later := now.Add(2 * time.Second)
+	g.Announce("b", BuildReads(), later)
+	check(g, at(later), true, 6, "the node that reads less went silent")
+	fresh := NewGate("a", time.Second, now) // its first TTL, no roster: no
+	check(fresh, at(now), false, 7, "another Gate")
+	check(nil, at(now), false, 8, "no Gate")
+}

@@ -29,8 +29,10 @@ type historyState struct {
 	reloads   atomic.Uint64 // NOSCRIPT answers: the script sent again in full
 
 	// known is what HistoryStats reports: the histories this node
-	// published to within their TTL, and their newest offset. Guarded
-	// by mu.
+	// published to within their TTL, and their newest offset. The
+	// writers note each position Redis gives, in the order Redis gave
+	// them, so it also serves to see a history go back at publish
+	// (regress.go). Guarded by mu.
 	mu        sync.Mutex
 	known     map[string]knownHistory
 	sweptSize int // len(known) after the last sweep
@@ -38,16 +40,21 @@ type historyState struct {
 
 type knownHistory struct {
 	epoch   string
-	top     uint64 // newest offset this node was given
+	top     uint64 // the offset of the last position this node was given
 	size    int
 	expires time.Time
+	// lost is epoch when a publish's reply showed it gone back (while
+	// replies keep coming in it, the move to a new epoch has not run).
+	lost string
 }
 
 // historyArgs are the keys and arguments of one historyPublish run.
 type historyArgs struct {
-	keys []string
-	args []any
-	size int // bytes, for the writer's batch bound
+	topic string
+	opts  pubsub.HistoryOptions
+	keys  []string
+	args  []any
+	size  int // bytes, for the writer's batch bound
 }
 
 var _ pubsub.History = (*PubSub)(nil)
@@ -122,7 +129,7 @@ func (p *PubSub) publishHistory(ctx context.Context, m *pubsub.Message, o pubsub
 	// The stream keeps the position whatever the Gate says; the PUBLISH
 	// carries it only when every live node reads an extension area.
 	withPos := "0"
-	if p.Gate().MayWrite(FormEnvelope, 3, now) {
+	if p.mayPos.mayWrite(p.Gate(), func() time.Time { return now }) {
 		withPos = "1"
 	}
 	channel, sharded := p.topicChannel(m.Topic, now)
@@ -133,9 +140,11 @@ func (p *PubSub) publishHistory(ctx context.Context, m *pubsub.Message, o pubsub
 	req := &publishReq{
 		channel: channel,
 		hist: &historyArgs{
-			keys: p.historyKeys(m.Topic),
-			args: []any{newEpoch(), ttlMillis(o), o.Size, channel, head, m.Payload, withPos, publish},
-			size: len(head) + len(m.Payload),
+			topic: m.Topic,
+			opts:  o,
+			keys:  p.historyKeys(m.Topic),
+			args:  []any{newEpoch(), ttlMillis(o), o.Size, channel, head, m.Payload, withPos, publish},
+			size:  len(head) + len(m.Payload),
 		},
 		done: make(chan error, 1),
 	}
@@ -143,28 +152,37 @@ func (p *PubSub) publishHistory(ctx context.Context, m *pubsub.Message, o pubsub
 		return pubsub.Position{}, err
 	}
 	p.hist.published.Add(1)
-	p.hist.note(m.Topic, req.pos, o, now)
 	return req.pos, nil
 }
 
 // note records that topic's history lives until now+TTL with pos as its
-// newest broadcast, for HistoryStats. The map is swept when it has
-// doubled since the last sweep, so it stays proportional to the
-// histories alive.
-func (h *historyState) note(topic string, pos pubsub.Position, o pubsub.HistoryOptions, now time.Time) {
+// newest broadcast, and returns what was known of it before (ok false:
+// nothing). The writers call it with each position Redis gives, in the
+// order Redis gave them (publisher.go, flush), so a position that is not
+// past the one before in its epoch is the history going back, which the
+// caller looks at (regress.go), and is recorded as the newest all the
+// same. The map is swept when it has doubled since the last sweep, so it
+// stays proportional to the histories this node published to within
+// their TTL (past it a history starts a new epoch anyway).
+func (h *historyState) note(topic string, pos pubsub.Position, o pubsub.HistoryOptions, now time.Time) (prev knownHistory, ok bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.known == nil {
 		h.known = make(map[string]knownHistory)
 	}
-	k, ok := h.known[topic]
+	prev, ok = h.known[topic]
 	if !ok && len(h.known) >= 2*h.sweptSize+64 {
 		h.sweepLocked(now)
 	}
-	if ok && k.epoch == pos.Epoch && pos.Offset < k.top {
-		pos.Offset = k.top // concurrent publishers note in any order
+	k := knownHistory{epoch: pos.Epoch, top: pos.Offset, size: o.Size, expires: now.Add(o.EffectiveTTL())}
+	switch {
+	case ok && prev.epoch == pos.Epoch && pos.Offset <= prev.top:
+		k.lost = pos.Epoch
+	case ok && prev.lost == pos.Epoch:
+		k.lost = prev.lost
 	}
-	h.known[topic] = knownHistory{epoch: pos.Epoch, top: pos.Offset, size: o.Size, expires: now.Add(o.EffectiveTTL())}
+	h.known[topic] = k
+	return prev, ok
 }
 
 func (h *historyState) sweepLocked(now time.Time) {
@@ -225,12 +243,14 @@ func isNoScript(err error) bool {
 }
 
 // rerunNoScript runs again, with the script in full (EVAL, which also
-// caches it), the history runs of a batch that Redis answered NOSCRIPT.
-// NOSCRIPT means not run, so nothing runs twice. They run after the rest
-// of the batch, in their order: a topic's broadcasts keep theirs unless
-// another client reloads the script between two of them in one batch, a
-// race that still gives the offsets in the order Redis published them.
-func (p *PubSub) rerunNoScript(ctx context.Context, live []*publishReq, cmds []goredis.Cmder) {
+// caches it), the history runs of a batch that Redis answered NOSCRIPT,
+// and returns their indexes in live. NOSCRIPT means not run, so nothing
+// runs twice. They run after the rest of the batch, in their order: a
+// topic's broadcasts keep theirs unless another client reloads the
+// script between two of them in one batch, a race that still gives the
+// offsets in the order Redis published them (and the caller notes the
+// positions in that order: the rest of the batch first).
+func (p *PubSub) rerunNoScript(ctx context.Context, live []*publishReq, cmds []goredis.Cmder) []int {
 	var again []int
 	for i, r := range live {
 		if r.hist != nil && i < len(cmds) && isNoScript(cmds[i].Err()) {
@@ -238,7 +258,7 @@ func (p *PubSub) rerunNoScript(ctx context.Context, live []*publishReq, cmds []g
 		}
 	}
 	if len(again) == 0 {
-		return
+		return nil
 	}
 	p.hist.reloads.Add(1)
 	rerun, _ := p.client.Pipelined(ctx, func(pipe goredis.Pipeliner) error {
@@ -252,6 +272,7 @@ func (p *PubSub) rerunNoScript(ctx context.Context, live []*publishReq, cmds []g
 			cmds[i] = rerun[j]
 		}
 	}
+	return again
 }
 
 // ReadHistory implements pubsub.History with one run of a Redis script:

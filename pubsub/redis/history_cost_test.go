@@ -121,9 +121,21 @@ func TestHistoryStatsForgetsExpiredTopics(t *testing.T) {
 	if n > 2*1000+64 {
 		t.Fatalf("%d topics known, with 1000 live", n)
 	}
+	// Positions are noted in the order Redis gave them: one that goes
+	// back is the newest all the same, and marks its epoch lost.
 	h.note("room:0", pubsub.Position{Epoch: "e", Offset: 9}, o, t0)
-	h.note("room:0", pubsub.Position{Epoch: "e", Offset: 7}, o, t0) // noted late
-	if k := h.known["room:0"]; k.top != 9 {
-		t.Fatalf("top %d after offsets 9 then 7 of one epoch", k.top)
+	if prev, ok := h.note("room:0", pubsub.Position{Epoch: "e", Offset: 7}, o, t0); !ok || prev.top != 9 {
+		t.Fatalf("note of 7 after 9 returned %+v, %v", prev, ok)
+	}
+	if k := h.known["room:0"]; k.top != 7 || k.lost != "e" {
+		t.Fatalf("after offsets 9 then 7 of one epoch: %+v", k)
+	}
+	h.note("room:0", pubsub.Position{Epoch: "e", Offset: 8}, o, t0)
+	if k := h.known["room:0"]; k.lost != "e" {
+		t.Fatalf("the lost epoch forgotten while positions still come in it: %+v", k)
+	}
+	h.note("room:0", pubsub.Position{Epoch: "f", Offset: 1}, o, t0)
+	if k := h.known["room:0"]; k.lost != "" || k.top != 1 {
+		t.Fatalf("after a new epoch: %+v", k)
 	}
 }

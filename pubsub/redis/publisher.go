@@ -138,7 +138,9 @@ func (p *PubSub) flush(batch []*publishReq) {
 		}
 		return nil
 	})
-	p.rerunNoScript(ctx, live, cmds)
+	again := p.rerunNoScript(ctx, live, cmds)
+	moved := p.redirect(ctx, live, cmds)
+	errs := make([]error, len(live))
 	for i, r := range live {
 		e := err
 		if i < len(cmds) {
@@ -157,7 +159,18 @@ func (p *PubSub) flush(batch []*publishReq) {
 				e = fmt.Errorf("redis: publish: %w", e)
 			}
 		}
-		r.done <- e
+		errs[i] = e
+	}
+	for _, i := range runOrder(len(live), again, moved) {
+		if r := live[i]; r.hist != nil && errs[i] == nil {
+			// In the order Redis ran them, and before the callers are
+			// answered, so that a regression this reveals is counted by
+			// the time its Publish returns.
+			p.notePublished(r.hist.topic, r.pos, r.hist.opts, now)
+		}
+	}
+	for i, r := range live {
+		r.done <- errs[i]
 	}
 }
 

@@ -64,6 +64,7 @@ type PubSub struct {
 	client     goredis.UniversalClient
 	ps         *goredis.PubSub
 	shards     *shardSet // sharded subscriptions; nil unless on a Redis Cluster
+	slots      *slotMap  // nil unless on a Redis Cluster
 	reg        pubsub.Registry
 	chanPrefix string // "<prefix>:t:"
 
@@ -107,6 +108,7 @@ type PubSub struct {
 	decodeErrors  atomic.Uint64
 	reconnects    atomic.Uint64
 	tooLarge      atomic.Uint64 // messages refused above MaxMessageSize
+	redirected    atomic.Uint64 // publishes sent again after MOVED or ASK
 
 	publishLog, decodeLog pubsub.RateLog
 
@@ -115,6 +117,10 @@ type PubSub struct {
 	calls calls // node-to-node calls, call.go
 
 	gate atomic.Pointer[Gate] // SetGate; nil: every form at the floor
+	// The Gate's answers the message paths ask for every message, kept
+	// while it says yes (gate.go): sharded pub/sub (FormShard 2) and
+	// positions on the wire (FormEnvelope 3).
+	mayShard, mayPos gateAnswer
 
 	hist    historyState  // history.go
 	regress historyTracks // regress.go
@@ -144,6 +150,13 @@ func New(ctx context.Context, opt Options) (*PubSub, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The slot map before the first command: it keeps the node clients
+	// go-redis makes (slotmap.go).
+	cc, _ := client.(*goredis.ClusterClient)
+	var slots *slotMap
+	if cc != nil {
+		slots = newSlotMap(cc)
+	}
 	if err := client.Ping(ctx).Err(); err != nil {
 		_ = client.Close()
 		// A cluster client asks for the slot map first, which a Redis
@@ -153,7 +166,6 @@ func New(ctx context.Context, opt Options) (*PubSub, error) {
 		}
 		return nil, fmt.Errorf("redis: connecting to %s: %w", opt.describe(), err)
 	}
-	cc, _ := client.(*goredis.ClusterClient)
 	if cc != nil {
 		if err := checkShardedPubSub(ctx, cc); err != nil {
 			_ = client.Close()
@@ -165,6 +177,9 @@ func New(ctx context.Context, opt Options) (*PubSub, error) {
 		log:        opt.Logger,
 		client:     client,
 		chanPrefix: opt.Prefix + ":t:",
+		slots:      slots,
+		mayShard:   gateAnswer{form: FormShard, level: 2},
+		mayPos:     gateAnswer{form: FormEnvelope, level: 3},
 		done:       make(chan struct{}),
 		pongs:      make(map[string][]chan error),
 		pongLeft:   make(map[string]int),
@@ -172,7 +187,7 @@ func New(ctx context.Context, opt Options) (*PubSub, error) {
 	}
 	p.calls.sem = make(chan struct{}, opt.MaxCalls)
 	if cc != nil {
-		p.shards = newShardSet(p, cc, cc.Options())
+		p.shards = newShardSet(p, cc.Options())
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.ps = client.Subscribe(p.ctx)
@@ -189,7 +204,7 @@ func New(ctx context.Context, opt Options) (*PubSub, error) {
 		_ = client.Close()
 		return nil, fmt.Errorf("redis: pub/sub connection to %s: %w", opt.describe(), err)
 	}
-	p.writers = newWriterSet(p, cc)
+	p.writers = newWriterSet(p, slots)
 	p.workers.Add(1)
 	go p.reconcileLoop()
 	p.reader.Add(1)
@@ -484,88 +499,6 @@ func (p *PubSub) Sync(ctx context.Context) error {
 	case <-p.done:
 		return pubsub.ErrClosed
 	}
-}
-
-// Stats is a snapshot of a PubSub's counters.
-type Stats struct {
-	// Published counts Publish calls whose envelope Redis acknowledged.
-	Published uint64
-	// PublishErrors counts Publish calls that failed for any reason but a
-	// full queue: Redis error, timeout, canceled context, disconnected.
-	PublishErrors uint64
-	// Dropped counts Publish calls refused because the queue was full.
-	Dropped uint64
-	// Received counts envelopes from other nodes handed to local
-	// subscribers (this node's echoes are not counted).
-	Received uint64
-	// DecodeErrors counts messages on this node's channels that were not
-	// valid envelopes, or carried what no client may receive (a JSON
-	// payload that is not valid JSON in UTF-8, an event or topic that is
-	// not UTF-8), or were above MaxMessageSize; they are logged and
-	// skipped.
-	DecodeErrors uint64
-	// TooLarge counts the broadcasts, calls and call answers this node
-	// refused to send above MaxMessageSize.
-	TooLarge uint64
-	// Reconnects counts recoveries of the pub/sub connection.
-	Reconnects uint64
-	// Subscriptions is the number of Redis channels the node holds.
-	Subscriptions int
-	// Connected is false while the pub/sub connection is down.
-	Connected bool
-	// ShardSubscriptions is the number of shard channels the node holds
-	// on a Redis Cluster (sharded pub/sub); ShardResubscribes counts the
-	// ones it subscribed again after Redis dropped them (a slot
-	// migration, a failover, a lost shard connection), ShardLost the
-	// shard connections that failed.
-	ShardSubscriptions           int
-	ShardResubscribes, ShardLost uint64
-	// CallsSent counts node-to-node calls this node made; CallsServed
-	// the calls it answered; CallsRejected those it refused (no handler,
-	// or MaxCalls running); ReplyErrors the answers it could not send.
-	CallsSent, CallsServed, CallsRejected, ReplyErrors uint64
-	// HistoryPublished counts broadcasts that got a history position
-	// (also counted in Published); HistoryReads the ReadHistory calls
-	// Redis answered, HistoryMessagesRead the messages they returned;
-	// ScriptReloads the times Redis had lost the history scripts
-	// (NOSCRIPT) and was sent them in full.
-	HistoryPublished, HistoryReads, HistoryMessagesRead, ScriptReloads uint64
-	// HistoryRegressions counts the times this node saw a topic's history
-	// go back in its epoch (Redis lost broadcasts it had published: a
-	// failover to a replica that had not received them, or a restore)
-	// and moved it to a new epoch (see History in the package doc).
-	HistoryRegressions uint64
-}
-
-// Stats returns the current counters.
-func (p *PubSub) Stats() Stats {
-	st := Stats{
-		Published:     p.published.Load(),
-		PublishErrors: p.publishErrors.Load(),
-		Dropped:       p.dropped.Load(),
-		Received:      p.received.Load(),
-		DecodeErrors:  p.decodeErrors.Load(),
-		TooLarge:      p.tooLarge.Load(),
-		Reconnects:    p.reconnects.Load(),
-		Subscriptions: int(p.subscribed.Load()),
-		Connected:     !p.lost.Load(),
-		CallsSent:     p.calls.sent.Load(),
-		CallsServed:   p.calls.served.Load(),
-		CallsRejected: p.calls.rejected.Load(),
-		ReplyErrors:   p.calls.failed.Load(),
-
-		HistoryPublished:    p.hist.published.Load(),
-		HistoryReads:        p.hist.reads.Load(),
-		HistoryMessagesRead: p.hist.read.Load(),
-		ScriptReloads:       p.hist.reloads.Load(),
-		HistoryRegressions:  p.regress.regressions.Load(),
-	}
-	if p.shards != nil {
-		st.ShardSubscriptions = int(p.shards.held.Load())
-		st.ShardResubscribes = p.shards.resubscribes.Load()
-		st.ShardLost = p.shards.lostCount.Load()
-	}
-	return st
 }
 
 // Close implements pubsub.PubSub: it stops the goroutines, UNSUBSCRIBEs

@@ -92,7 +92,7 @@ func messageID(env *envelope) uint64 {
 func (p *PubSub) track(topic string, env *envelope) pubsub.Position {
 	pos, id := env.pos, messageID(env)
 	h := &p.regress
-	if p.shards != nil && !p.Gate().MayWrite(FormShard, 2, time.Now()) {
+	if p.shards != nil && !p.mayShard.mayWrite(p.Gate(), time.Now) {
 		// Some node may still PUBLISH the topic while others SPUBLISH it:
 		// its broadcasts reach this node on two connections, in no set
 		// order, and going back proves nothing. Following starts afresh
@@ -146,10 +146,81 @@ func (p *PubSub) track(topic string, env *envelope) pubsub.Position {
 	h.regressions.Add(1)
 	marked, _ := t.markedLocked(pos)
 	h.mu.Unlock()
-	p.log.Warn("redis: a topic's history went back: Redis lost broadcasts it had published (a failover to a replica that had not received them, or a restore); moving the history to a new epoch",
-		"topic", topic, "last", last.String(), "got", pos.String(), "delivered_as", marked.String())
+	p.warnWentBack(topic, last, pos, "delivered_as", marked.String())
 	p.bump(topic, pos.Epoch)
 	return marked
+}
+
+// Seen at publish. A node that only publishes to a topic (none of its
+// clients joined it) delivers nothing of it, so track never sees its
+// history go back; if no node has subscribers of the topic then, no node
+// would. The history script's reply gives each broadcast's position, and
+// the writers note them in the order Redis ran them (historyState.note):
+// a position that is not past the last one this node was given in the
+// same epoch is the history gone back, as sure as a delivery's. It takes
+// a node that had published one of the lost broadcasts (within the
+// history's TTL: what note keeps); a regression met only by nodes that
+// published none of them, with no subscriber anywhere, goes unnoticed.
+// The epoch found lost is marked on the topic's track as a delivery
+// would mark it, so this node counts it once whichever path sees it
+// first, and its subscribers (if any) get the lost epoch's broadcasts in
+// a marker epoch.
+
+// notePublished records pos, the position Redis gave one of this node's
+// broadcasts on topic, and moves the history to a new epoch if it went
+// back. The writers call it, in the order Redis ran the scripts.
+func (p *PubSub) notePublished(topic string, pos pubsub.Position, o pubsub.HistoryOptions, now time.Time) {
+	prev, ok := p.hist.note(topic, pos, o, now)
+	switch {
+	case !ok:
+	case prev.epoch == pos.Epoch && pos.Offset <= prev.top:
+		p.wentBack(topic, pubsub.Position{Epoch: prev.epoch, Offset: prev.top}, pos, true)
+	case prev.lost == pos.Epoch:
+		// Still in the lost epoch: the move has not run yet, or failed
+		// (then this runs it again, as track does).
+		p.wentBack(topic, pubsub.Position{}, pos, false)
+	}
+}
+
+// wentBack records that topic's history went back in got's epoch, seen
+// at publish: counted when fresh (last is then the newest position this
+// node had been given) unless a delivery saw it first, and moved to a
+// new epoch unless a move runs or has run.
+func (p *PubSub) wentBack(topic string, last, got pubsub.Position, fresh bool) {
+	h := &p.regress
+	h.mu.Lock()
+	t := h.topics[topic]
+	if t == nil {
+		// Swept with the topic's last subscriber (sweepTracks), like
+		// any track.
+		if h.topics == nil {
+			h.topics = make(map[string]*topicTrack)
+		}
+		t = &topicTrack{}
+		h.topics[topic] = t
+	}
+	count := false
+	if t.lost != got.Epoch {
+		t.lost, t.marker, t.bumping = got.Epoch, newEpoch(), false
+		count = fresh
+	}
+	bump := !t.bumping
+	t.bumping = true
+	if count {
+		h.regressions.Add(1)
+	}
+	h.mu.Unlock()
+	if count {
+		p.warnWentBack(topic, last, got, "seen", "at publish")
+	}
+	if bump {
+		p.bump(topic, got.Epoch)
+	}
+}
+
+func (p *PubSub) warnWentBack(topic string, last, got pubsub.Position, attrs ...any) {
+	p.log.Warn("redis: a topic's history went back: Redis lost broadcasts it had published (a failover to a replica that had not received them, or a restore); moving the history to a new epoch",
+		append([]any{"topic", topic, "last", last.String(), "got", got.String()}, attrs...)...)
 }
 
 // markedLocked returns pos in t's marker epoch, and whether a historyBump
@@ -161,15 +232,17 @@ func (t *topicTrack) markedLocked(pos pubsub.Position) (pubsub.Position, bool) {
 }
 
 // bump runs historyBump for topic's lost epoch on its own goroutine (the
-// caller is a connection's reader, which must not wait on Redis). A bump
-// that fails is run again by the next broadcast of the lost epoch.
+// caller is a connection's reader or a writer, neither of which may wait
+// on Redis for it). A bump that fails is run again by the next broadcast
+// of the lost epoch, delivered or published.
 func (p *PubSub) bump(topic, lost string) {
 	o, ok := p.historyOptions(topic)
 	if !ok {
 		return
 	}
-	// The caller is a reader: its count keeps Close's wait for the
-	// readers from passing before this goroutine is counted.
+	// The caller is a reader, or a writer, which Close waits for before
+	// the readers: either way this is counted before Close's wait for
+	// the readers begins.
 	p.reader.Add(1)
 	go func() {
 		defer p.reader.Done()

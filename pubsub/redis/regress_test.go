@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
+
 	"github.com/channelsd/channelsd/pubsub"
 )
 
@@ -279,4 +281,86 @@ func TestHistoryGoesBackOnCluster(t *testing.T) {
 		_, err := s.ReadHistory(ctx, "room:1", pubsub.HistoryQuery{Since: last})
 		return errors.Is(err, pubsub.ErrEpochChanged)
 	})
+}
+
+// rollBack publishes n broadcasts on topic from p and puts the history's
+// keys back where they stood after the at-th (RESTORE of a DUMP), as a
+// failover to a replica that had not received the rest would. It
+// returns the position of the last broadcast published.
+func rollBack(t *testing.T, p *PubSub, ins *goredis.Client, topic string, n, at int) pubsub.Position {
+	t.Helper()
+	ctx := context.Background()
+	keys := p.historyKeys(topic)
+	var dumps []string
+	var last pubsub.Position
+	for i := 1; i <= n; i++ {
+		last = publishAt(t, p, topic, "old"+strconv.Itoa(i))
+		if i == at {
+			for _, k := range keys {
+				d, err := ins.Dump(ctx, k).Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				dumps = append(dumps, d)
+			}
+		}
+	}
+	for i, k := range keys {
+		if err := ins.RestoreReplace(ctx, k, time.Minute, dumps[i]).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return last
+}
+
+// TestHistoryGoesBackSeenAtPublish: a node that only publishes to a
+// topic, with no subscriber of it anywhere, sees its history go back in
+// the history script's answer, counts it and moves the history to a new
+// epoch. A node that publishes to a topic it has subscribers of sees the
+// same on both paths (the answer, the delivery) and counts it once.
+func TestHistoryGoesBackSeenAtPublish(t *testing.T) {
+	srv := startRedis(t)
+	a := historyNode(t, srv, "a", 100, time.Minute, true)
+	ins := inspector(t, srv)
+	ctx := context.Background()
+
+	last := rollBack(t, a, ins, "room:quiet", 10, 7)
+	if n := a.Subscribers("room:quiet"); n != 0 {
+		t.Fatalf("%d subscribers of the quiet topic", n)
+	}
+	if pos := publishAt(t, a, "room:quiet", "new8"); pos != (pubsub.Position{Epoch: last.Epoch, Offset: 8}) {
+		t.Fatalf("publish after the restore got %v, want %s:8", pos, last.Epoch)
+	}
+	if got := a.Stats().HistoryRegressions; got != 1 {
+		t.Fatalf("HistoryRegressions %d once the publish returned, want 1", got)
+	}
+	eventually(t, 5*time.Second, "the history to leave the lost epoch", func() bool {
+		e, err := ins.HGet(ctx, a.historyKeys("room:quiet")[1], "epoch").Result()
+		return err == nil && e != last.Epoch
+	})
+	res, err := a.ReadHistory(ctx, "room:quiet", pubsub.HistoryQuery{Since: pubsub.Position{Epoch: last.Epoch, Offset: 7}})
+	if !errors.Is(err, pubsub.ErrEpochChanged) || len(res.Messages) != 0 {
+		t.Fatalf("since a lost position: %+v, %v; want ErrEpochChanged", res, err)
+	}
+	next := publishAt(t, a, "room:quiet", "next")
+	if next.Epoch == last.Epoch || next.Offset != 1 {
+		t.Fatalf("after the move: %v", next)
+	}
+	if got := a.Stats().HistoryRegressions; got != 1 {
+		t.Fatalf("HistoryRegressions %d after the move, want 1", got)
+	}
+
+	r := &recorder{id: "r"}
+	mustSubscribe(t, a, "room:busy", r)
+	syncAll(t, a)
+	last = rollBack(t, a, ins, "room:busy", 5, 3)
+	r.waitCount(t, 5)
+	publishAt(t, a, "room:busy", "new4")
+	r.waitCount(t, 6)
+	if m := r.messages()[5]; m.Event != "new4" || m.Pos.Epoch == last.Epoch || m.Pos.Offset != 4 {
+		t.Fatalf("the regressed broadcast came as %s at %v; want new4 in an epoch other than %s", m.Event, m.Pos, last.Epoch)
+	}
+	if got := a.Stats().HistoryRegressions; got != 2 {
+		t.Fatalf("HistoryRegressions %d, want 2: one per topic, whichever path saw it", got)
+	}
 }

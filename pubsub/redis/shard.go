@@ -47,7 +47,7 @@ func (p *PubSub) shardChannel(topic string) string {
 // and whether with SPUBLISH: the shard channel once every live node reads
 // it (FormShard 2), the classic one before.
 func (p *PubSub) topicChannel(topic string, now time.Time) (string, bool) {
-	if p.shardTopic(topic) && p.Gate().MayWrite(FormShard, 2, now) {
+	if p.shardTopic(topic) && p.mayShard.mayWrite(p.Gate(), func() time.Time { return now }) {
 		return p.shardChannel(topic), true
 	}
 	return p.chanPrefix + topic, false
@@ -58,11 +58,9 @@ func (p *PubSub) topicChannel(topic string, now time.Time) (string, bool) {
 // readers report to it through mu.
 type shardSet struct {
 	p    *PubSub
-	cc   *goredis.ClusterClient
 	base goredis.Options // template of the per-master clients
 
-	slots   []string // master address per slot; nil: not loaded
-	reload  bool     // the slot map may be stale
+	reload  bool // the slot map may be stale: read it again before routing
 	clients map[string]*goredis.Client
 	shards  map[string]*shard // live shard connections by master address
 	on      map[string]*shard // topic -> the shard its SSUBSCRIBE went to
@@ -90,10 +88,9 @@ type shard struct {
 	tokens []string       // guarded by mu: Sync PINGs not yet answered
 }
 
-func newShardSet(p *PubSub, cc *goredis.ClusterClient, co *goredis.ClusterOptions) *shardSet {
+func newShardSet(p *PubSub, co *goredis.ClusterOptions) *shardSet {
 	return &shardSet{
-		p:  p,
-		cc: cc,
+		p: p,
 		base: goredis.Options{
 			ClientName: co.ClientName, Dialer: co.Dialer, OnConnect: co.OnConnect,
 			Protocol: co.Protocol, Username: co.Username, Password: co.Password,
@@ -111,26 +108,6 @@ func newShardSet(p *PubSub, cc *goredis.ClusterClient, co *goredis.ClusterOption
 		on:      make(map[string]*shard),
 		retry:   make(map[string]struct{}),
 	}
-}
-
-// loadSlots reads the cluster's slot map.
-func (s *shardSet) loadSlots(ctx context.Context) error {
-	ranges, err := s.cc.ClusterSlots(ctx).Result()
-	if err != nil {
-		return fmt.Errorf("redis: cluster slots: %w", err)
-	}
-	slots := make([]string, clusterSlots)
-	for _, r := range ranges {
-		if len(r.Nodes) == 0 || r.Start < 0 || r.End >= clusterSlots || r.Start > r.End {
-			continue
-		}
-		for i := r.Start; i <= r.End; i++ {
-			slots[i] = r.Nodes[0].Addr
-		}
-	}
-	s.slots = slots
-	s.reload = false
-	return nil
 }
 
 // apply brings the sharded subscriptions one pass closer to the
@@ -201,16 +178,16 @@ func (s *shardSet) apply(add, remove []string, retry, tick bool) {
 // spans slots).
 func (s *shardSet) subscribeRetry() {
 	p := s.p
-	if s.slots == nil || s.reload {
-		ctx, cancel := context.WithTimeout(p.ctx, p.opt.PublishTimeout)
-		err := s.loadSlots(ctx)
-		cancel()
-		if err != nil {
+	mctx, cancel := context.WithTimeout(p.ctx, p.opt.PublishTimeout)
+	defer cancel()
+	if s.reload {
+		if err := p.slots.reload(mctx); err != nil {
 			if !p.lost.Load() {
 				p.log.Warn("redis: reading the slot map failed; sharded subscriptions wait", "topics", len(s.retry), "err", err)
 			}
 			return
 		}
+		s.reload = false
 	}
 	type group struct {
 		addr string
@@ -220,7 +197,7 @@ func (s *shardSet) subscribeRetry() {
 	for t := range s.retry {
 		ch := p.shardChannel(t)
 		slot := keySlot(ch)
-		addr := s.slots[slot]
+		addr := p.slots.master(mctx, ch)
 		if addr == "" {
 			s.reload = true
 			continue

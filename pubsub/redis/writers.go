@@ -5,8 +5,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	goredis "github.com/redis/go-redis/v9"
-
 	"github.com/channelsd/channelsd/pubsub"
 )
 
@@ -69,14 +67,13 @@ type slotRoute struct {
 // writerSet routes requests to writers and bounds what they queue, all
 // writers together, by Options.QueueSize.
 type writerSet struct {
-	p  *PubSub
-	cc *goredis.ClusterClient // nil: one writer
-	wg sync.WaitGroup
-	// master returns the address of the master of key's slot, "" when
-	// the slot map cannot be had (the cluster unreachable: the request
-	// then goes to the writer "", whose pipeline fails as any would).
-	// (Swapped by tests, hence atomic.)
-	master atomic.Pointer[func(ctx context.Context, key string) string]
+	p *PubSub
+	// slots routes requests to the master of their slot; nil: one
+	// writer. A request whose slot map cannot be had (the cluster
+	// unreachable) goes to the writer "", whose pipeline fails as any
+	// would.
+	slots *slotMap
+	wg    sync.WaitGroup
 
 	pending atomic.Int64 // queued, not yet taken by a writer; raised under mu
 
@@ -87,23 +84,15 @@ type writerSet struct {
 	routes []slotRoute        // guarded by mu: per slot; nil on a single Redis
 }
 
-func newWriterSet(p *PubSub, cc *goredis.ClusterClient) *writerSet {
-	ws := &writerSet{p: p, cc: cc}
+func newWriterSet(p *PubSub, slots *slotMap) *writerSet {
+	ws := &writerSet{p: p, slots: slots}
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
-	if cc == nil {
+	if slots == nil {
 		ws.one = ws.startLocked("")
 	} else {
 		ws.byAddr = make(map[string]*writer)
 		ws.routes = make([]slotRoute, clusterSlots)
-		master := func(ctx context.Context, key string) string {
-			c, err := cc.MasterForKey(ctx, key)
-			if err != nil {
-				return ""
-			}
-			return c.Options().Addr
-		}
-		ws.master.Store(&master)
 	}
 	return ws
 }
@@ -123,12 +112,12 @@ func (ws *writerSet) startLocked(addr string) *writer {
 // pubsub.ErrClosed after stop.
 func (ws *writerSet) enqueue(ctx context.Context, req *publishReq) error {
 	slot, key, addr := 0, "", ""
-	if ws.cc != nil {
+	if ws.slots != nil {
 		key = req.channel
 		if req.hist != nil {
 			key = req.hist.keys[0]
 		}
-		slot, addr = keySlot(key), (*ws.master.Load())(ctx, key)
+		slot, addr = keySlot(key), ws.slots.master(ctx, key)
 	}
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
@@ -194,7 +183,7 @@ func (ws *writerSet) releaseLocked(w *writer) {
 // still wait for what it had queued. It reads the cluster client's map
 // as it is, without asking Redis.
 func (ws *writerSet) sweep(ctx context.Context) {
-	if ws.cc == nil {
+	if ws.slots == nil {
 		return
 	}
 	type routed struct {
@@ -212,7 +201,7 @@ func (ws *writerSet) sweep(ctx context.Context) {
 	ws.mu.Unlock()
 	var gone []routed
 	for _, c := range check {
-		if addr := (*ws.master.Load())(ctx, c.key); addr != c.w.addr {
+		if addr := ws.slots.master(ctx, c.key); addr != c.w.addr {
 			gone = append(gone, c)
 		}
 	}
@@ -234,7 +223,7 @@ func (ws *writerSet) sweep(ctx context.Context) {
 	}
 }
 
-// count returns how many writers run (for tests).
+// count returns how many writers run.
 func (ws *writerSet) count() int {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
@@ -242,6 +231,21 @@ func (ws *writerSet) count() int {
 		return 1
 	}
 	return len(ws.byAddr)
+}
+
+// queues returns how many requests wait in each writer's queue, by its
+// master's address ("" for the writer of a single Redis).
+func (ws *writerSet) queues() map[string]int {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if ws.one != nil {
+		return map[string]int{"": len(ws.one.queue)}
+	}
+	q := make(map[string]int, len(ws.byAddr))
+	for addr, w := range ws.byAddr {
+		q[addr] = len(w.queue)
+	}
+	return q
 }
 
 // stop keeps writers from starting, and waits for the running ones to

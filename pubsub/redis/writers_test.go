@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"testing"
 	"time"
@@ -41,7 +42,7 @@ func pause(t testing.TB, c *testCluster, i int, d time.Duration) {
 
 // setMaster replaces p's slot map lookup.
 func setMaster(p *PubSub, f func(ctx context.Context, key string) string) {
-	p.writers.master.Store(&f)
+	p.slots.lookup.Store(&f)
 }
 
 // publishAsync publishes in the background; the result comes on the
@@ -101,6 +102,11 @@ func TestStalledMasterDelaysOnlyItsTopics(t *testing.T) {
 	})
 	s2 := publishAsync(a, stalled, "s2")
 	eventually(t, time.Second, "s2 queued", func() bool { return w0.enqueued.Load() == before+2 })
+	st := a.Stats()
+	wantQueues := map[string]int{c.servers[0].Addr(): 1, c.servers[1].Addr(): 0, c.servers[2].Addr(): 0}
+	if st.PublishWriters != 3 || !maps.Equal(st.PublishQueues, wantQueues) {
+		t.Fatalf("%d writers, queues %v; want 3, %v (s2 behind s1)", st.PublishWriters, st.PublishQueues, wantQueues)
+	}
 
 	var longest time.Duration
 	for k := range 5 {
@@ -149,7 +155,7 @@ func TestMovedSlotKeepsOrder(t *testing.T) {
 	// The topic's slot is first routed to master 0's writer, as a node
 	// whose slot map still had it there would.
 	addr0 := c.servers[0].Addr()
-	real := *a.writers.master.Load()
+	real := *a.slots.lookup.Load()
 	movedKey := a.shardChannel(moved)
 	setMaster(a, func(ctx context.Context, key string) string {
 		if key == movedKey {
@@ -172,7 +178,7 @@ func TestMovedSlotKeepsOrder(t *testing.T) {
 	eventually(t, time.Second, "m1 queued", func() bool { return w0.enqueued.Load() == before+2 })
 	// The slot map is right again: m2 goes to master 1's writer, which
 	// is free; m1 has not left master 0's.
-	a.writers.master.Store(&real)
+	a.slots.lookup.Store(&real)
 	m2 := publishAsync(a, moved, "m2")
 	for _, done := range []<-chan error{s, m1, m2} {
 		if err := <-done; err != nil {
@@ -198,7 +204,7 @@ func TestWriterStopsWithItsLastSlot(t *testing.T) {
 	a := clusterNode(t, c, "a", openGate("a"))
 	topic := topicOn(t, c, a, 1, "room:")
 	key := a.shardChannel(topic)
-	real := *a.writers.master.Load()
+	real := *a.slots.lookup.Load()
 	setMaster(a, func(ctx context.Context, k string) string {
 		if k == key {
 			return "elsewhere:1"
@@ -210,7 +216,7 @@ func TestWriterStopsWithItsLastSlot(t *testing.T) {
 	if old == nil {
 		t.Fatal("no writer for the slot's first master")
 	}
-	a.writers.master.Store(&real)
+	a.slots.lookup.Store(&real)
 	publish(t, a, topic, "e2")
 	if w := writerAt(a, "elsewhere:1"); w != nil {
 		t.Fatal("the writer of a master without slots still runs")
@@ -231,7 +237,7 @@ func TestWriterStopsWithItsLastSlot(t *testing.T) {
 	if writerAt(a, "elsewhere:2") == nil {
 		t.Fatal("no writer for the slot's master")
 	}
-	a.writers.master.Store(&real)
+	a.slots.lookup.Store(&real)
 	a.writers.sweep(context.Background())
 	if w := writerAt(a, "elsewhere:2"); w != nil {
 		t.Fatal("the sweep left the writer of a master that owns no slot")
