@@ -58,6 +58,14 @@ type Options struct {
 	// reaches it from this host; StopRedis and the like, which act on the
 	// one Redis, fail the test.
 	RedisCluster bool
+	// RedisClusterTLS runs the Redis Cluster on TLS only, its own links
+	// included; the nodes get a rediss-cluster:// URL and trust the CA
+	// the harness made for it (redissecure.go).
+	RedisClusterTLS bool
+	// RedisClusterUser is an ACL user of every Redis Cluster node, whom
+	// the nodes authenticate as (its name and password in their URL);
+	// the default user then has a password only the harness knows.
+	RedisClusterUser *RedisUser
 	// RedisPrefix is passed as --redis-prefix when set.
 	RedisPrefix string
 	// LogLevel is the nodes' --log-level; "" means debug.
@@ -91,7 +99,9 @@ type Cluster struct {
 	// redisNodes are the Redis Cluster's containers (Options.RedisCluster),
 	// redis1 first.
 	redisNodes []*testcontainers.DockerContainer
-	nodes      []*Node
+	// redisSec is the Redis Cluster's TLS and ACL user, if it has them.
+	redisSec *redisSecurity
+	nodes    []*Node
 	// nodeArgs are the flags every node gets from the cluster (Redis);
 	// generation counts the replacements of each node (ReplaceNode).
 	nodeArgs   []string
@@ -200,6 +210,8 @@ func Start(t testing.TB, opts Options) *Cluster {
 	switch {
 	case opts.NoRedis && opts.RedisCluster:
 		t.Fatalf("harness: Options.NoRedis and Options.RedisCluster together")
+	case !opts.RedisCluster && (opts.RedisClusterTLS || opts.RedisClusterUser != nil):
+		t.Fatalf("harness: Options.RedisClusterTLS and RedisClusterUser need Options.RedisCluster")
 	case opts.RedisCluster:
 		images = append(images, RedisClusterImage())
 	case !opts.NoRedis:

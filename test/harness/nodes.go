@@ -26,25 +26,78 @@ import (
 // runNode starts a node container of image with node id id under alias
 // on the cluster's network and waits for its /readyz.
 func (c *Cluster) runNode(ctx context.Context, id, alias, image string) (*testcontainers.DockerContainer, error) {
-	args := append([]string{"--addr", ":4000", "--node-id", id, "--conformance", "--log-level", c.opts.LogLevel}, c.nodeArgs...)
-	args = append(args, c.opts.Args...)
-	env := map[string]string{"CHANNELS_API_KEY": APIKey, "CHANNELS_METRICS_PUBLIC": "true"}
-	for k, v := range c.opts.Env {
-		env[k] = v
-	}
-	return testcontainers.Run(ctx, image,
-		testcontainers.WithLogger(tclog.TestLogger(c.t)),
-		network.WithNetwork([]string{alias}, c.network),
-		testcontainers.WithCmd(args...),
-		testcontainers.WithEnv(env),
+	return c.runNodeWith(ctx, id, alias, image, nil,
 		testcontainers.WithExposedPorts(nodePort),
 		testcontainers.WithHostConfigModifier(publishOnLoopback(nodePort)),
 		testcontainers.WithWaitStrategy(wait.ForHTTP("/readyz").
 			WithPort(nodePort).
 			WithForcedIPv4LocalHost().
 			WithPollInterval(100*time.Millisecond).
-			WithStartupTimeout(c.opts.StartupTimeout)),
-	)
+			WithStartupTimeout(c.opts.StartupTimeout)))
+}
+
+// runNodeWith starts a node container with the cluster's flags followed
+// by extra, and with opts (ports, what to wait for).
+func (c *Cluster) runNodeWith(ctx context.Context, id, alias, image string, extra []string, opts ...testcontainers.ContainerCustomizer) (*testcontainers.DockerContainer, error) {
+	args := append([]string{"--addr", ":4000", "--node-id", id, "--conformance", "--log-level", c.opts.LogLevel}, c.nodeArgs...)
+	args = append(args, c.opts.Args...)
+	args = append(args, extra...)
+	env := map[string]string{"CHANNELS_API_KEY": APIKey, "CHANNELS_METRICS_PUBLIC": "true"}
+	c.redisSec.nodeEnv(env)
+	for k, v := range c.opts.Env {
+		env[k] = v
+	}
+	return testcontainers.Run(ctx, image, append([]testcontainers.ContainerCustomizer{
+		testcontainers.WithLogger(tclog.TestLogger(c.t)),
+		network.WithNetwork([]string{alias}, c.network),
+		testcontainers.WithCmd(args...),
+		testcontainers.WithEnv(env),
+		testcontainers.WithFiles(c.redisSec.nodeFiles()...),
+	}, opts...)...)
+}
+
+// Exited is what RunNodeToExit saw of a node that ended by itself.
+type Exited struct {
+	ExitCode int
+	Took     time.Duration // from the container's start to its exit
+	Logs     string
+}
+
+// RunNodeToExit starts one more node, id (also its alias), with the
+// cluster's flags followed by args (a flag given again wins, such as
+// --redis), and waits for it to exit by itself, for at most timeout: a
+// node that must refuse to start. It is not one of the cluster's nodes
+// (N does not count it); its container goes with the cluster's.
+func (c *Cluster) RunNodeToExit(id string, timeout time.Duration, args ...string) Exited {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout+30*time.Second)
+	defer cancel()
+	began := time.Now()
+	ctr, err := c.runNodeWith(ctx, id, id, c.opts.Image, args,
+		testcontainers.WithWaitStrategy(wait.ForExit().WithExitTimeout(timeout)))
+	c.track(id, ctr)
+	if err != nil {
+		c.t.Fatalf("harness: %s did not exit within %v: %v", id, timeout, err)
+	}
+	e := Exited{Took: time.Since(began)}
+	in, err := ctr.Inspect(ctx)
+	if err != nil {
+		c.t.Fatalf("harness: inspecting %s: %v", id, err)
+	}
+	if in.State != nil {
+		e.ExitCode = in.State.ExitCode
+		if start, err1 := time.Parse(time.RFC3339Nano, in.State.StartedAt); err1 == nil {
+			if end, err2 := time.Parse(time.RFC3339Nano, in.State.FinishedAt); err2 == nil {
+				e.Took = end.Sub(start)
+			}
+		}
+	}
+	logs, err := containerLogs(ctx, ctr)
+	if err != nil {
+		c.t.Fatalf("harness: logs of %s: %v", id, err)
+	}
+	e.Logs = string(logs)
+	return e
 }
 
 // Replaced is what ReplaceNode saw of the node it replaced.
@@ -138,6 +191,19 @@ func (c *Cluster) Kill(i int) {
 	case err := <-w.Error:
 		c.t.Fatalf("harness: waiting for %s to exit: %v", n.ID, err)
 	}
+}
+
+// Running reports whether node i's container is running (false once
+// Kill or Stop has ended it).
+func (c *Cluster) Running(i int) bool {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := c.Node(i).c.State(ctx)
+	if err != nil {
+		c.t.Fatalf("harness: state of node %d: %v", i, err)
+	}
+	return st.Running
 }
 
 // Stop stops node i gracefully (SIGTERM, then SIGKILL after timeout).
