@@ -11,6 +11,7 @@ import (
 	"github.com/channelsd/channelsd/channels"
 	presenceredis "github.com/channelsd/channelsd/presence/redis"
 	pubsubredis "github.com/channelsd/channelsd/pubsub/redis"
+	goredis "github.com/redis/go-redis/v9"
 )
 
 // Config.Redis is the one way to cluster a node, as Phoenix clusters an
@@ -145,6 +146,11 @@ func dialRedis(ctx context.Context, opts pubsubredis.Options, patience time.Dura
 		}
 		if errors.Is(err, pubsubredis.ErrNotCluster) {
 			return nil, fmt.Errorf("node: %w", err) // configuration: waiting cannot fix it
+		}
+		if goredis.IsAuthError(err) {
+			// A Redis that refuses the user or password answers, and will
+			// answer the same after any wait.
+			return nil, fmt.Errorf("node: redis refused the user or password of --redis: %w", err)
 		}
 		if ctx.Err() != nil {
 			return nil, giveUp(err)

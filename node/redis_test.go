@@ -358,3 +358,23 @@ func TestClusterURLAtOneRedis(t *testing.T) {
 	}
 	t.Logf("error: %v", err)
 }
+
+// TestRedisWrongPassword: a Redis that refuses the URL's user or password
+// fails New at once, saying so, instead of waiting out ConnectTimeout as
+// for a Redis that does not answer.
+func TestRedisWrongPassword(t *testing.T) {
+	srv := redistest.Start(t)
+	start := time.Now()
+	_, err := New(Config{Router: roomRouter(), Redis: "redis://nobody:not-the-password@" + srv.Addr(), Logger: slog.New(slog.DiscardHandler),
+		RedisOptions: RedisOptions{ConnectTimeout: time.Minute}})
+	if err == nil || !strings.Contains(err.Error(), "refused the user or password") || !strings.Contains(err.Error(), "WRONGPASS") {
+		t.Fatalf("err = %v, want the refusal, quoting Redis's answer", err)
+	}
+	if strings.Contains(err.Error(), "not-the-password") {
+		t.Errorf("the error shows the password: %v", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("failed after %v: it waited for Redis", took)
+	}
+	t.Logf("error: %v", err)
+}

@@ -369,6 +369,13 @@ func parseClusterURL(s string) (clusterOptions, error) {
 	if err != nil {
 		return clusterOptions{}, fmt.Errorf("redis: cluster address: %w", err)
 	}
+	// go-redis names the first host as the server of every node's
+	// connection, so a node whose certificate names only itself fails
+	// verification. Without a name, each connection is checked against
+	// the host it dials: the one Redis announced.
+	if co.TLSConfig != nil {
+		co.TLSConfig.ServerName = ""
+	}
 	return clusterOptions{co, explicit}, nil
 }
 

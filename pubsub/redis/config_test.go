@@ -98,6 +98,9 @@ func TestClusterURL(t *testing.T) {
 	if co.Username != "app" || co.Password != "p@ss" || co.TLSConfig == nil || co.DialTimeout != 3*time.Second || co.explicitRedirects {
 		t.Errorf("options %+v, explicit redirects %v", co.ClusterOptions, co.explicitRedirects)
 	}
+	if co.TLSConfig != nil && co.TLSConfig.ServerName != "" {
+		t.Errorf("TLS checks every node as %q, not as the host it dials", co.TLSConfig.ServerName)
+	}
 	if got := o.describe(); got != "the Redis Cluster at r1:7000,r2:6379,[::1]:7002" {
 		t.Errorf("describe() = %q", got)
 	}

@@ -309,8 +309,11 @@ func TestRedisOutage(t *testing.T) {
 // TestNodeKilled: a node killed with SIGKILL takes its own sockets down
 // (without a close frame); the other nodes stay ready and their clients
 // get everything published afterwards, from a client and from the API.
-func TestNodeKilled(t *testing.T) {
-	cl := harness.Start(t, harness.Options{Nodes: 3})
+func TestNodeKilled(t *testing.T) { testNodeKilled(t, harness.Start(t, harness.Options{Nodes: 3})) }
+
+// testNodeKilled is TestNodeKilled on a cluster of three nodes, whose
+// topic conformance:kill it leaves to it. Node 3 stays dead.
+func testNodeKilled(t *testing.T, cl *harness.Cluster) {
 	ctx := timeout(t, 2*time.Minute)
 	const topic = "conformance:kill"
 	clients := make([]*wsclient.Client, cl.N()+1) // by node

@@ -308,7 +308,7 @@ func testLongPollAcrossDrain(t *testing.T, cl *harness.Cluster, lb *harness.Load
 	last := p.finish()
 	awaitCaughtUp(t, []*recoverer{rec}, []*publisher{p}, 30*time.Second)
 	tl := account([]*recoverer{rec}, []*publisher{p})
-	t.Logf("TestHistoryRecovery/LongPollAcrossDrain: session on node%d, drained and replaced by %s in %v; %d new sessions (losses %v); %d published; %s",
+	t.Logf("%s: session on node%d, drained and replaced by %s in %v; %d new sessions (losses %v); %d published; %s", t.Name(),
 		owner, cl.Node(owner).ID, r.Stopping.Round(100*time.Millisecond), lp.Reconnects(), lp.Losses(), last, tl)
 	checkRecovered(t, tl)
 }

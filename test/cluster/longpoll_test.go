@@ -334,7 +334,18 @@ type lpMember struct {
 
 func TestLongPollNodeKilled(t *testing.T) {
 	cl := harness.Start(t, harness.Options{Nodes: 3})
-	lb := cl.StartLoadBalancer(harness.LBOptions{})
+	testLongPollNodeKilled(t, cl, cl.StartLoadBalancer(harness.LBOptions{}))
+}
+
+// testLongPollNodeKilled: nine long-poll clients behind the load balancer
+// in front of three nodes follow a room; the node owning the fewest
+// sessions is killed with SIGKILL while every client waits in a poll. Its
+// clients' sessions are lost: each opens a new one and rejoins. The other
+// clients keep theirs and get every broadcast published afterwards, once
+// and in order; a client whose poll the killed node was relaying may
+// reconnect instead (a transport error), never lose its session (410).
+// It leaves room:lp-kill to it; the killed node stays dead.
+func testLongPollNodeKilled(t *testing.T, cl *harness.Cluster, lb *harness.LoadBalancer) {
 	ctx := timeout(t, 3*time.Minute)
 	const topic = "room:lp-kill"
 	const n = 50

@@ -7,26 +7,50 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/channelsd/channelsd/test/harness"
 )
 
-// TestRedisCluster runs the fan-out checks and the presence scenarios of
-// one Redis, unchanged, on three nodes sharing a Redis Cluster of three
-// masters (harness.Options.RedisCluster), then checks that the cluster
-// was used as one: the nodes' keys spread over every master.
+// TestRedisCluster runs the fan-out checks and the node-failure
+// scenarios of one Redis, unchanged, on three nodes sharing a Redis
+// Cluster of three masters (harness.Options.RedisCluster), and checks
+// that the cluster was used as one: broadcasts went by sharded pub/sub
+// and the nodes' keys spread over every master. The kills come last, each
+// on a cluster of three: a node a kill leaves dead is replaced before the
+// next (a new container, a new node id).
 func TestRedisCluster(t *testing.T) {
 	cl := harness.Start(t, harness.Options{Nodes: 3, RedisCluster: true, Args: presenceArgs()})
+	lb := cl.StartLoadBalancer(harness.LBOptions{})
 	runChecks(t, cl, fanoutChecks)
 	runChecks(t, cl, []check{
 		{"BroadcastsUseShardedPubSub", testShardedPubSub},
 		{"PresenceChurn", testPresenceChurn},
 		{"KeysOnEveryMaster", testKeysOnEveryMaster},
-		// Last: node 3 stays dead.
-		{"PresenceNodeKilled", testPresenceNodeKilled},
+		{"NodeKilled", testNodeKilled},
 	})
+	replaceDead(t, cl, lb)
+	t.Run("LongPollNodeKilled", func(t *testing.T) { testLongPollNodeKilled(t, cl.For(t), lb) })
+	replaceDead(t, cl, lb)
+	// Last: node 3 stays dead.
+	runChecks(t, cl, []check{{"PresenceNodeKilled", testPresenceNodeKilled}})
+}
+
+// replaceDead puts a new node in place of each node that a check killed,
+// and waits until the load balancer routes to it again.
+func replaceDead(t *testing.T, cl *harness.Cluster, lb *harness.LoadBalancer) {
+	t.Helper()
+	for i := 1; i <= cl.N(); i++ {
+		if cl.Running(i) {
+			continue
+		}
+		began := time.Now()
+		r := cl.ReplaceNode(i, time.Second)
+		lb.AwaitServer(i, "UP", 30*time.Second)
+		t.Logf("%s, killed, replaced by %s in %v", r.ID, cl.Node(i).ID, time.Since(began).Round(time.Millisecond))
+	}
 }
 
 // testKeysOnEveryMaster: the presence hashes of the churn's rooms and the

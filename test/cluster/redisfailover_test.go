@@ -18,25 +18,32 @@ import (
 )
 
 // TestRedisClusterFailover runs, on two nodes behind the load balancer
-// sharing a Redis Cluster of three masters and their replicas, rooms
-// keeping history: the long-poll scenarios of one Redis, unchanged (round
-// robin, a session across its node's drain), then what only a cluster
-// does to a busy room: its slot migrates to another master, and its
-// master dies and its replica takes over. Each logs how long each part
-// took.
+// sharing a Redis Cluster of three masters and their replicas as managed
+// services run it (TLS on every link, the nodes logged in as an ACL user
+// allowed only what channelsd runs), rooms keeping history: broadcasts
+// over TLS, a node given a wrong password, the long-poll scenarios of one
+// Redis, unchanged (round robin, a session across its node's drain),
+// then what only a cluster does to a busy room: its slot migrates to
+// another master, and its master dies and its replica takes over. Each
+// logs how long each part took. Last, no Redis node refused the nodes a
+// command through it all.
 func TestRedisClusterFailover(t *testing.T) {
 	const drainWindow = 2 * time.Second
 	cl := harness.Start(t, harness.Options{Nodes: 2, RedisCluster: true, LogLevel: "info",
+		RedisClusterTLS: true, RedisClusterUser: channelsdUser(),
 		Env:  map[string]string{"CHANNELS_DRAIN_WINDOW": drainWindow.String()},
 		Args: []string{historyRule, "--report-interval=500ms"},
 	})
 	lb := cl.StartLoadBalancer(harness.LBOptions{})
 	awaitPositions(t, cl, 1, 2)
+	t.Run("BroadcastOverTLS", func(t *testing.T) { testBroadcastOverTLS(t, cl.For(t)) })
+	t.Run("WrongPassword", func(t *testing.T) { testWrongPassword(t, cl.For(t)) })
 	t.Run("LongPollBehindRoundRobin", func(t *testing.T) { testLongPollBehindRoundRobin(t, cl.For(t), lb) })
 	t.Run("LongPollAcrossDrain", func(t *testing.T) { testLongPollAcrossDrain(t, cl.For(t), lb) })
 	t.Run("SlotMigration", func(t *testing.T) { testSlotMigration(t, cl.For(t)) })
-	// Last: one Redis master stays dead.
+	// One Redis master stays dead.
 	t.Run("MasterKilled", func(t *testing.T) { testMasterKilled(t, cl.For(t)) })
+	t.Run("NoCommandDenied", func(t *testing.T) { testNoCommandDenied(t, cl.For(t)) })
 }
 
 // roomClients connects, for each topic, one recovering client on each

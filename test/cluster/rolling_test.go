@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -14,7 +13,6 @@ import (
 	"github.com/channelsd/channelsd/channels"
 	"github.com/channelsd/channelsd/test/harness"
 	"github.com/channelsd/channelsd/transport/wsclient"
-	goredis "github.com/redis/go-redis/v9"
 )
 
 // A rolling restart as Kubernetes does it, with history: three nodes
@@ -34,10 +32,19 @@ import (
 // order, under the position the API answered, and no hole in positions
 // ever reached a client; every room's presence on every node lists
 // exactly its clients, once each; no node exited before its drain had
-// finished. make test runs it without the race detector (see the
-// Makefile), which would slow the clients below the publishers' pace;
-// the publishers' achieved rate and round trips are logged.
+// finished. It runs on one Redis, then, unchanged, on a Redis Cluster of
+// three masters (harness.Options.RedisCluster). make test runs it without
+// the race detector (see the Makefile), which would slow the clients
+// below the publishers' pace; the publishers' achieved rate and round
+// trips are logged.
 func TestRollingRestart(t *testing.T) {
+	t.Run("OneRedis", func(t *testing.T) { testRollingRestart(t, false) })
+	t.Run("RedisCluster", func(t *testing.T) { testRollingRestart(t, true) })
+}
+
+// testRollingRestart is TestRollingRestart on one Redis or a Redis
+// Cluster.
+func testRollingRestart(t *testing.T, redisCluster bool) {
 	const (
 		clients     = 1000
 		rooms       = 10
@@ -50,7 +57,7 @@ func TestRollingRestart(t *testing.T) {
 		gateSlack = 3 * time.Second
 	)
 	began := time.Now()
-	cl := harness.Start(t, harness.Options{Nodes: 3, LogLevel: "info",
+	cl := harness.Start(t, harness.Options{Nodes: 3, LogLevel: "info", RedisCluster: redisCluster,
 		Env: map[string]string{"CHANNELS_DRAIN_WINDOW": drainWindow.String()},
 		Args: []string{"--presence-heartbeat=500ms", "--report-interval=500ms", historyRule,
 			"--rebalance-threshold=0.2", "--rebalance-share=0.1"},
@@ -182,11 +189,11 @@ func TestRollingRestart(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("TestRollingRestart: %d clients, %d reconnections after a 1012 close; publishers A %d acknowledged (%d attempts refused), B %d (%d refused); %s; roll %v, whole test %v",
-		clients, moved, lastA, refusedA, lastB, refusedB, tl, rollTook.Round(100*time.Millisecond), time.Since(began).Round(100*time.Millisecond))
+	t.Logf("%s: %d clients, %d reconnections after a 1012 close; publishers A %d acknowledged (%d attempts refused), B %d (%d refused); %s; roll %v, whole test %v",
+		t.Name(), clients, moved, lastA, refusedA, lastB, refusedB, tl, rollTook.Round(100*time.Millisecond), time.Since(began).Round(100*time.Millisecond))
 	for _, p := range pubs {
 		med, slowest, rate := p.latency()
-		t.Logf("TestRollingRestart: publisher %s: %.1f acknowledged broadcasts a second, API round trip median %v, slowest %v", p.name, rate, med.Round(time.Millisecond/10), slowest.Round(time.Millisecond))
+		t.Logf("%s: publisher %s: %.1f acknowledged broadcasts a second, API round trip median %v, slowest %v", t.Name(), p.name, rate, med.Round(time.Millisecond/10), slowest.Round(time.Millisecond))
 	}
 	if !tl.ok() {
 		t.Errorf("not exactly once: %s; e.g. %v", tl, tl.examples)
@@ -212,7 +219,7 @@ func TestRollingRestart(t *testing.T) {
 			t.Errorf("%s %d (%s, published %s) reached clients without its position, not near a node's start", bt.From, bt.N, a.Pos, a.Start.Format("15:04:05.000"))
 		}
 	}
-	t.Logf("TestRollingRestart: %d broadcasts acknowledged with a position reached clients without one, all published during a replacement or within %v after it", bareOK, gateSlack)
+	t.Logf("%s: %d broadcasts acknowledged with a position reached clients without one, all published during a replacement or within %v after it", t.Name(), bareOK, gateSlack)
 	if tl.learned > 0 {
 		t.Errorf("%d broadcasts could not be recovered (join replies said recovered false: %s), with Redis up all along", tl.learned, histogram(tl.notRecovered))
 	}
@@ -260,29 +267,4 @@ func serverSideEnd(conns []wsclient.Conn, drains []time.Time) []wsclient.Conn {
 		}
 	}
 	return out
-}
-
-// logRedisUsersOnFailure logs, when t failed, the users of topic whose
-// fields in Redis are not exactly one, with the nodes holding them.
-func logRedisUsersOnFailure(t *testing.T, cl *harness.Cluster, topic string) {
-	onFailureRedis(t, cl, func(ctx context.Context, rc *goredis.Client) {
-		all, _ := rc.HGetAll(ctx, "channelsd:p:"+topic).Result()
-		per := map[string][]string{}
-		for f, v := range all {
-			node, _, _ := strings.Cut(f, "/")
-			var e struct {
-				Key string `json:"key"`
-			}
-			_ = json.Unmarshal([]byte(v), &e)
-			per[e.Key] = append(per[e.Key], node)
-		}
-		var odd []string
-		for u, nodes := range per {
-			if len(nodes) != 1 {
-				odd = append(odd, fmt.Sprintf("%s on %v", u, nodes))
-			}
-		}
-		slices.Sort(odd)
-		t.Logf("redis: %s holds %d users; not once: %v", topic, len(per), odd)
-	})
 }

@@ -14,6 +14,9 @@
 // redis-cli --cluster create in a few seconds. Its nodes announce their
 // network aliases, which the channelsd nodes resolve and this host does
 // not: RedisClient reaches them from here through their published ports.
+// Options.RedisClusterTLS and RedisClusterUser run it as managed services
+// do, on TLS only with a CA and certificates the harness makes, and with
+// an ACL user for the nodes (redissecure.go).
 //
 // An earlier release runs from its own image: BuildNodeImageAt builds
 // it from git (the commit's tree, this host's Go toolchain, nothing

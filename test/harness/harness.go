@@ -1,7 +1,6 @@
 package harness
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -21,11 +20,9 @@ import (
 
 	"github.com/moby/moby/api/types/container"
 	dnetwork "github.com/moby/moby/api/types/network"
-	"github.com/moby/moby/client"
 	"github.com/testcontainers/testcontainers-go"
 	tclog "github.com/testcontainers/testcontainers-go/log"
 	"github.com/testcontainers/testcontainers-go/network"
-	"github.com/testcontainers/testcontainers-go/wait"
 
 	"github.com/channelsd/channelsd/transport/wsclient"
 )
@@ -61,6 +58,14 @@ type Options struct {
 	// reaches it from this host; StopRedis and the like, which act on the
 	// one Redis, fail the test.
 	RedisCluster bool
+	// RedisClusterTLS runs the Redis Cluster on TLS only, its own links
+	// included; the nodes get a rediss-cluster:// URL and trust the CA
+	// the harness made for it (redissecure.go).
+	RedisClusterTLS bool
+	// RedisClusterUser is an ACL user of every Redis Cluster node, whom
+	// the nodes authenticate as (its name and password in their URL);
+	// the default user then has a password only the harness knows.
+	RedisClusterUser *RedisUser
 	// RedisPrefix is passed as --redis-prefix when set.
 	RedisPrefix string
 	// LogLevel is the nodes' --log-level; "" means debug.
@@ -97,7 +102,9 @@ type Cluster struct {
 	// redisNodes are the Redis Cluster's containers (Options.RedisCluster),
 	// redis1 first.
 	redisNodes []*testcontainers.DockerContainer
-	nodes      []*Node
+	// redisSec is the Redis Cluster's TLS and ACL user, if it has them.
+	redisSec *redisSecurity
+	nodes    []*Node
 	// nodeArgs are the flags every node gets from the cluster (Redis);
 	// generation counts the replacements of each node (ReplaceNode).
 	nodeArgs   []string
@@ -206,6 +213,8 @@ func Start(t testing.TB, opts Options) *Cluster {
 	switch {
 	case opts.NoRedis && opts.RedisCluster:
 		t.Fatalf("harness: Options.NoRedis and Options.RedisCluster together")
+	case !opts.RedisCluster && (opts.RedisClusterTLS || opts.RedisClusterUser != nil):
+		t.Fatalf("harness: Options.RedisClusterTLS and RedisClusterUser need Options.RedisCluster")
 	case opts.RedisCluster:
 		images = append(images, RedisClusterImage())
 	case !opts.NoRedis:
@@ -297,108 +306,6 @@ func Start(t testing.TB, opts Options) *Cluster {
 	return c
 }
 
-// runNode starts a node container of image with node id id under alias
-// on the cluster's network and waits for its /readyz.
-func (c *Cluster) runNode(ctx context.Context, id, alias, image string) (*testcontainers.DockerContainer, error) {
-	args := append([]string{"--addr", ":4000", "--node-id", id, "--conformance", "--log-level", c.opts.LogLevel}, c.nodeArgs...)
-	args = append(args, c.opts.Args...)
-	env := map[string]string{"CHANNELS_API_KEY": APIKey, "CHANNELS_METRICS_PUBLIC": "true"}
-	for k, v := range c.opts.Env {
-		env[k] = v
-	}
-	files := make([]testcontainers.ContainerFile, 0, len(c.opts.Files))
-	for path, content := range c.opts.Files {
-		files = append(files, testcontainers.ContainerFile{Reader: strings.NewReader(content), ContainerFilePath: path, FileMode: 0o444})
-	}
-	return testcontainers.Run(ctx, image,
-		testcontainers.WithLogger(tclog.TestLogger(c.t)),
-		network.WithNetwork([]string{alias}, c.network),
-		testcontainers.WithFiles(files...),
-		testcontainers.WithCmd(args...),
-		testcontainers.WithEnv(env),
-		testcontainers.WithExposedPorts(nodePort),
-		testcontainers.WithHostConfigModifier(publishOnLoopback(nodePort)),
-		testcontainers.WithWaitStrategy(wait.ForHTTP("/readyz").
-			WithPort(nodePort).
-			WithForcedIPv4LocalHost().
-			WithPollInterval(100*time.Millisecond).
-			WithStartupTimeout(c.opts.StartupTimeout)),
-	)
-}
-
-// Replaced is what ReplaceNode saw of the node it replaced.
-type Replaced struct {
-	ID       string        // the old node's id
-	ExitCode int           // 0 for a clean exit; 137 when SIGKILL ended it
-	Stopping time.Duration // from SIGTERM to exit
-	Logs     string        // its whole log
-}
-
-// ReplaceNode does to node i what a rolling update does to a pod: SIGTERM
-// (docker stop; SIGKILL if it has not exited after grace), then a new
-// container with a new node id (node<i>-<n>) under the same network alias,
-// started and ready. The old container stays until the cluster's teardown
-// (its log is dumped with the others on failure).
-func (c *Cluster) ReplaceNode(i int, grace time.Duration) Replaced {
-	c.t.Helper()
-	return c.ReplaceNodeWith(i, grace, c.Node(i).Image)
-}
-
-// ReplaceNodeWith is ReplaceNode with a new container of image: one step
-// of a rolling update from one release to another.
-func (c *Cluster) ReplaceNodeWith(i int, grace time.Duration, image string) Replaced {
-	c.t.Helper()
-	n := c.Node(i)
-	ictx, icancel := context.WithTimeout(context.Background(), 30*time.Second)
-	_, err := c.docker.ImageInspect(ictx, image)
-	icancel()
-	if err != nil {
-		c.t.Fatalf("harness: image %s is not available (%v)", image, err)
-	}
-	old := n.c
-	r := Replaced{ID: n.ID}
-	ctx, cancel := context.WithTimeout(context.Background(), grace+c.opts.StartupTimeout+30*time.Second)
-	defer cancel()
-	began := time.Now()
-	if err := old.Stop(ctx, &grace); err != nil {
-		c.t.Fatalf("harness: stopping %s: %v", n.ID, err)
-	}
-	r.Stopping = time.Since(began)
-	in, err := old.Inspect(ctx)
-	if err != nil {
-		c.t.Fatalf("harness: inspecting %s: %v", n.ID, err)
-	}
-	if in.State != nil {
-		r.ExitCode = in.State.ExitCode
-	}
-	logs, err := containerLogs(ctx, old)
-	if err != nil {
-		c.t.Fatalf("harness: logs of %s: %v", n.ID, err)
-	}
-	r.Logs = string(logs)
-	// The old container leaves the network, so that its alias names only
-	// the new one.
-	if _, err := c.docker.NetworkDisconnect(ctx, c.network.ID, client.NetworkDisconnectOptions{Container: old.GetContainerID(), Force: true}); err != nil {
-		c.t.Fatalf("harness: detaching %s from the network: %v", n.ID, err)
-	}
-	c.generation[i]++
-	id := fmt.Sprintf("%s-%d", n.Alias, c.generation[i]+1)
-	ctr, err := c.runNode(ctx, id, n.Alias, image)
-	c.track(id, ctr)
-	if err != nil {
-		c.t.Fatalf("harness: starting %s (%s) in place of %s: %v", id, image, n.ID, err)
-	}
-	n.mu.Lock()
-	n.ID, n.c, n.Image = id, ctr, image
-	n.mu.Unlock()
-	if err := c.refreshAddr(ctx, n); err != nil {
-		c.t.Fatalf("harness: %s: %v", id, err)
-	}
-	return r
-}
-
-// describe lists the nodes' addresses and, when readable from this host,
-// their open-files limit.
 func (c *Cluster) describe() string {
 	var b strings.Builder
 	for i, n := range c.nodes {
@@ -558,98 +465,6 @@ func (c *Cluster) Node(i int) *Node {
 // Network is the name of the cluster's Docker network.
 func (c *Cluster) Network() string { return c.network.Name }
 
-// Kill sends SIGKILL to node i's process (docker kill) and returns once
-// the container has stopped.
-func (c *Cluster) Kill(i int) {
-	c.t.Helper()
-	n := c.Node(i)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	// Ask for the exit before killing, so that it cannot be missed.
-	w := c.docker.ContainerWait(ctx, n.ContainerID(), client.ContainerWaitOptions{Condition: container.WaitConditionNextExit})
-	if _, err := c.docker.ContainerKill(ctx, n.ContainerID(), client.ContainerKillOptions{Signal: "SIGKILL"}); err != nil {
-		c.t.Fatalf("harness: killing %s: %v", n.ID, err)
-	}
-	select {
-	case <-w.Result:
-	case err := <-w.Error:
-		c.t.Fatalf("harness: waiting for %s to exit: %v", n.ID, err)
-	}
-}
-
-// Stop stops node i gracefully (SIGTERM, then SIGKILL after timeout).
-func (c *Cluster) Stop(i int, timeout time.Duration) {
-	c.t.Helper()
-	n := c.Node(i)
-	ctx, cancel := context.WithTimeout(context.Background(), timeout+30*time.Second)
-	defer cancel()
-	if err := n.c.Stop(ctx, &timeout); err != nil {
-		c.t.Fatalf("harness: stopping %s: %v", n.ID, err)
-	}
-}
-
-// StartNode starts a stopped or killed node i again and waits for its
-// /readyz; its published port, and so Addr, changes. It is the same
-// container, so it keeps its network alias (node<i>) on the cluster's
-// network, though maybe not its address there: whatever finds it by name,
-// like the other nodes or a LoadBalancer, finds it again. Kill or Stop
-// followed by StartNode is how a test replaces a node behind a load
-// balancer.
-func (c *Cluster) StartNode(i int) {
-	c.t.Helper()
-	n := c.Node(i)
-	ctx, cancel := context.WithTimeout(context.Background(), c.opts.StartupTimeout+10*time.Second)
-	defer cancel()
-	if err := n.c.Start(ctx); err != nil {
-		c.t.Fatalf("harness: starting %s again: %v", n.ID, err)
-	}
-	if err := c.refreshAddr(ctx, n); err != nil {
-		c.t.Fatalf("harness: %s: %v", n.ID, err)
-	}
-}
-
-// Logs returns node i's log so far.
-func (c *Cluster) Logs(i int) string {
-	c.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	data, err := containerLogs(ctx, c.Node(i).c)
-	if err != nil {
-		c.t.Fatalf("harness: logs of node %d: %v", i, err)
-	}
-	return string(data)
-}
-
-// NodeOpenFilesLimit reads the "Max open files" line of the limits of node
-// i's process, soft and hard as "soft/hard", from /proc on this host. It
-// works when the Docker engine runs on this host, in its PID namespace.
-func (c *Cluster) NodeOpenFilesLimit(i int) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	in, err := c.Node(i).c.Inspect(ctx)
-	if err != nil {
-		return "", err
-	}
-	if in.State == nil || in.State.Pid == 0 {
-		return "", errors.New("the node is not running")
-	}
-	f, err := os.Open(fmt.Sprintf("/proc/%d/limits", in.State.Pid))
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "Max open files"); ok {
-			fs := strings.Fields(rest)
-			if len(fs) >= 2 {
-				return fs[0] + "/" + fs[1], nil
-			}
-		}
-	}
-	return "", errors.New("no open-files line in /proc/<pid>/limits")
-}
-
 // Ready returns node i's /readyz status code (0 with an error when the
 // request failed).
 func (c *Cluster) Ready(ctx context.Context, i int) (int, error) {
@@ -747,86 +562,4 @@ func (c *Cluster) Dial(ctx context.Context, i int, params map[string]string) *ws
 	}
 	c.t.Cleanup(func() { _ = ws.Close() })
 	return ws
-}
-
-// Disconnect detaches node i's container from the cluster's network (the
-// Docker API's network disconnect), cutting it off from Redis and the
-// other nodes while it keeps running. The port published through that
-// network goes with it, and so do the sockets opened there; sockets opened
-// through AttachSideNetwork stay.
-func (c *Cluster) Disconnect(i int) {
-	c.t.Helper()
-	n := c.Node(i)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := c.docker.NetworkDisconnect(ctx, c.network.ID, client.NetworkDisconnectOptions{Container: n.ContainerID(), Force: true}); err != nil {
-		c.t.Fatalf("harness: disconnecting %s from network %s: %v", n.ID, c.network.Name, err)
-	}
-}
-
-// Reconnect attaches node i's container to the cluster's network again,
-// under its alias (node<i>), possibly with a new address; Addr is
-// refreshed.
-func (c *Cluster) Reconnect(i int) {
-	c.t.Helper()
-	n := c.Node(i)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	ep := &dnetwork.EndpointSettings{Aliases: []string{n.Alias}}
-	if _, err := c.docker.NetworkConnect(ctx, c.network.ID, client.NetworkConnectOptions{Container: n.ContainerID(), EndpointConfig: ep}); err != nil {
-		c.t.Fatalf("harness: reconnecting %s to network %s: %v", n.ID, c.network.Name, err)
-	}
-	if err := c.refreshAddr(ctx, n); err != nil {
-		c.t.Fatalf("harness: %s: %v", n.ID, err)
-	}
-}
-
-// AttachSideNetwork connects node i to a new network of its own (removed
-// in t.Cleanup) and returns the node's WebSocket URL on it,
-// ws://<address on that network>:4000/socket/websocket, which this host
-// reaches directly through the network's bridge. Sockets opened there
-// survive Disconnect, which only detaches the node from the cluster's
-// network (Redis and the other nodes).
-func (c *Cluster) AttachSideNetwork(i int) string {
-	c.t.Helper()
-	n := c.Node(i)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	side, err := network.New(ctx)
-	if err != nil {
-		c.t.Fatalf("harness: creating a side network for %s: %v", n.ID, err)
-	}
-	docker := c.docker
-	c.t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_, _ = docker.NetworkDisconnect(ctx, side.ID, client.NetworkDisconnectOptions{Container: n.ContainerID(), Force: true})
-		// The engine may publish the node's port anew on a network
-		// change, on another host port: Addr follows, as after the
-		// connect below, or later subtests dial a port nothing serves.
-		if err := c.refreshAddr(ctx, n); err != nil {
-			c.t.Logf("harness: %s: address not refreshed: %v", n.ID, err)
-		}
-		if err := side.Remove(ctx); err != nil {
-			c.t.Errorf("harness: removing side network %s: %v", side.Name, err)
-		}
-	})
-	if _, err := docker.NetworkConnect(ctx, side.ID, client.NetworkConnectOptions{Container: n.ContainerID()}); err != nil {
-		c.t.Fatalf("harness: connecting %s to side network %s: %v", n.ID, side.Name, err)
-	}
-	in, err := n.c.Inspect(ctx)
-	if err != nil {
-		c.t.Fatalf("harness: inspecting %s: %v", n.ID, err)
-	}
-	var ep *dnetwork.EndpointSettings
-	if in.NetworkSettings != nil {
-		ep = in.NetworkSettings.Networks[side.Name]
-	}
-	if ep == nil || !ep.IPAddress.IsValid() {
-		c.t.Fatalf("harness: %s has no address on side network %s", n.ID, side.Name)
-	}
-	if err := c.refreshAddr(ctx, n); err != nil {
-		c.t.Fatalf("harness: %s: %v", n.ID, err)
-	}
-	return "ws://" + net.JoinHostPort(ep.IPAddress.String(), "4000") + "/socket/websocket"
 }

@@ -3,6 +3,7 @@ package harness
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"strings"
@@ -63,7 +64,12 @@ func (c *Cluster) needRedis() {
 
 // redisReady waits until Redis answers PING on its published port, so
 // that a started container is known to serve, not just to run.
-type redisReady struct{ timeout time.Duration }
+// With tls it speaks TLS; with a password it authenticates first.
+type redisReady struct {
+	timeout  time.Duration
+	tls      *tls.Config
+	password string
+}
 
 func (r redisReady) Timeout() *time.Duration { return &r.timeout }
 
@@ -102,15 +108,30 @@ func (r redisReady) ping(ctx context.Context, target wait.StrategyTarget) error 
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(time.Second))
-	if _, err := conn.Write([]byte("PING\r\n")); err != nil {
+	if r.tls != nil {
+		tc := tls.Client(conn, r.tls)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return err
+		}
+		conn = tc
+	}
+	cmds, want := "PING\r\n", []string{"+PONG"}
+	if r.password != "" {
+		// The harness's own password: hex, fine as an inline command.
+		cmds, want = "AUTH "+r.password+"\r\n"+cmds, []string{"+OK", "+PONG"}
+	}
+	if _, err := conn.Write([]byte(cmds)); err != nil {
 		return err
 	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if !strings.HasPrefix(line, "+PONG") {
-		return fmt.Errorf("PING answered %q", strings.TrimSpace(line))
+	br := bufio.NewReader(conn)
+	for _, w := range want {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if !strings.HasPrefix(line, w) {
+			return fmt.Errorf("redis answered %q, want %s", strings.TrimSpace(line), w)
+		}
 	}
 	return nil
 }

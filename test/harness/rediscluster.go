@@ -75,6 +75,11 @@ func (c *Cluster) startRedisCluster(ctx context.Context) (string, error) {
 	n := redisClusterMasters * (1 + redisClusterReplicas)
 	img := RedisClusterImage()
 	began := time.Now()
+	sec, err := newRedisSecurity(c.opts, n)
+	if err != nil {
+		return "", err
+	}
+	c.redisSec = sec
 	ctrs := make([]*testcontainers.DockerContainer, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -84,10 +89,11 @@ func (c *Cluster) startRedisCluster(ctx context.Context) (string, error) {
 			ctrs[i], errs[i] = testcontainers.Run(ctx, img,
 				testcontainers.WithLogger(tclog.TestLogger(c.t)),
 				network.WithNetwork([]string{alias}, c.network),
-				testcontainers.WithCmd(redisClusterArgs(alias)...),
+				testcontainers.WithCmd(append(redisClusterArgs(alias), sec.redisArgs()...)...),
+				testcontainers.WithFiles(sec.redisFiles(alias)...),
 				testcontainers.WithExposedPorts(redisPort),
 				testcontainers.WithHostConfigModifier(publishOnLoopback(redisPort)),
-				testcontainers.WithWaitStrategy(redisReady{timeout: c.opts.StartupTimeout}),
+				testcontainers.WithWaitStrategy(redisReady{timeout: c.opts.StartupTimeout, tls: sec.clientTLS(alias), password: sec.password()}),
 			)
 		})
 	}
@@ -104,7 +110,8 @@ func (c *Cluster) startRedisCluster(ctx context.Context) (string, error) {
 	// address (CLUSTER MEET takes no host name); what they announce to
 	// clients is their alias (redisClusterArgs).
 	started := time.Now()
-	args := []string{"redis-cli", "--cluster", "create"}
+	args := append([]string{"redis-cli"}, sec.cliArgs()...)
+	args = append(args, "--cluster", "create")
 	for i, ctr := range ctrs {
 		ip, err := ctr.ContainerIP(ctx)
 		if err != nil || ip == "" {
@@ -128,11 +135,28 @@ func (c *Cluster) startRedisCluster(ctx context.Context) (string, error) {
 	c.t.Logf("harness: Redis Cluster (%s) up in %v: containers %v, redis-cli --cluster create %v, all nodes ok %v",
 		img, time.Since(began).Round(time.Millisecond), started.Sub(began).Round(time.Millisecond),
 		created.Sub(started).Round(time.Millisecond), time.Since(created).Round(time.Millisecond))
+	return c.redisClusterURL("", ""), nil
+}
+
+// redisClusterURL is the --redis value of the nodes, naming the first
+// masters, as user with password if given.
+func (c *Cluster) redisClusterURL(user, password string) string {
 	seeds := make([]string, redisClusterMasters)
 	for i := range seeds {
 		seeds[i] = redisClusterAlias(i+1) + ":6379"
 	}
-	return "redis-cluster://" + strings.Join(seeds, ","), nil
+	return c.redisSec.clusterURL(seeds, user, password)
+}
+
+// RedisClusterURL is the --redis value the nodes got with the ACL user's
+// name and password replaced by user and password (Options.RedisClusterUser),
+// for a node started with other credentials.
+func (c *Cluster) RedisClusterURL(user, password string) string {
+	c.t.Helper()
+	if c.redisNodes == nil || c.redisSec == nil || c.redisSec.user == nil {
+		c.t.Fatalf("harness: RedisClusterURL needs Options.RedisCluster and Options.RedisClusterUser")
+	}
+	return c.redisClusterURL(user, password)
 }
 
 // awaitRedisCluster polls every node until all are ready
@@ -216,7 +240,8 @@ func (c *Cluster) redisNodeClient(ctx context.Context, i int) (*goredis.Client, 
 	if err != nil {
 		return nil, err
 	}
-	return goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 2 * time.Second}), nil
+	return goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 2 * time.Second,
+		Password: c.redisSec.password(), TLSConfig: c.redisSec.clientTLS(redisClusterAlias(i + 1))}), nil
 }
 
 func (c *Cluster) redisNodeAddr(ctx context.Context, i int) (string, error) {
@@ -231,7 +256,8 @@ func (c *Cluster) redisNodeAddr(ctx context.Context, i int) (string, error) {
 // from this host, closed in t.Cleanup: a plain client of the one Redis,
 // or a cluster client of the Redis Cluster whose connections to a node
 // (which the cluster names by its alias, unknown on this host) go to that
-// node's published port.
+// node's published port, over TLS with Options.RedisClusterTLS, as the
+// default user with Options.RedisClusterUser.
 func (c *Cluster) RedisClient() goredis.UniversalClient {
 	c.t.Helper()
 	var rc goredis.UniversalClient
@@ -239,8 +265,14 @@ func (c *Cluster) RedisClient() goredis.UniversalClient {
 		rc = goredis.NewClient(&goredis.Options{Addr: c.RedisAddr()})
 	} else {
 		var d net.Dialer
+		// Every node is a seed: the client starts while one is dead.
+		var seeds []string
+		for i := range c.redisNodes {
+			seeds = append(seeds, redisClusterAlias(i+1)+":6379")
+		}
 		rc = goredis.NewClusterClient(&goredis.ClusterOptions{
-			Addrs: []string{redisClusterAlias(1) + ":6379"},
+			Addrs:    seeds,
+			Password: c.redisSec.password(),
 			Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
 				host, _, err := net.SplitHostPort(addr)
 				if err != nil {
@@ -252,7 +284,11 @@ func (c *Cluster) RedisClient() goredis.UniversalClient {
 						if err != nil {
 							return nil, err
 						}
-						return d.DialContext(ctx, network, hp)
+						conn, err := d.DialContext(ctx, network, hp)
+						if err != nil {
+							return nil, err
+						}
+						return c.redisSec.dialTLS(ctx, conn, host)
 					}
 				}
 				return nil, fmt.Errorf("harness: %s is no node of the Redis Cluster", addr)

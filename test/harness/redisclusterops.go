@@ -287,7 +287,8 @@ func (c *Cluster) MigrateRedisSlot(ctx context.Context, slot, to int) (int, erro
 		if len(keys) == 0 {
 			break
 		}
-		args := []any{"MIGRATE", dstIP, "6379", "", 0, 5000, "KEYS"}
+		args := append([]any{"MIGRATE", dstIP, "6379", "", 0, 5000}, c.redisSec.migrateAuth()...)
+		args = append(args, "KEYS")
 		args = append(args, keys...)
 		if _, err := do(src.Index, args...); err != nil {
 			return moved, err
