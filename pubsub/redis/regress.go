@@ -75,6 +75,20 @@ type topicTrack struct {
 	bumping      bool
 }
 
+// trackLocked is topic's track, made if it has none: a track lives until
+// the topic's last subscriber goes (sweepTracks). h.mu is held.
+func (h *historyTracks) trackLocked(topic string) *topicTrack {
+	t := h.topics[topic]
+	if t == nil {
+		if h.topics == nil {
+			h.topics = make(map[string]*topicTrack)
+		}
+		t = &topicTrack{}
+		h.topics[topic] = t
+	}
+	return t
+}
+
 type trackedSlot struct {
 	off uint64
 	id  uint64 // hash of the message id (origin node and sequence)
@@ -103,14 +117,7 @@ func (p *PubSub) track(topic string, env *envelope) pubsub.Position {
 		return pos
 	}
 	h.mu.Lock()
-	t := h.topics[topic]
-	if t == nil {
-		if h.topics == nil {
-			h.topics = make(map[string]*topicTrack)
-		}
-		t = &topicTrack{}
-		h.topics[topic] = t
-	}
+	t := h.trackLocked(topic)
 	if t.lost != "" && pos.Epoch == t.lost {
 		marked, bump := t.markedLocked(pos)
 		h.mu.Unlock()
@@ -189,16 +196,7 @@ func (p *PubSub) notePublished(topic string, pos pubsub.Position, o pubsub.Histo
 func (p *PubSub) wentBack(topic string, last, got pubsub.Position, fresh bool) {
 	h := &p.regress
 	h.mu.Lock()
-	t := h.topics[topic]
-	if t == nil {
-		// Swept with the topic's last subscriber (sweepTracks), like
-		// any track.
-		if h.topics == nil {
-			h.topics = make(map[string]*topicTrack)
-		}
-		t = &topicTrack{}
-		h.topics[topic] = t
-	}
+	t := h.trackLocked(topic)
 	count := false
 	if t.lost != got.Epoch {
 		t.lost, t.marker, t.bumping = got.Epoch, newEpoch(), false
