@@ -67,11 +67,17 @@ func (t *Tracker) heartbeat() {
 		t.down = false
 		t.log.Info("presence/redis: Redis reachable again; re-asserting entries")
 		t.requestResync()
-		t.refreshRounds = refreshAfterOutage
+		t.refreshRounds = t.refreshRoundsAfterOutage()
 	} else if alive.Val() == 0 {
 		t.log.Info("presence/redis: entries missing from Redis (restart, flush or reaped); re-asserting")
 		t.requestResync()
-		t.refreshRounds = refreshAfterOutage
+		t.refreshRounds = t.refreshRoundsAfterOutage()
+		// A peer that reaped us publishes its leaves for our entries
+		// after our re-assertion's joins, or before: two nodes' diffs
+		// come in no set order, and every client that applies the leave
+		// last shows our live entries gone. Peers refresh their clients
+		// from Redis, as after our own reconnect.
+		t.announce = true
 	}
 	t.refreshAfterPubSubOutage(ctx)
 	ms, _ := now.Int64()
@@ -113,6 +119,15 @@ func (t *Tracker) LiveNodes(ctx context.Context) ([]string, error) {
 // re-assertions of every other node, whichever reconnected first.
 const refreshAfterOutage = 3
 
+// refreshRoundsAfterOutage is refreshAfterOutage and, beyond it, as many
+// heartbeats as a topic's widest coalescing window: a reaper's leaves
+// wait in that window before they go out, and a refresh must come after
+// them.
+func (t *Tracker) refreshRoundsAfterOutage() int {
+	w := max(t.opt.Coalesce, t.opt.MaxCoalesce)
+	return refreshAfterOutage + int((w+t.opt.Heartbeat-1)/t.opt.Heartbeat)
+}
+
 // refreshAfterPubSubOutage counts the PubSub's reconnects and, while
 // refresh rounds remain and the PubSub is connected, sends local clients
 // a fresh presence_state for the topics this node tracks.
@@ -125,12 +140,12 @@ func (t *Tracker) refreshAfterPubSubOutage(ctx context.Context) {
 	if rc, ok := t.opt.PubSub.(interface{ Reconnects() uint64 }); ok {
 		if n := rc.Reconnects(); n != t.seenReconnects {
 			t.seenReconnects = n
-			t.refreshRounds = refreshAfterOutage
+			t.refreshRounds = t.refreshRoundsAfterOutage()
 			t.announce = true
 		}
 	}
 	if t.peerRefreshed.Swap(false) {
-		t.refreshRounds = refreshAfterOutage
+		t.refreshRounds = t.refreshRoundsAfterOutage()
 	}
 	if t.refreshRounds == 0 {
 		return
