@@ -9,8 +9,9 @@ BIN       ?= bin
 FUZZTIME  ?= 6s
 LONGFUZZ  ?= 5m
 # Figures for BENCHMARKS.md: `make bench` (Go benchmarks), `make
-# bench-idle` (memory per idle joined WebSocket) and `make bench-peer`
-# (channelsd beside a peer server, in one run).
+# bench-idle` (memory per idle joined WebSocket), `make bench-peer`
+# (channelsd beside a peer server, in one run) and `make bench-history`
+# (a topic with history beside one without, in one run).
 BENCHTIME ?= 1s
 IDLE_CONNS ?= 10000
 
@@ -26,7 +27,7 @@ export NODE_IMAGE ?= channelsd:test
 export REDIS_IMAGE ?= channelsd-redis:test
 export HAPROXY_IMAGE ?= channelsd-haproxy:test
 
-.PHONY: run run-cluster run-redis-cluster build image images prereqs prereqs-cluster test test-unit test-cluster test-norace test-hostile lint fuzz fuzz-short bench bench-idle bench-peer soak clean
+.PHONY: run run-cluster run-redis-cluster build image images prereqs prereqs-cluster test test-unit test-cluster test-norace test-hostile lint fuzz fuzz-short bench bench-idle bench-peer bench-history soak clean
 
 # The targets below each keep both cores busy, and a prerequisite check
 # may run apt-get: one at a time, in the order written, even under -j.
@@ -193,6 +194,14 @@ MSGS ?= 100
 bench-peer: build
 	@$(PREREQS) -q go redis bench-tools
 	GO=$(GO) BIN=$(BIN) IDLE=$(IDLE_CONNS) SUBS=$(SUBS) RATE=$(RATE) MSGS=$(MSGS) test/bench-peer.sh
+
+# The same delivery workload on channelsd alone, its topic without history
+# and with it, PAIRS pairs of runs alternated in one command: what history
+# costs per delivery. About 20 s a run.
+PAIRS ?= 5
+bench-history: build
+	@$(PREREQS) -q go redis bench-tools
+	GO=$(GO) BIN=$(BIN) SUBS=$(SUBS) RATE=$(RATE) MSGS=$(MSGS) PAIRS=$(PAIRS) HISTORY=1 test/bench-peer.sh
 
 clean:
 	rm -rf $(BIN)

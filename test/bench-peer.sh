@@ -16,6 +16,15 @@
 #   FLOOR_COUNT   runs of the kernel floor benchmark (3)
 #   TABLE_ONLY=1  print the table again from the last run's files in
 #                 $BIN/bench-peer, measuring nothing
+#   HISTORY=1     no peer and no idle sockets: the delivery workload on
+#                 channelsd alone, its topic declared without history and
+#                 with it (HIST_SPEC, default {size: 100, ttl: 5m}, the
+#                 default application's rooms), PAIRS pairs of runs in
+#                 the order A B B A A B ... (A without), a fresh node and
+#                 Redis each, so that drift on a shared machine falls on
+#                 both; prints both figures and their ratio per pair.
+#                 Results in $BIN/bench-history.
+#   PAIRS         pairs of runs with HISTORY=1 (5)
 # Everything it starts (Redis, nodes, harness) is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +36,9 @@ SUBS=${SUBS:-5000}
 RATE=${RATE:-10}
 MSGS=${MSGS:-100}
 FLOOR_COUNT=${FLOOR_COUNT:-3}
+HISTORY=${HISTORY:-}
+PAIRS=${PAIRS:-5}
+HIST_SPEC=${HIST_SPEC:-"{size: 100, ttl: 5m}"}
 
 say() { echo "bench-peer: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -55,21 +67,27 @@ fi
 # The harness puts at most 15,000 clients in each worker process; a node
 # holds all of its run's sockets plus its Redis and listening ones.
 nofile=$(ulimit -n)
+[ -z "$HISTORY" ] || IDLE=0
 for n in "$IDLE" "$SUBS"; do
   [ "$n" -le $((nofile - 500)) ] || die "$n sockets on one node exceed the open-file limit ($nofile) less a margin"
 done
 [ "$nofile" -gt 15500 ] || die "the harness's workers hold 15,000 clients each: open-file limit $nofile is too low"
 
 run=$BIN/bench-peer
+[ -z "$HISTORY" ] || run=$BIN/bench-history
 if [ -z "${TABLE_ONLY:-}" ]; then
   rm -rf "$run"
   mkdir -p "$run"
 fi
 run=$(cd "$run" && pwd)
 
-measure() {
+build_harness() {
   say "building the harness and the peer from $fb into $run"
   (cd "$fb" && "$GO" build -o "$run/" ./cmd/fanout ./peer-centrifuge) || die "building the harness failed"
+}
+
+measure() {
+  build_harness
   say "kernel floor ($FLOOR_COUNT runs)"
   "$GO" test ./transport -run '^$' -bench 'KernelFloor' -count "$FLOOR_COUNT" > "$run/floor.txt" 2>&1 \
     || { cat "$run/floor.txt" >&2; die "the kernel floor benchmark failed"; }
@@ -135,6 +153,9 @@ start_redis() { # label
 # The peer has neither presence nor history on its channels: channelsd's
 # room:* is declared the same way, without them.
 printf 'channels:\n  - topic: "room:*"\n' > "$run/channels.yaml"
+# The history mode's second declaration: the same, with history.
+printf 'channels:\n  - topic: "room:*"\n    history: %s\n' "$HIST_SPEC" > "$run/channels-history.yaml"
+config=$run/channels.yaml
 
 server_pid=
 url=
@@ -145,7 +166,7 @@ start_server() { # channelsd|peer label
   case $1 in
     channelsd)
       "$BIN/channelsd" --addr "127.0.0.1:$port" --redis "redis://127.0.0.1:$redis_port" \
-        --config "$run/channels.yaml" --log-level warn --drain-window 0 > "$run/$2.server.log" 2>&1 &
+        --config "$config" --log-level warn --drain-window 0 > "$run/$2.server.log" 2>&1 &
       server_pid=$!
       pids+=("$server_pid")
       wait_http "http://127.0.0.1:$port/readyz" 20
@@ -173,8 +194,87 @@ scenario() { # channelsd|peer name harness-args...
   timeout 6m "$run/fanout" -proto "$proto" -urls "$url" -pids "$server_pid" -extra-pids "$redis_pid" \
     -label "$server/$name" -json-out "$run/results.jsonl" -q -max-time 5m "$@" \
     > /dev/null 2> "$run/$server-$name.log" || { cat "$run/$server-$name.log" >&2; die "$server $name: the harness failed"; }
+  [ -z "$after" ] || "$after" "$name"
   cleanup
 }
+after=
+
+# ---- HISTORY=1: a topic with history against the same topic without
+# The stream's meta hash says how many broadcasts took an offset: every one
+# of a history run, none of a run without (else the run measured the
+# wrong thing).
+check_history() { # name
+  local top want=0
+  top=$(redis-cli -p "$redis_port" hget 'channelsd:h:{room:bench}:m' top)
+  [[ $1 == history-* ]] && want=$MSGS
+  [ "${top:-0}" = "$want" ] || die "$1: the history holds offset ${top:-none}, expected $want"
+  echo "$1 history top ${top:-none}" >> "$run/checks.txt"
+}
+
+history_measure() {
+  build_harness
+  local i k kinds
+  after=check_history
+  for i in $(seq "$PAIRS"); do
+    kinds="plain history"
+    [ $((i % 2)) -eq 0 ] && kinds="history plain"
+    for k in $kinds; do
+      config=$run/channels.yaml
+      [ "$k" = history ] && config=$run/channels-history.yaml
+      scenario channelsd "$k-$i" -n "$SUBS" -m "$MSGS" -rate "$RATE" -drain-max 60s
+    done
+  done
+}
+
+history_table() {
+  get() { jq -r --arg l "$1" "select(.label == \$l) | $2" "$run/results.jsonl"; }
+  med() { sort -g | awk '{a[NR]=$1} END{ if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+  local i k us p50 p99 ratios=() rp50=() rp99=()
+  declare -A v
+  echo
+  echo "host: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(nproc) CPUs; $("$GO" version | cut -d' ' -f3); Redis $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')"
+  echo "delivery: $SUBS subscribers of one topic, $MSGS broadcasts at $RATE/s, one node with --redis; the topic's room:* declared without history (plain) and with history $HIST_SPEC; $PAIRS pairs, order A B B A ..."
+  echo
+  echo "| run | server CPU per delivery | harness CPU per delivery | p50 | p99 | lost | cores: server / harness / machine busy |"
+  echo "|---|---:|---:|---:|---:|---|---|"
+  for i in $(seq "$PAIRS"); do
+    for k in plain history; do
+      local l="channelsd/$k-$i"
+      us=$(get "$l" '1e6 * .fanout.cpu.server_cpu_s / .fanout.received')
+      [[ "$us" =~ ^[0-9.e+-]+$ ]] || die "$l: no figure in $run/results.jsonl"
+      v[$k.$i.us]=$us
+      v[$k.$i.p50]=$(get "$l" '.fanout.latency.p50_ms')
+      v[$k.$i.p99]=$(get "$l" '.fanout.latency.p99_ms')
+      printf '| %s | %.1f µs | %.1f µs | %.1f ms | %.1f ms | %s | %s |\n' "$k-$i" "$us" \
+        "$(get "$l" '1e6 * .fanout.cpu.harness_cpu_s / .fanout.received')" "${v[$k.$i.p50]}" "${v[$k.$i.p99]}" \
+        "$(get "$l" '"\(.fanout.lost) of \(.fanout.expected) (\(.fanout.drain_stop))"')" \
+        "$(get "$l" '"\(.fanout.cpu.server_cores * 100 | round / 100) / \(.fanout.cpu.harness_cores * 100 | round / 100) / \(.fanout.cpu.machine_busy_pct | round) %"')"
+      local w
+      w=$(get "$l" '(.warnings // []) | join("; ")')
+      [ -z "$w" ] || echo "$k-$i: $w" >> "$run/warnings.txt"
+    done
+    ratios+=("$(awk -v a="${v[history.$i.us]}" -v b="${v[plain.$i.us]}" 'BEGIN{printf "%.3f", a/b}')")
+    rp50+=("$(awk -v a="${v[history.$i.p50]}" -v b="${v[plain.$i.p50]}" 'BEGIN{printf "%.3f", a/b}')")
+    rp99+=("$(awk -v a="${v[history.$i.p99]}" -v b="${v[plain.$i.p99]}" 'BEGIN{printf "%.3f", a/b}')")
+  done
+  echo
+  for k in plain history; do
+    v[$k.mus]=$(for i in $(seq "$PAIRS"); do echo "${v[$k.$i.us]}"; done | med)
+  done
+  printf 'server CPU per delivery, median: plain %.2f µs, history %.2f µs\n' "${v[plain.mus]}" "${v[history.mus]}"
+  printf 'history / plain per pair: CPU per delivery %s (median %s); p50 %s; p99 %s\n' \
+    "${ratios[*]}" "$(printf '%s\n' "${ratios[@]}" | med)" "${rp50[*]}" "${rp99[*]}"
+  [ ! -s "$run/warnings.txt" ] || { echo; echo "harness warnings:"; sed 's/^/- /' "$run/warnings.txt"; }
+  echo
+  say "harness tables and JSON results in $run"
+}
+
+if [ -n "$HISTORY" ]; then
+  [ -n "${TABLE_ONLY:-}" ] || { rm -f "$run/checks.txt" "$run/warnings.txt"; history_measure; }
+  rm -f "$run/warnings.txt"
+  history_table
+  exit 0
+fi
 
 [ -n "${TABLE_ONLY:-}" ] || measure
 
