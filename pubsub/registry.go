@@ -11,21 +11,63 @@ import (
 // unsubscription of a topic so that a clustered implementation can listen
 // on the topic only while somebody on this node cares.
 //
-// Delivery walks a copy-on-write snapshot of the topic's subscribers, so a
-// broadcast never holds the registry lock while it calls Deliver.
+// Delivery walks a snapshot of the topic's subscribers, so a broadcast
+// never holds the registry lock while it calls Deliver. Subscribing and
+// unsubscribing cost O(1) however many subscribers the topic has (see
+// topicSubs), so that a storm of joins into one big topic is linear, not
+// quadratic.
 type Registry struct {
 	mu     sync.RWMutex
-	topics map[string]*topicSubs
+	topics map[string]*topicSubs // guarded by mu
 
 	// observe, when set, is told how long each Dispatch that had at least
 	// one subscriber took (SetDispatchObserver).
 	observe atomic.Pointer[func(time.Duration)]
 }
 
+// indexFrom is the number of subscribers from which a topic keeps an
+// index from subscriber to place (some 40 bytes per subscriber): below
+// it a scan of the slice takes well under a microsecond per join or
+// leave, and most topics (a room, a user's own topic) never get one.
+const indexFrom = 256
+
+// topicSubs is one topic's subscribers.
+//
+// A Dispatch takes subs[:len(subs)] under the read lock and walks it
+// after releasing it, marking the array shared. Add appends: it writes
+// only beyond every snapshot's length, so it never disturbs a walk, and a
+// full array moves to a bigger one (amortised O(1)). Remove moves the
+// last subscriber into the removed one's place, in place while the array
+// is not shared, and into a new array (one O(n) copy) when a walk may
+// hold it: so a storm of leaves copies at most once per broadcast, and
+// a storm of joins never. Delivery order among subscribers is not kept,
+// and nothing depends on it (the order per subscriber is the publish
+// order).
 type topicSubs struct {
-	// subs is replaced, never modified in place, so Dispatch can walk it
-	// after dropping the lock.
-	subs []Subscriber
+	subs []Subscriber // guarded by Registry.mu
+	// index is each subscriber's place in subs, kept from indexFrom
+	// subscribers on; nil below. Guarded by Registry.mu.
+	index map[Subscriber]int
+	// shared: a Dispatch took a snapshot of subs's array, which must
+	// then not change below len(subs). Set under the read lock (hence
+	// atomic), cleared under the write lock with a new array.
+	shared atomic.Bool
+}
+
+// find returns s's place in t.subs, or -1.
+func (t *topicSubs) find(s Subscriber) int {
+	if t.index != nil {
+		if i, ok := t.index[s]; ok {
+			return i
+		}
+		return -1
+	}
+	for i, x := range t.subs {
+		if x == s {
+			return i
+		}
+	}
+	return -1
 }
 
 // Add subscribes s to topic and reports whether it is the topic's first
@@ -42,14 +84,24 @@ func (r *Registry) Add(topic string, s Subscriber) (first bool) {
 		r.topics[topic] = t
 		first = true
 	}
-	for _, x := range t.subs {
-		if x == s {
-			return false
+	if t.find(s) >= 0 {
+		return false
+	}
+	if len(t.subs) == cap(t.subs) {
+		// A new array: walks in progress keep the old one.
+		t.subs = append(t.subs, s)
+		t.shared.Store(false)
+	} else {
+		t.subs = append(t.subs, s)
+	}
+	if t.index != nil {
+		t.index[s] = len(t.subs) - 1
+	} else if len(t.subs) >= indexFrom {
+		t.index = make(map[Subscriber]int, 2*len(t.subs))
+		for i, x := range t.subs {
+			t.index[x] = i
 		}
 	}
-	subs := make([]Subscriber, len(t.subs), len(t.subs)+1)
-	copy(subs, t.subs)
-	t.subs = append(subs, s)
 	return first
 }
 
@@ -62,18 +114,38 @@ func (r *Registry) Remove(topic string, s Subscriber) (last bool) {
 	if t == nil {
 		return false
 	}
-	for i, x := range t.subs {
-		if x != s {
-			continue
-		}
-		if len(t.subs) == 1 {
-			delete(r.topics, topic)
-			return true
-		}
-		subs := make([]Subscriber, 0, len(t.subs)-1)
-		subs = append(subs, t.subs[:i]...)
-		t.subs = append(subs, t.subs[i+1:]...)
+	i := t.find(s)
+	if i < 0 {
 		return false
+	}
+	n := len(t.subs) - 1
+	if n == 0 {
+		delete(r.topics, topic)
+		return true
+	}
+	moved := t.subs[n]
+	if t.shared.Load() || n < cap(t.subs)/4 {
+		// A walk may be reading the array (or it is mostly empty):
+		// the rest goes to a new one, exactly sized plus room to grow.
+		subs := make([]Subscriber, n, n+n/4+1)
+		copy(subs, t.subs[:n])
+		t.subs = subs
+		t.shared.Store(false)
+	} else {
+		t.subs[n] = nil
+		t.subs = t.subs[:n]
+	}
+	if i < n {
+		t.subs[i] = moved
+	}
+	if t.index != nil {
+		delete(t.index, s)
+		if i < n {
+			t.index[moved] = i
+		}
+		if n < indexFrom/2 {
+			t.index = nil
+		}
 	}
 	return false
 }
@@ -120,6 +192,9 @@ func (r *Registry) Dispatch(m *Message) int {
 	var subs []Subscriber
 	if t := r.topics[m.Topic]; t != nil {
 		subs = t.subs
+		if !t.shared.Load() {
+			t.shared.Store(true)
+		}
 	}
 	r.mu.RUnlock()
 	if len(subs) == 0 {

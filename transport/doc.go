@@ -36,8 +36,8 @@
 // goroutine. The handler runs a reactor: an epoll instance with every
 // waiting connection's descriptor registered for EPOLLIN | EPOLLRDHUP |
 // EPOLLONESHOT, a table from descriptor to connection, and one goroutine
-// in epoll_wait. When a descriptor is
-// readable, that goroutine starts a goroutine for the connection, which
+// waiting for its events (parked in the runtime's poller, which watches
+// the epoll descriptor too). When a descriptor is readable, that goroutine starts a goroutine for the connection, which
 // reads the burst and then re-arms the registration (one-shot: exactly one
 // reader per readiness) and exits. A goroutine per readiness rather than a
 // fixed pool of workers, because a burst may block in the middle of a

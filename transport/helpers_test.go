@@ -26,8 +26,17 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if otherMain != nil {
+		if code, ok := otherMain(); ok {
+			os.Exit(code)
+		}
+	}
 	goleak.VerifyTestMain(m)
 }
+
+// otherMain, when set and reporting true, runs instead of the tests: the
+// test binary in another role (a benchmark's child process).
+var otherMain func() (code int, ok bool)
 
 // waitLimit bounds every wait in these tests, so that a bug fails a test
 // instead of hanging it. Nothing waits for it to pass.

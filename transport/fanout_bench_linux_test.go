@@ -1,0 +1,160 @@
+//go:build linux
+
+package transport
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/channelsd/channelsd/channels"
+)
+
+// fanoutReaderEnv, set in the environment of this test binary, makes it
+// the reader process of BenchmarkFanoutCPU instead of running tests: its
+// value is "N URL", N connections to open to URL.
+const fanoutReaderEnv = "TRANSPORT_FANOUT_READER"
+
+// BenchmarkFanoutCPU measures what the server side of a fan-out costs in
+// CPU: an op is one 100-byte frame sent to each of N WebSocket
+// connections and written out by the writers, at 10 broadcasts a second
+// as in make bench-peer's delivery workload, and cpu-ns/delivery is this
+// process's CPU time (user and system, getrusage) over the ops divided by
+// the deliveries. The clients run in a child process (this binary again,
+// see fanoutReaderEnv) that reads every connection, so their CPU is not
+// counted; the kernel's work for a loopback write, which includes the
+// receiving end's TCP processing and waking the reader, is. Set it against
+// BenchmarkKernelFloor/loopback-write.
+func BenchmarkFanoutCPU(b *testing.B) {
+	for _, n := range []int{1000, 5000} {
+		b.Run(fmt.Sprintf("subs=%d", n), func(b *testing.B) { benchmarkFanoutCPU(b, n) })
+	}
+}
+
+func benchmarkFanoutCPU(b *testing.B, n int) {
+	ep := newFakeEndpoint()
+	ep.opened = make(chan *fakeSocket, n)
+	hs := newHarness(b, eventMode, WebSocketConfig{}, ep)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d %s?vsn=2.0.0", fanoutReaderEnv, n, hs.url))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	// Before the harness's cleanups (LIFO): the reader exits when its
+	// stdin closes, which closes every connection.
+	b.Cleanup(func() {
+		_ = stdin.Close()
+		if err := cmd.Wait(); err != nil {
+			b.Errorf("reader process: %v", err)
+		}
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		b.Fatalf("reader process: %q, %v", line, err)
+	}
+	socks := make([]*fakeSocket, 0, n)
+	for range n {
+		socks = append(socks, <-ep.opened)
+	}
+
+	frame := channels.Frame{Data: bytes.Repeat([]byte("x"), 100)}
+	out := &hs.h.Stats().MessagesOut
+	want := out.Load()
+	const interval = 100 * time.Millisecond
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	cpu0 := processCPU(b)
+	for b.Loop() {
+		<-tick.C
+		for _, s := range socks {
+			if err := s.conn.Send(frame); err != nil {
+				b.Fatal(err)
+			}
+		}
+		want += uint64(n)
+	}
+	// The last broadcast's writes: a light poll, well within one
+	// interval for the whole fan-out.
+	for deadline := time.Now().Add(waitLimit); out.Load() < want; {
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of the frames were not written", want-out.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cpu := processCPU(b) - cpu0
+	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N*n), "cpu-ns/delivery")
+}
+
+// processCPU is this process's user and system time so far.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func init() {
+	otherMain = func() (int, bool) {
+		spec := os.Getenv(fanoutReaderEnv)
+		if spec == "" {
+			return 0, false
+		}
+		return runFanoutReader(spec), true
+	}
+}
+
+// runFanoutReader is the reader process: it opens the connections spec
+// names, reads and discards everything on them, and exits when its stdin
+// closes. It returns the process's exit code.
+func runFanoutReader(spec string) int {
+	nstr, url, ok := strings.Cut(spec, " ")
+	n, err := strconv.Atoi(nstr)
+	if !ok || err != nil {
+		fmt.Fprintf(os.Stderr, "fanout reader: bad %s %q\n", fanoutReaderEnv, spec)
+		return 2
+	}
+	conns := make([]net.Conn, 0, n)
+	var wg sync.WaitGroup
+	for range n {
+		conn, br, _, err := ws.Dialer{Timeout: waitLimit}.Dial(context.Background(), url)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "fanout reader: dial: %v\n", err)
+			return 1
+		}
+		if br != nil {
+			ws.PutReader(br)
+		}
+		conns = append(conns, conn)
+		wg.Go(func() { _, _ = io.Copy(io.Discard, conn) })
+	}
+	fmt.Println("ready")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	for _, c := range conns {
+		_ = c.Close()
+	}
+	wg.Wait()
+	return 0
+}
