@@ -16,23 +16,41 @@ import (
 type fakeReads struct {
 	mu      sync.Mutex
 	n       int
-	started chan int      // read i has begun
-	release chan struct{} // one receive lets one read finish
-	ctxErr  chan error    // the ctx error a read saw when released
+	gates   map[int]chan struct{} // read i finishes when gates[i] closes; guarded by mu
+	started chan int              // read i has begun
+	ctxErr  chan error            // the ctx error a read saw when released
 }
 
 func newFakeReads() *fakeReads {
-	return &fakeReads{started: make(chan int, 16), release: make(chan struct{}), ctxErr: make(chan error, 16)}
+	return &fakeReads{gates: map[int]chan struct{}{}, started: make(chan int, 16), ctxErr: make(chan error, 16)}
 }
+
+// gate is read i's gate, made by whichever of read and release asks first.
+func (f *fakeReads) gate(i int) chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	g := f.gates[i]
+	if g == nil {
+		g = make(chan struct{})
+		f.gates[i] = g
+	}
+	return g
+}
+
+// release lets read i finish. A read that starts meanwhile cannot take
+// another's release (two reads were once released by two sends on one
+// channel, and the read the first one let start took the second).
+func (f *fakeReads) release(i int) { close(f.gate(i)) }
 
 func (f *fakeReads) read(ctx context.Context, topic string) ([]row, error) {
 	f.mu.Lock()
 	f.n++
 	i := f.n
 	f.mu.Unlock()
+	gate := f.gate(i)
 	f.started <- i
 	select {
-	case <-f.release:
+	case <-gate:
 	case <-ctx.Done():
 		f.ctxErr <- ctx.Err()
 		return nil, ctx.Err()
@@ -88,8 +106,8 @@ func TestListsShareOnlyReadsStartedAfterThem(t *testing.T) {
 	if i := <-f.started; i != 2 {
 		t.Fatalf("read %d started, want 2 (the other topic's)", i)
 	}
-	f.release <- struct{}{} // read 1 or read 2 (the other topic's), whichever takes it
-	f.release <- struct{}{}
+	f.release(1)
+	f.release(2)
 	seen := map[string]bool{}
 	for _, c := range []chan got{first, other} {
 		g := <-c
@@ -110,7 +128,7 @@ func TestListsShareOnlyReadsStartedAfterThem(t *testing.T) {
 		t.Fatalf("a List returned %+v before the read it waits for ended", g)
 	default:
 	}
-	f.release <- struct{}{}
+	f.release(3)
 	for _, c := range []chan got{second, third} {
 		if g := <-c; g.err != nil || g.read != "3" {
 			t.Fatalf("a List that arrived during read 1 got %+v, want read 3", g)
@@ -143,7 +161,7 @@ func TestListReadsCancelAndClose(t *testing.T) {
 	if g := <-impatient; !errors.Is(g.err, context.Canceled) {
 		t.Fatalf("a cancelled List returned %+v, want context.Canceled", g)
 	}
-	f.release <- struct{}{}
+	f.release(1)
 	if err := <-f.ctxErr; err != nil {
 		t.Fatalf("read 1 saw %v after a caller gave up", err)
 	}
