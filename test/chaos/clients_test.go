@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +28,18 @@ import (
 // stall, count it in channelsd_slow_consumer_disconnects_total, keep its
 // memory bounded meanwhile and after, and the room's other clients, on
 // every node, lose nothing.
+//
+// A node has two bounds on a client that does not read: its outbound
+// queue (4 MiB by default), which closes it as a slow consumer, and the
+// write timeout (10 s from the write the kernel could not take), which
+// drops it as a write error. The room's ticks alone fill the queue first
+// only while the publisher keeps near its 100 a second; on a starved
+// machine it managed 13 a second, 4 MiB took longer than 10 s, and the
+// write timeout won. So the slow client also joins a room of its own,
+// which gets flood broadcasts of floodPad bytes until node 1 counts it:
+// a handful of requests pass the queue's bound in well under the write
+// timeout, whatever the publisher's rate, and the busy room's other
+// clients never see them.
 func TestSlowConsumer(t *testing.T) {
 	r := newRow(t, "slow consumer")
 	cl := harness.Start(t, harness.Options{Nodes: 3, LogLevel: "info"})
@@ -53,25 +66,47 @@ func TestSlowConsumer(t *testing.T) {
 		t.Fatalf("the slow client: %v", err)
 	}
 	defer conn.Close()
-	if err := wsutil.WriteClientText(conn, []byte(`["1","1","`+l.topic(0)+`","phx_join",{"user":"slowpoke"}]`)); err != nil {
-		t.Fatal(err)
+	const floodTopic = "room:slow-flood"
+	for _, join := range []string{
+		`["1","1","` + l.topic(0) + `","phx_join",{"user":"slowpoke"}]`,
+		`["2","2","` + floodTopic + `","phx_join",{"user":"slowpoke"}]`,
+	} {
+		if err := wsutil.WriteClientText(conn, []byte(join)); err != nil {
+			t.Fatal(err)
+		}
 	}
+	// Both joins' replies are read, so that the queue the test fills is
+	// known to be a joined socket's; then nothing more is read until
+	// node 1 has given up on it.
+	readBefore := awaitJoinReplies(t, conn, "1", "2")
+	writeErrorsBefore := cl.Metric(t, 1, `channelsd_websocket_closes_total{reason="write_error"}`)
 	stalled := time.Now()
-	// From now on nothing is read until node 1 has given up on it.
 	var peak mem
+	floods := 0
 	for {
+		if floods < maxFloods {
+			floods++
+			if err := cl.Broadcast(ctx, 1, floodTopic, "flood", map[string]any{"n": floods, "pad": floodPad}); err != nil {
+				t.Fatalf("flood broadcast %d: %v", floods, err)
+			}
+		}
 		m := memOf(t, cl, 1)[1]
 		peak = mem{heap: max(peak.heap, m.heap), rss: max(peak.rss, m.rss)}
 		if cl.Metric(t, 1, "channelsd_slow_consumer_disconnects_total") > slowBefore {
 			break
 		}
 		if time.Since(stalled) > 30*time.Second {
-			t.Fatalf("node 1 did not give up on the slow client within 30 s")
+			writeErrors := cl.Metric(t, 1, `channelsd_websocket_closes_total{reason="write_error"}`) - writeErrorsBefore
+			t.Fatalf("node 1 did not count the slow client as a slow consumer within 30 s (%d flood broadcasts of %d KiB; sockets node 1 dropped for a failed or timed-out write meanwhile: %v)",
+				floods, len(floodPad)>>10, writeErrors)
 		}
-		time.Sleep(250 * time.Millisecond) // polling the node's metrics
+		if floods >= maxFloods {
+			time.Sleep(250 * time.Millisecond) // polling the node's metrics
+		}
 	}
 	gaveUp := time.Since(stalled)
-	t.Logf("node 1 counted the slow consumer %v after it stopped reading; node 1's peak meanwhile: %s", gaveUp.Round(time.Millisecond), peak)
+	t.Logf("node 1 counted the slow consumer %v after it stopped reading (%d frames read before: the join replies; %d flood broadcasts); node 1's peak meanwhile: %s",
+		gaveUp.Round(time.Millisecond), readBefore, floods, peak)
 	if b := before[1]; peak.heap > 2*b.heap+heapSlackMiB {
 		t.Errorf("node 1's heap in use reached %.1f MiB behind the slow client, more than 2 × %.1f + %d MiB", peak.heap, b.heap, heapSlackMiB)
 	}
@@ -116,6 +151,56 @@ func TestSlowConsumer(t *testing.T) {
 	*r = row{Scenario: r.Scenario, NodesUp: readyNodes(cl), Nodes: 3, Recovered: l.connected(), Clients: len(l.cs),
 		Owed: tl.owed, Lost: tl.lost, Dup: tl.dup}
 	r.memory(before, after)
+}
+
+// floodPad is the pad of a flood broadcast of TestSlowConsumer: with its
+// envelope within the API's request limit (the node's max frame size,
+// 1 MiB by default), so that six of them pass the default queue bound
+// of 4 MiB and the little the kernel's buffers take.
+var floodPad = strings.Repeat("f", 896<<10)
+
+// maxFloods bounds the flood broadcasts: three times the queue's bound.
+const maxFloods = 14
+
+// awaitJoinReplies reads conn's frames until the phx_reply of each of the
+// refs has come, each with status "ok", within 10 s, and returns how
+// many frames it read. A channel's broadcasts wait behind its join reply
+// (PROTOCOL.md §3.3), so the replies are read before any broadcast of a
+// channel whose reply has not come yet.
+func awaitJoinReplies(t *testing.T, conn net.Conn, refs ...string) int {
+	t.Helper()
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	defer conn.SetReadDeadline(time.Time{})
+	want := map[string]bool{}
+	for _, r := range refs {
+		want[r] = true
+	}
+	frames := 0
+	for len(want) > 0 {
+		data, op, err := wsutil.ReadServerData(conn)
+		if err != nil {
+			t.Fatalf("the slow client, awaiting its join replies %v: %v", refs, err)
+		}
+		frames++
+		var m []json.RawMessage
+		if op != ws.OpText || json.Unmarshal(data, &m) != nil || len(m) != 5 {
+			t.Fatalf("the slow client got an unexpected frame before its join replies: %.200q", data)
+		}
+		var ref, event string
+		_ = json.Unmarshal(m[1], &ref)
+		_ = json.Unmarshal(m[3], &event)
+		if event != "phx_reply" || !want[ref] {
+			continue // a broadcast of a channel already joined
+		}
+		var reply struct {
+			Status string `json:"status"`
+		}
+		if err := json.Unmarshal(m[4], &reply); err != nil || reply.Status != "ok" {
+			t.Fatalf("the slow client's join (ref %s) was answered %s", ref, m[4])
+		}
+		delete(want, ref)
+	}
+	return frames
 }
 
 // 5. Hostile frames on node 1 (--max-frame-size 64 KiB), 10 clients of
