@@ -253,11 +253,18 @@ func (h *LongPollHandler) lookupForTest(t testing.TB, tok string) *lpSession {
 }
 
 // Item 42: the last token query parameter is the session token; the
-// header takes precedence over the query.
+// header takes precedence over the query. The default Window and
+// SessionTimeout: the polls answer at once (a message is buffered), and
+// the session must outlive the test however slowly it runs (a short
+// window made its SessionTimeout 75 ms, and it expired on a loaded
+// machine).
 func TestLongPollTokenLocation(t *testing.T) {
-	hs := newLPHarness(t, LongPollConfig{Window: 50 * time.Millisecond}, nil)
-	tok, _ := hs.open(t, "vsn=2.0.0")
-	if r := hs.get(t, "token=user-auth&vsn=2.0.0&token="+url.QueryEscape(tok)); r.Status != 204 {
+	hs := newLPHarness(t, LongPollConfig{}, nil)
+	tok, sock := hs.open(t, "vsn=2.0.0")
+	if err := sock.conn.Send(channels.Frame{Data: []byte(`["m"]`)}); err != nil {
+		t.Fatal(err)
+	}
+	if r := hs.get(t, "token=user-auth&vsn=2.0.0&token="+url.QueryEscape(tok)); r.Status != 200 || len(r.msgs()) != 1 {
 		t.Fatalf("last token param: %s", r.Raw)
 	}
 	if r := hs.get(t, "token="+url.QueryEscape(tok)+"&vsn=2.0.0&token=user-auth"); r.Status != 410 {
@@ -363,6 +370,41 @@ func TestLongPollHandlerClose(t *testing.T) {
 	if r := hs.get(t, "vsn=2.0.0"); r.HTTP != http.StatusServiceUnavailable {
 		t.Fatalf("GET after Close: HTTP %d", r.HTTP)
 	}
+}
+
+// Close while sessions end by themselves (Conn.Close here; their timers
+// take the same path): every HandleClose has returned when Close does,
+// and Close's wait does not race the count of a session that ends
+// meanwhile, which the race detector once reported when a session
+// expired during a test's cleanup.
+func TestLongPollCloseWhileSessionsEnd(t *testing.T) {
+	hs := newLPHarness(t, LongPollConfig{}, nil)
+	socks := make([]*fakeSocket, 64)
+	for i := range socks {
+		_, socks[i] = hs.open(t, "vsn=2.0.0")
+	}
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, s := range socks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			s.conn.Close(channels.CloseGoingAway, "bye")
+		}()
+	}
+	close(start)
+	if err := hs.h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range socks {
+		select {
+		case <-s.closed:
+		default:
+			t.Errorf("session %d: HandleClose had not run when Close returned", i)
+		}
+	}
+	wg.Wait()
 }
 
 // MaxBuffered: a message beyond it ends the session as a slow consumer
