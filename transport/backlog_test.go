@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"testing"
 	"time"
 
@@ -23,34 +24,78 @@ func numbered(i int) []byte {
 	return b
 }
 
-// fillQueue sends numbered frames from next on, without a refusal, until
-// the connection's queue holds at least want frames and stays above half
-// of that for a while: the client does not read, so the kernel's buffers
-// must fill before the queue stays. It returns the next number.
-func fillQueue(t *testing.T, bc channels.BacklogConn, next, want int) int {
+// Backlog tests need a queue that stays while the client reads nothing.
+// How much of it the kernel takes meanwhile must not depend on timing:
+// left alone, loopback's buffers grow to megabytes (the send buffer
+// autotunes up to net.ipv4.tcp_wmem's maximum) as long as one waits, and
+// a test that waited "long enough" for the queue to settle failed on a
+// loaded machine. So dialBounded fixes the client's receive buffer and
+// the server's send buffer at sockBuffer, and at most kernelFrames ever
+// leave the queue of a client that reads nothing: both buffers as Linux
+// sizes them (twice what is asked, for its bookkeeping), and for each a
+// 64 KiB segment by which it may overshoot. A frame leaves the queue only
+// when the whole write that carries it is taken (writers.go), so in fact
+// far fewer do.
+const (
+	sockBuffer   = 32 << 10
+	kernelFrames = (2*2*sockBuffer + 2*64<<10) / backlogFrame
+)
+
+// dialBounded connects a client to hs with the kernel's buffers bounded
+// (above), and returns it and the server's socket.
+func dialBounded(t *testing.T, hs *harness) (*client, *fakeSocket) {
 	t.Helper()
-	for limit := next + 8000; next < limit; {
-		if f, _, _, _ := bc.Backlog(); f < want {
-			if err := bc.Send(channels.Frame{Data: numbered(next)}); err != nil {
-				t.Fatalf("Send %d: %v", next, err)
-			}
-			next++
-			continue
-		}
-		// A probe, not synchronisation: a writer still draining into
-		// the kernel brings the queue down within this time.
-		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-		err := bc.WaitBacklog(ctx, want/2, 1<<30)
-		cancel()
-		if errors.Is(err, context.DeadlineExceeded) {
-			return next
-		}
+	d := ws.Dialer{NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 		if err != nil {
-			t.Fatalf("WaitBacklog while filling: %v", err)
+			return nil, err
+		}
+		if err := nc.(*net.TCPConn).SetReadBuffer(sockBuffer); err != nil {
+			nc.Close()
+			return nil, err
+		}
+		return nc, nil
+	}}
+	c := hs.dial(t, "vsn=2.0.0", d)
+	sock := <-hs.ep.opened
+	if err := sock.conn.(*wsConn).nc.(*net.TCPConn).SetWriteBuffer(sockBuffer); err != nil {
+		t.Fatalf("server's send buffer: %v", err)
+	}
+	return c, sock
+}
+
+// fillQueue sends n numbered frames from next on, each without a
+// refusal, to a client of dialBounded that reads nothing, and returns
+// the next number. More than n-kernelFrames of them then stay queued,
+// however long one waits, until the client reads.
+func fillQueue(t *testing.T, bc channels.BacklogConn, next, n int) int {
+	t.Helper()
+	if n <= kernelFrames {
+		t.Fatalf("fillQueue(%d): the kernel may take them all (kernelFrames %d)", n, kernelFrames)
+	}
+	for end := next + n; next < end; next++ {
+		if err := bc.Send(channels.Frame{Data: numbered(next)}); err != nil {
+			t.Fatalf("Send %d: %v", next, err)
 		}
 	}
-	t.Fatalf("the queue never stayed at %d frames", want)
+	if f, _, _, _ := bc.Backlog(); f < n-kernelFrames {
+		t.Fatalf("%d of %d frames queued: the kernel took more than kernelFrames (%d)", f, n, kernelFrames)
+	}
 	return next
+}
+
+// awaitBacklogWait returns once a WaitBacklog waits on c for its drain.
+func awaitBacklogWait(t *testing.T, hs *harness, c *wsConn) {
+	t.Helper()
+	for deadline := time.Now().Add(waitLimit); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		hs.h.backlogs.mu.Lock()
+		w := hs.h.backlogs.m[c]
+		hs.h.backlogs.mu.Unlock()
+		if w != nil {
+			return
+		}
+	}
+	t.Fatal("no WaitBacklog waits on the connection")
 }
 
 // TestWebSocketBacklogPaced: with a client that does not read,
@@ -60,22 +105,38 @@ func fillQueue(t *testing.T, bc channels.BacklogConn, next, want int) int {
 // the client gets every frame in order.
 func TestWebSocketBacklogPaced(t *testing.T) {
 	inReadModes(t, func(t *testing.T, m readMode) {
-		const maxQueue = 64
+		const (
+			maxQueue = 64
+			mark     = maxQueue / 8 // below what stays queued (fillQueue)
+		)
 		hs := newHarness(t, m, WebSocketConfig{MaxQueue: maxQueue}, nil)
-		c := hs.dial(t, "vsn=2.0.0", ws.Dialer{})
-		sock := <-hs.ep.opened
+		c, sock := dialBounded(t, hs)
 		bc := sock.conn.(channels.BacklogConn)
 		if _, _, f, b := bc.Backlog(); f != maxQueue || b != DefaultMaxQueueBytes {
 			t.Fatalf("limits %d, %d; want %d, %d", f, b, maxQueue, DefaultMaxQueueBytes)
 		}
 
-		next := fillQueue(t, bc, 0, maxQueue*3/4)
-		waited := make(chan error, 1)
-		go func() { waited <- bc.WaitBacklog(context.Background(), maxQueue/8, 1<<30) }()
+		next := fillQueue(t, bc, 0, maxQueue)
+		if maxQueue-kernelFrames <= mark {
+			t.Fatalf("mark %d: the kernel may take the queue down to it", mark)
+		}
+		// What is queued when WaitBacklog returns: nothing is sent
+		// meanwhile, so the queue only falls after it.
+		type wakeup struct {
+			err    error
+			frames int
+		}
+		waited := make(chan wakeup, 1)
+		go func() {
+			err := bc.WaitBacklog(context.Background(), mark, 1<<30)
+			f, _, _, _ := bc.Backlog()
+			waited <- wakeup{err, f}
+		}()
+		awaitBacklogWait(t, hs, sock.conn.(*wsConn))
 		select {
-		case err := <-waited:
-			t.Fatalf("WaitBacklog returned %v while the client reads nothing", err)
-		case <-time.After(20 * time.Millisecond):
+		case w := <-waited:
+			t.Fatalf("WaitBacklog returned %v while the client reads nothing", w.err)
+		default:
 		}
 
 		const total = 2000
@@ -99,15 +160,15 @@ func TestWebSocketBacklogPaced(t *testing.T) {
 			got <- nil
 		}()
 		select {
-		case err := <-waited:
-			if err != nil {
-				t.Fatalf("WaitBacklog: %v", err)
+		case w := <-waited:
+			if w.err != nil {
+				t.Fatalf("WaitBacklog: %v", w.err)
+			}
+			if w.frames > mark {
+				t.Errorf("WaitBacklog returned with %d frames queued, want at most %d", w.frames, mark)
 			}
 		case <-time.After(waitLimit):
 			t.Fatal("WaitBacklog not woken by the drain")
-		}
-		if f, _, _, _ := bc.Backlog(); f > maxQueue/8 {
-			t.Errorf("WaitBacklog returned with %d frames queued, want at most %d", f, maxQueue/8)
 		}
 
 		ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
@@ -140,8 +201,7 @@ func TestWebSocketBacklogPaced(t *testing.T) {
 func TestWebSocketBacklogWaitEnds(t *testing.T) {
 	inReadModes(t, func(t *testing.T, m readMode) {
 		hs := newHarness(t, m, WebSocketConfig{MaxQueue: 64}, nil)
-		_ = hs.dial(t, "vsn=2.0.0", ws.Dialer{})
-		sock := <-hs.ep.opened
+		_, sock := dialBounded(t, hs)
 		bc := sock.conn.(channels.BacklogConn)
 		fillQueue(t, bc, 0, 32)
 

@@ -218,7 +218,7 @@ type LongPollHandler struct {
 	perAddr  map[netip.Prefix]int                // live sessions per client address; guarded by mu
 	closed   bool                                // guarded by mu
 	done     chan struct{}                       // closed by Close
-	bg       sync.WaitGroup                      // HandleClose calls in flight
+	bg       sync.WaitGroup                      // sessions whose HandleClose has not returned (Add under mu while !closed)
 }
 
 // NewLongPollHandler returns a handler that brings long-poll sessions to
@@ -299,7 +299,8 @@ func (h *LongPollHandler) Sessions() int {
 
 // Close ends every session (each socket gets HandleClose, once), wakes
 // every waiting poll (it answers {"status":410}) and waits for those
-// HandleClose calls. Later GETs get HTTP 503, later POSTs {"status":410}.
+// HandleClose calls, and for those of sessions that ended just before or
+// meanwhile (their timer, Conn.Close): none runs after Close returns. Later GETs get HTTP 503, later POSTs {"status":410}.
 // Further calls do nothing. The error is always nil.
 func (h *LongPollHandler) Close() error {
 	h.mu.Lock()

@@ -192,10 +192,13 @@ func (h *LongPollHandler) open(w http.ResponseWriter, r *http.Request) {
 	h.sessions[s.id] = s
 	h.perAddr[addr]++
 	slot = false
-	// Close waits for this Open (and the HandleClose it may start).
+	// Close waits for the session until its HandleClose has returned
+	// (startHandleClose's goroutine ends the count). Taken here, under
+	// mu and only while the handler is open, because Close's Wait must
+	// never meet an Add from zero: a session its timer ends while Close
+	// runs would otherwise start counting after Close stopped waiting.
 	h.bg.Add(1)
 	h.mu.Unlock()
-	defer h.bg.Done()
 	h.stats.Opened.Add(1)
 	h.stats.Open.Add(1)
 

@@ -207,7 +207,8 @@ func (s *lpSession) end(why string) {
 }
 
 // startHandleClose calls the socket's HandleClose, exactly once, after
-// any POST in progress.
+// any POST in progress, and then ends the handler's count of the session
+// (taken when open put it in the table).
 func (s *lpSession) startHandleClose() {
 	s.mu.Lock()
 	if s.closing {
@@ -217,7 +218,6 @@ func (s *lpSession) startHandleClose() {
 	s.closing = true
 	sock := s.sock
 	s.mu.Unlock()
-	s.h.bg.Add(1)
 	go func() {
 		defer s.h.bg.Done()
 		s.frameMu.Lock()

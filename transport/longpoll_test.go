@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -17,186 +16,6 @@ import (
 
 	"github.com/channelsd/channelsd/channels"
 )
-
-// ---------------------------------------------------------------------
-// Long-poll harness: a LongPollHandler on real HTTP with a fake endpoint.
-
-type lpHarness struct {
-	ep  *fakeEndpoint
-	h   *LongPollHandler
-	srv *httptest.Server
-	url string // http://127.0.0.1:port/socket/longpoll
-}
-
-func newLPHarness(t *testing.T, cfg LongPollConfig, ep *fakeEndpoint) *lpHarness {
-	t.Helper()
-	if ep == nil {
-		ep = newFakeEndpoint()
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = testLogger()
-	}
-	h, err := NewLongPollHandler(ep, cfg)
-	if err != nil {
-		t.Fatalf("NewLongPollHandler: %v", err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/socket/longpoll", h)
-	srv := httptest.NewServer(mux)
-	t.Cleanup(func() {
-		srv.Close()
-		if err := h.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-		for _, s := range ep.allSockets() {
-			s.awaitClose(t)
-			if n := s.closes.Load(); n != 1 {
-				t.Errorf("HandleClose called %d times", n)
-			}
-		}
-	})
-	return &lpHarness{ep: ep, h: h, srv: srv, url: srv.URL + "/socket/longpoll"}
-}
-
-// lpResp is a decoded long-poll answer.
-type lpResp struct {
-	HTTP     int
-	Status   int       `json:"status"`
-	Token    *string   `json:"token"`
-	Messages *[]string `json:"messages"`
-	Raw      string
-	Header   http.Header
-}
-
-func (r lpResp) token(t testing.TB) string {
-	t.Helper()
-	if r.Token == nil || *r.Token == "" {
-		t.Fatalf("answer %s has no token", r.Raw)
-	}
-	return *r.Token
-}
-
-func (r lpResp) msgs() []string {
-	if r.Messages == nil {
-		return nil
-	}
-	return *r.Messages
-}
-
-func (hs *lpHarness) do(t testing.TB, req *http.Request) lpResp {
-	t.Helper()
-	res, err := hs.srv.Client().Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
-	}
-	defer res.Body.Close()
-	body, err := io.ReadAll(res.Body)
-	if err != nil {
-		t.Fatalf("read body: %v", err)
-	}
-	out := lpResp{HTTP: res.StatusCode, Raw: string(body), Header: res.Header}
-	if len(body) > 0 && strings.HasPrefix(res.Header.Get("Content-Type"), "application/json") {
-		if err := json.Unmarshal(body, &out); err != nil {
-			t.Fatalf("answer %q is not JSON: %v", body, err)
-		}
-	}
-	return out
-}
-
-func (hs *lpHarness) req(t testing.TB, method, query string, body string) *http.Request {
-	t.Helper()
-	u := hs.url
-	if query != "" {
-		u += "?" + query
-	}
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
-	t.Cleanup(cancel)
-	req, err := http.NewRequestWithContext(ctx, method, u, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if method == http.MethodPost {
-		req.Header.Set("Content-Type", "application/x-ndjson")
-	}
-	return req
-}
-
-// pollAll polls through hs from tok until it has as many messages as
-// want, at most one poll per message, and fails unless they are want in
-// order. each, when set, checks every answer.
-func pollAll(t *testing.T, hs *lpHarness, tok string, want []string, each func(lpResp)) {
-	t.Helper()
-	var got []string
-	for polls := 0; len(got) < len(want); polls++ {
-		if polls > len(want) {
-			t.Fatalf("after %d polls got %d messages", polls, len(got))
-		}
-		r := hs.get(t, lpTokenQuery(tok))
-		if r.Status != 200 || len(r.msgs()) == 0 {
-			t.Fatalf("poll %d: %.200s", polls, r.Raw)
-		}
-		if each != nil {
-			each(r)
-		}
-		got = append(got, r.msgs()...)
-		tok = r.token(t)
-	}
-	if strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Fatal("messages lost or out of order across answers")
-	}
-}
-
-func (hs *lpHarness) get(t testing.TB, query string) lpResp {
-	t.Helper()
-	return hs.do(t, hs.req(t, http.MethodGet, query, ""))
-}
-
-func (hs *lpHarness) post(t testing.TB, token, body string) lpResp {
-	t.Helper()
-	return hs.do(t, hs.req(t, http.MethodPost, "vsn=2.0.0&token="+url.QueryEscape(token), body))
-}
-
-// open opens a session and returns its token and socket.
-func (hs *lpHarness) open(t testing.TB, query string) (string, *fakeSocket) {
-	t.Helper()
-	r := hs.get(t, query)
-	if r.HTTP != 200 || r.Status != 410 || len(r.msgs()) != 0 || r.Messages == nil {
-		t.Fatalf("opening GET: HTTP %d %s", r.HTTP, r.Raw)
-	}
-	select {
-	case s := <-hs.ep.opened:
-		return r.token(t), s
-	case <-time.After(waitLimit):
-		t.Fatal("no socket opened")
-	}
-	return "", nil
-}
-
-// awaitWaiting returns once n polls are waiting on the session of sock.
-func (hs *lpHarness) awaitWaiting(t testing.TB, sock *fakeSocket) *lpWaiter {
-	t.Helper()
-	s := sock.conn.(*lpSession)
-	deadline := time.Now().Add(waitLimit)
-	for time.Now().Before(deadline) {
-		s.mu.Lock()
-		w := s.waiter
-		s.mu.Unlock()
-		if w != nil {
-			return w
-		}
-		time.Sleep(time.Millisecond)
-	}
-	t.Fatal("no poll is waiting")
-	return nil
-}
-
-func lpTokenQuery(tok string) string { return "vsn=2.0.0&token=" + url.QueryEscape(tok) }
-
-// ---------------------------------------------------------------------
 
 // Item 36, and the answer headers of §8.1.
 func TestLongPollOpen(t *testing.T) {
@@ -434,11 +253,18 @@ func (h *LongPollHandler) lookupForTest(t testing.TB, tok string) *lpSession {
 }
 
 // Item 42: the last token query parameter is the session token; the
-// header takes precedence over the query.
+// header takes precedence over the query. The default Window and
+// SessionTimeout: the polls answer at once (a message is buffered), and
+// the session must outlive the test however slowly it runs (a short
+// window made its SessionTimeout 75 ms, and it expired on a loaded
+// machine).
 func TestLongPollTokenLocation(t *testing.T) {
-	hs := newLPHarness(t, LongPollConfig{Window: 50 * time.Millisecond}, nil)
-	tok, _ := hs.open(t, "vsn=2.0.0")
-	if r := hs.get(t, "token=user-auth&vsn=2.0.0&token="+url.QueryEscape(tok)); r.Status != 204 {
+	hs := newLPHarness(t, LongPollConfig{}, nil)
+	tok, sock := hs.open(t, "vsn=2.0.0")
+	if err := sock.conn.Send(channels.Frame{Data: []byte(`["m"]`)}); err != nil {
+		t.Fatal(err)
+	}
+	if r := hs.get(t, "token=user-auth&vsn=2.0.0&token="+url.QueryEscape(tok)); r.Status != 200 || len(r.msgs()) != 1 {
 		t.Fatalf("last token param: %s", r.Raw)
 	}
 	if r := hs.get(t, "token="+url.QueryEscape(tok)+"&vsn=2.0.0&token=user-auth"); r.Status != 410 {
@@ -460,15 +286,22 @@ func TestLongPollTokenLocation(t *testing.T) {
 // Item 41: no GET for SessionTimeout ends the session; POSTs do not keep
 // it alive; later requests get 410.
 func TestLongPollSessionTimeout(t *testing.T) {
-	hs := newLPHarness(t, LongPollConfig{Window: 50 * time.Millisecond, SessionTimeout: 300 * time.Millisecond}, nil)
-	tok, sock := hs.open(t, "vsn=2.0.0")
+	const timeout = 300 * time.Millisecond
+	hs := newLPHarness(t, LongPollConfig{Window: 50 * time.Millisecond, SessionTimeout: timeout}, nil)
+	// Before the opening GET, from which the session's time counts: the
+	// session cannot end sooner than timeout after this, however slowly
+	// the answer comes back.
 	start := time.Now()
+	tok, sock := hs.open(t, "vsn=2.0.0")
 	if r := hs.post(t, tok, `[null,"1","phoenix","heartbeat",{}]`); r.Raw != `{"status":200}` {
 		t.Fatalf("POST: %s", r.Raw)
 	}
 	sock.awaitClose(t)
-	if el := time.Since(start); el < 250*time.Millisecond {
+	if el := time.Since(start); el < timeout {
 		t.Fatalf("session ended after %v", el)
+	}
+	if hs.h.Stats().Expired.Load() != 1 || hs.h.Sessions() != 0 {
+		t.Fatalf("expired %d, sessions %d", hs.h.Stats().Expired.Load(), hs.h.Sessions())
 	}
 	if r := hs.post(t, tok, `[null,"2","phoenix","heartbeat",{}]`); r.Raw != `{"status":410}` {
 		t.Fatalf("POST after expiry: %s", r.Raw)
@@ -477,22 +310,25 @@ func TestLongPollSessionTimeout(t *testing.T) {
 	if r.Status != 410 || r.token(t) == tok {
 		t.Fatalf("GET after expiry: %s", r.Raw)
 	}
-	sock2 := <-hs.ep.opened
-	if hs.h.Stats().Expired.Load() != 1 || hs.h.Sessions() != 1 {
-		t.Fatalf("expired %d, sessions %d", hs.h.Stats().Expired.Load(), hs.h.Sessions())
-	}
-	// Polling keeps a session alive past SessionTimeout.
-	tok2 := r.token(t)
-	deadline := time.Now().Add(700 * time.Millisecond)
-	for time.Now().Before(deadline) {
-		p := hs.get(t, lpTokenQuery(tok2))
+	<-hs.ep.opened
+}
+
+// Item 41: polling keeps a session alive past SessionTimeout. The polls
+// must begin less than SessionTimeout apart, each after a Window's wait:
+// a second leaves a loaded machine most of it to stall in.
+func TestLongPollPollsKeepSession(t *testing.T) {
+	const timeout = time.Second
+	hs := newLPHarness(t, LongPollConfig{Window: 50 * time.Millisecond, SessionTimeout: timeout}, nil)
+	tok, sock := hs.open(t, "vsn=2.0.0")
+	for deadline := time.Now().Add(timeout * 3 / 2); time.Now().Before(deadline); {
+		p := hs.get(t, lpTokenQuery(tok))
 		if p.Status != 204 {
 			t.Fatalf("poll on a live session: %s", p.Raw)
 		}
-		tok2 = p.token(t)
+		tok = p.token(t)
 	}
 	select {
-	case <-sock2.closed:
+	case <-sock.closed:
 		t.Fatal("a polled session expired")
 	default:
 	}
@@ -544,6 +380,41 @@ func TestLongPollHandlerClose(t *testing.T) {
 	if r := hs.get(t, "vsn=2.0.0"); r.HTTP != http.StatusServiceUnavailable {
 		t.Fatalf("GET after Close: HTTP %d", r.HTTP)
 	}
+}
+
+// Close while sessions end by themselves (Conn.Close here; their timers
+// take the same path): every HandleClose has returned when Close does,
+// and Close's wait does not race the count of a session that ends
+// meanwhile, which the race detector once reported when a session
+// expired during a test's cleanup.
+func TestLongPollCloseWhileSessionsEnd(t *testing.T) {
+	hs := newLPHarness(t, LongPollConfig{}, nil)
+	socks := make([]*fakeSocket, 64)
+	for i := range socks {
+		_, socks[i] = hs.open(t, "vsn=2.0.0")
+	}
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, s := range socks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			s.conn.Close(channels.CloseGoingAway, "bye")
+		}()
+	}
+	close(start)
+	if err := hs.h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range socks {
+		select {
+		case <-s.closed:
+		default:
+			t.Errorf("session %d: HandleClose had not run when Close returned", i)
+		}
+	}
+	wg.Wait()
 }
 
 // MaxBuffered: a message beyond it ends the session as a slow consumer
@@ -693,14 +564,28 @@ func TestLongPollNoExpiryWhileWaiting(t *testing.T) {
 	// session was live when the window ran out. (Once the poll has
 	// answered, the session may expire at once: its last GET began
 	// longer ago than SessionTimeout.)
-	r := hs.get(t, lpTokenQuery(tok))
-	if r.Status != 204 {
-		t.Fatalf("poll: %s (the session ended while a poll waited?)", r.Raw)
-	}
-	// Without polls it does expire.
-	sock.awaitClose(t)
-	if hs.h.Stats().Expired.Load() != 1 {
-		t.Fatalf("Expired = %d", hs.h.Stats().Expired.Load())
+	for late := 0; ; late++ {
+		r := hs.get(t, lpTokenQuery(tok))
+		if r.Status == 410 && hs.h.Stats().Polls.Load() == 0 {
+			// No poll ever waited (Polls counts those that found their
+			// session live): the GET came more than SessionTimeout
+			// after the session opened, as on a loaded machine, and
+			// opened a new one. Again with that one.
+			if late == 5 {
+				t.Fatalf("%d polls in a row came after their session expired", late+1)
+			}
+			tok, sock = r.token(t), <-hs.ep.opened
+			continue
+		}
+		if r.Status != 204 {
+			t.Fatalf("poll: %s (the session ended while a poll waited?)", r.Raw)
+		}
+		// Without polls it does expire (as did those a late GET found).
+		sock.awaitClose(t)
+		if n := hs.h.Stats().Expired.Load(); n != uint64(late)+1 {
+			t.Fatalf("Expired = %d, want %d", n, late+1)
+		}
+		return
 	}
 }
 

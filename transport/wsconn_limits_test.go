@@ -29,11 +29,12 @@ func testMessageTimeout(t *testing.T, m readMode) {
 	hs, c, s := echoHarness(t, m, WebSocketConfig{MessageTimeout: timeout})
 
 	// A message whose fragments come in time is unaffected, pings between
-	// them included.
+	// them included. They go out back to back: a round trip between them
+	// could take longer than the timeout on a loaded machine.
 	c.writeFrame(ws.OpText, false, true, []byte("a"))
 	c.writeFrame(ws.OpPing, true, true, []byte("p"))
-	c.expectFrame(ws.OpPong, "p")
 	c.writeFrame(ws.OpContinuation, true, true, []byte("b"))
+	c.expectFrame(ws.OpPong, "p")
 	expectMessage(t, s, []byte("ab"), false)
 	c.expectFrame(ws.OpText, "ab")
 
@@ -338,7 +339,11 @@ func testBigMessageLeavesNoBuffer(t *testing.T, m readMode) {
 	const n = 50
 	ep := newFakeEndpoint()
 	ep.frameBuf = 1
-	hs := newHarness(t, m, WebSocketConfig{}, ep)
+	// The last client sends its message after the other 49 have sent
+	// theirs: under the race detector on a loaded machine that took
+	// longer than the harness's idle timeout (waitLimit), and the server
+	// rightly closed it first.
+	hs := newHarness(t, m, WebSocketConfig{IdleTimeout: time.Minute}, ep)
 	warm := hs.dial(t, "", ws.Dialer{})
 	<-ep.opened
 	warm.send("warm")
