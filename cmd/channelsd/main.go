@@ -389,10 +389,11 @@ func run(args []string, stderr io.Writer) error {
 			PresenceCoalesce:    o.coalesce,
 			PresenceMaxCoalesce: o.coalesceMax,
 		},
-		PresenceLimits: presence.Limits{MaxKeyLength: o.presenceKeyLength, MaxMetaSize: o.presenceMetaSize, MaxPerTopic: o.presencePerTopic, MaxPerOwner: o.presencePerJoin},
-		History:        o.historyRules,
-		NodeID:         nodeID,
-		Logger:         logger,
+		PresenceLimits:      presence.Limits{MaxKeyLength: o.presenceKeyLength, MaxMetaSize: o.presenceMetaSize, MaxPerTopic: o.presencePerTopic, MaxPerOwner: o.presencePerJoin},
+		PresenceMaxCoalesce: o.coalesceMax,
+		History:             o.historyRules,
+		NodeID:              nodeID,
+		Logger:              logger,
 
 		// Limits (README "Limits").
 		MaxSockets:           o.maxSockets,

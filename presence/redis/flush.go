@@ -14,20 +14,24 @@ import (
 	"github.com/channelsd/channelsd/pubsub"
 )
 
-// batchFor returns topic's pending batch, opening one (and scheduling its
-// flush one window from now: Coalesce, or more for a busy topic, see
-// adapt) if there is none. Called with mu held.
+// batchFor returns topic's pending batch, opening one if there is none,
+// due Coalesce from now, or one window after the topic's last diff if
+// that is later (presence's pacing.go: a busy topic sends a diff per
+// window, whose width adapt keeps). Called with mu held.
 func (t *Tracker) batchFor(topic string) *batch {
 	b := t.pending[topic]
 	if b == nil {
 		b = &batch{joinIdx: make(map[string]int)}
 		t.pending[topic] = b
-		w := t.windows[topic]
-		if w == 0 {
-			w = t.opt.Coalesce
+		now := time.Now()
+		due := now.Add(t.opt.Coalesce)
+		if p := t.paces[topic]; p != nil {
+			if next := p.last.Add(t.windowOf(topic, p)); next.After(due) {
+				due = next
+			}
 		}
 		// Windows differ per topic: keep the queue in deadline order.
-		q := queued{topic: topic, deadline: time.Now().Add(w)}
+		q := queued{topic: topic, deadline: due}
 		i, _ := slices.BinarySearchFunc(t.fifo, q, func(a, b queued) int { return a.deadline.Compare(b.deadline) })
 		t.fifo = slices.Insert(t.fifo, i, q)
 		if i == 0 {
@@ -37,34 +41,49 @@ func (t *Tracker) batchFor(topic string) *batch {
 	return b
 }
 
-// busyChanges is how many changes in one window make a topic busy.
-const busyChanges = 4
+// pace is a topic's pacing: when its last diff went out, the window
+// presence.AdaptWindow left (0: the room's floor), and how many entries
+// the room held at its last List, over all nodes (this node alone sees
+// only its own between Lists).
+type pace struct {
+	last time.Time
+	w    time.Duration
+	room int
+}
 
-// adapt sets topic's next coalescing window from the batch just taken:
-// doubled (up to MaxCoalesce) after a busy window, halved (down to
-// Coalesce) after a window of one change or none. Called with mu held.
+// roomOf is what a diff of topic reaches: the room as last listed, or
+// this node's entries if more. Called with mu held.
+func (t *Tracker) roomOf(topic string, p *pace) int {
+	return max(p.room, len(t.table[topic]))
+}
+
+// windowOf is the least time between two diffs of topic. Called with mu
+// held.
+func (t *Tracker) windowOf(topic string, p *pace) time.Duration {
+	return max(p.w, presence.DiffWindow(t.roomOf(topic, p), t.opt.Coalesce, t.opt.MaxCoalesce))
+}
+
+// adapt notes that topic's batch b goes out now and sets its next window
+// (presence.AdaptWindow). A topic without entries here forgets its
+// pacing: its next change, if any, starts afresh. Called with mu held.
 func (t *Tracker) adapt(topic string, b *batch) {
+	if len(t.table[topic]) == 0 {
+		delete(t.paces, topic)
+		return
+	}
 	n := len(b.leaves)
 	for _, c := range b.joins {
 		if c != nil {
 			n++
 		}
 	}
-	w := t.windows[topic]
-	if w == 0 {
-		w = t.opt.Coalesce
+	p := t.paces[topic]
+	if p == nil {
+		p = &pace{}
+		t.paces[topic] = p
 	}
-	switch {
-	case n >= busyChanges:
-		w = min(2*w, t.opt.MaxCoalesce)
-	case n <= 1:
-		w = max(w/2, t.opt.Coalesce)
-	}
-	if w <= t.opt.Coalesce || len(t.table[topic]) == 0 {
-		delete(t.windows, topic)
-		return
-	}
-	t.windows[topic] = w
+	p.last = time.Now()
+	p.w = presence.AdaptWindow(p.w, n, t.roomOf(topic, p), t.opt.Coalesce, t.opt.MaxCoalesce)
 }
 
 func (t *Tracker) poke() {

@@ -69,8 +69,8 @@ type Tracker struct {
 	entries    int                         // in table, over all topics
 	perOwner   map[topicOwner]int          // entries of each owner (Limits.MaxPerOwner)
 	pending    map[string]*batch
-	fifo       []queued                 // topics with a pending batch, by deadline
-	windows    map[string]time.Duration // coalescing window of busy topics (absent: Coalesce)
+	fifo       []queued         // topics with a pending batch, by deadline
+	paces      map[string]*pace // pacing of the topics with entries here (flush.go)
 	clocks     map[string]uint64
 	needResync bool
 	resyncAt   time.Time // after a failed resync: not before then
@@ -153,9 +153,10 @@ type queued struct {
 }
 
 var (
-	_ presence.Tracker      = (*Tracker)(nil)
-	_ presence.EntryCounter = (*Tracker)(nil)
-	_ pubsub.LimitCounter   = (*Tracker)(nil)
+	_ presence.Tracker       = (*Tracker)(nil)
+	_ presence.StateAppender = (*Tracker)(nil)
+	_ presence.EntryCounter  = (*Tracker)(nil)
+	_ pubsub.LimitCounter    = (*Tracker)(nil)
 )
 
 // LimitHits implements pubsub.LimitCounter: Track and Update refused by
@@ -218,7 +219,7 @@ func New(ctx context.Context, opt Options) (*Tracker, error) {
 		table:     make(map[string]map[owned]*entry),
 		perOwner:  make(map[topicOwner]int),
 		pending:   make(map[string]*batch),
-		windows:   make(map[string]time.Duration),
+		paces:     make(map[string]*pace),
 		clocks:    make(map[string]uint64),
 		repairs:   make(map[string]struct{}),
 		watched:   make(map[string]bool),
@@ -373,12 +374,15 @@ func (t *Tracker) UntrackAll(_ context.Context, topic, owner string) error {
 	return nil
 }
 
-// row is one entry as List sorts them.
+// row is one entry as List sorts them: its node and phx_ref are its
+// hash field's two halves (substrings of a field read, this node's id and
+// the entry's ref otherwise: a List builds no field for its own rows).
 type row struct {
-	t     int64
-	field string
-	key   string
-	meta  json.RawMessage
+	t    int64
+	node string
+	ref  string
+	key  string
+	meta json.RawMessage
 }
 
 // List implements presence.Tracker: this node's entries from its own
@@ -388,49 +392,89 @@ type row struct {
 // topic share; the shared read always starts after this List was called,
 // so it never returns what was true only before the call.
 func (t *Tracker) List(ctx context.Context, topic string) (presence.State, error) {
+	remote, local, err := t.rows(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	state := make(presence.State, len(remote)+len(local))
+	mergeRows(remote, local, state.Add)
+	return state, nil
+}
+
+// AppendState implements presence.StateAppender: what List returns,
+// written as a presence_state payload with nothing built in between (the
+// rows come grouped by key, compareRows).
+func (t *Tracker) AppendState(ctx context.Context, b []byte, topic string) ([]byte, error) {
+	remote, local, err := t.rows(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	w := presence.StateWriter{B: b}
+	mergeRows(remote, local, w.Add)
+	return w.Finish(), nil
+}
+
+// rows returns what List lists: the other nodes' rows (shared with other
+// Lists: not to be changed) and this node's, each in compareRows order.
+func (t *Tracker) rows(ctx context.Context, topic string) (remote, local []row, err error) {
 	t.mu.Lock()
 	closed := t.closed
 	t.mu.Unlock()
 	if closed {
-		return nil, presence.ErrClosed
+		return nil, nil, presence.ErrClosed
 	}
-	remote, err := t.reads.get(ctx, topic)
-	if err != nil {
-		return nil, fmt.Errorf("presence/redis: list %s: %w", topic, err)
+	if !t.aloneLive() {
+		remote, err = t.reads.get(ctx, topic)
+		if err != nil {
+			return nil, nil, fmt.Errorf("presence/redis: list %s: %w", topic, err)
+		}
 	}
 	t.mu.Lock()
-	local := make([]row, 0, len(t.table[topic]))
+	local = make([]row, 0, len(t.table[topic]))
 	for _, e := range t.table[topic] {
-		local = append(local, row{t: e.t, field: t.field(e.ref), key: e.key, meta: e.meta})
+		local = append(local, row{t: e.t, node: t.me, ref: e.ref, key: e.key, meta: e.meta})
 	}
 	if b := t.pending[topic]; b != nil {
 		// The joins still in their window are in this List: a leave of
 		// one of them must now be sent, not cancel it (addLeave).
 		clear(b.joinIdx)
 	}
+	if p := t.paces[topic]; p != nil {
+		p.room = len(remote) + len(local) // what the topic's diffs reach
+	}
 	t.mu.Unlock()
 	slices.SortFunc(local, compareRows)
-	// remote is sorted already, once for all the Lists that share it.
-	state := make(presence.State, len(remote)+len(local))
-	for i, j := 0, 0; i < len(remote) || j < len(local); {
-		if j == len(local) || i < len(remote) && compareRows(remote[i], local[j]) <= 0 {
-			state.Add(remote[i].key, remote[i].meta)
+	return remote, local, nil
+}
+
+// mergeRows hands add the rows of a and b, both in compareRows order, in
+// that order: each key's entries together, in the order of their tracks.
+func mergeRows(a, b []row, add func(key string, meta json.RawMessage)) {
+	for i, j := 0, 0; i < len(a) || j < len(b); {
+		if j == len(b) || i < len(a) && compareRows(a[i], b[j]) <= 0 {
+			add(a[i].key, a[i].meta)
 			i++
 		} else {
-			state.Add(local[j].key, local[j].meta)
+			add(b[j].key, b[j].meta)
 			j++
 		}
 	}
-	return state, nil
 }
 
-// compareRows orders rows as List groups them: by time of the track or
-// update, then by field, which is unique.
+// compareRows orders rows as presence_state groups them: by key, then by
+// time of the track or update, then by node and ref, which together are
+// unique.
 func compareRows(a, b row) int {
+	if c := strings.Compare(a.key, b.key); c != 0 {
+		return c
+	}
 	if c := cmp.Compare(a.t, b.t); c != 0 {
 		return c
 	}
-	return strings.Compare(a.field, b.field)
+	if c := strings.Compare(a.node, b.node); c != 0 {
+		return c
+	}
+	return strings.Compare(a.ref, b.ref)
 }
 
 // readRemote reads the entries of topic that other live nodes hold, in
@@ -457,7 +501,7 @@ func (t *Tracker) readRemote(ctx context.Context, topic string) ([]row, error) {
 	}
 	rows := make([]row, 0, len(hcmd.Val()))
 	for f, v := range hcmd.Val() {
-		node, _, ok := splitField(f)
+		node, ref, ok := splitField(f)
 		if !ok || node == t.me || !live[node] {
 			continue
 		}
@@ -465,7 +509,7 @@ func (t *Tracker) readRemote(ctx context.Context, topic string) ([]row, error) {
 		if !ok {
 			continue
 		}
-		rows = append(rows, row{t: s.T, field: f, key: s.Key, meta: s.Meta})
+		rows = append(rows, row{t: s.T, node: node, ref: ref, key: s.Key, meta: s.Meta})
 	}
 	slices.SortFunc(rows, compareRows)
 	return rows, nil
@@ -484,6 +528,16 @@ func (t *Tracker) cachedLive() map[string]bool {
 		return nil
 	}
 	return t.live
+}
+
+// aloneLive reports whether the live nodes, as last read, are this one
+// at most: a read of the topic would then keep none of its rows (readRemote
+// skips this node's own and those of nodes not live), so a List does
+// without it. A node that came up since that reading is hidden for as
+// long either way (liveFor).
+func (t *Tracker) aloneLive() bool {
+	live := t.cachedLive()
+	return live != nil && len(live) <= 1 && (len(live) == 0 || live[t.me])
 }
 
 // cacheLive keeps live, just read, for the next Lists. The map is never
