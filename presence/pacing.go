@@ -22,9 +22,14 @@ const (
 	// WindowPerMember is what each entry of a topic adds to the least
 	// time between two of its diffs.
 	WindowPerMember = 10 * time.Millisecond
-	// DefaultMaxCoalesce is the widest window, reached at 50 entries:
-	// what a member of a big busy room may wait to see a change.
-	DefaultMaxCoalesce = 500 * time.Millisecond
+	// DefaultMaxCoalesce is Local's widest window: what a member of a
+	// big busy room may wait to see a change. In a storm of joins into
+	// rooms of 100 on one node (BENCHMARKS.md) the windows reach it, and
+	// the diffs a join costs fall with it: 500ms left 18 frames written
+	// per join, 1s 7.5, 2s 6.8 (two of them the join reply and the
+	// presence_state). presence/redis has its own, shorter: a cluster's
+	// lists must agree soon after a storm.
+	DefaultMaxCoalesce = 2 * time.Second
 	// DeliveriesPerChange is how many members a busy topic's diff may
 	// reach per change it carries before its window widens.
 	DeliveriesPerChange = 4
