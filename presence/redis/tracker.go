@@ -397,7 +397,7 @@ func (t *Tracker) List(ctx context.Context, topic string) (presence.State, error
 		return nil, err
 	}
 	state := make(presence.State, len(remote)+len(local))
-	mergeRows(remote, local, state.Add)
+	t.mergeRows(remote, local, state.Add)
 	return state, nil
 }
 
@@ -410,13 +410,15 @@ func (t *Tracker) AppendState(ctx context.Context, b []byte, topic string) ([]by
 		return nil, err
 	}
 	w := presence.StateWriter{B: b}
-	mergeRows(remote, local, w.Add)
+	t.mergeRows(remote, local, w.Add)
 	return w.Finish(), nil
 }
 
 // rows returns what List lists: the other nodes' rows (shared with other
-// Lists: not to be changed) and this node's, each in compareRows order.
-func (t *Tracker) rows(ctx context.Context, topic string) (remote, local []row, err error) {
+// Lists: not to be changed) and this node's entries, each in compareRows
+// order (pointers: a join lists its room, and sorting the entries
+// themselves moved most of its bytes).
+func (t *Tracker) rows(ctx context.Context, topic string) (remote []row, local []*entry, err error) {
 	t.mu.Lock()
 	closed := t.closed
 	t.mu.Unlock()
@@ -430,9 +432,9 @@ func (t *Tracker) rows(ctx context.Context, topic string) (remote, local []row, 
 		}
 	}
 	t.mu.Lock()
-	local = make([]row, 0, len(t.table[topic]))
+	local = make([]*entry, 0, len(t.table[topic]))
 	for _, e := range t.table[topic] {
-		local = append(local, row{t: e.t, node: t.me, ref: e.ref, key: e.key, meta: e.meta})
+		local = append(local, e)
 	}
 	if b := t.pending[topic]; b != nil {
 		// The joins still in their window are in this List: a leave of
@@ -443,15 +445,42 @@ func (t *Tracker) rows(ctx context.Context, topic string) (remote, local []row, 
 		p.room = len(remote) + len(local) // what the topic's diffs reach
 	}
 	t.mu.Unlock()
-	slices.SortFunc(local, compareRows)
+	slices.SortFunc(local, compareEntries)
 	return remote, local, nil
 }
 
-// mergeRows hands add the rows of a and b, both in compareRows order, in
-// that order: each key's entries together, in the order of their tracks.
-func mergeRows(a, b []row, add func(key string, meta json.RawMessage)) {
+// compareEntries is compareRows for this node's entries, whose node is
+// the same.
+func compareEntries(a, b *entry) int {
+	if c := strings.Compare(a.key, b.key); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.t, b.t); c != 0 {
+		return c
+	}
+	return strings.Compare(a.ref, b.ref)
+}
+
+// compareRowEntry is compareRows of r and this node's entry e.
+func (t *Tracker) compareRowEntry(r *row, e *entry) int {
+	if c := strings.Compare(r.key, e.key); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(r.t, e.t); c != 0 {
+		return c
+	}
+	if c := strings.Compare(r.node, t.me); c != 0 {
+		return c
+	}
+	return strings.Compare(r.ref, e.ref)
+}
+
+// mergeRows hands add the rows of a and the entries of b, both in
+// compareRows order, in that order: each key's entries together, in the
+// order of their tracks.
+func (t *Tracker) mergeRows(a []row, b []*entry, add func(key string, meta json.RawMessage)) {
 	for i, j := 0, 0; i < len(a) || j < len(b); {
-		if j == len(b) || i < len(a) && compareRows(a[i], b[j]) <= 0 {
+		if j == len(b) || i < len(a) && t.compareRowEntry(&a[i], b[j]) <= 0 {
 			add(a[i].key, a[i].meta)
 			i++
 		} else {
@@ -463,7 +492,7 @@ func mergeRows(a, b []row, add func(key string, meta json.RawMessage)) {
 
 // compareRows orders rows as presence_state groups them: by key, then by
 // time of the track or update, then by node and ref, which together are
-// unique.
+// unique. compareEntries and compareRowEntry order alike.
 func compareRows(a, b row) int {
 	if c := strings.Compare(a.key, b.key); c != 0 {
 		return c
