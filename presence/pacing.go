@@ -27,8 +27,7 @@ const (
 	// rooms of 100 on one node (BENCHMARKS.md) the windows reach it, and
 	// the diffs a join costs fall with it: 500ms left 18 frames written
 	// per join, 1s 7.5, 2s 6.8 (two of them the join reply and the
-	// presence_state). presence/redis has its own, shorter: a cluster's
-	// lists must agree soon after a storm.
+	// presence_state).
 	DefaultMaxCoalesce = 2 * time.Second
 	// DeliveriesPerChange is how many members a busy topic's diff may
 	// reach per change it carries before its window widens.

@@ -25,7 +25,8 @@
 // topic, Options.Coalesce after the batch opened, or one window after
 // the topic's previous diff if that is later (the window grows with the
 // room and with a busy topic's traffic, up to Options.MaxCoalesce:
-// presence's pacing), writes the batch to
+// presence's pacing; a batch quiet for half of a wide window goes out
+// then), writes the batch to
 // Redis in one pipeline (HSET/HDEL plus the topics set) and then
 // publishes ONE presence_diff on the topic through the node's PubSub,
 // which delivers it to this node's subscribers at once and to every other

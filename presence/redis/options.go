@@ -18,11 +18,12 @@ const (
 	DefaultPrefix    = "channelsd"
 	DefaultHeartbeat = 5 * time.Second
 	DefaultCoalesce  = 30 * time.Millisecond
-	// DefaultMaxCoalesce is the widest window of a busy topic: a join
-	// storm into busy rooms writes fewer diffs the wider it is
-	// (presence.DefaultMaxCoalesce), and every node's lists agree at most
-	// about this long after the storm's last join.
-	DefaultMaxCoalesce = time.Second
+	// DefaultMaxCoalesce is the widest window of a busy topic, as in
+	// memory (presence.DefaultMaxCoalesce): a join storm into busy rooms
+	// writes fewer diffs the wider it is. A batch that has been quiet for
+	// half of a window of a second or more goes out then, so every node's
+	// lists agree about a second after a storm's last join.
+	DefaultMaxCoalesce = presence.DefaultMaxCoalesce
 	DefaultTimeout     = 2 * time.Second
 	// DefaultMaxDiffSize applies when the PubSub does not say what it
 	// carries: pubsub/redis's default, less room for the envelope.
@@ -74,7 +75,8 @@ type Options struct {
 	// least presence.DiffWindow after its previous diff (10ms per member
 	// of the room as last listed), and a topic whose diffs reach more
 	// than presence.DeliveriesPerChange members per change doubles that,
-	// up to MaxCoalesce (presence.AdaptWindow). Default 1s; equal to
+	// up to MaxCoalesce (presence.AdaptWindow); a batch quiet for half a
+	// window of a second or more goes out early. Default 2s; equal to
 	// Coalesce keeps the window fixed.
 	MaxCoalesce time.Duration
 	// Timeout bounds each background Redis round trip and publish.

@@ -70,6 +70,7 @@ type Tracker struct {
 	perOwner   map[topicOwner]int          // entries of each owner (Limits.MaxPerOwner)
 	pending    map[string]*batch
 	fifo       []queued         // topics with a pending batch, by deadline
+	quietScan  time.Time        // when flushLoop next looks for quiet batches
 	paces      map[string]*pace // pacing of the topics with entries here (flush.go)
 	clocks     map[string]uint64
 	needResync bool
@@ -145,6 +146,11 @@ type change struct {
 type batch struct {
 	joins, leaves []*change
 	joinIdx       map[string]int // ref -> index in joins (nil slot when cancelled)
+	// last is when the newest change joined the batch; quiet, when not
+	// zero, how long after it the batch goes out even before its
+	// deadline (flush.go, quietAfter).
+	last  time.Time
+	quiet time.Duration
 }
 
 type queued struct {

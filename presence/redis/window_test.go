@@ -68,3 +68,53 @@ func TestCoalescingWindowAdapts(t *testing.T) {
 		t.Fatal("a topic without entries keeps its pacing")
 	}
 }
+
+// A batch of a topic whose window is a second or more goes out once it
+// has been quiet for half of it, before its deadline: the last changes of
+// a burst do not wait for the whole window. Until then it waits, and
+// flushLoop is told when to look again.
+func TestQuietBatchGoesOutEarly(t *testing.T) {
+	tr := &Tracker{
+		opt:     Options{Coalesce: 30 * time.Millisecond, MaxCoalesce: 2 * time.Second},
+		table:   map[string]map[owned]*entry{"big": {{owner: "o", key: "k"}: {}}, "small": {{owner: "o", key: "k"}: {}}},
+		pending: map[string]*batch{},
+		paces:   map[string]*pace{"big": {last: time.Now(), w: 2 * time.Second}, "small": {last: time.Now()}},
+		wake:    make(chan struct{}, 1),
+	}
+	if quietAfter(999*time.Millisecond) != 0 || quietAfter(2*time.Second) != time.Second {
+		t.Fatalf("quietAfter: %v, %v", quietAfter(999*time.Millisecond), quietAfter(2*time.Second))
+	}
+	big := tr.batchFor("big")
+	tr.batchFor("small")
+	if big.quiet != time.Second {
+		t.Fatalf("quiet time of a 2s window: %v", big.quiet)
+	}
+	start := big.last
+	due, scan := tr.takeQuiet(start.Add(900*time.Millisecond), nil)
+	if len(due) != 0 || scan.IsZero() {
+		t.Fatalf("a batch quiet for 0.9s of its 1s: due %v, next look %v", due, scan)
+	}
+	due, _ = tr.takeQuiet(scan, nil) // looked at too soon: nothing
+	if len(due) != 0 {
+		t.Fatalf("due %v before its quiet time", due)
+	}
+	// A change (at 0.8s) restarts the quiet time: not due at 1.5s.
+	if tr.batchFor("big") != big {
+		t.Fatal("a second change opened another batch")
+	}
+	big.last = start.Add(800 * time.Millisecond)
+	due, _ = tr.takeQuiet(start.Add(1500*time.Millisecond), nil)
+	if len(due) != 0 {
+		t.Fatalf("due %v 0.7s after a change", due)
+	}
+	due, scan = tr.takeQuiet(start.Add(1800*time.Millisecond+quietScanEvery), nil)
+	if len(due) != 1 || due[0] != "big" {
+		t.Fatalf("a quiet batch: due %v, want big", due)
+	}
+	if len(tr.fifo) != 1 || tr.fifo[0].topic != "small" {
+		t.Fatalf("queue %+v, want small only", tr.fifo)
+	}
+	if !scan.IsZero() {
+		t.Fatalf("no batch waits for quiet, yet the next look is %v", scan)
+	}
+}
