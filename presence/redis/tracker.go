@@ -68,7 +68,7 @@ type Tracker struct {
 	pending    map[string]*batch
 	fifo       []queued         // topics with a pending batch, by deadline
 	quietScan  time.Time        // when flushLoop next looks for quiet batches
-	paces      map[string]*pace // pacing of the topics with entries here (flush.go)
+	paces      map[string]*pace // pacing of the topics with entries here (pace.go)
 	clocks     map[string]uint64
 	needResync bool
 	resyncAt   time.Time // after a failed resync: not before then
@@ -145,7 +145,7 @@ type batch struct {
 	joinIdx       map[string]int // ref -> index in joins (nil slot when cancelled)
 	// last is when the newest change joined the batch; quiet, when not
 	// zero, how long after it the batch goes out even before its
-	// deadline (flush.go, quietAfter).
+	// deadline (pace.go, quietAfter).
 	last  time.Time
 	quiet time.Duration
 }
