@@ -240,7 +240,29 @@ func (c *ChannelSocket) Untrack(key string) error {
 
 // PushPresenceState pushes presence_state, the topic's presences grouped
 // by key. Call it after the join (AfterJoin), as Phoenix applications do.
+//
+// A tracker that writes the payload itself (presence.StateAppender, the
+// in-memory one) is asked for it: every join into a room pushes the room
+// whole, and a State built and checked on the way was most of what the
+// tracker cost a join. Its payload is valid UTF-8 JSON by that
+// interface's contract (every key and meta was checked by Track), so it
+// is not scanned again here.
 func (c *ChannelSocket) PushPresenceState() error {
+	if sa, ok := c.sock.ep.cfg.Presence.(presence.StateAppender); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), presenceTimeout)
+		defer cancel()
+		bp := stateBufs.Get().(*[]byte)
+		data, err := sa.AppendState(ctx, (*bp)[:0], c.Topic())
+		if err == nil {
+			// The frame is a copy: the buffer goes back.
+			err = c.send(&Message{JoinRef: c.joinRef, Topic: c.Topic(), Event: EventPresenceState, Payload: data})
+		}
+		if cap(data) <= maxPooledState {
+			*bp = data
+			stateBufs.Put(bp)
+		}
+		return err
+	}
 	state, err := c.ListPresence()
 	if err != nil {
 		return err
@@ -251,6 +273,13 @@ func (c *ChannelSocket) PushPresenceState() error {
 	}
 	return c.Push(EventPresenceState, json.RawMessage(data))
 }
+
+// stateBufs holds the buffers PushPresenceState writes a room's
+// presence_state into before it is copied into the frame; rooms up to
+// maxPooledState bytes reuse one.
+var stateBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+const maxPooledState = 64 << 10
 
 // ListPresence returns the topic's presences grouped by key, on every node
 // of the cluster: Phoenix's Presence.list(socket), for a channel that

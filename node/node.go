@@ -150,6 +150,12 @@ type Config struct {
 	// the node builds (in memory or Redis); zero fields take the
 	// presence.Limits defaults. A Presence passed in carries its own.
 	PresenceLimits presence.Limits
+	// PresenceMaxCoalesce is the widest window between two presence
+	// diffs of a topic of the in-memory tracker the node builds
+	// (presence.LocalOptions.MaxCoalesce; RedisOptions carries the Redis
+	// tracker's). Zero: presence.DefaultMaxCoalesce; negative: every
+	// change goes out at once.
+	PresenceMaxCoalesce time.Duration
 
 	// History gives the topics its rules match a history of their
 	// broadcasts (README "Guarantees and their limits"). The rules come
@@ -322,7 +328,7 @@ func build(cfg Config) (*Node, error) {
 		cfg.PubSub = local.New()
 	}
 	if cfg.Presence == nil {
-		cfg.Presence = presence.NewLocalLimited(cfg.PubSub, cfg.PresenceLimits)
+		cfg.Presence = presence.NewLocalWith(cfg.PubSub, presence.LocalOptions{Limits: cfg.PresenceLimits, MaxCoalesce: cfg.PresenceMaxCoalesce})
 	}
 	if err := setHistoryPolicy(cfg); err != nil {
 		return nil, err

@@ -46,7 +46,7 @@ type RedisOptions struct {
 	// (default 5s), silence after which a node is dead and its entries
 	// leave (default 3 heartbeats), and the window of a topic's changes
 	// gathered into one diff and its widest value for a busy topic
-	// (defaults 30ms and 500ms).
+	// (defaults 30ms and 2s; presence/redis.Options).
 	PresenceHeartbeat   time.Duration
 	PresenceDeadAfter   time.Duration
 	PresenceCoalesce    time.Duration

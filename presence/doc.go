@@ -18,9 +18,15 @@
 //
 // Each join (an owner) tracks a key, a user id say, with a meta object;
 // a key tracked from several sockets has several metas. Every change
-// reaches the topic's subscribers as a presence_diff {joins, leaves}, and
+// reaches the topic's subscribers in a presence_diff {joins, leaves}, and
 // a joining client gets the whole presence_state once; the JavaScript
 // Presence class merges the two into the list it shows.
+//
+// A diff goes to every subscriber of its topic, so a busy topic's
+// changes are gathered: at most one diff per window, the window growing
+// with the room and, while the topic stays busy, with its traffic
+// (pacing.go). A quiet topic's change goes out at once (Local) or after
+// a short window (presence/redis).
 //
 // Keys and metas come from clients and are repeated to every member of
 // the room, so they are bounded (Limits; zero values are the defaults of

@@ -1,68 +1,110 @@
 package presence
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/channelsd/channelsd/pubsub"
 )
 
 // Local is the in-memory Tracker of a single node, the default when no
-// Redis is configured. Diffs go out through the node's PubSub as soon as a
-// change is made; List reads the same table, so they agree by
-// construction.
+// Redis is configured. Diffs go out through the node's PubSub; List reads
+// the same table, so they agree by construction.
+//
+// A topic's diffs are paced (pacing.go): a change on a topic that sent
+// no diff for a window goes out at once, as a diff of its own; the
+// changes that follow within the window wait for its end and go out
+// together, as one diff (local_pace.go).
 //
 // Each topic has its own lock, under which its diffs are published: in a
 // join storm over many rooms, joins of different rooms do not queue
 // behind one another (with one lock for all, thousands of sockets waited
 // for it, each holding a goroutine and its stack).
 type Local struct {
-	ps    pubsub.PubSub
-	check *Checker
+	ps          pubsub.PubSub
+	check       *Checker
+	maxCoalesce time.Duration // LocalOptions.MaxCoalesce, default applied; < 0: no pacing
+	clock       clock
 
-	seq     atomic.Uint64 // insertion order of entries
-	entries atomic.Int64  // over all topics
+	entries atomic.Int64 // over all topics
 
 	mu     sync.Mutex // guards topics and closed; taken after a localTopic.mu
 	topics map[string]*localTopic
 	closed bool
+
+	flushes sync.WaitGroup // the paced diffs scheduled (Close waits for them)
 }
 
-// localTopic is one topic's table.
+// localTopic is one topic's table, grouped by key as presence_state
+// shows it, so that AppendState writes it in one pass.
 type localTopic struct {
-	mu      sync.Mutex
-	entries map[owned]localEntry
-	owners  map[string]int // owner -> its entries (Limits.MaxPerOwner)
+	mu     sync.Mutex
+	keys   map[string][]localMeta // guarded by mu: key -> its entries, in track order
+	n      int                    // guarded by mu: entries, over all keys
+	owners map[string]int         // guarded by mu: owner -> its entries (Limits.MaxPerOwner)
 	// gone: the table left Local.topics (it became empty, or the tracker
 	// closed); whoever finds it so takes the topic's table afresh.
+	// Guarded by mu.
 	gone bool
+
+	// The topic's pacing (local_pace.go), guarded by mu: the changes
+	// waiting for the window's end, nil when none wait; the timer that
+	// sends them; when the topic's last diff went out; the window as
+	// AdaptWindow left it (0: DiffWindow's).
+	pend  *localBatch
+	timer stopper
+	last  time.Time
+	w     time.Duration
 }
 
-type owned struct{ owner, key string }
+// localMeta is one entry: its owner and its meta, which carries its
+// phx_ref (WithRefs). One per joined socket, held by value.
+type localMeta struct {
+	owner string
+	meta  json.RawMessage
+}
 
-// localEntry is held by value in its topic's map, and its phx_ref only
-// inside meta: one entry per joined socket, so no allocation of its own.
-type localEntry struct {
-	seq  uint64          // insertion order, so List is stable
-	meta json.RawMessage // with phx_ref (WithRefs)
+// find returns the index of owner's entry among metas, or -1.
+func find(metas []localMeta, owner string) int {
+	return slices.IndexFunc(metas, func(m localMeta) bool { return m.owner == owner })
+}
+
+// LocalOptions configures a Local.
+type LocalOptions struct {
+	// Limits bounds the entries (zero fields: the defaults).
+	Limits Limits
+	// MaxCoalesce is the widest window between two diffs of a topic
+	// (pacing.go). Default DefaultMaxCoalesce; negative: every change
+	// goes out at once, as a diff of its own.
+	MaxCoalesce time.Duration
 }
 
 // NewLocal returns a Tracker that broadcasts its diffs through ps, with
 // the default Limits.
-func NewLocal(ps pubsub.PubSub) *Local { return NewLocalLimited(ps, Limits{}) }
+func NewLocal(ps pubsub.PubSub) *Local { return NewLocalWith(ps, LocalOptions{}) }
 
 // NewLocalLimited returns a Tracker that broadcasts its diffs through ps
 // and refuses entries outside lim.
 func NewLocalLimited(ps pubsub.PubSub, lim Limits) *Local {
-	return &Local{ps: ps, check: NewChecker(lim), topics: make(map[string]*localTopic)}
+	return NewLocalWith(ps, LocalOptions{Limits: lim})
+}
+
+// NewLocalWith returns a Tracker that broadcasts its diffs through ps, as
+// o says.
+func NewLocalWith(ps pubsub.PubSub, o LocalOptions) *Local {
+	if o.MaxCoalesce == 0 {
+		o.MaxCoalesce = DefaultMaxCoalesce
+	}
+	return &Local{ps: ps, check: NewChecker(o.Limits), maxCoalesce: o.MaxCoalesce, clock: realClock{}, topics: make(map[string]*localTopic)}
 }
 
 var (
 	_ Tracker             = (*Local)(nil)
+	_ StateAppender       = (*Local)(nil)
 	_ EntryCounter        = (*Local)(nil)
 	_ pubsub.LimitCounter = (*Local)(nil)
 )
@@ -92,7 +134,7 @@ func (l *Local) lockTopic(topic string, create bool) (*localTopic, error) {
 				l.mu.Unlock()
 				return nil, nil
 			}
-			t = &localTopic{entries: make(map[owned]localEntry), owners: make(map[string]int)}
+			t = &localTopic{keys: make(map[string][]localMeta), owners: make(map[string]int)}
 			l.topics[topic] = t
 		}
 		l.mu.Unlock()
@@ -104,17 +146,25 @@ func (l *Local) lockTopic(topic string, create bool) (*localTopic, error) {
 	}
 }
 
-// forget counts one entry less for owner. Called with t.mu held.
-func (t *localTopic) forget(owner string) {
+// remove drops the entry at index i of key. Called with t.mu held.
+func (t *localTopic) remove(key string, metas []localMeta, i int) {
+	owner := metas[i].owner
+	if len(metas) == 1 {
+		delete(t.keys, key)
+	} else {
+		t.keys[key] = slices.Delete(metas, i, i+1)
+	}
+	t.n--
 	if t.owners[owner]--; t.owners[owner] <= 0 {
 		delete(t.owners, owner)
 	}
 }
 
-// dropIfEmptyLocked forgets topic's table once it holds no entry, so that
-// topics come and go without a trace. Called with t.mu held.
+// dropIfEmptyLocked forgets topic's table once it holds no entry and no
+// change waits to be sent, so that topics come and go without a trace.
+// Called with t.mu held.
 func (l *Local) dropIfEmptyLocked(topic string, t *localTopic) {
-	if len(t.entries) > 0 {
+	if t.n > 0 || t.pend != nil {
 		return
 	}
 	l.mu.Lock()
@@ -140,23 +190,21 @@ func (l *Local) Track(ctx context.Context, topic, owner, key string, meta json.R
 		return "", err
 	}
 	defer t.mu.Unlock()
-	k := owned{owner, key}
-	if _, ok := t.entries[k]; ok {
+	metas := t.keys[key]
+	if find(metas, owner) >= 0 {
 		return "", ErrAlreadyTracked
 	}
-	if err := l.check.Room(len(t.entries)); err != nil {
+	if err := l.check.Room(t.n); err != nil {
 		return "", err
 	}
 	if err := l.check.Owner(t.owners[owner]); err != nil {
 		return "", err
 	}
 	t.owners[owner]++
-	t.entries[k] = localEntry{seq: l.seq.Add(1), meta: full}
+	t.keys[key] = append(metas, localMeta{owner, full})
+	t.n++
 	l.entries.Add(1)
-	// Publishing under the topic's lock keeps its diffs in the order of
-	// the changes.
-	err = l.publish(ctx, topic, State{key: {Metas: []json.RawMessage{full}}}, nil)
-	return ref, err
+	return ref, l.changed(ctx, topic, t, []localChange{{key, full}}, nil)
 }
 
 // Update implements Tracker.
@@ -169,20 +217,19 @@ func (l *Local) Update(ctx context.Context, topic, owner, key string, meta json.
 		return "", ErrNotTracked
 	}
 	defer t.mu.Unlock()
-	k := owned{owner, key}
-	e, ok := t.entries[k]
-	if !ok {
+	metas := t.keys[key]
+	i := find(metas, owner)
+	if i < 0 {
 		return "", ErrNotTracked
 	}
 	ref := NewRef()
-	full, err := WithRefs(meta, ref, metaRef(e.meta))
+	old := metas[i].meta
+	full, err := WithRefs(meta, ref, metaRef(old))
 	if err != nil {
 		return "", err
 	}
-	old := e.meta
-	e.meta = full
-	t.entries[k] = e
-	return ref, l.publish(ctx, topic, State{key: {Metas: []json.RawMessage{full}}}, State{key: {Metas: []json.RawMessage{old}}})
+	metas[i].meta = full // in place: the entry keeps its rank among the key's
+	return ref, l.changed(ctx, topic, t, []localChange{{key, full}}, []localChange{{key, old}})
 }
 
 // Untrack implements Tracker.
@@ -192,16 +239,17 @@ func (l *Local) Untrack(ctx context.Context, topic, owner, key string) error {
 		return nil
 	}
 	defer t.mu.Unlock()
-	k := owned{owner, key}
-	e, ok := t.entries[k]
-	if !ok {
+	metas := t.keys[key]
+	i := find(metas, owner)
+	if i < 0 {
 		return nil
 	}
-	delete(t.entries, k)
-	t.forget(owner)
+	old := metas[i].meta
+	t.remove(key, metas, i)
 	l.entries.Add(-1)
+	err := l.changed(ctx, topic, t, nil, []localChange{{key, old}})
 	l.dropIfEmptyLocked(topic, t)
-	return l.publish(ctx, topic, nil, State{key: {Metas: []json.RawMessage{e.meta}}})
+	return err
 }
 
 // UntrackAll implements Tracker.
@@ -211,45 +259,61 @@ func (l *Local) UntrackAll(ctx context.Context, topic, owner string) error {
 		return nil
 	}
 	defer t.mu.Unlock()
-	leaves := State{}
-	for k, e := range t.entries {
-		if k.owner == owner {
-			leaves.Add(k.key, e.meta)
-			delete(t.entries, k)
+	var leaves []localChange
+	for key, metas := range t.keys {
+		if i := find(metas, owner); i >= 0 {
+			leaves = append(leaves, localChange{key, metas[i].meta})
+			t.remove(key, metas, i)
 			l.entries.Add(-1)
 		}
 	}
-	delete(t.owners, owner)
-	l.dropIfEmptyLocked(topic, t)
-	if len(leaves) == 0 {
-		return nil
+	var err error
+	if len(leaves) > 0 {
+		err = l.changed(ctx, topic, t, nil, leaves)
 	}
-	return l.publish(ctx, topic, nil, leaves)
+	l.dropIfEmptyLocked(topic, t)
+	return err
 }
 
 // List implements Tracker.
 func (l *Local) List(_ context.Context, topic string) (State, error) {
-	type keyed struct {
-		key string
-		localEntry
+	t, _ := l.lockTopic(topic, false)
+	if t == nil {
+		return State{}, nil
 	}
-	var entries []keyed
-	if t, _ := l.lockTopic(topic, false); t != nil {
-		entries = make([]keyed, 0, len(t.entries))
-		for k, e := range t.entries {
-			entries = append(entries, keyed{k.key, e})
+	defer t.mu.Unlock()
+	state := make(State, len(t.keys))
+	for key, metas := range t.keys {
+		e := Entry{Metas: make([]json.RawMessage, len(metas))}
+		for i, m := range metas {
+			e.Metas[i] = m.meta
 		}
-		t.mu.Unlock()
+		state[key] = e
 	}
-	slices.SortFunc(entries, func(a, b keyed) int { return cmp.Compare(a.seq, b.seq) })
-	state := make(State, len(entries))
-	for _, e := range entries {
-		state.Add(e.key, e.meta)
-	}
+	t.listedLocked()
 	return state, nil
 }
 
-// Close implements Tracker.
+// AppendState implements StateAppender: the topic's presence_state,
+// written from the table under its lock, with nothing built in between.
+func (l *Local) AppendState(_ context.Context, b []byte, topic string) ([]byte, error) {
+	t, _ := l.lockTopic(topic, false)
+	if t == nil {
+		return append(b, "{}"...), nil
+	}
+	defer t.mu.Unlock()
+	w := StateWriter{B: b}
+	for key, metas := range t.keys {
+		for _, m := range metas {
+			w.Add(key, m.meta)
+		}
+	}
+	t.listedLocked()
+	return w.Finish(), nil
+}
+
+// Close implements Tracker. Changes still waiting for their window are
+// dropped with the entries, which leave without diffs, as before pacing.
 func (l *Local) Close() error {
 	l.mu.Lock()
 	l.closed = true
@@ -258,12 +322,13 @@ func (l *Local) Close() error {
 	l.mu.Unlock()
 	for _, t := range topics {
 		t.mu.Lock()
-		l.entries.Add(-int64(len(t.entries)))
-		t.entries = nil
-		t.owners = nil
+		l.entries.Add(-int64(t.n))
+		t.keys, t.owners, t.n = nil, nil, 0
 		t.gone = true
+		l.dropPendingLocked(t)
 		t.mu.Unlock()
 	}
+	l.flushes.Wait()
 	return nil
 }
 
@@ -274,12 +339,4 @@ func metaRef(meta json.RawMessage) string {
 	}
 	_ = json.Unmarshal(meta, &refs)
 	return refs.Ref
-}
-
-func (l *Local) publish(ctx context.Context, topic string, joins, leaves State) error {
-	payload, err := DiffPayload(joins, leaves)
-	if err != nil {
-		return err
-	}
-	return l.ps.Publish(ctx, &pubsub.Message{Topic: topic, Event: "presence_diff", Payload: payload})
 }

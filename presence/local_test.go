@@ -40,13 +40,15 @@ func metaField(t *testing.T, raw json.RawMessage, field string) string {
 	return s
 }
 
+// setup returns an unpaced tracker (every change its own diff, at once)
+// and the diffs of room:1; pace_test.go covers pacing.
 func setup(t *testing.T) (*presence.Local, *diffs) {
 	ps := local.New()
 	d := &diffs{}
 	if err := ps.Subscribe("room:1", d); err != nil {
 		t.Fatal(err)
 	}
-	return presence.NewLocal(ps), d
+	return presence.NewLocalWith(ps, presence.LocalOptions{MaxCoalesce: -1}), d
 }
 
 func TestTrackUpdateUntrackDiffs(t *testing.T) {

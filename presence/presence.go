@@ -51,6 +51,17 @@ type Tracker interface {
 	Close() error
 }
 
+// StateAppender is implemented by the trackers that write a topic's
+// presence_state payload straight from their table (Local): every join
+// into a room pushes the room whole, and building a State to encode it
+// was most of a join's cost in the tracker. The payload is what
+// List's State encodes to (AppendJSON), valid JSON in UTF-8, and the
+// call counts as a List for the contract of Tracker.
+type StateAppender interface {
+	// AppendState appends topic's presence_state payload to b.
+	AppendState(ctx context.Context, b []byte, topic string) ([]byte, error)
+}
+
 // EntryCounter is implemented by the trackers that can say how many
 // entries this node tracks (Local and presence/redis's Tracker): the
 // node's presence gauge reads it at scrape time.
@@ -126,6 +137,44 @@ func (s State) AppendJSON(b []byte) []byte {
 		b = append(b, "]}"...)
 	}
 	return append(b, '}')
+}
+
+// StateWriter appends a presence_state payload entry by entry, for a
+// tracker that writes it from its own table (StateAppender). The entries
+// of a key must come one after another, in the order of their metas: a
+// key written twice would be a duplicate member of the object, which a
+// client reads as the last one only.
+type StateWriter struct {
+	B   []byte // the payload so far
+	n   int
+	key string
+}
+
+// Add appends one entry.
+func (w *StateWriter) Add(key string, meta json.RawMessage) {
+	switch {
+	case w.n == 0:
+		w.B = append(w.B, '{')
+		w.B = appendJSONString(w.B, key)
+		w.B = append(w.B, `:{"metas":[`...)
+	case key != w.key:
+		w.B = append(w.B, "]},"...)
+		w.B = appendJSONString(w.B, key)
+		w.B = append(w.B, `:{"metas":[`...)
+	default:
+		w.B = append(w.B, ',')
+	}
+	w.n++
+	w.key = key
+	w.B = append(w.B, meta...)
+}
+
+// Finish ends the payload and returns it.
+func (w *StateWriter) Finish() []byte {
+	if w.n == 0 {
+		return append(w.B, "{}"...)
+	}
+	return append(w.B, "]}}"...)
 }
 
 // appendJSONString appends k quoted as encoding/json quotes it: keys of

@@ -15,19 +15,23 @@ import (
 )
 
 type idleResult struct {
-	Scenario        string  `json:"scenario"`
-	Conns           int     `json:"conns"`
-	Joined          int64   `json:"joined"`
-	Failed          int64   `json:"failed"`
-	Rooms           int     `json:"rooms"`
-	ConnectSeconds  float64 `json:"connect_seconds"`
-	JoinsPerSecond  float64 `json:"joins_per_second"`
-	RSSBefore       int64   `json:"server_rss_before"`
-	RSSAfter        int64   `json:"server_rss_after"`
-	BytesPerSocket  float64 `json:"server_bytes_per_socket"`
-	ServerCPU       float64 `json:"server_cpu_seconds"`
-	ClientCPU       float64 `json:"client_cpu_seconds"`
-	SettleSeconds   float64 `json:"settle_seconds"`
+	Scenario       string  `json:"scenario"`
+	Conns          int     `json:"conns"`
+	Joined         int64   `json:"joined"`
+	Failed         int64   `json:"failed"`
+	Rooms          int     `json:"rooms"`
+	ConnectSeconds float64 `json:"connect_seconds"`
+	JoinsPerSecond float64 `json:"joins_per_second"`
+	RSSBefore      int64   `json:"server_rss_before"`
+	RSSAfter       int64   `json:"server_rss_after"`
+	BytesPerSocket float64 `json:"server_bytes_per_socket"`
+	ServerCPU      float64 `json:"server_cpu_seconds"`
+	ClientCPU      float64 `json:"client_cpu_seconds"`
+	SettleSeconds  float64 `json:"settle_seconds"`
+	// FramesOut is what the node wrote to clients from its start to the
+	// reading (channelsd_messages_out_total): join replies, presence
+	// states and every presence_diff delivered.
+	FramesOut       float64 `json:"server_frames_out"`
 	NodeGoroutines  int     `json:"-"`
 	ClientProcesses int     `json:"client_processes"`
 }
@@ -122,6 +126,9 @@ func runIdle(ctx context.Context, args []string) error {
 	cpu1, _ := cpuSeconds(t.pid)
 	self1, _ := cpuSeconds(0)
 	res.ServerCPU, res.ClientCPU = cpu1-cpu0, self1-self0
+	if m, err := nodeMetrics(ctx, t.addr, ""); err == nil {
+		res.FramesOut = m["channelsd_messages_out_total"]
+	}
 	if res.Joined > 0 && res.RSSAfter > 0 {
 		res.BytesPerSocket = float64(res.RSSAfter-res.RSSBefore) / float64(res.Joined)
 	}
@@ -138,6 +145,7 @@ func runIdle(ctx context.Context, args []string) error {
 	fmt.Printf("server RSS          %.1f MiB before, %.1f MiB after (settled %s)\n", mib(res.RSSBefore), mib(res.RSSAfter), *settle)
 	fmt.Printf("per idle socket     %.0f bytes (%.2f KiB)\n", res.BytesPerSocket, res.BytesPerSocket/1024)
 	fmt.Printf("cpu                 server %.2f s, this client %.2f s\n", res.ServerCPU, res.ClientCPU)
+	fmt.Printf("frames out          %.0f (%.1f per join)\n", res.FramesOut, res.FramesOut/float64(max(res.Joined, 1)))
 	line, _ := json.Marshal(res)
 	fmt.Println(string(line))
 	runtime.KeepAlive(opened)

@@ -27,6 +27,8 @@ func main() {
 		err = runLongPoll(ctx, os.Args[2:])
 	case "presence":
 		err = runPresence(ctx, os.Args[2:])
+	case "joincost":
+		err = runJoinCost(ctx, os.Args[2:])
 	case "churn":
 		err = runChurn(ctx, os.Args[2:])
 	case "all":
@@ -60,6 +62,10 @@ Scenarios:
           sessions joined to rooms: server bytes per session
   presence join storm on one topic across nodes (-addrs): time until
           every node's observer lists every user
+  joincost
+          what presence adds to a join: the idle storm on one node
+          without presence, with the in-memory tracker and with Redis,
+          in the same run; node CPU per join, frames out, memory
   all     a short run of every scenario against nodes (and a Redis) it
           starts itself; rewrites the results section of BENCHMARKS.md
           (make bench)

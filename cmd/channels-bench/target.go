@@ -32,12 +32,15 @@ type targetFlags struct {
 	nodeFlags string
 }
 
+// defaultNodeFlags are the flags of a node -spawn-node starts.
+const defaultNodeFlags = "--idle-timeout=10m --log-level=warn --max-messages-per-second=0 --longpoll-max-sessions-per-address=-1"
+
 func (f *targetFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.addr, "addr", "127.0.0.1:4000", "node address (loopback only)")
 	fs.IntVar(&f.pid, "pid", 0, "pid of the node, for its memory and CPU readings")
 	fs.BoolVar(&f.spawn, "spawn-node", false, "start a node (bin/channelsd) on a free loopback port and stop it at the end")
 	fs.StringVar(&f.nodeBin, "node-bin", "bin/channelsd", "node binary for -spawn-node")
-	fs.StringVar(&f.nodeFlags, "node-flags", "--idle-timeout=10m --log-level=warn --max-messages-per-second=0 --longpoll-max-sessions-per-address=-1", "extra flags for the spawned node (the per-socket rate limit is off: publishers send faster than a client should; so is the per-address long-poll session limit: one load generator opens thousands)")
+	fs.StringVar(&f.nodeFlags, "node-flags", defaultNodeFlags, "extra flags for the spawned node (the per-socket rate limit is off: publishers send faster than a client should; so is the per-address long-poll session limit: one load generator opens thousands)")
 }
 
 func (f *targetFlags) open(ctx context.Context) (*target, error) {

@@ -77,7 +77,7 @@ var flagCases = []flagCase{
 	{"presence-heartbeat", "CHANNELS_PRESENCE_HEARTBEAT", "5s", "1s", func(o *options) any { return o.heartbeat }},
 	{"presence-dead-after", "CHANNELS_PRESENCE_DEAD_AFTER", "0s", "15s", func(o *options) any { return o.deadAfter }},
 	{"presence-coalesce", "CHANNELS_PRESENCE_COALESCE", "30ms", "10ms", func(o *options) any { return o.coalesce }},
-	{"presence-coalesce-max", "CHANNELS_PRESENCE_COALESCE_MAX", "500ms", "2s", func(o *options) any { return o.coalesceMax }},
+	{"presence-coalesce-max", "CHANNELS_PRESENCE_COALESCE_MAX", "0s", "2s", func(o *options) any { return o.coalesceMax }},
 	{"history", "CHANNELS_HISTORY", "", "room:*=100,5m;lobby=20", func(o *options) any { return o.history }},
 	{"config", "CHANNELS_CONFIG", "", "channelsd.yaml", func(o *options) any { return o.config }},
 	{"proxy-secret", "CHANNELS_PROXY_SECRET", "", "s", func(o *options) any { return o.proxySecret }},

@@ -192,7 +192,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	env.duration(&o.heartbeat, "presence-heartbeat", "CHANNELS_PRESENCE_HEARTBEAT", 5*time.Second, "with --redis: how often a node heartbeats and re-checks its presence entries")
 	env.duration(&o.deadAfter, "presence-dead-after", "CHANNELS_PRESENCE_DEAD_AFTER", 0, "with --redis: a node silent this long is dead and its users leave; 0 means 3 heartbeats")
 	env.duration(&o.coalesce, "presence-coalesce", "CHANNELS_PRESENCE_COALESCE", 30*time.Millisecond, "with --redis: presence changes of a topic within this window go out as one presence_diff")
-	env.duration(&o.coalesceMax, "presence-coalesce-max", "CHANNELS_PRESENCE_COALESCE_MAX", 500*time.Millisecond, "with --redis: the widest window of a busy topic; a topic whose window gathered several changes doubles it up to this (a join storm into a big room then costs far fewer diffs), a calm one halves it back")
+	env.duration(&o.coalesceMax, "presence-coalesce-max", "CHANNELS_PRESENCE_COALESCE_MAX", 0, "the widest window between two presence_diffs of a busy topic (0: 2s); a topic whose diffs reach more than four members per change they carry doubles its window up to this (a join storm into big rooms then costs far fewer diffs), one whose diffs carry more halves it back")
 	env.str(&o.history, "history", "CHANNELS_HISTORY", "", "topics that keep a history of their broadcasts, which clients that rejoin with since recover: rules \"pattern=size[,ttl]\" separated by ';', the pattern exact or ending in '*', e.g. \"room:*=100,5m;lobby=20\" (ttl: how long an idle topic keeps it, default 5m); the application's own routes (room:* keeps 100 for 5m) come first; empty: none beyond those")
 	env.str(&o.config, "config", "CHANNELS_CONFIG", "", "configuration file (YAML) declaring the channels by topic pattern and the application backend that decides connects, joins and pushes (README \"Channels for any backend\"); empty serves the default configuration (--print-default-config)")
 	env.str(&o.proxySecret, "proxy-secret", "CHANNELS_PROXY_SECRET", "", "with --config: secret that signs every backend call (header X-Channelsd-Signature: sha256=<hex HMAC-SHA256 of the body>); empty sends them unsigned. A secret: set it in the environment, not as a flag")
@@ -386,10 +386,11 @@ func run(args []string, stderr io.Writer) error {
 			PresenceCoalesce:    o.coalesce,
 			PresenceMaxCoalesce: o.coalesceMax,
 		},
-		PresenceLimits: presence.Limits{MaxKeyLength: o.presenceKeyLength, MaxMetaSize: o.presenceMetaSize, MaxPerTopic: o.presencePerTopic, MaxPerOwner: o.presencePerJoin},
-		History:        o.historyRules,
-		NodeID:         nodeID,
-		Logger:         logger,
+		PresenceLimits:      presence.Limits{MaxKeyLength: o.presenceKeyLength, MaxMetaSize: o.presenceMetaSize, MaxPerTopic: o.presencePerTopic, MaxPerOwner: o.presencePerJoin},
+		PresenceMaxCoalesce: o.coalesceMax,
+		History:             o.historyRules,
+		NodeID:              nodeID,
+		Logger:              logger,
 
 		// Limits (README "Limits").
 		MaxSockets:           o.maxSockets,

@@ -22,7 +22,11 @@
 // Track, Update, Untrack and UntrackAll change the node's own table at
 // once (List on this node sees them when they return) and queue a join
 // or leave in the topic's pending batch. One flusher goroutine, per
-// topic, Options.Coalesce after the batch opened, writes the batch to
+// topic, Options.Coalesce after the batch opened, or one window after
+// the topic's previous diff if that is later (the window grows with the
+// room and with a busy topic's traffic, up to Options.MaxCoalesce:
+// presence's pacing; a batch quiet for half of a wide window goes out
+// then), writes the batch to
 // Redis in one pipeline (HSET/HDEL plus the topics set) and then
 // publishes ONE presence_diff on the topic through the node's PubSub,
 // which delivers it to this node's subscribers at once and to every other
@@ -95,14 +99,17 @@
 //
 // # List
 //
-// List(topic) is one round trip: a pipeline of HGETALL of the topic and,
+// List(topic) is one round trip, none when the node last found itself
+// the only live one (the other rows would all be hidden): a pipeline of
+// HGETALL of the topic and,
 // at most once per quarter second (less with a short DeadAfter), of the
 // nodes hash and of Redis's clock; Lists in between reuse that reading,
 // so that the nodes hash's shard does not take every List of a Redis
 // Cluster. It keeps the fields of nodes whose heartbeat is younger than
 // DeadAfter, takes this node's entries from its own table,
 // and groups them by key in track order (time of the track/update, then
-// field). Build presence_state once per request with it, not per socket.
+// field). AppendState writes the same rows as a presence_state payload
+// directly (presence.StateAppender), as a join pushes it.
 //
 // Every join that pushes presence_state lists its room, so a join storm
 // on a room of n users would read n² entries. Lists of one topic that

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -13,88 +12,6 @@ import (
 	"github.com/channelsd/channelsd/presence"
 	"github.com/channelsd/channelsd/pubsub"
 )
-
-// batchFor returns topic's pending batch, opening one (and scheduling its
-// flush one window from now: Coalesce, or more for a busy topic, see
-// adapt) if there is none. Called with mu held.
-func (t *Tracker) batchFor(topic string) *batch {
-	b := t.pending[topic]
-	if b == nil {
-		b = &batch{joinIdx: make(map[string]int)}
-		t.pending[topic] = b
-		w := t.windows[topic]
-		if w == 0 {
-			w = t.opt.Coalesce
-		}
-		// Windows differ per topic: keep the queue in deadline order.
-		q := queued{topic: topic, deadline: time.Now().Add(w)}
-		i, _ := slices.BinarySearchFunc(t.fifo, q, func(a, b queued) int { return a.deadline.Compare(b.deadline) })
-		t.fifo = slices.Insert(t.fifo, i, q)
-		if i == 0 {
-			t.poke()
-		}
-	}
-	return b
-}
-
-// busyChanges is how many changes in one window make a topic busy.
-const busyChanges = 4
-
-// adapt sets topic's next coalescing window from the batch just taken:
-// doubled (up to MaxCoalesce) after a busy window, halved (down to
-// Coalesce) after a window of one change or none. Called with mu held.
-func (t *Tracker) adapt(topic string, b *batch) {
-	n := len(b.leaves)
-	for _, c := range b.joins {
-		if c != nil {
-			n++
-		}
-	}
-	w := t.windows[topic]
-	if w == 0 {
-		w = t.opt.Coalesce
-	}
-	switch {
-	case n >= busyChanges:
-		w = min(2*w, t.opt.MaxCoalesce)
-	case n <= 1:
-		w = max(w/2, t.opt.Coalesce)
-	}
-	if w <= t.opt.Coalesce || len(t.table[topic]) == 0 {
-		delete(t.windows, topic)
-		return
-	}
-	t.windows[topic] = w
-}
-
-func (t *Tracker) poke() {
-	select {
-	case t.wake <- struct{}{}:
-	default:
-	}
-}
-
-// addJoin queues the join of e, whose hash value is v. Called with mu
-// held.
-func (t *Tracker) addJoin(topic string, e *entry, v []byte) {
-	b := t.batchFor(topic)
-	b.joinIdx[e.ref] = len(b.joins)
-	b.joins = append(b.joins, &change{ref: e.ref, key: e.key, meta: e.meta, field: t.field(e.ref), value: v})
-}
-
-// addLeave queues a leave. A leave of a ref whose join is still pending
-// cancels the join instead, when nothing saw it: not Redis, not a client
-// (List forgets the pending joins it returned, so their leaves are sent,
-// in the same diff as the joins). Called with mu held.
-func (t *Tracker) addLeave(topic string, c *change) {
-	b := t.batchFor(topic)
-	if i, ok := b.joinIdx[c.ref]; ok {
-		b.joins[i] = nil
-		delete(b.joinIdx, c.ref)
-		return
-	}
-	b.leaves = append(b.leaves, c)
-}
 
 // flushLoop is the only goroutine that writes this node's entries to
 // Redis and publishes its diffs (Close takes over after it stopped), so
@@ -119,8 +36,13 @@ func (t *Tracker) flushLoop() {
 				due = append(due, t.fifo[0].topic)
 				t.fifo = t.fifo[1:]
 			}
+			var scan time.Time
+			due, scan = t.takeQuiet(now, due)
 			if len(t.fifo) > 0 {
 				next = time.Until(t.fifo[0].deadline)
+			}
+			if !scan.IsZero() && (next < 0 || scan.Sub(now) < next) {
+				next = scan.Sub(now)
 			}
 		}
 		t.mu.Unlock()

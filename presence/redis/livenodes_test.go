@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
+
 	"github.com/channelsd/channelsd/test/redistest"
 )
 
@@ -88,19 +90,7 @@ func TestListsShareTheLiveNodes(t *testing.T) {
 		return err == nil && len(st["bob"].Metas) == 1
 	})
 	rc := client(t, s)
-	evals := func() int64 {
-		info, err := rc.Info(ctx, "commandstats").Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, line := range strings.Split(info, "\r\n") {
-			if rest, ok := strings.CutPrefix(line, "cmdstat_eval:calls="); ok {
-				n, _ := strconv.ParseInt(rest[:strings.IndexByte(rest, ',')], 10, 64)
-				return n
-			}
-		}
-		return 0
-	}
+	evals := func() int64 { return commandCalls(t, rc, "eval") }
 	before, began := evals(), time.Now()
 	const lists = 20
 	for range lists {
@@ -114,4 +104,64 @@ func TestListsShareTheLiveNodes(t *testing.T) {
 	if n, most := evals()-before, int64(time.Since(began)/(250*time.Millisecond))+1; n > most {
 		t.Fatalf("%d Lists in %v read the live nodes %d times, want at most %d", lists, time.Since(began).Round(time.Millisecond), n, most)
 	}
+}
+
+// commandCalls reads how many times Redis ran cmd (INFO commandstats).
+func commandCalls(t *testing.T, rc *goredis.Client, cmd string) int64 {
+	t.Helper()
+	info, err := rc.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if rest, ok := strings.CutPrefix(line, "cmdstat_"+cmd+":calls="); ok {
+			n, _ := strconv.ParseInt(rest[:strings.IndexByte(rest, ',')], 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// A node that, as it last read, is the only one alive lists its own table
+// without reading the topic's hash, whose other rows it would hide: a
+// single node with Redis costs no round trip per join. Fields of a node
+// that is not live stay hidden, and a node that comes up is listed once
+// the reading of the live nodes is renewed.
+func TestALoneNodeListsWithoutReadingTheTopic(t *testing.T) {
+	s := startRedis(t)
+	slow := func(o *Options) { o.DeadAfter = 10 * time.Second } // liveFor: 250 ms
+	a := newNode(t, s, "a", slow)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := a.tr.Track(ctx, "room:1", "o1", "ann", meta(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	rc := client(t, s)
+	if err := rc.HSet(ctx, "test:p:room:1", "ghost/REF", `{"key":"ghost","meta":{},"t":1}`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	before, began := commandCalls(t, rc, "hgetall"), time.Now()
+	const lists = 20
+	for range lists {
+		st, err := a.tr.List(ctx, "room:1")
+		if err != nil || len(st) != 1 || len(st["ann"].Metas) != 1 {
+			t.Fatalf("List = %v, %v; want ann alone", st, err)
+		}
+		if b, err := a.tr.AppendState(ctx, nil, "room:1"); err != nil || strings.Contains(string(b), "ghost") {
+			t.Fatalf("AppendState = %s, %v", b, err)
+		}
+	}
+	// Each reading of the live nodes reads the topic too (and the nodes
+	// hash): once per 250 ms at most.
+	if n, most := commandCalls(t, rc, "hgetall")-before, 2*(int64(time.Since(began)/(250*time.Millisecond))+1); n > most {
+		t.Fatalf("%d Lists of a lone node in %v made %d HGETALLs, want at most %d", 2*lists, time.Since(began).Round(time.Millisecond), n, most)
+	}
+	b := newNode(t, s, "b", slow)
+	if _, err := b.tr.Track(ctx, "room:1", "o2", "bob", meta(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "bob listed on a", func() bool {
+		st, err := a.tr.List(ctx, "room:1")
+		return err == nil && len(st["bob"].Metas) == 1 && len(st["ghost"].Metas) == 0
+	})
 }

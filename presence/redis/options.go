@@ -18,8 +18,12 @@ const (
 	DefaultPrefix    = "channelsd"
 	DefaultHeartbeat = 5 * time.Second
 	DefaultCoalesce  = 30 * time.Millisecond
-	// DefaultMaxCoalesce is the widest window of a busy topic.
-	DefaultMaxCoalesce = 500 * time.Millisecond
+	// DefaultMaxCoalesce is the widest window of a busy topic, as in
+	// memory (presence.DefaultMaxCoalesce): a join storm into busy rooms
+	// writes fewer diffs the wider it is. A batch that has been quiet for
+	// half of a window of a second or more goes out then, so every node's
+	// lists agree about a second after a storm's last join.
+	DefaultMaxCoalesce = presence.DefaultMaxCoalesce
 	DefaultTimeout     = 2 * time.Second
 	// DefaultMaxDiffSize applies when the PubSub does not say what it
 	// carries: pubsub/redis's default, less room for the envelope.
@@ -66,10 +70,13 @@ type Options struct {
 	// gathered into one presence_diff. Default 30ms.
 	Coalesce time.Duration
 	// MaxCoalesce bounds the window of a busy topic. Every diff goes to
-	// every subscriber of its topic, so a join storm into one big room
-	// costs diffs × subscribers deliveries: a topic whose window gathered
-	// several changes gets twice the window next time, up to MaxCoalesce,
-	// and a calm one halves it back to Coalesce. Default 500ms; equal to
+	// every subscriber of its topic, so a join storm into a big room
+	// costs diffs × subscribers deliveries: a topic's batch waits at
+	// least presence.DiffWindow after its previous diff (10ms per member
+	// of the room as last listed), and a topic whose diffs reach more
+	// than presence.DeliveriesPerChange members per change doubles that,
+	// up to MaxCoalesce (presence.AdaptWindow); a batch quiet for half a
+	// window of a second or more goes out early. Default 2s; equal to
 	// Coalesce keeps the window fixed.
 	MaxCoalesce time.Duration
 	// Timeout bounds each background Redis round trip and publish.

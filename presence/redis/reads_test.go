@@ -179,3 +179,36 @@ func TestListReadsCancelAndClose(t *testing.T) {
 		t.Fatalf("a List after close returned %v, want presence.ErrClosed", err)
 	}
 }
+
+// This node's entries sort and merge with the other nodes' rows as the
+// rows themselves would: compareEntries and compareRowEntry agree with
+// compareRows.
+func TestEntryOrderIsRowOrder(t *testing.T) {
+	tr := &Tracker{me: "n2"}
+	rowOf := func(e *entry) row { return row{t: e.t, node: tr.me, ref: e.ref, key: e.key} }
+	sign := func(c int) int { return min(max(c, -1), 1) }
+	var entries []*entry
+	var rows []row
+	for _, key := range []string{"a", "b"} {
+		for _, ts := range []int64{1, 2} {
+			for _, ref := range []string{"r1", "r2"} {
+				entries = append(entries, &entry{key: key, t: ts, ref: ref})
+				for _, node := range []string{"n1", "n2", "n3"} {
+					rows = append(rows, row{key: key, t: ts, ref: ref, node: node})
+				}
+			}
+		}
+	}
+	for _, a := range entries {
+		for _, b := range entries {
+			if got, want := sign(compareEntries(a, b)), sign(compareRows(rowOf(a), rowOf(b))); got != want {
+				t.Fatalf("compareEntries(%+v, %+v) = %d, compareRows says %d", a, b, got, want)
+			}
+		}
+		for i := range rows {
+			if got, want := sign(tr.compareRowEntry(&rows[i], a)), sign(compareRows(rows[i], rowOf(a))); got != want {
+				t.Fatalf("compareRowEntry(%+v, %+v) = %d, compareRows says %d", rows[i], a, got, want)
+			}
+		}
+	}
+}

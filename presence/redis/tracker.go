@@ -1,15 +1,12 @@
 package redis
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,8 +66,9 @@ type Tracker struct {
 	entries    int                         // in table, over all topics
 	perOwner   map[topicOwner]int          // entries of each owner (Limits.MaxPerOwner)
 	pending    map[string]*batch
-	fifo       []queued                 // topics with a pending batch, by deadline
-	windows    map[string]time.Duration // coalescing window of busy topics (absent: Coalesce)
+	fifo       []queued         // topics with a pending batch, by deadline
+	quietScan  time.Time        // when flushLoop next looks for quiet batches
+	paces      map[string]*pace // pacing of the topics with entries here (pace.go)
 	clocks     map[string]uint64
 	needResync bool
 	resyncAt   time.Time // after a failed resync: not before then
@@ -145,6 +143,11 @@ type change struct {
 type batch struct {
 	joins, leaves []*change
 	joinIdx       map[string]int // ref -> index in joins (nil slot when cancelled)
+	// last is when the newest change joined the batch; quiet, when not
+	// zero, how long after it the batch goes out even before its
+	// deadline (pace.go, quietAfter).
+	last  time.Time
+	quiet time.Duration
 }
 
 type queued struct {
@@ -153,9 +156,10 @@ type queued struct {
 }
 
 var (
-	_ presence.Tracker      = (*Tracker)(nil)
-	_ presence.EntryCounter = (*Tracker)(nil)
-	_ pubsub.LimitCounter   = (*Tracker)(nil)
+	_ presence.Tracker       = (*Tracker)(nil)
+	_ presence.StateAppender = (*Tracker)(nil)
+	_ presence.EntryCounter  = (*Tracker)(nil)
+	_ pubsub.LimitCounter    = (*Tracker)(nil)
 )
 
 // LimitHits implements pubsub.LimitCounter: Track and Update refused by
@@ -218,7 +222,7 @@ func New(ctx context.Context, opt Options) (*Tracker, error) {
 		table:     make(map[string]map[owned]*entry),
 		perOwner:  make(map[topicOwner]int),
 		pending:   make(map[string]*batch),
-		windows:   make(map[string]time.Duration),
+		paces:     make(map[string]*pace),
 		clocks:    make(map[string]uint64),
 		repairs:   make(map[string]struct{}),
 		watched:   make(map[string]bool),
@@ -371,148 +375,6 @@ func (t *Tracker) UntrackAll(_ context.Context, topic, owner string) error {
 		delete(t.table, topic)
 	}
 	return nil
-}
-
-// row is one entry as List sorts them.
-type row struct {
-	t     int64
-	field string
-	key   string
-	meta  json.RawMessage
-}
-
-// List implements presence.Tracker: this node's entries from its own
-// table (always current), the other nodes' from the topic's hash, keeping
-// only nodes whose heartbeat is younger than DeadAfter by Redis's clock.
-// It costs one Redis round trip, which concurrent Lists of the same
-// topic share; the shared read always starts after this List was called,
-// so it never returns what was true only before the call.
-func (t *Tracker) List(ctx context.Context, topic string) (presence.State, error) {
-	t.mu.Lock()
-	closed := t.closed
-	t.mu.Unlock()
-	if closed {
-		return nil, presence.ErrClosed
-	}
-	remote, err := t.reads.get(ctx, topic)
-	if err != nil {
-		return nil, fmt.Errorf("presence/redis: list %s: %w", topic, err)
-	}
-	t.mu.Lock()
-	local := make([]row, 0, len(t.table[topic]))
-	for _, e := range t.table[topic] {
-		local = append(local, row{t: e.t, field: t.field(e.ref), key: e.key, meta: e.meta})
-	}
-	if b := t.pending[topic]; b != nil {
-		// The joins still in their window are in this List: a leave of
-		// one of them must now be sent, not cancel it (addLeave).
-		clear(b.joinIdx)
-	}
-	t.mu.Unlock()
-	slices.SortFunc(local, compareRows)
-	// remote is sorted already, once for all the Lists that share it.
-	state := make(presence.State, len(remote)+len(local))
-	for i, j := 0, 0; i < len(remote) || j < len(local); {
-		if j == len(local) || i < len(remote) && compareRows(remote[i], local[j]) <= 0 {
-			state.Add(remote[i].key, remote[i].meta)
-			i++
-		} else {
-			state.Add(local[j].key, local[j].meta)
-			j++
-		}
-	}
-	return state, nil
-}
-
-// compareRows orders rows as List groups them: by time of the track or
-// update, then by field, which is unique.
-func compareRows(a, b row) int {
-	if c := cmp.Compare(a.t, b.t); c != 0 {
-		return c
-	}
-	return strings.Compare(a.field, b.field)
-}
-
-// readRemote reads the entries of topic that other live nodes hold, in
-// List's order: one round trip, a pipeline of HGETALL of the topic and,
-// unless a List read them less than liveFor ago, of the nodes hash and of
-// Redis's clock (clockScript). Lists share it through t.reads.
-func (t *Tracker) readRemote(ctx context.Context, topic string) ([]row, error) {
-	live := t.cachedLive()
-	pipe := t.client.Pipeline()
-	hcmd := pipe.HGetAll(ctx, t.topicKey(topic))
-	var ncmd *goredis.MapStringStringCmd
-	var tcmd *goredis.Cmd
-	if live == nil {
-		ncmd = pipe.HGetAll(ctx, t.nodesKey)
-		tcmd = pipe.Eval(ctx, clockScript, []string{t.nodesKey})
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, err
-	}
-	if live == nil {
-		now, _ := tcmd.Int64()
-		live = t.liveNodes(ncmd.Val(), now)
-		t.cacheLive(live)
-	}
-	rows := make([]row, 0, len(hcmd.Val()))
-	for f, v := range hcmd.Val() {
-		node, _, ok := splitField(f)
-		if !ok || node == t.me || !live[node] {
-			continue
-		}
-		s, ok := t.decodeStored(topic, f, v)
-		if !ok {
-			continue
-		}
-		rows = append(rows, row{t: s.T, field: f, key: s.Key, meta: s.Meta})
-	}
-	slices.SortFunc(rows, compareRows)
-	return rows, nil
-}
-
-// liveFor is how long a List's reading of the live nodes serves the next
-// Lists: short next to DeadAfter (seconds), so a dead node's entries
-// outlive its detection by that much at most.
-func (t *Tracker) liveFor() time.Duration { return min(250*time.Millisecond, t.opt.DeadAfter/8) }
-
-// cachedLive returns the live nodes read less than liveFor ago, or nil.
-func (t *Tracker) cachedLive() map[string]bool {
-	t.liveMu.Lock()
-	defer t.liveMu.Unlock()
-	if t.live == nil || time.Since(t.liveAt) >= t.liveFor() {
-		return nil
-	}
-	return t.live
-}
-
-// cacheLive keeps live, just read, for the next Lists. The map is never
-// written after this, so Lists share it.
-func (t *Tracker) cacheLive(live map[string]bool) {
-	t.liveMu.Lock()
-	t.live, t.liveAt = live, time.Now()
-	t.liveMu.Unlock()
-}
-
-// liveNodes returns the nodes whose heartbeat (ms) is within DeadAfter of
-// now (Redis's clock). Nodes absent from the hash are not live.
-func (t *Tracker) liveNodes(nodes map[string]string, now int64) map[string]bool {
-	live := make(map[string]bool, len(nodes))
-	for n, v := range nodes {
-		if hb, err := strconv.ParseInt(v, 10, 64); err == nil && now-hb <= t.opt.DeadAfter.Milliseconds() {
-			live[n] = true
-		}
-	}
-	return live
-}
-
-// splitField splits "<node>/<ref>"; refs never contain '/'.
-func splitField(f string) (node, ref string, ok bool) {
-	i := strings.LastIndexByte(f, '/')
-	if i <= 0 {
-		return "", "", false
-	}
-	return f[:i], f[i+1:], true
 }
 
 // Close implements presence.Tracker: it stops the background work, removes

@@ -68,10 +68,23 @@ func twoInRoom(t *testing.T, tn *testNode, topic string) (ann, bob *conn) {
 	ann.awaitState(topic)
 	bob.join(topic, `{"user":"bob"}`)
 	bob.awaitState(topic)
-	// bob's presence_diff reached ann before bob's presence_state went out.
+	// bob's join reaches both as a presence_diff, which the room's pacing
+	// may send after bob's presence_state.
+	ann.awaitJoinOf(topic, "bob")
+	bob.awaitJoinOf(topic, "bob")
 	ann.settle()
 	bob.settle()
 	return ann, bob
+}
+
+// awaitJoinOf waits for a presence_diff on topic that joins key.
+func (c *conn) awaitJoinOf(topic, key string) {
+	c.t.Helper()
+	for {
+		if d := c.awaitDiff(topic); len(d.Joins[key]) > 0 {
+			return
+		}
+	}
 }
 
 // new_msg is broadcast to everyone, the sender included, with the user

@@ -33,7 +33,10 @@ func newEnv(t *testing.T, opts Options) *env {
 func newEnvRouter(t *testing.T, opts Options, router func(Options) *channels.Router) *env {
 	t.Helper()
 	ps := local.New()
-	tracker := presence.NewLocal(ps)
+	// Unpaced: every presence change is its own diff, at once, so that
+	// the tests read each right after the change (presence's own tests
+	// cover pacing).
+	tracker := presence.NewLocalWith(ps, presence.LocalOptions{MaxCoalesce: -1})
 	e := &env{t: t}
 	if opts.Endpoint == nil {
 		opts.Endpoint = func() *channels.Endpoint { return e.ep }
