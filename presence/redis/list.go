@@ -107,16 +107,7 @@ func compareEntries(a, b *entry) int {
 
 // compareRowEntry is compareRows of r and this node's entry e.
 func (t *Tracker) compareRowEntry(r *row, e *entry) int {
-	if c := strings.Compare(r.key, e.key); c != 0 {
-		return c
-	}
-	if c := cmp.Compare(r.t, e.t); c != 0 {
-		return c
-	}
-	if c := strings.Compare(r.node, t.me); c != 0 {
-		return c
-	}
-	return strings.Compare(r.ref, e.ref)
+	return compareRows(*r, row{key: e.key, t: e.t, node: t.me, ref: e.ref})
 }
 
 // mergeRows hands add the rows of a and the entries of b, both in
