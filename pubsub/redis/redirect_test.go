@@ -42,8 +42,33 @@ func migrateSlot(t *testing.T, c *testCluster, slot, from, to int, mid func()) {
 	if mid != nil {
 		mid()
 	}
-	for _, i := range []int{to, from, 3 - from - to} {
+	order := []int{to, from, 3 - from - to}
+	for _, i := range order {
 		do(i, "cluster", "setslot", slot, "node", c.ids[to])
+	}
+	// The source's gossip can take the slot back from the target before
+	// the source's own SETSLOT NODE lands, when the source's config epoch
+	// is the higher (seen: the target at epoch 1 lost the slot to the
+	// source at 2, and the masters disagreed for good). A resharding tool
+	// then bumps the target's epoch and sets the slot again.
+	agreed := func() bool {
+		for i := range c.masters {
+			if c.ownerSeenBy(t, i, slot) != to {
+				return false
+			}
+		}
+		return true
+	}
+	for deadline := time.Now().Add(10 * time.Second); !agreed(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the masters still disagree on slot %d's owner 10 s after the move", slot)
+		}
+		t.Logf("the masters disagree on slot %d's owner after the move: bumping the target's config epoch", slot)
+		do(to, "cluster", "bumpepoch")
+		for _, i := range order {
+			do(i, "cluster", "setslot", slot, "node", c.ids[to])
+		}
+		time.Sleep(100 * time.Millisecond) // gossip: no event to await
 	}
 }
 

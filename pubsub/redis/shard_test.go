@@ -33,7 +33,14 @@ func (c *testCluster) url() string {
 // owner returns the index of the master that owns slot.
 func (c *testCluster) owner(t testing.TB, slot int) int {
 	t.Helper()
-	slots, err := c.masters[0].ClusterSlots(context.Background()).Result()
+	return c.ownerSeenBy(t, 0, slot)
+}
+
+// ownerSeenBy returns the index of the master that master i says owns
+// slot.
+func (c *testCluster) ownerSeenBy(t testing.TB, i, slot int) int {
+	t.Helper()
+	slots, err := c.masters[i].ClusterSlots(context.Background()).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
