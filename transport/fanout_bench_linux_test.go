@@ -3,14 +3,12 @@
 package transport
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +19,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/channelsd/channelsd/channels"
+	"github.com/channelsd/channelsd/test/childproc"
 )
 
 // fanoutReaderEnv, set in the environment of this test binary, makes it
@@ -48,31 +47,10 @@ func benchmarkFanoutCPU(b *testing.B, n int) {
 	ep := newFakeEndpoint()
 	ep.opened = make(chan *fakeSocket, n)
 	hs := newHarness(b, eventMode, WebSocketConfig{}, ep)
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d %s?vsn=2.0.0", fanoutReaderEnv, n, hs.url))
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	// Before the harness's cleanups (LIFO): the reader exits when its
-	// stdin closes, which closes every connection.
-	b.Cleanup(func() {
-		_ = stdin.Close()
-		if err := cmd.Wait(); err != nil {
-			b.Errorf("reader process: %v", err)
-		}
-	})
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil || line != "ready\n" {
-		b.Fatalf("reader process: %q, %v", line, err)
+	// Its cleanup runs before the harness's (LIFO): the reader exits when
+	// its stdin closes, which closes every connection.
+	if line := childproc.Start(b, fmt.Sprintf("%s=%d %s?vsn=2.0.0", fanoutReaderEnv, n, hs.url), "-test.run=^$"); line != "ready" {
+		b.Fatalf("reader process: %q", line)
 	}
 	socks := make([]*fakeSocket, 0, n)
 	for range n {

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"runtime"
 	"slices"
 	"strconv"
@@ -24,6 +22,7 @@ import (
 
 	"github.com/channelsd/channelsd/channels"
 	"github.com/channelsd/channelsd/node"
+	"github.com/channelsd/channelsd/test/childproc"
 	"github.com/channelsd/channelsd/transport/wsclient"
 )
 
@@ -180,35 +179,10 @@ type stormNode struct {
 // startStormNode starts the node process, stopped in b.Cleanup.
 func startStormNode(b *testing.B, connectURL string) *stormNode {
 	b.Helper()
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), stormNodeEnv+"="+connectURL)
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	b.Cleanup(func() {
-		_ = stdin.Close()
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	go func() { exited <- cmd.Wait() }()
+	line := childproc.Start(b, stormNodeEnv+"="+connectURL)
 	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "addr ")
-	if err != nil || !ok {
-		b.Fatalf("the node process said %q: %v", line, err)
+	if !ok {
+		b.Fatalf("the node process said %q", line)
 	}
 	return &stormNode{addr: addr, http: &http.Client{Timeout: 10 * time.Second}}
 }
