@@ -87,3 +87,47 @@ func TestFalselyReapedNodeHeals(t *testing.T) {
 		})
 	}
 }
+
+// A node that was reaped comes back while a peer's reading of the live
+// nodes, taken without it, is still cached; its re-assertion's joins come
+// with a gap in its clock (a diff it published while cut off was lost), so
+// the peer repairs the topic at once. That repair is a presence_state that
+// replaces its clients' views: read with the cached live nodes, it would
+// drop the returning node's entries the joins had just shown, and nothing
+// would bring them back. A diff from a node the cache holds for dead makes
+// the cache stale.
+func TestRepairAfterReturnSeesTheReturningNode(t *testing.T) {
+	s := startRedis(t)
+	long := func(o *Options) { o.DeadAfter = 10 * time.Second } // liveFor: 250 ms
+	a := newNode(t, s, "a", dispatchLocally, long)
+	// b heartbeats once a minute: its return is the resync this test asks for.
+	quiet := func(o *Options) { o.Heartbeat, o.DeadAfter = time.Minute, 3*time.Minute }
+	b := newNode(t, s, "b", quiet)
+	track(t, a, "room:1", "a1", "ann", `{}`)
+	eventually(t, 5*time.Second, "a to watch room:1", func() bool {
+		a.tr.watcher.mu.Lock()
+		defer a.tr.watcher.mu.Unlock()
+		return a.tr.watcher.topics["room:1"] != nil
+	})
+	track(t, b, "room:1", "b1", "bob", `{}`)
+	eventually(t, 5*time.Second, "a to list both", func() bool { return len(listCanon(t, a, "room:1")) == 2 })
+	obs, init := observe(t, a, "room:1")
+
+	a.tr.reap(context.Background(), "b")
+	eventually(t, 5*time.Second, "the client on a to see bob leave", func() bool {
+		return len(canon(fullView(obs, init))) == 1
+	})
+	if got := listCanon(t, a, "room:1"); len(got) != 1 {
+		t.Fatalf("a lists %v after the reap, want ann only", got)
+	}
+	a.tr.cacheLive(map[string]bool{"a": true}) // as a List just read them
+
+	b.tr.mu.Lock()
+	b.tr.clocks["room:1"]++ // a diff lost while b was cut off
+	b.tr.mu.Unlock()
+	b.tr.requestResync()
+	eventually(t, 5*time.Second, "a to repair the topic after b's gap", func() bool { return a.tr.Repairs() == 1 })
+	if got := canon(fullView(obs, init)); len(got) != 2 {
+		t.Errorf("the client on a shows %v after the repair, want ann and bob", got)
+	}
+}

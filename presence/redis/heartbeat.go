@@ -68,6 +68,9 @@ func (t *Tracker) heartbeat() {
 		t.log.Info("presence/redis: Redis reachable again; re-asserting entries")
 		t.requestResync()
 		t.refreshRounds = t.refreshRoundsAfterOutage()
+		// Reaped while cut off: the reaper's leaves race our joins, as
+		// below.
+		t.announce = t.announce || alive.Val() == 0
 	} else if alive.Val() == 0 {
 		t.log.Info("presence/redis: entries missing from Redis (restart, flush or reaped); re-asserting")
 		t.requestResync()
@@ -324,6 +327,11 @@ func (w *watcher) Deliver(m *pubsub.Message) {
 		}
 	}
 	w.mu.Unlock()
+	if live := w.t.cachedLive(); live != nil {
+		if i := strings.LastIndexByte(d.Src, '#'); i > 0 && !live[d.Src[:i]] {
+			w.t.forgetLive()
+		}
+	}
 	if gap {
 		w.t.log.Debug("presence/redis: gap in a peer's diffs; re-reading the topic", "topic", m.Topic, "src", d.Src)
 		w.t.requestRepair(m.Topic)
@@ -437,6 +445,9 @@ func (t *Tracker) repairLoop() {
 		t.mu.Unlock()
 		if wait > 0 {
 			timer.Reset(wait)
+		}
+		if len(due) > 0 {
+			t.forgetLive()
 		}
 		for _, topic := range due {
 			last[topic] = now

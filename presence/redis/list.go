@@ -212,6 +212,16 @@ func (t *Tracker) cacheLive(live map[string]bool) {
 	t.liveMu.Unlock()
 }
 
+// forgetLive drops the cached live nodes, so that the next List reads
+// them: they are known to be stale (a diff came from a node they hold for
+// dead), or the List is a repair, which replaces its clients' views and so
+// must not hide a node that came back within liveFor.
+func (t *Tracker) forgetLive() {
+	t.liveMu.Lock()
+	t.live = nil
+	t.liveMu.Unlock()
+}
+
 // liveNodes returns the nodes whose heartbeat (ms) is within DeadAfter of
 // now (Redis's clock). Nodes absent from the hash are not live.
 func (t *Tracker) liveNodes(nodes map[string]string, now int64) map[string]bool {
