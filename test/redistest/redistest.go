@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -37,12 +38,13 @@ func Start(t testing.TB) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	port, err := freePort()
+	s := &Server{t: t, bin: bin, dir: t.TempDir()}
+	s.mu.Lock()
+	err = s.startOnFreePort(freePort)
+	s.mu.Unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{t: t, bin: bin, port: port, dir: t.TempDir()}
-	s.Start()
 	t.Cleanup(s.Stop)
 	return s
 }
@@ -56,18 +58,14 @@ func Launch() (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
 	dir, err := os.MkdirTemp("", "redistest-")
 	if err != nil {
 		return nil, fmt.Errorf("redistest: %w", err)
 	}
-	s := &Server{bin: bin, port: port, dir: dir}
+	s := &Server{bin: bin, dir: dir}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.start(); err != nil {
+	if err := s.startOnFreePort(freePort); err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, err
 	}
@@ -85,9 +83,14 @@ func StartCluster(t testing.TB, n int) []*Server {
 	}
 	var out []*Server
 	for range n {
-		s := &Server{t: t, bin: bin, port: clusterPort(t), dir: t.TempDir(),
+		s := &Server{t: t, bin: bin, dir: t.TempDir(),
 			args: []string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"}}
-		s.Start()
+		s.mu.Lock()
+		err := s.startOnFreePort(clusterPort)
+		s.mu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
 		t.Cleanup(s.Stop)
 		out = append(out, s)
 	}
@@ -95,12 +98,11 @@ func StartCluster(t testing.TB, n int) []*Server {
 }
 
 // clusterPort returns a free port whose cluster bus port is free too.
-func clusterPort(t testing.TB) int {
-	t.Helper()
+func clusterPort() (int, error) {
 	for range 100 {
 		p, err := freePort()
 		if err != nil {
-			t.Fatal(err)
+			return 0, err
 		}
 		if p+10000 > 65535 {
 			continue
@@ -110,10 +112,31 @@ func clusterPort(t testing.TB) int {
 			continue
 		}
 		_ = l.Close()
-		return p
+		return p, nil
 	}
-	t.Fatal("no free port pair for a cluster node")
-	return 0
+	return 0, errors.New("redistest: no free port pair for a cluster node")
+}
+
+// errPortTaken: the port found free was taken before redis-server bound
+// it. Between a probe's close and the server's bind, any process may get
+// it, an outgoing connection among them (a port found free comes from the
+// ephemeral range, which load generators running beside the tests use up
+// by the thousand).
+var errPortTaken = errors.New("redistest: port taken before redis-server bound it")
+
+// startOnFreePort starts a new server, with s.mu held, on a port from
+// pick, and on another one if that was taken meanwhile.
+func (s *Server) startOnFreePort(pick func() (int, error)) error {
+	var err error
+	for range 10 {
+		if s.port, err = pick(); err != nil {
+			return err
+		}
+		if err = s.start(); !errors.Is(err, errPortTaken) {
+			return err
+		}
+	}
+	return err
 }
 
 // Remove deletes the directory of a server from Launch, once stopped.
@@ -178,6 +201,7 @@ func (s *Server) start() error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("redistest: starting %s: %w", s.bin, err)
 	}
+	printed := len(s.out.String())
 	exited := make(chan struct{})
 	go func() {
 		_ = cmd.Wait()
@@ -189,6 +213,9 @@ func (s *Server) start() error {
 		select {
 		case <-exited:
 			s.cmd = nil
+			if strings.Contains(s.out.String()[printed:], "Address already in use") {
+				return fmt.Errorf("%w (%d)", errPortTaken, s.port)
+			}
 			return fmt.Errorf("redistest: redis-server exited during startup:\n%s", s.out.String())
 		default:
 		}
