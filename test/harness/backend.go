@@ -40,18 +40,20 @@ func (c *Cluster) StartBackend(secret string) {
 		c.t.Fatalf("harness: image %s is not available (%v).\n"+
 			"Images are built locally, never pulled: run `make images` (test/images/build.sh) first.", BackendImage(), err)
 	}
-	ctr, err := testcontainers.Run(ctx, BackendImage(),
-		testcontainers.WithLogger(tclog.TestLogger(c.t)),
-		network.WithNetwork([]string{BackendAlias}, c.network),
-		testcontainers.WithEnv(map[string]string{"BACKEND_SECRET": secret}),
-		testcontainers.WithExposedPorts(backendPort),
-		testcontainers.WithHostConfigModifier(publishOnLoopback(backendPort)),
-		testcontainers.WithWaitStrategy(wait.ForHTTP("/healthz").
-			WithPort(backendPort).
-			WithForcedIPv4LocalHost().
-			WithPollInterval(100*time.Millisecond).
-			WithStartupTimeout(c.opts.StartupTimeout)),
-	)
+	ctr, err := runPublished(func() (*testcontainers.DockerContainer, error) {
+		return testcontainers.Run(ctx, BackendImage(),
+			testcontainers.WithLogger(tclog.TestLogger(c.t)),
+			network.WithNetwork([]string{BackendAlias}, c.network),
+			testcontainers.WithEnv(map[string]string{"BACKEND_SECRET": secret}),
+			testcontainers.WithExposedPorts(backendPort),
+			testcontainers.WithHostConfigModifier(publishOnLoopback(backendPort)),
+			testcontainers.WithWaitStrategy(wait.ForHTTP("/healthz").
+				WithPort(backendPort).
+				WithForcedIPv4LocalHost().
+				WithPollInterval(100*time.Millisecond).
+				WithStartupTimeout(c.opts.StartupTimeout)),
+		)
+	})
 	c.track(BackendAlias, ctr)
 	if err != nil {
 		c.t.Fatalf("harness: starting the backend (%s): %v", BackendImage(), err)

@@ -250,13 +250,15 @@ func Start(t testing.TB, opts Options) *Cluster {
 		}
 		nodeArgs = append(nodeArgs, "--redis", url)
 	} else if !opts.NoRedis {
-		c.redis, err = testcontainers.Run(ctx, RedisImage(),
-			testcontainers.WithLogger(tclog.TestLogger(t)),
-			network.WithNetwork([]string{"redis"}, c.network),
-			testcontainers.WithExposedPorts(redisPort),
-			testcontainers.WithHostConfigModifier(publishOnLoopback(redisPort)),
-			testcontainers.WithWaitStrategy(redisReady{timeout: opts.StartupTimeout}),
-		)
+		c.redis, err = runPublished(func() (*testcontainers.DockerContainer, error) {
+			return testcontainers.Run(ctx, RedisImage(),
+				testcontainers.WithLogger(tclog.TestLogger(t)),
+				network.WithNetwork([]string{"redis"}, c.network),
+				testcontainers.WithExposedPorts(redisPort),
+				testcontainers.WithHostConfigModifier(publishOnLoopback(redisPort)),
+				testcontainers.WithWaitStrategy(redisReady{timeout: opts.StartupTimeout}),
+			)
+		})
 		c.track("redis", c.redis)
 		if err != nil {
 			t.Fatalf("harness: starting Redis (%s): %v", RedisImage(), err)
@@ -329,6 +331,45 @@ func publishOnLoopback(port string) func(*container.HostConfig) {
 			hc.PortBindings = dnetwork.PortMap{}
 		}
 		hc.PortBindings[p] = []dnetwork.PortBinding{{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: "0"}}
+	}
+}
+
+// portTaken reports whether the engine failed to publish a port because
+// another process bound it between the engine's choice and its own bind:
+// the engine picks from the ephemeral range, where every outgoing
+// connection of a load generator beside the tests takes a port too.
+func portTaken(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "address already in use")
+}
+
+// publishTries is how many times a container is started when its port
+// was taken each time.
+const publishTries = 5
+
+// runPublished runs run, which creates and starts a container with a
+// published port, again when that port was taken (portTaken), removing
+// the container that could not start. run builds its options afresh each
+// time: a file's reader is read once.
+func runPublished(run func() (*testcontainers.DockerContainer, error)) (*testcontainers.DockerContainer, error) {
+	for i := 1; ; i++ {
+		ctr, err := run()
+		if i == publishTries || !portTaken(err) {
+			return ctr, err
+		}
+		if ctr != nil {
+			_ = ctr.Terminate(context.Background())
+		}
+	}
+}
+
+// startPublished starts a stopped container again, again when the port
+// the engine picked for it was taken (portTaken).
+func startPublished(ctx context.Context, ctr *testcontainers.DockerContainer) error {
+	for i := 1; ; i++ {
+		err := ctr.Start(ctx)
+		if i == publishTries || !portTaken(err) {
+			return err
+		}
 	}
 }
 

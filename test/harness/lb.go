@@ -160,27 +160,29 @@ func (c *Cluster) StartLoadBalancer(opts LBOptions) *LoadBalancer {
 		c.t.Fatalf("harness: image %s is not available (%v).\n"+
 			"Images are built locally, never pulled: run `make images` (test/images/build.sh) first.", HAProxyImage(), err)
 	}
-	ctr, err := testcontainers.Run(ctx, HAProxyImage(),
-		testcontainers.WithLogger(tclog.TestLogger(c.t)),
-		network.WithNetwork([]string{lb.Alias}, c.network),
-		testcontainers.WithFiles(testcontainers.ContainerFile{
-			Reader:            strings.NewReader(lb.config),
-			ContainerFilePath: lbConfigPath,
-			FileMode:          0o644,
-		}),
-		testcontainers.WithCmd("-f", lbConfigPath),
-		testcontainers.WithExposedPorts(lbPort, lbStatsPort),
-		testcontainers.WithHostConfigModifier(publishOnLoopback(lbPort)),
-		testcontainers.WithHostConfigModifier(publishOnLoopback(lbStatsPort)),
-		testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
-			hc.DNS = []netip.Addr{netip.MustParseAddr("127.0.0.1")}
-		}),
-		testcontainers.WithWaitStrategy(wait.ForHTTP("/stats").
-			WithPort(lbStatsPort).
-			WithForcedIPv4LocalHost().
-			WithPollInterval(100*time.Millisecond).
-			WithStartupTimeout(opts.StartupTimeout)),
-	)
+	ctr, err := runPublished(func() (*testcontainers.DockerContainer, error) {
+		return testcontainers.Run(ctx, HAProxyImage(),
+			testcontainers.WithLogger(tclog.TestLogger(c.t)),
+			network.WithNetwork([]string{lb.Alias}, c.network),
+			testcontainers.WithFiles(testcontainers.ContainerFile{
+				Reader:            strings.NewReader(lb.config),
+				ContainerFilePath: lbConfigPath,
+				FileMode:          0o644,
+			}),
+			testcontainers.WithCmd("-f", lbConfigPath),
+			testcontainers.WithExposedPorts(lbPort, lbStatsPort),
+			testcontainers.WithHostConfigModifier(publishOnLoopback(lbPort)),
+			testcontainers.WithHostConfigModifier(publishOnLoopback(lbStatsPort)),
+			testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
+				hc.DNS = []netip.Addr{netip.MustParseAddr("127.0.0.1")}
+			}),
+			testcontainers.WithWaitStrategy(wait.ForHTTP("/stats").
+				WithPort(lbStatsPort).
+				WithForcedIPv4LocalHost().
+				WithPollInterval(100*time.Millisecond).
+				WithStartupTimeout(opts.StartupTimeout)),
+		)
+	})
 	c.track(lb.Alias, ctr)
 	if err != nil {
 		c.t.Fatalf("harness: starting the load balancer (%s): %v\nconfiguration:\n%s", HAProxyImage(), err, lb.config)

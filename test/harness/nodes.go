@@ -26,14 +26,16 @@ import (
 // runNode starts a node container of image with node id id under alias
 // on the cluster's network and waits for its /readyz.
 func (c *Cluster) runNode(ctx context.Context, id, alias, image string) (*testcontainers.DockerContainer, error) {
-	return c.runNodeWith(ctx, id, alias, image, nil,
-		testcontainers.WithExposedPorts(nodePort),
-		testcontainers.WithHostConfigModifier(publishOnLoopback(nodePort)),
-		testcontainers.WithWaitStrategy(wait.ForHTTP("/readyz").
-			WithPort(nodePort).
-			WithForcedIPv4LocalHost().
-			WithPollInterval(100*time.Millisecond).
-			WithStartupTimeout(c.opts.StartupTimeout)))
+	return runPublished(func() (*testcontainers.DockerContainer, error) {
+		return c.runNodeWith(ctx, id, alias, image, nil,
+			testcontainers.WithExposedPorts(nodePort),
+			testcontainers.WithHostConfigModifier(publishOnLoopback(nodePort)),
+			testcontainers.WithWaitStrategy(wait.ForHTTP("/readyz").
+				WithPort(nodePort).
+				WithForcedIPv4LocalHost().
+				WithPollInterval(100*time.Millisecond).
+				WithStartupTimeout(c.opts.StartupTimeout)))
+	})
 }
 
 // runNodeWith starts a node container with the cluster's flags followed
@@ -233,7 +235,7 @@ func (c *Cluster) StartNode(i int) {
 	n := c.Node(i)
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.StartupTimeout+10*time.Second)
 	defer cancel()
-	if err := n.c.Start(ctx); err != nil {
+	if err := startPublished(ctx, n.c); err != nil {
 		c.t.Fatalf("harness: starting %s again: %v", n.ID, err)
 	}
 	if err := c.refreshAddr(ctx, n); err != nil {

@@ -32,7 +32,7 @@ func (c *Cluster) StartRedis() {
 	c.needRedis()
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.StartupTimeout+10*time.Second)
 	defer cancel()
-	if err := c.redis.Start(ctx); err != nil {
+	if err := startPublished(ctx, c.redis); err != nil {
 		c.t.Fatalf("harness: starting Redis again: %v", err)
 	}
 }

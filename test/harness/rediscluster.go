@@ -86,15 +86,17 @@ func (c *Cluster) startRedisCluster(ctx context.Context) (string, error) {
 	for i := range ctrs {
 		wg.Go(func() {
 			alias := redisClusterAlias(i + 1)
-			ctrs[i], errs[i] = testcontainers.Run(ctx, img,
-				testcontainers.WithLogger(tclog.TestLogger(c.t)),
-				network.WithNetwork([]string{alias}, c.network),
-				testcontainers.WithCmd(append(redisClusterArgs(alias), sec.redisArgs()...)...),
-				testcontainers.WithFiles(sec.redisFiles(alias)...),
-				testcontainers.WithExposedPorts(redisPort),
-				testcontainers.WithHostConfigModifier(publishOnLoopback(redisPort)),
-				testcontainers.WithWaitStrategy(redisReady{timeout: c.opts.StartupTimeout, tls: sec.clientTLS(alias), password: sec.password()}),
-			)
+			ctrs[i], errs[i] = runPublished(func() (*testcontainers.DockerContainer, error) {
+				return testcontainers.Run(ctx, img,
+					testcontainers.WithLogger(tclog.TestLogger(c.t)),
+					network.WithNetwork([]string{alias}, c.network),
+					testcontainers.WithCmd(append(redisClusterArgs(alias), sec.redisArgs()...)...),
+					testcontainers.WithFiles(sec.redisFiles(alias)...),
+					testcontainers.WithExposedPorts(redisPort),
+					testcontainers.WithHostConfigModifier(publishOnLoopback(redisPort)),
+					testcontainers.WithWaitStrategy(redisReady{timeout: c.opts.StartupTimeout, tls: sec.clientTLS(alias), password: sec.password()}),
+				)
+			})
 		})
 	}
 	wg.Wait()
