@@ -78,7 +78,7 @@ func TestLiveNodesFailsWithoutRedis(t *testing.T) {
 // still sees the other node's entries.
 func TestListsShareTheLiveNodes(t *testing.T) {
 	s := startRedis(t)
-	slow := func(o *Options) { o.DeadAfter = 10 * time.Second } // liveFor: 250 ms
+	slow := func(o *Options) { o.Heartbeat, o.DeadAfter = 5*time.Second, 10*time.Second } // liveFor: 250 ms; no heartbeat's EVAL among those counted
 	a, b := newNode(t, s, "a", slow), newNode(t, s, "b", slow)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -129,7 +129,7 @@ func commandCalls(t *testing.T, rc *goredis.Client, cmd string) int64 {
 // the reading of the live nodes is renewed.
 func TestALoneNodeListsWithoutReadingTheTopic(t *testing.T) {
 	s := startRedis(t)
-	slow := func(o *Options) { o.DeadAfter = 10 * time.Second } // liveFor: 250 ms
+	slow := func(o *Options) { o.Heartbeat, o.DeadAfter = 5*time.Second, 10*time.Second } // liveFor: 250 ms; no heartbeat's HGETALL among those counted
 	a := newNode(t, s, "a", slow)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
