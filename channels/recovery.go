@@ -427,6 +427,11 @@ func recoveryQuery(params Payload, size int) (q pubsub.HistoryQuery, asked joinA
 	if params.Binary || len(params.Data) == 0 || params.Data[0] != '{' {
 		return q, askNothing, false
 	}
+	if !bytes.Contains(params.Data, []byte("since")) && !bytes.Contains(params.Data, []byte("history")) && bytes.IndexByte(params.Data, '\\') < 0 {
+		// Neither key can be in there, even escaped: most joins ask for
+		// nothing, and decoding their params was a map per join.
+		return q, askNothing, false
+	}
 	var p map[string]json.RawMessage
 	if json.Unmarshal(params.Data, &p) != nil {
 		return q, askNothing, false
