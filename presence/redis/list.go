@@ -91,9 +91,9 @@ func (t *Tracker) rows(ctx context.Context, topic string) (remote []row, local [
 // placeLocked puts e, just added to topic's table, in its place in the
 // topic's order: a binary search and a move of the pointers after it.
 // Every join lists its room for its presence_state, and sorting the room
-// at each List was 4 % of a node's CPU in a storm of joins into rooms of
-// 100 (BENCHMARKS.md); the order costs a pointer per entry. Called with
-// t.mu held.
+// at each List was 2.5–4.4 % of a node's CPU in a storm of joins into
+// rooms of 100 (BENCHMARKS.md); the order costs a pointer per entry.
+// Called with t.mu held.
 func (t *Tracker) placeLocked(topic string, e *entry) {
 	o := t.order[topic]
 	i, _ := slices.BinarySearchFunc(o, e, compareEntries)
