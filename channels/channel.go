@@ -56,7 +56,9 @@ type Terminator interface {
 
 // AfterJoiner is implemented by a Channel that wants to act once the join
 // reply is queued, Phoenix's send(self(), :after_join) idiom: pushing
-// presence_state, tracking presence. Check the method with
+// presence_state, tracking presence. The reply and what AfterJoin pushes
+// leave together, in one write (HoldConn): an AfterJoin that runs longer
+// than a few milliseconds lets the reply go ahead. Check the method with
 // var _ channels.AfterJoiner = (*Room)(nil).
 type AfterJoiner interface {
 	// AfterJoin runs right after a successful Join, under the same

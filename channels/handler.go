@@ -114,6 +114,31 @@ type BacklogConn interface {
 	WaitBacklog(ctx context.Context, frames, bytes int) error
 }
 
+// HoldConn is implemented by the Conns that can keep what Send queues
+// from leaving for a moment and then hand it on in one piece. The runtime
+// holds a connection from a join's ok reply until AfterJoin has run, so
+// that the reply and what AfterJoin pushes (presence_state, above all)
+// leave in one write on WebSocket and in one poll answer on long-poll:
+// on a presence join storm a socket write was the largest cost left, and
+// a second one per join for the presence_state was avoidable. The order
+// of frames is never changed, only when they are handed on.
+//
+// Contract:
+//   - Hold and Release come in pairs; holds nest, and what was queued
+//     meanwhile is handed on when the last one is released. Release may
+//     be called from any goroutine.
+//   - While held, Send queues as ever, with the same limits (a slow
+//     consumer is still closed at once); the transport only does not
+//     start handing the queue on. A hand-off already under way may finish.
+//   - Close is never held: it hands on what is queued, then closes.
+//   - Nobody may wait for the backlog to drain (WaitBacklog) while
+//     holding the connection: it would not drain.
+type HoldConn interface {
+	Conn
+	Hold()
+	Release()
+}
+
 // Close codes the runtime uses (RFC 6455 §7.4.1). None of them is 1000:
 // phoenix.js up to 1.8.12 does not reconnect after a 1000 close
 // (PROTOCOL.md §4.3), and every server-initiated close here expects the

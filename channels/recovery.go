@@ -335,9 +335,7 @@ func (s *Socket) readRecovery(ch *ChannelSocket, params Payload) *recovery {
 		// learns only the newest position.
 		rec.reason = reasonInvalid
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), historyReadTimeout)
-	res, err := h.ReadHistory(ctx, topic, q)
-	cancel()
+	res, err := s.readTop(h, topic, opts, q)
 	switch {
 	case err == nil:
 		if !consistent(q, since, res) {
@@ -383,6 +381,43 @@ func (s *Socket) readRecovery(ch *ChannelSocket, params Payload) *recovery {
 	return rec
 }
 
+// readTop is ReadHistory for a join, which asks the PubSub for a noted
+// top instead when q asks for nothing but Top and the PubSub keeps notes
+// (pubsub.TopNotes says why that is exact): the join was subscribed
+// before it asks, as the notes require (finishJoin), and a read it makes
+// for want of a note leaves one for the joins after it.
+func (s *Socket) readTop(h pubsub.History, topic string, opts pubsub.HistoryOptions, q pubsub.HistoryQuery) (pubsub.HistoryResult, error) {
+	notes, _ := h.(pubsub.TopNotes)
+	if q.Since.IsZero() && q.Last == 0 && notes != nil {
+		top, stamp, ok := notes.NotedTop(topic, topNoteMaxAge(opts))
+		if ok {
+			return pubsub.HistoryResult{Top: top}, nil
+		}
+		res, err := readHistory(h, topic, q)
+		if err == nil {
+			notes.NoteTop(topic, res.Top, stamp)
+		}
+		return res, err
+	}
+	return readHistory(h, topic, q)
+}
+
+func readHistory(h pubsub.History, topic string, q pubsub.HistoryQuery) (pubsub.HistoryResult, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), historyReadTimeout)
+	defer cancel()
+	return h.ReadHistory(ctx, topic, q)
+}
+
+// topNoteMaxAge is how old a noted top may be to stand for a read: at
+// most a second, and a quarter of the history's TTL. A join told a note
+// stands where a join that read the history that much earlier stands,
+// which differs only when the history was lost meanwhile without a
+// broadcast since; such a join then fails at the next broadcast along
+// with the members that joined before it, and rejoins.
+func topNoteMaxAge(opts pubsub.HistoryOptions) time.Duration {
+	return min(time.Second, opts.EffectiveTTL()/4)
+}
+
 // recoveryQuery reads a join's params (PROTOCOL.md §12.3): {"since":
 // "<position>"} asks for what followed a position, {"history": N} for the
 // last N broadcasts (at most size); a null one counts as absent, and
@@ -390,6 +425,11 @@ func (s *Socket) readRecovery(ch *ChannelSocket, params Payload) *recovery {
 // newest position. bad reports a since or history whose value is not one.
 func recoveryQuery(params Payload, size int) (q pubsub.HistoryQuery, asked joinAsk, bad bool) {
 	if params.Binary || len(params.Data) == 0 || params.Data[0] != '{' {
+		return q, askNothing, false
+	}
+	if !bytes.Contains(params.Data, []byte("since")) && !bytes.Contains(params.Data, []byte("history")) && bytes.IndexByte(params.Data, '\\') < 0 {
+		// Neither key can be in there, even escaped: most joins ask for
+		// nothing, and decoding their params was a map per join.
 		return q, askNothing, false
 	}
 	var p map[string]json.RawMessage

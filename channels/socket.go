@@ -352,10 +352,23 @@ func (s *Socket) finishJoin(ch *ChannelSocket, ref Ref, params Payload, response
 		replyData = rec.amendReply(replyData, replyBinary)
 	}
 
-	// §3.3: the reply goes out before anything else of this join.
+	// §3.3: the reply goes out before anything else of this join. Without
+	// a replay, which waits for the client to take what it is sent, the
+	// connection is held until AfterJoin has run, so that the reply, the
+	// frames held during the join and what AfterJoin pushes leave
+	// together (HoldConn).
+	aj, _ := ch.impl.(AfterJoiner)
+	replaying := rec != nil && len(rec.replay) > 0
+	var hold HoldConn
+	if !replaying {
+		hold, _ = s.conn.(HoldConn)
+	}
+	if hold != nil {
+		hold.Hold()
+	}
 	ch.mu.Lock()
 	s.send(&Message{JoinRef: ch.joinRef, Ref: ref, Topic: topic, Event: EventReply, Status: "ok", Payload: replyData, Binary: replyBinary})
-	if rec != nil && len(rec.replay) > 0 {
+	if replaying {
 		// Frames stay held (stateJoining) until the replay is out.
 		ch.mu.Unlock()
 		if !s.replay(ch, rec) {
@@ -375,12 +388,30 @@ func (s *Socket) finishJoin(ch *ChannelSocket, ref Ref, params Payload, response
 		ch.mu.Unlock()
 	}
 
-	if aj, ok := ch.impl.(AfterJoiner); ok {
-		if s.guard(ch, "after_join", func() { aj.AfterJoin(ch) }) {
-			s.crash(ch)
+	if aj == nil {
+		if hold != nil {
+			hold.Release()
 		}
+		return
+	}
+	var bound *time.Timer
+	if hold != nil {
+		bound = time.AfterFunc(afterJoinHoldMax, hold.Release)
+	}
+	if s.guard(ch, "after_join", func() { aj.AfterJoin(ch) }) {
+		s.crash(ch)
+	}
+	if bound != nil && bound.Stop() {
+		hold.Release()
 	}
 }
+
+// afterJoinHoldMax bounds how long AfterJoin may keep its join's reply
+// (and the rest of the connection's output) from leaving: an AfterJoin
+// that does slow work would otherwise delay the reply, which Phoenix
+// sends before after_join runs, and every other topic's broadcasts to
+// the socket. Tracking and pushing presence_state take microseconds.
+const afterJoinHoldMax = 10 * time.Millisecond
 
 func (s *Socket) leave(msg *Message) {
 	s.cb.Lock()

@@ -43,5 +43,7 @@
 // selects keep their newest broadcasts, each with a Position, so that a
 // client that rejoins recovers what it missed (PROTOCOL.md §12, and
 // package channels). Topics without history behave and cost as if the
-// feature did not exist.
+// feature did not exist. A History whose reads are round trips may also
+// offer TopNotes: the position its node's dispatches stand at, which a
+// join that asks for no broadcasts takes instead of reading.
 package pubsub

@@ -52,6 +52,9 @@ type topicSubs struct {
 	// then not change below len(subs). Set under the read lock (hence
 	// atomic), cleared under the write lock with a new array.
 	shared atomic.Bool
+	// note is where the topic's positions stand (tops.go), from the
+	// first NotedTop on; set under the read lock (hence atomic).
+	note atomic.Pointer[topNote]
 }
 
 // find returns s's place in t.subs, or -1.
@@ -194,6 +197,11 @@ func (r *Registry) Dispatch(m *Message) int {
 		subs = t.subs
 		if !t.shared.Load() {
 			t.shared.Store(true)
+		}
+		if n := t.note.Load(); n != nil {
+			// Under the lock that Add takes: a subscriber is either in
+			// this snapshot or sees the note past m (tops.go).
+			n.dispatched(m)
 		}
 	}
 	r.mu.RUnlock()

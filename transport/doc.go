@@ -127,6 +127,12 @@
 // about N system calls and no goroutine each, and under a flood each busy
 // connection gets one write per round carrying every frame of that round.
 //
+// The runtime may hold a connection for a moment (channels.HoldConn):
+// from a join's reply until its AfterJoin has run, so that the reply and
+// the presence_state after it share one write. Send then queues without
+// calling a writer, a writer that finds the connection held leaves it,
+// and the last Release calls one; a close is never held.
+//
 // A writer never waits for a client. When the kernel does not take a
 // write whole (the client's receive window is full), the rest goes to a
 // goroutine of that connection's own, which waits for it with WriteTimeout
@@ -162,7 +168,9 @@
 // session is the same channels.Socket as a WebSocket one, over a Conn that
 // buffers frames for the next poll, bounded in messages and in bytes (past
 // either the session ends as a slow consumer); an answer carries at most
-// MaxAnswerBytes of them and is written within IOTimeout. The token is
+// MaxAnswerBytes of them and is written within IOTimeout. While the
+// runtime holds a session (channels.HoldConn), a poll is not answered, so
+// a join's reply and its presence_state come in one answer. The token is
 // signed with HMAC-SHA256 and names the node that owns the session; a
 // request that reaches another node is relayed to the owner through
 // LongPollConfig.Relay.

@@ -264,7 +264,7 @@ func (h *LongPollHandler) poll(w http.ResponseWriter, r *http.Request, s *lpSess
 	}
 	h.stats.Polls.Add(1)
 	s.lastGet = time.Now()
-	if len(s.buf) > 0 {
+	if len(s.buf) > 0 && s.holds == 0 {
 		h.answerBuffered(w, r, s) // unlocks s.mu
 		return
 	}

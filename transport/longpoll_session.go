@@ -33,6 +33,10 @@ type lpSession struct {
 	timer    *time.Timer
 	ended    bool
 	closing  bool // HandleClose started
+	// holds counts the runtime's Holds not yet released (Hold): while
+	// above zero, a waiting poll is not woken and a new one waits.
+	// Guarded by mu.
+	holds uint8
 }
 
 // lpMsg is one buffered text frame and the bytes it takes in a poll
@@ -97,11 +101,36 @@ func (s *lpSession) Send(f channels.Frame) error {
 	}
 	s.buf = append(s.buf, m)
 	s.bufBytes += m.n
-	if s.waiter != nil {
+	if s.waiter != nil && s.holds == 0 {
 		s.waiter.wake()
 	}
 	s.mu.Unlock()
 	return nil
+}
+
+var _ channels.HoldConn = (*lpSession)(nil)
+
+// Hold keeps what Send buffers from now on from answering a poll until
+// the matching Release (channels.HoldConn): a join's reply and the
+// presence_state after it then reach the client in one poll answer
+// instead of two round trips. A poll's window still bounds the wait.
+func (s *lpSession) Hold() {
+	s.mu.Lock()
+	s.holds++
+	s.mu.Unlock()
+}
+
+// Release ends a Hold; the last one wakes the waiting poll if anything
+// is buffered.
+func (s *lpSession) Release() {
+	s.mu.Lock()
+	if s.holds > 0 {
+		s.holds--
+		if s.holds == 0 && len(s.buf) > 0 && s.waiter != nil {
+			s.waiter.wake()
+		}
+	}
+	s.mu.Unlock()
 }
 
 // Close implements channels.Conn: the session ends (later requests get

@@ -194,6 +194,10 @@ func (w *written) encode(dst io.Writer, hdr []byte) error {
 // write.
 func (c *wsConn) writeQueued(wb *writerBuf) bool {
 	c.mu.Lock()
+	if c.heldLocked() {
+		c.mu.Unlock()
+		return true
+	}
 	w, ok := c.takeLocked(maxWriteBatch)
 	c.mu.Unlock()
 	if !ok {
@@ -257,6 +261,10 @@ func (c *wsConn) wrote(w *written, pooled bool) {
 	if len(c.queue) == 0 || c.ended {
 		c.flushing = false
 		c.dropQueueLocked()
+		c.mu.Unlock()
+		return
+	}
+	if c.heldLocked() {
 		c.mu.Unlock()
 		return
 	}

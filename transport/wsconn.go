@@ -140,6 +140,9 @@ type wsConn struct {
 	// backlogWatched: a WaitBacklog waits on this connection (backlog.go),
 	// so draining or closing must look for it in h.backlogs.
 	backlogWatched bool
+	// holds counts the runtime's Holds not yet released (Hold): while
+	// above zero and not closing, no writer starts on the queue.
+	holds uint8
 }
 
 // monoEpoch anchors closeDeadline to the monotonic clock: a deadline kept

@@ -49,13 +49,59 @@ func (c *wsConn) enqueue(op ws.OpCode, data []byte) error {
 	c.queue = append(c.queue, outFrame{op: op, data: data})
 	c.nFrames++
 	c.nBytes += len(data)
-	start := !c.flushing
-	c.flushing = true
+	start := !c.flushing && c.holds == 0
+	if start {
+		c.flushing = true
+	}
 	c.mu.Unlock()
 	if start {
 		c.h.writers.push(c)
 	}
 	return nil
+}
+
+var _ channels.HoldConn = (*wsConn)(nil)
+
+// Hold keeps the frames Send queues from now on in the queue until the
+// matching Release (channels.HoldConn): the runtime holds a connection
+// over a join's reply and AfterJoin, so that the reply and the
+// presence_state after it share one write. A writer already on its way
+// to the queue finds it held and leaves it (writeQueued); a close is
+// never held.
+func (c *wsConn) Hold() {
+	c.mu.Lock()
+	c.holds++
+	c.mu.Unlock()
+}
+
+// Release ends a Hold; the last one hands the queue to a writer.
+func (c *wsConn) Release() {
+	c.mu.Lock()
+	if c.holds == 0 {
+		c.mu.Unlock()
+		return // unpaired: nothing is held
+	}
+	c.holds--
+	start := c.holds == 0 && !c.flushing && len(c.queue) > 0 && !c.ended
+	if start {
+		c.flushing = true
+	}
+	c.mu.Unlock()
+	if start {
+		c.h.writers.push(c)
+	}
+}
+
+// heldLocked reports whether the queue must stay where it is for now:
+// held, and not closing (the close frame and what precedes it always go
+// out). A writer that finds it so leaves the write path; Release brings
+// the connection back. Called with c.mu held.
+func (c *wsConn) heldLocked() bool {
+	if c.holds == 0 || c.closing {
+		return false
+	}
+	c.flushing = false
+	return true
 }
 
 // Close starts the closing handshake (channels.Conn): a close frame with

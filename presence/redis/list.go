@@ -60,8 +60,7 @@ func (t *Tracker) AppendState(ctx context.Context, b []byte, topic string) ([]by
 
 // rows returns what List lists: the other nodes' rows (shared with other
 // Lists: not to be changed) and this node's entries, each in compareRows
-// order (pointers: a join lists its room, and sorting the entries
-// themselves moved most of its bytes).
+// order (the entries as t.order keeps them).
 func (t *Tracker) rows(ctx context.Context, topic string) (remote []row, local []*entry, err error) {
 	t.mu.Lock()
 	closed := t.closed
@@ -76,10 +75,7 @@ func (t *Tracker) rows(ctx context.Context, topic string) (remote []row, local [
 		}
 	}
 	t.mu.Lock()
-	local = make([]*entry, 0, len(t.table[topic]))
-	for _, e := range t.table[topic] {
-		local = append(local, e)
-	}
+	local = slices.Clone(t.order[topic])
 	if b := t.pending[topic]; b != nil {
 		// The joins still in their window are in this List: a leave of
 		// one of them must now be sent, not cancel it (addLeave).
@@ -89,8 +85,38 @@ func (t *Tracker) rows(ctx context.Context, topic string) (remote []row, local [
 		p.room = len(remote) + len(local) // what the topic's diffs reach
 	}
 	t.mu.Unlock()
-	slices.SortFunc(local, compareEntries)
 	return remote, local, nil
+}
+
+// placeLocked puts e, just added to topic's table, in its place in the
+// topic's order: a binary search and a move of the pointers after it.
+// Every join lists its room for its presence_state, and sorting the room
+// at each List was 2.5–4.4 % of a node's CPU in a storm of joins into
+// rooms of 100 (BENCHMARKS.md); the order costs a pointer per entry.
+// Called with t.mu held.
+func (t *Tracker) placeLocked(topic string, e *entry) {
+	o := t.order[topic]
+	i, _ := slices.BinarySearchFunc(o, e, compareEntries)
+	t.order[topic] = slices.Insert(o, i, e)
+}
+
+// unplaceLocked takes e, just removed from topic's table, out of the
+// topic's order. Called with t.mu held.
+func (t *Tracker) unplaceLocked(topic string, e *entry) {
+	o := t.order[topic]
+	// An entry never changes once made (Update makes a new one), and its
+	// ref is its own: the search finds it, unless two refs collided.
+	i, found := slices.BinarySearchFunc(o, e, compareEntries)
+	if !found || o[i] != e {
+		if i = slices.Index(o, e); i < 0 {
+			return
+		}
+	}
+	if o = slices.Delete(o, i, i+1); len(o) == 0 {
+		delete(t.order, topic)
+	} else {
+		t.order[topic] = o
+	}
 }
 
 // compareEntries is compareRows for this node's entries, whose node is

@@ -63,6 +63,7 @@ type Tracker struct {
 	closed     bool
 	seq        uint64
 	table      map[string]map[owned]*entry // topic -> entries of this node
+	order      map[string][]*entry         // topic -> its table's entries in compareEntries order (list.go)
 	entries    int                         // in table, over all topics
 	perOwner   map[topicOwner]int          // entries of each owner (Limits.MaxPerOwner)
 	pending    map[string]*batch
@@ -220,6 +221,7 @@ func New(ctx context.Context, opt Options) (*Tracker, error) {
 		wake:      make(chan struct{}, 1),
 		repairCh:  make(chan struct{}, 1),
 		table:     make(map[string]map[owned]*entry),
+		order:     make(map[string][]*entry),
 		perOwner:  make(map[topicOwner]int),
 		pending:   make(map[string]*batch),
 		paces:     make(map[string]*pace),
@@ -303,6 +305,7 @@ func (t *Tracker) Track(_ context.Context, topic, owner, key string, meta json.R
 		t.table[topic] = entries
 	}
 	entries[k] = e
+	t.placeLocked(topic, e)
 	t.entries++
 	t.addJoin(topic, e, v)
 	return ref, nil
@@ -333,6 +336,8 @@ func (t *Tracker) Update(_ context.Context, topic, owner, key string, meta json.
 		return "", err
 	}
 	t.table[topic][k] = e
+	t.unplaceLocked(topic, old)
+	t.placeLocked(topic, e)
 	t.addLeave(topic, &change{ref: old.ref, key: key, meta: old.meta, field: t.field(old.ref)})
 	t.addJoin(topic, e, v)
 	return ref, nil
@@ -349,6 +354,7 @@ func (t *Tracker) Untrack(_ context.Context, topic, owner, key string) error {
 		return nil
 	}
 	delete(entries, k)
+	t.unplaceLocked(topic, e)
 	t.forget(topic, owner)
 	t.entries--
 	if len(entries) == 0 {
@@ -366,6 +372,7 @@ func (t *Tracker) UntrackAll(_ context.Context, topic, owner string) error {
 	for k, e := range entries {
 		if k.owner == owner {
 			delete(entries, k)
+			t.unplaceLocked(topic, e)
 			t.forget(topic, owner)
 			t.entries--
 			t.addLeave(topic, &change{ref: e.ref, key: e.key, meta: e.meta, field: t.field(e.ref)})
@@ -394,6 +401,7 @@ func (t *Tracker) Close() error {
 		}
 	}
 	clear(t.table)
+	clear(t.order)
 	clear(t.perOwner)
 	t.entries = 0
 	t.mu.Unlock()
@@ -424,6 +432,7 @@ func (t *Tracker) kill() {
 	}
 	t.closed = true
 	clear(t.table)
+	clear(t.order)
 	clear(t.perOwner)
 	t.entries = 0
 	clear(t.pending)

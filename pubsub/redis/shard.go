@@ -269,6 +269,7 @@ func (s *shardSet) lose(sh *shard, err error) {
 		s.lost[sh] = err
 	}
 	s.mu.Unlock()
+	s.p.reg.ForgetTops() // its topics' broadcasts may be missed (tops.go)
 	s.p.poke()
 }
 

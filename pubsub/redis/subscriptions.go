@@ -413,6 +413,7 @@ func (p *PubSub) markLost(err error) {
 		return
 	}
 	p.lostAt.Store(time.Now().UnixNano())
+	p.reg.ForgetTops() // broadcasts may be missed from here on (tops.go)
 	p.log.Warn("redis: connection lost", "err", err)
 	// A PING in flight on the dead connection will never be answered.
 	p.mu.Lock()
@@ -430,6 +431,9 @@ func (p *PubSub) markLost(err error) {
 func (p *PubSub) markReconnected() {
 	d := time.Since(time.Unix(0, p.lostAt.Load()))
 	p.reconnects.Add(1)
+	// Notes taken while the loss went unnoticed may stand before
+	// broadcasts that never reached this node (tops.go).
+	p.reg.ForgetTops()
 	p.lost.Store(false)
 	p.log.Info("redis: reconnected after "+d.Round(time.Millisecond).String(),
 		"downtime", d, "subscriptions", p.subscribed.Load())

@@ -28,7 +28,10 @@ func TestInvalidUTF8NeverRelayed(t *testing.T) {
 	lp.send(`["3","3","room:utf8","phx_join",{"user":"mallory"}]`)
 	lp.await(`["3","3","room:utf8","phx_reply",{"status":"ok","response":{}}]`)
 	for _, c := range subs {
-		c.settle() // presence_diff of mallory's join
+		// mallory's join reaches them as a presence_diff, which the
+		// room's pacing may send after a heartbeat's reply.
+		c.awaitJoinOf("room:utf8", "mallory")
+		c.settle()
 	}
 	lp.send("[\"3\",\"4\",\"room:utf8\",\"new_msg\",{\"body\":\"\xff\xfe\"}]")
 	lp.await(`["3","4","room:utf8","phx_reply",{"status":"error","response":{"reason":"payload is not valid UTF-8"}}]`)
