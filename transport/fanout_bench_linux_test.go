@@ -30,15 +30,15 @@ const fanoutReaderEnv = "TRANSPORT_FANOUT_READER"
 // BenchmarkFanoutCPU measures what the server side of a fan-out costs in
 // CPU: an op is one 100-byte frame sent to each of N WebSocket
 // connections and written out by the writers, at 10 broadcasts a second
-// as in make bench-peer's delivery workload, and cpu-ns/delivery is this
+// as in make bench-peer's delivery workload (fanoutSizes, fanoutInterval), and cpu-ns/delivery is this
 // process's CPU time (user and system, getrusage) over the ops divided by
 // the deliveries. The clients run in a child process (this binary again,
 // see fanoutReaderEnv) that reads every connection, so their CPU is not
 // counted; the kernel's work for a loopback write, which includes the
 // receiving end's TCP processing and waking the reader, is. Set it against
-// BenchmarkKernelFloor/loopback-write.
+// BenchmarkKernelFloor/fanout-N, the same writes with nothing around them.
 func BenchmarkFanoutCPU(b *testing.B) {
-	for _, n := range []int{1000, 5000} {
+	for _, n := range fanoutSizes(b) {
 		b.Run(fmt.Sprintf("subs=%d", n), func(b *testing.B) { benchmarkFanoutCPU(b, n) })
 	}
 }
@@ -60,8 +60,7 @@ func benchmarkFanoutCPU(b *testing.B, n int) {
 	frame := channels.Frame{Data: bytes.Repeat([]byte("x"), 100)}
 	out := &hs.h.Stats().MessagesOut
 	want := out.Load()
-	const interval = 100 * time.Millisecond
-	tick := time.NewTicker(interval)
+	tick := time.NewTicker(fanoutInterval(b))
 	defer tick.Stop()
 	cpu0 := processCPU(b)
 	for b.Loop() {
@@ -83,6 +82,46 @@ func benchmarkFanoutCPU(b *testing.B, n int) {
 	}
 	cpu := processCPU(b) - cpu0
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N*n), "cpu-ns/delivery")
+}
+
+// fanoutSubsEnv and fanoutRateEnv, set in the environment of go test,
+// replace the numbers of subscribers of BenchmarkFanoutCPU and
+// BenchmarkKernelFloor/fanout-N (comma-separated) and their broadcasts a
+// second, so that make bench-peer measures the floor of the workload it
+// runs and no other.
+const (
+	fanoutSubsEnv = "TRANSPORT_FANOUT_SUBS"
+	fanoutRateEnv = "TRANSPORT_FANOUT_RATE"
+)
+
+// fanoutInterval is the time between two broadcasts: a tenth of a second,
+// as in make bench-peer, unless fanoutRateEnv says otherwise.
+func fanoutInterval(b *testing.B) time.Duration {
+	spec := os.Getenv(fanoutRateEnv)
+	if spec == "" {
+		return 100 * time.Millisecond
+	}
+	rate, err := strconv.ParseFloat(spec, 64)
+	if err != nil || rate <= 0 || rate > 1e6 {
+		b.Fatalf("%s=%q: want broadcasts a second", fanoutRateEnv, spec)
+	}
+	return time.Duration(float64(time.Second) / rate)
+}
+
+func fanoutSizes(b *testing.B) []int {
+	spec := os.Getenv(fanoutSubsEnv)
+	if spec == "" {
+		return []int{1000, 5000}
+	}
+	var sizes []int
+	for f := range strings.SplitSeq(spec, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			b.Fatalf("%s=%q: want positive numbers separated by commas", fanoutSubsEnv, spec)
+		}
+		sizes = append(sizes, n)
+	}
+	return sizes
 }
 
 // processCPU is this process's user and system time so far.
