@@ -12,15 +12,14 @@ import (
 
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
-
-	"github.com/channelsd/channelsd/test/childproc"
 )
 
 // kernelFloorFanout adds to BenchmarkKernelFloor a fanout-N for each size
 // of BenchmarkFanoutCPU (fanoutSizes).
 func kernelFloorFanout(b *testing.B) {
 	for _, n := range fanoutSizes(b) {
-		b.Run(fmt.Sprintf("fanout-%d", n), func(b *testing.B) { benchmarkFanoutFloor(b, n) })
+		b.Run(fmt.Sprintf("fanout-%d", n), func(b *testing.B) { benchmarkFanoutFloor(b, n, false) })
+		b.Run(fmt.Sprintf("fanout-%d-uring", n), func(b *testing.B) { benchmarkFanoutFloor(b, n, true) })
 	}
 }
 
@@ -33,8 +32,10 @@ func kernelFloorFanout(b *testing.B) {
 // charges a writer for one delivery to one of N connections whose reader
 // sleeps between broadcasts, which is dearer than loopback-write's hot
 // connection. It is the floor to set a server's CPU per delivery in this
-// workload against.
-func benchmarkFanoutFloor(b *testing.B, n int) {
+// workload against. With uring (fanout-N-uring) the same sends go in
+// batches of sendRingEntries, one io_uring_enter(2) each, as the writers
+// make them where they can: the floor of that way of writing.
+func benchmarkFanoutFloor(b *testing.B, n int, uring bool) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -64,9 +65,7 @@ func benchmarkFanoutFloor(b *testing.B, n int) {
 			_ = c.Close()
 		}
 	})
-	if line := childproc.Start(b, fmt.Sprintf("%s=%d ws://%s/", fanoutReaderEnv, n, ln.Addr()), "-test.run=^$"); line != "ready" {
-		b.Fatalf("reader process: %q", line)
-	}
+	reader := startFanoutReader(b, n, fmt.Sprintf("ws://%s/", ln.Addr()))
 	conns := <-accepted
 	accepted <- conns // for the cleanup
 	if len(conns) != n {
@@ -91,11 +90,40 @@ func benchmarkFanoutFloor(b *testing.B, n int) {
 	buf.Write(bytes.Repeat([]byte("x"), 100))
 	frame := buf.Bytes()
 
+	var ring *sendRing
+	var ringBufs [][]byte
+	var ringFDs, ringRes []int32
+	if uring {
+		var err error
+		if ring, err = newSendRing(); err != nil {
+			b.Skip(err)
+		}
+		defer ring.close()
+		for _, fd := range fds {
+			ringFDs = append(ringFDs, int32(fd))
+			ringBufs = append(ringBufs, frame)
+		}
+		ringRes = make([]int32, sendRingEntries)
+	}
 	tick := time.NewTicker(fanoutInterval(b))
 	defer tick.Stop()
-	cpu0 := processCPU(b)
+	cpu0, rcpu0 := processCPU(b), reader.cpu(b)
 	for b.Loop() {
 		<-tick.C
+		if ring != nil {
+			for i := 0; i < n; i += sendRingEntries {
+				j := min(i+sendRingEntries, n)
+				if err := ring.sendAll(ringFDs[i:j], ringBufs[i:j], ringRes); err != nil {
+					b.Fatal(err)
+				}
+				for _, r := range ringRes[:j-i] {
+					if int(r) != len(frame) {
+						b.Fatalf("io_uring send: %d of %d bytes", r, len(frame))
+					}
+				}
+			}
+			continue
+		}
 		for _, fd := range fds {
 			// Raw, as the writers' small writes are (rawWrite): the
 			// scheduler is not told of a call that does not block.
@@ -105,6 +133,7 @@ func benchmarkFanoutFloor(b *testing.B, n int) {
 			}
 		}
 	}
-	cpu := processCPU(b) - cpu0
+	cpu, rcpu := processCPU(b)-cpu0, reader.cpu(b)-rcpu0
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N*n), "cpu-ns/write")
+	b.ReportMetric(float64(rcpu.Nanoseconds())/float64(b.N*n), "reader-cpu-ns/write")
 }
