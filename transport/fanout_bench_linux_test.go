@@ -63,6 +63,7 @@ func benchmarkFanoutCPU(b *testing.B, n int) {
 	want := out.Load()
 	tick := time.NewTicker(fanoutInterval(b))
 	defer tick.Stop()
+	batches0 := hs.h.Stats().SendBatches.Load()
 	cpu0, rcpu0 := processCPU(b), reader.cpu(b)
 	for b.Loop() {
 		<-tick.C
@@ -84,6 +85,9 @@ func benchmarkFanoutCPU(b *testing.B, n int) {
 	cpu, rcpu := processCPU(b)-cpu0, reader.cpu(b)-rcpu0
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N*n), "cpu-ns/delivery")
 	b.ReportMetric(float64(rcpu.Nanoseconds())/float64(b.N*n), "reader-cpu-ns/delivery")
+	if batches := hs.h.Stats().SendBatches.Load() - batches0; batches > 0 {
+		b.ReportMetric(float64(b.N*n)/float64(batches), "deliveries/batch")
+	}
 }
 
 // fanoutReader is the reader process of a fan-out benchmark.
