@@ -49,7 +49,8 @@ func benchmarkFanoutCPU(b *testing.B, n int) {
 	// Long runs (-benchtime 100x: ten seconds of broadcasts, after
 	// thousands of dials) must not meet the harness's idle timeout: the
 	// clients send nothing.
-	hs := newHarness(b, eventMode, WebSocketConfig{IdleTimeout: 10 * time.Minute}, ep)
+	cfg := WebSocketConfig{IdleTimeout: 10 * time.Minute, NoSendBatches: os.Getenv(fanoutNoBatchesEnv) != ""}
+	hs := newHarness(b, eventMode, cfg, ep)
 	// Its cleanup runs before the harness's (LIFO): the reader exits when
 	// its stdin closes, which closes every connection.
 	reader := startFanoutReader(b, n, hs.url+"?vsn=2.0.0")
@@ -65,13 +66,17 @@ func benchmarkFanoutCPU(b *testing.B, n int) {
 	defer tick.Stop()
 	batches0 := hs.h.Stats().SendBatches.Load()
 	cpu0, rcpu0 := processCPU(b), reader.cpu(b)
+	var dispatch, worst time.Duration
 	for b.Loop() {
 		<-tick.C
+		t0 := time.Now()
 		for _, s := range socks {
 			if err := s.conn.Send(frame); err != nil {
 				b.Fatal(err)
 			}
 		}
+		d := time.Since(t0)
+		dispatch, worst = dispatch+d, max(worst, d)
 		want += uint64(n)
 	}
 	// The last broadcast's writes: a light poll, well within one
@@ -85,6 +90,11 @@ func benchmarkFanoutCPU(b *testing.B, n int) {
 	cpu, rcpu := processCPU(b)-cpu0, reader.cpu(b)-rcpu0
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N*n), "cpu-ns/delivery")
 	b.ReportMetric(float64(rcpu.Nanoseconds())/float64(b.N*n), "reader-cpu-ns/delivery")
+	// How long a broadcast's Sends took, on average and at worst: the
+	// broadcaster needs a P while the writers write, as a node's
+	// publish and its reads of Redis do.
+	b.ReportMetric(float64(dispatch.Microseconds())/float64(b.N), "dispatch-µs/op")
+	b.ReportMetric(float64(worst.Microseconds()), "max-dispatch-µs")
 	if batches := hs.h.Stats().SendBatches.Load() - batches0; batches > 0 {
 		b.ReportMetric(float64(b.N*n)/float64(batches), "deliveries/batch")
 	}
@@ -138,6 +148,10 @@ const (
 	fanoutSubsEnv = "TRANSPORT_FANOUT_SUBS"
 	fanoutRateEnv = "TRANSPORT_FANOUT_RATE"
 )
+
+// fanoutNoBatchesEnv, set to anything, runs BenchmarkFanoutCPU with
+// NoSendBatches: the two write paths side by side.
+const fanoutNoBatchesEnv = "TRANSPORT_FANOUT_NOBATCHES"
 
 // fanoutInterval is the time between two broadcasts: a tenth of a second,
 // as in make bench-peer, unless fanoutRateEnv says otherwise.
