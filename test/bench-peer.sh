@@ -3,8 +3,16 @@
 # machine (absolute figures move between runs and hosts; ratios measured in
 # one run hold): the same harness (shared/fanout-bench, in the folder that
 # holds the repository) drives one node of each, each on its own fresh
-# loopback redis-server, one after the other, and the kernel floor is
-# measured in the same run. Prints a Markdown table for BENCHMARKS.md.
+# loopback redis-server, one after the other, and two kernel floors are
+# measured in the same run: one write into a hot loopback connection
+# (BenchmarkKernelFloor/loopback-write), and the delivery workload's own,
+# the same broadcasts written to SUBS connections by a bare loop of
+# write(2) (BenchmarkKernelFloor/fanout-SUBS: the writes alone, to
+# readers that sleep between broadcasts, which cost more) and, as
+# channelsd's writers send where they can, in io_uring batches of 64
+# (fanout-SUBS-uring), run once before each server's delivery phase and
+# once after the last, so that the load of a shared machine falls on
+# them as on the servers. Prints a Markdown table for BENCHMARKS.md.
 #
 # Needs Go, redis-server, redis-cli, curl, ss and jq. Environment:
 #   FANOUT_BENCH  the harness folder (default: shared/fanout-bench beside
@@ -13,7 +21,7 @@
 #   IDLE          idle joined sockets for the memory figure (10000)
 #   SUBS, RATE, MSGS  the delivery workload: SUBS subscribers of one topic,
 #                 MSGS broadcasts at RATE per second (5000, 10, 100)
-#   FLOOR_COUNT   runs of the kernel floor benchmark (3)
+#   FLOOR_COUNT   runs of the hot-connection kernel floor (3)
 #   TABLE_ONLY=1  print the table again from the last run's files in
 #                 $BIN/bench-peer, measuring nothing
 #   HISTORY=1     no peer and no idle sockets: the delivery workload on
@@ -86,16 +94,32 @@ build_harness() {
   (cd "$fb" && "$GO" build -o "$run/" ./cmd/fanout ./peer-centrifuge) || die "building the harness failed"
 }
 
+# The test binary is built once: its fan-out floor runs between the
+# servers' and must not compile meanwhile.
+floor_bin=
+fanout_floor() { # label
+  say "fan-out floor: $SUBS connections, $MSGS broadcasts at $RATE/s ($1)"
+  (cd transport && TRANSPORT_FANOUT_SUBS=$SUBS TRANSPORT_FANOUT_RATE=$RATE "$floor_bin" -test.run '^$' \
+    -test.bench "^BenchmarkKernelFloor\$/^fanout-$SUBS(-uring)?\$" -test.benchtime "${MSGS}x") > "$run/floor-$1.txt" 2>&1 \
+    || { cat "$run/floor-$1.txt" >&2; die "the fan-out floor benchmark failed"; }
+  cat "$run/floor-$1.txt" >> "$run/floor.txt"
+}
+
 measure() {
   build_harness
-  say "kernel floor ($FLOOR_COUNT runs)"
-  "$GO" test ./transport -run '^$' -bench 'KernelFloor' -count "$FLOOR_COUNT" > "$run/floor.txt" 2>&1 \
+  floor_bin=$run/transport.test
+  "$GO" test -c -o "$floor_bin" ./transport || die "building the floor benchmark failed"
+  say "kernel floor, hot connection ($FLOOR_COUNT runs)"
+  (cd transport && "$floor_bin" -test.run '^$' -test.bench '^BenchmarkKernelFloor$/^(syscall|loopback-write)$' \
+    -test.count "$FLOOR_COUNT") > "$run/floor.txt" 2>&1 \
     || { cat "$run/floor.txt" >&2; die "the kernel floor benchmark failed"; }
   local server
   for server in channelsd peer; do
     scenario "$server" "idle$IDLE" -n "$IDLE"
+    fanout_floor "before-$server"
     scenario "$server" "fanout$SUBS-r$RATE" -n "$SUBS" -m "$MSGS" -rate "$RATE" -drain-max 60s
   done
+  fanout_floor after
 }
 
 pids=()
@@ -286,6 +310,19 @@ mapfile -t fw < <(floor_ns loopback-write)
 mapfile -t fs < <(floor_ns syscall)
 [ ${#fw[@]} -gt 0 ] || die "no loopback-write figure in $run/floor.txt"
 floor_us=$(awk -v v="${fw[$(( ${#fw[@]} / 2 ))]}" 'BEGIN{printf "%.3f", v/1000}')
+# A fan-out floor's cpu-ns/write, in the order of the runs, and their
+# median in µs.
+fanout_floor_ns() { # sub-benchmark
+  awk -v b="BenchmarkKernelFloor/$1" \
+    '$1 ~ "^"b"(-[0-9]+)?$" { for (i = 2; i < NF; i++) if ($(i+1) == "cpu-ns/write") print $i }' "$run/floor.txt"
+}
+median_us() { sort -g | awk '{a[NR]=$1} END{ if (NR % 2) v=a[(NR+1)/2]; else v=(a[NR/2]+a[NR/2+1])/2; printf "%.3f", v/1000 }'; }
+mapfile -t ff < <(fanout_floor_ns "fanout-$SUBS")
+[ ${#ff[@]} -gt 0 ] || die "no fanout-$SUBS figure in $run/floor.txt"
+ffloor_us=$(printf '%s\n' "${ff[@]}" | median_us)
+mapfile -t fu < <(fanout_floor_ns "fanout-$SUBS-uring")
+ufloor_us=
+[ ${#fu[@]} -eq 0 ] || ufloor_us=$(printf '%s\n' "${fu[@]}" | median_us)
 cores=$(nproc)
 get() { jq -r --arg l "$1" "select(.label == \$l) | $2" "$run/results.jsonl"; }
 
@@ -312,10 +349,14 @@ r() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b + 0 > 0) printf "%.2f×", a/b; else 
 f1() { awk -v a="$1" 'BEGIN{printf "%.1f", a}'; }
 f0() { awk -v a="$1" 'BEGIN{printf "%.0f", a}'; }
 limit_ms=$(awk -v n="$SUBS" -v f="$floor_us" -v c="$cores" 'BEGIN{printf "%.1f", n*f/c/1000}')
+flimit_ms=$(awk -v n="$SUBS" -v f="$ffloor_us" -v c="$cores" 'BEGIN{printf "%.1f", n*f/c/1000}')
 
 echo
 echo "host: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $cores CPUs; $("$GO" version | cut -d' ' -f3); Redis $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')"
-echo "kernel floor (go test ./transport -run '^\$' -bench KernelFloor -count $FLOOR_COUNT): loopback write ${fw[*]} ns/op (median $floor_us µs); syscall ${fs[*]} ns/op"
+echo "kernel floor, hot connection (go test ./transport -run '^\$' -bench 'KernelFloor/(syscall|loopback-write)\$' -count $FLOOR_COUNT): loopback write ${fw[*]} ns/op (median $floor_us µs); syscall ${fs[*]} ns/op"
+uring_text="in io_uring batches of 64 (fanout-$SUBS-uring): none, no io_uring here"
+[ -z "$ufloor_us" ] || uring_text="in io_uring batches of 64 (fanout-$SUBS-uring): ${fu[*]} ns per send (median $ufloor_us µs)"
+echo "kernel floor, fan-out (TRANSPORT_FANOUT_SUBS=$SUBS TRANSPORT_FANOUT_RATE=$RATE go test ./transport -run '^\$' -bench 'KernelFloor/fanout-$SUBS(-uring)?\$' -benchtime ${MSGS}x; before channelsd's delivery, before the peer's, after): $(printf '%s ' "${ff[@]}")ns per write (median $ffloor_us µs); $uring_text"
 echo "memory: $IDLE idle joined sockets; delivery: $SUBS subscribers of one topic, $MSGS broadcasts at $RATE/s, one node with --redis each"
 echo
 echo "| figure | channelsd | peer (centrifuge) | channelsd / peer |"
@@ -323,9 +364,12 @@ echo "|---|---:|---:|---:|"
 echo "| RSS per idle joined socket ($IDLE idle) | $(f1 "${v[channelsd.kib]}") KiB | $(f1 "${v[peer.kib]}") KiB | $(r "${v[channelsd.kib]}" "${v[peer.kib]}") |"
 echo "| connect+join rate ($IDLE) | $(f0 "${v[channelsd.join]}") /s | $(f0 "${v[peer.join]}") /s | $(r "${v[channelsd.join]}" "${v[peer.join]}") |"
 echo "| server CPU per delivery | $(f1 "${v[channelsd.us]}") µs | $(f1 "${v[peer.us]}") µs | $(r "${v[channelsd.us]}" "${v[peer.us]}") |"
-echo "| … over the kernel floor ($floor_us µs) | $(r "${v[channelsd.us]}" "$floor_us") | $(r "${v[peer.us]}" "$floor_us") | |"
+echo "| … over the fan-out floor, bare write(2) loop, $SUBS readers ($ffloor_us µs) | $(r "${v[channelsd.us]}" "$ffloor_us") | $(r "${v[peer.us]}" "$ffloor_us") | |"
+[ -z "$ufloor_us" ] || echo "| … over the fan-out floor in io_uring batches of 64 ($ufloor_us µs) | $(r "${v[channelsd.us]}" "$ufloor_us") | $(r "${v[peer.us]}" "$ufloor_us") | |"
+echo "| … over the hot-connection floor, loopback-write ($floor_us µs) | $(r "${v[channelsd.us]}" "$floor_us") | $(r "${v[peer.us]}" "$floor_us") | |"
 echo "| p99 latency | $(f1 "${v[channelsd.p99]}") ms | $(f1 "${v[peer.p99]}") ms | $(r "${v[channelsd.p99]}" "${v[peer.p99]}") |"
-echo "| … over the limit $SUBS × floor / $cores cores ($limit_ms ms) | $(r "${v[channelsd.p99]}" "$limit_ms") | $(r "${v[peer.p99]}" "$limit_ms") | |"
+echo "| … over the limit $SUBS × hot-connection floor / $cores cores ($limit_ms ms) | $(r "${v[channelsd.p99]}" "$limit_ms") | $(r "${v[peer.p99]}" "$limit_ms") | |"
+echo "| … over the limit $SUBS × fan-out floor / $cores cores ($flimit_ms ms) | $(r "${v[channelsd.p99]}" "$flimit_ms") | $(r "${v[peer.p99]}" "$flimit_ms") | |"
 echo "| p50 latency | $(f1 "${v[channelsd.p50]}") ms | $(f1 "${v[peer.p50]}") ms | $(r "${v[channelsd.p50]}" "${v[peer.p50]}") |"
 echo "| lost | ${v[channelsd.lost]} | ${v[peer.lost]} | |"
 echo "| harness CPU per delivery | $(f1 "${v[channelsd.hus]}") µs | $(f1 "${v[peer.hus]}") µs | |"

@@ -53,7 +53,9 @@ func benchmarkRoundTrip(b *testing.B, m readMode) {
 // (the kernel carries the segment through both ends' TCP stacks and wakes
 // the reader, all on the writer's CPU time). A fan-out to N sockets costs
 // at least N times the second figure; BENCHMARKS.md sets the latency
-// figures against it.
+// figures against it. On Linux, fanout-N is the floor of
+// BenchmarkFanoutCPU's workload: the same writes to N connections whose
+// reader sleeps between broadcasts, which cost more than loopback-write's.
 func BenchmarkKernelFloor(b *testing.B) {
 	b.Run("syscall", func(b *testing.B) {
 		for b.Loop() {
@@ -89,6 +91,7 @@ func BenchmarkKernelFloor(b *testing.B) {
 		c.Close()
 		<-done
 	})
+	kernelFloorFanout(b)
 }
 
 // BenchmarkFanout measures one 100-byte frame sent to each of 100

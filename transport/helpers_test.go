@@ -195,19 +195,36 @@ func (s *fakeSocket) awaitClose(t testing.TB) {
 type readMode struct {
 	name   string
 	parked bool
+	// noBatches: the write path of WebSocketConfig.NoSendBatches, which on
+	// Linux is only the fallback of the default.
+	noBatches bool
 }
 
 var (
 	eventMode  = readMode{name: "events"}
 	parkedMode = readMode{name: "parked", parked: true}
 	readModes  = []readMode{eventMode, parkedMode}
+	// writeModes adds, for the tests of the write path, event-driven
+	// reads with a write(2) per write.
+	writeModes = []readMode{eventMode, parkedMode, {name: "events-write2", noBatches: true}}
 )
 
 // inReadModes runs f as a subtest per read mode. Off Linux the event mode
 // is the parked one, and is skipped.
 func inReadModes(t *testing.T, f func(t *testing.T, m readMode)) {
 	t.Helper()
-	for _, m := range readModes {
+	inModes(t, readModes, f)
+}
+
+// inWriteModes runs f as a subtest per mode of writeModes.
+func inWriteModes(t *testing.T, f func(t *testing.T, m readMode)) {
+	t.Helper()
+	inModes(t, writeModes, f)
+}
+
+func inModes(t *testing.T, modes []readMode, f func(t *testing.T, m readMode)) {
+	t.Helper()
+	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
 			if !m.parked && !pollerSupported {
 				t.Skip("no event-driven reads on this platform")
@@ -260,6 +277,7 @@ func newHarness(t testing.TB, m readMode, cfg WebSocketConfig, ep *fakeEndpoint)
 		cfg.CloseTimeout = waitLimit / 4
 	}
 	cfg.ParkedReads = m.parked
+	cfg.NoSendBatches = cfg.NoSendBatches || m.noBatches
 	h, err := NewWebSocketHandler(ep, cfg)
 	if err != nil {
 		t.Fatalf(

@@ -3,6 +3,7 @@ package transport
 import (
 	"errors"
 	"io"
+	"log/slog"
 	"runtime"
 	"sync"
 
@@ -19,7 +20,9 @@ import (
 // the back of the pool, so under a flood every busy connection gets one
 // write per round and the frames of a round share it: the deeper the
 // backlog, the fewer system calls per frame. Writers exit when the pool is
-// empty, so an idle handler runs none.
+// empty, so an idle handler runs none. On Linux a writer takes
+// connections in batches instead where it can, and makes one system call
+// per batch (writers_ring_linux.go).
 //
 // A write the kernel cannot take whole (the client's receive window is
 // full) is not waited for by a writer, which would stall every other
@@ -46,10 +49,17 @@ type writerPool struct {
 	head    int // ready[:head] are taken
 	running int // writer goroutines
 	max     int
+	rings   ringSet // batched sends (writers_ring_linux.go)
+	log     *slog.Logger
+	stats   *Stats
 }
 
-func newWriterPool() *writerPool {
-	return &writerPool{max: runtime.GOMAXPROCS(0)}
+func newWriterPool(noRing bool, log *slog.Logger, stats *Stats) *writerPool {
+	p := &writerPool{max: runtime.GOMAXPROCS(0), log: log, stats: stats}
+	if noRing {
+		p.rings.disable()
+	}
+	return p
 }
 
 // push queues c for a writer and starts one if fewer than max run. The
@@ -78,6 +88,21 @@ func (p *writerPool) next() *wsConn {
 		p.running--
 		return nil
 	}
+	return p.popLocked()
+}
+
+// tryNext takes the oldest waiting connection, or nil if there is none;
+// the calling writer goes on.
+func (p *writerPool) tryNext() *wsConn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.head == len(p.ready) {
+		return nil
+	}
+	return p.popLocked()
+}
+
+func (p *writerPool) popLocked() *wsConn {
 	c := p.ready[p.head]
 	p.ready[p.head] = nil
 	p.head++
@@ -92,6 +117,9 @@ func (p *writerPool) next() *wsConn {
 }
 
 func (p *writerPool) work() {
+	if p.sendBatches() {
+		return
+	}
 	wb := writerBufPool.Get().(*writerBuf)
 	defer func() { writerBufPool.Put(wb) }()
 	for c := p.next(); c != nil; c = p.next() {

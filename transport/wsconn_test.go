@@ -612,7 +612,7 @@ func testClientVanishes(t *testing.T, m readMode) {
 	s.awaitClose(t)
 }
 
-func TestSlowConsumer(t *testing.T) { inReadModes(t, testSlowConsumer) }
+func TestSlowConsumer(t *testing.T) { inWriteModes(t, testSlowConsumer) }
 
 func testSlowConsumer(t *testing.T, m readMode) {
 	ep := newFakeEndpoint()
@@ -708,7 +708,7 @@ func testSlowConsumer(t *testing.T, m readMode) {
 	slow.conn.Close()
 }
 
-func TestSendBurstKeepsOrder(t *testing.T) { inReadModes(t, testSendBurstKeepsOrder) }
+func TestSendBurstKeepsOrder(t *testing.T) { inWriteModes(t, testSendBurstKeepsOrder) }
 
 func testSendBurstKeepsOrder(t *testing.T, m readMode) {
 	const n = 3000
@@ -808,7 +808,7 @@ func TestReadPayloadGrowsWithData(t *testing.T) {
 }
 
 func TestStalledClientsDoNotHoldBackOthers(t *testing.T) {
-	inReadModes(t, testStalledClientsDoNotHoldBackOthers)
+	inWriteModes(t, testStalledClientsDoNotHoldBackOthers)
 }
 
 func testStalledClientsDoNotHoldBackOthers(t *testing.T, m readMode) {
