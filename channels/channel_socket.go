@@ -26,19 +26,33 @@ type ChannelSocket struct {
 	impl Channel
 	// topic is interned: every join of a room shares one copy, and the
 	// join frame, which the topic would otherwise keep alive, is freed.
-	topic      unique.Handle[string]
-	joinRef    Ref
-	id         string // subscriber and presence owner id, unique on the node
-	intercepts []string
+	topic   unique.Handle[string]
+	joinRef Ref
+	id      string // subscriber and presence owner id, unique on the node
+	// intercepts is the channel's Interceptor list, nil for the many
+	// channels without one: a pointer, not a slice, so that last fits
+	// in the struct's size class (128 bytes, TestIdleSocketFootprint).
+	intercepts *[]string
 	assigns    map[string]any // shared with the socket's Identity until the first Assign; guarded by sock.cb
-	ownAssigns bool           // assigns is this join's own copy
-	tracked    bool           // guarded by sock.cb
 
-	mu    sync.Mutex
-	state joinState
+	mu sync.Mutex
+	// The small fields share one word, after mu (4-byte aligned).
+	ownAssigns bool // assigns is this join's own copy
+	tracked    bool // guarded by sock.cb
+	// loose: a broadcast without a position went out after last, so the
+	// next position of last's epoch may lie past last+1
+	// (loosenPositionLocked). Guarded by mu.
+	loose bool
+	state joinState // guarded by mu
 	// inJoin: the Join callback runs; a CompleteJoin meanwhile is kept
 	// for when it returns Pending (pending.go). guarded by mu.
 	inJoin bool
+
+	// last is the position of the last broadcast of a topic with history
+	// delivered to this join (recovery.go); zero until the first one.
+	// Guarded by mu. Every join of a room with history has one, so it is
+	// not in rare: an idle join would otherwise hold a joinRare for it.
+	last pubsub.Position
 	// rare holds what few joins need, allocated on first use: an idle
 	// join's struct stays in a smaller size class.
 	rare *joinRare
@@ -55,13 +69,6 @@ type joinRare struct {
 	early  *lateAnswer
 	ctx    context.Context
 	cancel context.CancelFunc
-	// last is the position of the last broadcast of a topic with history
-	// delivered to this join (recovery.go); zero until the first one.
-	last pubsub.Position
-	// loose: a broadcast without a position went out after last, so the
-	// next position of last's epoch may lie past last+1
-	// (loosenPositionLocked).
-	loose bool
 	// While a replay runs (replay.go), the frames held meanwhile are
 	// bounded: heldBytes counts pending's frame bytes against heldMax and
 	// heldMaxBytes; each time the bound is hit the broadcasts with a
@@ -109,7 +116,7 @@ func (c *ChannelSocket) SocketID() string { return c.sock.ident.ID }
 
 // Serializer is the connection's serializer, for channels that care about
 // the protocol version (V1 sockets cannot receive binary payloads).
-func (c *ChannelSocket) Serializer() Serializer { return c.sock.ser }
+func (c *ChannelSocket) Serializer() Serializer { return c.sock.ser() }
 
 // Logger is the endpoint's logger, for channels to log with context.
 func (c *ChannelSocket) Logger() *slog.Logger { return c.sock.ep.log }
@@ -323,7 +330,7 @@ func (c *ChannelSocket) deliver(m *pubsub.Message) {
 	// A message that was never published (Message.Local) took no
 	// offset: it must not make a hole pass for a step forward.
 	loosen := !m.Local
-	if len(c.intercepts) > 0 && slices.Contains(c.intercepts, m.Event) {
+	if c.intercepts != nil && slices.Contains(*c.intercepts, m.Event) {
 		if loosen {
 			c.loosenPosition()
 		}
@@ -354,16 +361,16 @@ func (c *ChannelSocket) deliver(m *pubsub.Message) {
 // serializer, or false when there is none: a binary broadcast cannot
 // reach a V1 socket (the others get it).
 func (c *ChannelSocket) frameFor(m *pubsub.Message) (Frame, bool) {
-	data, binary, err := m.Encoded(c.sock.ser)
+	data, binary, err := m.Encoded(c.sock.ser())
 	if err != nil {
-		c.sock.ep.log.Debug("channels: broadcast not deliverable to this socket", "topic", m.Topic, "event", m.Event, "vsn", c.sock.ser.Vsn(), "err", err)
+		c.sock.ep.log.Debug("channels: broadcast not deliverable to this socket", "topic", m.Topic, "event", m.Event, "vsn", c.sock.ser().Vsn(), "err", err)
 		return Frame{}, false
 	}
 	return Frame{Data: data, Binary: binary}, true
 }
 
 func (c *ChannelSocket) send(m *Message) error {
-	f, err := encodeChecked(c.sock.ser, nil, m)
+	f, err := encodeChecked(c.sock.ser(), nil, m)
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -236,11 +235,11 @@ func (e *Runtime) Connect(ctx context.Context, info *ConnectInfo) (Identity, err
 // the connection has ended (both Runtime methods).
 func (e *Runtime) Open(conn Conn, ser Serializer, id Identity) *Socket {
 	s := &Socket{
-		ep:    (*Endpoint)(e),
-		conn:  conn,
-		ser:   ser,
-		ident: id,
-		name:  strconv.FormatUint(e.serial.Add(1), 36),
+		ep:     (*Endpoint)(e),
+		conn:   conn,
+		serp:   boxSerializer(ser),
+		ident:  id,
+		serial: e.serial.Add(1),
 	}
 	e.mu.Lock()
 	if e.closing {
@@ -361,7 +360,7 @@ type idSubscriber Socket
 
 // SubscriberID is built on each call: the registry asks only for
 // broadcasts that exclude a sender, which the id topic never carries.
-func (i *idSubscriber) SubscriberID() string { return i.name + "#id" }
+func (i *idSubscriber) SubscriberID() string { return (*Socket)(i).name() + "#id" }
 
 func (i *idSubscriber) Deliver(m *pubsub.Message) {
 	if m.Event == "disconnect" {

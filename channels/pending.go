@@ -210,7 +210,7 @@ func (c *ChannelSocket) joinTimedOut() {
 		return // ended meanwhile
 	}
 	s.ep.stats.JoinTimeouts.Add(1)
-	s.ep.log.Info("channels: join not answered in time", "topic", c.Topic(), "socket", s.name, "timeout", s.ep.cfg.JoinTimeout)
+	s.ep.log.Info("channels: join not answered in time", "topic", c.Topic(), "socket", s.name(), "timeout", s.ep.cfg.JoinTimeout)
 	s.sendSocketReply(c.joinRef, p.ref, c.Topic(), "error", reasonJoinTimeout)
 	s.terminate(c, ReasonJoinTimeout)
 	for _, m := range p.pushes {

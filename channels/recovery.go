@@ -144,7 +144,7 @@ func (c *ChannelSocket) held(m *pubsub.Message, excluded bool) heldFrame {
 	if excluded {
 		return h
 	}
-	if len(c.intercepts) > 0 && slices.Contains(c.intercepts, m.Event) {
+	if c.intercepts != nil && slices.Contains(*c.intercepts, m.Event) {
 		h.how = howIntercept
 		return h
 	}
@@ -187,18 +187,17 @@ func (c *ChannelSocket) excluded(m *pubsub.Message) {
 // learn where the history stood goes on from there. Called with c.mu held
 // and c.state joined.
 func (c *ChannelSocket) advanceLocked(h heldFrame) {
-	r := c.rareLocked()
-	p, last := h.m.Pos, r.last
+	p, last := h.m.Pos, c.last
 	switch {
 	case last.IsZero():
 	case p.Epoch == last.Epoch && p.Offset <= last.Offset:
 		return // a duplicate: delivered already, live or replayed
-	case p.Epoch == last.Epoch && (p.Offset == last.Offset+1 || r.loose):
+	case p.Epoch == last.Epoch && (p.Offset == last.Offset+1 || c.loose):
 	default:
 		c.gapLocked(last, p)
 		return
 	}
-	r.last, r.loose = p, false
+	c.last, c.loose = p, false
 	c.emitLocked(h)
 }
 
@@ -224,7 +223,7 @@ func (c *ChannelSocket) gapLocked(last, got pubsub.Position) {
 	c.state = stateBroken
 	c.sock.ep.stats.HistoryGaps.Add(1)
 	c.sock.ep.log.Info("channels: hole in a channel's broadcasts, failing the channel so that the client recovers",
-		"topic", c.Topic(), "socket", c.sock.name, "last", last.String(), "got", got.String())
+		"topic", c.Topic(), "socket", c.sock.name(), "last", last.String(), "got", got.String())
 	c.sendFinal(EventError, historyGapReply)
 	go c.sock.endBroken(c)
 }
@@ -245,7 +244,7 @@ func (s *Socket) endBroken(ch *ChannelSocket) {
 // held frames all pass as they always did).
 func (c *ChannelSocket) flushJoinLocked(last pubsub.Position, held []heldFrame) {
 	if !last.IsZero() {
-		c.rareLocked().last = last
+		c.last = last
 	}
 	for _, h := range held {
 		if c.state != stateJoined {
@@ -284,8 +283,8 @@ func (c *ChannelSocket) loosenPosition() {
 // when the first broadcast of the new epoch went out without a position.
 // Called with c.mu held.
 func (c *ChannelSocket) loosenPositionLocked() {
-	if c.rare != nil && !c.rare.last.IsZero() {
-		c.rare.loose = true
+	if !c.last.IsZero() {
+		c.loose = true
 	}
 }
 

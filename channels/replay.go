@@ -274,7 +274,7 @@ func (s *Socket) replayEnded(ch *ChannelSocket, sent pubsub.Position, err error)
 		err = fmt.Errorf("channels: replay not taken within %v: %w", replayTimeout, err)
 	}
 	s.ep.log.Info("channels: replay cut short, failing the channel so that the client rejoins from where it got to",
-		"topic", ch.Topic(), "socket", s.name, "sent", sent.String(), "err", err)
+		"topic", ch.Topic(), "socket", s.name(), "sent", sent.String(), "err", err)
 	ch.sendFinal(EventError, historyGapReply)
 	s.terminate(ch, ReasonHistoryGap)
 	return false

@@ -3,7 +3,6 @@ package channels
 import (
 	"cmp"
 	"slices"
-	"strconv"
 )
 
 // Generation returns a mark of the sockets opened so far: every socket
@@ -31,10 +30,8 @@ func (e *Runtime) CloseOldest(n int, bornBefore uint64, code int, reason string)
 	e.mu.Lock()
 	cands := make([]aged, 0, len(e.sockets))
 	for s := range e.sockets {
-		// The name is the socket's serial in base 36 (Open).
-		serial, err := strconv.ParseUint(s.name, 36, 64)
-		if err == nil && serial <= bornBefore {
-			cands = append(cands, aged{serial, s})
+		if s.serial <= bornBefore {
+			cands = append(cands, aged{s.serial, s})
 		}
 	}
 	e.mu.Unlock()

@@ -21,11 +21,17 @@ import (
 // HandleFrame from one goroutine and HandleClose once when the connection
 // has ended.
 type Socket struct {
-	ep    *Endpoint
-	conn  Conn
-	ser   Serializer
+	ep   *Endpoint
+	conn Conn
+	// serp points at the connection's serializer: V1 and V2 live in
+	// serializers, so a pointer (not an interface) is enough, and the
+	// struct keeps to 128 bytes (TestIdleSocketFootprint).
+	serp  *Serializer
 	ident Identity
-	name  string // unique on this node; prefixes subscriber ids
+	// serial is unique on this node and never reused; name (its base 36
+	// form) names the socket in logs. A number, not the string: every
+	// idle socket carries it.
+	serial uint64
 
 	// cb serializes every channel callback of this socket (locksordering.txt).
 	cb    sync.Mutex
@@ -48,6 +54,26 @@ type Socket struct {
 	// theoretical arrival time of the next message, in ns since the epoch.
 	rlAbuse uint32
 	rlTAT   int64
+}
+
+// ser is the connection's serializer.
+func (s *Socket) ser() Serializer { return *s.serp }
+
+// name names the socket in logs and prefixes its subscriber ids.
+func (s *Socket) name() string { return strconv.FormatUint(s.serial, 36) }
+
+// serializers holds the package's serializers, for Socket.serp.
+var serializers = [...]Serializer{V1, V2}
+
+// boxSerializer returns a pointer to ser: into serializers for V1 and V2,
+// the only ones (Serializer), else to a copy of its own.
+func boxSerializer(ser Serializer) *Serializer {
+	for i := range serializers {
+		if serializers[i] == ser {
+			return &serializers[i]
+		}
+	}
+	return &ser
 }
 
 // rlClosed marks a socket closed for persistent excess: what it still
@@ -101,7 +127,7 @@ type outItem struct {
 
 // handleFrame is Runtime.HandleFrame.
 func (s *Socket) handleFrame(data []byte, binary bool) {
-	msg, err := s.ser.Decode(data, binary)
+	msg, err := s.ser().Decode(data, binary)
 	s.ep.stats.MessagesIn.Add(1)
 	if s.ep.rlEvery != 0 && !s.rateLimit() {
 		s.overRate(&msg, err == nil)
@@ -122,7 +148,7 @@ func (s *Socket) handleFrame(data []byte, binary bool) {
 			}
 			return
 		}
-		s.ep.log.Debug("channels: malformed message, closing the socket", "socket", s.name, "err", err)
+		s.ep.log.Debug("channels: malformed message, closing the socket", "socket", s.name(), "err", err)
 		s.conn.Close(CloseInvalidData, "malformed message")
 		return
 	}
@@ -205,7 +231,7 @@ func (s *Socket) rateLimit() bool {
 	case ds-s.rlAbuse > e.rlAbuseDs: // ">": never before RateAbuseAfter
 		s.rlAbuse = rlClosed
 		e.stats.LimitRateAbuse.Add(1)
-		e.log.Info("channels: socket closed for exceeding its message rate", "socket", s.name, "id", s.ident.ID)
+		e.log.Info("channels: socket closed for exceeding its message rate", "socket", s.name(), "id", s.ident.ID)
 		s.conn.Close(ClosePolicy, "rate limited")
 	}
 	return false
@@ -296,7 +322,9 @@ func (s *Socket) join(msg *Message) {
 	ch.impl = factory(topic)
 	s.ep.checkOptional(ch.impl)
 	if ic, ok := ch.impl.(Interceptor); ok {
-		ch.intercepts = ic.Intercepts()
+		if ics := ic.Intercepts(); len(ics) > 0 {
+			ch.intercepts = &ics
+		}
 	}
 	ch.assigns = s.ident.Assigns // copied on the first Assign
 
@@ -463,7 +491,7 @@ func (s *Socket) guard(ch *ChannelSocket, callback string, f func()) (crashed bo
 			crashed = true
 			s.ep.stats.Crashes.Add(1)
 			s.ep.log.Error("channels: channel callback panicked",
-				"callback", callback, "topic", ch.Topic(), "socket", s.name,
+				"callback", callback, "topic", ch.Topic(), "socket", s.name(),
 				"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 		}
 	}()
@@ -510,9 +538,9 @@ func (s *Socket) sendSocketReply(joinRef, ref Ref, topic, status string, respons
 }
 
 func (s *Socket) send(m *Message) {
-	f, err := encodeChecked(s.ser, nil, m)
+	f, err := encodeChecked(s.ser(), nil, m)
 	if err != nil {
-		s.ep.log.Warn("channels: message cannot be encoded for this socket", "topic", m.Topic, "event", m.Event, "vsn", s.ser.Vsn(), "err", err)
+		s.ep.log.Warn("channels: message cannot be encoded for this socket", "topic", m.Topic, "event", m.Event, "vsn", s.ser().Vsn(), "err", err)
 		return
 	}
 	s.sendFrame(f)
@@ -546,12 +574,12 @@ func (s *Socket) joinErrorResponse(topic string, err error) []byte {
 	var je *JoinError
 	if !errors.As(err, &je) {
 		s.ep.log.Warn("channels: join failed with an error not made for the client; replied \"join crashed\"",
-			"topic", topic, "socket", s.name, "id", s.ident.ID, "err", err)
+			"topic", topic, "socket", s.name(), "id", s.ident.ID, "err", err)
 		return reasonJSON("join crashed")
 	}
 	b, _, encErr := EncodePayload(je.Response())
 	if encErr != nil {
-		s.ep.log.Error("channels: join refusal cannot be encoded", "topic", topic, "socket", s.name, "err", encErr)
+		s.ep.log.Error("channels: join refusal cannot be encoded", "topic", topic, "socket", s.name(), "err", encErr)
 		return reasonJSON("join refused")
 	}
 	return b
