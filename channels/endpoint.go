@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -114,8 +115,18 @@ type Endpoint struct {
 
 	mu      sync.Mutex
 	sockets map[*Socket]struct{}
-	closing bool
-	drained chan struct{} // closed once closing and no socket is left
+	// byID and moreByID index the open sockets that have an id, when the
+	// PubSub routes the socket id topics to the endpoint as one prefix
+	// (idRoute; nil byID: it does not, and each socket subscribes to its
+	// id topic). byID holds one socket per id, moreByID the others of
+	// the ids that several sockets share (a user's tabs): an entry in a
+	// map keyed by the id the socket holds anyway, where a subscription
+	// per socket cost its topic string and a table entry of its own,
+	// some 140 bytes (TestIdleSocketFootprint). Guarded by mu.
+	byID     map[string]*Socket
+	moreByID map[string][]*Socket
+	closing  bool
+	drained  chan struct{} // closed once closing and no socket is left
 
 	stats Stats
 }
@@ -197,6 +208,9 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 		cfg.JoinTimeout = DefaultJoinTimeout
 	}
 	e := &Endpoint{cfg: cfg, log: cfg.Logger, sockets: make(map[*Socket]struct{}), drained: make(chan struct{}), epoch: time.Now()}
+	if ps, ok := cfg.PubSub.(pubsub.PrefixSubscriber); ok && ps.SubscribePrefix(SocketIDTopicPrefix, (*idRoute)(e)) == nil {
+		e.byID = make(map[string]*Socket)
+	}
 	if r := cfg.MaxMessagesPerSecond; r > 0 {
 		burst := cfg.Burst
 		if burst <= 0 {
@@ -249,9 +263,13 @@ func (e *Runtime) Open(conn Conn, ser Serializer, id Identity) *Socket {
 		return s
 	}
 	e.sockets[s] = struct{}{}
+	indexed := id.ID != "" && e.byID != nil
+	if indexed {
+		e.indexLocked(s)
+	}
 	e.mu.Unlock()
 	e.stats.Sockets.Add(1)
-	if id.ID != "" {
+	if id.ID != "" && !indexed {
 		s.idSubscribed = true
 		if err := e.cfg.PubSub.Subscribe(idTopic(id.ID), (*idSubscriber)(s)); err != nil {
 			e.log.Warn("channels: subscribing socket id failed; disconnect by id will miss this socket", "id", id.ID, "err", err)
@@ -345,12 +363,73 @@ func (e *Endpoint) forget(s *Socket) {
 	e.mu.Lock()
 	if _, ok := e.sockets[s]; ok {
 		delete(e.sockets, s)
+		if s.ident.ID != "" && e.byID != nil {
+			(*Runtime)(e).unindexLocked(s)
+		}
 		e.stats.Sockets.Add(-1)
 		if e.closing && len(e.sockets) == 0 {
 			close(e.drained)
 		}
 	}
 	e.mu.Unlock()
+}
+
+// indexLocked adds s, which has an id, to byID. Called with e.mu held.
+func (e *Runtime) indexLocked(s *Socket) {
+	id := s.ident.ID
+	if e.byID[id] == nil {
+		e.byID[id] = s
+		return
+	}
+	if e.moreByID == nil {
+		e.moreByID = make(map[string][]*Socket)
+	}
+	e.moreByID[id] = append(e.moreByID[id], s)
+}
+
+// unindexLocked removes s from byID. Called with e.mu held.
+func (e *Runtime) unindexLocked(s *Socket) {
+	id := s.ident.ID
+	more := e.moreByID[id]
+	if e.byID[id] == s {
+		if len(more) == 0 {
+			delete(e.byID, id)
+			return
+		}
+		e.byID[id], more = more[len(more)-1], more[:len(more)-1]
+	} else if i := slices.Index(more, s); i >= 0 {
+		more = slices.Delete(more, i, i+1)
+	}
+	if len(more) == 0 {
+		delete(e.moreByID, id)
+	} else {
+		e.moreByID[id] = more
+	}
+}
+
+// idRoute is the endpoint in the role of the one listener on every socket
+// id topic (pubsub.PrefixSubscriber): a disconnect request goes to the
+// sockets byID finds. A conversion, not a separate allocation.
+type idRoute Endpoint
+
+func (r *idRoute) SubscriberID() string { return SocketIDTopicPrefix + "*#endpoint" }
+
+func (r *idRoute) Deliver(m *pubsub.Message) {
+	if m.Event != "disconnect" {
+		return
+	}
+	e := (*Endpoint)(r)
+	id := strings.TrimPrefix(m.Topic, SocketIDTopicPrefix)
+	e.mu.Lock()
+	var socks []*Socket
+	if s := e.byID[id]; s != nil {
+		socks = append(socks, s)
+		socks = append(socks, e.moreByID[id]...)
+	}
+	e.mu.Unlock()
+	for _, s := range socks {
+		s.conn.Close(CloseGoingAway, "disconnected")
+	}
 }
 
 // idSubscriber is a Socket in the role of the listener on its id topic

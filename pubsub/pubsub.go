@@ -73,6 +73,23 @@ type PubSub interface {
 	Close() error
 }
 
+// PrefixSubscriber is implemented by the PubSubs that can hand every
+// message whose topic begins with a prefix to one subscriber, besides the
+// topic's own subscribers: pubsub/local, and pubsub/redis for prefixes
+// its pattern subscription receives (Options.PatternTopics). A table of
+// topics that each have one subscriber (the socket id topics, one per
+// socket) can so be one route and an index of the caller's, instead of a
+// subscription per topic.
+//
+// SubscribePrefix fails when the PubSub cannot receive the prefix's
+// topics from the cluster; the caller then subscribes topic by topic.
+// The route receives messages published after SubscribePrefix returns,
+// with Deliver's guarantees; both calls are idempotent.
+type PrefixSubscriber interface {
+	SubscribePrefix(prefix string, s Subscriber) error
+	UnsubscribePrefix(prefix string, s Subscriber)
+}
+
 // DispatchObservable is implemented by the PubSubs that can report how
 // long handing one broadcast to this node's subscribers takes
 // (pubsub/local and pubsub/redis, through Registry.SetDispatchObserver).

@@ -1,6 +1,7 @@
 package pubsub
 
 import (
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,10 +20,20 @@ import (
 type Registry struct {
 	mu     sync.RWMutex
 	topics map[string]*topicSubs // guarded by mu
+	// prefixes are the routes of AddPrefix. Guarded by mu, and replaced,
+	// never changed in place, so that a Dispatch walks its snapshot
+	// after releasing mu.
+	prefixes []prefixRoute
 
 	// observe, when set, is told how long each Dispatch that had at least
 	// one subscriber took (SetDispatchObserver).
 	observe atomic.Pointer[func(time.Duration)]
+}
+
+// prefixRoute hands every message whose topic begins with prefix to s.
+type prefixRoute struct {
+	prefix string
+	s      Subscriber
 }
 
 // indexFrom is the number of subscribers from which a topic keeps an
@@ -150,6 +161,34 @@ func (r *Registry) Remove(topic string, s Subscriber) (last bool) {
 	return false
 }
 
+// AddPrefix makes s receive every message whose topic begins with
+// prefix, besides the topic's own subscribers (PrefixSubscriber). Adding
+// the same route twice adds it once.
+func (r *Registry) AddPrefix(prefix string, s Subscriber) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range r.prefixes {
+		if p.prefix == prefix && p.s == s {
+			return
+		}
+	}
+	r.prefixes = append(r.prefixes[:len(r.prefixes):len(r.prefixes)], prefixRoute{prefix, s})
+}
+
+// RemovePrefix removes a route of AddPrefix.
+func (r *Registry) RemovePrefix(prefix string, s Subscriber) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, p := range r.prefixes {
+		if p.prefix == prefix && p.s == s {
+			rest := make([]prefixRoute, 0, len(r.prefixes)-1)
+			rest = append(rest, r.prefixes[:i]...)
+			r.prefixes = append(rest, r.prefixes[i+1:]...)
+			return
+		}
+	}
+}
+
 // Topics returns the topics that have at least one subscriber.
 func (r *Registry) Topics() []string {
 	r.mu.RLock()
@@ -196,7 +235,11 @@ func (r *Registry) Dispatch(m *Message) int {
 			t.shared.Store(true)
 		}
 	}
+	prefixes := r.prefixes
 	r.mu.RUnlock()
+	if len(prefixes) > 0 {
+		return r.dispatchPrefixed(subs, prefixes, m)
+	}
 	if len(subs) == 0 {
 		return 0
 	}
@@ -207,6 +250,31 @@ func (r *Registry) Dispatch(m *Message) int {
 	start := time.Now()
 	n := deliver(subs, m)
 	(*observe)(time.Since(start))
+	return n
+}
+
+// dispatchPrefixed is Dispatch on a registry with prefix routes: the
+// topic's subscribers, then the routes whose prefix the topic begins
+// with.
+func (r *Registry) dispatchPrefixed(subs []Subscriber, prefixes []prefixRoute, m *Message) int {
+	var start time.Time
+	observe := r.observe.Load()
+	if observe != nil {
+		start = time.Now()
+	}
+	n := deliver(subs, m)
+	routed := n > 0 || len(subs) > 0
+	for _, p := range prefixes {
+		if strings.HasPrefix(m.Topic, p.prefix) {
+			routed = true
+			if deliverOne(p.s, m) {
+				n++
+			}
+		}
+	}
+	if observe != nil && routed {
+		(*observe)(time.Since(start))
+	}
 	return n
 }
 
@@ -225,4 +293,17 @@ func deliver(subs []Subscriber, m *Message) int {
 		n++
 	}
 	return n
+}
+
+// deliverOne is deliver for one subscriber (a prefix route), reporting
+// whether m went to it.
+func deliverOne(s Subscriber, m *Message) bool {
+	if m.From != "" && s.SubscriberID() == m.From {
+		if o, ok := s.(ExcludedObserver); ok {
+			o.Excluded(m)
+		}
+		return false
+	}
+	s.Deliver(m)
+	return true
 }

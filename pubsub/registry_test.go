@@ -266,3 +266,35 @@ func TestRegistryConcurrentChurn(t *testing.T) {
 		t.Fatalf("Count %d after the churn; want %d", r.Count("t"), len(stay))
 	}
 }
+
+// TestRegistryPrefixRoute checks that a prefix route receives every
+// message of the topics it covers, beside their own subscribers, and no
+// other, honours broadcast_from, and stops when removed.
+func TestRegistryPrefixRoute(t *testing.T) {
+	var r Registry
+	var observed int
+	r.SetDispatchObserver(func(time.Duration) { observed++ })
+	route, own := &nopSub{id: "route"}, &nopSub{id: "own"}
+	r.AddPrefix("id:", route)
+	r.AddPrefix("id:", route) // idempotent
+	r.Add("id:a", own)
+	if n := r.Dispatch(&Message{Topic: "id:a"}); n != 2 || route.n != 1 || own.n != 1 {
+		t.Fatalf("topic with a subscriber of its own: %d delivered (route %d, own %d), want 2 (1, 1)", n, route.n, own.n)
+	}
+	if n := r.Dispatch(&Message{Topic: "id:b"}); n != 1 || route.n != 2 {
+		t.Fatalf("topic of the route only: %d delivered (route %d), want 1 (2)", n, route.n)
+	}
+	if n := r.Dispatch(&Message{Topic: "other"}); n != 0 || route.n != 2 {
+		t.Fatalf("topic outside the prefix: %d delivered (route %d), want 0 (2)", n, route.n)
+	}
+	if n := r.Dispatch(&Message{Topic: "id:c", From: "route"}); n != 0 || route.n != 2 {
+		t.Fatalf("broadcast_from of the route: %d delivered (route %d), want 0 (2)", n, route.n)
+	}
+	if observed != 3 {
+		t.Fatalf("%d dispatches observed, want 3 (those that found a subscriber, as for topics)", observed)
+	}
+	r.RemovePrefix("id:", route)
+	if n := r.Dispatch(&Message{Topic: "id:b"}); n != 0 || route.n != 2 {
+		t.Fatalf("after RemovePrefix: %d delivered (route %d), want 0 (2)", n, route.n)
+	}
+}

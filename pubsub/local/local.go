@@ -36,6 +36,20 @@ func (p *PubSub) Subscribe(topic string, s pubsub.Subscriber) error {
 // Unsubscribe implements pubsub.PubSub.
 func (p *PubSub) Unsubscribe(topic string, s pubsub.Subscriber) { p.reg.Remove(topic, s) }
 
+// SubscribePrefix implements pubsub.PrefixSubscriber.
+func (p *PubSub) SubscribePrefix(prefix string, s pubsub.Subscriber) error {
+	if p.closed.Load() {
+		return pubsub.ErrClosed
+	}
+	p.reg.AddPrefix(prefix, s)
+	return nil
+}
+
+// UnsubscribePrefix implements pubsub.PrefixSubscriber.
+func (p *PubSub) UnsubscribePrefix(prefix string, s pubsub.Subscriber) { p.reg.RemovePrefix(prefix, s) }
+
+var _ pubsub.PrefixSubscriber = (*PubSub)(nil)
+
 // Publish implements pubsub.PubSub: PublishAt without the
 // position. A topic without history costs one atomic load more than a
 // bare Dispatch while no policy is set.

@@ -302,6 +302,29 @@ func (p *PubSub) Unsubscribe(topic string, s pubsub.Subscriber) {
 	}
 }
 
+// SubscribePrefix implements pubsub.PrefixSubscriber for the prefixes
+// that the pattern subscription receives (Options.PatternTopics); others
+// fail with errPrefixNotPattern.
+func (p *PubSub) SubscribePrefix(prefix string, s pubsub.Subscriber) error {
+	if p.closed.Load() {
+		return pubsub.ErrClosed
+	}
+	if !p.patternTopic(prefix) {
+		return errPrefixNotPattern
+	}
+	p.reg.AddPrefix(prefix, s)
+	return nil
+}
+
+// UnsubscribePrefix implements pubsub.PrefixSubscriber.
+func (p *PubSub) UnsubscribePrefix(prefix string, s pubsub.Subscriber) { p.reg.RemovePrefix(prefix, s) }
+
+var _ pubsub.PrefixSubscriber = (*PubSub)(nil)
+
+// errPrefixNotPattern refuses a prefix route that no subscription to
+// Redis would feed.
+var errPrefixNotPattern = errors.New("pubsub/redis: a prefix route needs a prefix within Options.PatternTopics")
+
 // patternTopic reports whether topic comes through the pattern
 // subscription (Options.PatternTopics).
 func (p *PubSub) patternTopic(topic string) bool {

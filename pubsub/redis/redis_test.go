@@ -408,3 +408,36 @@ func TestPatternTopicsShareOneSubscription(t *testing.T) {
 		t.Fatalf("PUBSUB CHANNELS = %v, want only the ordinary topic", got)
 	}
 }
+
+// A prefix route within Options.PatternTopics receives every topic of the
+// prefix published on any node, through the pattern subscription; a
+// prefix outside it is refused, since nothing would feed it.
+func TestPrefixRouteWithinPatternTopics(t *testing.T) {
+	srv := startRedis(t)
+	opts := func(o *Options) { o.PatternTopics = "sock:" }
+	a, b := node(t, srv, "a", opts), node(t, srv, "b", opts)
+	r := &recorder{id: "r"}
+	if err := b.SubscribePrefix("room:", r); err == nil {
+		t.Fatal("a prefix route outside PatternTopics was accepted")
+	}
+	if err := b.SubscribePrefix("sock:", r); err != nil {
+		t.Fatal(err)
+	}
+	syncAll(t, a, b)
+	publish(t, a, "sock:u1", "kick-u1")
+	r.waitCount(t, 1)
+	publish(t, a, "sock:u2", "kick-u2")
+	r.waitCount(t, 2)
+	if got := r.events(); !slices.Equal(got, []string{"kick-u1", "kick-u2"}) {
+		t.Fatalf("route got %v", got)
+	}
+	b.UnsubscribePrefix("sock:", r)
+	publish(t, a, "sock:u1", "after-leave")
+	mustSubscribe(t, b, "room:1", r)
+	syncAll(t, b)
+	publish(t, a, "room:1", "room")
+	r.waitCount(t, 3)
+	if got := r.events(); got[2] != "room" {
+		t.Fatalf("after UnsubscribePrefix got %v", got)
+	}
+}
