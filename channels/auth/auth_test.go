@@ -231,6 +231,38 @@ func TestPolicy(t *testing.T) {
 	}
 }
 
+// AllowsAllWithoutClaims says true exactly when no topic of the route's
+// pattern is private, which the test checks against Allows on topics of
+// both patterns.
+func TestAllowsAllWithoutClaims(t *testing.T) {
+	p := &Policy{Private: []string{"private:*", "staff", "ops:team-*"}}
+	for _, tc := range []struct {
+		route string
+		want  bool
+		// a topic the route matches that Allows refuses, when want is false
+		private string
+	}{
+		{"room:*", true, ""},
+		{"lobby", true, ""},
+		{"private:*", false, "private:x"},
+		{"private:a", false, "private:a"},
+		{"priv*", false, "private:x"},
+		{"*", false, "staff"},
+		{"staff", false, "staff"},
+		{"staff:*", true, ""},
+		{"ops:*", false, "ops:team-1"},
+		{"ops:team-1", false, "ops:team-1"},
+		{"ops:team", true, ""},
+	} {
+		if got := p.AllowsAllWithoutClaims(tc.route); got != tc.want {
+			t.Errorf("AllowsAllWithoutClaims(%q) = %v, want %v", tc.route, got, tc.want)
+		}
+		if tc.private != "" && (!MatchTopic(tc.route, tc.private) || p.Allows(nil, tc.private)) {
+			t.Errorf("%q: the test's private topic %q is not one of the route's that Allows refuses", tc.route, tc.private)
+		}
+	}
+}
+
 func TestSocketHandler(t *testing.T) {
 	v := fixedVerifier(t, secret, previous, time.Now())
 	h := &SocketHandler{Verifier: v}

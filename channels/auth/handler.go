@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/channelsd/channelsd/channels"
 )
@@ -88,6 +89,35 @@ func (p *Policy) Allows(claims *Claims, topic string) bool {
 		return claims != nil && claims.GrantsTopic(topic)
 	}
 	return claims == nil || claims.AllowsTopic(topic)
+}
+
+// AllowsAllWithoutClaims reports whether the policy allows every topic
+// that pattern (a route's pattern: exact, or a prefix ending in '*')
+// matches to a socket without claims: whether no private pattern matches
+// any of them. Where sockets never have claims (no tokens), such a route
+// needs no Guard.
+func (p *Policy) AllowsAllWithoutClaims(pattern string) bool {
+	for _, q := range p.Private {
+		if patternsOverlap(pattern, q) {
+			return false
+		}
+	}
+	return true
+}
+
+// patternsOverlap reports whether some topic matches both patterns.
+func patternsOverlap(a, b string) bool {
+	pa, wa := strings.CutSuffix(a, "*")
+	pb, wb := strings.CutSuffix(b, "*")
+	switch {
+	case wa && wb:
+		return strings.HasPrefix(pa, pb) || strings.HasPrefix(pb, pa)
+	case wa:
+		return strings.HasPrefix(b, pa)
+	case wb:
+		return strings.HasPrefix(a, pb)
+	}
+	return a == b
 }
 
 // ReasonUnauthorized is the reason of a join Guard refuses.

@@ -48,8 +48,8 @@ type hook struct {
 // hooks are the apps a configuration may name.
 var hooks = map[string]hook{
 	"room": {presence: true, factory: func(ch *ChannelConfig, opts Options) channels.ChannelFactory {
-		maxUser, presence := opts.maxUser(), ch.Presence
-		return func(string) channels.Channel { return &roomChannel{maxUser: maxUser, presence: presence} }
+		cfg := &roomConfig{maxUser: opts.maxUser(), presence: ch.Presence}
+		return func(string) channels.Channel { return &roomChannel{roomConfig: cfg} }
 	}},
 	"conformance": {factory: func(_ *ChannelConfig, opts Options) channels.ChannelFactory {
 		return func(string) channels.Channel { return &conformanceChannel{opts: opts} }
@@ -89,7 +89,8 @@ type Built struct {
 // Build makes the node's router, connect handler and page of a checked
 // configuration. Every route is guarded by an auth.Policy whose private
 // topics are the channels marked private: a token's topics claim bounds
-// every join. Without a connect proxy sockets connect through
+// every join (a route is left unguarded when that changes nothing: no
+// tokens, and no private pattern overlapping its own). Without a connect proxy sockets connect through
 // SocketHandler(opts). opts.Conformance adds the conformance channel.
 func (cfg *Config) Build(opts Options) (*Built, error) {
 	b := &Built{SocketHandler: SocketHandler(opts)}
@@ -150,7 +151,14 @@ func (cfg *Config) Build(opts Options) (*Built, error) {
 			}
 			f = b.Client.Factory(spec)
 		}
-		b.Router.Handle(ch.Topic, policy.Guard(f))
+		// Without tokens no socket has claims, and the policy then
+		// allows every join of a route that no private pattern
+		// overlaps: the guard, a wrapper allocated per join and kept as
+		// long as the join, would change nothing there.
+		if opts.Tokens != nil || !policy.AllowsAllWithoutClaims(ch.Topic) {
+			f = policy.Guard(f)
+		}
+		b.Router.Handle(ch.Topic, f)
 	}
 	if c := cfg.Connect; c != nil {
 		headers := make([]string, len(c.Headers))

@@ -2,11 +2,11 @@ package app
 
 import (
 	"strings"
-
-	"github.com/channelsd/channelsd/channels"
 	"testing"
 	"time"
 
+	"github.com/channelsd/channelsd/channels"
+	"github.com/channelsd/channelsd/channels/auth"
 	"github.com/channelsd/channelsd/channels/proxy"
 	"github.com/channelsd/channelsd/pubsub"
 )
@@ -205,4 +205,38 @@ func TestConfiguredApps(t *testing.T) {
 	ref = c.push(jr, "lobby", "shout", `{"a":1}`)
 	jsonEq(t, c.nextEvent("shout").Payload, `{"a":1}`)
 	c.expectReply(ref, "ok", `{}`)
+}
+
+// Build guards a route only where the policy can refuse a join: every
+// route when sockets carry tokens, else only those a private pattern
+// overlaps. An unguarded join is the room itself, with no wrapper kept
+// for its lifetime.
+func TestBuildGuardsWhereThePolicyCanRefuse(t *testing.T) {
+	v, err := auth.NewVerifier(strings.Repeat("s", 32), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		opts    Options
+		topic   string
+		guarded bool
+	}{
+		{Options{}, "room:a", false},
+		{Options{}, "private:a", true},
+		{Options{Tokens: v}, "room:a", true},
+		{Options{Tokens: v}, "private:a", true},
+	} {
+		b, err := Default().Build(tc.opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, ok := b.Router.Match(tc.topic)
+		if !ok {
+			t.Fatalf("no route for %s", tc.topic)
+		}
+		_, plain := f(tc.topic).(*roomChannel)
+		if plain == tc.guarded {
+			t.Errorf("%s with tokens %v: guarded %v, want %v", tc.topic, tc.opts.Tokens != nil, !plain, tc.guarded)
+		}
+	}
 }

@@ -15,9 +15,15 @@ import (
 // roomChannel is one join of a room:<name> (or private:<name>) topic: a
 // chat room with presence.
 type roomChannel struct {
+	*roomConfig // shared by the joins of one configured channel
+	user        string
+}
+
+// roomConfig is what a configured room channel's joins share: one per
+// channel, not a copy per join (an idle join's memory counts).
+type roomConfig struct {
 	maxUser  int  // Options.MaxUserLength, default applied
 	presence bool // the configuration's presence: track the user
-	user     string
 }
 
 var (
