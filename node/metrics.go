@@ -106,6 +106,8 @@ func (n *Node) newMetricsRegistry() *prometheus.Registry {
 		func() float64 { return float64(ws.Accepted.Load()) })
 	counter("channelsd_websocket_refused_total", "WebSocket handshakes answered without an upgrade (bad origin, vsn, refused connect, draining...).", nil,
 		func() float64 { return float64(ws.Refused.Load()) })
+	counter("channelsd_websocket_attaches_total", "Times a WebSocket connection waiting on its bare descriptor took a file of the runtime's poller to wait on (the rest of a frame, a write the client's window could not take, the close); each costs a few system calls. Connections let their net.Conn go when they first wait in the poller, and the file when they wait there again.", nil,
+		func() float64 { return float64(ws.Attached.Load()) })
 	const wsClosesHelp = "WebSocket connections closed by the server, by reason: slow_consumer (1008, outbound queue full), too_big (1009, message above the maximum frame size), invalid_utf8 (1007), protocol_error (1002), idle_timeout (1001, no frame within the idle timeout), message_timeout (1008, a message not whole within the message timeout), message_buffers_full (1013, the node's budget of message buffers was spent), write_error (a write failed or timed out)."
 	for reason, c := range map[string]interface{ Load() uint64 }{
 		"slow_consumer":        &ws.SlowConsumers,

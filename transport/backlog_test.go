@@ -58,10 +58,21 @@ func dialBounded(t *testing.T, hs *harness) (*client, *fakeSocket) {
 	}}
 	c := hs.dial(t, "vsn=2.0.0", d)
 	sock := <-hs.ep.opened
-	if err := sock.conn.(*wsConn).nc.(*net.TCPConn).SetWriteBuffer(sockBuffer); err != nil {
+	if err := setSendBuffer(sock.conn.(*wsConn), sockBuffer); err != nil {
 		t.Fatalf("server's send buffer: %v", err)
 	}
 	return c, sock
+}
+
+// setSendBuffer sets the server side's send buffer, through nc or on the
+// bare descriptor.
+func setSendBuffer(c *wsConn, n int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if tc, ok := c.nc.(*net.TCPConn); ok {
+		return tc.SetWriteBuffer(n)
+	}
+	return setBareSendBuffer(c, n)
 }
 
 // fillQueue sends n numbered frames from next on, each without a

@@ -7,8 +7,9 @@
 // itself what an open connection costs. It is designed so that an idle
 // connection, the common state of a real-time server (phoenix.js sends one
 // heartbeat every 30 s and nothing else), holds no I/O buffer and no
-// goroutine: on Linux, a few hundred bytes of structs and an entry in the
-// handler's epoll instance. With ParkedReads, and on other platforms, it
+// goroutine: on Linux, a few hundred bytes of structs, a bare descriptor
+// (not a net.Conn, whose runtime poll descriptor and addresses cost more
+// than the rest) and an entry in the handler's epoll instance. With ParkedReads, and on other platforms, it
 // holds one parked reader goroutine with the smallest stack the runtime
 // gives out (2 KiB or more: the largest item of an idle connection then).
 //
@@ -43,15 +44,21 @@
 // fixed pool of workers, because a burst may block in the middle of a
 // frame for up to IdleTimeout, and a few slow clients would starve a pool;
 // and because a goroutine that exits frees the stack that handling grew.
-// The Go runtime's poller watches the same descriptors for the reads and
-// writes themselves; a read on a readable descriptor returns at once, and
-// a frame that arrives in pieces parks the burst's goroutine there as in
-// the parked mode. Descriptors are reused by the kernel after a close, so
+// A connection that waits there has let go of its net.Conn and keeps a
+// duplicate of its descriptor (wsconn_fd.go): the burst reads it with
+// read(2), which returns at once on a readable descriptor, and writers
+// write it with write(2), as they do anyway. Only a wait takes a file
+// registered with the Go runtime's poller on the same descriptor: a
+// frame that arrives in pieces parks the burst's goroutine there as in
+// the parked mode, a write the kernel does not take whole waits there,
+// and the close handshake; the connection lets the file go when it waits
+// in epoll again. Descriptors are reused by the kernel after a close, so
 // a connection leaves the epoll instance and the table (under its lock)
 // before its net.Conn is closed, and every arming carries a new
 // generation next to the descriptor, checked before an event is acted
 // on: an event left over from a closed connection never reaches the new
-// connection on the same descriptor number. The reactor starts with the
+// connection on the same descriptor number; and a bare descriptor is
+// closed only once no read(2) or write(2) on it is in progress. The reactor starts with the
 // first connection and stops with the last one; WebSocketHandler.Close
 // stops it at once (connections still open continue in the parked mode).
 // Only plain TCP and Unix connections are registered: readiness of a

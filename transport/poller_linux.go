@@ -179,7 +179,7 @@ func (p *epollPoller) close() error {
 // closed, which the transport does only after removing it from the
 // poller.
 func connFD(nc net.Conn) (int32, bool) {
-	raw, err := plainRawConn(nc)
+	raw, err := syscallConn(nc)
 	if err != nil {
 		return 0, false
 	}
@@ -190,15 +190,18 @@ func connFD(nc net.Conn) (int32, bool) {
 	return fd, true
 }
 
-// plainRawConn returns the descriptor access of a plain TCP or Unix
-// connection, and errWouldBlock for any other (crypto/tls, or a wrapper
-// that may buffer): only a plain one's descriptor tells the whole story
-// of its reads and writes.
-func plainRawConn(nc net.Conn) (syscall.RawConn, error) {
+// syscallConn returns the descriptor access of a plain TCP or Unix
+// connection, or of the *os.File of an attached bare one (wsconn_fd.go),
+// and errWouldBlock for any other (crypto/tls, or a wrapper that may
+// buffer): only a plain one's descriptor tells the whole story of its
+// reads and writes.
+func syscallConn(nc connIO) (syscall.RawConn, error) {
 	switch c := nc.(type) {
 	case *net.TCPConn:
 		return c.SyscallConn()
 	case *net.UnixConn:
+		return c.SyscallConn()
+	case *os.File:
 		return c.SyscallConn()
 	}
 	return nil, errWouldBlock

@@ -102,3 +102,9 @@ func TestEpollPollerNoLostEvents(t *testing.T) {
 		t.Fatal("wake did not end the wait")
 	}
 }
+
+// setBareSendBuffer is setSendBuffer for a bare or attached connection.
+// Called with c.mu held.
+func setBareSendBuffer(c *wsConn, n int) error {
+	return unix.SetsockoptInt(int(c.fd), unix.SOL_SOCKET, unix.SO_SNDBUF, n)
+}

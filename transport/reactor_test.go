@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bytes"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -79,6 +80,91 @@ func TestIdleConnectionsHoldNoGoroutine(t *testing.T) {
 	eventually(t, "idle connections hold goroutines", func() bool {
 		return runtime.NumGoroutine() <= g0+eventModeGoroutineSlack
 	})
+}
+
+// bare reports whether c holds its bare descriptor rather than a net.Conn
+// or file (wsconn_fd.go).
+func bare(c *wsConn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nc == nil && !c.fdClosed()
+}
+
+// TestIdleConnectionsAreBare: a connection that waits in the poller holds
+// its bare descriptor, not a net.Conn (whose runtime poll descriptor and
+// addresses were most of an idle socket's memory), and reads, writes and
+// closes all the same; it takes a file only to wait (the rest of a frame
+// on its way), and lets it go when it waits in the poller again.
+func TestIdleConnectionsAreBare(t *testing.T) {
+	needEvents(t)
+	const n = 20
+	hs, first, s0 := echoHarness(t, eventMode, WebSocketConfig{})
+	st := hs.h.Stats()
+	clients := []*client{first}
+	socks := []*fakeSocket{s0}
+	for range n - 1 {
+		clients = append(clients, hs.dial(t, "vsn=2.0.0", ws.Dialer{}))
+		socks = append(socks, <-hs.ep.opened)
+	}
+	for i, c := range clients {
+		msg := fmt.Sprint("hello ", i)
+		c.send(msg)
+		c.expectFrame(ws.OpText, msg) // a write on the bare descriptor
+		expectMessage(t, socks[i], []byte(msg), false)
+	}
+	for i, s := range socks {
+		wc := s.conn.(*wsConn)
+		eventually(t, fmt.Sprint("connection ", i, " is not armed"), func() bool { return armed(wc) })
+		if !bare(wc) {
+			t.Fatalf("idle connection %d holds a net.Conn or file", i)
+		}
+	}
+	if d, a := st.Detached.Load(), st.Attached.Load(); d != n || a != 0 {
+		t.Fatalf("Detached %d, Attached %d; want %d (each connection once, as it first waited) and 0", d, a, n)
+	}
+
+	// Half a frame: the reader must wait for the rest, with a file.
+	c, s := clients[0], socks[0]
+	payload := []byte("split across two writes")
+	h := ws.Header{Fin: true, OpCode: ws.OpText, Length: int64(len(payload)), Masked: true, Mask: ws.NewMask()}
+	var frame bytes.Buffer
+	_ = ws.WriteHeader(&frame, h)
+	masked := append([]byte(nil), payload...)
+	ws.Cipher(masked, h.Mask, 0)
+	frame.Write(masked)
+	b := frame.Bytes()
+	if _, err := c.conn.Write(b[:len(b)-5]); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the reader did not take a file to wait for the rest of the frame", func() bool { return st.Attached.Load() == 1 })
+	if _, err := c.conn.Write(b[len(b)-5:]); err != nil {
+		t.Fatal(err)
+	}
+	c.expectFrame(ws.OpText, string(payload))
+	expectMessage(t, s, payload, false)
+	wc := s.conn.(*wsConn)
+	eventually(t, "the connection did not let its file go as it waited again", func() bool { return armed(wc) && bare(wc) })
+	if d := st.Detached.Load(); d != n+1 {
+		t.Fatalf("Detached %d, want %d", d, n+1)
+	}
+
+	// The close handshake, from the server, on a bare connection; and
+	// from a client.
+	wc.Close(1000, "bye")
+	if reason := c.expectClose(1000); reason != "bye" {
+		t.Fatalf("close reason %q", reason)
+	}
+	c.expectEOF()
+	c.conn.Close()
+	s.awaitClose(t)
+	clients[1].writeFrame(ws.OpClose, true, true, ws.NewCloseFrameBody(1000, ""))
+	clients[1].expectClose(1000)
+	clients[1].expectEOF()
+	clients[1].conn.Close()
+	socks[1].awaitClose(t)
+	if open := st.Open.Load(); open != n-2 {
+		t.Fatalf("%d connections open, want %d", open, n-2)
+	}
 }
 
 func TestSlowFrame(t *testing.T) { inReadModes(t, testSlowFrame) }

@@ -136,6 +136,13 @@ type Stats struct {
 	// URLTooLong counts handshakes refused (414) for a request target
 	// above MaxURLLength.
 	URLTooLong atomic.Uint64
+	// Detached counts connections that let go of their net.Conn (or
+	// file) to wait in the reactor on a bare descriptor, Attached those
+	// that took one back to wait for the rest of a frame, a write or
+	// the close (wsconn_fd.go). Every connection detaches once when it
+	// first waits; Attached is the price of the saving.
+	Detached atomic.Uint64
+	Attached atomic.Uint64
 }
 
 // WebSocketHandler is the WebSocket transport: an http.Handler mounted at

@@ -3,6 +3,7 @@ package transport
 import (
 	"errors"
 	"io"
+	"net"
 	"runtime"
 	"sync"
 
@@ -128,6 +129,17 @@ var writerBufPool = sync.Pool{New: func() any {
 // errWouldBlock: the kernel took none of the write now.
 var errWouldBlock = errors.New("transport: write would block")
 
+// leaveWriteLocked takes c off the write path, and lets its file go if it
+// waits in the poller meanwhile: its reader could not as it armed, a
+// writer being on the connection (wsconn_fd.go). Called with c.mu held.
+func (c *wsConn) leaveWriteLocked() {
+	c.flushing = false
+	c.dropQueueLocked()
+	if c.armed && c.nc != nil && c.r != nil {
+		c.detachArmedLocked()
+	}
+}
+
 // written is what one write took from a connection's queue.
 type written struct {
 	batch                   []outFrame // the frames, cleared
@@ -141,8 +153,7 @@ type written struct {
 // and takeLocked reports false.
 func (c *wsConn) takeLocked(limit int) (written, bool) {
 	if len(c.queue) == 0 || c.ended {
-		c.flushing = false
-		c.dropQueueLocked()
+		c.leaveWriteLocked()
 		return written{}, false
 	}
 	k := len(c.queue)
@@ -195,6 +206,10 @@ func (w *written) encode(dst io.Writer, hdr []byte) error {
 func (c *wsConn) writeQueued(wb *writerBuf) bool {
 	c.mu.Lock()
 	w, ok := c.takeLocked(maxWriteBatch)
+	// nc, or the bare descriptor, held open for the write (wsconn_fd.go).
+	nc := c.nc
+	held := ok && c.holdFDLocked()
+	fd := c.fd
 	c.mu.Unlock()
 	if !ok {
 		return true
@@ -202,25 +217,35 @@ func (c *wsConn) writeQueued(wb *writerBuf) bool {
 	wb.b = wb.b[:0]
 	_ = w.encode(wb, wb.hdr[:]) // appending to wb.b cannot fail
 
-	n, err := wb.raw.write(c.nc, wb.b)
+	var n int
+	var err error
+	switch {
+	case held:
+		n, err = wb.raw.writeFD(fd, wb.b)
+	case nc != nil:
+		n, err = wb.raw.write(nc, wb.b)
+	default:
+		err = net.ErrClosed
+	}
 	switch {
 	case err == nil && n == len(wb.b):
-		c.wrote(&w, true)
+		c.wrote(&w, true, held)
 		return true
 	case err == nil || errors.Is(err, errWouldBlock):
-		go c.finishWrite(wb, n, w)
+		go c.finishWrite(wb, n, w, held)
 		return false
 	default:
-		c.writeAbandoned(&w, err)
+		c.writeAbandoned(&w, err, held)
 		return true
 	}
 }
 
 // writeAbandoned settles the accounting of a write that failed, which
-// delivered nothing, and drops the connection (writeFailed).
-func (c *wsConn) writeAbandoned(w *written, err error) {
+// delivered nothing, and drops the connection (writeFailed). held: the
+// write was made on the bare descriptor, held for it.
+func (c *wsConn) writeAbandoned(w *written, err error, held bool) {
 	w.messages, w.closeSent = 0, false
-	c.wrote(w, false)
+	c.wrote(w, false, held)
 	c.writeFailed(err)
 }
 
@@ -228,8 +253,9 @@ func (c *wsConn) writeAbandoned(w *written, err error) {
 // batch's array back to the queue when nothing was queued meanwhile, so
 // that a busy connection reuses one array. A pooled connection with
 // frames queued meanwhile goes back to the pool; otherwise it leaves the
-// write path, dropping its queue's array.
-func (c *wsConn) wrote(w *written, pooled bool) {
+// write path, dropping its queue's array. held: the write was made on
+// the bare descriptor, which is released here.
+func (c *wsConn) wrote(w *written, pooled, held bool) {
 	if w.messages > 0 {
 		// One atomic add per write, not per frame.
 		c.h.stats.MessagesOut.Add(uint64(w.messages))
@@ -238,6 +264,9 @@ func (c *wsConn) wrote(w *written, pooled bool) {
 		c.halfClose()
 	}
 	c.mu.Lock()
+	if held {
+		c.releaseFDLocked()
+	}
 	c.nFrames -= int32(w.frames)
 	c.nBytes -= w.bytes
 	if c.backlogWatched {
@@ -255,8 +284,7 @@ func (c *wsConn) wrote(w *written, pooled bool) {
 		return
 	}
 	if len(c.queue) == 0 || c.ended {
-		c.flushing = false
-		c.dropQueueLocked()
+		c.leaveWriteLocked()
 		c.mu.Unlock()
 		return
 	}
@@ -266,19 +294,28 @@ func (c *wsConn) wrote(w *written, pooled bool) {
 
 // finishWrite waits for the kernel to take the unwritten end of a
 // writer's write, from wb.b[n:], then serves c from its own goroutine
-// (flush) until its queue is empty.
-func (c *wsConn) finishWrite(wb *writerBuf, n int, w written) {
+// (flush) until its queue is empty. A bare connection attaches to wait;
+// held: the write was made on its descriptor, which is released first.
+func (c *wsConn) finishWrite(wb *writerBuf, n int, w written, held bool) {
 	c.mu.Lock()
-	_ = c.nc.SetWriteDeadline(c.writeDeadlineLocked())
+	if held {
+		c.releaseFDLocked()
+	}
+	nc, err := c.attachLocked()
+	if err == nil {
+		_ = nc.SetWriteDeadline(c.writeDeadlineLocked())
+	}
 	c.mu.Unlock()
-	_, err := c.nc.Write(wb.b[n:])
+	if err == nil {
+		_, err = nc.Write(wb.b[n:])
+	}
 	if cap(wb.b) <= maxKeptWriteBuffer {
 		writerBufPool.Put(wb)
 	}
 	if err != nil {
-		c.writeAbandoned(&w, err)
+		c.writeAbandoned(&w, err, false)
 		return
 	}
-	c.wrote(&w, false)
+	c.wrote(&w, false, false)
 	c.flush()
 }

@@ -3,7 +3,6 @@
 package transport
 
 import (
-	"net"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -56,8 +55,8 @@ func (w *rawWrite) call(fd uintptr) {
 
 // write writes what the kernel takes of b now. It returns errWouldBlock
 // when that is nothing, and for a connection with no plain descriptor.
-func (w *rawWrite) write(nc net.Conn, b []byte) (int, error) {
-	raw, err := plainRawConn(nc)
+func (w *rawWrite) write(nc connIO, b []byte) (int, error) {
+	raw, err := syscallConn(nc)
 	if err != nil {
 		return 0, err
 	}
@@ -72,6 +71,22 @@ func (w *rawWrite) write(nc net.Conn, b []byte) (int, error) {
 		return 0, errWouldBlock
 	case werr != nil:
 		return 0, werr
+	}
+	return n, nil
+}
+
+// writeFD is write on a bare descriptor (wsconn_fd.go), which the caller
+// keeps open for the call (holdFDLocked).
+func (w *rawWrite) writeFD(fd int32, b []byte) (int, error) {
+	w.b = b
+	w.call(uintptr(fd))
+	n, err := w.n, w.err
+	w.b, w.n, w.err = nil, 0, nil
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR:
+		return 0, errWouldBlock
+	case err != nil:
+		return 0, err
 	}
 	return n, nil
 }

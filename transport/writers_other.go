@@ -2,12 +2,12 @@
 
 package transport
 
-import "net"
-
 // rawWrite: writers use non-blocking writes on Linux only; elsewhere every
 // write goes to the connection's own goroutine.
 type rawWrite struct{}
 
 func (*rawWrite) init() {}
 
-func (*rawWrite) write(net.Conn, []byte) (int, error) { return 0, errWouldBlock }
+func (*rawWrite) write(connIO, []byte) (int, error) { return 0, errWouldBlock }
+
+func (*rawWrite) writeFD(int32, []byte) (int, error) { return 0, errWouldBlock }

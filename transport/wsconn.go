@@ -87,11 +87,15 @@ type outFrame struct {
 //
 // While idle it holds no buffer and runs no writer. With event-driven
 // reads (r != nil) it runs no reader either: its fd waits in the reactor's
-// poller. Otherwise its reader goroutine is parked in a one-byte read into
-// b1.
+// poller, and it holds the bare descriptor instead of a net.Conn
+// (wsconn_fd.go). Otherwise its reader goroutine is parked in a one-byte
+// read into b1.
 type wsConn struct {
-	h    *WebSocketHandler
-	nc   net.Conn
+	h *WebSocketHandler
+	// nc is the upgraded connection, or the *os.File of an attached bare
+	// descriptor; nil while bare. It changes only under mu
+	// (wsconn_fd.go says who may use it without).
+	nc   connIO
 	sock Socket // set before the reader starts
 
 	// Owned by the reader. The reader is a chain of goroutines (see
@@ -108,13 +112,18 @@ type wsConn struct {
 	queue []outFrame // nil while nothing is queued, so it pins nothing
 	// nBytes counts the bytes of the frames queued or being written.
 	nBytes int
-	// closeDeadline bounds the close handshake, in nanoseconds on the
-	// monotonic clock since monoEpoch (deadlineTime).
-	closeDeadline int64
+	// deadline, in nanoseconds on the monotonic clock since monoEpoch
+	// (deadlineTime; 0: none), is once closing the close deadline, which
+	// bounds the close handshake, and before that the read deadline the
+	// reader last set, which an attach applies (wsconn_fd.go). One field
+	// for both: the close deadline replaces the read deadline for good.
+	// Guarded by mu.
+	deadline int64
 
 	// Event-driven reads (reactor.go), guarded by mu. r and fd are set
 	// before the connection is shared; r becomes nil when the connection
-	// leaves the reactor (it ends, or falls back to a parked reader).
+	// leaves the reactor (it ends, or falls back to a parked reader); fd
+	// changes when it detaches (wsconn_fd.go).
 	r *reactor
 	// idleUntil is the r.now() at which the sweeper closes the
 	// connection if it still waits then, set when it is armed; 0 while a
@@ -140,9 +149,14 @@ type wsConn struct {
 	// backlogWatched: a WaitBacklog waits on this connection (backlog.go),
 	// so draining or closing must look for it in h.backlogs.
 	backlogWatched bool
+	// fdState counts the raw system calls in progress on the bare
+	// descriptor, and its top bit (fdClosedBit) says that the
+	// descriptor is closed, or to be closed by the last of them
+	// (wsconn_fd.go). One byte, so that the struct keeps its size class.
+	fdState uint8
 }
 
-// monoEpoch anchors closeDeadline to the monotonic clock: a deadline kept
+// monoEpoch anchors deadline to the monotonic clock: a deadline kept
 // as an int64 takes a third of a time.Time's room.
 var monoEpoch = time.Now()
 
@@ -169,9 +183,12 @@ func (c *wsConn) end() {
 			}
 		}
 		c.draining = true
-		// An eviction (wsconn_budget.go) may have cut the read deadline
-		// short to wake the reader.
-		_ = c.nc.SetReadDeadline(deadlineTime(c.closeDeadline))
+		// An eviction (wsconn_budget.go) or an attach may have cut the
+		// read deadline short to wake the reader.
+		nc, _ := c.attachLocked()
+		if nc != nil {
+			_ = nc.SetReadDeadline(deadlineTime(c.deadline))
+		}
 		c.mu.Unlock()
 		// RFC 6455 §7.1.1: after our close frame the server should close
 		// the TCP connection first; the flush half-closes it (FIN) after
@@ -180,7 +197,9 @@ func (c *wsConn) end() {
 		// closeLocked). Closing at once could reset the connection while
 		// the client's unread bytes sit in our receive buffer, and a reset
 		// may destroy the close frame before the client reads it.
-		_, _ = io.Copy(io.Discard, c.nc)
+		if nc != nil {
+			_, _ = io.Copy(io.Discard, nc)
+		}
 	}
 	c.mu.Lock()
 	c.closing = true

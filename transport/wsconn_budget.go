@@ -141,12 +141,14 @@ func (h *WebSocketHandler) uncharge(m *msgState) {
 // the close begun, lets the buffer go and then waits for the client's
 // side of the close as any closing reader does (end).
 func (c *wsConn) evict() {
-	c.h.log.Debug("transport: message buffers full; closing the oldest message in progress", "remote", c.nc.RemoteAddr().String())
+	c.h.log.Debug("transport: message buffers full; closing the oldest message in progress", "remote", remote{c})
 	c.mu.Lock()
 	flush, read := c.closeLocked(closeBody(channels.CloseTryAgainLater, "message buffers full"), false)
-	if !c.draining {
+	if !c.draining && c.nc != nil {
 		// After closeLocked, which sets the close deadline: this comes
-		// first. end resets it for the rest of the close.
+		// first. end resets it for the rest of the close. (A bare
+		// connection's reader does not wait; should it attach to wait,
+		// the attach wakes it as this does.)
 		_ = c.nc.SetReadDeadline(time.Now())
 	}
 	c.mu.Unlock()

@@ -33,7 +33,7 @@ func (r sockReader) Read(p []byte) (int, error) {
 		}
 		// Every frame header has at least two bytes (RFC 6455 §5.2), so
 		// more is on its way: one read syscall instead of two.
-		n, err := c.nc.Read(p[1:])
+		n, err := c.read(p[1:])
 		return n + 1, err
 	}
 	if c.pending != nil {
@@ -44,7 +44,7 @@ func (r sockReader) Read(p []byte) (int, error) {
 		}
 		return n, nil
 	}
-	return c.nc.Read(p)
+	return c.read(p)
 }
 
 // readLoop waits for the next frame and handles every frame that is then
@@ -65,13 +65,23 @@ func (r sockReader) Read(p []byte) (int, error) {
 // This is the read path with ParkedReads, off Linux, over TLS, and of a
 // connection whose reactor stopped under it (WebSocketHandler.Close).
 func (c *wsConn) readLoop() {
+	// Without a reactor the connection stays attached (nothing detaches
+	// it): nc, taken once, stays the connection's.
+	c.mu.Lock()
+	nc, err := c.attachLocked()
+	c.mu.Unlock()
+	if err != nil {
+		c.dead = true
+		c.end()
+		return
+	}
 	if c.pending == nil {
 		for {
 			if !c.armReadDeadline() {
 				c.end()
 				return
 			}
-			n, err := c.nc.Read(c.b1[:])
+			n, err := nc.Read(c.b1[:])
 			if n == 1 {
 				c.peeked = true
 				break
@@ -133,7 +143,11 @@ func (c *wsConn) armReadDeadline() bool {
 			d = md
 		}
 	}
-	_ = c.nc.SetReadDeadline(d)
+	if c.nc != nil {
+		_ = c.nc.SetReadDeadline(d)
+	}
+	// A bare connection's reads do not wait; an attach applies it.
+	c.deadline = int64(d.Sub(monoEpoch))
 	return true
 }
 
@@ -243,7 +257,7 @@ func (c *wsConn) beginMsg() bool {
 // budgetRefused closes the socket whose message did not fit the budget,
 // or was evicted from it.
 func (c *wsConn) budgetRefused() {
-	c.h.log.Debug("transport: message buffers full", "remote", c.nc.RemoteAddr().String(), "held", c.h.stats.MessageBuffers.Load())
+	c.h.log.Debug("transport: message buffers full", "remote", remote{c}, "held", c.h.stats.MessageBuffers.Load())
 	c.Close(channels.CloseTryAgainLater, "message buffers full")
 }
 
@@ -322,7 +336,7 @@ func (c *wsConn) deliver(op ws.OpCode, p []byte) (ok bool) {
 	defer func() {
 		if r := recover(); r != nil {
 			c.h.log.Error("transport: socket panicked handling a frame",
-				"remote", c.nc.RemoteAddr().String(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+				"remote", remote{c}, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 			c.Close(channels.CloseInternalError, "internal error")
 			ok = false
 		}
@@ -393,7 +407,7 @@ func (c *wsConn) control(br *bufio.Reader, h ws.Header) bool {
 // protocolError fails the connection with 1002 (RFC 6455 §7.4.1).
 func (c *wsConn) protocolError(err error) bool {
 	c.h.stats.ProtocolError.Add(1)
-	c.h.log.Debug("transport: websocket protocol error", "remote", c.nc.RemoteAddr().String(), "err", err)
+	c.h.log.Debug("transport: websocket protocol error", "remote", remote{c}, "err", err)
 	c.Close(channels.CloseProtocolError, "protocol error: "+err.Error())
 	return false
 }
@@ -407,7 +421,7 @@ func (c *wsConn) readError(err error) {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		c.mu.Lock()
 		closing := c.closing
-		woken := closing && int64(time.Since(monoEpoch)) < c.closeDeadline
+		woken := closing && int64(time.Since(monoEpoch)) < c.deadline
 		c.mu.Unlock()
 		if woken {
 			return

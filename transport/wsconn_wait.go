@@ -70,7 +70,11 @@ func (c *wsConn) arm() armResult {
 	if r == nil {
 		return armParked
 	}
-	_ = c.nc.SetReadDeadline(time.Time{})
+	c.detachLocked(r)
+	if c.nc != nil {
+		_ = c.nc.SetReadDeadline(time.Time{})
+	}
+	c.deadline = 0
 	now := r.now()
 	until := now + int64(c.h.cfg.IdleTimeout)
 	if c.msg != nil {
@@ -135,8 +139,8 @@ func (c *wsConn) closeNC() {
 	c.mu.Lock()
 	wake := c.claimLocked()
 	c.deregisterLocked()
+	c.closeFDLocked()
 	c.mu.Unlock()
-	_ = c.nc.Close()
 	if wake {
 		go c.readReady()
 	}

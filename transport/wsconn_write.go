@@ -2,6 +2,7 @@ package transport
 
 import (
 	"io"
+	"os"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -40,7 +41,7 @@ func (c *wsConn) enqueue(op ws.OpCode, data []byte) error {
 		c.mu.Unlock()
 		c.startClose(flush, read)
 		c.h.stats.SlowConsumers.Add(1)
-		c.h.log.Debug("transport: closing slow consumer", "remote", c.nc.RemoteAddr().String())
+		c.h.log.Debug("transport: closing slow consumer", "remote", remote{c})
 		return channels.ErrSlowConsumer
 	}
 	if c.queue == nil {
@@ -98,14 +99,17 @@ func (c *wsConn) closeLocked(body []byte, drop bool) (startFlush, startReader bo
 	c.queue = append(c.queue, outFrame{op: ws.OpClose, data: body})
 	c.nFrames++
 	c.nBytes += len(body)
-	c.closeDeadline = int64(time.Since(monoEpoch) + c.h.cfg.CloseTimeout)
+	c.deadline = int64(time.Since(monoEpoch) + c.h.cfg.CloseTimeout)
 	if c.backlogWatched {
 		c.wakeBacklogLocked()
 	}
 	// Applies to a write in progress too: a flush stuck on a client that
-	// does not read gives up by the close deadline.
-	_ = c.nc.SetWriteDeadline(deadlineTime(c.closeDeadline))
-	_ = c.nc.SetReadDeadline(deadlineTime(c.closeDeadline))
+	// does not read gives up by the close deadline. (A bare connection
+	// has none waiting; an attach sets them.)
+	if c.nc != nil {
+		_ = c.nc.SetWriteDeadline(deadlineTime(c.deadline))
+		_ = c.nc.SetReadDeadline(deadlineTime(c.deadline))
+	}
 	if c.flushing {
 		return false, startReader
 	}
@@ -151,11 +155,13 @@ func recycleQueue(q []outFrame) {
 // coalesced into the same buffered writes.
 func (c *wsConn) flush() {
 	wb := writeBufPool.Get().(*writeBuf)
-	wb.bw.Reset(c.nc)
 	defer func() {
 		wb.bw.Reset(nil)
 		writeBufPool.Put(wb)
 	}()
+	// The writes wait: a bare connection attaches. nc then stays set
+	// (flushing keeps the reader from detaching it).
+	var nc connIO
 	for {
 		c.mu.Lock()
 		w, ok := c.takeLocked(0)
@@ -163,17 +169,26 @@ func (c *wsConn) flush() {
 			c.mu.Unlock()
 			return
 		}
-		_ = c.nc.SetWriteDeadline(c.writeDeadlineLocked())
+		if nc == nil {
+			var err error
+			if nc, err = c.attachLocked(); err != nil {
+				c.mu.Unlock()
+				c.writeAbandoned(&w, err, false)
+				return
+			}
+			wb.bw.Reset(nc)
+		}
+		_ = nc.SetWriteDeadline(c.writeDeadlineLocked())
 		c.mu.Unlock()
 		err := w.encode(wb.bw, wb.hdr[:])
 		if err == nil {
 			err = wb.bw.Flush()
 		}
 		if err != nil {
-			c.writeAbandoned(&w, err)
+			c.writeAbandoned(&w, err, false)
 			return
 		}
-		c.wrote(&w, false)
+		c.wrote(&w, false, false)
 	}
 }
 
@@ -182,7 +197,7 @@ func (c *wsConn) flush() {
 func (c *wsConn) writeDeadlineLocked() time.Time {
 	deadline := time.Now().Add(c.h.cfg.WriteTimeout)
 	if c.closing {
-		if cd := deadlineTime(c.closeDeadline); cd.Before(deadline) {
+		if cd := deadlineTime(c.deadline); cd.Before(deadline) {
 			deadline = cd
 		}
 	}
@@ -193,9 +208,26 @@ func (c *wsConn) writeDeadlineLocked() time.Time {
 // it): the client sees EOF after it (RFC 6455 §7.1.1), and the reader
 // waits for the client's side.
 func (c *wsConn) halfClose() {
-	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+	c.mu.Lock()
+	nc := c.nc
+	held := c.holdFDLocked()
+	fd := c.fd
+	c.mu.Unlock()
+	switch cw := nc.(type) {
+	case nil:
+		if held {
+			shutdownWriteFD(fd)
+			c.mu.Lock()
+			c.releaseFDLocked()
+			c.mu.Unlock()
+		}
+	case interface{ CloseWrite() error }:
 		_ = cw.CloseWrite()
-	} else {
+	case *os.File:
+		if raw, err := cw.SyscallConn(); err == nil {
+			_ = raw.Control(func(fd uintptr) { shutdownWriteFD(int32(fd)) })
+		}
+	default:
 		c.closeNC()
 	}
 }
@@ -229,7 +261,7 @@ func (c *wsConn) writeFailed(err error) {
 	c.closeNC()
 	if !ended && !wasClosing {
 		c.h.stats.WriteErrors.Add(1)
-		c.h.log.Debug("transport: websocket write failed", "remote", c.nc.RemoteAddr().String(), "err", err)
+		c.h.log.Debug("transport: websocket write failed", "remote", remote{c}, "err", err)
 	}
 }
 
