@@ -2,6 +2,7 @@ package main
 
 import (
 	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
 	"testing"
 )
@@ -37,5 +38,40 @@ func TestMemoryReturnedAfterABurstOnly(t *testing.T) {
 	}
 	if n := r.check(); n != 0 {
 		t.Fatalf("returned %d bytes again with nothing freed since", n)
+	}
+}
+
+// Garbage the collector has not run for yet counts too: a quiet node
+// whose heap has not reached its goal collects it, then finds nothing
+// more to do.
+func TestMemoryReturnerCollectsGarbage(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // no collection but the returner's
+	runtime.GC()
+	r := newMemoryReturner()
+	sink := make([][]byte, 0, 32)
+	for range 32 {
+		sink = append(sink, make([]byte, 1<<20))
+	}
+	runtime.KeepAlive(sink)
+	sink = nil
+	garbage := func() uint64 {
+		s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/gc/heap/live:bytes"}}
+		metrics.Read(s)
+		return s[0].Value.Uint64() - min(s[0].Value.Uint64(), s[1].Value.Uint64())
+	}
+	if g := garbage(); g < 16*minReturn {
+		t.Fatalf("only %d bytes of garbage after dropping 32 MiB with the collector off", g)
+	}
+	if n := r.check(); n != 0 {
+		t.Fatalf("collected (%d bytes) in the check right after the allocation", n)
+	}
+	if n := r.check(); n < 16*minReturn {
+		t.Fatalf("the quiet check found %d bytes reclaimable, want at least %d", n, 16*minReturn)
+	}
+	if g := garbage(); g >= minReturn {
+		t.Fatalf("%d bytes of garbage left after the quiet check", g)
+	}
+	if n := r.check(); n != 0 {
+		t.Fatalf("collected again (%d bytes) with nothing allocated since", n)
 	}
 }
