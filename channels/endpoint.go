@@ -396,7 +396,10 @@ func (e *Runtime) unindexLocked(s *Socket) {
 			delete(e.byID, id)
 			return
 		}
-		e.byID[id], more = more[len(more)-1], more[:len(more)-1]
+		last := len(more) - 1
+		e.byID[id] = more[last]
+		more[last] = nil // the array must not keep the socket alive
+		more = more[:last]
 	} else if i := slices.Index(more, s); i >= 0 {
 		more = slices.Delete(more, i, i+1)
 	}
