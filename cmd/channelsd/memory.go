@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"time"
@@ -78,6 +79,12 @@ func (r *memoryReturner) check() uint64 {
 	if reclaimable < minReturn || !quiet {
 		return 0
 	}
+	// Two collections: the first moves what the sync.Pools hold (the
+	// burst's read and write buffers, 4 and 8 KiB each) to their victim
+	// caches, which the second drops; one would leave them resident
+	// until the next collection, which a quiet node may not make for
+	// minutes (some 100 bytes per idle socket after a join storm).
+	runtime.GC()
 	debug.FreeOSMemory()
 	// FreeOSMemory's own collection allocates nothing worth counting,
 	// but read again so the next interval starts from here.

@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"sync"
 	"testing"
 )
 
@@ -74,4 +75,30 @@ func TestMemoryReturnerCollectsGarbage(t *testing.T) {
 	if n := r.check(); n != 0 {
 		t.Fatalf("collected again (%d bytes) with nothing allocated since", n)
 	}
+}
+
+// What a sync.Pool holds after a burst goes too: the check's collections
+// empty the pool's victim cache as well as the pool.
+func TestMemoryReturnerEmptiesPools(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // no collection but the returner's
+	runtime.GC()
+	r := newMemoryReturner()
+	var pool sync.Pool
+	for range 32 {
+		pool.Put(make([]byte, 1<<20))
+	}
+	objects := func() uint64 {
+		s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+		metrics.Read(s)
+		return s[0].Value.Uint64()
+	}
+	if o := objects(); o < 16*minReturn {
+		t.Fatalf("only %d bytes of heap objects with 32 MiB pooled", o)
+	}
+	r.check() // the allocation was this interval's
+	r.check()
+	if o := objects(); o >= 16*minReturn {
+		t.Fatalf("%d bytes of heap objects after the quiet check: the pool's items stayed", o)
+	}
+	runtime.KeepAlive(&pool)
 }
