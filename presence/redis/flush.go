@@ -165,7 +165,7 @@ func (t *Tracker) stamp(topic string, joins, leaves []*change) []outgoing {
 		clock++
 		out[i].diff.Clock = clock
 	}
-	if len(t.table[topic]) == 0 {
+	if t.topicLen(topic) == 0 {
 		out[len(out)-1].diff.Last = true
 		delete(t.clocks, topic)
 	} else {
@@ -256,7 +256,7 @@ func (t *Tracker) flush(topics []string) {
 				pipe.HDel(ctx, key, c.field)
 			}
 		}
-		if len(t.table[topic]) > 0 {
+		if t.topicLen(topic) > 0 {
 			pipe.SAdd(ctx, t.topicsKey, topic)
 		} else {
 			pipe.SRem(ctx, t.topicsKey, topic)
@@ -325,11 +325,9 @@ func (t *Tracker) resync(ctx context.Context, drain bool) error {
 	t.mu.Lock()
 	t.needResync = false
 	snapshot := make(map[string]map[string]*entry, len(t.table)) // topic -> field -> entry
-	for topic, entries := range t.table {
-		m := make(map[string]*entry, len(entries))
-		for _, e := range entries {
-			m[t.field(e.ref)] = e
-		}
+	for topic, tt := range t.table {
+		m := make(map[string]*entry, tt.n)
+		tt.each(func(e *entry) { m[t.field(e.ref)] = e })
 		snapshot[topic] = m
 	}
 	taken := t.pending

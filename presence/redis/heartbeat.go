@@ -343,7 +343,7 @@ func (w *watcher) Deliver(m *pubsub.Message) {
 func (t *Tracker) reconcileWatches(topics []string) {
 	for _, topic := range topics {
 		t.mu.Lock()
-		has := len(t.table[topic]) > 0 && !t.closed
+		has := t.topicLen(topic) > 0 && !t.closed
 		t.mu.Unlock()
 		switch {
 		case has && !t.watched[topic]:

@@ -226,7 +226,7 @@ func TestTrackerBoundsKeysPerOwner(t *testing.T) {
 // once, no leave before a join, the last flag on the last part only.
 func TestStampSplitsUnderTheBudget(t *testing.T) {
 	const budget = 4096
-	tr := &Tracker{opt: Options{MaxDiffSize: budget}, src: "n#1", clocks: map[string]uint64{"room:1": 7}, table: map[string]map[owned]*entry{}}
+	tr := &Tracker{opt: Options{MaxDiffSize: budget}, src: "n#1", clocks: map[string]uint64{"room:1": 7}, table: map[string]*topicTable{}}
 	tr.diffBase = emptyDiffSize(tr.src)
 	var joins, leaves []*change
 	for i := range 40 {

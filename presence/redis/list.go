@@ -76,9 +76,9 @@ func (t *Tracker) rows(ctx context.Context, topic string) (remote []row, local [
 		}
 	}
 	t.mu.Lock()
-	local = make([]*entry, 0, len(t.table[topic]))
-	for _, e := range t.table[topic] {
-		local = append(local, e)
+	local = make([]*entry, 0, t.topicLen(topic))
+	if tt := t.table[topic]; tt != nil {
+		tt.each(func(e *entry) { local = append(local, e) })
 	}
 	if b := t.pending[topic]; b != nil {
 		// The joins still in their window are in this List: a leave of

@@ -102,7 +102,7 @@ type pace struct {
 // roomOf is what a diff of topic reaches: the room as last listed, or
 // this node's entries if more. Called with mu held.
 func (t *Tracker) roomOf(topic string, p *pace) int {
-	return max(p.room, len(t.table[topic]))
+	return max(p.room, t.topicLen(topic))
 }
 
 // windowOf is the least time between two diffs of topic. Called with mu
@@ -115,7 +115,7 @@ func (t *Tracker) windowOf(topic string, p *pace) time.Duration {
 // (presence.AdaptWindow). A topic without entries here forgets its
 // pacing: its next change, if any, starts afresh. Called with mu held.
 func (t *Tracker) adapt(topic string, b *batch) {
-	if len(t.table[topic]) == 0 {
+	if t.topicLen(topic) == 0 {
 		delete(t.paces, topic)
 		return
 	}

@@ -62,9 +62,8 @@ type Tracker struct {
 	mu         sync.Mutex
 	closed     bool
 	seq        uint64
-	table      map[string]map[owned]*entry // topic -> entries of this node
-	entries    int                         // in table, over all topics
-	perOwner   map[topicOwner]int          // entries of each owner (Limits.MaxPerOwner)
+	table      map[string]*topicTable // topic -> entries of this node (table.go)
+	entries    int                    // in table, over all topics
 	pending    map[string]*batch
 	fifo       []queued         // topics with a pending batch, by deadline
 	quietScan  time.Time        // when flushLoop next looks for quiet batches
@@ -94,16 +93,13 @@ type Tracker struct {
 	peerRefreshed atomic.Bool // a peer asked for a refresh
 }
 
-type owned struct{ owner, key string }
-
-type topicOwner struct{ topic, owner string }
-
-// forget counts one entry less for owner on topic. Called with mu held.
-func (t *Tracker) forget(topic, owner string) {
-	k := topicOwner{topic, owner}
-	if t.perOwner[k]--; t.perOwner[k] <= 0 {
-		delete(t.perOwner, k)
+// topicLen returns how many entries this node has on topic. Called with
+// mu held.
+func (t *Tracker) topicLen(topic string) int {
+	if tt := t.table[topic]; tt != nil {
+		return tt.n
 	}
+	return 0
 }
 
 // entry is one of this node's presences. Its hash value is built when it
@@ -219,8 +215,7 @@ func New(ctx context.Context, opt Options) (*Tracker, error) {
 		stop:      make(chan struct{}),
 		wake:      make(chan struct{}, 1),
 		repairCh:  make(chan struct{}, 1),
-		table:     make(map[string]map[owned]*entry),
-		perOwner:  make(map[topicOwner]int),
+		table:     make(map[string]*topicTable),
 		pending:   make(map[string]*batch),
 		paces:     make(map[string]*pace),
 		clocks:    make(map[string]uint64),
@@ -286,23 +281,21 @@ func (t *Tracker) Track(_ context.Context, topic, owner, key string, meta json.R
 	if t.closed {
 		return "", presence.ErrClosed
 	}
-	entries := t.table[topic]
-	k := owned{owner, key}
-	if entries[k] != nil {
+	tt := t.table[topic]
+	if tt == nil {
+		tt = newTopicTable()
+	}
+	if tt.get(owner, key) != nil {
 		return "", presence.ErrAlreadyTracked
 	}
-	if err := t.check.Room(len(entries)); err != nil {
+	if err := t.check.Room(tt.n); err != nil {
 		return "", err
 	}
-	if err := t.check.Owner(t.perOwner[topicOwner{topic, owner}]); err != nil {
+	if err := t.check.Owner(tt.count(owner)); err != nil {
 		return "", err
 	}
-	t.perOwner[topicOwner{topic, owner}]++
-	if entries == nil {
-		entries = make(map[owned]*entry)
-		t.table[topic] = entries
-	}
-	entries[k] = e
+	tt.add(owner, e)
+	t.table[topic] = tt
 	t.entries++
 	t.addJoin(topic, e, v)
 	return ref, nil
@@ -318,8 +311,11 @@ func (t *Tracker) Update(_ context.Context, topic, owner, key string, meta json.
 	if t.closed {
 		return "", presence.ErrClosed
 	}
-	k := owned{owner, key}
-	old := t.table[topic][k]
+	tt := t.table[topic]
+	var old *entry
+	if tt != nil {
+		old = tt.get(owner, key)
+	}
 	if old == nil {
 		return "", presence.ErrNotTracked
 	}
@@ -332,7 +328,7 @@ func (t *Tracker) Update(_ context.Context, topic, owner, key string, meta json.
 	if err != nil {
 		return "", err
 	}
-	t.table[topic][k] = e
+	tt.replace(owner, e)
 	t.addLeave(topic, &change{ref: old.ref, key: key, meta: old.meta, field: t.field(old.ref)})
 	t.addJoin(topic, e, v)
 	return ref, nil
@@ -342,16 +338,16 @@ func (t *Tracker) Update(_ context.Context, topic, owner, key string, meta json.
 func (t *Tracker) Untrack(_ context.Context, topic, owner, key string) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	entries := t.table[topic]
-	k := owned{owner, key}
-	e := entries[k]
+	tt := t.table[topic]
+	if tt == nil {
+		return nil
+	}
+	e := tt.remove(owner, key)
 	if e == nil {
 		return nil
 	}
-	delete(entries, k)
-	t.forget(topic, owner)
 	t.entries--
-	if len(entries) == 0 {
+	if tt.n == 0 {
 		delete(t.table, topic)
 	}
 	t.addLeave(topic, &change{ref: e.ref, key: e.key, meta: e.meta, field: t.field(e.ref)})
@@ -362,16 +358,15 @@ func (t *Tracker) Untrack(_ context.Context, topic, owner, key string) error {
 func (t *Tracker) UntrackAll(_ context.Context, topic, owner string) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	entries := t.table[topic]
-	for k, e := range entries {
-		if k.owner == owner {
-			delete(entries, k)
-			t.forget(topic, owner)
-			t.entries--
-			t.addLeave(topic, &change{ref: e.ref, key: e.key, meta: e.meta, field: t.field(e.ref)})
-		}
+	tt := t.table[topic]
+	if tt == nil {
+		return nil
 	}
-	if entries != nil && len(entries) == 0 {
+	tt.removeOwner(owner, func(e *entry) {
+		t.entries--
+		t.addLeave(topic, &change{ref: e.ref, key: e.key, meta: e.meta, field: t.field(e.ref)})
+	})
+	if tt.n == 0 {
 		delete(t.table, topic)
 	}
 	return nil
@@ -388,13 +383,12 @@ func (t *Tracker) Close() error {
 		return nil
 	}
 	t.closed = true
-	for topic, entries := range t.table {
-		for _, e := range entries {
+	for topic, tt := range t.table {
+		tt.each(func(e *entry) {
 			t.addLeave(topic, &change{ref: e.ref, key: e.key, meta: e.meta, field: t.field(e.ref)})
-		}
+		})
 	}
 	clear(t.table)
-	clear(t.perOwner)
 	t.entries = 0
 	t.mu.Unlock()
 	close(t.stop)
@@ -424,7 +418,6 @@ func (t *Tracker) kill() {
 	}
 	t.closed = true
 	clear(t.table)
-	clear(t.perOwner)
 	t.entries = 0
 	clear(t.pending)
 	t.fifo = nil

@@ -14,7 +14,7 @@ import (
 func TestCoalescingWindowAdapts(t *testing.T) {
 	tr := &Tracker{
 		opt:     Options{Coalesce: 30 * time.Millisecond, MaxCoalesce: 500 * time.Millisecond},
-		table:   map[string]map[owned]*entry{"busy": {{owner: "o", key: "k"}: {}}, "calm": {{owner: "o", key: "k"}: {}}},
+		table:   map[string]*topicTable{"busy": oneEntry(), "calm": oneEntry()},
 		pending: map[string]*batch{},
 		paces:   map[string]*pace{},
 		wake:    make(chan struct{}, 1),
@@ -76,7 +76,7 @@ func TestCoalescingWindowAdapts(t *testing.T) {
 func TestQuietBatchGoesOutEarly(t *testing.T) {
 	tr := &Tracker{
 		opt:     Options{Coalesce: 30 * time.Millisecond, MaxCoalesce: 2 * time.Second},
-		table:   map[string]map[owned]*entry{"big": {{owner: "o", key: "k"}: {}}, "small": {{owner: "o", key: "k"}: {}}},
+		table:   map[string]*topicTable{"big": oneEntry(), "small": oneEntry()},
 		pending: map[string]*batch{},
 		paces:   map[string]*pace{"big": {last: time.Now(), w: 2 * time.Second}, "small": {last: time.Now()}},
 		wake:    make(chan struct{}, 1),
