@@ -328,7 +328,7 @@ func (w *watcher) Deliver(m *pubsub.Message) {
 	}
 	w.mu.Unlock()
 	if live := w.t.cachedLive(); live != nil {
-		if i := strings.LastIndexByte(d.Src, '#'); i > 0 && !live[d.Src[:i]] {
+		if n := srcNode(d.Src); n != "" && !live[n] {
 			w.t.forgetLive()
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -199,6 +200,20 @@ func (t *Tracker) Entries() int {
 	return t.entries
 }
 
+// newSrc is a node's src for one incarnation: its id, '#', and a random
+// part, so that a restarted node's clocks start afresh (srcNode undoes it).
+func newSrc(nodeID string) string {
+	return nodeID + "#" + strconv.FormatUint(rand.Uint64()>>16, 36)
+}
+
+// srcNode is the node id of a src from newSrc, or "" for one not so made.
+func srcNode(src string) string {
+	if i := strings.LastIndexByte(src, '#'); i > 0 {
+		return src[:i]
+	}
+	return ""
+}
+
 // New builds the tracker, writes its first heartbeat and cleans entries a
 // previous incarnation with the same NodeID may have left, and starts its
 // goroutines. ctx bounds that first round of Redis work only.
@@ -213,7 +228,7 @@ func New(ctx context.Context, opt Options) (*Tracker, error) {
 		client:    opt.Client,
 		ps:        opt.PubSub,
 		me:        opt.NodeID,
-		src:       opt.NodeID + "#" + strconv.FormatUint(rand.Uint64()>>16, 36),
+		src:       newSrc(opt.NodeID),
 		nodesKey:  opt.Prefix + ":nodes",
 		topicsKey: opt.Prefix + ":n:" + opt.NodeID + ":topics",
 		aliveKey:  opt.Prefix + ":n:" + opt.NodeID + ":alive",
